@@ -1,0 +1,328 @@
+"""The public HTTP API: OpenAI-, Anthropic- and Ollama-compatible endpoints.
+
+Requests are forwarded unchanged to a connector serving their `model`; the
+upstream's status, headers and body come back unchanged and unbuffered. Only
+routing and auth headers change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from broker.auth import presented_key
+from broker.errors import dialect_for, error_response, stream_error
+from broker.headers import request_headers, response_headers
+from broker.hub import Link, NoConnector
+from broker.keys import HUB, LIFECYCLE, METRICS, REQUEST_ID, SETTINGS, USER_KEYS
+from broker.relay import ConnectorLink, Exchange, LinkLost
+from shared import protocol as p
+
+log = structlog.get_logger("remotellm.broker.api")
+
+MODEL_ENDPOINTS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+    "/v1/responses",
+    "/api/chat",
+    "/api/generate",
+    "/api/embed",
+    "/api/embeddings",
+)
+
+STREAMING_TYPES = ("text/event-stream", "application/x-ndjson")
+
+
+class ClientGone(Exception):
+    """The client closed its connection."""
+
+
+def _authorized(request: web.Request) -> web.Response | None:
+    if request.app[USER_KEYS].accepts(presented_key(request.headers)):
+        return None
+    return error_response(
+        request,
+        401,
+        "invalid_api_key",
+        "The API key is missing or invalid. Send it as 'Authorization: Bearer <key>'.",
+    )
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole request body, or None when it is larger than `limit`."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _model_of(body: bytes) -> str | None:
+    try:
+        parsed: Any = json.loads(body)
+    except ValueError:
+        return None
+    model = parsed.get("model") if isinstance(parsed, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
+async def models_endpoint(request: web.Request) -> web.Response:
+    """GET /v1/models: every model a connected connector serves right now."""
+    denied = _authorized(request)
+    if denied is not None:
+        return denied
+    data = [
+        {"id": model, "object": "model", "created": int(first_seen), "owned_by": "remotellm"}
+        for model, first_seen in request.app[HUB].models().items()
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def proxy_endpoint(request: web.Request) -> web.StreamResponse:
+    """POST to a model endpoint: route by model, relay, stream the answer back."""
+    app = request.app
+    lifecycle = app[LIFECYCLE]
+    if lifecycle.draining:
+        return error_response(
+            request, 503, "shutting_down", "The broker is restarting; retry shortly.", retry_after=5
+        )
+    denied = _authorized(request)
+    if denied is not None:
+        return denied
+    settings = app[SETTINGS]
+    body = await _read_body(request, settings.max_body_size)
+    if body is None:
+        return error_response(
+            request,
+            413,
+            "request_too_large",
+            f"The request body is larger than this broker's limit of {settings.max_body_size}"
+            " bytes.",
+        )
+    model = _model_of(body)
+    if model is None:
+        return error_response(
+            request,
+            400,
+            "invalid_request",
+            "The request body must be a JSON object with a string 'model' field.",
+            param="model",
+        )
+    with lifecycle.request():
+        return await Relay(request, body, model).run()
+
+
+class Relay:
+    """One API request's trip through a connector and back."""
+
+    def __init__(self, request: web.Request, body: bytes, model: str) -> None:
+        self.request = request
+        self.body = body
+        self.model = model
+        self.app = request.app
+        self.settings = self.app[SETTINGS]
+        self.metrics = self.app[METRICS]
+        self.request_id: str = request[REQUEST_ID]
+        self.started = time.perf_counter()
+        self.response: web.StreamResponse | None = None
+        self.status = 0
+        self.connector = ""
+
+    async def run(self) -> web.StreamResponse:
+        metrics = self.metrics
+        metrics.in_flight.inc()
+        outcome = "error"
+        try:
+            async with asyncio.timeout(self.settings.request_timeout):
+                result = await self._attempts()
+            outcome = "ok"
+            return result
+        except TimeoutError:
+            outcome = "timeout"
+            return await self._fail(
+                504,
+                "timeout",
+                f"The model did not finish within {self.settings.request_timeout:g} seconds.",
+            )
+        except ClientGone:
+            outcome = "cancelled"
+            self.status = 499  # nginx's "client closed request"
+            return self.response or web.Response(status=499)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            self.status = 499
+            raise
+        finally:
+            metrics.in_flight.dec()
+            self._account(outcome)
+
+    def _account(self, outcome: str) -> None:
+        known = self.model in self.app[HUB].models() or self.connector
+        label = self.model if known else "unknown"
+        elapsed = time.perf_counter() - self.started
+        self.metrics.requests.labels(label, str(self.status)).inc()
+        self.metrics.duration.labels(label).observe(elapsed)
+        log.info(
+            "request finished",
+            method=self.request.method,
+            path=self.request.path,
+            model=self.model,
+            status=self.status,
+            outcome=outcome,
+            connector=self.connector or None,
+            duration_ms=round(elapsed * 1000, 1),
+        )
+
+    async def _attempts(self) -> web.StreamResponse:
+        hub = self.app[HUB]
+        tried: list[Link] = []
+        while True:
+            try:
+                link = await hub.acquire(
+                    self.model,
+                    exclude=tried,
+                    wait_offline=self.settings.connector_wait,
+                    wait_busy=self.settings.queue_timeout,
+                )
+            except NoConnector as exc:
+                return await self._no_connector(exc)
+            assert isinstance(link, ConnectorLink)
+            self.connector = link.name
+            try:
+                exchange = link.open(
+                    self.request.method,
+                    self.request.path_qs,
+                    request_headers(self.request.headers, self.request_id),
+                    self.request_id,
+                    self.body,
+                )
+                response = await self._exchange(exchange)
+            except LinkLost:
+                if self.response is not None:
+                    raise
+                # Nothing reached the client yet: the request can go to another connector.
+                log.warning("connector lost before responding; retrying", connector=link.name)
+                tried.append(link)
+                continue
+            finally:
+                hub.release(link)
+            return response
+
+    async def _exchange(self, exchange: Exchange) -> web.StreamResponse:
+        try:
+            return await self._pump(exchange)
+        except LinkLost:
+            if self.response is None:
+                raise
+            return await self._fail(
+                502, "connector_disconnected", "The connector serving this model disconnected."
+            )
+        finally:
+            exchange.close(cancel=True)
+
+    async def _pump(self, exchange: Exchange) -> web.StreamResponse:
+        while True:
+            event = await exchange.events.get()
+            match event:
+                case LinkLost():
+                    raise event
+                case p.ResponseHead(_, status, headers):
+                    await self._start(status, headers)
+                case p.ResponseBody(_, data):
+                    await self._write(data)
+                    exchange.delivered(len(data))
+                case p.End():
+                    exchange.close(cancel=False)
+                    return await self._finish()
+                case p.Error(_, code, message):
+                    exchange.close(cancel=False)
+                    if code == "over_capacity" and self.response is None:
+                        return await self._fail(503, code, message, retry_after=2)
+                    return await self._fail(502, code, message)
+
+    async def _start(self, status: int, headers: p.Headers) -> None:
+        response = web.StreamResponse(status=status)
+        response.headers.extend(response_headers(headers))
+        length = response.headers.get("Content-Length")
+        response.headers["X-Request-ID"] = self.request_id
+        content_type = response.headers.get("Content-Type", "")
+        if content_type.startswith(STREAMING_TYPES):
+            response.headers["Cache-Control"] = "no-cache"
+            response.headers["X-Accel-Buffering"] = "no"
+        if length is None:
+            response.enable_chunked_encoding()
+        self.status = status
+        self.response = response
+        await self._guard(response.prepare(self.request))
+        self.metrics.ttfb.labels(self.model).observe(time.perf_counter() - self.started)
+
+    async def _write(self, data: bytes) -> None:
+        if self.response is None:
+            raise p.ProtocolError("response body before response head")
+        await self._guard(self.response.write(data))
+
+    async def _finish(self) -> web.StreamResponse:
+        assert self.response is not None
+        await self._guard(self.response.write_eof())
+        return self.response
+
+    async def _guard(self, op: Any) -> None:
+        try:
+            await op
+        except (ConnectionError, RuntimeError) as exc:
+            raise ClientGone() from exc
+
+    async def _no_connector(self, exc: NoConnector) -> web.StreamResponse:
+        if exc.reason == "unknown":
+            return await self._fail(
+                404,
+                "model_not_found",
+                f"The model '{self.model}' is not served here. GET /v1/models lists the models"
+                " available now.",
+            )
+        if exc.reason == "busy":
+            return await self._fail(
+                503,
+                "no_connector_available",
+                f"Every connector serving '{self.model}' is at capacity; retry shortly.",
+                retry_after=2,
+            )
+        return await self._fail(
+            503,
+            "no_connector_available",
+            f"No connector serving '{self.model}' is online right now; retry shortly.",
+            retry_after=5,
+        )
+
+    async def _fail(
+        self, status: int, code: str, message: str, retry_after: int | None = None
+    ) -> web.StreamResponse:
+        """Report an error: as a response if none started, else at the end of the stream."""
+        log.warning("request failed", code=code, error_message=message)
+        if self.response is None:
+            self.status = status
+            return error_response(self.request, status, code, message, retry_after=retry_after)
+        content_type = self.response.headers.get("Content-Type", "")
+        tail = stream_error(content_type, dialect_for(self.request.path), code, message)
+        if tail is not None:
+            await self._guard(self.response.write(tail))
+            await self._guard(self.response.write_eof())
+        else:
+            # No in-band way to signal the failure: cut the connection so the client
+            # sees an incomplete body rather than a silently truncated one.
+            transport = self.request.transport
+            if transport is not None:
+                transport.close()
+        return self.response

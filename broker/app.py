@@ -1,0 +1,125 @@
+"""The broker's application factory."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from broker.api import MODEL_ENDPOINTS, models_endpoint, proxy_endpoint
+from broker.auth import Credentials
+from broker.errors import error_response
+from broker.hub import Hub
+from broker.keys import (
+    CONNECTOR_TOKENS,
+    HUB,
+    LIFECYCLE,
+    LINKS,
+    METRICS,
+    REQUEST_ID,
+    SETTINGS,
+    USER_KEYS,
+)
+from broker.lifecycle import Lifecycle
+from broker.metrics import Metrics
+from broker.relay import ConnectorLink, relay_endpoint
+from broker.settings import BrokerSettings
+from shared.settings import secret_values
+
+log = structlog.get_logger("remotellm.broker")
+
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id_of(request: web.Request) -> str:
+    """The client's X-Request-ID when it is a sane token, else a fresh one."""
+    given = request.headers.get("X-Request-ID", "")
+    return given if _SAFE_REQUEST_ID.match(given) else f"req_{uuid.uuid4().hex}"
+
+
+@web.middleware
+async def correlate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request a correlation id, in its logs and its response; errors as JSON."""
+    request_id = request_id_of(request)
+    request[REQUEST_ID] = request_id
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = "not_found" if exc.status == 404 else "method_not_allowed"
+            message = (
+                f"There is no endpoint at {request.path}."
+                if exc.status == 404
+                else f"{request.method} is not allowed on {request.path}."
+            )
+            response = error_response(request, exc.status, code, message)
+    if not response.prepared:
+        response.headers["X-Request-ID"] = request_id
+    return response
+
+
+async def health_endpoint(request: web.Request) -> web.Response:
+    app = request.app
+    hub = app[HUB]
+    return web.json_response(
+        {
+            "status": "draining" if app[LIFECYCLE].draining else "ok",
+            "connectors": len(hub.links),
+            "models": list(hub.models()),
+            "in_flight": app[LIFECYCLE].active,
+        }
+    )
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[LINKS] = set()
+    yield
+    # Any connector still attached at cleanup is told to come back later, not dropped.
+    remaining: list[ConnectorLink] = [*app[LINKS]]
+    for link in remaining:
+        await link.go_away("broker stopping", 1.0)
+
+
+async def _drain(app: web.Application) -> None:
+    """On shutdown: finish in-flight requests (bounded), then send connectors away."""
+    lifecycle, settings = app[LIFECYCLE], app[SETTINGS]
+    log.info("draining", in_flight=lifecycle.active, grace_s=settings.shutdown_grace)
+    if not await lifecycle.drain(settings.shutdown_grace):
+        log.warning("grace period over; abandoning requests", in_flight=lifecycle.active)
+    links: list[ConnectorLink] = [*app[LINKS]]
+    for link in links:
+        await link.go_away("broker shutting down", 1.0)
+
+
+def create_app(settings: BrokerSettings) -> web.Application:
+    """Build a broker application from its settings. Nothing runs until it is started."""
+    app = web.Application(middlewares=[correlate], client_max_size=settings.max_body_size)
+    app[SETTINGS] = settings
+    app[HUB] = Hub()
+    app[METRICS] = Metrics()
+    app[LIFECYCLE] = Lifecycle()
+    app[USER_KEYS] = Credentials(secret_values(settings.user_api_key))
+    app[CONNECTOR_TOKENS] = Credentials(secret_values(settings.connector_token))
+    app.cleanup_ctx.append(_connectors_ctx)
+    app.on_shutdown.append(_drain)
+    for path in MODEL_ENDPOINTS:
+        app.router.add_post(path, proxy_endpoint)
+    app.router.add_get("/v1/models", models_endpoint)
+    app.router.add_get("/relay", relay_endpoint)
+    app.router.add_get("/health", health_endpoint)
+    app.router.add_get("/metrics", metrics_endpoint)
+    return app

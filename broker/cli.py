@@ -1,0 +1,127 @@
+"""`remotellm-broker`: serve (default) or demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from broker.server import BrokerServer
+from broker.settings import BrokerSettings
+from shared.logging import configure_logging
+from shared.settings import ConfigError, load
+
+PROG = "remotellm-broker"
+log = structlog.get_logger("remotellm.broker")
+
+
+def _serve_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--config", type=Path, help="YAML file with settings (flags and env vars win over it)")
+    add("--host", help="address to listen on (default 0.0.0.0)")
+    add("--port", type=int, help="TCP port (default 8443; 0 picks a free one)")
+    add("--user-api-key", action="append", help="accept this user API key (repeatable)")
+    add("--connector-token", action="append", help="accept this connector token (repeatable)")
+    add("--log-level", choices=["debug", "info", "warning", "error"])
+    add("--log-format", choices=["json", "console"])
+    add("--max-body-size", type=int, help="largest request body in bytes (default 32 MiB)")
+    add("--request-timeout", type=float, help="seconds per request end to end (default 600)")
+    add("--connector-wait", type=float, help="seconds to hold a request for a connector (5)")
+    add("--queue-timeout", type=float, help="seconds to wait for a busy connector (30)")
+    add("--shutdown-grace", type=float, help="seconds to finish requests on SIGTERM (30)")
+    add("--heartbeat", type=float, help="seconds between pings to connectors (15)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="RemoteLLM broker: an OpenAI-compatible API in front of connected local LLMs.",
+    )
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="run the broker (default)")
+    _serve_options(serve)
+    demo = commands.add_parser("demo", help="a broker, a key and a connector, on this machine")
+    demo.add_argument("--port", type=int, default=8443, help="port (default 8443; 0 = any)")
+    demo.add_argument(
+        "--echo", action="store_true", help="serve the built-in echo model, skip detection"
+    )
+    demo.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], default="warning"
+    )
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _settings_from(args: argparse.Namespace) -> BrokerSettings:
+    fields = BrokerSettings.model_fields
+    cli: dict[str, Any] = {k: v for k, v in vars(args).items() if k in fields}
+    return load(BrokerSettings, cli, args.config)
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def serve(settings: BrokerSettings) -> int:
+    server = BrokerServer(settings)
+    try:
+        await server.start()
+    except OSError as exc:
+        where = f"{settings.host}:{settings.port}"
+        print(f"{PROG}: error: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if not settings.user_api_key:
+        log.warning("no user API keys configured: every API request will get 401")
+    if not settings.connector_token:
+        log.warning("no connector tokens configured: no connector can attach")
+    log.info("broker listening", host=settings.host, port=server.port)
+    try:
+        await _until_signalled()
+        log.info("shutting down")
+    finally:
+        await server.stop()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or args_list[0] not in ("serve", "demo", "-h", "--help"):
+        args_list.insert(0, "serve")
+    args = build_parser().parse_args(args_list)
+    if args.command == "demo":
+        from broker.demo import run_demo
+
+        configure_logging(args.log_level, "console")
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(run_demo(args.port, force_echo=args.echo))
+        return 0
+    try:
+        settings = _settings_from(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    configure_logging(settings.log_level, settings.log_format)
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Error responses in the shape each client family expects.
+
+OpenAI-style endpoints get `{"error": {"message", "type", "param", "code"}}`;
+the Anthropic Messages endpoint gets `{"type": "error", "error": {"type", "message"}}`;
+Ollama's native endpoints get `{"error": "message"}`. Status codes are the same for all.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from aiohttp import web
+
+Dialect = Literal["openai", "anthropic", "ollama"]
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def dialect_for(path: str) -> Dialect:
+    if path.startswith("/api/"):
+        return "ollama"
+    if path.startswith("/v1/messages"):
+        return "anthropic"
+    return "openai"
+
+
+def error_body(
+    dialect: Dialect, status: int, code: str, message: str, param: str | None = None
+) -> dict[str, Any]:
+    if dialect == "anthropic":
+        kind = _ANTHROPIC_TYPES.get(status, "api_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
+    if dialect == "ollama":
+        return {"error": message}
+    kind = _OPENAI_TYPES.get(status, "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(
+    request: web.Request,
+    status: int,
+    code: str,
+    message: str,
+    *,
+    retry_after: int | None = None,
+    param: str | None = None,
+) -> web.Response:
+    """A complete error response; 503s and 429s say when to retry, 4xx say not to."""
+    headers: dict[str, str] = {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    elif 400 <= status < 500 and status not in (408, 409, 429):
+        headers["x-should-retry"] = "false"
+    body = error_body(dialect_for(request.path), status, code, message, param)
+    return web.json_response(body, status=status, headers=headers)
+
+
+def stream_error(content_type: str, dialect: Dialect, code: str, message: str) -> bytes | None:
+    """Bytes that end a started stream with an error the client will raise, if it has a way."""
+    body = error_body(dialect, 502, code, message)
+    if content_type.startswith("text/event-stream"):
+        if dialect == "anthropic":
+            return b"event: error\ndata: " + json.dumps(body).encode() + b"\n\n"
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+    if content_type.startswith("application/x-ndjson"):
+        return json.dumps(body).encode() + b"\n"
+    return None

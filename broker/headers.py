@@ -1,0 +1,63 @@
+"""Which headers cross the relay, in each direction.
+
+Only routing and auth headers change: the user's credentials, cookies and
+hop-by-hop headers stay at the broker; everything else passes unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from shared.protocol import Headers
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# The user's secrets, and what the connector's HTTP client sets itself.
+_REQUEST_DROP = HOP_BY_HOP | {
+    "authorization",
+    "x-api-key",
+    "cookie",
+    "host",
+    "content-length",
+    "accept-encoding",
+    "x-request-id",
+}
+
+# What the broker's own HTTP server sets.
+_RESPONSE_DROP = HOP_BY_HOP | {"date", "server", "x-request-id", "set-cookie"}
+
+
+def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
+    """Headers named in `Connection:` are hop-by-hop too (RFC 9110 7.6.1)."""
+    tokens: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def request_headers(incoming: Mapping[str, str], request_id: str) -> Headers:
+    """Headers of a client request as forwarded to the connector."""
+    items = list(incoming.items())
+    drop = _REQUEST_DROP | _connection_tokens(items)
+    kept = [(k, v) for k, v in items if k.lower() not in drop]
+    kept.append(("X-Request-ID", request_id))
+    return tuple(kept)
+
+
+def response_headers(upstream: Headers) -> list[tuple[str, str]]:
+    """Headers of an upstream response as sent on to the client."""
+    drop = _RESPONSE_DROP | _connection_tokens(upstream)
+    return [(k, v) for k, v in upstream if k.lower() not in drop]

@@ -1,0 +1,154 @@
+"""Which connectors are online, what they serve, and which one takes the next request.
+
+Pure routing state: no aiohttp, no sockets. The relay endpoint registers links
+here; the API handlers acquire one for a model and release it when done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Collection
+from typing import Literal, Protocol
+
+
+class Link(Protocol):
+    """What the hub needs to know of one connected connector."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def models(self) -> frozenset[str]: ...
+
+    @property
+    def max_concurrency(self) -> int: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+
+class NoConnector(Exception):
+    """No connector could take the request in time."""
+
+    def __init__(self, reason: Literal["unknown", "offline", "busy"], model: str) -> None:
+        super().__init__(f"{reason}: {model}")
+        self.reason = reason
+        self.model = model
+
+
+class Hub:
+    """The registry of connected connectors and their load."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._load: dict[Link, int] = {}
+        self._first_seen: dict[str, float] = {}
+        self._changed = asyncio.Event()
+        self._clock = clock
+        self._turn = itertools.count()
+
+    # -- registry -------------------------------------------------------------
+
+    def register(self, link: Link) -> None:
+        self._load[link] = 0
+        self.models_changed(link)
+
+    def unregister(self, link: Link) -> None:
+        self._load.pop(link, None)
+        self._notify()
+
+    def models_changed(self, link: Link) -> None:
+        now = self._clock()
+        for model in link.models:
+            self._first_seen.setdefault(model, now)
+        self._notify()
+
+    @property
+    def links(self) -> list[Link]:
+        return list(self._load)
+
+    def load(self, link: Link) -> int:
+        return self._load.get(link, 0)
+
+    def models(self) -> dict[str, float]:
+        """Models served right now, with the time each was first seen."""
+        served = {m for link in self._load for m in link.models}
+        return {m: self._first_seen[m] for m in sorted(served)}
+
+    def in_flight(self) -> int:
+        return sum(self._load.values())
+
+    async def wait_for_models(self, timeout: float) -> bool:
+        """Wait until some connector serves a model; False if none did within `timeout` s."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not self.models():
+                    await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- routing ----------------------------------------------------------------
+
+    def _pick(self, candidates: list[Link]) -> Link | None:
+        free = [link for link in candidates if self._load[link] < link.max_concurrency]
+        if not free:
+            return None
+
+        # Least loaded relative to capacity; ties rotate so equal connectors share work.
+        def key(link: Link) -> tuple[float, int]:
+            return (self._load[link] / link.max_concurrency, self._load[link])
+
+        lowest = min(key(link) for link in free)
+        best = [link for link in free if key(link) == lowest]
+        return best[next(self._turn) % len(best)]
+
+    async def acquire(
+        self,
+        model: str,
+        *,
+        exclude: Collection[Link] = (),
+        wait_offline: float,
+        wait_busy: float,
+    ) -> Link:
+        """Reserve a slot on the least-loaded connector serving `model`.
+
+        Waits up to `wait_offline` seconds while no connector serves the model
+        (one may be reconnecting) and up to `wait_busy` while all that serve it
+        are at capacity. A model no connected connector has ever served fails at
+        once with reason "unknown" while others are online.
+        """
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while True:
+            candidates = [
+                link
+                for link in self._load
+                if model in link.models and not link.draining and link not in exclude
+            ]
+            chosen = self._pick(candidates)
+            if chosen is not None:
+                self._load[chosen] += 1
+                return chosen
+            if not candidates and model not in self._first_seen and self._load:
+                raise NoConnector("unknown", model)
+            limit = wait_busy if candidates else wait_offline
+            remaining = start + limit - loop.time()
+            if remaining <= 0:
+                raise NoConnector("busy" if candidates else "offline", model)
+            changed = self._changed
+            try:
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
+            except TimeoutError:
+                pass
+
+    def release(self, link: Link) -> None:
+        if link in self._load:
+            self._load[link] -= 1
+        self._notify()

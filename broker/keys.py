@@ -1,0 +1,27 @@
+"""Every typed key into the broker's aiohttp application, in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from broker.auth import Credentials
+from broker.hub import Hub
+from broker.lifecycle import Lifecycle
+from broker.metrics import Metrics
+from broker.settings import BrokerSettings
+
+if TYPE_CHECKING:
+    from broker.relay import ConnectorLink
+
+SETTINGS = web.AppKey("settings", BrokerSettings)
+HUB = web.AppKey("hub", Hub)
+METRICS = web.AppKey("metrics", Metrics)
+USER_KEYS = web.AppKey("user_keys", Credentials)
+CONNECTOR_TOKENS = web.AppKey("connector_tokens", Credentials)
+LINKS: web.AppKey[set[ConnectorLink]] = web.AppKey("links")
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+
+REQUEST_ID = "remotellm.request_id"
+"""Key of the correlation id in each aiohttp Request (requests are mappings)."""

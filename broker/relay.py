@@ -1,0 +1,261 @@
+"""The connectors' WebSocket endpoint: pumps frames between the socket and open streams.
+
+One `ConnectorLink` per connected connector. Its reader decodes messages and
+hands each stream frame to the `Exchange` waiting for it; its writer drains the
+link's `Outbox`, batching whatever is ready into one message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import structlog
+from aiohttp import WSMsgType, web
+
+from broker.auth import presented_key
+from broker.errors import error_response
+from broker.keys import CONNECTOR_TOKENS, HUB, LINKS, METRICS, SETTINGS
+from shared import protocol as p
+from shared.flow import ReceiveCredit
+from shared.outbox import Outbox
+
+log = structlog.get_logger("remotellm.broker.relay")
+
+HANDSHAKE_TIMEOUT = 10.0
+MAX_MESSAGE = 4 * 1024 * 1024
+
+
+class LinkLost(Exception):
+    """The connector went away while the stream was open."""
+
+
+StreamEvent = p.ResponseHead | p.ResponseBody | p.End | p.Error | LinkLost
+
+
+@dataclass(eq=False)
+class Exchange:
+    """The broker's end of one stream: events from the connector, in order."""
+
+    stream_id: int
+    link: ConnectorLink
+    window: int
+    events: asyncio.Queue[StreamEvent] = field(default_factory=asyncio.Queue)
+    credit: ReceiveCredit = field(init=False)
+    unacknowledged: int = 0
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        self.credit = ReceiveCredit(self.window)
+
+    def delivered(self, n: int) -> None:
+        """`n` body bytes reached the client: give the connector credit back."""
+        self.unacknowledged -= n
+        increment = self.credit.consumed(n)
+        if increment and not self.closed:
+            self.link.send(p.WindowUpdate(self.stream_id, increment))
+
+    def close(self, *, cancel: bool) -> None:
+        """Forget the stream; tell the connector to abort it if it may still be running."""
+        if self.closed:
+            return
+        self.closed = True
+        self.link.forget(self.stream_id, cancel=cancel)
+
+
+class ConnectorLink:
+    """One connected connector, as the hub and the API handlers see it."""
+
+    def __init__(self, ws: web.WebSocketResponse, hello: p.Hello, window: int) -> None:
+        self._ws = ws
+        self.name = hello.name
+        self.models: frozenset[str] = frozenset(hello.models)
+        self.max_concurrency = hello.max_concurrency
+        self.draining = False
+        self.window = window
+        self._outbox = Outbox()
+        self._wake = asyncio.Event()
+        self._streams: dict[int, Exchange] = {}
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<ConnectorLink {self.name!r} models={sorted(self.models)}>"
+
+    # -- used by API handlers -----------------------------------------------------
+
+    def open(
+        self, method: str, path: str, headers: p.Headers, request_id: str, body: bytes
+    ) -> Exchange:
+        """Start a stream carrying one request; the reply arrives on the Exchange."""
+        if self._closed:
+            raise LinkLost(self.name)
+        stream_id = next(self._ids)
+        exchange = Exchange(stream_id, self, self.window)
+        self._streams[stream_id] = exchange
+        self._outbox.put(p.RequestHead(stream_id, method, path, headers, request_id))
+        for frame in p.split_body(stream_id, body, response=False):
+            self._outbox.put(frame)
+        self._outbox.put(p.End(stream_id))
+        self._wake.set()
+        return exchange
+
+    def send(self, frame: p.Frame) -> None:
+        if not self._closed:
+            self._outbox.put(frame)
+            self._wake.set()
+
+    def forget(self, stream_id: int, *, cancel: bool) -> None:
+        if self._streams.pop(stream_id, None) is not None and cancel:
+            self._outbox.discard(stream_id)
+            self.send(p.Cancel(stream_id))
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    # -- pumping ------------------------------------------------------------------
+
+    async def write_loop(self) -> None:
+        try:
+            while not self._closed:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._outbox and not self._closed:
+                    await self._ws.send_bytes(self._outbox.take())
+        except ConnectionError:
+            # The reader notices the closed socket and fails the open streams.
+            self._closed = True
+
+    def receive(self, frames: Iterable[p.Frame]) -> bool:
+        """Apply decoded frames; return True when the hub's view of the link changed."""
+        changed = False
+        for frame in frames:
+            match frame:
+                case p.ResponseBody(stream_id, data):
+                    exchange = self._streams.get(stream_id)
+                    if exchange is not None:
+                        exchange.unacknowledged += len(data)
+                        if exchange.unacknowledged > exchange.window:
+                            raise p.ProtocolError(f"stream {stream_id} overran its window")
+                        exchange.events.put_nowait(frame)
+                case p.ResponseHead(stream_id) | p.End(stream_id) | p.Error(stream_id):
+                    exchange = self._streams.get(stream_id)
+                    if exchange is not None:
+                        exchange.events.put_nowait(frame)
+                case p.ModelsUpdate(models):
+                    self.models = frozenset(models)
+                    changed = True
+                case p.GoAway(reason):
+                    log.info("connector going away", connector=self.name, reason=reason)
+                    self.draining = True
+                    changed = True
+                case _:
+                    raise p.ProtocolError(f"{type(frame).__name__} is not valid from a connector")
+        return changed
+
+    def lost(self) -> None:
+        """The socket is gone: fail every open stream so its handler can retry or report."""
+        self._closed = True
+        self._wake.set()
+        for exchange in self._streams.values():
+            exchange.closed = True
+            exchange.events.put_nowait(LinkLost(self.name))
+        self._streams.clear()
+
+    async def go_away(self, reason: str, reconnect_after: float) -> None:
+        """Tell the connector to reconnect later, flush, and close the socket."""
+        if self._closed:
+            return
+        self.send(p.GoAway(reason, reconnect_after))
+        for _ in range(100):
+            if not self._outbox:
+                break
+            await asyncio.sleep(0.01)
+        await self._ws.close(code=p.CLOSE_GOING_AWAY, message=reason.encode()[:120])
+
+
+async def _handshake(ws: web.WebSocketResponse) -> p.Hello | None:
+    try:
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            msg = await ws.receive()
+    except TimeoutError:
+        await ws.close(code=p.CLOSE_HANDSHAKE_TIMEOUT, message=b"no hello within 10 s")
+        return None
+    if msg.type is not WSMsgType.BINARY:
+        await ws.close(code=p.CLOSE_PROTOCOL_ERROR, message=b"expected a binary hello frame")
+        return None
+    try:
+        frames = p.decode(msg.data)
+    except p.ProtocolError as exc:
+        await ws.close(code=p.CLOSE_PROTOCOL_ERROR, message=str(exc).encode()[:120])
+        return None
+    hello = frames[0]
+    if not isinstance(hello, p.Hello) or len(frames) != 1:
+        await ws.close(code=p.CLOSE_PROTOCOL_ERROR, message=b"first frame must be a lone hello")
+        return None
+    if hello.version != p.PROTOCOL_VERSION:
+        reason = (
+            f"unsupported protocol version {hello.version}; "
+            f"this broker speaks version {p.PROTOCOL_VERSION}"
+        )
+        log.warning("connector refused", connector=hello.name, reason=reason)
+        await ws.close(code=p.CLOSE_UNSUPPORTED_VERSION, message=reason.encode())
+        return None
+    return hello
+
+
+async def relay_endpoint(request: web.Request) -> web.StreamResponse:
+    """GET /relay: authenticate the connector, then pump its socket until it closes."""
+    app = request.app
+    if not app[CONNECTOR_TOKENS].accepts(presented_key(request.headers)):
+        return error_response(
+            request, 401, "invalid_connector_token", "The connector token is missing or invalid."
+        )
+    settings = app[SETTINGS]
+    ws = web.WebSocketResponse(
+        heartbeat=settings.heartbeat, max_msg_size=MAX_MESSAGE, compress=False
+    )
+    await ws.prepare(request)
+    hello = await _handshake(ws)
+    if hello is None:
+        return ws
+    link = ConnectorLink(ws, hello, p.DEFAULT_WINDOW)
+    await ws.send_bytes(p.encode(p.Welcome(p.PROTOCOL_VERSION, link.window)))
+    hub, metrics = app[HUB], app[METRICS]
+    app[LINKS].add(link)
+    hub.register(link)
+    metrics.connectors.set(len(hub.links))
+    peer = request.remote
+    log.info(
+        "connector connected",
+        connector=link.name,
+        peer=peer,
+        models=sorted(link.models),
+        max_concurrency=link.max_concurrency,
+    )
+    writer = asyncio.create_task(link.write_loop())
+    reason = "closed"
+    try:
+        async for msg in ws:
+            if msg.type is not WSMsgType.BINARY:
+                raise p.ProtocolError("only binary messages are allowed")
+            if link.receive(p.decode(msg.data)):
+                hub.models_changed(link)
+    except p.ProtocolError as exc:
+        reason = f"protocol error: {exc}"
+        log.warning("connector protocol error", connector=link.name, error=str(exc))
+        await ws.close(code=p.CLOSE_PROTOCOL_ERROR, message=str(exc).encode()[:120])
+    except (ConnectionError, asyncio.CancelledError):
+        reason = "connection lost"
+        raise
+    finally:
+        link.lost()
+        writer.cancel()
+        hub.unregister(link)
+        app[LINKS].discard(link)
+        metrics.connectors.set(len(hub.links))
+        log.info("connector disconnected", connector=link.name, reason=reason)
+    return ws

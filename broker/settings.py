@@ -1,0 +1,53 @@
+"""The broker's settings: command line, REMOTELLM_BROKER_* environment, optional YAML file."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, SecretStr
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.settings import split_list
+
+SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(split_list)]
+
+
+class BrokerSettings(BaseSettings):
+    """Every knob of `remotellm-broker serve`. Tests build it directly."""
+
+    model_config = SettingsConfigDict(env_prefix="REMOTELLM_BROKER_", extra="forbid")
+
+    host: str = Field("0.0.0.0", description="Address to listen on.")
+    port: int = Field(8443, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    user_api_key: SecretList = Field(
+        default_factory=list, description="API key accepted from users (repeatable)."
+    )
+    connector_token: SecretList = Field(
+        default_factory=list, description="Token accepted from connectors (repeatable)."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+    log_format: Literal["json", "console"] = Field("json", description="Log line format.")
+    max_body_size: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Largest request body in bytes; larger gets 413."
+    )
+    request_timeout: float = Field(
+        600.0, gt=0, description="Seconds a request may take end to end before 504."
+    )
+    connector_wait: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds to hold a request while no connector serves its model before 503.",
+    )
+    queue_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds to wait for a free slot when every connector of a model is busy.",
+    )
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="Seconds in-flight requests get to finish on SIGTERM."
+    )
+    heartbeat: float = Field(
+        15.0, gt=0, description="Seconds between WebSocket pings to each connector."
+    )

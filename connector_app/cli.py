@@ -1,0 +1,92 @@
+"""`remotellm-connector`: the connector, headless (`--headless`) or as a tray app."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from connector_app.core.connector import Connector
+from connector_app.core.settings import ConnectorSettings
+from shared.logging import configure_logging
+from shared.settings import ConfigError, load
+
+PROG = "remotellm-connector"
+log = structlog.get_logger("remotellm.connector")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="RemoteLLM connector: share a local LLM server through a broker."
+    )
+    add = parser.add_argument
+    add("--headless", action="store_true", help="run without the tray app (servers, services)")
+    add("--config", type=Path, help="YAML file with settings (flags and env vars win over it)")
+    add("--broker-url", help="broker relay URL, e.g. wss://broker.example.com/relay")
+    add("--broker-token", help="connector token from the broker's operator")
+    add("--llm-url", help="local LLM server base URL (default http://127.0.0.1:11434)")
+    add("--llm-api-key", help="API key of the local LLM server, if it wants one")
+    add("--model", action="append", help="serve this model (repeatable; default: discover)")
+    add("--max-concurrency", type=int, help="requests served at once (default 4)")
+    add("--name", help="name shown to the broker operator (default: host name)")
+    add("--insecure", action="store_true", default=None, help="allow ws:// to a remote host")
+    add("--discovery-interval", type=float, help="seconds between model discoveries (30)")
+    add("--heartbeat", type=float, help="seconds between pings to the broker (10)")
+    add("--shutdown-grace", type=float, help="seconds to finish requests on shutdown (30)")
+    add("--log-level", choices=["debug", "info", "warning", "error"])
+    add("--log-format", choices=["json", "console"])
+    return parser
+
+
+async def run_headless(settings: ConnectorSettings) -> int:
+    connector = Connector(settings)
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        if not stopping:
+            log.info("shutting down")
+            stopping.append(asyncio.create_task(connector.stop()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    log.info(
+        "connector starting",
+        broker_url=settings.broker_url,
+        llm_url=settings.llm_url,
+        max_concurrency=settings.max_concurrency,
+    )
+    await connector.run()
+    for task in stopping:
+        await task
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.headless:
+        print(
+            f"{PROG}: the tray app is not part of this version yet; run with --headless",
+            file=sys.stderr,
+        )
+        return 2
+    fields = ConnectorSettings.model_fields
+    cli: dict[str, Any] = {k: v for k, v in vars(args).items() if k in fields}
+    try:
+        settings = load(ConnectorSettings, cli, args.config)
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    return asyncio.run(run_headless(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

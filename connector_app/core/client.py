@@ -1,0 +1,365 @@
+"""The relay client: one outbound WebSocket to the broker, kept up with backoff.
+
+It pumps frames between the socket and the streams it serves: each request the
+broker sends becomes a task that calls the local LLM and streams the answer
+back within the stream's flow-control window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from connector_app.core.backoff import Backoff
+from connector_app.core.llm import LocalLLM
+from connector_app.core.status import LinkState, StatusBoard
+from shared import protocol as p
+from shared.flow import SendCredit
+from shared.outbox import Outbox
+
+log = structlog.get_logger("remotellm.connector")
+
+HANDSHAKE_TIMEOUT = 10.0
+STABLE_AFTER = 10.0
+"""A connection that lived this long resets the backoff."""
+MAX_MESSAGE = 4 * 1024 * 1024
+MAX_REQUEST_BODY = 256 * 1024 * 1024
+
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
+)
+
+Connect = Callable[..., Any]
+
+
+@dataclass(eq=False)
+class _Stream:
+    head: p.RequestHead
+    window: int
+    body: bytearray = field(default_factory=bytearray)
+    task: asyncio.Task[None] | None = None
+    credit: SendCredit = field(init=False)
+    credited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.credit = SendCredit(self.window)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line saying why the link failed, with what to do where we can tell."""
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        if status == 401:
+            return "the broker rejected the connector token (HTTP 401); check the token"
+        return f"the broker refused the connection with HTTP {status}"
+    if isinstance(exc, ConnectionClosed):
+        frame = exc.rcvd
+        if frame is None:
+            return "the connection to the broker was lost"
+        if frame.code == p.CLOSE_UNSUPPORTED_VERSION:
+            return f"the broker refused this connector: {frame.reason}"
+        return f"the broker closed the connection ({frame.code} {frame.reason})".rstrip()
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with the broker failed: {exc}"
+    if isinstance(exc, TimeoutError):
+        return "timed out talking to the broker"
+    if isinstance(exc, p.ProtocolError):
+        return f"protocol error: {exc}"
+    return f"cannot reach the broker: {exc or type(exc).__name__}"
+
+
+class RelayClient:
+    """Keeps one connection to the broker and serves the requests that arrive on it."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        token: str,
+        name: str,
+        max_concurrency: int,
+        llm: LocalLLM,
+        board: StatusBoard,
+        backoff: Backoff | None = None,
+        heartbeat: float = 10.0,
+        connect_fn: Connect = connect,
+    ) -> None:
+        self._url = url
+        self._token = token
+        self._name = name
+        self._max_concurrency = max_concurrency
+        self._llm = llm
+        self._board = board
+        self._backoff = backoff or Backoff()
+        self._heartbeat = heartbeat
+        self._connect = connect_fn
+        self._stopping = asyncio.Event()
+        self._draining = False
+        self._ws: ClientConnection | None = None
+        self._outbox = Outbox()
+        self._wake = asyncio.Event()
+        self._streams: dict[int, _Stream] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._window = p.DEFAULT_WINDOW
+        self._goaway_after: float | None = None
+
+    # -- public ---------------------------------------------------------------
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return self._board.status.models
+
+    def set_models(self, models: tuple[str, ...]) -> None:
+        """Change the served models; a connected broker is told at once."""
+        if models == self.models:
+            return
+        log.info("models changed", models=list(models))
+        self._board.update(models=models)
+        if self._ws is not None:
+            self._send(p.ModelsUpdate(models))
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect with backoff; returns after `stop()`."""
+        loop = asyncio.get_running_loop()
+        first = True
+        while not self._stopping.is_set():
+            self._board.update(
+                state=LinkState.CONNECTING if first else LinkState.RECONNECTING, retry_in=None
+            )
+            first = False
+            started = loop.time()
+            error: str | None = None
+            try:
+                await self._connection()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = describe_failure(exc)
+            finally:
+                self._abort_streams()
+            if self._stopping.is_set():
+                break
+            if loop.time() - started >= STABLE_AFTER:
+                self._backoff.reset()
+            if self._goaway_after is not None:
+                delay = self._goaway_after + self._backoff.next() / 4
+                self._goaway_after = None
+                error = error or "the broker asked us to reconnect"
+            else:
+                delay = self._backoff.next()
+            self._board.update(
+                state=LinkState.RECONNECTING, last_error=error, retry_in=round(delay, 2)
+            )
+            log.warning("relay link down", error=error, retry_in_s=round(delay, 2))
+            try:
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
+            except TimeoutError:
+                pass
+        self._board.update(state=LinkState.DISCONNECTED, retry_in=None)
+
+    async def stop(self, grace: float) -> None:
+        """Take no new requests, let in-flight ones finish (bounded), then disconnect."""
+        self._draining = True
+        if self._ws is not None and self._streams:
+            self._send(p.GoAway("connector shutting down", 0.0))
+            log.info("draining", in_flight=len(self._streams), grace_s=grace)
+            try:
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+            except TimeoutError:
+                log.warning("grace period over; abandoning requests", in_flight=len(self._streams))
+        self._stopping.set()
+        ws = self._ws
+        if ws is not None:
+            await ws.close(code=p.CLOSE_GOING_AWAY, reason="connector shutting down")
+
+    # -- one connection --------------------------------------------------------
+
+    async def _connection(self) -> None:
+        async with self._connect(
+            self._url,
+            additional_headers={"Authorization": f"Bearer {self._token}"},
+            user_agent_header="remotellm-connector",
+            compression=None,
+            max_size=MAX_MESSAGE,
+            ping_interval=self._heartbeat,
+            ping_timeout=self._heartbeat,
+            open_timeout=HANDSHAKE_TIMEOUT,
+            close_timeout=5,
+        ) as ws:
+            hello = p.Hello(p.PROTOCOL_VERSION, self._name, self.models, self._max_concurrency)
+            await ws.send(p.encode(hello))
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                reply = await ws.recv()
+            welcome = p.decode(reply)[0] if isinstance(reply, bytes) else None
+            if not isinstance(welcome, p.Welcome):
+                raise p.ProtocolError("the broker did not answer hello with welcome")
+            self._window = welcome.window
+            self._outbox = Outbox()
+            self._ws = ws
+            self._board.update(state=LinkState.CONNECTED, last_error=None, retry_in=None)
+            log.info("connected to broker", url=self._url, models=list(self.models))
+            if self._stopping.is_set() or self._draining:
+                return
+            writer = asyncio.create_task(self._write_loop(ws))
+            try:
+                async for message in ws:
+                    if not isinstance(message, bytes):
+                        raise p.ProtocolError("only binary messages are allowed")
+                    for frame in p.decode(message):
+                        self._on_frame(frame)
+            except p.ProtocolError as exc:
+                await ws.close(code=p.CLOSE_PROTOCOL_ERROR, reason=str(exc)[:120])
+                raise
+            finally:
+                self._ws = None
+                writer.cancel()
+
+    async def _write_loop(self, ws: ClientConnection) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._outbox:
+                    await ws.send(self._outbox.take())
+        except ConnectionClosed:
+            pass
+
+    def _send(self, frame: p.Frame) -> None:
+        self._outbox.put(frame)
+        self._wake.set()
+
+    def _abort_streams(self) -> None:
+        for stream in list(self._streams.values()):
+            if stream.task is not None:
+                stream.task.cancel()
+            self._forget(stream)
+
+    def _forget(self, stream: _Stream) -> None:
+        """Drop a stream from the table and publish the new in-flight count."""
+        if self._streams.get(stream.head.stream_id) is stream:
+            del self._streams[stream.head.stream_id]
+        running = sum(1 for s in self._streams.values() if s.task is not None)
+        self._board.update(in_flight=running)
+        if not self._streams:
+            self._idle.set()
+
+    # -- frames from the broker ------------------------------------------------
+
+    def _on_frame(self, frame: p.Frame) -> None:
+        match frame:
+            case p.RequestHead(stream_id):
+                if stream_id in self._streams:
+                    raise p.ProtocolError(f"stream {stream_id} is already open")
+                self._streams[stream_id] = _Stream(frame, self._window)
+                self._idle.clear()
+            case p.RequestBody(stream_id, data):
+                stream = self._streams.get(stream_id)
+                if stream is None or stream.task is not None:
+                    raise p.ProtocolError(f"request body on stream {stream_id} that is not open")
+                if len(stream.body) + len(data) > MAX_REQUEST_BODY:
+                    raise p.ProtocolError(f"request body on stream {stream_id} is too large")
+                stream.body += data
+            case p.End(stream_id):
+                stream = self._streams.get(stream_id)
+                if stream is None or stream.task is not None:
+                    raise p.ProtocolError(f"end of stream {stream_id} that is not open")
+                self._start(stream)
+            case p.Cancel(stream_id):
+                cancelled = self._streams.get(stream_id)
+                self._outbox.discard(stream_id)
+                if cancelled is not None:
+                    if cancelled.task is not None:
+                        cancelled.task.cancel()
+                    self._forget(cancelled)
+            case p.WindowUpdate(stream_id, increment):
+                credited = self._streams.get(stream_id)
+                if credited is not None:
+                    credited.credit.add(increment)
+                    credited.credited.set()
+            case p.GoAway(reason, reconnect_after):
+                log.info("broker going away", reason=reason, reconnect_after_s=reconnect_after)
+                self._goaway_after = reconnect_after
+            case _:
+                raise p.ProtocolError(f"{type(frame).__name__} is not valid from a broker")
+
+    def _start(self, stream: _Stream) -> None:
+        sid = stream.head.stream_id
+        busy = sum(1 for s in self._streams.values() if s.task is not None)
+        if self._draining or busy >= self._max_concurrency:
+            self._forget(stream)
+            reason = "shutting down" if self._draining else "at its concurrency limit"
+            self._send(p.Error(sid, "over_capacity", f"The connector is {reason}."))
+            return
+        stream.task = asyncio.create_task(self._serve(stream))
+        self._board.update(in_flight=busy + 1)
+
+    # -- serving one request ---------------------------------------------------
+
+    async def _serve(self, stream: _Stream) -> None:
+        head = stream.head
+        sid = head.stream_id
+        started = time.perf_counter()
+        status: int | None = None
+        outcome = "ok"
+        with structlog.contextvars.bound_contextvars(request_id=head.request_id):
+            try:
+                async with self._llm.request(
+                    head.method, head.path, head.headers, bytes(stream.body)
+                ) as response:
+                    status = response.status
+                    headers = tuple(
+                        (k, v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP
+                    )
+                    self._send(p.ResponseHead(sid, status, headers))
+                    async for chunk in response.content.iter_any():
+                        await self._send_body(stream, chunk)
+                self._send(p.End(sid))
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                raise
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                outcome = "failed"
+                reason = str(exc) or type(exc).__name__
+                if status is None:
+                    message = (
+                        f"The local LLM server at {self._llm.base_url} is unreachable: {reason}"
+                    )
+                    self._send(p.Error(sid, "llm_unreachable", message))
+                else:
+                    message = f"The local LLM server failed mid-response: {reason}"
+                    self._send(p.Error(sid, "llm_stream_failed", message))
+                log.warning("local LLM request failed", error=message)
+            finally:
+                self._forget(stream)
+                log.info(
+                    "request served",
+                    method=head.method,
+                    path=head.path,
+                    status=status,
+                    outcome=outcome,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                )
+
+    async def _send_body(self, stream: _Stream, data: bytes) -> None:
+        sid = stream.head.stream_id
+        view = memoryview(data)
+        while view:
+            n = stream.credit.take(len(view))
+            if n == 0:
+                stream.credited.clear()
+                await stream.credited.wait()
+                continue
+            self._send(p.ResponseBody(sid, bytes(view[:n])))
+            view = view[n:]

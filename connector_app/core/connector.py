@@ -1,0 +1,95 @@
+"""The connector engine: local LLM client, model discovery and relay client, run together.
+
+Both faces of the connector (headless CLI and tray app) drive this one object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from connector_app.core.backoff import Backoff
+from connector_app.core.client import RelayClient
+from connector_app.core.discovery import DiscoveryError, discover_models
+from connector_app.core.llm import LocalLLM
+from connector_app.core.settings import ConnectorSettings
+from connector_app.core.status import Status, StatusBoard
+
+log = structlog.get_logger("remotellm.connector")
+
+
+class Connector:
+    """Serves a local LLM server to a broker until stopped."""
+
+    def __init__(self, settings: ConnectorSettings, *, backoff: Backoff | None = None) -> None:
+        self.settings = settings
+        self.board = StatusBoard()
+        self.board.subscribe(self._log_state)
+        api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+        self.llm = LocalLLM(settings.llm_url, api_key)
+        self.client = RelayClient(
+            url=settings.broker_url,
+            token=settings.broker_token.get_secret_value(),
+            name=settings.name,
+            max_concurrency=settings.max_concurrency,
+            llm=self.llm,
+            board=self.board,
+            backoff=backoff,
+            heartbeat=settings.heartbeat,
+        )
+        self._discovery_ok: bool | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def status(self) -> Status:
+        return self.board.status
+
+    def _log_state(self, status: Status) -> None:
+        log.debug("status", state=status.state.value, in_flight=status.in_flight)
+
+    async def refresh_models(self) -> None:
+        """Ask the local server for its models (unless they are configured) and publish them."""
+        if self.settings.model:
+            self.client.set_models(tuple(self.settings.model))
+            return
+        try:
+            models = await discover_models(self.llm)
+        except DiscoveryError as exc:
+            if self._discovery_ok is not False:
+                log.warning("local LLM server not answering; will keep trying", error=str(exc))
+            self._discovery_ok = False
+            return
+        if self._discovery_ok is False:
+            log.info("local LLM server is back", url=self.llm.base_url)
+        self._discovery_ok = True
+        if not models:
+            log.warning("the local LLM server lists no models", url=self.llm.base_url)
+        self.client.set_models(tuple(models))
+
+    async def _discovery_loop(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.settings.discovery_interval):
+                    await self._stopped.wait()
+                return
+            except TimeoutError:
+                await self.refresh_models()
+
+    async def run(self) -> None:
+        """Discover, connect and serve until `stop()`; then release everything."""
+        await self.refresh_models()
+        discovery = asyncio.create_task(self._discovery_loop())
+        try:
+            await self.client.run()
+        finally:
+            self._stopped.set()
+            discovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await discovery
+            await self.llm.close()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain in-flight requests (bounded by `grace` or the setting) and disconnect."""
+        await self.client.stop(self.settings.shutdown_grace if grace is None else grace)

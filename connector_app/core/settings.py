@@ -1,0 +1,103 @@
+"""The connector's settings: command line, REMOTELLM_CONNECTOR_* environment, YAML file."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.settings import split_list
+
+StrList = Annotated[list[str], NoDecode, BeforeValidator(split_list)]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def normalise_broker_url(url: str) -> str:
+    """Accept ws(s):// or http(s):// broker URLs; default the path to /relay."""
+    parts = urlsplit(url.strip())
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError("must be a ws://, wss://, http:// or https:// URL with a host")
+    path = parts.path if parts.path not in ("", "/") else "/relay"
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def normalise_llm_url(url: str) -> str:
+    """The local server's base URL, without a trailing /v1 (paths are forwarded as sent)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1"):
+        path = path[: -len("/v1")]
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+class ConnectorSettings(BaseSettings):
+    """Every knob of the connector, headless or tray."""
+
+    model_config = SettingsConfigDict(env_prefix="REMOTELLM_CONNECTOR_", extra="forbid")
+
+    broker_url: str = Field(description="The broker's relay URL, e.g. wss://broker.example/relay.")
+    broker_token: SecretStr = Field(description="Connector token issued by the broker operator.")
+    llm_url: str = Field(
+        "http://127.0.0.1:11434", description="Base URL of the local LLM server (/v1 optional)."
+    )
+    llm_api_key: SecretStr | None = Field(
+        None, description="API key the local LLM server wants, sent as a Bearer token."
+    )
+    model: StrList = Field(
+        default_factory=list, description="Models to serve (repeatable); empty = discover them."
+    )
+    max_concurrency: int = Field(4, ge=1, le=1024, description="Requests served at once.")
+    name: str = Field(
+        default_factory=socket.gethostname, description="Name shown to the broker's operator."
+    )
+    insecure: bool = Field(False, description="Allow ws:// to a host that is not loopback.")
+    discovery_interval: float = Field(
+        30.0, gt=0, description="Seconds between model discoveries on the local server."
+    )
+    heartbeat: float = Field(
+        10.0, gt=0, description="Seconds between pings; a dead link is seen within two."
+    )
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="Seconds in-flight requests get to finish on shutdown."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+    log_format: Literal["json", "console"] = Field("json", description="Log line format.")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        return normalise_broker_url(value)
+
+    @field_validator("llm_url")
+    @classmethod
+    def _llm_url(cls, value: str) -> str:
+        return normalise_llm_url(value)
+
+    @model_validator(mode="after")
+    def _tls(self) -> ConnectorSettings:
+        parts = urlsplit(self.broker_url)
+        if parts.scheme == "ws" and not self.insecure and not is_loopback(parts.hostname or ""):
+            raise ValueError(
+                "broker_url uses unencrypted ws:// to a remote host; use wss:// "
+                "(or pass --insecure if you really mean it)"
+            )
+        if not self.broker_token.get_secret_value():
+            raise ValueError("broker_token must not be empty")
+        return self

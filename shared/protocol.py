@@ -1,0 +1,399 @@
+"""The relay wire protocol between broker and connector, sans-I/O.
+
+Every WebSocket message is a binary message holding one or more frames back to
+back. A frame is a 9-byte header followed by its payload::
+
+    +--------+----------------+----------------+-------------------+
+    | type   | stream id      | payload length | payload           |
+    | uint8  | uint32 (BE)    | uint32 (BE)    | `length` bytes    |
+    +--------+----------------+----------------+-------------------+
+
+Bodies travel as raw payload bytes; only control frames (hello, heads, errors,
+going-away) carry a small JSON object. This module imports no I/O library: it
+turns frames into bytes and bytes into frames, and nothing else. The full
+specification is in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Final
+
+PROTOCOL_VERSION: Final = 1
+"""Bumped on any incompatible change to the frame layout or semantics."""
+
+MAX_BODY_CHUNK: Final = 64 * 1024
+"""Largest payload of one body frame."""
+
+MAX_CONTROL_PAYLOAD: Final = 1024 * 1024
+"""Largest JSON payload of one control frame (heads with many headers, model lists)."""
+
+DEFAULT_WINDOW: Final = 1024 * 1024
+"""Response-body bytes a connector may send on one stream before it needs credit."""
+
+HEADER: Final = struct.Struct(">BII")
+_CREDIT: Final = struct.Struct(">I")
+
+# WebSocket close codes used by the relay (4000-4999 is the application range).
+CLOSE_PROTOCOL_ERROR: Final = 1002
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_UNSUPPORTED_VERSION: Final = 4001
+CLOSE_HANDSHAKE_TIMEOUT: Final = 4002
+
+
+class FrameType(IntEnum):
+    HELLO = 0x01
+    WELCOME = 0x02
+    MODELS = 0x03
+    GOAWAY = 0x04
+    REQUEST_HEAD = 0x10
+    REQUEST_BODY = 0x11
+    RESPONSE_HEAD = 0x20
+    RESPONSE_BODY = 0x21
+    END = 0x30
+    ERROR = 0x31
+    CANCEL = 0x32
+    WINDOW_UPDATE = 0x33
+
+
+class ProtocolError(Exception):
+    """The peer sent something this protocol does not allow."""
+
+
+Headers = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Connector -> broker, first frame: who it is and what it serves."""
+
+    version: int
+    name: str
+    models: tuple[str, ...]
+    max_concurrency: int
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Broker -> connector, answer to Hello: the accepted version and the stream window."""
+
+    version: int
+    window: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelsUpdate:
+    """Connector -> broker: the full, new list of served models."""
+
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GoAway:
+    """Either side: no new streams; reconnect after `reconnect_after` seconds."""
+
+    reason: str
+    reconnect_after: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """Broker -> connector: opens stream `stream_id` with an HTTP request head."""
+
+    stream_id: int
+    method: str
+    path: str
+    headers: Headers
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestBody:
+    stream_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    stream_id: int
+    status: int
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseBody:
+    stream_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """The sender's half of the stream is complete."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """Connector -> broker: the stream failed; `code` is machine-readable."""
+
+    stream_id: int
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Broker -> connector: the client is gone; abort the stream at once."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUpdate:
+    """Broker -> connector: `increment` more response-body bytes may be sent on the stream."""
+
+    stream_id: int
+    increment: int
+
+
+Frame = (
+    Hello
+    | Welcome
+    | ModelsUpdate
+    | GoAway
+    | RequestHead
+    | RequestBody
+    | ResponseHead
+    | ResponseBody
+    | End
+    | Error
+    | Cancel
+    | WindowUpdate
+)
+
+StreamFrame = RequestHead | RequestBody | ResponseHead | ResponseBody | End | Error | Cancel
+
+
+# ---------------------------------------------------------------------------
+# Encoding
+
+
+def _json(obj: Mapping[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _pack(kind: FrameType, stream_id: int, payload: bytes) -> bytes:
+    return HEADER.pack(kind, stream_id, len(payload)) + payload
+
+
+def encode(frame: Frame) -> bytes:
+    """Return the bytes of one frame."""
+    match frame:
+        case RequestBody(stream_id, data) | ResponseBody(stream_id, data):
+            if len(data) > MAX_BODY_CHUNK:
+                raise ValueError(f"body frame of {len(data)} bytes exceeds {MAX_BODY_CHUNK}")
+            kind = (
+                FrameType.REQUEST_BODY
+                if isinstance(frame, RequestBody)
+                else FrameType.RESPONSE_BODY
+            )
+            return _pack(kind, stream_id, data)
+        case End(stream_id):
+            return _pack(FrameType.END, stream_id, b"")
+        case Cancel(stream_id):
+            return _pack(FrameType.CANCEL, stream_id, b"")
+        case WindowUpdate(stream_id, increment):
+            return _pack(FrameType.WINDOW_UPDATE, stream_id, _CREDIT.pack(increment))
+        case ResponseHead(stream_id, status, headers):
+            payload = _json({"status": status, "headers": [list(h) for h in headers]})
+            return _pack(FrameType.RESPONSE_HEAD, stream_id, payload)
+        case RequestHead(stream_id, method, path, headers, request_id):
+            payload = _json(
+                {
+                    "method": method,
+                    "path": path,
+                    "headers": [list(h) for h in headers],
+                    "request_id": request_id,
+                }
+            )
+            return _pack(FrameType.REQUEST_HEAD, stream_id, payload)
+        case Error(stream_id, code, message):
+            return _pack(FrameType.ERROR, stream_id, _json({"code": code, "message": message}))
+        case Hello(version, name, models, max_concurrency):
+            payload = _json(
+                {
+                    "version": version,
+                    "name": name,
+                    "models": list(models),
+                    "max_concurrency": max_concurrency,
+                }
+            )
+            return _pack(FrameType.HELLO, 0, payload)
+        case Welcome(version, window):
+            return _pack(FrameType.WELCOME, 0, _json({"version": version, "window": window}))
+        case ModelsUpdate(models):
+            return _pack(FrameType.MODELS, 0, _json({"models": list(models)}))
+        case GoAway(reason, reconnect_after):
+            payload = _json({"reason": reason, "reconnect_after": reconnect_after})
+            return _pack(FrameType.GOAWAY, 0, payload)
+    raise TypeError(f"not a frame: {frame!r}")  # pragma: no cover - exhaustive match
+
+
+def encode_many(frames: Iterable[Frame]) -> bytes:
+    """Return one message's bytes holding `frames` in order."""
+    return b"".join(encode(f) for f in frames)
+
+
+def split_body(stream_id: int, data: bytes, *, response: bool) -> list[RequestBody | ResponseBody]:
+    """Split a body into frames of at most MAX_BODY_CHUNK bytes (none for an empty body)."""
+    cls = ResponseBody if response else RequestBody
+    return [
+        cls(stream_id, data[i : i + MAX_BODY_CHUNK]) for i in range(0, len(data), MAX_BODY_CHUNK)
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Decoding
+
+
+def _obj(payload: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"control payload is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("control payload must be a JSON object")
+    return value
+
+
+def _get(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = obj.get(key)
+    # bool is an int subclass; a boolean is never a valid number here.
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ProtocolError(f"field {key!r} is missing or has the wrong type")
+    return value
+
+
+def _str_list(obj: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    items = _get(obj, key, list)
+    if not all(isinstance(i, str) for i in items):
+        raise ProtocolError(f"field {key!r} must be a list of strings")
+    return tuple(items)
+
+
+def _headers(obj: Mapping[str, Any]) -> Headers:
+    items = _get(obj, "headers", list)
+    out: list[tuple[str, str]] = []
+    for item in items:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(isinstance(part, str) for part in item)
+        ):
+            raise ProtocolError("headers must be a list of [name, value] string pairs")
+        out.append((item[0], item[1]))
+    return tuple(out)
+
+
+def _decode_one(kind: int, stream_id: int, payload: bytes) -> Frame:
+    try:
+        ftype = FrameType(kind)
+    except ValueError:
+        raise ProtocolError(f"unknown frame type 0x{kind:02x}") from None
+    connection_level = ftype in (
+        FrameType.HELLO,
+        FrameType.WELCOME,
+        FrameType.MODELS,
+        FrameType.GOAWAY,
+    )
+    if connection_level and stream_id != 0:
+        raise ProtocolError(f"{ftype.name} frame must use stream 0")
+    if not connection_level and stream_id == 0:
+        raise ProtocolError(f"{ftype.name} frame needs a stream id other than 0")
+    if ftype in (FrameType.REQUEST_BODY, FrameType.RESPONSE_BODY):
+        if len(payload) > MAX_BODY_CHUNK:
+            raise ProtocolError(f"body frame of {len(payload)} bytes exceeds {MAX_BODY_CHUNK}")
+        if ftype is FrameType.REQUEST_BODY:
+            return RequestBody(stream_id, payload)
+        return ResponseBody(stream_id, payload)
+    if ftype in (FrameType.END, FrameType.CANCEL):
+        if payload:
+            raise ProtocolError(f"{ftype.name} frame must have an empty payload")
+        return End(stream_id) if ftype is FrameType.END else Cancel(stream_id)
+    if ftype is FrameType.WINDOW_UPDATE:
+        if len(payload) != _CREDIT.size:
+            raise ProtocolError("WINDOW_UPDATE payload must be 4 bytes")
+        (increment,) = _CREDIT.unpack(payload)
+        if increment == 0:
+            raise ProtocolError("WINDOW_UPDATE increment must be positive")
+        return WindowUpdate(stream_id, increment)
+    if len(payload) > MAX_CONTROL_PAYLOAD:
+        raise ProtocolError(f"{ftype.name} payload exceeds {MAX_CONTROL_PAYLOAD} bytes")
+    obj = _obj(payload)
+    match ftype:
+        case FrameType.HELLO:
+            concurrency = _get(obj, "max_concurrency", int)
+            if concurrency < 1:
+                raise ProtocolError("max_concurrency must be at least 1")
+            return Hello(
+                _get(obj, "version", int),
+                _get(obj, "name", str),
+                _str_list(obj, "models"),
+                concurrency,
+            )
+        case FrameType.WELCOME:
+            window = _get(obj, "window", int)
+            if window < MAX_BODY_CHUNK:
+                raise ProtocolError(f"window must be at least {MAX_BODY_CHUNK}")
+            return Welcome(_get(obj, "version", int), window)
+        case FrameType.MODELS:
+            return ModelsUpdate(_str_list(obj, "models"))
+        case FrameType.GOAWAY:
+            after = float(_get(obj, "reconnect_after", (int, float)))
+            return GoAway(_get(obj, "reason", str), max(after, 0.0))
+        case FrameType.REQUEST_HEAD:
+            return RequestHead(
+                stream_id,
+                _get(obj, "method", str),
+                _get(obj, "path", str),
+                _headers(obj),
+                _get(obj, "request_id", str),
+            )
+        case FrameType.RESPONSE_HEAD:
+            status = _get(obj, "status", int)
+            if not 100 <= status <= 999:
+                raise ProtocolError(f"status {status} is not an HTTP status code")
+            return ResponseHead(stream_id, status, _headers(obj))
+        case _:
+            return Error(stream_id, _get(obj, "code", str), _get(obj, "message", str))
+
+
+def iter_frames(message: bytes) -> Iterator[Frame]:
+    """Yield the frames of one complete WebSocket message.
+
+    Raises ProtocolError on anything malformed, including a message that ends in
+    the middle of a frame.
+    """
+    view = memoryview(message)
+    offset, size = 0, len(view)
+    if size == 0:
+        raise ProtocolError("empty message")
+    while offset < size:
+        if size - offset < HEADER.size:
+            raise ProtocolError("message ends inside a frame header")
+        kind, stream_id, length = HEADER.unpack_from(view, offset)
+        offset += HEADER.size
+        if size - offset < length:
+            raise ProtocolError("message ends inside a frame payload")
+        yield _decode_one(kind, stream_id, bytes(view[offset : offset + length]))
+        offset += length
+
+
+def decode(message: bytes) -> list[Frame]:
+    """Return the frames of one complete WebSocket message (see iter_frames)."""
+    return list(iter_frames(message))
