@@ -1,0 +1,142 @@
+"""Fixtures that run real brokers, connectors and a stub LLM on loopback, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from broker.server import BrokerServer
+from broker.settings import BrokerSettings
+from connector_app.core.backoff import Backoff
+from connector_app.core.connector import Connector
+from connector_app.core.settings import ConnectorSettings
+from connector_app.core.status import LinkState
+from tests.stub_llm import StubLLM
+
+USER_KEY = "sk-test-user-key-0123456789"
+CONNECTOR_TOKEN = "test-connector-token-abcdef"
+
+
+def broker_settings(**overrides: Any) -> BrokerSettings:
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "user_api_key": [SecretStr(USER_KEY)],
+        "connector_token": [SecretStr(CONNECTOR_TOKEN)],
+        "connector_wait": 0.3,
+        "queue_timeout": 0.3,
+        "shutdown_grace": 5.0,
+    }
+    values.update(overrides)
+    return BrokerSettings(**values)
+
+
+def connector_settings(broker_port: int, llm_url: str, **overrides: Any) -> ConnectorSettings:
+    values: dict[str, Any] = {
+        "broker_url": f"ws://127.0.0.1:{broker_port}/relay",
+        "broker_token": SecretStr(CONNECTOR_TOKEN),
+        "llm_url": llm_url,
+        "name": "test-connector",
+        "max_concurrency": 8,
+        "model": [],
+        "llm_api_key": None,
+        "shutdown_grace": 5.0,
+    }
+    values.update(overrides)
+    return ConnectorSettings(**values)
+
+
+@dataclass
+class RunningConnector:
+    connector: Connector
+    task: asyncio.Task[None]
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if not self.task.done():
+            await self.connector.stop(grace)
+            await asyncio.wait_for(self.task, 10)
+
+    async def wait_state(self, state: LinkState, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while self.connector.status.state is not state:
+                await asyncio.sleep(0.01)
+
+
+async def wait_models(server: BrokerServer, expected: set[str], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while set(server.hub.models()) != expected:
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[StubLLM]:
+    llm = StubLLM()
+    await llm.start()
+    yield llm
+    # Release handlers parked on gates so the stub can stop.
+    for gate in llm.gates.values():
+        gate.set()
+    await llm.stop()
+
+
+MakeBroker = Callable[..., Awaitable[BrokerServer]]
+MakeConnector = Callable[..., Awaitable[RunningConnector]]
+
+
+@pytest.fixture
+async def make_broker() -> AsyncIterator[MakeBroker]:
+    servers: list[BrokerServer] = []
+
+    async def make(**overrides: Any) -> BrokerServer:
+        server = BrokerServer(broker_settings(**overrides))
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        with contextlib.suppress(RuntimeError):
+            await server.stop()
+
+
+@pytest.fixture
+async def make_connector() -> AsyncIterator[MakeConnector]:
+    running: list[RunningConnector] = []
+
+    async def make(broker: BrokerServer | int, llm_url: str, **overrides: Any) -> RunningConnector:
+        port = broker if isinstance(broker, int) else broker.port
+        connector = Connector(
+            connector_settings(port, llm_url, **overrides), backoff=Backoff(base=0.05, cap=0.2)
+        )
+        item = RunningConnector(connector, asyncio.create_task(connector.run()))
+        running.append(item)
+        return item
+
+    yield make
+    for item in running:
+        await item.stop(grace=1.0)
+
+
+@dataclass
+class Relay:
+    stub: StubLLM
+    broker: BrokerServer
+    connector: RunningConnector
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.broker.base_url}/v1"
+
+
+@pytest.fixture
+async def relay(stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector) -> Relay:
+    broker = await make_broker()
+    connector = await make_connector(broker, stub.url)
+    await wait_models(broker, {"stub-model"})
+    return Relay(stub, broker, connector)
