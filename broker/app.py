@@ -94,8 +94,12 @@ async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
         await link.go_away("broker stopping", 1.0)
 
 
-async def _drain(app: web.Application) -> None:
-    """On shutdown: finish in-flight requests (bounded), then send connectors away."""
+async def drain(app: web.Application) -> None:
+    """Finish in-flight requests (bounded by the grace), then send connectors away.
+
+    Runs before aiohttp's own shutdown: once that starts, upgraded connections stop
+    reading, so the connectors' responses could no longer arrive.
+    """
     lifecycle, settings = app[LIFECYCLE], app[SETTINGS]
     log.info("draining", in_flight=lifecycle.active, grace_s=settings.shutdown_grace)
     if not await lifecycle.drain(settings.shutdown_grace):
@@ -115,7 +119,6 @@ def create_app(settings: BrokerSettings) -> web.Application:
     app[USER_KEYS] = Credentials(secret_values(settings.user_api_key))
     app[CONNECTOR_TOKENS] = Credentials(secret_values(settings.connector_token))
     app.cleanup_ctx.append(_connectors_ctx)
-    app.on_shutdown.append(_drain)
     for path in MODEL_ENDPOINTS:
         app.router.add_post(path, proxy_endpoint)
     app.router.add_get("/v1/models", models_endpoint)

@@ -70,15 +70,19 @@ def _settings_from(args: argparse.Namespace) -> BrokerSettings:
 
 
 async def _until_signalled() -> None:
+    """Wait for SIGTERM or SIGINT. Handlers stay installed afterwards, so a second
+    signal during the drain does not kill the process halfway through."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.info("already shutting down")
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        loop.add_signal_handler(sig, on_signal)
+    await stop.wait()
 
 
 async def serve(settings: BrokerSettings) -> int:

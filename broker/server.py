@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.app import create_app
+from broker.app import create_app, drain
 from broker.hub import Hub
 from broker.keys import HUB
 from broker.settings import BrokerSettings
@@ -21,7 +21,7 @@ class BrokerServer:
             handle_signals=False,
             access_log=None,
             handler_cancellation=True,
-            # Handlers get the drain grace in on_shutdown; this bounds what is left after.
+            # drain() already gave handlers their grace; this bounds what is left after.
             shutdown_timeout=5.0,
         )
         self.port = 0
@@ -47,4 +47,7 @@ class BrokerServer:
 
     async def stop(self) -> None:
         """Stop accepting, drain in-flight requests, send connectors away, close."""
+        for site in list(self._runner.sites):
+            await site.stop()
+        await drain(self.app)
         await self._runner.cleanup()

@@ -107,7 +107,9 @@ async def test_body_without_a_model_gets_400(relay: Relay, payload: bytes) -> No
     assert error["param"] == "model"
 
 
-async def test_unreachable_llm_gets_502(make_broker: MakeBroker, make_connector: MakeConnector) -> None:
+async def test_unreachable_llm_gets_502(
+    make_broker: MakeBroker, make_connector: MakeConnector
+) -> None:
     broker = await make_broker()
     dead = f"http://127.0.0.1:{free_port()}"
     await make_connector(broker, dead, model=["stub-model"])

@@ -23,7 +23,9 @@ def sdk(relay: Relay, **kwargs: Any) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=relay.base_url, api_key=USER_KEY, **kwargs)
 
 
-async def post(url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
+async def post(
+    url: str, body: Any, headers: dict[str, str] | None = None
+) -> tuple[int, Any, bytes]:
     async with (
         aiohttp.ClientSession() as session,
         session.post(url, json=body, headers=headers if headers is not None else AUTH) as resp,
@@ -176,7 +178,9 @@ async def test_user_credentials_never_reach_the_llm(relay: Relay) -> None:
 async def test_anthropic_style_key_header_is_accepted(relay: Relay) -> None:
     body = {"model": "stub-model", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
     status, _, relayed = await post(
-        f"{relay.base_url}/messages", body, {"x-api-key": USER_KEY, "anthropic-version": "2023-06-01"}
+        f"{relay.base_url}/messages",
+        body,
+        {"x-api-key": USER_KEY, "anthropic-version": "2023-06-01"},
     )
     assert status == 200
     assert json.loads(relayed)["id"] == "msg_stub"
