@@ -1,0 +1,99 @@
+"""`remotellm-broker` configuration: flags, environment, YAML, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker.cli import main
+from broker.settings import BrokerSettings
+from shared.settings import ConfigError, load
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse reports usage errors this way
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "mentions"),
+    [
+        (["--port", "99999"], "port"),
+        (["serve", "--max-body-size", "10"], "max_body_size"),
+        (["--request-timeout", "0"], "request_timeout"),
+        (["--port", "eighty"], "invalid int value"),
+        (["--log-format", "xml"], "invalid choice"),
+        (["--config", "/nonexistent/broker.yaml"], "does not exist"),
+    ],
+)
+def test_bad_config_is_one_clear_line_and_exit_2(
+    argv: list[str], mentions: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = run(argv, capsys)
+    assert code == 2
+    assert mentions in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("remotellm-broker") and "error:" in last
+
+
+def test_bad_environment_value_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("REMOTELLM_BROKER_PORT", "not-a-port")
+    code, err = run([], capsys)
+    assert code == 2
+    assert "'port'" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "mentions"),
+    [("port: [1, 2\n", "not valid YAML"), ("- a\n- b\n", "mapping"), ("colour: red\n", "unknown")],
+)
+def test_bad_yaml_file_exits_2(
+    tmp_path: Path, content: str, mentions: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "broker.yaml"
+    path.write_text(content)
+    code, err = run(["--config", str(path)], capsys)
+    assert code == 2
+    assert mentions in err
+
+
+def test_flags_beat_environment_beat_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "broker.yaml"
+    path.write_text("port: 1000\nhost: 10.0.0.1\nlog_level: debug\nuser_api_key: [from-yaml]\n")
+    monkeypatch.setenv("REMOTELLM_BROKER_PORT", "2000")
+    monkeypatch.setenv("REMOTELLM_BROKER_HOST", "127.0.0.2")
+    settings = load(BrokerSettings, {"port": 3000}, path)
+    assert settings.port == 3000
+    assert settings.host == "127.0.0.2"
+    assert settings.log_level == "debug"
+    assert [k.get_secret_value() for k in settings.user_api_key] == ["from-yaml"]
+
+
+def test_list_settings_accept_commas_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REMOTELLM_BROKER_USER_API_KEY", "sk-a, sk-b")
+    settings = load(BrokerSettings, {}, None)
+    assert [k.get_secret_value() for k in settings.user_api_key] == ["sk-a", "sk-b"]
+
+
+def test_secrets_do_not_show_in_the_settings_repr() -> None:
+    settings = load(BrokerSettings, {"user_api_key": ["sk-very-secret"]}, None)
+    assert "sk-very-secret" not in repr(settings)
+
+
+def test_defaults_match_the_documented_ones() -> None:
+    settings = load(BrokerSettings, {}, None)
+    assert (settings.host, settings.port) == ("0.0.0.0", 8443)
+    assert settings.request_timeout >= 600
+
+
+def test_unknown_yaml_key_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "b.yaml"
+    path.write_text("prot: 1\n")
+    with pytest.raises(ConfigError, match="prot"):
+        load(BrokerSettings, {}, path)

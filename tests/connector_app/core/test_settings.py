@@ -1,0 +1,56 @@
+"""Connector settings: URL normalisation and the TLS rule."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from connector_app.core.settings import ConnectorSettings
+
+
+def make(**values: object) -> ConnectorSettings:
+    base: dict[str, object] = {"broker_url": "wss://b.example/relay", "broker_token": SecretStr("t")}
+    base.update(values)
+    return ConnectorSettings(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("https://b.example", "wss://b.example/relay"),
+        ("http://127.0.0.1:8443", "ws://127.0.0.1:8443/relay"),
+        ("wss://b.example/custom/relay", "wss://b.example/custom/relay"),
+    ],
+)
+def test_broker_url_is_normalised(given: str, expected: str) -> None:
+    assert make(broker_url=given).broker_url == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("http://127.0.0.1:11434", "http://127.0.0.1:11434"),
+        ("http://127.0.0.1:8080/v1", "http://127.0.0.1:8080"),
+        ("http://127.0.0.1:8080/v1/", "http://127.0.0.1:8080"),
+        ("http://host:1234/prefix", "http://host:1234/prefix"),
+    ],
+)
+def test_llm_url_accepts_a_trailing_v1(given: str, expected: str) -> None:
+    assert make(llm_url=given).llm_url == expected
+
+
+@pytest.mark.parametrize("url", ["ws://broker.example/relay", "http://10.1.2.3:8443"])
+def test_plain_ws_to_a_remote_host_needs_insecure(url: str) -> None:
+    with pytest.raises(ValidationError, match="wss://"):
+        make(broker_url=url)
+    assert make(broker_url=url, insecure=True).broker_url.startswith("ws://")
+
+
+@pytest.mark.parametrize("url", ["ws://127.0.0.1:8443/relay", "ws://localhost/relay", "ws://[::1]/"])
+def test_plain_ws_to_loopback_is_fine(url: str) -> None:
+    assert make(broker_url=url).broker_url.startswith("ws://")
+
+
+def test_models_from_the_environment_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REMOTELLM_CONNECTOR_MODEL", "llama3:8b,qwen2.5")
+    assert make().model == ["llama3:8b", "qwen2.5"]
