@@ -28,7 +28,8 @@ def test_no_module_in_core_imports_qt() -> None:
 def test_importing_the_whole_core_loads_no_qt() -> None:
     code = (
         "import sys, pkgutil, importlib, connector_app.core as c\n"
-        "for m in pkgutil.iter_modules(c.__path__): importlib.import_module(f'{c.__name__}.{m.name}')\n"
+        "for m in pkgutil.iter_modules(c.__path__):\n"
+        "    importlib.import_module(f'{c.__name__}.{m.name}')\n"
         f"print(sorted(n for n in sys.modules if n.startswith({QT_PACKAGES!r})))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -9,7 +9,8 @@ from connector_app.core.settings import ConnectorSettings
 
 
 def make(**values: object) -> ConnectorSettings:
-    base: dict[str, object] = {"broker_url": "wss://b.example/relay", "broker_token": SecretStr("t")}
+    base: dict[str, object] = {"broker_url": "wss://b.example/relay"}
+    base["broker_token"] = SecretStr("t")
     base.update(values)
     return ConnectorSettings(**base)  # type: ignore[arg-type]
 
