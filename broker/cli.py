@@ -37,6 +37,8 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     add("--queue-timeout", type=float, help="seconds to wait for a busy connector (30)")
     add("--shutdown-grace", type=float, help="seconds to finish requests on SIGTERM (30)")
     add("--heartbeat", type=float, help="seconds between pings to connectors (15)")
+    add("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS and WSS")
+    add("--tls-key", type=Path, help="PEM private key for --tls-cert")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +95,11 @@ async def serve(settings: BrokerSettings) -> int:
         where = f"{settings.host}:{settings.port}"
         print(f"{PROG}: error: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    if settings.tls is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "serving plain HTTP on a non-loopback address: put a TLS-terminating proxy in front"
+            " or pass --tls-cert and --tls-key"
+        )
     if not settings.user_api_key:
         log.warning("no user API keys configured: every API request will get 401")
     if not settings.connector_token:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 from aiohttp import web
 
 from broker.app import create_app, drain
@@ -29,7 +31,14 @@ class BrokerServer:
     async def start(self) -> None:
         """Listen on the configured host and port (port 0 picks a free one)."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+        context = None
+        if self.settings.tls is not None:
+            cert, key = self.settings.tls
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(cert, key)
+        site = web.TCPSite(
+            self._runner, self.settings.host, self.settings.port, ssl_context=context
+        )
         await site.start()
         addresses = self._runner.addresses
         self.port = int(addresses[0][1]) if addresses else self.settings.port
@@ -43,7 +52,8 @@ class BrokerServer:
         host = self.settings.host
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.settings.tls else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     async def stop(self) -> None:
         """Stop accepting, drain in-flight requests, send connectors away, close."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, SecretStr
+from pydantic import BeforeValidator, Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.settings import split_list
@@ -51,3 +52,19 @@ class BrokerSettings(BaseSettings):
     heartbeat: float = Field(
         15.0, gt=0, description="Seconds between WebSocket pings to each connector."
     )
+    tls_cert: FilePath | None = Field(
+        None, description="PEM certificate chain; with --tls-key the broker serves HTTPS/WSS."
+    )
+    tls_key: FilePath | None = Field(None, description="PEM private key for --tls-cert.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> BrokerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        return self
+
+    @property
+    def tls(self) -> tuple[Path, Path] | None:
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        return self.tls_cert, self.tls_key

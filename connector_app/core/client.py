@@ -91,6 +91,7 @@ class RelayClient:
         board: StatusBoard,
         backoff: Backoff | None = None,
         heartbeat: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
         connect_fn: Connect = connect,
     ) -> None:
         self._url = url
@@ -101,6 +102,7 @@ class RelayClient:
         self._board = board
         self._backoff = backoff or Backoff()
         self._heartbeat = heartbeat
+        self._ssl = ssl_context
         self._connect = connect_fn
         self._stopping = asyncio.Event()
         self._draining = False
@@ -187,8 +189,10 @@ class RelayClient:
     # -- one connection --------------------------------------------------------
 
     async def _connection(self) -> None:
+        tls: dict[str, Any] = {"ssl": self._ssl} if self._ssl is not None else {}
         async with self._connect(
             self._url,
+            **tls,
             additional_headers={"Authorization": f"Bearer {self._token}"},
             user_agent_header="remotellm-connector",
             compression=None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 
 import structlog
 
@@ -18,6 +19,13 @@ from connector_app.core.settings import ConnectorSettings
 from connector_app.core.status import Status, StatusBoard
 
 log = structlog.get_logger("remotellm.connector")
+
+
+def _trust(settings: ConnectorSettings) -> ssl.SSLContext | None:
+    """The TLS context for the broker link: system CAs, or the configured CA bundle."""
+    if settings.ca_file is None or not settings.broker_url.startswith("wss://"):
+        return None
+    return ssl.create_default_context(cafile=str(settings.ca_file))
 
 
 class Connector:
@@ -38,6 +46,7 @@ class Connector:
             board=self.board,
             backoff=backoff,
             heartbeat=settings.heartbeat,
+            ssl_context=_trust(settings),
         )
         self._discovery_ok: bool | None = None
         self._stopped = asyncio.Event()

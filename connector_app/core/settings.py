@@ -7,7 +7,14 @@ import socket
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    FilePath,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.settings import split_list
@@ -64,6 +71,9 @@ class ConnectorSettings(BaseSettings):
     max_concurrency: int = Field(4, ge=1, le=1024, description="Requests served at once.")
     name: str = Field(
         default_factory=socket.gethostname, description="Name shown to the broker's operator."
+    )
+    ca_file: FilePath | None = Field(
+        None, description="PEM CA bundle to trust for a wss:// broker with a private certificate."
     )
     insecure: bool = Field(False, description="Allow ws:// to a host that is not loopback.")
     discovery_interval: float = Field(

@@ -47,7 +47,9 @@ def test_plain_ws_to_a_remote_host_needs_insecure(url: str) -> None:
     assert make(broker_url=url, insecure=True).broker_url.startswith("ws://")
 
 
-@pytest.mark.parametrize("url", ["ws://127.0.0.1:8443/relay", "ws://localhost/relay", "ws://[::1]/"])
+@pytest.mark.parametrize(
+    "url", ["ws://127.0.0.1:8443/relay", "ws://localhost/relay", "ws://[::1]/"]
+)
 def test_plain_ws_to_loopback_is_fine(url: str) -> None:
     assert make(broker_url=url).broker_url.startswith("ws://")
 
