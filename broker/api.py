@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -88,6 +89,25 @@ async def models_endpoint(request: web.Request) -> web.Response:
         for model, first_seen in request.app[HUB].models().items()
     ]
     return web.json_response({"object": "list", "data": data})
+
+
+async def ollama_tags_endpoint(request: web.Request) -> web.Response:
+    """GET /api/tags: the same models in Ollama's shape, for Ollama clients."""
+    denied = _authorized(request)
+    if denied is not None:
+        return denied
+    models = [
+        {
+            "name": model,
+            "model": model,
+            "modified_at": datetime.fromtimestamp(first_seen, UTC).isoformat(),
+            "size": 0,
+            "digest": "",
+            "details": {},
+        }
+        for model, first_seen in request.app[HUB].models().items()
+    ]
+    return web.json_response({"models": models})
 
 
 async def proxy_endpoint(request: web.Request) -> web.StreamResponse:
@@ -240,6 +260,10 @@ class Relay:
                     raise event
                 case p.ResponseHead(_, status, headers):
                     await self._start(status, headers)
+                case p.ResponseBody(_, data) if self.response is None:
+                    return await self._fail(
+                        502, "connector_protocol_error", "The connector sent a body before a head."
+                    )
                 case p.ResponseBody(_, data):
                     await self._write(data)
                     exchange.delivered(len(data))
@@ -269,8 +293,7 @@ class Relay:
         self.metrics.ttfb.labels(self.model).observe(time.perf_counter() - self.started)
 
     async def _write(self, data: bytes) -> None:
-        if self.response is None:
-            raise p.ProtocolError("response body before response head")
+        assert self.response is not None
         await self._guard(self.response.write(data))
 
     async def _finish(self) -> web.StreamResponse:

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from broker.api import MODEL_ENDPOINTS, models_endpoint, proxy_endpoint
+from broker.api import MODEL_ENDPOINTS, models_endpoint, ollama_tags_endpoint, proxy_endpoint
 from broker.auth import Credentials
 from broker.errors import error_response
 from broker.hub import Hub
@@ -122,6 +122,7 @@ def create_app(settings: BrokerSettings) -> web.Application:
     for path in MODEL_ENDPOINTS:
         app.router.add_post(path, proxy_endpoint)
     app.router.add_get("/v1/models", models_endpoint)
+    app.router.add_get("/api/tags", ollama_tags_endpoint)
     app.router.add_get("/relay", relay_endpoint)
     app.router.add_get("/health", health_endpoint)
     app.router.add_get("/metrics", metrics_endpoint)

@@ -159,6 +159,7 @@ class RelayClient:
                 error = error or "the broker asked us to reconnect"
             else:
                 delay = self._backoff.next()
+                error = error or "the broker closed the connection"
             self._board.update(
                 state=LinkState.RECONNECTING, last_error=error, retry_in=round(delay, 2)
             )
@@ -200,7 +201,7 @@ class RelayClient:
             ping_interval=self._heartbeat,
             ping_timeout=self._heartbeat,
             open_timeout=HANDSHAKE_TIMEOUT,
-            close_timeout=5,
+            close_timeout=2,
         ) as ws:
             hello = p.Hello(p.PROTOCOL_VERSION, self._name, self.models, self._max_concurrency)
             await ws.send(p.encode(hello))

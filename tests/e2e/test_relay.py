@@ -227,3 +227,13 @@ async def wait_idle(relay: Relay) -> None:
     async with asyncio.timeout(10):
         while relay.broker.hub.in_flight() or relay.connector.connector.status.in_flight:
             await asyncio.sleep(0.01)
+
+
+async def test_ollama_clients_can_list_models(relay: Relay) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{relay.broker.base_url}/api/tags", headers=AUTH) as resp,
+    ):
+        assert resp.status == 200
+        tags = await resp.json()
+    assert [m["name"] for m in tags["models"]] == ["stub-model"]
