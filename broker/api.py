@@ -41,6 +41,10 @@ MODEL_ENDPOINTS = (
 STREAMING_TYPES = ("text/event-stream", "application/x-ndjson")
 
 
+class Refused(Exception):
+    """The connector declined the stream before answering (at capacity or shutting down)."""
+
+
 class ClientGone(Exception):
     """The client closed its connection."""
 
@@ -229,11 +233,12 @@ class Relay:
                     self.body,
                 )
                 response = await self._exchange(exchange)
-            except LinkLost:
+            except (LinkLost, Refused) as exc:
                 if self.response is not None:
                     raise
                 # Nothing reached the client yet: the request can go to another connector.
-                log.warning("connector lost before responding; retrying", connector=link.name)
+                why = "refused" if isinstance(exc, Refused) else "lost"
+                log.warning(f"connector {why} the request; retrying", connector=link.name)
                 tried.append(link)
                 continue
             finally:
@@ -258,6 +263,10 @@ class Relay:
             match event:
                 case LinkLost():
                     raise event
+                case p.ResponseHead() if self.response is not None:
+                    return await self._fail(
+                        502, "connector_protocol_error", "The connector sent a second head."
+                    )
                 case p.ResponseHead(_, status, headers):
                     await self._start(status, headers)
                 case p.ResponseBody(_, data) if self.response is None:
@@ -273,7 +282,7 @@ class Relay:
                 case p.Error(_, code, message):
                     exchange.close(cancel=False)
                     if code == "over_capacity" and self.response is None:
-                        return await self._fail(503, code, message, retry_after=2)
+                        raise Refused(message)
                     return await self._fail(502, code, message)
 
     async def _start(self, status: int, headers: p.Headers) -> None:

@@ -174,7 +174,7 @@ class ConnectorLink:
             if not self._outbox:
                 break
             await asyncio.sleep(0.01)
-        await self._ws.close(code=p.CLOSE_GOING_AWAY, message=reason.encode()[:120])
+        await self._ws.close(code=p.CLOSE_GOING_AWAY, message=p.close_reason(reason).encode())
 
 
 async def _handshake(ws: web.WebSocketResponse) -> p.Hello | None:
@@ -190,7 +190,7 @@ async def _handshake(ws: web.WebSocketResponse) -> p.Hello | None:
     try:
         frames = p.decode(msg.data)
     except p.ProtocolError as exc:
-        await ws.close(code=p.CLOSE_PROTOCOL_ERROR, message=str(exc).encode()[:120])
+        await ws.close(code=p.CLOSE_PROTOCOL_ERROR, message=p.close_reason(str(exc)).encode())
         return None
     hello = frames[0]
     if not isinstance(hello, p.Hello) or len(frames) != 1:
@@ -202,7 +202,7 @@ async def _handshake(ws: web.WebSocketResponse) -> p.Hello | None:
             f"this broker speaks version {p.PROTOCOL_VERSION}"
         )
         log.warning("connector refused", connector=hello.name, reason=reason)
-        await ws.close(code=p.CLOSE_UNSUPPORTED_VERSION, message=reason.encode())
+        await ws.close(code=p.CLOSE_UNSUPPORTED_VERSION, message=p.close_reason(reason).encode())
         return None
     return hello
 
@@ -240,6 +240,9 @@ async def relay_endpoint(request: web.Request) -> web.StreamResponse:
     reason = "closed"
     try:
         async for msg in ws:
+            if msg.type is WSMsgType.ERROR:
+                reason = f"connection error: {ws.exception()}"
+                break
             if msg.type is not WSMsgType.BINARY:
                 raise p.ProtocolError("only binary messages are allowed")
             if link.receive(p.decode(msg.data)):
@@ -247,7 +250,7 @@ async def relay_endpoint(request: web.Request) -> web.StreamResponse:
     except p.ProtocolError as exc:
         reason = f"protocol error: {exc}"
         log.warning("connector protocol error", connector=link.name, error=str(exc))
-        await ws.close(code=p.CLOSE_PROTOCOL_ERROR, message=str(exc).encode()[:120])
+        await ws.close(code=p.CLOSE_PROTOCOL_ERROR, message=p.close_reason(str(exc)).encode())
     except (ConnectionError, asyncio.CancelledError):
         reason = "connection lost"
         raise

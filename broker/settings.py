@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.protocol import MAX_REQUEST_BODY
 from shared.settings import split_list
 
 SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(split_list)]
@@ -31,7 +32,10 @@ class BrokerSettings(BaseSettings):
     )
     log_format: Literal["json", "console"] = Field("json", description="Log line format.")
     max_body_size: int = Field(
-        32 * 1024 * 1024, ge=1024, description="Largest request body in bytes; larger gets 413."
+        32 * 1024 * 1024,
+        ge=1024,
+        le=MAX_REQUEST_BODY,
+        description="Largest request body in bytes (at most 256 MiB); larger gets 413.",
     )
     request_timeout: float = Field(
         600.0, gt=0, description="Seconds a request may take end to end before 504."

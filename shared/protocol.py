@@ -32,6 +32,9 @@ MAX_BODY_CHUNK: Final = 64 * 1024
 MAX_CONTROL_PAYLOAD: Final = 1024 * 1024
 """Largest JSON payload of one control frame (heads with many headers, model lists)."""
 
+MAX_REQUEST_BODY: Final = 256 * 1024 * 1024
+"""Largest request body a stream may carry; the broker's max body size cannot exceed it."""
+
 DEFAULT_WINDOW: Final = 1024 * 1024
 """Response-body bytes a connector may send on one stream before it needs credit."""
 
@@ -183,11 +186,23 @@ StreamFrame = RequestHead | RequestBody | ResponseHead | ResponseBody | End | Er
 # Encoding
 
 
+_RAW_TYPES = frozenset({FrameType.REQUEST_BODY, FrameType.RESPONSE_BODY})
+
+
+def close_reason(text: str) -> str:
+    """`text` cut to fit a WebSocket close frame (123 bytes of UTF-8), characters kept whole."""
+    return text.encode()[:123].decode(errors="ignore")
+
+
 def _json(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _pack(kind: FrameType, stream_id: int, payload: bytes) -> bytes:
+    if len(payload) > MAX_CONTROL_PAYLOAD and kind not in _RAW_TYPES:
+        raise ValueError(
+            f"{kind.name} payload of {len(payload)} bytes exceeds {MAX_CONTROL_PAYLOAD}"
+        )
     return HEADER.pack(kind, stream_id, len(payload)) + payload
 
 

@@ -32,7 +32,6 @@ HANDSHAKE_TIMEOUT = 10.0
 STABLE_AFTER = 10.0
 """A connection that lived this long resets the backoff."""
 MAX_MESSAGE = 4 * 1024 * 1024
-MAX_REQUEST_BODY = 256 * 1024 * 1024
 
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
@@ -207,13 +206,17 @@ class RelayClient:
             await ws.send(p.encode(hello))
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                 reply = await ws.recv()
-            welcome = p.decode(reply)[0] if isinstance(reply, bytes) else None
-            if not isinstance(welcome, p.Welcome):
-                raise p.ProtocolError("the broker did not answer hello with welcome")
-            self._window = welcome.window
+            try:
+                self._window = self._welcome(reply)
+            except p.ProtocolError as exc:
+                await ws.close(code=p.CLOSE_PROTOCOL_ERROR, reason=p.close_reason(str(exc)))
+                raise
             self._outbox = Outbox()
             self._ws = ws
             self._board.update(state=LinkState.CONNECTED, last_error=None, retry_in=None)
+            if self.models != hello.models:
+                # The models changed while the handshake was in flight.
+                self._send(p.ModelsUpdate(self.models))
             log.info("connected to broker", url=self._url, models=list(self.models))
             if self._stopping.is_set() or self._draining:
                 return
@@ -225,11 +228,21 @@ class RelayClient:
                     for frame in p.decode(message):
                         self._on_frame(frame)
             except p.ProtocolError as exc:
-                await ws.close(code=p.CLOSE_PROTOCOL_ERROR, reason=str(exc)[:120])
+                await ws.close(code=p.CLOSE_PROTOCOL_ERROR, reason=p.close_reason(str(exc)))
                 raise
             finally:
                 self._ws = None
                 writer.cancel()
+
+    @staticmethod
+    def _welcome(reply: str | bytes) -> int:
+        """Check the broker's answer to hello; return the stream window it grants."""
+        frames = p.decode(reply) if isinstance(reply, bytes) else []
+        if len(frames) != 1 or not isinstance(frames[0], p.Welcome):
+            raise p.ProtocolError("the broker did not answer hello with a lone welcome")
+        if frames[0].version != p.PROTOCOL_VERSION:
+            raise p.ProtocolError(f"the broker speaks protocol version {frames[0].version}")
+        return frames[0].window
 
     async def _write_loop(self, ws: ClientConnection) -> None:
         try:
@@ -273,7 +286,7 @@ class RelayClient:
                 stream = self._streams.get(stream_id)
                 if stream is None or stream.task is not None:
                     raise p.ProtocolError(f"request body on stream {stream_id} that is not open")
-                if len(stream.body) + len(data) > MAX_REQUEST_BODY:
+                if len(stream.body) + len(data) > p.MAX_REQUEST_BODY:
                     raise p.ProtocolError(f"request body on stream {stream_id} is too large")
                 stream.body += data
             case p.End(stream_id):
@@ -346,6 +359,12 @@ class RelayClient:
                     message = f"The local LLM server failed mid-response: {reason}"
                     self._send(p.Error(sid, "llm_stream_failed", message))
                 log.warning("local LLM request failed", error=message)
+            except Exception as exc:
+                # A bug here must not leave the broker's client waiting for the timeout.
+                outcome = "failed"
+                log.exception("request handling failed")
+                message = f"The connector failed: {type(exc).__name__}"
+                self._send(p.Error(sid, "connector_error", message))
             finally:
                 self._forget(stream)
                 log.info(
