@@ -38,6 +38,9 @@ MAX_REQUEST_BODY: Final = 256 * 1024 * 1024
 DEFAULT_WINDOW: Final = 1024 * 1024
 """Response-body bytes a connector may send on one stream before it needs credit."""
 
+MAX_RECONNECT_AFTER: Final = 3600.0
+"""A going-away hint is capped at an hour, whatever the peer asks."""
+
 HEADER: Final = struct.Struct(">BII")
 _CREDIT: Final = struct.Struct(">I")
 
@@ -195,7 +198,7 @@ def close_reason(text: str) -> str:
 
 
 def _json(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def _pack(kind: FrameType, stream_id: int, payload: bytes) -> bytes:
@@ -276,9 +279,13 @@ def split_body(stream_id: int, data: bytes, *, response: bool) -> list[RequestBo
 # Decoding
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _obj(payload: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(payload)
+        value = json.loads(payload, parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"control payload is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -370,7 +377,7 @@ def _decode_one(kind: int, stream_id: int, payload: bytes) -> Frame:
             return ModelsUpdate(_str_list(obj, "models"))
         case FrameType.GOAWAY:
             after = float(_get(obj, "reconnect_after", (int, float)))
-            return GoAway(_get(obj, "reason", str), max(after, 0.0))
+            return GoAway(_get(obj, "reason", str), min(max(after, 0.0), MAX_RECONNECT_AFTER))
         case FrameType.REQUEST_HEAD:
             return RequestHead(
                 stream_id,

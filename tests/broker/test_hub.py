@@ -1,0 +1,392 @@
+"""Routing: least-loaded connector first, fair ties, and the three ways to find none."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass, field
+
+import pytest
+
+from broker.hub import Hub, Link, NoConnector
+
+# Hang guard for awaits that must finish promptly; never a timing assertion.
+GUARD = 10.0
+# A wait long enough that reaching its end means the test is broken.
+FOREVER = 3600.0
+
+
+@dataclass(eq=False)
+class FakeLink:
+    name: str
+    models: frozenset[str] = field(default_factory=frozenset)
+    max_concurrency: int = 1
+    draining: bool = False
+
+
+def link(name: str, *models: str, cap: int = 1) -> FakeLink:
+    return FakeLink(name, frozenset(models), cap)
+
+
+async def acquire(
+    hub: Hub,
+    model: str = "m",
+    *,
+    exclude: tuple[Link, ...] = (),
+    wait_offline: float = 0.0,
+    wait_busy: float = 0.0,
+) -> Link:
+    async with asyncio.timeout(GUARD):
+        return await hub.acquire(
+            model, exclude=exclude, wait_offline=wait_offline, wait_busy=wait_busy
+        )
+
+
+async def reason(
+    hub: Hub,
+    model: str = "m",
+    *,
+    exclude: tuple[Link, ...] = (),
+    wait_offline: float = 0.0,
+    wait_busy: float = 0.0,
+) -> str:
+    """The reason acquire() gives for finding no connector."""
+    with pytest.raises(NoConnector) as caught:
+        await acquire(hub, model, exclude=exclude, wait_offline=wait_offline, wait_busy=wait_busy)
+    assert caught.value.model == model
+    return caught.value.reason
+
+
+async def settle() -> None:
+    """Let every ready task run until it blocks."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+# ---------------------------------------------------------------------------
+# Choosing a connector
+
+
+async def test_acquire_reserves_a_slot() -> None:
+    hub = Hub()
+    a = link("a", "m", cap=2)
+    hub.register(a)
+    assert await acquire(hub) is a
+    assert hub.load(a) == 1
+    assert hub.in_flight() == 1
+    hub.release(a)
+    assert hub.load(a) == 0
+    assert hub.in_flight() == 0
+
+
+async def test_least_loaded_is_relative_to_capacity() -> None:
+    hub = Hub()
+    big, small = link("big", "m", cap=10), link("small", "m", cap=2)
+    hub.register(big)
+    hub.register(small)
+    for _ in range(3):
+        assert await acquire(hub, exclude=(small,)) is big
+    assert await acquire(hub, exclude=(big,)) is small
+    # big is at 3/10, small at 1/2: big has more room although it runs more requests.
+    assert await acquire(hub) is big
+    assert (hub.load(big), hub.load(small)) == (4, 1)
+
+
+async def test_the_emptiest_connector_is_chosen() -> None:
+    hub = Hub()
+    a, b = link("a", "m", cap=4), link("b", "m", cap=4)
+    hub.register(a)
+    hub.register(b)
+    for _ in range(2):
+        assert await acquire(hub, exclude=(b,)) is a
+    assert await acquire(hub) is b
+    assert await acquire(hub) is b
+    # Now 2/4 each: a tie, so either; then the other one must follow.
+    third = await acquire(hub)
+    fourth = await acquire(hub)
+    assert {third, fourth} == {a, b}
+
+
+async def test_equal_ratio_prefers_fewer_requests() -> None:
+    hub = Hub()
+    big, small = link("big", "m", cap=4), link("small", "m", cap=2)
+    hub.register(big)
+    hub.register(small)
+    for _ in range(2):
+        await acquire(hub, exclude=(small,))
+    await acquire(hub, exclude=(big,))
+    # 2/4 and 1/2 are equally full; the one running fewer requests goes first.
+    assert await acquire(hub) is small
+
+
+async def test_ties_rotate_between_equal_connectors() -> None:
+    hub = Hub()
+    a, b = link("a", "m", cap=4), link("b", "m", cap=4)
+    hub.register(a)
+    hub.register(b)
+    picks: list[Link] = []
+    for _ in range(6):
+        chosen = await acquire(hub)
+        picks.append(chosen)
+        hub.release(chosen)
+    assert set(picks) == {a, b}
+    assert all(x is not y for x, y in itertools.pairwise(picks))
+
+
+async def test_ties_rotate_among_three() -> None:
+    hub = Hub()
+    links = [link(n, "m", cap=1) for n in "abc"]
+    for each in links:
+        hub.register(each)
+    picks: list[Link] = []
+    for _ in range(9):
+        chosen = await acquire(hub)
+        picks.append(chosen)
+        hub.release(chosen)
+    assert sorted(picks.count(each) for each in links) == [3, 3, 3]
+
+
+async def test_only_connectors_serving_the_model_are_chosen() -> None:
+    hub = Hub()
+    a, b = link("a", "x", cap=8), link("b", "y", cap=8)
+    hub.register(a)
+    hub.register(b)
+    for _ in range(5):
+        assert await acquire(hub, "y") is b
+    assert hub.load(a) == 0
+
+
+async def test_draining_links_are_skipped() -> None:
+    hub = Hub()
+    a, b = link("a", "m", cap=8), link("b", "m", cap=8)
+    a.draining = True
+    hub.register(a)
+    hub.register(b)
+    for _ in range(5):
+        assert await acquire(hub) is b
+    assert hub.load(a) == 0
+
+
+async def test_a_model_served_only_by_a_draining_link_is_offline() -> None:
+    hub = Hub()
+    a = link("a", "m")
+    a.draining = True
+    hub.register(a)
+    assert await reason(hub) == "offline"
+
+
+async def test_exclude_is_honoured() -> None:
+    hub = Hub()
+    a, b = link("a", "m", cap=8), link("b", "m", cap=8)
+    hub.register(a)
+    hub.register(b)
+    for _ in range(5):
+        assert await acquire(hub, exclude=(a,)) is b
+    assert (hub.load(a), hub.load(b)) == (0, 5)
+
+
+async def test_excluding_every_server_of_a_known_model_is_offline() -> None:
+    hub = Hub()
+    a = link("a", "m", cap=8)
+    hub.register(a)
+    assert await reason(hub, exclude=(a,)) == "offline"
+
+
+# ---------------------------------------------------------------------------
+# No connector
+
+
+async def test_unknown_model_fails_at_once_while_others_are_online() -> None:
+    hub = Hub()
+    hub.register(link("a", "x"))
+    # A long wait_offline would hang the test if the hub waited.
+    assert await reason(hub, "nope", wait_offline=FOREVER, wait_busy=FOREVER) == "unknown"
+
+
+async def test_with_no_connectors_at_all_it_waits_then_says_offline() -> None:
+    hub = Hub()
+    task = asyncio.create_task(hub.acquire("m", wait_offline=FOREVER, wait_busy=0.0))
+    await settle()
+    assert not task.done()  # waiting for a connector, not failing as "unknown"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await reason(hub, wait_offline=0.01) == "offline"
+
+
+async def test_a_known_model_whose_connector_left_is_offline_after_the_wait() -> None:
+    hub = Hub()
+    a, other = link("a", "m"), link("other", "x")
+    hub.register(a)
+    hub.register(other)
+    hub.unregister(a)
+    assert "m" not in hub.models()
+    task = asyncio.create_task(hub.acquire("m", wait_offline=FOREVER, wait_busy=0.0))
+    await settle()
+    assert not task.done()  # known model: wait for it to come back, not "unknown"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await reason(hub, wait_offline=0.01) == "offline"
+
+
+async def test_all_busy_is_busy_after_wait_busy() -> None:
+    hub = Hub()
+    a = link("a", "m", cap=1)
+    hub.register(a)
+    await acquire(hub)
+    # wait_offline does not apply: a connector serves the model, it is only full.
+    assert await reason(hub, wait_offline=FOREVER, wait_busy=0.01) == "busy"
+    assert hub.load(a) == 1
+
+
+async def test_no_connector_error_names_reason_and_model() -> None:
+    error = NoConnector("busy", "llama3")
+    assert (error.reason, error.model) == ("busy", "llama3")
+    assert str(error) == "busy: llama3"
+
+
+# ---------------------------------------------------------------------------
+# Waiters are woken
+
+
+async def test_a_waiter_gets_a_connector_that_registers() -> None:
+    hub = Hub()
+    task = asyncio.create_task(hub.acquire("m", wait_offline=FOREVER, wait_busy=FOREVER))
+    await settle()
+    assert not task.done()
+    a = link("a", "m")
+    hub.register(a)
+    assert await asyncio.wait_for(task, GUARD) is a
+    assert hub.load(a) == 1
+
+
+async def test_a_waiter_gets_a_connector_that_starts_serving_the_model() -> None:
+    hub = Hub()
+    gone, a = link("gone", "m"), link("a", "other")
+    hub.register(gone)
+    hub.register(a)
+    hub.unregister(gone)
+    task = asyncio.create_task(hub.acquire("m", wait_offline=FOREVER, wait_busy=FOREVER))
+    await settle()
+    assert not task.done()
+    a.models = frozenset({"other", "m"})
+    hub.models_changed(a)
+    assert await asyncio.wait_for(task, GUARD) is a
+
+
+async def test_a_waiter_gets_a_released_slot() -> None:
+    hub = Hub()
+    a = link("a", "m", cap=1)
+    hub.register(a)
+    await acquire(hub)
+    task = asyncio.create_task(hub.acquire("m", wait_offline=FOREVER, wait_busy=FOREVER))
+    await settle()
+    assert not task.done()
+    hub.release(a)
+    assert await asyncio.wait_for(task, GUARD) is a
+    assert hub.load(a) == 1
+
+
+async def test_one_released_slot_serves_one_waiter() -> None:
+    hub = Hub()
+    a = link("a", "m", cap=1)
+    hub.register(a)
+    await acquire(hub)
+    waiters = [
+        asyncio.create_task(hub.acquire("m", wait_offline=FOREVER, wait_busy=FOREVER))
+        for _ in range(3)
+    ]
+    await settle()
+    hub.release(a)
+    await settle()
+    assert sum(w.done() for w in waiters) == 1
+    assert hub.load(a) == 1
+    for _ in range(2):
+        hub.release(a)
+        await settle()
+    assert all(w.done() for w in waiters)
+    assert all(w.result() is a for w in waiters)
+
+
+async def test_a_waiter_skips_an_excluded_newcomer() -> None:
+    hub = Hub()
+    a, b = link("a", "m"), link("b", "m")
+    task = asyncio.create_task(
+        hub.acquire("m", exclude=(a,), wait_offline=FOREVER, wait_busy=FOREVER)
+    )
+    await settle()
+    hub.register(a)
+    await settle()
+    assert not task.done()
+    hub.register(b)
+    assert await asyncio.wait_for(task, GUARD) is b
+
+
+# ---------------------------------------------------------------------------
+# Registry
+
+
+async def test_models_are_the_sorted_union_with_first_seen_times() -> None:
+    now = [100.0]
+    hub = Hub(clock=lambda: now[0])
+    hub.register(link("a", "zeta", "alpha"))
+    now[0] = 200.0
+    b = link("b", "mid", "alpha")
+    hub.register(b)
+    assert list(hub.models()) == ["alpha", "mid", "zeta"]
+    assert hub.models() == {"alpha": 100.0, "mid": 200.0, "zeta": 100.0}
+    hub.unregister(b)
+    assert hub.models() == {"alpha": 100.0, "zeta": 100.0}
+    # Coming back keeps the first-seen time.
+    now[0] = 300.0
+    hub.register(b)
+    assert hub.models()["mid"] == 200.0
+
+
+async def test_registry_lists_links() -> None:
+    hub = Hub()
+    a, b = link("a", "m"), link("b", "m")
+    hub.register(a)
+    hub.register(b)
+    assert hub.links == [a, b]
+    hub.unregister(a)
+    assert hub.links == [b]
+    hub.unregister(a)  # twice is harmless
+    assert hub.links == [b]
+    assert hub.load(a) == 0
+
+
+async def test_release_after_unregister_is_harmless() -> None:
+    hub = Hub()
+    a = link("a", "m")
+    hub.register(a)
+    await acquire(hub)
+    hub.unregister(a)
+    hub.release(a)
+    assert hub.in_flight() == 0
+    assert hub.links == []
+
+
+async def test_wait_for_models_is_false_when_nothing_comes() -> None:
+    hub = Hub()
+    hub.register(link("empty"))
+    assert await hub.wait_for_models(0.01) is False
+
+
+async def test_wait_for_models_is_true_at_once_when_served() -> None:
+    hub = Hub()
+    hub.register(link("a", "m"))
+    async with asyncio.timeout(GUARD):
+        assert await hub.wait_for_models(FOREVER) is True
+
+
+async def test_wait_for_models_wakes_when_a_model_appears() -> None:
+    hub = Hub()
+    task = asyncio.create_task(hub.wait_for_models(FOREVER))
+    await settle()
+    hub.register(link("empty"))
+    await settle()
+    assert not task.done()  # a connector with no models is not enough
+    hub.register(link("a", "m"))
+    assert await asyncio.wait_for(task, GUARD) is True
