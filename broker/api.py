@@ -39,6 +39,12 @@ MODEL_ENDPOINTS = (
 )
 
 STREAMING_TYPES = ("text/event-stream", "application/x-ndjson")
+MAX_LOGGED_MODEL = 100
+_EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+
+
+class BadHead(Exception):
+    """The connector's response head cannot be turned into an HTTP response."""
 
 
 class Refused(Exception):
@@ -116,16 +122,35 @@ async def ollama_tags_endpoint(request: web.Request) -> web.Response:
 
 async def proxy_endpoint(request: web.Request) -> web.StreamResponse:
     """POST to a model endpoint: route by model, relay, stream the answer back."""
-    app = request.app
-    lifecycle = app[LIFECYCLE]
+    lifecycle = request.app[LIFECYCLE]
     if lifecycle.draining:
-        return error_response(
+        response = error_response(
             request, 503, "shutting_down", "The broker is restarting; retry shortly.", retry_after=5
         )
+        count_rejected(request, response.status)
+        return response
+    # Counted from the first byte, so a drain waits for an upload that is still arriving.
+    with lifecycle.request():
+        rejected = await _admit(request)
+        if isinstance(rejected, web.Response):
+            count_rejected(request, rejected.status)
+            return rejected
+        body, model = rejected
+        return await Relay(request, body, model).run()
+
+
+def count_rejected(request: web.Request, status: int) -> None:
+    """Account a request answered before routing (no model label: it was not read or checked)."""
+    request.app[METRICS].requests.labels("unknown", str(status)).inc()
+    log.info("request finished", method=request.method, path=request.path, status=status)
+
+
+async def _admit(request: web.Request) -> web.Response | tuple[bytes, str]:
+    """Authenticate and read the request; an error response, or the body and its model."""
     denied = _authorized(request)
     if denied is not None:
         return denied
-    settings = app[SETTINGS]
+    settings = request.app[SETTINGS]
     body = await _read_body(request, settings.max_body_size)
     if body is None:
         return error_response(
@@ -144,8 +169,7 @@ async def proxy_endpoint(request: web.Request) -> web.StreamResponse:
             "The request body must be a JSON object with a string 'model' field.",
             param="model",
         )
-    with lifecycle.request():
-        return await Relay(request, body, model).run()
+    return body, model
 
 
 class Relay:
@@ -163,6 +187,9 @@ class Relay:
         self.response: web.StreamResponse | None = None
         self.status = 0
         self.connector = ""
+        self.failed = False
+        self.no_body = False
+        self.at_boundary = True
 
     async def run(self) -> web.StreamResponse:
         metrics = self.metrics
@@ -171,7 +198,7 @@ class Relay:
         try:
             async with asyncio.timeout(self.settings.request_timeout):
                 result = await self._attempts()
-            outcome = "ok"
+            outcome = "ok" if self.status < 400 and not self.failed else "error"
             return result
         except TimeoutError:
             outcome = "timeout"
@@ -202,7 +229,7 @@ class Relay:
             "request finished",
             method=self.request.method,
             path=self.request.path,
-            model=self.model,
+            model=self.model[:MAX_LOGGED_MODEL],
             status=self.status,
             outcome=outcome,
             connector=self.connector or None,
@@ -268,7 +295,11 @@ class Relay:
                         502, "connector_protocol_error", "The connector sent a second head."
                     )
                 case p.ResponseHead(_, status, headers):
-                    await self._start(status, headers)
+                    try:
+                        await self._start(status, headers)
+                    except BadHead as exc:
+                        self.response = None
+                        return await self._fail(502, "connector_protocol_error", str(exc))
                 case p.ResponseBody(_, data) if self.response is None:
                     return await self._fail(
                         502, "connector_protocol_error", "The connector sent a body before a head."
@@ -287,7 +318,12 @@ class Relay:
 
     async def _start(self, status: int, headers: p.Headers) -> None:
         response = web.StreamResponse(status=status)
-        response.headers.extend(response_headers(headers))
+        try:
+            response.headers.extend(response_headers(headers))
+        except ValueError:
+            raise BadHead("The connector sent headers that cannot be relayed.") from None
+        # A bodiless status must not carry bytes onto the client's keep-alive connection.
+        self.no_body = status in (204, 304) or self.request.method == "HEAD"
         length = response.headers.get("Content-Length")
         response.headers["X-Request-ID"] = self.request_id
         content_type = response.headers.get("Content-Type", "")
@@ -303,7 +339,11 @@ class Relay:
 
     async def _write(self, data: bytes) -> None:
         assert self.response is not None
-        await self._guard(self.response.write(data))
+        if data and not self.no_body:
+            await self._guard(self.response.write(data))
+            self.at_boundary = data.endswith(_EVENT_ENDS) or (
+                data.endswith(b"\n") and self.response.content_type == "application/x-ndjson"
+            )
 
     async def _finish(self) -> web.StreamResponse:
         assert self.response is not None
@@ -346,9 +386,15 @@ class Relay:
         if self.response is None:
             self.status = status
             return error_response(self.request, status, code, message, retry_after=retry_after)
+        self.failed = True
         content_type = self.response.headers.get("Content-Type", "")
         tail = stream_error(content_type, dialect_for(self.request.path), code, message)
         if tail is not None:
+            if not self.at_boundary:
+                # Finish the event the upstream left half-written, so the error parses.
+                tail = (
+                    b"\n" if content_type.startswith("application/x-ndjson") else b"\n\n"
+                ) + tail
             await self._guard(self.response.write(tail))
             await self._guard(self.response.write_eof())
         else:

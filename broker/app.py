@@ -27,7 +27,7 @@ from broker.keys import (
 )
 from broker.lifecycle import Lifecycle
 from broker.metrics import Metrics
-from broker.relay import ConnectorLink, relay_endpoint
+from broker.relay import go_away_all, relay_endpoint
 from broker.settings import BrokerSettings
 from shared.settings import secret_values
 
@@ -89,9 +89,7 @@ async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
     app[LINKS] = set()
     yield
     # Any connector still attached at cleanup is told to come back later, not dropped.
-    remaining: list[ConnectorLink] = [*app[LINKS]]
-    for link in remaining:
-        await link.go_away("broker stopping", 1.0)
+    await go_away_all([*app[LINKS]], "broker stopping")
 
 
 async def drain(app: web.Application) -> None:
@@ -104,9 +102,7 @@ async def drain(app: web.Application) -> None:
     log.info("draining", in_flight=lifecycle.active, grace_s=settings.shutdown_grace)
     if not await lifecycle.drain(settings.shutdown_grace):
         log.warning("grace period over; abandoning requests", in_flight=lifecycle.active)
-    links: list[ConnectorLink] = [*app[LINKS]]
-    for link in links:
-        await link.go_away("broker shutting down", 1.0)
+    await go_away_all([*app[LINKS]], "broker shutting down")
 
 
 def create_app(settings: BrokerSettings) -> web.Application:

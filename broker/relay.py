@@ -26,6 +26,7 @@ log = structlog.get_logger("remotellm.broker.relay")
 
 HANDSHAKE_TIMEOUT = 10.0
 MAX_MESSAGE = 4 * 1024 * 1024
+GOAWAY_TIMEOUT = 2.0
 
 
 class LinkLost(Exception):
@@ -68,8 +69,15 @@ class Exchange:
 class ConnectorLink:
     """One connected connector, as the hub and the API handlers see it."""
 
-    def __init__(self, ws: web.WebSocketResponse, hello: p.Hello, window: int) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        hello: p.Hello,
+        window: int,
+        transport: asyncio.Transport | None = None,
+    ) -> None:
         self._ws = ws
+        self._transport = transport
         self.name = hello.name
         self.models: frozenset[str] = frozenset(hello.models)
         self.max_concurrency = hello.max_concurrency
@@ -77,6 +85,7 @@ class ConnectorLink:
         self.window = window
         self._outbox = Outbox()
         self._wake = asyncio.Event()
+        self._flushed = asyncio.Event()
         self._streams: dict[int, Exchange] = {}
         self._ids = itertools.count(1)
         self._closed = False
@@ -99,12 +108,14 @@ class ConnectorLink:
         for frame in p.split_body(stream_id, body, response=False):
             self._outbox.put(frame)
         self._outbox.put(p.End(stream_id))
+        self._flushed.clear()
         self._wake.set()
         return exchange
 
     def send(self, frame: p.Frame) -> None:
         if not self._closed:
             self._outbox.put(frame)
+            self._flushed.clear()
             self._wake.set()
 
     def forget(self, stream_id: int, *, cancel: bool) -> None:
@@ -125,6 +136,7 @@ class ConnectorLink:
                 self._wake.clear()
                 while self._outbox and not self._closed:
                     await self._ws.send_bytes(self._outbox.take())
+                self._flushed.set()
         except ConnectionError:
             # The reader notices the closed socket and fails the open streams.
             self._closed = True
@@ -160,21 +172,41 @@ class ConnectorLink:
         """The socket is gone: fail every open stream so its handler can retry or report."""
         self._closed = True
         self._wake.set()
+        self._flushed.set()
         for exchange in self._streams.values():
             exchange.closed = True
             exchange.events.put_nowait(LinkLost(self.name))
         self._streams.clear()
 
     async def go_away(self, reason: str, reconnect_after: float) -> None:
-        """Tell the connector to reconnect later, flush, and close the socket."""
+        """Tell the connector to reconnect later, flush briefly, and close the socket.
+
+        Bounded in time: a connector that stopped reading cannot hold up a shutdown.
+        """
         if self._closed:
             return
         self.send(p.GoAway(reason, reconnect_after))
-        for _ in range(100):
-            if not self._outbox:
-                break
-            await asyncio.sleep(0.01)
-        await self._ws.close(code=p.CLOSE_GOING_AWAY, message=p.close_reason(reason).encode())
+        try:
+            async with asyncio.timeout(GOAWAY_TIMEOUT):
+                await self._flushed.wait()
+                await self._ws.close(
+                    code=p.CLOSE_GOING_AWAY, message=p.close_reason(reason).encode()
+                )
+        except TimeoutError:
+            log.warning("connector did not take the going-away; dropping it", connector=self.name)
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection at once, without a closing handshake."""
+        self.lost()
+        transport = self._transport
+        if transport is not None:
+            transport.abort()
+
+
+async def go_away_all(links: Iterable[ConnectorLink], reason: str) -> None:
+    """Send every connector away at once (each bounded by GOAWAY_TIMEOUT)."""
+    await asyncio.gather(*(link.go_away(reason, 1.0) for link in links))
 
 
 async def _handshake(ws: web.WebSocketResponse) -> p.Hello | None:
@@ -222,7 +254,7 @@ async def relay_endpoint(request: web.Request) -> web.StreamResponse:
     hello = await _handshake(ws)
     if hello is None:
         return ws
-    link = ConnectorLink(ws, hello, p.DEFAULT_WINDOW)
+    link = ConnectorLink(ws, hello, p.DEFAULT_WINDOW, request.transport)
     await ws.send_bytes(p.encode(p.Welcome(p.PROTOCOL_VERSION, link.window)))
     hub, metrics = app[HUB], app[METRICS]
     app[LINKS].add(link)

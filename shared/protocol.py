@@ -17,6 +17,7 @@ specification is in docs/protocol.md.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -308,6 +309,11 @@ def _str_list(obj: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+# RFC 9110 field names are tokens; values never carry CR, LF or NUL (no header injection).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FORBIDDEN_IN_VALUE = re.compile(r"[\r\n\x00]")
+
+
 def _headers(obj: Mapping[str, Any]) -> Headers:
     items = _get(obj, "headers", list)
     out: list[tuple[str, str]] = []
@@ -318,7 +324,10 @@ def _headers(obj: Mapping[str, Any]) -> Headers:
             or not all(isinstance(part, str) for part in item)
         ):
             raise ProtocolError("headers must be a list of [name, value] string pairs")
-        out.append((item[0], item[1]))
+        name, value = item
+        if not _TOKEN.fullmatch(name) or _FORBIDDEN_IN_VALUE.search(value):
+            raise ProtocolError(f"header {name[:40]!r} is not a valid HTTP header")
+        out.append((name, value))
     return tuple(out)
 
 
@@ -388,8 +397,8 @@ def _decode_one(kind: int, stream_id: int, payload: bytes) -> Frame:
             )
         case FrameType.RESPONSE_HEAD:
             status = _get(obj, "status", int)
-            if not 100 <= status <= 999:
-                raise ProtocolError(f"status {status} is not an HTTP status code")
+            if not 200 <= status <= 599:
+                raise ProtocolError(f"status {status} is not a final HTTP status code")
             return ResponseHead(stream_id, status, _headers(obj))
         case _:
             return Error(stream_id, _get(obj, "code", str), _get(obj, "message", str))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 
 import pytest
@@ -142,14 +143,14 @@ ROUND_TRIP: list[Frame] = [
         2**32 - 1,
         "POST",
         "/v1/chat/completions?x=1",
-        (("authorization", "Bearer x"), ("x-dup", "1"), ("x-dup", "2"), ("", "")),
+        (("authorization", "Bearer x"), ("x-dup", "1"), ("x-dup", "2"), ("x-empty", "")),
         "0123456789abcdef",
     ),
     RequestBody(1, b""),
     RequestBody(1, bytes(range(256))),
     RequestBody(1, b"\xaa" * MAX_BODY_CHUNK),
-    ResponseHead(1, 100, ()),
-    ResponseHead(1, 999, (("content-type", "application/json"),)),
+    ResponseHead(1, 200, ()),
+    ResponseHead(1, 599, (("content-type", "application/json"),)),
     ResponseBody(5, b"data: [DONE]\n\n"),
     ResponseBody(5, b"\x55" * MAX_BODY_CHUNK),
     End(1),
@@ -529,19 +530,19 @@ MALFORMED: list[tuple[str, bytes, str]] = [
         "string pairs",
     ),
     (
-        "status 99",
-        raw(0x20, 1, b'{"status":99,"headers":[]}'),
-        "status 99 is not an HTTP status code",
+        "status 101",
+        raw(0x20, 1, b'{"status":101,"headers":[]}'),
+        "status 101 is not a final HTTP status code",
     ),
     (
-        "status 1000",
-        raw(0x20, 1, b'{"status":1000,"headers":[]}'),
-        "status 1000 is not an HTTP status code",
+        "status 600",
+        raw(0x20, 1, b'{"status":600,"headers":[]}'),
+        "status 600 is not a final HTTP status code",
     ),
     (
         "status negative",
         raw(0x20, 1, b'{"status":-200,"headers":[]}'),
-        "status -200 is not an HTTP status code",
+        "status -200 is not a final HTTP status code",
     ),
     ("status is a bool", raw(0x20, 1, b'{"status":true,"headers":[]}'), "field 'status'"),
     ("status is a float", raw(0x20, 1, b'{"status":200.0,"headers":[]}'), "field 'status'"),
@@ -564,8 +565,8 @@ AT_THE_LIMIT: list[tuple[bytes, Frame]] = [
     (raw(0x11, 1, b"x" * MAX_BODY_CHUNK), RequestBody(1, b"x" * MAX_BODY_CHUNK)),
     (raw(0x02, 0, b'{"version":1,"window":65536}'), Welcome(1, MAX_BODY_CHUNK)),
     (raw(0x01, 0, _HELLO), Hello(1, "n", (), 1)),
-    (raw(0x20, 1, b'{"status":100,"headers":[]}'), ResponseHead(1, 100, ())),
-    (raw(0x20, 1, b'{"status":999,"headers":[]}'), ResponseHead(1, 999, ())),
+    (raw(0x20, 1, b'{"status":200,"headers":[]}'), ResponseHead(1, 200, ())),
+    (raw(0x20, 1, b'{"status":599,"headers":[]}'), ResponseHead(1, 599, ())),
     (raw(0x33, 1, b"\x00\x00\x00\x01"), WindowUpdate(1, 1)),
     (
         raw(0x03, 0, b'{"models":[]}' + b" " * (MAX_CONTROL_PAYLOAD - 13)),
@@ -598,3 +599,13 @@ def test_reconnect_hint_is_capped_at_an_hour() -> None:
 def test_encoding_a_non_finite_hint_fails_loudly() -> None:
     with pytest.raises(ValueError):
         encode(GoAway("x", float("nan")))
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [["X-Evil", "a\r\nSet-Cookie: x=1"], ["X-Nul", "a\u0000b"], ["Bad Name", "v"], ["", "v"]],
+)
+def test_header_injection_is_a_protocol_error(pair: list[str]) -> None:
+    payload = json.dumps({"status": 200, "headers": [pair]}).encode()
+    with pytest.raises(ProtocolError, match="not a valid HTTP header"):
+        decode(struct.pack(">BII", 0x20, 1, len(payload)) + payload)
