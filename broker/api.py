@@ -26,17 +26,6 @@ from shared import protocol as p
 
 log = structlog.get_logger("remotellm.broker.api")
 
-MODEL_ENDPOINTS = (
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/messages",
-    "/v1/responses",
-    "/api/chat",
-    "/api/generate",
-    "/api/embed",
-    "/api/embeddings",
-)
 
 STREAMING_TYPES = ("text/event-stream", "application/x-ndjson")
 MAX_LOGGED_MODEL = 100

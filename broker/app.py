@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from broker.api import MODEL_ENDPOINTS, models_endpoint, ollama_tags_endpoint, proxy_endpoint
+from broker.api import models_endpoint, ollama_tags_endpoint, proxy_endpoint
 from broker.auth import Credentials
 from broker.errors import error_response
 from broker.hub import Hub
@@ -29,6 +29,7 @@ from broker.lifecycle import Lifecycle
 from broker.metrics import Metrics
 from broker.relay import go_away_all, relay_endpoint
 from broker.settings import BrokerSettings
+from shared.endpoints import MODEL_ENDPOINTS
 from shared.settings import secret_values
 
 log = structlog.get_logger("remotellm.broker")

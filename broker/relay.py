@@ -287,10 +287,12 @@ async def relay_endpoint(request: web.Request) -> web.StreamResponse:
         reason = "connection lost"
         raise
     finally:
+        # Bookkeeping first: the handler may be cancelled again while it awaits below.
         link.lost()
         writer.cancel()
         hub.unregister(link)
         app[LINKS].discard(link)
         metrics.connectors.set(len(hub.links))
         log.info("connector disconnected", connector=link.name, reason=reason)
+        await asyncio.gather(writer, return_exceptions=True)
     return ws

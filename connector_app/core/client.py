@@ -23,6 +23,7 @@ from connector_app.core.backoff import Backoff
 from connector_app.core.llm import LocalLLM
 from connector_app.core.status import LinkState, StatusBoard
 from shared import protocol as p
+from shared.endpoints import is_relayable
 from shared.flow import SendCredit
 from shared.outbox import Outbox
 
@@ -46,6 +47,7 @@ class _Stream:
     window: int
     body: bytearray = field(default_factory=bytearray)
     task: asyncio.Task[None] | None = None
+    status: int | None = None
     credit: SendCredit = field(init=False)
     credited: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -111,6 +113,7 @@ class RelayClient:
         self._streams: dict[int, _Stream] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._window = p.DEFAULT_WINDOW
         self._goaway_after: float | None = None
 
@@ -147,7 +150,7 @@ class RelayClient:
             except Exception as exc:
                 error = describe_failure(exc)
             finally:
-                self._abort_streams()
+                await self._abort_streams()
             if self._stopping.is_set():
                 break
             if loop.time() - started >= STABLE_AFTER:
@@ -233,6 +236,7 @@ class RelayClient:
             finally:
                 self._ws = None
                 writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
 
     @staticmethod
     def _welcome(reply: str | bytes) -> int:
@@ -258,11 +262,13 @@ class RelayClient:
         self._outbox.put(frame)
         self._wake.set()
 
-    def _abort_streams(self) -> None:
+    async def _abort_streams(self) -> None:
+        """The link is gone: stop every request it carried and wait until they have stopped."""
         for stream in list(self._streams.values()):
             if stream.task is not None:
                 stream.task.cancel()
             self._forget(stream)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _forget(self, stream: _Stream) -> None:
         """Drop a stream from the table and publish the new in-flight count."""
@@ -321,44 +327,43 @@ class RelayClient:
             self._send(p.Error(sid, "over_capacity", f"The connector is {reason}."))
             return
         stream.task = asyncio.create_task(self._serve(stream))
+        self._tasks.add(stream.task)
+        stream.task.add_done_callback(self._tasks.discard)
         self._board.update(in_flight=busy + 1)
 
     # -- serving one request ---------------------------------------------------
 
     async def _serve(self, stream: _Stream) -> None:
+        """Serve one stream; whatever happens, the broker hears how it ended."""
         head = stream.head
         sid = head.stream_id
         started = time.perf_counter()
-        status: int | None = None
         outcome = "ok"
         with structlog.contextvars.bound_contextvars(request_id=head.request_id):
             try:
-                async with self._llm.request(
-                    head.method, head.path, head.headers, bytes(stream.body)
-                ) as response:
-                    status = response.status
-                    headers = tuple(
-                        (k, v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP
+                if not is_relayable(head.method, head.path):
+                    outcome = "refused"
+                    log.warning("refused a request outside the model endpoints", path=head.path)
+                    self._send(
+                        p.Error(sid, "forbidden", "The connector serves model endpoints only.")
                     )
-                    self._send(p.ResponseHead(sid, status, headers))
-                    async for chunk in response.content.iter_any():
-                        await self._send_body(stream, chunk)
+                    return
+                await self._relay(stream)
                 self._send(p.End(sid))
             except asyncio.CancelledError:
                 outcome = "cancelled"
                 raise
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 outcome = "failed"
-                reason = str(exc) or type(exc).__name__
-                if status is None:
-                    message = (
-                        f"The local LLM server at {self._llm.base_url} is unreachable: {reason}"
+                # Details (the local URL, the socket error) stay in this machine's log.
+                log.warning("local LLM request failed", error=str(exc) or type(exc).__name__)
+                if stream.status is None:
+                    self._send(
+                        p.Error(sid, "llm_unreachable", "The local LLM server is unreachable.")
                     )
-                    self._send(p.Error(sid, "llm_unreachable", message))
                 else:
-                    message = f"The local LLM server failed mid-response: {reason}"
+                    message = "The local LLM server failed mid-response."
                     self._send(p.Error(sid, "llm_stream_failed", message))
-                log.warning("local LLM request failed", error=message)
             except Exception as exc:
                 # A bug here must not leave the broker's client waiting for the timeout.
                 outcome = "failed"
@@ -371,10 +376,24 @@ class RelayClient:
                     "request served",
                     method=head.method,
                     path=head.path,
-                    status=status,
+                    status=stream.status,
                     outcome=outcome,
                     duration_ms=round((time.perf_counter() - started) * 1000, 1),
                 )
+
+    async def _relay(self, stream: _Stream) -> None:
+        """Call the local LLM and stream its response back, within the stream's credit."""
+        head = stream.head
+        async with self._llm.request(
+            head.method, head.path, head.headers, bytes(stream.body)
+        ) as response:
+            stream.status = response.status
+            headers = tuple(
+                (k, v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP
+            )
+            self._send(p.ResponseHead(head.stream_id, response.status, headers))
+            async for chunk in response.content.iter_any():
+                await self._send_body(stream, chunk)
 
     async def _send_body(self, stream: _Stream, data: bytes) -> None:
         sid = stream.head.stream_id

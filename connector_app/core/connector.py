@@ -34,6 +34,7 @@ class Connector:
     def __init__(self, settings: ConnectorSettings, *, backoff: Backoff | None = None) -> None:
         self.settings = settings
         self.board = StatusBoard()
+        self._last_state = self.board.status.state
         self.board.subscribe(self._log_state)
         api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
         self.llm = LocalLLM(settings.llm_url, api_key)
@@ -56,7 +57,9 @@ class Connector:
         return self.board.status
 
     def _log_state(self, status: Status) -> None:
-        log.debug("status", state=status.state.value, in_flight=status.in_flight)
+        if status.state is not self._last_state:
+            self._last_state = status.state
+            log.info("link state", state=status.state.value)
 
     async def refresh_models(self) -> None:
         """Ask the local server for its models (unless they are configured) and publish them."""
