@@ -18,6 +18,7 @@ from aiohttp import web
 
 from broker.auth import presented_key
 from broker.errors import dialect_for, error_response, stream_error
+from broker.framing import EventFramer
 from broker.headers import request_headers, response_headers
 from broker.hub import Link, NoConnector
 from broker.keys import HUB, LIFECYCLE, METRICS, REQUEST_ID, SETTINGS, USER_KEYS
@@ -29,7 +30,6 @@ log = structlog.get_logger("remotellm.broker.api")
 
 STREAMING_TYPES = ("text/event-stream", "application/x-ndjson")
 MAX_LOGGED_MODEL = 100
-_EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 
 
 class BadHead(Exception):
@@ -178,7 +178,7 @@ class Relay:
         self.connector = ""
         self.failed = False
         self.no_body = False
-        self.at_boundary = True
+        self.framer = EventFramer("")
 
     async def run(self) -> web.StreamResponse:
         metrics = self.metrics
@@ -316,6 +316,7 @@ class Relay:
         length = response.headers.get("Content-Length")
         response.headers["X-Request-ID"] = self.request_id
         content_type = response.headers.get("Content-Type", "")
+        self.framer = EventFramer(content_type)
         if content_type.startswith(STREAMING_TYPES):
             response.headers["Cache-Control"] = "no-cache"
             response.headers["X-Accel-Buffering"] = "no"
@@ -328,14 +329,17 @@ class Relay:
 
     async def _write(self, data: bytes) -> None:
         assert self.response is not None
-        if data and not self.no_body:
-            await self._guard(self.response.write(data))
-            self.at_boundary = data.endswith(_EVENT_ENDS) or (
-                data.endswith(b"\n") and self.response.content_type == "application/x-ndjson"
-            )
+        if self.no_body:
+            return
+        ready = self.framer.feed(data)
+        if ready:
+            await self._guard(self.response.write(ready))
 
     async def _finish(self) -> web.StreamResponse:
         assert self.response is not None
+        tail = self.framer.flush()
+        if tail and not self.no_body:
+            await self._guard(self.response.write(tail))
         await self._guard(self.response.write_eof())
         return self.response
 
@@ -379,11 +383,7 @@ class Relay:
         content_type = self.response.headers.get("Content-Type", "")
         tail = stream_error(content_type, dialect_for(self.request.path), code, message)
         if tail is not None:
-            if not self.at_boundary:
-                # Finish the event the upstream left half-written, so the error parses.
-                tail = (
-                    b"\n" if content_type.startswith("application/x-ndjson") else b"\n\n"
-                ) + tail
+            self.framer.discard()
             await self._guard(self.response.write(tail))
             await self._guard(self.response.write_eof())
         else:

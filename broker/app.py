@@ -48,7 +48,9 @@ async def correlate(request: web.Request, handler: Handler) -> web.StreamRespons
     """Give every request a correlation id, in its logs and its response; errors as JSON."""
     request_id = request_id_of(request)
     request[REQUEST_ID] = request_id
-    with structlog.contextvars.bound_contextvars(request_id=request_id):
+    # A connector's link lives for hours: its log lines are not about one request.
+    bound = {} if request.path == "/relay" else {"request_id": request_id}
+    with structlog.contextvars.bound_contextvars(**bound):
         try:
             response = await handler(request)
         except web.HTTPException as exc:

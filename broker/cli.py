@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,7 +72,7 @@ def _settings_from(args: argparse.Namespace) -> BrokerSettings:
     return load(BrokerSettings, cli, args.config)
 
 
-async def _until_signalled() -> None:
+async def until_signalled() -> None:
     """Wait for SIGTERM or SIGINT. Handlers stay installed afterwards, so a second
     signal during the drain does not kill the process halfway through."""
     stop = asyncio.Event()
@@ -91,7 +92,11 @@ async def serve(settings: BrokerSettings) -> int:
     server = BrokerServer(settings)
     try:
         await server.start()
+    except ssl.SSLError as exc:
+        await server.stop()
+        return _fail(f"cannot use --tls-cert/--tls-key: {exc.reason or exc}")
     except OSError as exc:
+        await server.stop()
         where = f"{settings.host}:{settings.port}"
         print(f"{PROG}: error: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -106,7 +111,7 @@ async def serve(settings: BrokerSettings) -> int:
         log.warning("no connector tokens configured: no connector can attach")
     log.info("broker listening", host=settings.host, port=server.port)
     try:
-        await _until_signalled()
+        await until_signalled()
         log.info("shutting down")
     finally:
         await server.stop()

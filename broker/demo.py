@@ -9,7 +9,7 @@ import sys
 from aiohttp import web
 from pydantic import SecretStr
 
-from broker.cli import PROG, _until_signalled
+from broker.cli import PROG, until_signalled
 from broker.server import BrokerServer
 from broker.settings import BrokerSettings
 from connector_app.core.connector import Connector
@@ -106,7 +106,7 @@ async def run_demo(port: int, *, force_echo: bool = False) -> int:
         if not await hub.wait_for_models(READY_TIMEOUT):
             print("Warning: the connector has not reported any model yet.", flush=True)
         print(banner(f"{server.base_url}/v1", key, list(hub.models())), flush=True)
-        await _until_signalled()
+        await until_signalled()
         print("Stopping...", flush=True)
     finally:
         await connector.stop(grace=5.0)

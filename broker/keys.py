@@ -23,5 +23,5 @@ CONNECTOR_TOKENS = web.AppKey("connector_tokens", Credentials)
 LINKS: web.AppKey[set[ConnectorLink]] = web.AppKey("links")
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 
-REQUEST_ID = "remotellm.request_id"
-"""Key of the correlation id in each aiohttp Request (requests are mappings)."""
+REQUEST_ID = web.RequestKey("request_id", str)
+"""The correlation id of each request."""

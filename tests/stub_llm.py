@@ -22,6 +22,17 @@ CHAT_BODY = (
 )
 
 
+ECHOED = (
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/api/generate",
+    "/api/embed",
+    "/api/embeddings",
+)
+"""Endpoints where the stub answers with the path and body it received."""
+
+
 def sse_event(i: int) -> bytes:
     chunk = {
         "id": "chatcmpl-stub",
@@ -52,6 +63,8 @@ class StubLLM:
     started: asyncio.Event = field(default_factory=asyncio.Event)
     override: dict[str, Any] = field(default_factory=dict)
     """Options applied to every chat request, over the request's own `x_stub`."""
+    openai_models: bool = True
+    """False makes GET /v1/models a 404, as on an Ollama without the OpenAI layer."""
     runner: web.AppRunner | None = None
     url: str = ""
 
@@ -63,7 +76,8 @@ class StubLLM:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/api/tags", self._tags)
         app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_post("/v1/embeddings", self._chat)
+        for path in ECHOED:
+            app.router.add_post(path, self._echo)
         app.router.add_post("/api/chat", self._ollama_chat)
         app.router.add_post("/v1/messages", self._messages)
         self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -88,7 +102,14 @@ class StubLLM:
         options = parsed.get("x_stub", {}) if isinstance(parsed, dict) else {}
         return {**options, **self.override}
 
+    async def _echo(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        seen = self.seen[-1]
+        return web.json_response({"path": seen.path, "body": json.loads(seen.body)})
+
     async def _models(self, _request: web.Request) -> web.Response:
+        if not self.openai_models:
+            raise web.HTTPNotFound()
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "stub"} for m in self.models]
         return web.json_response({"object": "list", "data": data})
 
@@ -104,6 +125,13 @@ class StubLLM:
             if mode == "status":
                 body = {"error": {"message": "stub says no", "type": "invalid_request_error"}}
                 return web.json_response(body, status=int(options["status"]))
+            if mode == "partial":
+                response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+                await response.prepare(request)
+                await response.write(sse_event(0) + b'data: {"id":"chatcmpl-stub","obj')
+                assert request.transport is not None
+                request.transport.close()
+                return response
             if mode == "big":
                 return web.Response(body=b"x" * int(options["size"]), content_type="text/plain")
             if mode == "hang":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any, Final
 
 from connector_app.core.llm import LocalLLM
@@ -46,9 +47,11 @@ async def discover_models(llm: LocalLLM, timeout: float = 5.0) -> list[str]:
 
 
 async def detect_local_server(
-    host: str = "127.0.0.1", timeout: float = 1.0
+    host: str = "127.0.0.1",
+    timeout: float = 1.0,
+    servers: Sequence[tuple[str, int]] = KNOWN_SERVERS,
 ) -> tuple[str, str] | None:
-    """The first known local server that lists models: (kind, base URL), or None."""
+    """The first of `servers` (in order) that lists models: (kind, base URL), or None."""
 
     async def probe(kind: str, port: int) -> tuple[str, str] | None:
         llm = LocalLLM(f"http://{host}:{port}", connect_timeout=timeout)
@@ -60,5 +63,5 @@ async def detect_local_server(
             await llm.close()
         return kind, llm.base_url
 
-    results = await asyncio.gather(*(probe(kind, port) for kind, port in KNOWN_SERVERS))
+    results = await asyncio.gather(*(probe(kind, port) for kind, port in servers))
     return next((r for r in results if r is not None), None)

@@ -82,12 +82,16 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         chunk.update(extra or {})
         await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
 
+    options = body.get("stream_options")
+    with_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    # With include_usage every chunk carries "usage": null but the last, as OpenAI's do.
+    nothing: dict[str, Any] = {"usage": None} if with_usage else {}
     for i, word in enumerate(words):
         text = word if i == 0 else " " + word
-        await event([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
+        await event([{"index": 0, "delta": {"content": text}, "finish_reason": None}], nothing)
         await asyncio.sleep(delay)
-    await event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
-    if (body.get("stream_options") or {}).get("include_usage"):
+    await event([{"index": 0, "delta": {}, "finish_reason": "stop"}], nothing)
+    if with_usage:
         await event([], {"usage": usage})
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()

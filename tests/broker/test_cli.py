@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,24 @@ def test_unknown_yaml_key_is_a_config_error(tmp_path: Path) -> None:
     path.write_text("prot: 1\n")
     with pytest.raises(ConfigError, match="prot"):
         load(BrokerSettings, {}, path)
+
+
+def test_unusable_tls_files_are_a_config_error(tmp_path: Path) -> None:
+    bad = tmp_path / "cert.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n")
+    argv = ["--host", "127.0.0.1", "--port", "0", "--tls-cert", str(bad), "--tls-key", str(bad)]
+    done = subprocess.run(
+        [sys.executable, "-m", "broker.cli", *argv], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "remotellm-broker: error: cannot use --tls-cert/--tls-key" in done.stderr
+
+
+def test_tls_cert_without_key_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    code, err = run(["--tls-cert", str(cert)], capsys)
+    assert code == 2
+    assert "tls_cert and tls_key must be given together" in err

@@ -182,6 +182,7 @@ async def test_sigterm_lets_in_flight_streams_finish_on_both_sides(
     assert body == expected
     assert await broker.signal_and_wait(signal.SIGTERM) == 0
     # The connector was told to go away and is trying to come back, not dead.
+    await connector2.wait_line(event_named("broker going away"))
     await connector2.wait_line(event_named("relay link down"))
     assert connector2.process.returncode is None
     assert await connector2.signal_and_wait(signal.SIGTERM) == 0

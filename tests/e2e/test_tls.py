@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import ssl
-import subprocess
 from pathlib import Path
 
 import aiohttp
+import trustme
 
 from connector_app.core.status import LinkState
 from tests.conftest import MakeBroker, MakeConnector, wait_models
@@ -15,29 +15,25 @@ from tests.stub_llm import StubLLM
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    """A throwaway CA-issued certificate for 127.0.0.1; returns (CA cert, chain+key file)."""
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    ca_file, chain = directory / "ca.pem", directory / "server.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server.private_key_and_cert_chain_pem.write_to_path(str(chain))
+    return ca_file, chain
 
 
 async def test_tls_end_to_end_with_a_private_ca(
     tmp_path: Path, stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector
 ) -> None:
-    cert, key = self_signed(tmp_path)
-    broker = await make_broker(tls_cert=cert, tls_key=key)
+    ca_file, chain = self_signed(tmp_path)
+    broker = await make_broker(tls_cert=chain, tls_key=chain)
     assert broker.base_url.startswith("https://")
     url = f"wss://127.0.0.1:{broker.port}/relay"
-    await make_connector(broker, stub.url, broker_url=url, ca_file=cert)
+    await make_connector(broker, stub.url, broker_url=url, ca_file=ca_file)
     await wait_models(broker, {"stub-model"})
-    trust = ssl.create_default_context(cafile=str(cert))
+    trust = ssl.create_default_context(cafile=str(ca_file))
     async with (
         aiohttp.ClientSession() as session,
         session.post(
@@ -50,8 +46,8 @@ async def test_tls_end_to_end_with_a_private_ca(
 async def test_connector_refuses_an_untrusted_certificate_and_says_why(
     tmp_path: Path, stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector
 ) -> None:
-    cert, key = self_signed(tmp_path)
-    broker = await make_broker(tls_cert=cert, tls_key=key)
+    _, chain = self_signed(tmp_path)
+    broker = await make_broker(tls_cert=chain, tls_key=chain)
     url = f"wss://127.0.0.1:{broker.port}/relay"
     connector = await make_connector(broker, stub.url, broker_url=url)
     await connector.wait_state(LinkState.RECONNECTING)
