@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 
@@ -27,6 +28,13 @@ class Link(Protocol):
 
     @property
     def draining(self) -> bool: ...
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A request waiting for a slot, in arrival order."""
+
+    exclude: frozenset[Link]
 
 
 class NoConnector(Exception):
@@ -47,6 +55,7 @@ class Hub:
         self._changed = asyncio.Event()
         self._clock = clock
         self._turn = itertools.count()
+        self._waiting: dict[str, list[_Waiter]] = {}
 
     # -- registry -------------------------------------------------------------
 
@@ -125,28 +134,47 @@ class Hub:
         """
         loop = asyncio.get_running_loop()
         start = loop.time()
-        while True:
-            candidates = [
-                link
-                for link in self._load
-                if model in link.models and not link.draining and link not in exclude
-            ]
-            chosen = self._pick(candidates)
-            if chosen is not None:
-                self._load[chosen] += 1
-                return chosen
-            if not candidates and model not in self._first_seen and self._load:
-                raise NoConnector("unknown", model)
-            limit = wait_busy if candidates else wait_offline
-            remaining = start + limit - loop.time()
-            if remaining <= 0:
-                raise NoConnector("busy" if candidates else "offline", model)
-            changed = self._changed
-            try:
-                async with asyncio.timeout(remaining):
-                    await changed.wait()
-            except TimeoutError:
-                pass
+        me = _Waiter(frozenset(exclude))
+        line = self._waiting.setdefault(model, [])
+        line.append(me)
+        try:
+            while True:
+                candidates = [
+                    link
+                    for link in self._load
+                    if model in link.models and not link.draining and link not in me.exclude
+                ]
+                chosen = self._pick(candidates)
+                if chosen is not None and not self._owed_to_earlier(line, me, chosen):
+                    self._load[chosen] += 1
+                    return chosen
+                if not candidates and model not in self._first_seen and self._load:
+                    raise NoConnector("unknown", model)
+                limit = wait_busy if candidates else wait_offline
+                remaining = start + limit - loop.time()
+                if remaining <= 0:
+                    raise NoConnector("busy" if candidates else "offline", model)
+                changed = self._changed
+                try:
+                    async with asyncio.timeout(remaining):
+                        await changed.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            line.remove(me)
+            if not line:
+                del self._waiting[model]
+            self._notify()
+
+    @staticmethod
+    def _owed_to_earlier(line: list[_Waiter], me: _Waiter, link: Link) -> bool:
+        """First come, first served: an older waiter that could use `link` goes first."""
+        for waiter in line:
+            if waiter is me:
+                return False
+            if link not in waiter.exclude:
+                return True
+        return False
 
     def release(self, link: Link) -> None:
         if link in self._load:

@@ -390,3 +390,45 @@ async def test_wait_for_models_wakes_when_a_model_appears() -> None:
     assert not task.done()  # a connector with no models is not enough
     hub.register(link("a", "m"))
     assert await asyncio.wait_for(task, GUARD) is True
+
+
+# ---------------------------------------------------------------------------
+# First come, first served
+
+
+async def test_a_freed_slot_goes_to_the_oldest_waiter_not_a_newcomer() -> None:
+    hub = Hub()
+    only = link("a", "m")
+    hub.register(only)
+    await acquire(hub)  # the only slot is taken
+    first = asyncio.create_task(acquire(hub, wait_busy=60))
+    await settle()
+    second = asyncio.create_task(acquire(hub, wait_busy=60))
+    await settle()
+    # The newcomer is already scheduled when the slot frees: it runs before the
+    # waiter wakes, and must still not jump the line.
+    newcomer = asyncio.create_task(acquire(hub, wait_busy=60))
+    hub.release(only)
+    await settle()
+    assert first.done() and first.result() is only
+    assert not second.done() and not newcomer.done()
+    hub.release(only)
+    await settle()
+    assert second.done() and not newcomer.done()
+    hub.release(only)
+    assert await newcomer is only
+
+
+async def test_an_older_waiter_that_cannot_use_a_link_does_not_block_it() -> None:
+    hub = Hub()
+    a = link("a", "m")
+    hub.register(a)
+    await acquire(hub)
+    picky = asyncio.create_task(acquire(hub, exclude=(a,), wait_offline=60, wait_busy=60))
+    await settle()
+    other = asyncio.create_task(acquire(hub, wait_busy=60))
+    await settle()
+    hub.release(a)
+    assert await other is a
+    assert not picky.done()
+    picky.cancel()
