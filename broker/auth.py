@@ -12,7 +12,7 @@ def digest(secret: str) -> bytes:
 
 
 class Credentials:
-    """A set of accepted secrets. The raw secrets are not kept."""
+    """A set of accepted secrets, held as digests (this object keeps no raw secret)."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self._digests = frozenset(digest(s) for s in secrets if s)
