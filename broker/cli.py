@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import ssl
 import sys
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from broker.server import BrokerServer
 from broker.settings import BrokerSettings
 from shared.logging import configure_logging
 from shared.settings import ConfigError, load
+from shared.signals import shutdown_signals
 
 PROG = "remotellm-broker"
 log = structlog.get_logger("remotellm.broker")
@@ -72,22 +72,6 @@ def _settings_from(args: argparse.Namespace) -> BrokerSettings:
     return load(BrokerSettings, cli, args.config)
 
 
-async def until_signalled() -> None:
-    """Wait for SIGTERM or SIGINT. Handlers stay installed afterwards, so a second
-    signal during the drain does not kill the process halfway through."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal() -> None:
-        if stop.is_set():
-            log.info("already shutting down")
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
-    await stop.wait()
-
-
 async def serve(settings: BrokerSettings) -> int:
     server = BrokerServer(settings)
     try:
@@ -110,11 +94,12 @@ async def serve(settings: BrokerSettings) -> int:
     if not settings.connector_token:
         log.warning("no connector tokens configured: no connector can attach")
     log.info("broker listening", host=settings.host, port=server.port)
-    try:
-        await until_signalled()
-        log.info("shutting down")
-    finally:
-        await server.stop()
+    with shutdown_signals() as stop:
+        try:
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            await server.stop()
     log.info("stopped")
     return 0
 

@@ -20,12 +20,11 @@ from broker.errors import error_response
 from broker.keys import CONNECTOR_TOKENS, HUB, LINKS, METRICS, SETTINGS
 from shared import protocol as p
 from shared.flow import ReceiveCredit
+from shared.handshake import HANDSHAKE_TIMEOUT, MAX_MESSAGE, Refused, accept_hello, check_sender
 from shared.outbox import Outbox
 
 log = structlog.get_logger("remotellm.broker.relay")
 
-HANDSHAKE_TIMEOUT = 10.0
-MAX_MESSAGE = 4 * 1024 * 1024
 GOAWAY_TIMEOUT = 2.0
 
 
@@ -45,7 +44,6 @@ class Exchange:
     window: int
     events: asyncio.Queue[StreamEvent] = field(default_factory=asyncio.Queue)
     credit: ReceiveCredit = field(init=False)
-    unacknowledged: int = 0
     closed: bool = False
 
     def __post_init__(self) -> None:
@@ -53,7 +51,6 @@ class Exchange:
 
     def delivered(self, n: int) -> None:
         """`n` body bytes reached the client: give the connector credit back."""
-        self.unacknowledged -= n
         increment = self.credit.consumed(n)
         if increment and not self.closed:
             self.link.send(p.WindowUpdate(self.stream_id, increment))
@@ -145,13 +142,12 @@ class ConnectorLink:
         """Apply decoded frames; return True when the hub's view of the link changed."""
         changed = False
         for frame in frames:
+            check_sender(frame, "connector")
             match frame:
                 case p.ResponseBody(stream_id, data):
                     exchange = self._streams.get(stream_id)
                     if exchange is not None:
-                        exchange.unacknowledged += len(data)
-                        if exchange.unacknowledged > exchange.window:
-                            raise p.ProtocolError(f"stream {stream_id} overran its window")
+                        exchange.credit.received(len(data))
                         exchange.events.put_nowait(frame)
                 case p.ResponseHead(stream_id) | p.End(stream_id) | p.Error(stream_id):
                     exchange = self._streams.get(stream_id)
@@ -164,8 +160,6 @@ class ConnectorLink:
                     log.info("connector going away", connector=self.name, reason=reason)
                     self.draining = True
                     changed = True
-                case _:
-                    raise p.ProtocolError(f"{type(frame).__name__} is not valid from a connector")
         return changed
 
     def lost(self) -> None:
@@ -210,33 +204,20 @@ async def go_away_all(links: Iterable[ConnectorLink], reason: str) -> None:
 
 
 async def _handshake(ws: web.WebSocketResponse) -> p.Hello | None:
+    """Read and check the connector's hello; on failure close as the rules say, return None."""
     try:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
             msg = await ws.receive()
     except TimeoutError:
         await ws.close(code=p.CLOSE_HANDSHAKE_TIMEOUT, message=b"no hello within 10 s")
         return None
-    if msg.type is not WSMsgType.BINARY:
-        await ws.close(code=p.CLOSE_PROTOCOL_ERROR, message=b"expected a binary hello frame")
-        return None
+    data = msg.data if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT) else ""
     try:
-        frames = p.decode(msg.data)
-    except p.ProtocolError as exc:
-        await ws.close(code=p.CLOSE_PROTOCOL_ERROR, message=p.close_reason(str(exc)).encode())
+        return accept_hello(data)
+    except Refused as refusal:
+        log.warning("connector refused", reason=refusal.reason)
+        await ws.close(code=refusal.code, message=refusal.reason.encode())
         return None
-    hello = frames[0]
-    if not isinstance(hello, p.Hello) or len(frames) != 1:
-        await ws.close(code=p.CLOSE_PROTOCOL_ERROR, message=b"first frame must be a lone hello")
-        return None
-    if hello.version != p.PROTOCOL_VERSION:
-        reason = (
-            f"unsupported protocol version {hello.version}; "
-            f"this broker speaks version {p.PROTOCOL_VERSION}"
-        )
-        log.warning("connector refused", connector=hello.name, reason=reason)
-        await ws.close(code=p.CLOSE_UNSUPPORTED_VERSION, message=p.close_reason(reason).encode())
-        return None
-    return hello
 
 
 async def relay_endpoint(request: web.Request) -> web.StreamResponse:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from connector_app.core.connector import Connector
 from connector_app.core.settings import ConnectorSettings
 from shared.logging import configure_logging
 from shared.settings import ConfigError, load
+from shared.signals import shutdown_signals
 
 PROG = "remotellm-connector"
 log = structlog.get_logger("remotellm.connector")
@@ -46,26 +46,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run_headless(settings: ConnectorSettings) -> int:
+    """Serve until SIGTERM/SIGINT, then drain and return 0."""
     connector = Connector(settings)
-    loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 
     def on_signal() -> None:
-        if not stopping:
-            log.info("shutting down")
-            stopping.append(asyncio.create_task(connector.stop()))
+        log.info("shutting down")
+        stopping.append(asyncio.create_task(connector.stop()))
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
     log.info(
         "connector starting",
         broker_url=settings.broker_url,
         llm_url=settings.llm_url,
         max_concurrency=settings.max_concurrency,
     )
-    await connector.run()
-    for task in stopping:
-        await task
+    with shutdown_signals(on_signal):
+        await connector.run()
+        for task in stopping:
+            await task
     log.info("stopped")
     return 0
 

@@ -9,7 +9,7 @@ buffered data in the broker and never stalls the other streams on the socket.
 
 from __future__ import annotations
 
-from shared.protocol import MAX_BODY_CHUNK
+from shared.frames import MAX_BODY_CHUNK, ProtocolError
 
 
 class SendCredit:
@@ -32,11 +32,21 @@ class ReceiveCredit:
     """The receiver's view of one stream's window: when to hand credit back."""
 
     def __init__(self, window: int) -> None:
+        self._window = window
         self._threshold = max(window // 2, 1)
         self._consumed = 0
+        self.outstanding = 0
+        """Bytes received and not yet consumed: never more than the window."""
+
+    def received(self, n: int) -> None:
+        """Record `n` bytes arriving; a sender that overran its window broke the protocol."""
+        self.outstanding += n
+        if self.outstanding > self._window:
+            raise ProtocolError("a stream overran its flow-control window")
 
     def consumed(self, n: int) -> int:
         """Record `n` bytes delivered; return the increment to announce now, or 0."""
+        self.outstanding -= n
         self._consumed += n
         if self._consumed < self._threshold:
             return 0

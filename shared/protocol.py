@@ -20,170 +20,77 @@ import json
 import re
 import struct
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any, Final
 
-PROTOCOL_VERSION: Final = 1
-"""Bumped on any incompatible change to the frame layout or semantics."""
-
-MAX_BODY_CHUNK: Final = 64 * 1024
-"""Largest payload of one body frame."""
-
-MAX_CONTROL_PAYLOAD: Final = 1024 * 1024
-"""Largest JSON payload of one control frame (heads with many headers, model lists)."""
-
-MAX_REQUEST_BODY: Final = 256 * 1024 * 1024
-"""Largest request body a stream may carry; the broker's max body size cannot exceed it."""
-
-DEFAULT_WINDOW: Final = 1024 * 1024
-"""Response-body bytes a connector may send on one stream before it needs credit."""
-
-MAX_RECONNECT_AFTER: Final = 3600.0
-"""A going-away hint is capped at an hour, whatever the peer asks."""
-
-HEADER: Final = struct.Struct(">BII")
-_CREDIT: Final = struct.Struct(">I")
-
-# WebSocket close codes used by the relay (4000-4999 is the application range).
-CLOSE_PROTOCOL_ERROR: Final = 1002
-CLOSE_GOING_AWAY: Final = 1001
-CLOSE_UNSUPPORTED_VERSION: Final = 4001
-CLOSE_HANDSHAKE_TIMEOUT: Final = 4002
-
-
-class FrameType(IntEnum):
-    HELLO = 0x01
-    WELCOME = 0x02
-    MODELS = 0x03
-    GOAWAY = 0x04
-    REQUEST_HEAD = 0x10
-    REQUEST_BODY = 0x11
-    RESPONSE_HEAD = 0x20
-    RESPONSE_BODY = 0x21
-    END = 0x30
-    ERROR = 0x31
-    CANCEL = 0x32
-    WINDOW_UPDATE = 0x33
-
-
-class ProtocolError(Exception):
-    """The peer sent something this protocol does not allow."""
-
-
-Headers = tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
-    """Connector -> broker, first frame: who it is and what it serves."""
-
-    version: int
-    name: str
-    models: tuple[str, ...]
-    max_concurrency: int
-
-
-@dataclass(frozen=True, slots=True)
-class Welcome:
-    """Broker -> connector, answer to Hello: the accepted version and the stream window."""
-
-    version: int
-    window: int
-
-
-@dataclass(frozen=True, slots=True)
-class ModelsUpdate:
-    """Connector -> broker: the full, new list of served models."""
-
-    models: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class GoAway:
-    """Either side: no new streams; reconnect after `reconnect_after` seconds."""
-
-    reason: str
-    reconnect_after: float
-
-
-@dataclass(frozen=True, slots=True)
-class RequestHead:
-    """Broker -> connector: opens stream `stream_id` with an HTTP request head."""
-
-    stream_id: int
-    method: str
-    path: str
-    headers: Headers
-    request_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class RequestBody:
-    stream_id: int
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseHead:
-    stream_id: int
-    status: int
-    headers: Headers
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseBody:
-    stream_id: int
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class End:
-    """The sender's half of the stream is complete."""
-
-    stream_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class Error:
-    """Connector -> broker: the stream failed; `code` is machine-readable."""
-
-    stream_id: int
-    code: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class Cancel:
-    """Broker -> connector: the client is gone; abort the stream at once."""
-
-    stream_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class WindowUpdate:
-    """Broker -> connector: `increment` more response-body bytes may be sent on the stream."""
-
-    stream_id: int
-    increment: int
-
-
-Frame = (
-    Hello
-    | Welcome
-    | ModelsUpdate
-    | GoAway
-    | RequestHead
-    | RequestBody
-    | ResponseHead
-    | ResponseBody
-    | End
-    | Error
-    | Cancel
-    | WindowUpdate
+from shared.frames import (
+    CLOSE_GOING_AWAY,
+    CLOSE_HANDSHAKE_TIMEOUT,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_UNSUPPORTED_VERSION,
+    DEFAULT_WINDOW,
+    HEADER,
+    MAX_BODY_CHUNK,
+    MAX_CONTROL_PAYLOAD,
+    MAX_RECONNECT_AFTER,
+    MAX_REQUEST_BODY,
+    PROTOCOL_VERSION,
+    Cancel,
+    End,
+    Error,
+    Frame,
+    FrameType,
+    GoAway,
+    Headers,
+    Hello,
+    ModelsUpdate,
+    ProtocolError,
+    RequestBody,
+    RequestHead,
+    ResponseBody,
+    ResponseHead,
+    StreamFrame,
+    Welcome,
+    WindowUpdate,
 )
 
-StreamFrame = RequestHead | RequestBody | ResponseHead | ResponseBody | End | Error | Cancel
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_HANDSHAKE_TIMEOUT",
+    "CLOSE_PROTOCOL_ERROR",
+    "CLOSE_UNSUPPORTED_VERSION",
+    "DEFAULT_WINDOW",
+    "HEADER",
+    "MAX_BODY_CHUNK",
+    "MAX_CONTROL_PAYLOAD",
+    "MAX_RECONNECT_AFTER",
+    "MAX_REQUEST_BODY",
+    "PROTOCOL_VERSION",
+    "Cancel",
+    "End",
+    "Error",
+    "Frame",
+    "FrameType",
+    "GoAway",
+    "Headers",
+    "Hello",
+    "ModelsUpdate",
+    "ProtocolError",
+    "RequestBody",
+    "RequestHead",
+    "ResponseBody",
+    "ResponseHead",
+    "StreamFrame",
+    "Welcome",
+    "WindowUpdate",
+    "close_reason",
+    "decode",
+    "encode",
+    "encode_many",
+    "iter_frames",
+    "split_body",
+]
+
+_CREDIT: Final = struct.Struct(">I")
 
 
 # ---------------------------------------------------------------------------

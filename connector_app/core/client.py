@@ -25,14 +25,13 @@ from connector_app.core.status import LinkState, StatusBoard
 from shared import protocol as p
 from shared.endpoints import is_relayable
 from shared.flow import SendCredit
+from shared.handshake import HANDSHAKE_TIMEOUT, MAX_MESSAGE, Refused, accept_welcome, check_sender
 from shared.outbox import Outbox
 
 log = structlog.get_logger("remotellm.connector")
 
-HANDSHAKE_TIMEOUT = 10.0
 STABLE_AFTER = 10.0
 """A connection that lived this long resets the backoff."""
-MAX_MESSAGE = 4 * 1024 * 1024
 
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
@@ -75,6 +74,8 @@ def describe_failure(exc: BaseException) -> str:
         return "timed out talking to the broker"
     if isinstance(exc, p.ProtocolError):
         return f"protocol error: {exc}"
+    if isinstance(exc, Refused):
+        return f"the handshake failed: {exc.reason}"
     return f"cannot reach the broker: {exc or type(exc).__name__}"
 
 
@@ -210,9 +211,9 @@ class RelayClient:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                 reply = await ws.recv()
             try:
-                self._window = self._welcome(reply)
-            except p.ProtocolError as exc:
-                await ws.close(code=p.CLOSE_PROTOCOL_ERROR, reason=p.close_reason(str(exc)))
+                self._window = accept_welcome(reply).window
+            except Refused as refusal:
+                await ws.close(code=refusal.code, reason=refusal.reason)
                 raise
             self._outbox = Outbox()
             self._ws = ws
@@ -237,16 +238,6 @@ class RelayClient:
                 self._ws = None
                 writer.cancel()
                 await asyncio.gather(writer, return_exceptions=True)
-
-    @staticmethod
-    def _welcome(reply: str | bytes) -> int:
-        """Check the broker's answer to hello; return the stream window it grants."""
-        frames = p.decode(reply) if isinstance(reply, bytes) else []
-        if len(frames) != 1 or not isinstance(frames[0], p.Welcome):
-            raise p.ProtocolError("the broker did not answer hello with a lone welcome")
-        if frames[0].version != p.PROTOCOL_VERSION:
-            raise p.ProtocolError(f"the broker speaks protocol version {frames[0].version}")
-        return frames[0].window
 
     async def _write_loop(self, ws: ClientConnection) -> None:
         try:
@@ -282,6 +273,7 @@ class RelayClient:
     # -- frames from the broker ------------------------------------------------
 
     def _on_frame(self, frame: p.Frame) -> None:
+        check_sender(frame, "broker")
         match frame:
             case p.RequestHead(stream_id):
                 if stream_id in self._streams:
@@ -315,8 +307,6 @@ class RelayClient:
             case p.GoAway(reason, reconnect_after):
                 log.info("broker going away", reason=reason, reconnect_after_s=reconnect_after)
                 self._goaway_after = reconnect_after
-            case _:
-                raise p.ProtocolError(f"{type(frame).__name__} is not valid from a broker")
 
     def _start(self, stream: _Stream) -> None:
         sid = stream.head.stream_id

@@ -208,7 +208,7 @@ async def test_slow_client_is_held_to_one_window_and_does_not_stall_others(relay
         (link,) = relay.broker.hub.links
         assert isinstance(link, ConnectorLink)
         (exchange,) = link._streams.values()
-        assert 0 < exchange.unacknowledged <= p.DEFAULT_WINDOW
+        assert 0 < exchange.credit.outstanding <= p.DEFAULT_WINDOW
         rest = await slow.content.read()
         assert len(rest) + 1024 == size
         slow.close()

@@ -1,0 +1,81 @@
+"""The rules of a relay connection that are not about bytes: handshake and who may send what.
+
+Pure functions, no I/O: the broker's endpoint and the connector's client call them
+and only carry out the verdict (send, close with the given code).
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+from shared import protocol as p
+
+HANDSHAKE_TIMEOUT: Final = 10.0
+"""Seconds each side waits for the other's first frame."""
+
+MAX_MESSAGE: Final = 4 * 1024 * 1024
+"""Largest WebSocket message either side accepts (the outbox builds 256 KiB ones)."""
+
+FROM_CONNECTOR: Final = (
+    p.ModelsUpdate,
+    p.GoAway,
+    p.ResponseHead,
+    p.ResponseBody,
+    p.End,
+    p.Error,
+)
+FROM_BROKER: Final = (p.GoAway, p.RequestHead, p.RequestBody, p.End, p.Cancel, p.WindowUpdate)
+
+
+class Refused(Exception):
+    """The handshake failed: close the connection with `code` and `reason`."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = p.close_reason(reason)
+
+
+def _only_frame(message: str | bytes, expected: str) -> p.Frame:
+    if not isinstance(message, bytes):
+        raise Refused(p.CLOSE_PROTOCOL_ERROR, f"expected a binary {expected} frame")
+    try:
+        frames = p.decode(message)
+    except p.ProtocolError as exc:
+        raise Refused(p.CLOSE_PROTOCOL_ERROR, f"protocol error: {exc}") from None
+    if len(frames) != 1:
+        raise Refused(p.CLOSE_PROTOCOL_ERROR, f"the first message must be a lone {expected}")
+    return frames[0]
+
+
+def accept_hello(message: str | bytes) -> p.Hello:
+    """The broker's check of a connector's first message."""
+    hello = _only_frame(message, "hello")
+    if not isinstance(hello, p.Hello):
+        raise Refused(p.CLOSE_PROTOCOL_ERROR, "the first message must be a lone hello")
+    if hello.version != p.PROTOCOL_VERSION:
+        raise Refused(
+            p.CLOSE_UNSUPPORTED_VERSION,
+            f"unsupported protocol version {hello.version}; "
+            f"this broker speaks version {p.PROTOCOL_VERSION}",
+        )
+    return hello
+
+
+def accept_welcome(message: str | bytes) -> p.Welcome:
+    """The connector's check of the broker's answer to hello."""
+    welcome = _only_frame(message, "welcome")
+    if not isinstance(welcome, p.Welcome):
+        raise Refused(p.CLOSE_PROTOCOL_ERROR, "the broker did not answer hello with welcome")
+    if welcome.version != p.PROTOCOL_VERSION:
+        raise Refused(
+            p.CLOSE_PROTOCOL_ERROR, f"the broker speaks protocol version {welcome.version}"
+        )
+    return welcome
+
+
+def check_sender(frame: p.Frame, sender: Literal["broker", "connector"]) -> None:
+    """Raise ProtocolError when `sender` may not send this kind of frame after the handshake."""
+    allowed = FROM_BROKER if sender == "broker" else FROM_CONNECTOR
+    if not isinstance(frame, allowed):
+        raise p.ProtocolError(f"{type(frame).__name__} is not valid from a {sender}")
