@@ -37,7 +37,9 @@ class Connector:
         self._last_state = self.board.status.state
         self.board.subscribe(self._log_state)
         api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
-        self.llm = LocalLLM(settings.llm_url, api_key)
+        # One pooled connection per request slot, plus one for discovery: the pool must
+        # never be what queues requests the broker was told this connector can take.
+        self.llm = LocalLLM(settings.llm_url, api_key, limit=settings.max_concurrency + 1)
         self.client = RelayClient(
             url=settings.broker_url,
             token=settings.broker_token.get_secret_value(),
