@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import ssl
 import sys
@@ -15,6 +14,7 @@ import structlog
 
 from broker.server import BrokerServer
 from broker.settings import BrokerSettings
+from shared import eventloop
 from shared.logging import configure_logging
 from shared.settings import ConfigError, load
 from shared.signals import shutdown_signals
@@ -114,14 +114,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure_logging(args.log_level, "console")
         with contextlib.suppress(KeyboardInterrupt):
-            return asyncio.run(run_demo(args.port, force_echo=args.echo))
+            return eventloop.run(run_demo(args.port, force_echo=args.echo))
         return 0
     try:
         settings = _settings_from(args)
     except ConfigError as exc:
         return _fail(str(exc))
     configure_logging(settings.log_level, settings.log_format)
-    return asyncio.run(serve(settings))
+    return eventloop.run(serve(settings))
 
 
 if __name__ == "__main__":

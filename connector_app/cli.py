@@ -13,6 +13,7 @@ import structlog
 
 from connector_app.core.connector import Connector
 from connector_app.core.settings import ConnectorSettings
+from shared import eventloop
 from shared.logging import configure_logging
 from shared.settings import ConfigError, load
 from shared.signals import shutdown_signals
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    return asyncio.run(run_headless(settings))
+    return eventloop.run(run_headless(settings))
 
 
 if __name__ == "__main__":
