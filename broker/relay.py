@@ -17,6 +17,7 @@ from aiohttp import WSMsgType, web
 
 from broker.auth import presented_key
 from broker.errors import error_response
+from broker.hub import Hub
 from broker.keys import CONNECTOR_TOKENS, HUB, LINKS, METRICS, SETTINGS
 from shared import protocol as p
 from shared.flow import ReceiveCredit
@@ -227,9 +228,8 @@ async def relay_endpoint(request: web.Request) -> web.StreamResponse:
         return error_response(
             request, 401, "invalid_connector_token", "The connector token is missing or invalid."
         )
-    settings = app[SETTINGS]
     ws = web.WebSocketResponse(
-        heartbeat=settings.heartbeat, max_msg_size=MAX_MESSAGE, compress=False
+        heartbeat=app[SETTINGS].heartbeat, max_msg_size=MAX_MESSAGE, compress=False
     )
     await ws.prepare(request)
     hello = await _handshake(ws)
@@ -237,43 +237,52 @@ async def relay_endpoint(request: web.Request) -> web.StreamResponse:
         return ws
     link = ConnectorLink(ws, hello, p.DEFAULT_WINDOW, request.transport)
     await ws.send_bytes(p.encode(p.Welcome(p.PROTOCOL_VERSION, link.window)))
-    hub, metrics = app[HUB], app[METRICS]
-    app[LINKS].add(link)
-    hub.register(link)
-    metrics.connectors.set(len(hub.links))
-    peer = request.remote
+    _attach(app, link)
     log.info(
         "connector connected",
         connector=link.name,
-        peer=peer,
+        peer=request.remote,
         models=sorted(link.models),
         max_concurrency=link.max_concurrency,
     )
     writer = asyncio.create_task(link.write_loop())
-    reason = "closed"
+    reason = "connection lost"
+    try:
+        reason = await _pump(ws, link, app[HUB])
+    finally:
+        # Bookkeeping first: the handler may be cancelled again while it awaits below.
+        link.lost()
+        writer.cancel()
+        _detach(app, link)
+        log.info("connector disconnected", connector=link.name, reason=reason)
+        await asyncio.gather(writer, return_exceptions=True)
+    return ws
+
+
+async def _pump(ws: web.WebSocketResponse, link: ConnectorLink, hub: Hub) -> str:
+    """Feed the connector's messages to its link until the socket closes; say why it ended."""
     try:
         async for msg in ws:
             if msg.type is WSMsgType.ERROR:
-                reason = f"connection error: {ws.exception()}"
-                break
+                return f"connection error: {ws.exception()}"
             if msg.type is not WSMsgType.BINARY:
                 raise p.ProtocolError("only binary messages are allowed")
             if link.receive(p.decode(msg.data)):
                 hub.models_changed(link)
     except p.ProtocolError as exc:
-        reason = f"protocol error: {exc}"
         log.warning("connector protocol error", connector=link.name, error=str(exc))
         await ws.close(code=p.CLOSE_PROTOCOL_ERROR, message=p.close_reason(str(exc)).encode())
-    except (ConnectionError, asyncio.CancelledError):
-        reason = "connection lost"
-        raise
-    finally:
-        # Bookkeeping first: the handler may be cancelled again while it awaits below.
-        link.lost()
-        writer.cancel()
-        hub.unregister(link)
-        app[LINKS].discard(link)
-        metrics.connectors.set(len(hub.links))
-        log.info("connector disconnected", connector=link.name, reason=reason)
-        await asyncio.gather(writer, return_exceptions=True)
-    return ws
+        return f"protocol error: {exc}"
+    return "closed"
+
+
+def _attach(app: web.Application, link: ConnectorLink) -> None:
+    app[LINKS].add(link)
+    app[HUB].register(link)
+    app[METRICS].connectors.set(len(app[HUB].links))
+
+
+def _detach(app: web.Application, link: ConnectorLink) -> None:
+    app[HUB].unregister(link)
+    app[LINKS].discard(link)
+    app[METRICS].connectors.set(len(app[HUB].links))
