@@ -48,24 +48,31 @@ async def correlate(request: web.Request, handler: Handler) -> web.StreamRespons
     """Give every request a correlation id, in its logs and its response; errors as JSON."""
     request_id = request_id_of(request)
     request[REQUEST_ID] = request_id
-    # A connector's link lives for hours: its log lines are not about one request.
-    bound = {} if request.path == "/relay" else {"request_id": request_id}
-    with structlog.contextvars.bound_contextvars(**bound):
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            code = "not_found" if exc.status == 404 else "method_not_allowed"
-            message = (
-                f"There is no endpoint at {request.path}."
-                if exc.status == 404
-                else f"{request.method} is not allowed on {request.path}."
-            )
-            response = error_response(request, exc.status, code, message)
+    if request.path == "/relay":
+        # A connector's link lives for hours: its log lines are not about one request.
+        response = await _json_errors(request, handler)
+    else:
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            response = await _json_errors(request, handler)
     if not response.prepared:
         response.headers["X-Request-ID"] = request_id
     return response
+
+
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own 404 and 405 in the same JSON shape as every other error."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = "not_found" if exc.status == 404 else "method_not_allowed"
+        message = (
+            f"There is no endpoint at {request.path}."
+            if exc.status == 404
+            else f"{request.method} is not allowed on {request.path}."
+        )
+        return error_response(request, exc.status, code, message)
 
 
 async def health_endpoint(request: web.Request) -> web.Response:

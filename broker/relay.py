@@ -67,6 +67,21 @@ class Exchange:
 class ConnectorLink:
     """One connected connector, as the hub and the API handlers see it."""
 
+    __slots__ = (
+        "_closed",
+        "_ids",
+        "_outbox",
+        "_streams",
+        "_transport",
+        "_writer",
+        "_ws",
+        "draining",
+        "max_concurrency",
+        "models",
+        "name",
+        "window",
+    )
+
     def __init__(
         self,
         ws: web.WebSocketResponse,
@@ -82,8 +97,7 @@ class ConnectorLink:
         self.draining = False
         self.window = window
         self._outbox = Outbox()
-        self._wake = asyncio.Event()
-        self._flushed = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
         self._streams: dict[int, Exchange] = {}
         self._ids = itertools.count(1)
         self._closed = False
@@ -106,15 +120,13 @@ class ConnectorLink:
         for frame in p.split_body(stream_id, body, response=False):
             self._outbox.put(frame)
         self._outbox.put(p.End(stream_id))
-        self._flushed.clear()
-        self._wake.set()
+        self._kick()
         return exchange
 
     def send(self, frame: p.Frame) -> None:
         if not self._closed:
             self._outbox.put(frame)
-            self._flushed.clear()
-            self._wake.set()
+            self._kick()
 
     def forget(self, stream_id: int, *, cancel: bool) -> None:
         if self._streams.pop(stream_id, None) is not None and cancel:
@@ -127,17 +139,33 @@ class ConnectorLink:
 
     # -- pumping ------------------------------------------------------------------
 
-    async def write_loop(self) -> None:
+    def _kick(self) -> None:
+        """Make sure a writer is draining the outbox.
+
+        The writer exists only while there is something to send, so an idle link
+        costs no task (memory per idle connector is a measured target).
+        """
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
         try:
-            while not self._closed:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._outbox and not self._closed:
-                    await self._ws.send_bytes(self._outbox.take())
-                self._flushed.set()
+            # Whatever was queued while a message was being sent leaves in the next one.
+            while self._outbox and not self._closed:
+                await self._ws.send_bytes(self._outbox.take())
         except ConnectionError:
             # The reader notices the closed socket and fails the open streams.
             self._closed = True
+
+    async def flushed(self) -> None:
+        """Return once everything queued so far has been handed to the socket."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.wait({self._writer})
+
+    async def stopped(self) -> None:
+        """Wait for the writer to finish after lost()."""
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
 
     def receive(self, frames: Iterable[p.Frame]) -> bool:
         """Apply decoded frames; return True when the hub's view of the link changed."""
@@ -166,8 +194,8 @@ class ConnectorLink:
     def lost(self) -> None:
         """The socket is gone: fail every open stream so its handler can retry or report."""
         self._closed = True
-        self._wake.set()
-        self._flushed.set()
+        if self._writer is not None:
+            self._writer.cancel()
         for exchange in self._streams.values():
             exchange.closed = True
             exchange.events.put_nowait(LinkLost(self.name))
@@ -183,7 +211,7 @@ class ConnectorLink:
         self.send(p.GoAway(reason, reconnect_after))
         try:
             async with asyncio.timeout(GOAWAY_TIMEOUT):
-                await self._flushed.wait()
+                await self.flushed()
                 await self._ws.close(
                     code=p.CLOSE_GOING_AWAY, message=p.close_reason(reason).encode()
                 )
@@ -245,17 +273,15 @@ async def relay_endpoint(request: web.Request) -> web.StreamResponse:
         models=sorted(link.models),
         max_concurrency=link.max_concurrency,
     )
-    writer = asyncio.create_task(link.write_loop())
     reason = "connection lost"
     try:
         reason = await _pump(ws, link, app[HUB])
     finally:
         # Bookkeeping first: the handler may be cancelled again while it awaits below.
         link.lost()
-        writer.cancel()
         _detach(app, link)
         log.info("connector disconnected", connector=link.name, reason=reason)
-        await asyncio.gather(writer, return_exceptions=True)
+        await link.stopped()
     return ws
 
 

@@ -34,7 +34,8 @@ class Outbox:
 
     def __init__(self, max_message_bytes: int = DEFAULT_MESSAGE_BYTES) -> None:
         self._max = max_message_bytes
-        self._control: deque[bytes] = deque()
+        # Created on first use: most links sit idle, and an empty deque is half a KiB.
+        self._control: deque[bytes] | None = None
         self._streams: OrderedDict[int, deque[bytes]] = OrderedDict()
         self._bytes = 0
 
@@ -54,6 +55,8 @@ class Outbox:
         else:
             # Connection frames, cancels and credit updates jump the queue: they are
             # small and something waits on them.
+            if self._control is None:
+                self._control = deque()
             self._control.append(data)
 
     def discard(self, stream_id: int) -> None:
@@ -66,8 +69,9 @@ class Outbox:
         """Return the next message (empty bytes when nothing is queued)."""
         parts: list[bytes] = []
         size = 0
-        while self._control and (not parts or size + len(self._control[0]) <= self._max):
-            data = self._control.popleft()
+        control = self._control
+        while control and (not parts or size + len(control[0]) <= self._max):
+            data = control.popleft()
             parts.append(data)
             size += len(data)
         while self._streams and size < self._max:
