@@ -1,0 +1,135 @@
+"""Result rows with targets, and their Markdown and JSON forms."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+PATHS = ("direct", "remotellm", "litellm")
+Compare = Literal["added", "ratio", "none"]
+
+
+@dataclass
+class Row:
+    """One measured number per path, how RemoteLLM compares, and its target."""
+
+    workload: str
+    metric: str
+    values: dict[str, float | None]
+    compare: Compare = "added"
+    target: str = ""
+    passed: bool | None = None
+    note: str = ""
+
+    def value(self, path: str) -> float | None:
+        v = self.values.get(path)
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+    def added(self) -> float | None:
+        """RemoteLLM minus direct."""
+        relay, direct = self.value("remotellm"), self.value("direct")
+        return None if relay is None or direct is None else relay - direct
+
+    def ratio(self, to: str = "direct") -> float | None:
+        """RemoteLLM divided by `to`."""
+        relay, other = self.value("remotellm"), self.value(to)
+        if relay is None or other is None or other == 0:
+            return None
+        return relay / other
+
+    def check(self, target: str, passed: bool | None) -> Row:
+        self.target = target
+        self.passed = passed
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "workload": self.workload,
+            "metric": self.metric,
+            **{path: _clean(self.value(path)) for path in PATHS if path in self.values},
+            "added_vs_direct": _clean(self.added()) if self.compare == "added" else None,
+            "ratio_vs_direct": _clean(self.ratio()),
+            "ratio_vs_litellm": _clean(self.ratio("litellm")),
+            "target": self.target or None,
+            "passed": self.passed,
+            "note": self.note or None,
+        }
+
+
+def _clean(value: float | None) -> float | None:
+    if value is None or math.isnan(value) or math.isinf(value):
+        return None
+    return round(value, 4)
+
+
+def at_most(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value <= limit
+
+
+def at_least(value: float | None, limit: float) -> bool | None:
+    return None if value is None else value >= limit
+
+
+@dataclass
+class WorkloadResult:
+    name: str
+    rows: list[Row] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def _versus(row: Row) -> str:
+    if row.compare == "none":
+        return ""
+    parts: list[str] = []
+    added = row.added() if row.compare == "added" else None
+    if added is not None:
+        parts.append(f"{'+' if added >= 0 else '-'}{_fmt(abs(added))}")
+    ratio = row.ratio()
+    if ratio is not None:
+        parts.append(f"{ratio:.2f}x")
+    return " ".join(parts)
+
+
+def markdown(rows: list[Row], with_litellm: bool) -> str:
+    """The results as one Markdown table."""
+    head = ["Workload", "Metric", "Direct", "RemoteLLM"]
+    if with_litellm:
+        head.append("LiteLLM")
+    head += ["RemoteLLM vs direct"]
+    if with_litellm:
+        head.append("vs LiteLLM")
+    head += ["Target", "Result"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row.workload, row.metric, _fmt(row.value("direct")), _fmt(row.value("remotellm"))]
+        if with_litellm:
+            cells.append(_fmt(row.value("litellm")))
+        cells.append(_versus(row))
+        if with_litellm:
+            ratio = row.ratio("litellm")
+            cells.append("" if ratio is None or row.compare == "none" else f"{ratio:.2f}x")
+        result = {True: "pass", False: "**FAIL**", None: ""}[row.passed]
+        if row.target and row.passed is None:
+            result = "n/a"
+        cells += [row.target, result + (f" ({row.note})" if row.note else "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,275 @@
+"""Start the paths, run the workloads, write the results, stop everything."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench import litellm, profile
+from bench.cancel import w8
+from bench.client import Target, get_json, wait_until
+from bench.context import FULL, QUICK, Context, Plan
+from bench.latency import w1, w2
+from bench.memory import w7
+from bench.procs import (
+    MODEL,
+    USER_KEY,
+    Children,
+    cpu_times,
+    machine_busy_seconds,
+    start_broker,
+    start_connector,
+    start_stub,
+)
+from bench.report import WorkloadResult, markdown
+from bench.streams import w3, w5, w6
+from bench.stub import run as run_loop
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+WORKLOADS: dict[str, Callable[[Context], Awaitable[WorkloadResult]]] = {
+    "W1": w1,
+    "W2": w2,
+    "W3": w3,
+    "W5": w5,
+    "W6": w6,
+    "W7": w7,
+    "W8": w8,
+}
+
+
+def source() -> dict[str, Any]:
+    """Which code was measured: the commit, and the files changed on top of it."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip()
+
+    changed = [
+        line[3:]
+        for line in git("status", "--porcelain").splitlines()
+        if not line[3:].startswith("bench/")
+    ]
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_changes": changed}
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        memory = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_mib": memory,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "aiohttp": aiohttp.__version__,
+        "websockets": importlib.metadata.version("websockets"),
+        "event_loop": type(asyncio.get_running_loop()).__module__,
+        "uvloop": _version("uvloop"),
+    }
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def _start_paths(
+    children: Children, want_litellm: bool, notes: list[str]
+) -> tuple[dict[str, Any], dict[str, Target], str, str]:
+    stub, stub_port = await start_stub(children)
+    broker, broker_port = await start_broker(children)
+    connector = start_connector(children, broker_port, stub_port)
+    broker_url = f"http://127.0.0.1:{broker_port}"
+
+    async def registered() -> bool:
+        listed = await get_json(broker_url + "/v1/models", Authorization=f"Bearer {USER_KEY}")
+        return any(m.get("id") == MODEL for m in listed.get("data", []))
+
+    await wait_until(registered, 30, "the connector registering its model at the broker")
+    processes: dict[str, Any] = {"stub": stub, "broker": broker, "connector": connector}
+    targets = {
+        "direct": Target("direct", f"http://127.0.0.1:{stub_port}/v1"),
+        "remotellm": Target("remotellm", f"{broker_url}/v1"),
+    }
+    if want_litellm:
+        try:
+            child, target = await litellm.start(children, stub_port)
+            processes["litellm"], targets["litellm"] = child, target
+        except litellm.Unavailable as exc:
+            note = f"LiteLLM path skipped: {exc}"
+            _log(note)
+            notes.append(note)
+    return processes, targets, f"http://127.0.0.1:{stub_port}", broker_url
+
+
+async def run(
+    plan: Plan, want_litellm: bool, want_profile: bool = False
+) -> tuple[dict[str, Any], str]:
+    """Run the plan; the results document and its Markdown table."""
+    started = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    children = Children(RESULTS / "logs" / stamp)
+    targets: dict[str, Target] = {}
+    notes: list[str] = []
+    results: list[WorkloadResult] = []
+    profiles: dict[str, Path] = {}
+    measured = source()  # before the processes start: the code they load
+    busy0, own0, wall0 = machine_busy_seconds(), sum(cpu_times(os.getpid())), time.monotonic()
+    background = 0.0
+    try:
+        processes, targets, stub_url, broker_url = await _start_paths(children, want_litellm, notes)
+        ctx = Context(plan, targets, processes, children, stub_url, broker_url, notes)
+        idle_rss = {name: round(child.rss() / 2**20, 1) for name, child in processes.items()}
+        _log(f"paths: {', '.join(targets)}; logs in {children.log_dir}")
+        if want_profile:
+            exe = profile.find_py_spy()
+            if exe is None:
+                notes.append("no profile: py-spy is not on PATH (uv tool install py-spy)")
+            else:
+                profiles = profile.start(children, processes, exe)
+        for name in plan.workloads:
+            _log(f"{name} ...")
+            t0 = time.monotonic()
+            result = await WORKLOADS[name](ctx)
+            result.seconds = round(time.monotonic() - t0, 1)
+            results.append(result)
+            _log(f"{name} done in {result.seconds:g} s")
+        # CPU that neither the harness nor its children used: other work on the machine.
+        own = sum(cpu_times(os.getpid())) - own0 + children.cpu_seconds()
+        background = (machine_busy_seconds() - busy0 - own) / (time.monotonic() - wall0)
+        if background > 0.1:
+            notes.append(
+                f"other processes kept {background:.2f} cores busy during the run;"
+                " these numbers are perturbed"
+            )
+    finally:
+        for target in targets.values():
+            await target.close()
+        children.stop_all()
+    rows = [row for r in results for row in r.rows]
+    summaries = {
+        name: {"folded": str(path), **profile.summarise(path)}
+        for name, path in profiles.items()
+        if path.exists()
+    }
+    with_litellm = "litellm" in targets
+    table = markdown(rows, with_litellm)
+    document = {
+        "mode": plan.mode,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        "machine": {**machine(), "background_cpu_cores": round(background, 3)},
+        "source": measured,
+        "paths": list(targets),
+        "notes": notes,
+        "rss_mib_at_start": idle_rss,
+        "rows": [row.to_json() for row in rows],
+        "workloads": {r.name: {"seconds": r.seconds, "detail": r.detail} for r in results},
+        "profile": summaries,
+        "passed": sum(1 for row in rows if row.passed is True),
+        "failed": sum(1 for row in rows if row.passed is False),
+    }
+    return document, table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark RemoteLLM against a direct connection (and LiteLLM) on loopback.",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="W1, W3 (1, 10), W6, W8; < 1 min")
+    mode.add_argument("--full", action="store_true", help="every workload (the default)")
+    parser.add_argument("--out", type=Path, help="JSON file to write (default bench/results/...)")
+    lite = parser.add_mutually_exclusive_group()
+    lite.add_argument("--litellm", action="store_true", help="also measure LiteLLM (quick too)")
+    lite.add_argument("--no-litellm", action="store_true", help="skip LiteLLM in full mode")
+    parser.add_argument(
+        "--profile", action="store_true", help="sample the broker and connector with py-spy"
+    )
+    parser.add_argument("--only", help="comma-separated workloads to run, e.g. W1,W3")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.only:
+        chosen = tuple(w.strip().upper() for w in args.only.split(",") if w.strip())
+        unknown = [w for w in chosen if w not in WORKLOADS]
+        if unknown:
+            print(f"python -m bench: error: unknown workload(s) {unknown}", file=sys.stderr)
+            return 2
+        plan = Plan(**{**plan.__dict__, "workloads": chosen})
+    want_litellm = args.litellm or (plan.mode == "full" and not args.no_litellm)
+    out = args.out or RESULTS / f"bench-{plan.mode}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+    async def main_task() -> tuple[dict[str, Any], str]:
+        task = asyncio.current_task()
+        assert task is not None
+        # SIGTERM cancels the run like Ctrl-C does, so every child is still stopped.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await run(plan, want_litellm, args.profile)
+
+    try:
+        document, table = run_loop(main_task())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("python -m bench: interrupted; every process it started was stopped", file=sys.stderr)
+        return 130
+    write(document, table, out)
+    return 0
+
+
+def write(document: dict[str, Any], table: str, out: Path) -> None:
+    """Save the JSON (and the table beside it, as .md) and print the table."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print()
+    for note in document["notes"]:
+        print(f"- {note}")
+    for name, prof in document["profile"].items():
+        print(f"\n{name} profile ({prof['samples']} samples, {prof['folded']}), top self time:")
+        for function, pct in prof["self_pct"][:10]:
+            print(f"  {pct:5.1f}%  {function}")
+    print(
+        f"{document['passed']} targets passed, {document['failed']} failed;"
+        f" {document['mode']} run took {document['duration_s']:g} s"
+    )
+    print(f"results: {out}")
