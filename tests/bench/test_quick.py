@@ -1,0 +1,29 @@
+"""The benchmark's quick mode runs end to end, as a smoke test (no speed is asserted here:
+speed targets live in the benchmark's own report, see docs/performance.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_quick_benchmark_runs_and_loses_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "quick.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["mode"] == "quick"
+    workloads = {row["workload"].split()[0] for row in report["rows"]}
+    assert {"W1", "W3", "W6", "W8"} <= workloads
+    # Correctness rows hold whatever the machine's speed: every event arrives, in order.
+    for row in report["rows"]:
+        if row["metric"] in ("delivered/offered", "out-of-order events"):
+            assert row["passed"], row
+    assert "| Workload |" in done.stdout
