@@ -114,6 +114,8 @@ class Child:
         )
         self.pid = self.process.pid
         self.stop_signal = signal.SIGTERM
+        self.final_cpu: float | None = None
+        """CPU seconds used up to the moment it was told to stop (gone from /proc after)."""
 
     @property
     def alive(self) -> bool:
@@ -153,6 +155,8 @@ class Child:
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM (or `stop_signal`), wait up to `timeout` seconds, then SIGKILL."""
+        if self.final_cpu is None:
+            self.final_cpu = sum(self.cpu())
         if self.alive:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(self.stop_signal)
@@ -178,17 +182,21 @@ class Children:
         return child
 
     def cpu_seconds(self) -> float:
-        """CPU seconds used so far by every child still running."""
-        return sum(sum(child.cpu()) for child in self.started if child.alive)
+        """CPU seconds used so far by every child, running or stopped."""
+        return sum(
+            child.final_cpu if child.final_cpu is not None else sum(child.cpu())
+            for child in self.started
+        )
 
-    def stop_all(self) -> None:
-        # Send every TERM first so the children drain in parallel, then wait for each.
+    def stop_all(self, timeout: float = 5.0) -> None:
+        """Signal every child at once, give them `timeout` seconds together, then kill."""
         for child in reversed(self.started):
             if child.alive:
                 with contextlib.suppress(ProcessLookupError):
                     child.process.send_signal(child.stop_signal)
+        deadline = time.monotonic() + timeout
         for child in reversed(self.started):
-            child.stop()
+            child.stop(max(deadline - time.monotonic(), 0.1))
         self.started.clear()
 
 
@@ -218,6 +226,9 @@ async def start_broker(children: Children, name: str = "broker") -> tuple[Child,
             # The port is only announced at info level; info is also the deployed default.
             "--log-level",
             "info",
+            # Nothing is measured during shutdown; do not wait 30 s for stragglers.
+            "--shutdown-grace",
+            "1",
             "--log-format",
             "json",
         ],
@@ -256,6 +267,8 @@ def start_connector(
             "bench-connector",
             "--max-concurrency",
             str(max_concurrency),
+            "--shutdown-grace",
+            "1",
             "--log-level",
             "warning",
         ],

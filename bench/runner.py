@@ -63,14 +63,14 @@ def source() -> dict[str, Any]:
             )
         except (OSError, subprocess.TimeoutExpired):
             return ""
-        return done.stdout.strip()
+        return done.stdout.rstrip()  # keep the leading space of a porcelain status line
 
     changed = [
         line[3:]
         for line in git("status", "--porcelain").splitlines()
         if not line[3:].startswith("bench/")
     ]
-    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_changes": changed}
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "uncommitted_changes": changed}
 
 
 def _version(package: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from bench.client import StreamResult, Target, at, fetch, stream
@@ -33,7 +34,14 @@ async def paced_round(target: Target, n: int, spec: str, spread_ns: int) -> list
         origin = await at(start + k * spread_ns // n)
         return await stream(target, spec, origin)
 
-    return await asyncio.wait_for(asyncio.gather(*(one(k) for k in range(n))), ROUND_TIMEOUT)
+    return await _all(*(one(k) for k in range(n)))
+
+
+async def _all(*work: Coroutine[Any, Any, StreamResult]) -> list[StreamResult]:
+    """Run `work` concurrently within ROUND_TIMEOUT; a cancel reaches every one of them."""
+    async with asyncio.timeout(ROUND_TIMEOUT), asyncio.TaskGroup() as group:
+        tasks = [group.create_task(w) for w in work]
+    return [t.result() for t in tasks]
 
 
 def aggregate(results: list[StreamResult], events: int) -> dict[str, Any]:
@@ -206,9 +214,7 @@ async def w6(ctx: Context) -> WorkloadResult:
     spec = f"bench events={ctx.plan.w6_events} interval_ms={W6_INTERVAL_MS} ttft_ms=0"
     names = list(ctx.targets)
     now = time.monotonic_ns()
-    results = await asyncio.wait_for(
-        asyncio.gather(*(stream(ctx.targets[n], spec, now) for n in names)), ROUND_TIMEOUT
-    )
+    results = await _all(*(stream(ctx.targets[n], spec, now) for n in names))
     within: dict[str, float | None] = {}
     worst: dict[str, float | None] = {}
     for name, res in zip(names, results, strict=True):
