@@ -21,10 +21,13 @@ from shared.protocol import (
     RequestHead,
     ResponseBody,
     ResponseHead,
-    encode,
+    encode_parts,
 )
 
 DEFAULT_MESSAGE_BYTES: Final = 256 * 1024
+
+_Entry = tuple[int, tuple[bytes, ...]]
+"""A queued frame: its size and the pieces of its bytes."""
 
 _STREAM_FRAMES = (RequestHead, RequestBody, ResponseHead, ResponseBody, End, Error)
 
@@ -35,8 +38,8 @@ class Outbox:
     def __init__(self, max_message_bytes: int = DEFAULT_MESSAGE_BYTES) -> None:
         self._max = max_message_bytes
         # Created on first use: most links sit idle, and an empty deque is half a KiB.
-        self._control: deque[bytes] | None = None
-        self._streams: OrderedDict[int, deque[bytes]] = OrderedDict()
+        self._control: deque[_Entry] | None = None
+        self._streams: OrderedDict[int, deque[_Entry]] = OrderedDict()
         self._bytes = 0
 
     def __len__(self) -> int:
@@ -48,41 +51,43 @@ class Outbox:
 
     def put(self, frame: Frame) -> None:
         """Queue one frame. Stream frames keep their order within their stream."""
-        data = encode(frame)
-        self._bytes += len(data)
+        pieces = encode_parts(frame)
+        size = sum(len(piece) for piece in pieces)
+        self._bytes += size
+        entry = (size, pieces)
         if isinstance(frame, _STREAM_FRAMES):
-            self._streams.setdefault(frame.stream_id, deque()).append(data)
+            self._streams.setdefault(frame.stream_id, deque()).append(entry)
         else:
             # Connection frames, cancels and credit updates jump the queue: they are
             # small and something waits on them.
             if self._control is None:
                 self._control = deque()
-            self._control.append(data)
+            self._control.append(entry)
 
     def discard(self, stream_id: int) -> None:
         """Drop every queued frame of a stream (it was cancelled)."""
         queue = self._streams.pop(stream_id, None)
         if queue:
-            self._bytes -= sum(len(d) for d in queue)
+            self._bytes -= sum(size for size, _ in queue)
 
     def take(self) -> bytes:
         """Return the next message (empty bytes when nothing is queued)."""
         parts: list[bytes] = []
         size = 0
         control = self._control
-        while control and (not parts or size + len(control[0]) <= self._max):
-            data = control.popleft()
-            parts.append(data)
-            size += len(data)
+        while control and (not parts or size + control[0][0] <= self._max):
+            length, pieces = control.popleft()
+            parts.extend(pieces)
+            size += length
         while self._streams and size < self._max:
             progressed = False
             for stream_id in list(self._streams):
                 queue = self._streams[stream_id]
-                if parts and size + len(queue[0]) > self._max:
+                if parts and size + queue[0][0] > self._max:
                     continue
-                data = queue.popleft()
-                parts.append(data)
-                size += len(data)
+                length, pieces = queue.popleft()
+                parts.extend(pieces)
+                size += length
                 progressed = True
                 if queue:
                     self._streams.move_to_end(stream_id)

@@ -86,6 +86,7 @@ __all__ = [
     "decode",
     "encode",
     "encode_many",
+    "encode_parts",
     "iter_frames",
     "split_body",
 ]
@@ -168,6 +169,21 @@ def encode(frame: Frame) -> bytes:
             payload = _json({"reason": reason, "reconnect_after": reconnect_after})
             return _pack(FrameType.GOAWAY, 0, payload)
     raise TypeError(f"not a frame: {frame!r}")  # pragma: no cover - exhaustive match
+
+
+def encode_parts(frame: Frame) -> tuple[bytes, ...]:
+    """The bytes of one frame in pieces whose concatenation is `encode(frame)`.
+
+    A body frame comes back as (header, body) so its payload is not copied just to
+    prepend nine bytes; whoever builds the message joins everything once.
+    """
+    if isinstance(frame, RequestBody | ResponseBody):
+        data = frame.data
+        if len(data) > MAX_BODY_CHUNK:
+            raise ValueError(f"body frame of {len(data)} bytes exceeds {MAX_BODY_CHUNK}")
+        kind = FrameType.REQUEST_BODY if isinstance(frame, RequestBody) else FrameType.RESPONSE_BODY
+        return HEADER.pack(kind, frame.stream_id, len(data)), data
+    return (encode(frame),)
 
 
 def encode_many(frames: Iterable[Frame]) -> bytes:

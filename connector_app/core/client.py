@@ -387,12 +387,14 @@ class RelayClient:
 
     async def _send_body(self, stream: _Stream, data: bytes) -> None:
         sid = stream.head.stream_id
-        view = memoryview(data)
-        while view:
-            n = stream.credit.take(len(view))
+        offset, total = 0, len(data)
+        while offset < total:
+            n = stream.credit.take(total - offset)
             if n == 0:
                 stream.credited.clear()
                 await stream.credited.wait()
                 continue
-            self._send(p.ResponseBody(sid, bytes(view[:n])))
-            view = view[n:]
+            # The common case (a chunk that fits) is sent as it is, without a copy.
+            chunk = data if n == total else data[offset : offset + n]
+            self._send(p.ResponseBody(sid, chunk))
+            offset += n

@@ -27,6 +27,7 @@ from shared.protocol import (
     decode,
     encode,
     encode_many,
+    encode_parts,
     iter_frames,
     split_body,
 )
@@ -609,3 +610,11 @@ def test_header_injection_is_a_protocol_error(pair: list[str]) -> None:
     payload = json.dumps({"status": 200, "headers": [pair]}).encode()
     with pytest.raises(ProtocolError, match="not a valid HTTP header"):
         decode(struct.pack(">BII", 0x20, 1, len(payload)) + payload)
+
+
+@pytest.mark.parametrize("frame", ROUND_TRIP)
+def test_encode_parts_join_to_the_encoded_frame(frame: Frame) -> None:
+    parts = encode_parts(frame)
+    assert b"".join(parts) == encode(frame)
+    if isinstance(frame, RequestBody | ResponseBody):
+        assert parts[1] is frame.data  # the body is not copied
