@@ -133,10 +133,6 @@ class ConnectorLink:
             self._outbox.discard(stream_id)
             self.send(p.Cancel(stream_id))
 
-    @property
-    def open_streams(self) -> int:
-        return len(self._streams)
-
     # -- pumping ------------------------------------------------------------------
 
     def _kick(self) -> None:

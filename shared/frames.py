@@ -167,5 +167,3 @@ Frame = (
     | Cancel
     | WindowUpdate
 )
-
-StreamFrame = RequestHead | RequestBody | ResponseHead | ResponseBody | End | Error | Cancel

@@ -48,7 +48,6 @@ from shared.frames import (
     RequestHead,
     ResponseBody,
     ResponseHead,
-    StreamFrame,
     Welcome,
     WindowUpdate,
 )
@@ -79,7 +78,6 @@ __all__ = [
     "RequestHead",
     "ResponseBody",
     "ResponseHead",
-    "StreamFrame",
     "Welcome",
     "WindowUpdate",
     "close_reason",
