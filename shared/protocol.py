@@ -119,15 +119,8 @@ def _pack(kind: FrameType, stream_id: int, payload: bytes) -> bytes:
 def encode(frame: Frame) -> bytes:
     """Return the bytes of one frame."""
     match frame:
-        case RequestBody(stream_id, data) | ResponseBody(stream_id, data):
-            if len(data) > MAX_BODY_CHUNK:
-                raise ValueError(f"body frame of {len(data)} bytes exceeds {MAX_BODY_CHUNK}")
-            kind = (
-                FrameType.REQUEST_BODY
-                if isinstance(frame, RequestBody)
-                else FrameType.RESPONSE_BODY
-            )
-            return _pack(kind, stream_id, data)
+        case RequestBody() | ResponseBody():
+            return b"".join(_body_parts(frame))
         case End(stream_id):
             return _pack(FrameType.END, stream_id, b"")
         case Cancel(stream_id):
@@ -176,12 +169,17 @@ def encode_parts(frame: Frame) -> tuple[bytes, ...]:
     prepend nine bytes; whoever builds the message joins everything once.
     """
     if isinstance(frame, RequestBody | ResponseBody):
-        data = frame.data
-        if len(data) > MAX_BODY_CHUNK:
-            raise ValueError(f"body frame of {len(data)} bytes exceeds {MAX_BODY_CHUNK}")
-        kind = FrameType.REQUEST_BODY if isinstance(frame, RequestBody) else FrameType.RESPONSE_BODY
-        return HEADER.pack(kind, frame.stream_id, len(data)), data
+        return _body_parts(frame)
     return (encode(frame),)
+
+
+def _body_parts(frame: RequestBody | ResponseBody) -> tuple[bytes, bytes]:
+    """(header, payload) of a body frame; the payload is the frame's own bytes object."""
+    data = frame.data
+    if len(data) > MAX_BODY_CHUNK:
+        raise ValueError(f"body frame of {len(data)} bytes exceeds {MAX_BODY_CHUNK}")
+    kind = FrameType.REQUEST_BODY if isinstance(frame, RequestBody) else FrameType.RESPONSE_BODY
+    return HEADER.pack(kind, frame.stream_id, len(data)), data
 
 
 def encode_many(frames: Iterable[Frame]) -> bytes:
