@@ -209,7 +209,7 @@ class Relay:
             self._account(outcome)
 
     def _account(self, outcome: str) -> None:
-        known = self.model in self.app[HUB].models() or self.connector
+        known = self.connector or self.app[HUB].knows(self.model)
         label = self.model if known else "unknown"
         elapsed = time.perf_counter() - self.started
         self.metrics.requests.labels(label, str(self.status)).inc()

@@ -85,6 +85,10 @@ class Hub:
         served = {m for link in self._load for m in link.models}
         return {m: self._first_seen[m] for m in sorted(served)}
 
+    def knows(self, model: str) -> bool:
+        """Whether some connector has served `model` since the hub started."""
+        return model in self._first_seen
+
     def in_flight(self) -> int:
         return sum(self._load.values())
 
