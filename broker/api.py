@@ -16,13 +16,17 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from broker.accounts import Denied, Principal
 from broker.auth import presented_key
 from broker.errors import dialect_for, error_response, stream_error
 from broker.framing import EventFramer
 from broker.headers import request_headers, response_headers
 from broker.hub import Link, NoConnector
-from broker.keys import HUB, LIFECYCLE, METRICS, REQUEST_ID, SETTINGS, USER_KEYS
+from broker.keys import ACCOUNTS, HUB, LEDGER, LIFECYCLE, LIMITER, METRICS, REQUEST_ID, SETTINGS
+from broker.limits import Lease, Rejection
 from broker.relay import ConnectorLink, Exchange, LinkLost
+from broker.store import UsageRow
+from broker.tally import TokenTally
 from shared import protocol as p
 
 log = structlog.get_logger("remotellm.broker.api")
@@ -44,15 +48,19 @@ class ClientGone(Exception):
     """The client closed its connection."""
 
 
-def _authorized(request: web.Request) -> web.Response | None:
-    if request.app[USER_KEYS].accepts(presented_key(request.headers)):
-        return None
-    return error_response(
-        request,
-        401,
-        "invalid_api_key",
-        "The API key is missing or invalid. Send it as 'Authorization: Bearer <key>'.",
-    )
+async def _authenticate(request: web.Request) -> Principal | web.Response:
+    """The caller behind the request's API key, or the error response to send."""
+    found = await request.app[ACCOUNTS].authenticate(presented_key(request.headers))
+    if isinstance(found, Denied):
+        return error_response(request, found.status, found.code, found.message)
+    return found
+
+
+def _visible(principal: Principal, models: dict[str, float]) -> dict[str, float]:
+    allowed = principal.limits.models
+    if allowed is None:
+        return models
+    return {model: seen for model, seen in models.items() if model in allowed}
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | None:
@@ -79,22 +87,22 @@ def _model_of(body: bytes) -> str | None:
 
 
 async def models_endpoint(request: web.Request) -> web.Response:
-    """GET /v1/models: every model a connected connector serves right now."""
-    denied = _authorized(request)
-    if denied is not None:
-        return denied
+    """GET /v1/models: every model a connected connector serves right now (that the key may use)."""
+    principal = await _authenticate(request)
+    if isinstance(principal, web.Response):
+        return principal
     data = [
         {"id": model, "object": "model", "created": int(first_seen), "owned_by": "remotellm"}
-        for model, first_seen in request.app[HUB].models().items()
+        for model, first_seen in _visible(principal, request.app[HUB].models()).items()
     ]
     return web.json_response({"object": "list", "data": data})
 
 
 async def ollama_tags_endpoint(request: web.Request) -> web.Response:
     """GET /api/tags: the same models in Ollama's shape, for Ollama clients."""
-    denied = _authorized(request)
-    if denied is not None:
-        return denied
+    principal = await _authenticate(request)
+    if isinstance(principal, web.Response):
+        return principal
     models = [
         {
             "name": model,
@@ -104,7 +112,7 @@ async def ollama_tags_endpoint(request: web.Request) -> web.Response:
             "digest": "",
             "details": {},
         }
-        for model, first_seen in request.app[HUB].models().items()
+        for model, first_seen in _visible(principal, request.app[HUB].models()).items()
     ]
     return web.json_response({"models": models})
 
@@ -112,33 +120,57 @@ async def ollama_tags_endpoint(request: web.Request) -> web.Response:
 async def proxy_endpoint(request: web.Request) -> web.StreamResponse:
     """POST to a model endpoint: route by model, relay, stream the answer back."""
     lifecycle = request.app[LIFECYCLE]
+    started = time.perf_counter()
     if lifecycle.draining:
         response = error_response(
             request, 503, "shutting_down", "The broker is restarting; retry shortly.", retry_after=5
         )
-        count_rejected(request, response.status)
+        count_rejected(request, response.status, started)
         return response
     # Counted from the first byte, so a drain waits for an upload that is still arriving.
     with lifecycle.request():
-        rejected = await _admit(request)
-        if isinstance(rejected, web.Response):
-            count_rejected(request, rejected.status)
-            return rejected
-        body, model = rejected
-        return await Relay(request, body, model).run()
+        principal = await _authenticate(request)
+        if isinstance(principal, web.Response):
+            count_rejected(request, principal.status, started)
+            return principal
+        admitted = await _admit(request, principal)
+        if isinstance(admitted, web.Response):
+            count_rejected(request, admitted.status, started, principal)
+            return admitted
+        body, model, lease = admitted
+        return await Relay(request, body, model, principal, lease).run()
 
 
-def count_rejected(request: web.Request, status: int) -> None:
+def count_rejected(
+    request: web.Request, status: int, started: float, principal: Principal | None = None
+) -> None:
     """Account a request answered before routing (no model label: it was not read or checked)."""
     request.app[METRICS].requests.labels("unknown", str(status)).inc()
-    log.info("request finished", method=request.method, path=request.path, status=status)
+    elapsed = time.perf_counter() - started
+    log.info(
+        "request finished",
+        method=request.method,
+        path=request.path,
+        status=status,
+        user=principal.username if principal else None,
+    )
+    request.app[LEDGER].record(
+        UsageRow(
+            time=time.time(),
+            request_id=request[REQUEST_ID],
+            endpoint=request.path[:64],
+            status=status,
+            duration_ms=round(elapsed * 1000, 3),
+            user_id=principal.user_id if principal else None,
+            key_id=principal.key_id if principal else None,
+        )
+    )
 
 
-async def _admit(request: web.Request) -> web.Response | tuple[bytes, str]:
-    """Authenticate and read the request; an error response, or the body and its model."""
-    denied = _authorized(request)
-    if denied is not None:
-        return denied
+async def _admit(
+    request: web.Request, principal: Principal
+) -> web.Response | tuple[bytes, str, Lease]:
+    """Read and check the request; an error response, or the body, its model and a lease."""
     settings = request.app[SETTINGS]
     body = await _read_body(request, settings.max_body_size)
     if body is None:
@@ -158,16 +190,38 @@ async def _admit(request: web.Request) -> web.Response | tuple[bytes, str]:
             "The request body must be a JSON object with a string 'model' field.",
             param="model",
         )
-    return body, model
+    allowed = principal.limits.models
+    if allowed is not None and model not in allowed:
+        return error_response(
+            request,
+            403,
+            "model_not_allowed",
+            f"This key may not use the model '{model[:MAX_LOGGED_MODEL]}'."
+            " GET /v1/models lists the models it may use.",
+            param="model",
+        )
+    lease = await request.app[LIMITER].admit(principal)
+    if isinstance(lease, Rejection):
+        denied = lease.denied
+        return error_response(
+            request, denied.status, denied.code, denied.message, retry_after=lease.retry_after
+        )
+    return body, model, lease
 
 
 class Relay:
     """One API request's trip through a connector and back."""
 
-    def __init__(self, request: web.Request, body: bytes, model: str) -> None:
+    def __init__(
+        self, request: web.Request, body: bytes, model: str, principal: Principal, lease: Lease
+    ) -> None:
         self.request = request
         self.body = body
         self.model = model
+        self.principal = principal
+        self.lease = lease
+        self.ttfb: float | None = None
+        self.tally: TokenTally | None = None
         self.app = request.app
         self.settings = self.app[SETTINGS]
         self.metrics = self.app[METRICS]
@@ -214,6 +268,9 @@ class Relay:
         elapsed = time.perf_counter() - self.started
         self.metrics.requests.labels(label, str(self.status)).inc()
         self.metrics.duration.labels(label).observe(elapsed)
+        prompt, completion = self.tally.result() if self.tally is not None else (None, None)
+        self.lease.release((prompt or 0) + (completion or 0))
+        principal = self.principal
         log.info(
             "request finished",
             method=self.request.method,
@@ -222,7 +279,25 @@ class Relay:
             status=self.status,
             outcome=outcome,
             connector=self.connector or None,
+            user=principal.username,
             duration_ms=round(elapsed * 1000, 1),
+        )
+        self.app[LEDGER].record(
+            UsageRow(
+                time=time.time(),
+                request_id=self.request_id,
+                endpoint=self.request.path[:64],
+                status=self.status,
+                duration_ms=round(elapsed * 1000, 3),
+                user_id=principal.user_id,
+                key_id=principal.key_id,
+                model=self.model[:255],
+                connector=self.connector or None,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                ttfb_ms=round(self.ttfb * 1000, 3) if self.ttfb is not None else None,
+                cancelled=outcome == "cancelled",
+            )
         )
 
     async def _attempts(self) -> web.StreamResponse:
@@ -317,6 +392,7 @@ class Relay:
         response.headers["X-Request-ID"] = self.request_id
         content_type = response.headers.get("Content-Type", "")
         self.framer = EventFramer(content_type)
+        self.tally = TokenTally(content_type)
         if content_type.startswith(STREAMING_TYPES):
             response.headers["Cache-Control"] = "no-cache"
             response.headers["X-Accel-Buffering"] = "no"
@@ -325,12 +401,15 @@ class Relay:
         self.status = status
         self.response = response
         await self._guard(response.prepare(self.request))
-        self.metrics.ttfb.labels(self.model).observe(time.perf_counter() - self.started)
+        self.ttfb = time.perf_counter() - self.started
+        self.metrics.ttfb.labels(self.model).observe(self.ttfb)
 
     async def _write(self, data: bytes) -> None:
         assert self.response is not None
         if self.no_body:
             return
+        if self.tally is not None:
+            self.tally.feed(data)
         ready = self.framer.feed(data)
         if ready:
             await self._guard(self.response.write(ready))

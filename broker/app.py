@@ -11,24 +11,32 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from broker.accounts import Accounts, Limits
 from broker.api import models_endpoint, ollama_tags_endpoint, proxy_endpoint
 from broker.auth import Credentials
 from broker.errors import error_response
 from broker.hub import Hub
 from broker.keys import (
+    ACCOUNTS,
     CONNECTOR_TOKENS,
     HUB,
+    LEDGER,
     LIFECYCLE,
+    LIMITER,
     LINKS,
     METRICS,
     REQUEST_ID,
     SETTINGS,
+    STORE,
     USER_KEYS,
 )
+from broker.ledger import UsageLedger
 from broker.lifecycle import Lifecycle
+from broker.limits import Limiter
 from broker.metrics import Metrics
 from broker.relay import go_away_all, relay_endpoint
 from broker.settings import BrokerSettings
+from broker.store import Store, database_url
 from shared.endpoints import MODEL_ENDPOINTS
 from shared.settings import secret_values
 
@@ -102,6 +110,29 @@ async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
     await go_away_all([*app[LINKS]], "broker stopping")
 
 
+async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Open the store (creating and migrating it), and the ledger that writes usage to it."""
+    settings = app[SETTINGS]
+    store = await Store.open(database_url(settings.data_dir, settings.database_url))
+    defaults = Limits(
+        rpm=settings.key_rpm,
+        concurrency=settings.key_concurrency,
+        daily_tokens=settings.key_daily_tokens,
+    )
+    ledger = UsageLedger(store)
+    app[STORE] = store
+    app[ACCOUNTS] = Accounts(store, app[USER_KEYS], defaults)
+    app[LIMITER] = Limiter(store.tokens_since)
+    app[LEDGER] = ledger
+    ledger.start()
+    try:
+        yield
+    finally:
+        # After the drain: every finished request's row is written before the store closes.
+        await ledger.close()
+        await store.close()
+
+
 async def drain(app: web.Application) -> None:
     """Finish in-flight requests (bounded by the grace), then send connectors away.
 
@@ -124,6 +155,7 @@ def create_app(settings: BrokerSettings) -> web.Application:
     app[LIFECYCLE] = Lifecycle()
     app[USER_KEYS] = Credentials(secret_values(settings.user_api_key))
     app[CONNECTOR_TOKENS] = Credentials(secret_values(settings.connector_token))
+    app.cleanup_ctx.append(_accounts_ctx)
     app.cleanup_ctx.append(_connectors_ctx)
     for path in MODEL_ENDPOINTS:
         app.router.add_post(path, proxy_endpoint)

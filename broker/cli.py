@@ -40,6 +40,25 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     add("--heartbeat", type=float, help="seconds between pings to connectors (15)")
     add("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS and WSS")
     add("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    _store_options(parser)
+    add("--public-url", help="base URL users see (default: http://HOST:PORT of the request)")
+    add("--gitlab-url", help="GitLab instance for sign-in (default https://gitlab.com)")
+    add("--gitlab-client-id", help="OAuth application id on GitLab: enables the portal")
+    add("--gitlab-client-secret", help="OAuth application secret on GitLab")
+    add(
+        "--gitlab-allowed-group",
+        action="append",
+        help="only members of this GitLab group may sign in (repeatable)",
+    )
+    add("--session-secret", help="key for portal session cookies (default: kept in --data-dir)")
+    add("--key-rpm", type=int, help="requests per minute per API key (default 0: unlimited)")
+    add("--key-concurrency", type=int, help="concurrent requests per API key (0: unlimited)")
+    add("--key-daily-tokens", type=int, help="tokens per API key per UTC day (0: unlimited)")
+
+
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="directory of the store (default: per user)")
+    parser.add_argument("--database-url", help="SQLAlchemy async URL (default: SQLite in data dir)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,11 +6,15 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from broker.accounts import Accounts
 from broker.auth import Credentials
 from broker.hub import Hub
+from broker.ledger import UsageLedger
 from broker.lifecycle import Lifecycle
+from broker.limits import Limiter
 from broker.metrics import Metrics
 from broker.settings import BrokerSettings
+from broker.store import Store
 
 if TYPE_CHECKING:
     from broker.relay import ConnectorLink
@@ -22,6 +26,10 @@ USER_KEYS = web.AppKey("user_keys", Credentials)
 CONNECTOR_TOKENS = web.AppKey("connector_tokens", Credentials)
 LINKS: web.AppKey[set[ConnectorLink]] = web.AppKey("links")
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+STORE = web.AppKey("store", Store)
+ACCOUNTS = web.AppKey("accounts", Accounts)
+LIMITER = web.AppKey("limiter", Limiter)
+LEDGER = web.AppKey("ledger", UsageLedger)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 """The correlation id of each request."""

@@ -8,17 +8,20 @@ link's `Outbox`, batching whatever is ready into one message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import WSMsgType, web
 
+from broker import keyformat
 from broker.auth import presented_key
 from broker.errors import error_response
 from broker.hub import Hub
-from broker.keys import CONNECTOR_TOKENS, HUB, LINKS, METRICS, SETTINGS
+from broker.keys import CONNECTOR_TOKENS, HUB, LINKS, METRICS, SETTINGS, STORE
 from shared import protocol as p
 from shared.flow import ReceiveCredit
 from shared.handshake import HANDSHAKE_TIMEOUT, MAX_MESSAGE, Refused, accept_hello, check_sender
@@ -79,6 +82,7 @@ class ConnectorLink:
         "max_concurrency",
         "models",
         "name",
+        "token_id",
         "window",
     )
 
@@ -92,6 +96,7 @@ class ConnectorLink:
         self._ws = ws
         self._transport = transport
         self.name = hello.name
+        self.token_id: int | None = None  # the store's connector token, if it used one
         self.models: frozenset[str] = frozenset(hello.models)
         self.max_concurrency = hello.max_concurrency
         self.draining = False
@@ -248,7 +253,8 @@ async def _handshake(ws: web.WebSocketResponse) -> p.Hello | None:
 async def relay_endpoint(request: web.Request) -> web.StreamResponse:
     """GET /relay: authenticate the connector, then pump its socket until it closes."""
     app = request.app
-    if not app[CONNECTOR_TOKENS].accepts(presented_key(request.headers)):
+    token = await _connector_token(app, presented_key(request.headers))
+    if token is None:
         return error_response(
             request, 401, "invalid_connector_token", "The connector token is missing or invalid."
         )
@@ -261,7 +267,10 @@ async def relay_endpoint(request: web.Request) -> web.StreamResponse:
         return ws
     link = ConnectorLink(ws, hello, p.DEFAULT_WINDOW, request.transport)
     await ws.send_bytes(p.encode(p.Welcome(p.PROTOCOL_VERSION, link.window)))
+    link.token_id = token.id
     _attach(app, link)
+    if token.id is not None:
+        await app[STORE].connector_seen(token.id, time.time())
     log.info(
         "connector connected",
         connector=link.name,
@@ -278,7 +287,26 @@ async def relay_endpoint(request: web.Request) -> web.StreamResponse:
         _detach(app, link)
         log.info("connector disconnected", connector=link.name, reason=reason)
         await link.stopped()
+        if token.id is not None:
+            with contextlib.suppress(Exception):
+                await app[STORE].connector_seen(token.id, time.time())
     return ws
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    id: int | None  # None: a token from the settings, not the store
+
+
+async def _connector_token(app: web.Application, presented: str | None) -> _Admitted | None:
+    if not presented:
+        return None
+    if app[CONNECTOR_TOKENS].accepts(presented):
+        return _Admitted(None)
+    if not keyformat.well_formed(presented, keyformat.CONNECTOR_TOKEN_PREFIX):
+        return None
+    found = await app[STORE].connector_for(keyformat.fingerprint(presented))
+    return _Admitted(found.id) if found is not None else None
 
 
 async def _pump(ws: web.WebSocketResponse, link: ConnectorLink, hub: Hub) -> str:

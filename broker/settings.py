@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
+import platformdirs
 from pydantic import BeforeValidator, Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -12,6 +13,7 @@ from shared.protocol import MAX_REQUEST_BODY
 from shared.settings import split_list
 
 SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(split_list)]
+StrList = Annotated[list[str], NoDecode, BeforeValidator(split_list)]
 
 
 class BrokerSettings(BaseSettings):
@@ -60,12 +62,55 @@ class BrokerSettings(BaseSettings):
         None, description="PEM certificate chain; with --tls-key the broker serves HTTPS/WSS."
     )
     tls_key: FilePath | None = Field(None, description="PEM private key for --tls-cert.")
+    data_dir: Path = Field(
+        default_factory=lambda: platformdirs.user_data_path("remotellm"),
+        description="Directory of the SQLite store and the session secret.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL of the store (default: SQLite in --data-dir).",
+    )
+    public_url: str | None = Field(
+        None, description="Base URL users see (default http://HOST:PORT); used by the portal."
+    )
+    gitlab_url: str = Field("https://gitlab.com", description="GitLab instance for sign-in.")
+    gitlab_client_id: str | None = Field(
+        None, description="OAuth application id on GitLab; enables the sign-in portal."
+    )
+    gitlab_client_secret: SecretStr | None = Field(
+        None, description="OAuth application secret on GitLab."
+    )
+    gitlab_allowed_group: StrList = Field(
+        default_factory=list,
+        description="Only members of these GitLab groups may sign in (repeatable; empty: anyone).",
+    )
+    session_secret: SecretStr | None = Field(
+        None, description="Key for the portal's session cookies (default: generated in --data-dir)."
+    )
+    key_rpm: int = Field(0, ge=0, description="Requests per minute per API key (0: unlimited).")
+    key_concurrency: int = Field(
+        0, ge=0, description="Concurrent requests per API key (0: unlimited)."
+    )
+    key_daily_tokens: int = Field(
+        0, ge=0, description="Tokens per API key per UTC day (0: unlimited)."
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> BrokerSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
         return self
+
+    @model_validator(mode="after")
+    def _gitlab_pair(self) -> BrokerSettings:
+        if bool(self.gitlab_client_id) != bool(self.gitlab_client_secret):
+            raise ValueError("gitlab_client_id and gitlab_client_secret must be given together")
+        return self
+
+    @property
+    def portal(self) -> bool:
+        """True when GitLab sign-in is configured."""
+        return bool(self.gitlab_client_id)
 
     @property
     def tls(self) -> tuple[Path, Path] | None:

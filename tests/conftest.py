@@ -21,6 +21,7 @@ from tests.stub_llm import StubLLM
 
 USER_KEY = "sk-test-user-key-0123456789"
 CONNECTOR_TOKEN = "test-connector-token-abcdef"
+MEMORY_STORE = "sqlite+aiosqlite:///:memory:"
 
 
 def broker_settings(**overrides: Any) -> BrokerSettings:
@@ -32,6 +33,7 @@ def broker_settings(**overrides: Any) -> BrokerSettings:
         "connector_wait": 0.3,
         "queue_timeout": 0.3,
         "shutdown_grace": 5.0,
+        "database_url": MEMORY_STORE,
     }
     values.update(overrides)
     return BrokerSettings(**values)

@@ -1,0 +1,128 @@
+"""Who is calling: API keys from the store and from the settings, resolved to a Principal.
+
+A key's owner and state are cached for `ttl` seconds (1 s by default) so a request
+costs no database round trip; the portal and admin pages clear the cache when they
+revoke or block, and changes made by the admin CLI in another process take effect
+within `ttl`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from broker import keyformat
+from broker.auth import Credentials
+from broker.store import Store
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-key limits; 0 means unlimited. `models` None means every model."""
+
+    rpm: int = 0
+    concurrency: int = 0
+    daily_tokens: int = 0
+    models: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller behind an API key."""
+
+    bucket: str  # what limits are counted against: one per key
+    limits: Limits
+    key_id: int | None = None  # None for keys given in the settings
+    user_id: int | None = None
+    username: str | None = None
+
+
+@dataclass(frozen=True)
+class Denied:
+    status: int
+    code: str
+    message: str
+
+
+INVALID_KEY = Denied(
+    401,
+    "invalid_api_key",
+    "The API key is missing, invalid, revoked or expired."
+    " Send it as 'Authorization: Bearer <key>'.",
+)
+BLOCKED = Denied(
+    403,
+    "account_blocked",
+    "This account is blocked. Ask the operator of this RemoteLLM broker to unblock it.",
+)
+
+_MAX_CACHED = 10_000
+
+
+class Accounts:
+    def __init__(
+        self,
+        store: Store | None,
+        configured: Credentials,
+        defaults: Limits,
+        ttl: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.configured = configured
+        self.defaults = defaults
+        self.ttl = ttl
+        self._clock = clock
+        self._cache: dict[str, tuple[float, Principal | Denied]] = {}
+
+    def forget(self) -> None:
+        """Drop every cached key, so a revocation or a block counts from the next request."""
+        self._cache.clear()
+
+    async def authenticate(self, presented: str | None) -> Principal | Denied:
+        if not presented:
+            return INVALID_KEY
+        if self.configured.accepts(presented):
+            return Principal(
+                bucket="cfg:" + keyformat.fingerprint(presented)[:16],
+                limits=self.defaults,
+                username="(configured key)",
+            )
+        if self.store is None or not keyformat.well_formed(presented):
+            return INVALID_KEY  # a typo fails the checksum without a look-up
+        fingerprint = keyformat.fingerprint(presented)
+        now = self._clock()
+        cached = self._cache.get(fingerprint)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        result = await self._resolve(fingerprint)
+        if len(self._cache) >= _MAX_CACHED:
+            self._cache.clear()
+        self._cache[fingerprint] = (now + self.ttl, result)
+        return result
+
+    async def _resolve(self, fingerprint: str) -> Principal | Denied:
+        assert self.store is not None
+        found = await self.store.key_owner(fingerprint)
+        if found is None:
+            return INVALID_KEY
+        key, user = found
+        if not key.usable(time.time()):
+            return INVALID_KEY
+        if user.blocked:
+            return BLOCKED
+        base = self.defaults
+        limits = Limits(
+            rpm=user.rpm if user.rpm is not None else base.rpm,
+            concurrency=user.concurrency if user.concurrency is not None else base.concurrency,
+            daily_tokens=user.daily_tokens if user.daily_tokens is not None else base.daily_tokens,
+            models=frozenset(user.models) if user.models is not None else base.models,
+        )
+        return Principal(
+            bucket=f"key:{key.id}",
+            limits=limits,
+            key_id=key.id,
+            user_id=user.id,
+            username=user.username,
+        )

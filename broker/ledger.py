@@ -1,0 +1,81 @@
+"""The usage ledger: rows are queued in memory and written in batches, off the hot path.
+
+`record` never waits. A background task writes what has gathered every `interval`
+seconds in one transaction; `close` writes everything still queued, so a clean
+shutdown loses no row. If the store fails, rows stay queued and the write is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from broker.store import Store, UsageRow
+
+log = structlog.get_logger("remotellm.broker.ledger")
+
+MAX_QUEUED = 1_000_000
+
+
+class UsageLedger:
+    def __init__(self, store: Store, interval: float = 0.5) -> None:
+        self.store = store
+        self.interval = interval
+        self._queue: list[UsageRow] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.written = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="usage-ledger")
+
+    def record(self, row: UsageRow) -> None:
+        if len(self._queue) >= MAX_QUEUED:
+            log.error("usage ledger is full; dropping the oldest row", queued=len(self._queue))
+            del self._queue[0]
+        self._queue.append(row)
+        self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self.interval)
+            self._wake.clear()
+            try:
+                await self.flush()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                log.error("cannot write usage; will retry", error=str(exc), queued=self.queued)
+                self._wake.set()
+                await asyncio.sleep(min(30.0, 2.0**failures))
+
+    async def flush(self) -> None:
+        """Write every queued row now (rows stay queued if the write fails)."""
+        while self._queue:
+            batch = self._queue[:5000]
+            await self.store.add_usage(batch)
+            del self._queue[: len(batch)]
+            self.written += len(batch)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for attempt in range(3):
+            try:
+                await self.flush()
+                return
+            except Exception as exc:
+                log.error("cannot write usage at shutdown", error=str(exc), attempt=attempt + 1)
+                await asyncio.sleep(0.5)
+        log.error("usage rows lost at shutdown", lost=self.queued)

@@ -1,0 +1,124 @@
+"""Per-key limits: requests per minute, concurrent requests, tokens per UTC day.
+
+Counted in this broker process (several brokers behind one store each count their
+own). Tokens are known only when a response ends, so the request that crosses the
+daily limit finishes and the next one gets 429 until midnight UTC.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from broker.accounts import Denied, Principal
+
+DAY = 86400.0
+WINDOW = 60.0
+
+TokensSince = Callable[[int, float], Awaitable[int]]
+
+
+@dataclass
+class _Bucket:
+    starts: deque[float] = field(default_factory=deque)
+    active: int = 0
+    day: float = -1.0
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Rejection:
+    denied: Denied
+    retry_after: int
+
+
+class Lease:
+    """One admitted request: release it when the request ends, with the tokens it used."""
+
+    def __init__(self, bucket: _Bucket | None) -> None:
+        self._bucket = bucket
+        self._released = False
+
+    def release(self, tokens: int = 0) -> None:
+        if self._released or self._bucket is None:
+            return
+        self._released = True
+        self._bucket.active -= 1
+        self._bucket.tokens += tokens
+
+
+class Limiter:
+    def __init__(
+        self,
+        tokens_since: TokensSince | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._tokens_since = tokens_since
+        self._clock = clock
+        self._wall = wall
+        self._buckets: dict[str, _Bucket] = {}
+
+    async def admit(self, who: Principal) -> Lease | Rejection:
+        limits = who.limits
+        if not (limits.rpm or limits.concurrency or limits.daily_tokens):
+            return Lease(None)
+        bucket = self._buckets.setdefault(who.bucket, _Bucket())
+        if limits.daily_tokens:
+            rejection = await self._check_tokens(who, bucket)
+            if rejection is not None:
+                return rejection
+        now = self._clock()
+        if limits.rpm:
+            starts = bucket.starts
+            while starts and starts[0] <= now - WINDOW:
+                starts.popleft()
+            if len(starts) >= limits.rpm:
+                wait = max(1, math.ceil(starts[0] + WINDOW - now))
+                return Rejection(
+                    Denied(
+                        429,
+                        "rate_limit_exceeded",
+                        f"Rate limit reached: {limits.rpm} requests per minute for this key."
+                        f" Retry in {wait} s.",
+                    ),
+                    wait,
+                )
+        if limits.concurrency and bucket.active >= limits.concurrency:
+            return Rejection(
+                Denied(
+                    429,
+                    "concurrency_limit_exceeded",
+                    f"Too many requests at once: this key may have {limits.concurrency} in"
+                    " flight. Retry when one has finished.",
+                ),
+                1,
+            )
+        if limits.rpm:
+            bucket.starts.append(now)
+        bucket.active += 1
+        return Lease(bucket)
+
+    async def _check_tokens(self, who: Principal, bucket: _Bucket) -> Rejection | None:
+        wall = self._wall()
+        day = math.floor(wall / DAY) * DAY
+        if bucket.day != day:
+            bucket.day = day
+            bucket.tokens = 0
+            if who.key_id is not None and self._tokens_since is not None:
+                bucket.tokens = await self._tokens_since(who.key_id, day)
+        if bucket.tokens < who.limits.daily_tokens:
+            return None
+        wait = max(1, math.ceil(day + DAY - wall))
+        return Rejection(
+            Denied(
+                429,
+                "daily_token_limit_exceeded",
+                f"This key has used its {who.limits.daily_tokens} tokens for today (UTC)."
+                f" The limit resets in {wait} s.",
+            ),
+            wait,
+        )

@@ -1,0 +1,660 @@
+"""The broker's store: users, API keys, connector tokens and the usage ledger.
+
+SQLAlchemy 2 Core on an async engine. The default is an SQLite file in the data
+directory (aiosqlite); any other SQLAlchemy async URL (`postgresql+asyncpg://…`)
+uses the same schema and the same queries. The schema is written once, below;
+`Store.open` creates and migrates it on start. Times are UNIX seconds (floats).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from broker import keyformat
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+meta = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("gitlab_id", sa.BigInteger, unique=True, nullable=True),
+    sa.Column("username", sa.String(255), unique=True, nullable=False),
+    sa.Column("name", sa.String(255), nullable=False, default=""),
+    sa.Column("status", sa.String(16), nullable=False, default="active"),
+    sa.Column("role", sa.String(16), nullable=False, default="user"),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("rpm", sa.Integer, nullable=True),
+    sa.Column("concurrency", sa.Integer, nullable=True),
+    sa.Column("daily_tokens", sa.BigInteger, nullable=True),
+    sa.Column("models", sa.Text, nullable=True),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False, index=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("prefix", sa.String(32), nullable=False),
+    sa.Column("hash", sa.String(64), unique=True, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("last_used", sa.Float, nullable=True),
+    sa.Column("expires", sa.Float, nullable=True),
+    sa.Column("revoked", sa.Float, nullable=True),
+)
+
+connector_tokens = sa.Table(
+    "connector_tokens",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("owner_id", sa.Integer, sa.ForeignKey("users.id"), nullable=True),
+    sa.Column("prefix", sa.String(32), nullable=False),
+    sa.Column("hash", sa.String(64), unique=True, nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=True),
+    sa.Column("revoked", sa.Float, nullable=True),
+)
+
+usage = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("time", sa.Float, nullable=False, index=True),
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("user_id", sa.Integer, nullable=True, index=True),
+    sa.Column("key_id", sa.Integer, nullable=True, index=True),
+    sa.Column("model", sa.String(255), nullable=True),
+    sa.Column("connector", sa.String(255), nullable=True),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("prompt_tokens", sa.Integer, nullable=True),
+    sa.Column("completion_tokens", sa.Integer, nullable=True),
+    sa.Column("duration_ms", sa.Float, nullable=False),
+    sa.Column("ttfb_ms", sa.Float, nullable=True),
+    sa.Column("cancelled", sa.Boolean, nullable=False, default=False),
+)
+
+Status = Literal["active", "blocked"]
+Role = Literal["user", "admin"]
+GroupBy = Literal["user", "model", "connector", "day"]
+
+
+class StoreError(Exception):
+    """A store operation that cannot be done as asked (unknown user, duplicate name, …)."""
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    username: str
+    name: str
+    status: str
+    role: str
+    created: float
+    gitlab_id: int | None = None
+    rpm: int | None = None
+    concurrency: int | None = None
+    daily_tokens: int | None = None
+    models: tuple[str, ...] | None = None
+
+    @property
+    def blocked(self) -> bool:
+        return self.status == "blocked"
+
+    @property
+    def admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: int
+    user_id: int
+    name: str
+    prefix: str
+    created: float
+    last_used: float | None
+    expires: float | None
+    revoked: float | None
+
+    def usable(self, now: float) -> bool:
+        return self.revoked is None and (self.expires is None or self.expires > now)
+
+
+@dataclass(frozen=True)
+class ConnectorToken:
+    id: int
+    name: str
+    owner_id: int | None
+    prefix: str
+    created: float
+    last_seen: float | None
+    revoked: float | None
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One API request, as the ledger records it."""
+
+    time: float
+    request_id: str
+    endpoint: str
+    status: int
+    duration_ms: float
+    user_id: int | None = None
+    key_id: int | None = None
+    model: str | None = None
+    connector: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttfb_ms: float | None = None
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class UsageTotal:
+    group: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    errors: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def database_url(data_dir: Path, url: str | None) -> str:
+    """The SQLAlchemy URL to use: the given one, else `remotellm.db` in the data directory."""
+    if url:
+        return url
+    return f"sqlite+aiosqlite:///{data_dir / 'remotellm.db'}"
+
+
+def _user(row: Any) -> User:
+    models = tuple(json.loads(row.models)) if row.models is not None else None
+    return User(
+        id=row.id,
+        username=row.username,
+        name=row.name,
+        status=row.status,
+        role=row.role,
+        created=row.created,
+        gitlab_id=row.gitlab_id,
+        rpm=row.rpm,
+        concurrency=row.concurrency,
+        daily_tokens=row.daily_tokens,
+        models=models,
+    )
+
+
+def _key(row: Any) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        user_id=row.user_id,
+        name=row.name,
+        prefix=row.prefix,
+        created=row.created,
+        last_used=row.last_used,
+        expires=row.expires,
+        revoked=row.revoked,
+    )
+
+
+def _token(row: Any) -> ConnectorToken:
+    return ConnectorToken(
+        id=row.id,
+        name=row.name,
+        owner_id=row.owner_id,
+        prefix=row.prefix,
+        created=row.created,
+        last_seen=row.last_seen,
+        revoked=row.revoked,
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers (the admin CLI, the portal) never block the usage writer, and a
+    # process killed mid-write leaves the last committed state.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Store:
+    """Every query the broker makes, on one async engine."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        """Connect, create the data directory and the schema if needed, migrate."""
+        sa_url = sa.engine.make_url(url)
+        is_sqlite = sa_url.get_backend_name() == "sqlite"
+        if is_sqlite and sa_url.database and sa_url.database != ":memory:":
+            Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(sa_url)
+        if is_sqlite:
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        try:
+            await store._migrate()
+        except BaseException:
+            await engine.dispose()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def _migrate(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+            version = await conn.scalar(sa.select(meta.c.value).where(meta.c.name == "schema"))
+            if version is None:
+                await conn.execute(meta.insert().values(name="schema", value=str(SCHEMA_VERSION)))
+            elif int(version) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the store's schema is version {version}, newer than this broker's"
+                    f" ({SCHEMA_VERSION}); upgrade the broker"
+                )
+            # Later schema versions add their steps here, each guarded by `version`.
+
+    # --- users ---------------------------------------------------------------
+
+    async def sign_in(self, gitlab_id: int, username: str, name: str) -> tuple[User, bool]:
+        """Create or refresh the user with this GitLab id; also says whether it is new."""
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(sa.select(users).where(users.c.gitlab_id == gitlab_id))
+            ).first()
+            if row is not None:
+                await conn.execute(
+                    users.update().where(users.c.id == row.id).values(username=username, name=name)
+                )
+                fresh = (await conn.execute(sa.select(users).where(users.c.id == row.id))).one()
+                return _user(fresh), False
+            await self._free_username(conn, username)
+            result = await conn.execute(
+                users.insert().values(
+                    gitlab_id=gitlab_id,
+                    username=username,
+                    name=name,
+                    status="active",
+                    role="user",
+                    created=time.time(),
+                )
+            )
+            new = (await conn.execute(sa.select(users).where(users.c.id == _new_id(result)))).one()
+            return _user(new), True
+
+    async def _free_username(self, conn: AsyncConnection, username: str) -> None:
+        # GitLab usernames can be renamed and reused: the stable identity is the numeric
+        # id, so a stale holder of the name is renamed out of the way.
+        stale = (await conn.execute(sa.select(users).where(users.c.username == username))).first()
+        if stale is not None:
+            await conn.execute(
+                users.update()
+                .where(users.c.id == stale.id)
+                .values(username=f"{username}~{stale.id}")
+            )
+
+    async def create_user(self, username: str, name: str = "", role: Role = "user") -> User:
+        """A user that does not sign in through GitLab (keys made by an admin)."""
+        async with self.engine.begin() as conn:
+            taken = await conn.scalar(sa.select(users.c.id).where(users.c.username == username))
+            if taken is not None:
+                raise StoreError(f"a user named '{username}' already exists")
+            result = await conn.execute(
+                users.insert().values(
+                    username=username, name=name, status="active", role=role, created=time.time()
+                )
+            )
+            user_id = _new_id(result)
+        user = await self.user(user_id)
+        assert user is not None
+        return user
+
+    async def user(self, user_id: int) -> User | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(users).where(users.c.id == user_id))).first()
+        return _user(row) if row is not None else None
+
+    async def find_user(self, ident: str) -> User:
+        """A user by username, else by numeric id; StoreError when there is none."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(users).where(users.c.username == ident))).first()
+            if row is None and ident.isdigit():
+                row = (await conn.execute(sa.select(users).where(users.c.id == int(ident)))).first()
+        if row is None:
+            raise StoreError(f"no user '{ident}' (give a username or a user id)")
+        return _user(row)
+
+    async def list_users(self) -> list[User]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(users).order_by(users.c.id))).all()
+        return [_user(r) for r in rows]
+
+    async def set_status(self, user_id: int, status: Status) -> None:
+        await self._update_user(user_id, status=status)
+
+    async def set_role(self, user_id: int, role: Role) -> None:
+        await self._update_user(user_id, role=role)
+
+    async def set_limits(
+        self,
+        user_id: int,
+        *,
+        rpm: int | None,
+        concurrency: int | None,
+        daily_tokens: int | None,
+        models: Sequence[str] | None,
+    ) -> None:
+        """Per-user overrides; None means "use the broker's default" (all models for `models`)."""
+        await self._update_user(
+            user_id,
+            rpm=rpm,
+            concurrency=concurrency,
+            daily_tokens=daily_tokens,
+            models=json.dumps(list(models)) if models is not None else None,
+        )
+
+    async def _update_user(self, user_id: int, **values: Any) -> None:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                users.update().where(users.c.id == user_id).values(**values)
+            )
+            if result.rowcount == 0:
+                raise StoreError(f"no user with id {user_id}")
+
+    # --- API keys ------------------------------------------------------------
+
+    async def create_key(
+        self, user_id: int, name: str, expires: float | None = None
+    ) -> tuple[str, ApiKey]:
+        """A new key for a user: the raw key (show it once, it is not kept) and its record."""
+        raw = keyformat.generate(keyformat.API_KEY_PREFIX)
+        async with self.engine.begin() as conn:
+            owner = await conn.scalar(sa.select(users.c.id).where(users.c.id == user_id))
+            if owner is None:
+                raise StoreError(f"no user with id {user_id}")
+            result = await conn.execute(
+                api_keys.insert().values(
+                    user_id=user_id,
+                    name=name,
+                    prefix=keyformat.display_prefix(raw),
+                    hash=keyformat.fingerprint(raw),
+                    created=time.time(),
+                    expires=expires,
+                )
+            )
+            row = (
+                await conn.execute(sa.select(api_keys).where(api_keys.c.id == _new_id(result)))
+            ).one()
+        return raw, _key(row)
+
+    async def keys(self, user_id: int | None = None) -> list[ApiKey]:
+        query = sa.select(api_keys).order_by(api_keys.c.id)
+        if user_id is not None:
+            query = query.where(api_keys.c.user_id == user_id)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_key(r) for r in rows]
+
+    async def revoke_key(self, key_id: int, user_id: int | None = None) -> bool:
+        """Revoke a key (only the given user's when `user_id` is set); False if none matched."""
+        query = api_keys.update().where(api_keys.c.id == key_id, api_keys.c.revoked.is_(None))
+        if user_id is not None:
+            query = query.where(api_keys.c.user_id == user_id)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(query.values(revoked=time.time()))
+        return bool(result.rowcount)
+
+    async def key_owner(self, fingerprint: str) -> tuple[ApiKey, User] | None:
+        """The key with this fingerprint and its owner, whatever their state."""
+        query = sa.select(api_keys, users).join(users, users.c.id == api_keys.c.user_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query.where(api_keys.c.hash == fingerprint))).first()
+        if row is None:
+            return None
+        mapping = row._mapping
+        key = ApiKey(
+            id=mapping[api_keys.c.id],
+            user_id=mapping[api_keys.c.user_id],
+            name=mapping[api_keys.c.name],
+            prefix=mapping[api_keys.c.prefix],
+            created=mapping[api_keys.c.created],
+            last_used=mapping[api_keys.c.last_used],
+            expires=mapping[api_keys.c.expires],
+            revoked=mapping[api_keys.c.revoked],
+        )
+        models = mapping[users.c.models]
+        user = User(
+            id=mapping[users.c.id],
+            username=mapping[users.c.username],
+            name=mapping[users.c.name],
+            status=mapping[users.c.status],
+            role=mapping[users.c.role],
+            created=mapping[users.c.created],
+            gitlab_id=mapping[users.c.gitlab_id],
+            rpm=mapping[users.c.rpm],
+            concurrency=mapping[users.c.concurrency],
+            daily_tokens=mapping[users.c.daily_tokens],
+            models=tuple(json.loads(models)) if models is not None else None,
+        )
+        return key, user
+
+    # --- connector tokens ----------------------------------------------------
+
+    async def create_connector_token(
+        self, name: str, owner_id: int | None = None
+    ) -> tuple[str, ConnectorToken]:
+        raw = keyformat.generate(keyformat.CONNECTOR_TOKEN_PREFIX)
+        async with self.engine.begin() as conn:
+            taken = await conn.scalar(
+                sa.select(connector_tokens.c.id).where(
+                    connector_tokens.c.name == name, connector_tokens.c.revoked.is_(None)
+                )
+            )
+            if taken is not None:
+                raise StoreError(f"a connector named '{name}' already exists")
+            result = await conn.execute(
+                connector_tokens.insert().values(
+                    name=name,
+                    owner_id=owner_id,
+                    prefix=keyformat.display_prefix(raw),
+                    hash=keyformat.fingerprint(raw),
+                    created=time.time(),
+                )
+            )
+            row = (
+                await conn.execute(
+                    sa.select(connector_tokens).where(connector_tokens.c.id == _new_id(result))
+                )
+            ).one()
+        return raw, _token(row)
+
+    async def connector_tokens(self) -> list[ConnectorToken]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(connector_tokens).order_by("id"))).all()
+        return [_token(r) for r in rows]
+
+    async def revoke_connector_token(self, ident: str) -> bool:
+        """Revoke the live token with this name (or id); False if none matched."""
+        match = connector_tokens.c.name == ident
+        if ident.isdigit():
+            match = sa.or_(match, connector_tokens.c.id == int(ident))
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                connector_tokens.update()
+                .where(match, connector_tokens.c.revoked.is_(None))
+                .values(revoked=time.time())
+            )
+        return bool(result.rowcount)
+
+    async def connector_for(self, fingerprint: str) -> ConnectorToken | None:
+        """The live (not revoked) connector token with this fingerprint."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(connector_tokens).where(
+                        connector_tokens.c.hash == fingerprint,
+                        connector_tokens.c.revoked.is_(None),
+                    )
+                )
+            ).first()
+        return _token(row) if row is not None else None
+
+    async def connector_seen(self, token_id: int, when: float) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                connector_tokens.update()
+                .where(connector_tokens.c.id == token_id)
+                .values(last_seen=when)
+            )
+
+    # --- usage ---------------------------------------------------------------
+
+    async def add_usage(self, rows: Iterable[UsageRow]) -> int:
+        """Write usage rows in one transaction, and each key's last use; returns the count."""
+        batch = [row.__dict__ for row in rows]
+        if not batch:
+            return 0
+        last_used: dict[int, float] = {}
+        for row in batch:
+            if row["key_id"] is not None:
+                last_used[row["key_id"]] = max(last_used.get(row["key_id"], 0.0), row["time"])
+        async with self.engine.begin() as conn:
+            await conn.execute(usage.insert(), batch)
+            for key_id, when in last_used.items():
+                await conn.execute(
+                    api_keys.update()
+                    .where(
+                        api_keys.c.id == key_id,
+                        sa.or_(api_keys.c.last_used.is_(None), api_keys.c.last_used < when),
+                    )
+                    .values(last_used=when)
+                )
+        return len(batch)
+
+    async def tokens_since(self, key_id: int, since: float) -> int:
+        """Prompt plus completion tokens a key used since `since`."""
+        total = sa.func.coalesce(
+            sa.func.sum(
+                sa.func.coalesce(usage.c.prompt_tokens, 0)
+                + sa.func.coalesce(usage.c.completion_tokens, 0)
+            ),
+            0,
+        )
+        async with self.engine.connect() as conn:
+            value = await conn.scalar(
+                sa.select(total).where(usage.c.key_id == key_id, usage.c.time >= since)
+            )
+        return int(value or 0)
+
+    async def usage_rows(self, since: float = 0.0) -> list[UsageRow]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(usage).where(usage.c.time >= since).order_by(usage.c.id)
+                )
+            ).all()
+        names = [c.name for c in usage.columns if c.name != "id"]
+        return [UsageRow(**{n: getattr(r, n) for n in names}) for r in rows]
+
+    async def usage_totals(
+        self, by: GroupBy, since: float = 0.0, user_id: int | None = None
+    ) -> list[UsageTotal]:
+        """Requests and tokens grouped by user, model, connector or UTC day."""
+        group: Any
+        if by == "user":
+            group = sa.func.coalesce(users.c.username, "(configured key)")
+        elif by == "model":
+            group = sa.func.coalesce(usage.c.model, "(none)")
+        elif by == "connector":
+            group = sa.func.coalesce(usage.c.connector, "(none)")
+        else:
+            group = sa.func.floor(usage.c.time / 86400)
+        query = (
+            sa.select(
+                group.label("group"),
+                sa.func.count().label("requests"),
+                sa.func.coalesce(sa.func.sum(usage.c.prompt_tokens), 0).label("prompt"),
+                sa.func.coalesce(sa.func.sum(usage.c.completion_tokens), 0).label("completion"),
+                sa.func.sum(sa.case((usage.c.status >= 400, 1), else_=0)).label("errors"),
+            )
+            .select_from(usage.outerjoin(users, users.c.id == usage.c.user_id))
+            .where(usage.c.time >= since)
+            .group_by(group)
+            .order_by(group)
+        )
+        if user_id is not None:
+            query = query.where(usage.c.user_id == user_id)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            UsageTotal(
+                group=_day(r.group) if by == "day" else str(r.group),
+                requests=int(r.requests),
+                prompt_tokens=int(r.prompt),
+                completion_tokens=int(r.completion),
+                errors=int(r.errors or 0),
+            )
+            for r in rows
+        ]
+
+    async def usage_by_day_and_model(
+        self, user_id: int, since: float
+    ) -> list[tuple[str, str, int, int, int]]:
+        """(day, model, requests, prompt tokens, completion tokens) of one user's requests."""
+        day = sa.func.floor(usage.c.time / 86400)
+        model = sa.func.coalesce(usage.c.model, "(none)")
+        query = (
+            sa.select(
+                day.label("day"),
+                model.label("model"),
+                sa.func.count().label("requests"),
+                sa.func.coalesce(sa.func.sum(usage.c.prompt_tokens), 0).label("prompt"),
+                sa.func.coalesce(sa.func.sum(usage.c.completion_tokens), 0).label("completion"),
+            )
+            .where(usage.c.user_id == user_id, usage.c.time >= since)
+            .group_by(day, model)
+            .order_by(day.desc(), model)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            (_day(r.day), str(r.model), int(r.requests), int(r.prompt), int(r.completion))
+            for r in rows
+        ]
+
+
+def _new_id(result: Any) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def _day(days_since_epoch: Any) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(int(days_since_epoch) * 86400))
