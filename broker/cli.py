@@ -12,6 +12,8 @@ from typing import Any
 
 import structlog
 
+from broker.admin import add_commands
+from broker.admin import run as run_admin
 from broker.server import BrokerServer
 from broker.settings import BrokerSettings
 from shared import eventloop
@@ -20,6 +22,7 @@ from shared.settings import ConfigError, load
 from shared.signals import shutdown_signals
 
 PROG = "remotellm-broker"
+COMMANDS = ("serve", "demo", "users", "keys", "connectors", "usage")
 log = structlog.get_logger("remotellm.broker")
 
 
@@ -61,6 +64,11 @@ def _store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", help="SQLAlchemy async URL (default: SQLite in data dir)")
 
 
+def _admin_store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML file with settings")
+    _store_options(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -69,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="run the broker (default)")
     _serve_options(serve)
+    add_commands(commands, _admin_store_options)
     demo = commands.add_parser("demo", help="a broker, a key and a connector, on this machine")
     demo.add_argument("--port", type=int, default=8443, help="port (default 8443; 0 = any)")
     demo.add_argument(
@@ -125,7 +134,7 @@ async def serve(settings: BrokerSettings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0] not in ("serve", "demo", "-h", "--help"):
+    if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help"):
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
     if args.command == "demo":
@@ -139,6 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings_from(args)
     except ConfigError as exc:
         return _fail(str(exc))
+    if args.command != "serve":
+        configure_logging("warning", "console")
+        return eventloop.run(run_admin(args, settings))
     configure_logging(settings.log_level, settings.log_format)
     return eventloop.run(serve(settings))
 
