@@ -231,6 +231,11 @@ async def start_broker(children: Children, name: str = "broker") -> tuple[Child,
             "1",
             "--log-format",
             "json",
+            # The usage ledger is written as deployed, to a store that leaves nothing behind.
+            "--database-url",
+            "sqlite+aiosqlite:///:memory:",
+            "--session-secret",
+            "bench-session-secret",
         ],
     )
 

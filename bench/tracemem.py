@@ -55,6 +55,8 @@ async def _broker(count: int) -> None:
         port=0,
         connector_token=[SecretStr(CONNECTOR_TOKEN)],
         log_level="error",
+        database_url="sqlite+aiosqlite:///:memory:",
+        session_secret=SecretStr("bench-session-secret"),
     )
     server = BrokerServer(settings)
     await server.start()

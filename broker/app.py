@@ -34,6 +34,7 @@ from broker.ledger import UsageLedger
 from broker.lifecycle import Lifecycle
 from broker.limits import Limiter
 from broker.metrics import Metrics
+from broker.portal.views import setup_portal
 from broker.relay import go_away_all, relay_endpoint
 from broker.settings import BrokerSettings
 from broker.store import Store, database_url
@@ -164,4 +165,5 @@ def create_app(settings: BrokerSettings) -> web.Application:
     app.router.add_get("/relay", relay_endpoint)
     app.router.add_get("/health", health_endpoint)
     app.router.add_get("/metrics", metrics_endpoint)
+    setup_portal(app, settings)
     return app

@@ -98,6 +98,9 @@ async def run_demo(port: int, *, force_echo: bool = False) -> int:
         user_api_key=[SecretStr(key)],
         connector_token=[SecretStr(token)],
         shutdown_grace=5.0,
+        # The demo leaves nothing behind: an in-memory store, a throwaway session key.
+        database_url="sqlite+aiosqlite:///:memory:",
+        session_secret=SecretStr(secrets.token_urlsafe(32)),
     )
     server = BrokerServer(settings)
     try:

@@ -82,6 +82,7 @@ class ConnectorLink:
         "max_concurrency",
         "models",
         "name",
+        "since",
         "token_id",
         "window",
     )
@@ -97,6 +98,7 @@ class ConnectorLink:
         self._transport = transport
         self.name = hello.name
         self.token_id: int | None = None  # the store's connector token, if it used one
+        self.since = time.time()
         self.models: frozenset[str] = frozenset(hello.models)
         self.max_concurrency = hello.max_concurrency
         self.draining = False

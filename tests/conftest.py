@@ -34,6 +34,7 @@ def broker_settings(**overrides: Any) -> BrokerSettings:
         "queue_timeout": 0.3,
         "shutdown_grace": 5.0,
         "database_url": MEMORY_STORE,
+        "session_secret": SecretStr("test-session-secret"),
     }
     values.update(overrides)
     return BrokerSettings(**values)
