@@ -159,6 +159,10 @@ class StubLLM:
                 await asyncio.sleep(interval)
         if options.get("hang_at_end"):
             await asyncio.sleep(3600)
+        if options.get("usage"):  # as with stream_options.include_usage
+            usage = {"prompt_tokens": 11, "completion_tokens": count, "total_tokens": 11 + count}
+            chunk = {"id": "chatcmpl-stub", "choices": [], "usage": usage}
+            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

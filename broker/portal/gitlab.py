@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+import httpx2
 from authlib.common.security import generate_token
 from authlib.integrations.base_client import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
@@ -47,7 +47,7 @@ class GitLab:
         client_id: str,
         client_secret: str,
         groups: list[str],
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.client_id = client_id
@@ -89,7 +89,7 @@ class GitLab:
                 )
             except OAuthError as exc:
                 raise SignInRefused(exc.description or exc.error or "refused") from None
-            except httpx.HTTPError as exc:
+            except httpx2.HTTPError as exc:
                 raise GitLabError(f"cannot reach GitLab: {type(exc).__name__}") from None
             except ValueError as exc:
                 raise GitLabError(f"GitLab's token answer is not valid: {exc}") from None
@@ -110,7 +110,7 @@ class GitLab:
             path = f"/api/v4/groups/{quote(group, safe='')}/members/all/{user.id}"
             try:
                 response = await client.get(self.base_url + path)
-            except httpx.HTTPError as exc:
+            except httpx2.HTTPError as exc:
                 raise GitLabError(f"cannot reach GitLab: {type(exc).__name__}") from None
             if response.status_code == 200:
                 return True
@@ -121,7 +121,7 @@ class GitLab:
     async def _get(self, client: AsyncOAuth2Client, path: str) -> Any:
         try:
             response = await client.get(self.base_url + path)
-        except httpx.HTTPError as exc:
+        except httpx2.HTTPError as exc:
             raise GitLabError(f"cannot reach GitLab: {type(exc).__name__}") from None
         if response.status_code != 200:
             raise GitLabError(f"GitLab answered {response.status_code} to {path}")

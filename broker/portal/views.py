@@ -13,6 +13,7 @@ import hmac
 import os
 import secrets
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,7 @@ import jinja2
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from aiohttp.web_exceptions import NotAppKeyWarning
 from aiohttp_session import Session, get_session, new_session, session_middleware
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
@@ -90,6 +92,9 @@ def setup_portal(app: web.Application, settings: BrokerSettings) -> None:
         secure=secure,
     )
     sessions = session_middleware(storage)
+    # aiohttp-session stores its state under plain string request keys, which aiohttp
+    # warns about on every portal request; the warning is about that library, not us.
+    warnings.filterwarnings("ignore", category=NotAppKeyWarning, module="aiohttp_session")
 
     @web.middleware
     async def portal_sessions(request: web.Request, handler: Handler) -> web.StreamResponse:
