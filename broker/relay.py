@@ -272,7 +272,7 @@ async def relay_endpoint(request: web.Request) -> web.StreamResponse:
     link.token_id = token.id
     _attach(app, link)
     if token.id is not None:
-        await app[STORE].connector_seen(token.id, time.time())
+        await asyncio.shield(app[STORE].connector_seen(token.id, time.time()))
     log.info(
         "connector connected",
         connector=link.name,
@@ -291,7 +291,7 @@ async def relay_endpoint(request: web.Request) -> web.StreamResponse:
         await link.stopped()
         if token.id is not None:
             with contextlib.suppress(Exception):
-                await app[STORE].connector_seen(token.id, time.time())
+                await asyncio.shield(app[STORE].connector_seen(token.id, time.time()))
     return ws
 
 

@@ -9,6 +9,8 @@ uses the same schema and the same queries. The schema is written once, below;
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -244,29 +246,40 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Store:
     """Every query the broker makes, on one async engine."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, scratch: Path | None = None) -> None:
         self.engine = engine
+        self._scratch = scratch
 
     @classmethod
     async def open(cls, url: str) -> Store:
         """Connect, create the data directory and the schema if needed, migrate."""
         sa_url = sa.engine.make_url(url)
         is_sqlite = sa_url.get_backend_name() == "sqlite"
-        if is_sqlite and sa_url.database and sa_url.database != ":memory:":
+        scratch = None
+        if is_sqlite and sa_url.database in (None, "", ":memory:"):
+            # SQLite's memory databases live and die with one connection (a cancelled
+            # query can cost the pool that connection), so ":memory:" means a scratch
+            # file that `close` deletes: the same code path as a real store.
+            scratch = Path(tempfile.mkdtemp(prefix="remotellm-store-"))
+            sa_url = sa_url.set(database=str(scratch / "remotellm.db"))
+        if is_sqlite:
+            assert sa_url.database is not None
             Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(sa_url)
         if is_sqlite:
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        store = cls(engine)
+        store = cls(engine, scratch)
         try:
             await store._migrate()
         except BaseException:
-            await engine.dispose()
+            await store.close()
             raise
         return store
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     async def _migrate(self) -> None:
         async with self.engine.begin() as conn:

@@ -1,0 +1,246 @@
+"""The store on a real SQLite file: persistence, concurrency, crash consistency, migration."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from broker import keyformat
+from broker.ledger import UsageLedger
+from broker.store import Store, StoreError, UsageRow, database_url, meta
+
+
+def url(tmp_path: Path) -> str:
+    return database_url(tmp_path / "data", None)
+
+
+def row(i: int, **extra: object) -> UsageRow:
+    values: dict[str, object] = {
+        "time": time.time(),
+        "request_id": f"req_{i}",
+        "endpoint": "/v1/chat/completions",
+        "status": 200,
+        "duration_ms": 1.5,
+        "model": "m",
+    }
+    values.update(extra)
+    return UsageRow(**values)  # type: ignore[arg-type]
+
+
+async def test_the_store_is_created_in_the_data_dir_and_survives_a_restart(tmp_path: Path) -> None:
+    store = await Store.open(url(tmp_path))
+    user, new = await store.sign_in(99, "dana", "Dana")
+    assert new
+    raw, key = await store.create_key(user.id, "laptop")
+    token_raw, token = await store.create_connector_token("gpu-box", user.id)
+    await store.add_usage([row(1, user_id=user.id, key_id=key.id, prompt_tokens=3)])
+    await store.set_limits(user.id, rpm=5, concurrency=None, daily_tokens=1000, models=["a"])
+    await store.close()
+    assert (tmp_path / "data" / "remotellm.db").exists()
+
+    again = await Store.open(url(tmp_path))
+    try:
+        user2, new2 = await again.sign_in(99, "dana", "Dana")
+        assert not new2 and user2.id == user.id
+        assert (user2.rpm, user2.concurrency, user2.daily_tokens, user2.models) == (
+            5,
+            None,
+            1000,
+            ("a",),
+        )
+        found = await again.key_owner(keyformat.fingerprint(raw))
+        assert found is not None and found[0].id == key.id
+        assert found[0].last_used is not None  # written with the usage row
+        assert await again.connector_for(keyformat.fingerprint(token_raw)) is not None
+        assert [r.request_id for r in await again.usage_rows()] == ["req_1"]
+    finally:
+        await again.close()
+    # Only hashes are stored: the raw secrets appear nowhere in the file.
+    data = (tmp_path / "data" / "remotellm.db").read_bytes()
+    data += (
+        (tmp_path / "data" / "remotellm.db-wal").read_bytes()
+        if (tmp_path / "data" / "remotellm.db-wal").exists()
+        else b""
+    )
+    assert raw.encode() not in data and token_raw.encode() not in data
+    assert token.prefix.encode() in data
+
+
+async def test_many_concurrent_writers(tmp_path: Path) -> None:
+    # The server's ledger and an admin process write at once, each with its own engine.
+    server, admin = await Store.open(url(tmp_path)), await Store.open(url(tmp_path))
+    ledger = UsageLedger(server, interval=0.01)
+    ledger.start()
+    try:
+
+        async def request(i: int) -> None:
+            await asyncio.sleep(0)
+            ledger.record(row(i))
+
+        async def admin_batch(i: int) -> None:
+            await admin.add_usage([row(10_000 + i * 10 + j) for j in range(10)])
+
+        await asyncio.gather(
+            *(request(i) for i in range(500)), *(admin_batch(i) for i in range(20))
+        )
+        await ledger.close()
+        ids = {r.request_id for r in await admin.usage_rows()}
+        assert len(ids) == 700
+    finally:
+        await server.close()
+        await admin.close()
+
+
+async def test_ledger_keeps_rows_while_the_store_fails_and_writes_them_later(
+    tmp_path: Path,
+) -> None:
+    store = await Store.open(url(tmp_path))
+    ledger = UsageLedger(store, interval=0.01)
+    real = store.add_usage
+    calls = 0
+
+    async def failing(rows: object) -> int:
+        nonlocal calls
+        calls += 1
+        raise OSError("disk full")
+
+    store.add_usage = failing  # type: ignore[method-assign]
+    for i in range(5):
+        ledger.record(row(i))
+    with pytest.raises(OSError):
+        await ledger.flush()
+    assert ledger.queued == 5 and calls == 1
+    store.add_usage = real  # type: ignore[method-assign]
+    await ledger.close()  # a clean shutdown writes what is queued
+    assert ledger.queued == 0
+    assert len(await store.usage_rows()) == 5
+    await store.close()
+
+
+async def test_a_process_killed_mid_write_leaves_a_consistent_store(tmp_path: Path) -> None:
+    db_url = url(tmp_path)
+    writer = textwrap.dedent(
+        f"""
+        import asyncio, sys, time
+        from broker.store import Store, UsageRow
+
+        async def main():
+            store = await Store.open({db_url!r})
+            batch = 0
+            while True:
+                rows = [
+                    UsageRow(time=time.time(), request_id=f"b{{batch}}-{{i}}",
+                             endpoint="/v1/chat/completions", status=200, duration_ms=1.0)
+                    for i in range(200)
+                ]
+                await store.add_usage(rows)
+                batch += 1
+                if batch == 3:
+                    print("writing", flush=True)
+
+        asyncio.run(main())
+        """
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", writer, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 30)
+        assert line.strip() == b"writing"
+        await asyncio.sleep(0.2)  # let it be in the middle of more batches
+    finally:
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+    db = tmp_path / "data" / "remotellm.db"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        counts = conn.execute(
+            "SELECT substr(request_id, 1, instr(request_id, '-') - 1), count(*)"
+            " FROM usage GROUP BY 1"
+        ).fetchall()
+    assert len(counts) >= 3
+    assert all(count == 200 for _, count in counts), "a batch was written in part"
+    store = await Store.open(db_url)  # and the broker opens it again
+    assert len(await store.usage_rows()) == 200 * len(counts)
+    await store.close()
+
+
+async def test_a_store_from_a_newer_broker_is_refused(tmp_path: Path) -> None:
+    store = await Store.open(url(tmp_path))
+    async with store.engine.begin() as conn:
+        await conn.execute(meta.update().where(meta.c.name == "schema").values(value="99"))
+    await store.close()
+    with pytest.raises(StoreError, match="newer"):
+        await Store.open(url(tmp_path))
+
+
+async def test_renamed_gitlab_username_moves_to_the_new_owner(tmp_path: Path) -> None:
+    store = await Store.open(url(tmp_path))
+    try:
+        old, _ = await store.sign_in(1, "sam", "Sam One")
+        # On GitLab, user 1 renamed themselves and user 2 took the name "sam".
+        new, created = await store.sign_in(2, "sam", "Sam Two")
+        assert created and new.username == "sam"
+        moved = await store.user(old.id)
+        assert moved is not None and moved.username == f"sam~{old.id}"
+    finally:
+        await store.close()
+
+
+async def test_keys_revoke_only_for_their_owner_and_expiry(tmp_path: Path) -> None:
+    store = await Store.open(url(tmp_path))
+    try:
+        a = await store.create_user("a")
+        b = await store.create_user("b")
+        _, key = await store.create_key(a.id, "k", expires=time.time() - 1)
+        assert not key.usable(time.time())
+        assert not await store.revoke_key(key.id, user_id=b.id)
+        assert await store.revoke_key(key.id, user_id=a.id)
+        assert not await store.revoke_key(key.id)  # already revoked
+        with pytest.raises(StoreError):
+            await store.create_user("a")
+        with pytest.raises(StoreError):
+            await store.create_key(12345, "nobody's")
+        await store.create_connector_token("box")
+        with pytest.raises(StoreError):
+            await store.create_connector_token("box")
+        assert await store.revoke_connector_token("box")
+        await store.create_connector_token("box")  # the name is free again
+    finally:
+        await store.close()
+
+
+async def test_usage_totals(tmp_path: Path) -> None:
+    store = await Store.open(url(tmp_path))
+    try:
+        u = await store.create_user("ana")
+        await store.add_usage(
+            [
+                row(1, user_id=u.id, model="x", prompt_tokens=1, completion_tokens=2),
+                row(2, user_id=u.id, model="y", prompt_tokens=10, completion_tokens=20),
+                row(3, model="y", status=401),
+            ]
+        )
+        by_user = {t.group: t for t in await store.usage_totals("user")}
+        assert by_user["ana"].requests == 2 and by_user["ana"].completion_tokens == 22
+        assert by_user["(configured key)"].errors == 1
+        by_model = {t.group: t.requests for t in await store.usage_totals("model")}
+        assert by_model == {"x": 1, "y": 2}
+        assert await store.tokens_since(0, 0) == 0
+        days = await store.usage_by_day_and_model(u.id, 0)
+        assert [(m, r) for _, m, r, _, _ in days] == [("x", 1), ("y", 1)]
+        async with store.engine.connect() as conn:
+            assert await conn.scalar(sa.select(sa.func.count()).select_from(meta)) == 1
+    finally:
+        await store.close()

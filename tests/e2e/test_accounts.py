@@ -1,0 +1,245 @@
+"""Keys from the store through the relay: revocation, limits, allow-lists and the usage ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from broker.keys import ACCOUNTS, LEDGER, STORE
+from broker.server import BrokerServer
+from broker.store import Store, database_url
+from connector_app.core.status import LinkState
+from tests.conftest import USER_KEY, MakeBroker, MakeConnector, wait_models
+from tests.stub_llm import StubLLM
+
+
+async def store_key(broker: BrokerServer, username: str = "kim", **limits: Any) -> str:
+    store = broker.app[STORE]
+    user = await store.create_user(username)
+    if limits:
+        await store.set_limits(
+            user.id,
+            rpm=limits.get("rpm"),
+            concurrency=limits.get("concurrency"),
+            daily_tokens=limits.get("daily_tokens"),
+            models=limits.get("models"),
+        )
+    raw, _ = await store.create_key(user.id, "test")
+    return raw
+
+
+async def chat(
+    http: aiohttp.ClientSession, broker: BrokerServer, key: str, **body: Any
+) -> tuple[int, dict[str, str], Any]:
+    payload = {"model": "stub-model", "messages": [{"role": "user", "content": "hi"}], **body}
+    async with http.post(
+        f"{broker.base_url}/v1/chat/completions",
+        json=payload,
+        headers={"Authorization": f"Bearer {key}"},
+    ) as response:
+        text = await response.text()
+        parsed: Any = None
+        with contextlib.suppress(ValueError):
+            parsed = await response.json(content_type=None)
+        return response.status, dict(response.headers), parsed if parsed is not None else text
+
+
+@pytest.fixture
+async def served(
+    stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector, tmp_path: Path
+) -> BrokerServer:
+    broker = await make_broker(database_url=database_url(tmp_path, None))
+    await make_connector(broker, stub.url)
+    await wait_models(broker, {"stub-model"})
+    return broker
+
+
+async def rows_after_flush(broker: BrokerServer) -> list[Any]:
+    await broker.app[LEDGER].flush()
+    return await broker.app[STORE].usage_rows()
+
+
+async def test_a_store_key_works_and_every_request_leaves_a_usage_row(
+    served: BrokerServer,
+) -> None:
+    key = await store_key(served)
+    async with aiohttp.ClientSession() as http:
+        status, _, body = await chat(http, served, key)
+        assert status == 200 and body["usage"]["completion_tokens"] == 4
+        status, _, text = await chat(
+            http,
+            served,
+            key,
+            stream=True,
+            stream_options={"include_usage": True},
+            x_stub={"mode": "events", "events": 6, "usage": True},
+        )
+        assert status == 200 and text.endswith("data: [DONE]\n\n")
+        status, _, _ = await chat(http, served, "sk-not-a-real-key")
+        assert status == 401
+        status, _, _ = await chat(http, served, key, model="no-such-model")
+        assert status in (404, 503)
+    rows = await rows_after_flush(served)
+    assert [r.status for r in rows][:3] == [200, 200, 401]
+    plain, streamed, rejected = rows[:3]
+    user = await served.app[STORE].find_user("kim")
+    assert (plain.user_id, plain.prompt_tokens, plain.completion_tokens) == (user.id, 3, 4)
+    assert plain.connector == "test-connector" and plain.ttfb_ms is not None
+    assert (streamed.prompt_tokens, streamed.completion_tokens) == (11, 6)
+    assert rejected.user_id is None and rejected.key_id is None and rejected.model is None
+    assert rows[3].model == "no-such-model" and rows[3].user_id == user.id
+    (record,) = await served.app[STORE].keys(user.id)
+    assert record.last_used is not None
+
+
+async def test_a_cancelled_request_is_recorded_as_cancelled(
+    served: BrokerServer, stub: StubLLM
+) -> None:
+    key = await store_key(served)
+    async with aiohttp.ClientSession() as http:
+        call = asyncio.create_task(chat(http, served, key, stream=True, x_stub={"mode": "hang"}))
+        await asyncio.wait_for(stub.started.wait(), 10)
+        call.cancel()  # the client hangs up before any answer
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+    async with asyncio.timeout(10):
+        while not await rows_after_flush(served):
+            await asyncio.sleep(0.05)
+    (row,) = await rows_after_flush(served)
+    assert row.cancelled and row.status == 499
+
+
+async def test_revoking_a_key_or_blocking_its_user_stops_it_without_a_restart(
+    served: BrokerServer,
+) -> None:
+    store = served.app[STORE]
+    key = await store_key(served)
+    async with aiohttp.ClientSession() as http:
+        assert (await chat(http, served, key))[0] == 200
+        user = await store.find_user("kim")
+        await store.set_status(user.id, "blocked")  # as the admin CLI does, in the store
+        async with asyncio.timeout(10):  # within the key cache's lifetime (1 s)
+            while (await chat(http, served, key))[0] != 403:
+                await asyncio.sleep(0.1)
+        _, _, body = await chat(http, served, key)
+        assert body["error"]["code"] == "account_blocked"
+        await store.set_status(user.id, "active")
+        served.app[ACCOUNTS].forget()
+        assert (await chat(http, served, key))[0] == 200
+        (record,) = await store.keys(user.id)
+        await store.revoke_key(record.id)
+        async with asyncio.timeout(10):
+            while (await chat(http, served, key))[0] != 401:
+                await asyncio.sleep(0.1)
+
+
+async def test_requests_per_minute_limit(served: BrokerServer) -> None:
+    key = await store_key(served, rpm=2)
+    async with aiohttp.ClientSession() as http:
+        assert (await chat(http, served, key))[0] == 200
+        assert (await chat(http, served, key))[0] == 200
+        status, headers, body = await chat(http, served, key)
+    assert status == 429
+    assert 1 <= int(headers["Retry-After"]) <= 60
+    assert body["error"]["type"] == "rate_limit_error"
+    assert body["error"]["code"] == "rate_limit_exceeded"
+    rows = await rows_after_flush(served)
+    assert [r.status for r in rows] == [200, 200, 429]
+
+
+async def test_concurrency_limit(served: BrokerServer, stub: StubLLM) -> None:
+    key = await store_key(served, concurrency=1)
+    async with aiohttp.ClientSession() as http:
+        held = await http.post(
+            f"{served.base_url}/v1/chat/completions",
+            json={
+                "model": "stub-model",
+                "stream": True,
+                "x_stub": {"mode": "events", "events": 2, "gated": True},
+            },
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        await held.content.readline()  # the first event: the request is in flight
+        status, headers, body = await chat(http, served, key)
+        assert status == 429 and headers["Retry-After"] == "1"
+        assert body["error"]["code"] == "concurrency_limit_exceeded"
+        stub.gate(0).set()
+        await held.read()
+        held.release()
+        assert (await chat(http, served, key))[0] == 200
+
+
+async def test_daily_token_limit(served: BrokerServer) -> None:
+    key = await store_key(served, daily_tokens=5)
+    async with aiohttp.ClientSession() as http:
+        assert (await chat(http, served, key))[0] == 200  # uses 7 tokens
+        status, headers, body = await chat(http, served, key)
+    assert status == 429 and body["error"]["code"] == "daily_token_limit_exceeded"
+    assert 1 <= int(headers["Retry-After"]) <= 86400
+
+
+async def test_broker_wide_defaults_apply_to_every_key(
+    stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector
+) -> None:
+    broker = await make_broker(key_rpm=1)
+    await make_connector(broker, stub.url)
+    await wait_models(broker, {"stub-model"})
+    async with aiohttp.ClientSession() as http:
+        assert (await chat(http, broker, USER_KEY))[0] == 200  # a configured key too
+        assert (await chat(http, broker, USER_KEY))[0] == 429
+        unlimited = await store_key(broker, rpm=0)  # a per-user override: unlimited
+        for _ in range(3):
+            assert (await chat(http, broker, unlimited))[0] == 200
+
+
+async def test_model_allow_list(served: BrokerServer, stub: StubLLM) -> None:
+    key = await store_key(served, models=["other-model"])
+    async with aiohttp.ClientSession() as http:
+        status, _, body = await chat(http, served, key)
+        assert status == 403 and body["error"]["code"] == "model_not_allowed"
+        async with http.get(
+            f"{served.base_url}/v1/models", headers={"Authorization": f"Bearer {key}"}
+        ) as listing:
+            assert (await listing.json())["data"] == []
+    assert stub.seen == []  # never reached the LLM
+
+
+async def test_connector_tokens_from_the_store(
+    stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector
+) -> None:
+    broker = await make_broker(connector_token=[])
+    raw, _ = await broker.app[STORE].create_connector_token("gpu-box")
+    connector = await make_connector(broker, stub.url, broker_token=raw)
+    await wait_models(broker, {"stub-model"})
+    (seen,) = await broker.app[STORE].connector_tokens()
+    assert seen.last_seen is not None
+    await connector.stop()
+    await broker.app[STORE].revoke_connector_token("gpu-box")
+    refused = await make_connector(broker, stub.url, broker_token=raw)
+    await asyncio.sleep(0.3)
+    assert refused.connector.status.state is not LinkState.CONNECTED
+    assert broker.hub.links == []
+
+
+async def test_a_clean_shutdown_writes_every_usage_row(
+    stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector, tmp_path: Path
+) -> None:
+    url = database_url(tmp_path, None)
+    broker = await make_broker(database_url=url)
+    await make_connector(broker, stub.url)
+    await wait_models(broker, {"stub-model"})
+    broker.app[LEDGER].interval = 3600  # nothing is written until shutdown
+    async with aiohttp.ClientSession() as http:
+        for _ in range(20):
+            assert (await chat(http, broker, USER_KEY))[0] == 200
+    await broker.stop()
+    store = await Store.open(url)
+    try:
+        assert len(await store.usage_rows()) == 20
+    finally:
+        await store.close()
