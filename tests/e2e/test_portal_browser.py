@@ -39,6 +39,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+HAVE_CHROMIUM = CHROMIUM.is_file()
 WHOLE_KEY = re.compile(rf"^{KEY_PATTERN.pattern}$")
 
 
@@ -46,7 +47,7 @@ WHOLE_KEY = re.compile(rf"^{KEY_PATTERN.pattern}$")
 async def chromium() -> AsyncIterator[Browser]:
     """Debian's chromium, headless, closed (with Playwright's driver) after the test."""
     # No skip: a missing browser is a broken machine, not a reason to test less.
-    assert CHROMIUM.is_file(), "needs Debian's chromium at /usr/bin/chromium (.ci/run installs it)"
+    assert HAVE_CHROMIUM, "needs Debian's chromium at /usr/bin/chromium (.ci/run installs it)"
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
