@@ -54,12 +54,17 @@ def parse_since(text: str | None) -> float:
     return parsed.timestamp()
 
 
-async def run(args: argparse.Namespace, settings: BrokerSettings, out: TextIO = sys.stdout) -> int:
+async def run(
+    args: argparse.Namespace,
+    settings: BrokerSettings,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+) -> int:
     store = await Store.open(database_url(settings.data_dir, settings.database_url))
     try:
         await _dispatch(store, args, out)
     except (StoreError, AdminError) as exc:
-        print(f"remotellm-broker: error: {exc}", file=sys.stderr)
+        print(f"remotellm-broker: error: {exc}", file=err)
         return 1
     finally:
         await store.close()
