@@ -112,6 +112,7 @@ def setup_portal(app: web.Application, settings: BrokerSettings) -> None:
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
+    app[TEMPLATES].filters["num"] = "{:,}".format
     if settings.gitlab_client_id and settings.gitlab_client_secret:
         app[GITLAB] = GitLab(
             settings.gitlab_url,
