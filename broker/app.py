@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -111,6 +113,29 @@ async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
     await go_away_all([*app[LINKS]], "broker stopping")
 
 
+REVOCATION_CHECK = 5.0
+
+
+async def _watch_revoked_connectors(app: web.Application, every: float = REVOCATION_CHECK) -> None:
+    """Send away connectors whose token was revoked (by the admin CLI, say) while connected."""
+    while True:
+        await asyncio.sleep(every)
+        links = [link for link in app.get(LINKS, ()) if link.token_id is not None]
+        if not links:
+            continue
+        try:
+            live = await app[STORE].live_connector_ids(
+                {link.token_id for link in links if link.token_id}
+            )
+        except Exception as exc:
+            log.error("cannot check connector tokens", error=str(exc))
+            continue
+        for link in links:
+            if link.token_id not in live:
+                log.warning("connector token revoked; disconnecting", connector=link.name)
+                await link.go_away("connector token revoked", 30.0)
+
+
 async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the store (creating and migrating it), and the ledger that writes usage to it."""
     settings = app[SETTINGS]
@@ -126,9 +151,13 @@ async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
     app[LIMITER] = Limiter(store.tokens_since)
     app[LEDGER] = ledger
     ledger.start()
+    watcher = asyncio.create_task(_watch_revoked_connectors(app), name="revoked-connectors")
     try:
         yield
     finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
         # After the drain: every finished request's row is written before the store closes.
         await ledger.close()
         await store.close()

@@ -539,6 +539,19 @@ class Store:
             ).first()
         return _token(row) if row is not None else None
 
+    async def live_connector_ids(self, ids: Iterable[int]) -> set[int]:
+        """Which of these connector token ids are not revoked."""
+        wanted = list(ids)
+        if not wanted:
+            return set()
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(connector_tokens.c.id).where(
+                    connector_tokens.c.id.in_(wanted), connector_tokens.c.revoked.is_(None)
+                )
+            )
+            return {int(r.id) for r in rows}
+
     async def connector_seen(self, token_id: int, when: float) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(

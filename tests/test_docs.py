@@ -50,3 +50,21 @@ def test_protocol_spec_names_every_frame_type() -> None:
 def test_ci_runs_exactly_the_readme_test_command() -> None:
     script = (ROOT / ".ci" / "run").read_text()
     assert script.rstrip().splitlines()[-1] == "uv run pytest"
+
+
+def test_every_admin_command_is_in_the_accounts_guide() -> None:
+    import argparse
+
+    from broker.cli import build_parser
+
+    guide = (ROOT / "docs" / "accounts.md").read_text()
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("users", "keys", "connectors"):
+        sub = commands.choices[name]
+        actions = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction))
+        for action in actions.choices:
+            assert f"remotellm-broker {name} {action}" in guide or (f"| {action} USER" in guide), (
+                f"{name} {action}"
+            )
+    assert "remotellm-broker usage" in guide

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from broker.app import _watch_revoked_connectors
 from broker.keys import ACCOUNTS, LEDGER, STORE
 from broker.server import BrokerServer
 from broker.store import Store, database_url
@@ -243,3 +244,22 @@ async def test_a_clean_shutdown_writes_every_usage_row(
         assert len(await store.usage_rows()) == 20
     finally:
         await store.close()
+
+
+async def test_a_connected_connector_is_sent_away_when_its_token_is_revoked(
+    stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector
+) -> None:
+    broker = await make_broker(connector_token=[])
+    raw, _ = await broker.app[STORE].create_connector_token("gpu-box")
+    connector = await make_connector(broker, stub.url, broker_token=raw)
+    await wait_models(broker, {"stub-model"})
+    watcher = asyncio.create_task(_watch_revoked_connectors(broker.app, every=0.05))
+    try:
+        assert await broker.app[STORE].revoke_connector_token("gpu-box")
+        await wait_models(broker, set())
+        await connector.wait_state(LinkState.RECONNECTING)
+        assert broker.hub.links == []
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
