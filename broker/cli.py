@@ -117,10 +117,15 @@ async def serve(settings: BrokerSettings) -> int:
             "serving plain HTTP on a non-loopback address: put a TLS-terminating proxy in front"
             " or pass --tls-cert and --tls-key"
         )
-    if not settings.user_api_key:
-        log.warning("no user API keys configured: every API request will get 401")
-    if not settings.connector_token:
-        log.warning("no connector tokens configured: no connector can attach")
+    if not settings.portal:
+        log.info(
+            "GitLab sign-in is off (no --gitlab-client-id): users get keys from"
+            " `remotellm-broker keys create` or --user-api-key"
+        )
+    if settings.database_url:  # the URL may hold a password: name only the driver
+        log.info("using store", driver=settings.database_url.partition(":")[0])
+    else:
+        log.info("using store", path=str(settings.data_dir / "remotellm.db"))
     log.info("broker listening", host=settings.host, port=server.port)
     with shutdown_signals() as stop:
         try:
