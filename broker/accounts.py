@@ -97,6 +97,8 @@ class Accounts:
         if cached is not None and cached[0] > now:
             return cached[1]
         result = await self._resolve(fingerprint)
+        if result is INVALID_KEY:
+            return result  # unknown keys are not cached: guessing cannot fill the cache
         if len(self._cache) >= _MAX_CACHED:
             self._cache.clear()
         self._cache[fingerprint] = (now + self.ttl, result)

@@ -80,7 +80,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
 def _model_of(body: bytes) -> str | None:
     try:
         parsed: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     model = parsed.get("model") if isinstance(parsed, dict) else None
     return model if isinstance(model, str) and model else None
@@ -203,9 +203,13 @@ async def _admit(
     lease = await request.app[LIMITER].admit(principal)
     if isinstance(lease, Rejection):
         denied = lease.denied
-        return error_response(
+        response = error_response(
             request, denied.status, denied.code, denied.message, retry_after=lease.retry_after
         )
+        if denied.code == "daily_token_limit_exceeded":
+            # Hours away: an SDK's automatic retries (which cap the wait at a minute) cannot help.
+            response.headers["x-should-retry"] = "false"
+        return response
     return body, model, lease
 
 
@@ -268,8 +272,17 @@ class Relay:
         elapsed = time.perf_counter() - self.started
         self.metrics.requests.labels(label, str(self.status)).inc()
         self.metrics.duration.labels(label).observe(elapsed)
-        prompt, completion = self.tally.result() if self.tally is not None else (None, None)
-        self.lease.release((prompt or 0) + (completion or 0))
+        prompt = completion = None
+        charged = 0
+        try:
+            if self.tally is not None:
+                prompt, completion = self.tally.result()
+                charged = (prompt or 0) + (
+                    completion if completion is not None else self.tally.events
+                )
+        finally:
+            # Whatever happened above, the request's slot is given back.
+            self.lease.release(charged)
         principal = self.principal
         log.info(
             "request finished",

@@ -106,10 +106,12 @@ class Limiter:
         wall = self._wall()
         day = math.floor(wall / DAY) * DAY
         if bucket.day != day:
-            bucket.day = day
-            bucket.tokens = 0
+            used = 0
             if who.key_id is not None and self._tokens_since is not None:
-                bucket.tokens = await self._tokens_since(who.key_id, day)
+                used = await self._tokens_since(who.key_id, day)  # may raise: then retried
+            if bucket.day != day:  # another request may have loaded it meanwhile
+                bucket.day = day
+                bucket.tokens = used
         if bucket.tokens < who.limits.daily_tokens:
             return None
         wait = max(1, math.ceil(day + DAY - wall))

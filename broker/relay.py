@@ -8,7 +8,6 @@ link's `Outbox`, batching whatever is ready into one message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
 from collections.abc import Iterable
@@ -270,18 +269,18 @@ async def relay_endpoint(request: web.Request) -> web.StreamResponse:
     link = ConnectorLink(ws, hello, p.DEFAULT_WINDOW, request.transport)
     await ws.send_bytes(p.encode(p.Welcome(p.PROTOCOL_VERSION, link.window)))
     link.token_id = token.id
-    _attach(app, link)
-    if token.id is not None:
-        await asyncio.shield(app[STORE].connector_seen(token.id, time.time()))
-    log.info(
-        "connector connected",
-        connector=link.name,
-        peer=request.remote,
-        models=sorted(link.models),
-        max_concurrency=link.max_concurrency,
-    )
     reason = "connection lost"
     try:
+        _attach(app, link)
+        if token.id is not None:
+            await _seen(app, token.id)
+        log.info(
+            "connector connected",
+            connector=link.name,
+            peer=request.remote,
+            models=sorted(link.models),
+            max_concurrency=link.max_concurrency,
+        )
         reason = await _pump(ws, link, app[HUB])
     finally:
         # Bookkeeping first: the handler may be cancelled again while it awaits below.
@@ -290,9 +289,16 @@ async def relay_endpoint(request: web.Request) -> web.StreamResponse:
         log.info("connector disconnected", connector=link.name, reason=reason)
         await link.stopped()
         if token.id is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(app[STORE].connector_seen(token.id, time.time()))
+            await _seen(app, token.id)
     return ws
+
+
+async def _seen(app: web.Application, token_id: int) -> None:
+    """Note when a connector token was last used; a store failure is logged, never fatal."""
+    try:
+        await asyncio.shield(app[STORE].connector_seen(token_id, time.time()))
+    except Exception as exc:  # the store may be busy or down; the link must not care
+        log.warning("cannot note the connector's last-seen time", error=str(exc))
 
 
 @dataclass(frozen=True)

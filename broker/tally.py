@@ -3,9 +3,10 @@
 OpenAI-style bodies carry `usage.prompt_tokens`/`completion_tokens` (or `input_tokens`/
 `output_tokens` in the Responses API), Anthropic's `usage.input_tokens`/`output_tokens`
 (streamed: in `message_start` and `message_delta`), Ollama's `prompt_eval_count`/
-`eval_count`. A plain body is kept up to 4 MiB and parsed once at the end; an event
-stream keeps only its first 16 KiB and last 64 KiB (where usage events are), and only
-events that mention usage are parsed, once, after the stream ended.
+`eval_count`. A plain body is kept up to 4 MiB and parsed once at the end; of an event
+stream only the first and last few lines that mention usage are kept (whole, however
+long), and parsed once after the stream ended. Events are counted as they pass: the
+estimate of completion tokens for limits when a stream carries no usage.
 """
 
 from __future__ import annotations
@@ -14,53 +15,74 @@ import json
 from typing import Any
 
 BODY_LIMIT = 4 * 1024 * 1024
-HEAD = 16 * 1024
-TAIL = 64 * 1024
+LINE_LIMIT = 8 * 1024 * 1024
+KEPT = 4
 _MARKERS = (b'"usage"', b'"eval_count"', b'"prompt_eval_count"')
 
 
 class TokenTally:
     def __init__(self, content_type: str) -> None:
         self.streaming = content_type.startswith(("text/event-stream", "application/x-ndjson"))
-        self._head = bytearray()
-        self._tail = bytearray()
+        self.sse = content_type.startswith("text/event-stream")
+        self._body = bytearray()
         self._size = 0
+        self._partial = b""
+        self._first: list[bytes] = []
+        self._last: list[bytes] = []
+        self.events = 0
+        """Events (SSE `data:` lines, NDJSON lines) seen: the estimate when usage is missing."""
 
     def feed(self, data: bytes) -> None:
         self._size += len(data)
         if not self.streaming:
             if self._size <= BODY_LIMIT:
-                self._head += data
+                self._body += data
             return
-        if len(self._head) < HEAD:
-            self._head += data
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            if end < 0:
+                rest = data[start:]
+                if len(self._partial) + len(rest) <= LINE_LIMIT:
+                    self._partial += rest
+                return
+            line = self._partial + data[start:end] if self._partial else data[start:end]
+            self._partial = b""
+            start = end + 1
+            self._line(line)
+
+    def _line(self, line: bytes) -> None:
+        if self.sse:
+            if not line.startswith(b"data:"):
+                return
+            line = line[5:]
+        elif not line.strip():
             return
-        tail = self._tail
-        tail += data
-        if len(tail) > 2 * TAIL:
-            del tail[:-TAIL]
+        self.events += 1
+        if any(marker in line for marker in _MARKERS):
+            if len(self._first) < KEPT:
+                self._first.append(line)
+            else:
+                self._last.append(line)
+                if len(self._last) > KEPT:
+                    del self._last[0]
 
     def result(self) -> tuple[int | None, int | None]:
         """(prompt tokens, completion tokens), each None when the response did not say."""
         if not self.streaming:
             if self._size > BODY_LIMIT:
                 return None, None
-            return _counts([_parse(bytes(self._head))])
-        objects: list[Any] = []
-        for part in (self._head, self._tail):
-            for line in bytes(part).splitlines():
-                if not any(marker in line for marker in _MARKERS):
-                    continue
-                if line.startswith(b"data:"):
-                    line = line[5:]
-                objects.append(_parse(line.strip()))
-        return _counts(objects)
+            return _counts([_parse(bytes(self._body))])
+        if self._partial:
+            self._line(self._partial)
+            self._partial = b""
+        return _counts([_parse(line.strip()) for line in (*self._first, *self._last)])
 
 
 def _parse(data: bytes) -> Any:
     try:
         return json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import secrets
+import shlex
 import time
 import warnings
 from collections.abc import Awaitable, Callable
@@ -43,6 +45,8 @@ PORTAL_PATHS = ("/login", "/logout", "/auth/", "/portal", "/admin", "/static/")
 SESSION_COOKIE = "remotellm_session"
 SESSION_MAX_AGE = 7 * 24 * 3600
 SIGN_IN_MAX_AGE = 600
+MIN_SECRET = 16
+MAX_KEYS = 10  # live keys a user may make in the portal (limits are counted per key)
 USAGE_DAYS = 30
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
 SECURITY_HEADERS = {
@@ -56,20 +60,60 @@ SECURITY_HEADERS = {
 }
 
 View = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REVEAL_TTL = 300.0
+
+
+class Reveals:
+    """New raw keys waiting to be shown once, in this process's memory only.
+
+    The session cookie carries a random nonce, never the key: the key is gone once shown
+    (or after five minutes), so a copied cookie cannot show it again.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._waiting: dict[str, tuple[float, int, str]] = {}
+
+    def put(self, user_id: int, raw: str) -> str:
+        now = self._clock()
+        for nonce in [n for n, (until, _, _) in self._waiting.items() if until < now]:
+            del self._waiting[nonce]
+        nonce = secrets.token_urlsafe(24)
+        self._waiting[nonce] = (now + REVEAL_TTL, user_id, raw)
+        return nonce
+
+    def take(self, nonce: str, user_id: int) -> str | None:
+        found = self._waiting.pop(nonce, None)
+        if found is None or found[0] < self._clock() or found[1] != user_id:
+            return None
+        return found[2]
+
+
+REVEALS = web.AppKey("reveals", Reveals)
 
 
 def session_key(settings: BrokerSettings) -> bytes:
     """The Fernet key of session cookies: from --session-secret, else kept in the data dir."""
     if settings.session_secret is not None:
         secret = settings.session_secret.get_secret_value().encode()
+        where = "--session-secret"
     else:
         path = Path(settings.data_dir) / "session-secret"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # Written whole under a temporary name, then renamed: a crash or a second broker
+            # starting at the same moment never leaves an empty (guessable) secret behind.
+            temp = path.with_name(f".session-secret.{os.getpid()}.{secrets.token_hex(4)}")
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as out:
                 out.write(secrets.token_urlsafe(48))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, path) if not path.exists() else temp.unlink()
         secret = path.read_bytes().strip()
+        where = str(path)
+    if len(secret) < MIN_SECRET:
+        raise ValueError(f"the session secret ({where}) must be at least {MIN_SECRET} characters")
     return base64.urlsafe_b64encode(hashlib.sha256(secret).digest())
 
 
@@ -107,6 +151,7 @@ def setup_portal(app: web.Application, settings: BrokerSettings) -> None:
         return response
 
     app.middlewares.append(portal_sessions)
+    app[REVEALS] = Reveals()
     app[TEMPLATES] = jinja2.Environment(
         loader=jinja2.PackageLoader("broker.portal", "templates"),
         autoescape=True,
@@ -188,7 +233,7 @@ async def _check_csrf(request: web.Request, session: Session) -> web.Response | 
     form = await request.post()
     given = form.get("csrf")
     expected = session.get("csrf")
-    if isinstance(given, str) and expected and hmac.compare_digest(given, expected):
+    if isinstance(given, str) and expected and _same(given, str(expected)):
         return None
     return error_page(
         request,
@@ -198,12 +243,18 @@ async def _check_csrf(request: web.Request, session: Session) -> web.Response | 
     )
 
 
+def _same(a: str, b: str) -> bool:
+    """Constant-time equality of two strings of any characters."""
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
 async def _signed_in(request: web.Request) -> tuple[Session, User] | web.Response:
     """The session and its active user, or where to send the browser instead."""
     session = await _session(request)
     user_id = session.get("uid")
     user = await request.app[STORE].user(user_id) if isinstance(user_id, int) else None
     if user is None:
+        session.pop("uid", None)  # a session of a user the store no longer has: start over
         raise web.HTTPFound("/")
     if user.blocked:
         return render(request, "blocked.html", status=403, session=session, user=None)
@@ -240,7 +291,15 @@ async def callback(request: web.Request) -> web.Response:
     session = await _session(request)
     pending = session.pop("oauth", None)  # single use, whatever happens next
     query = request.query
-    if query.get("error"):
+    state, code = query.get("state", ""), query.get("code", "")
+    valid = (
+        isinstance(pending, dict)
+        and bool(state)
+        and _same(str(pending.get("state", "")), state)
+        and time.time() - float(pending.get("at", 0)) <= SIGN_IN_MAX_AGE
+    )
+    if valid and query.get("error"):
+        # Only for a sign-in that started here: nobody can put words on this page by link.
         return error_page(
             request,
             400,
@@ -248,14 +307,7 @@ async def callback(request: web.Request) -> web.Response:
             f"GitLab said: {query.get('error_description') or query['error']}.",
             retry=True,
         )
-    state, code = query.get("state", ""), query.get("code", "")
-    if (
-        not isinstance(pending, dict)
-        or not state
-        or not code
-        or not hmac.compare_digest(str(pending.get("state", "")), state)
-        or time.time() - float(pending.get("at", 0)) > SIGN_IN_MAX_AGE
-    ):
+    if not valid or not code:
         log.warning("sign-in state mismatch or expired")
         return error_page(
             request,
@@ -308,7 +360,7 @@ async def callback(request: web.Request) -> web.Response:
     fresh["csrf"] = secrets.token_urlsafe(32)
     if new or not any(k.usable(time.time()) for k in await store.keys(user.id)):
         raw, _ = await store.create_key(user.id, "default")
-        fresh["new_key"] = raw
+        fresh["reveal"] = request.app[REVEALS].put(user.id, raw)
     raise web.HTTPFound("/portal")
 
 
@@ -336,18 +388,54 @@ async def home(request: web.Request) -> web.Response:
     if isinstance(signed, web.Response):
         return signed
     session, user = signed
-    new_key = session.pop("new_key", None)
+    new_key = _revealed(request, session, user)
     models = _models_for(request, user)
     return render(
         request,
         "home.html",
         session=session,
         user=user,
-        new_key=new_key,
         base_url=public_url(request) + "/v1",
         models=models,
-        example_model=models[0] if models else "MODEL",
+        **_reveal(request, user, new_key),
     )
+
+
+def _revealed(request: web.Request, session: Session, user: User) -> str | None:
+    nonce = session.pop("reveal", None)
+    return request.app[REVEALS].take(nonce, user.id) if isinstance(nonce, str) else None
+
+
+def _reveal(request: web.Request, user: User, new_key: str | None) -> dict[str, Any]:
+    """The template values that show a new key once, with examples that work as pasted."""
+    if new_key is None:
+        return {"new_key": None}
+    base = public_url(request) + "/v1"
+    models = _models_for(request, user)
+    model = models[0] if models else "MODEL"
+    payload = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
+    # Quoted for the shell and for Python: a model name is never code when pasted.
+    curl = (
+        f"curl {shlex.quote(base + '/chat/completions')} \\\n"
+        f"  -H {shlex.quote('Authorization: Bearer ' + new_key)} \\\n"
+        "  -H 'Content-Type: application/json' \\\n"
+        f"  -d {shlex.quote(payload)}"
+    )
+    python = (
+        "from openai import OpenAI\n\n"
+        f"client = OpenAI(base_url={json.dumps(base)}, api_key={json.dumps(new_key)})\n"
+        "reply = client.chat.completions.create(\n"
+        f"    model={json.dumps(model)},\n"
+        '    messages=[{"role": "user", "content": "Hello!"}],\n'
+        ")\n"
+        "print(reply.choices[0].message.content)"
+    )
+    return {
+        "new_key": new_key,
+        "curl_example": curl,
+        "python_example": python,
+        "no_model": not models,
+    }
 
 
 async def keys_page(request: web.Request) -> web.Response:
@@ -355,19 +443,18 @@ async def keys_page(request: web.Request) -> web.Response:
     if isinstance(signed, web.Response):
         return signed
     session, user = signed
-    now = time.time()
-    keys = [k for k in await request.app[STORE].keys(user.id)]
+    new_key = _revealed(request, session, user)
     return render(
         request,
         "keys.html",
         session=session,
         user=user,
-        keys=keys,
-        now=now,
-        new_key=session.pop("new_key", None),
-        base_url=public_url(request) + "/v1",
-        example_model=(_models_for(request, user) or ["MODEL"])[0],
+        keys=await request.app[STORE].keys(user.id),
+        now=time.time(),
         fmt=_when,
+        max_keys=MAX_KEYS,
+        base_url=public_url(request) + "/v1",
+        **_reveal(request, user, new_key),
     )
 
 
@@ -381,9 +468,18 @@ async def create_key(request: web.Request) -> web.Response:
         return denied
     form = await request.post()
     name = str(form.get("name") or "").strip()[:100] or "unnamed"
-    raw, key = await request.app[STORE].create_key(user.id, name)
-    log.info("key created", username=user.username, key_id=key.id)
-    session["new_key"] = raw
+    store = request.app[STORE]
+    live = [k for k in await store.keys(user.id) if k.usable(time.time())]
+    if len(live) >= MAX_KEYS:
+        return error_page(
+            request,
+            400,
+            "Too many keys",
+            f"You have {len(live)} keys that work; revoke one you no longer use first.",
+        )
+    raw, key = await store.create_key(user.id, name)
+    log.info("key created", username=user.username, record=key.id)
+    session["reveal"] = request.app[REVEALS].put(user.id, raw)
     raise web.HTTPFound("/portal/keys")
 
 
@@ -401,7 +497,7 @@ async def revoke_key(request: web.Request) -> web.Response:
             request, 404, "No such key", "This key does not exist or is already revoked."
         )
     request.app[ACCOUNTS].forget()
-    log.info("key revoked", username=user.username, key_id=key_id)
+    log.info("key revoked", username=user.username, record=key_id)
     raise web.HTTPFound("/portal/keys")
 
 

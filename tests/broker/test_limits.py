@@ -79,3 +79,24 @@ async def test_keys_are_counted_apart() -> None:
     assert isinstance(await limiter.admit(one), Lease)
     assert isinstance(await limiter.admit(two), Lease)
     assert isinstance(await limiter.admit(one), Rejection)
+
+
+async def test_a_failed_read_of_todays_tokens_is_retried_not_taken_as_zero() -> None:
+    calls = 0
+
+    async def tokens_since(key_id: int, since: float) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("database is locked")
+        return 500
+
+    limiter = Limiter(tokens_since)
+    try:
+        await limiter.admit(who(daily_tokens=100))
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the store error should reach the caller")
+    rejected = await limiter.admit(who(daily_tokens=100))
+    assert isinstance(rejected, Rejection) and calls == 2

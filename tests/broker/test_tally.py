@@ -64,3 +64,33 @@ def test_no_usage_or_garbage_gives_none() -> None:
         tally = TokenTally(content_type)
         tally.feed(body)
         assert tally.result() == (None, None), body
+
+
+def test_a_long_final_event_keeps_its_usage() -> None:
+    # The Responses API repeats the whole output in `response.completed`, usage at its end.
+    tally = TokenTally("text/event-stream")
+    text = "y" * 300_000
+    tally.feed(b'event: response.output_text.delta\ndata: {"delta":"y"}\n\n')
+    done = {"type": "response.completed", "response": {"output": text, "usage": {}}}
+    done["response"]["usage"] = {"input_tokens": 9, "output_tokens": 75_000}  # type: ignore[index]
+    feed_in_pieces(tally, b"event: response.completed\ndata: " + json.dumps(done).encode(), 4096)
+    feed_in_pieces(tally, b"\n\n", 1)
+    assert tally.result() == (9, 75_000)
+
+
+def test_a_stream_without_usage_counts_its_events() -> None:
+    tally = TokenTally("text/event-stream")
+    for i in range(40):
+        feed_in_pieces(
+            tally, f'data: {{"choices":[{{"delta":{{"content":"t{i}"}}}}]}}\n\n'.encode()
+        )
+    tally.feed(b"data: [DONE]\n\n")
+    assert tally.result() == (None, None)
+    assert tally.events == 41
+
+
+def test_hostile_nesting_does_not_raise() -> None:
+    for content_type in ("application/json", "text/event-stream"):
+        tally = TokenTally(content_type)
+        tally.feed(b'data: {"usage": ' + b"[" * 100_000 + b"\n\n")
+        assert tally.result() == (None, None)

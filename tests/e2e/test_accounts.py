@@ -222,8 +222,9 @@ async def test_connector_tokens_from_the_store(
     await connector.stop()
     await broker.app[STORE].revoke_connector_token("gpu-box")
     refused = await make_connector(broker, stub.url, broker_token=raw)
-    await asyncio.sleep(0.3)
-    assert refused.connector.status.state is not LinkState.CONNECTED
+    await refused.wait_state(LinkState.RECONNECTING)
+    error = refused.connector.status.last_error or ""
+    assert "401" in error or "token" in error, error
     assert broker.hub.links == []
 
 
@@ -263,3 +264,23 @@ async def test_a_connected_connector_is_sent_away_when_its_token_is_revoked(
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+
+
+async def test_a_failing_store_never_leaves_a_ghost_connector(
+    stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector
+) -> None:
+    broker = await make_broker(connector_token=[])
+    store = broker.app[STORE]
+    raw, _ = await store.create_connector_token("gpu-box")
+
+    async def locked(token_id: int, when: float) -> None:
+        raise OSError("database is locked")
+
+    store.connector_seen = locked  # type: ignore[method-assign]
+    connector = await make_connector(broker, stub.url, broker_token=raw)
+    await wait_models(broker, {"stub-model"})
+    async with aiohttp.ClientSession() as http:
+        assert (await chat(http, broker, USER_KEY))[0] == 200
+    await connector.stop()
+    await wait_models(broker, set())
+    assert broker.hub.links == []

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import html as html_lib
+import json
 import re
+import shlex
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -11,8 +15,10 @@ from urllib.parse import parse_qs, urlparse
 import aiohttp
 import pytest
 from openai import AsyncOpenAI
+from pydantic import SecretStr
 
 from broker.keys import ACCOUNTS, STORE
+from broker.portal.views import Reveals
 from broker.server import BrokerServer
 from tests.conftest import MakeBroker, MakeConnector, wait_models
 from tests.fake_gitlab import CLIENT_ID, CLIENT_SECRET, FakeGitLab, FakeUser
@@ -212,12 +218,65 @@ async def test_gitlab_down_gives_a_clear_page(make_broker: MakeBroker, gitlab: F
             assert "GitLab is not answering" in await response.text()
 
 
-async def test_denied_consent_says_so(portal: Portal) -> None:
+async def test_denied_consent_says_so_but_only_for_a_sign_in_started_here(portal: Portal) -> None:
     async with browser() as session:
-        url = f"{portal.url}/auth/callback?error=access_denied&error_description=The+user+denied"
-        async with session.get(url) as response:
+        async with session.get(portal.url + "/login", allow_redirects=False) as start:
+            state = parse_qs(urlparse(start.headers["Location"]).query)["state"][0]
+        denied = "error=access_denied&error_description=The+user+denied"
+        async with session.get(f"{portal.url}/auth/callback?{denied}&state={state}") as response:
             assert response.status == 400
             assert "The user denied" in await response.text()
+    async with browser() as session:
+        # A crafted link cannot put its words on the portal's pages.
+        forged = f"{portal.url}/auth/callback?error=x&error_description=Call+0900-SCAM&state=z"
+        async with session.get(forged) as response:
+            assert response.status == 400
+            assert "SCAM" not in await response.text()
+
+
+async def test_the_new_key_is_not_in_the_cookie_and_shows_only_once(portal: Portal) -> None:
+    async with browser() as session:
+        async with session.get(portal.url + "/login", allow_redirects=False) as start:
+            authorize = start.headers["Location"]
+        async with session.get(authorize, allow_redirects=False) as granted:
+            callback = granted.headers["Location"]
+        async with session.get(callback, allow_redirects=False) as signed_in:
+            assert signed_in.headers["Location"] == "/portal"
+        cookies = {c.key: c.value for c in session.cookie_jar}
+        async with session.get(portal.url + "/portal") as first:
+            key = KEY_PATTERN.findall(await first.text())[0]
+    assert all(key not in value for value in cookies.values())
+    # Someone who copied the cookie before the key was shown cannot see it again.
+    async with (
+        aiohttp.ClientSession(cookies=cookies) as thief,
+        thief.get(portal.url + "/portal") as page,
+    ):
+        assert page.status == 200 and KEY_PATTERN.search(await page.text()) is None
+
+
+async def test_examples_quote_any_model_name(
+    make_broker: MakeBroker, make_connector: MakeConnector, gitlab: FakeGitLab
+) -> None:
+    evil = StubLLM(models=["a'; touch /tmp/pwned; echo '\"x"])
+    await evil.start()
+    try:
+        portal = await make_portal(make_broker, gitlab)
+        await make_connector(portal.broker, evil.url)
+        await wait_models(portal.broker, set(evil.models))
+        async with browser() as session:
+            _, html = await sign_in(session, portal)
+        curl = html_lib.unescape(re.search(r'id="curl-example"><code>(.*?)</code>', html, re.S)[1])
+        args = shlex.split(curl.replace("\\\n", " "))
+        assert args[0] == "curl" and len(args) == 8
+        assert json.loads(args[-1])["model"] == evil.models[0]
+        python = html_lib.unescape(
+            re.search(r'id="python-example"><code>(.*?)</code>', html, re.S)[1]
+        )
+        tree = ast.parse(python)  # valid Python, and the name is one string constant
+        strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)]
+        assert evil.models[0] in strings
+    finally:
+        await evil.stop()
 
 
 async def test_keys_page_creates_and_revokes_with_csrf(
@@ -326,3 +385,34 @@ async def test_portal_without_gitlab_says_to_ask_the_operator(make_broker: MakeB
             assert "Ask its operator for an API key" in await landing.text()
         async with http.get(broker.base_url + "/login") as login:
             assert login.status == 404
+
+
+async def test_a_user_cannot_make_more_than_ten_live_keys(portal: Portal) -> None:
+    async with browser() as session:
+        _, html = await sign_in(session, portal)
+        token = csrf_of(html)
+        for i in range(9):
+            async with session.post(
+                portal.url + "/portal/keys", data={"name": f"k{i}", "csrf": token}
+            ) as made:
+                assert made.status == 200
+        async with session.post(
+            portal.url + "/portal/keys", data={"name": "one too many", "csrf": token}
+        ) as refused:
+            assert refused.status == 400 and "revoke one" in await refused.text()
+    user = await portal.broker.app[STORE].find_user("alice")
+    assert len(await portal.broker.app[STORE].keys(user.id)) == 10
+
+
+async def test_a_short_session_secret_is_refused(make_broker: MakeBroker) -> None:
+    with pytest.raises(ValueError, match="at least 16"):
+        await make_broker(session_secret=SecretStr("short"))
+
+
+def test_a_revealed_key_is_given_once_to_its_owner_only() -> None:
+    reveals = Reveals()
+    nonce = reveals.put(1, "sk-secret")
+    assert reveals.take(nonce, 2) is None  # not someone else's
+    nonce = reveals.put(1, "sk-secret")
+    assert reveals.take(nonce, 1) == "sk-secret"
+    assert reveals.take(nonce, 1) is None
