@@ -105,6 +105,15 @@ class StoreError(Exception):
     """A store operation that cannot be done as asked (unknown user, duplicate name, …)."""
 
 
+MAX_NAME = 255
+
+
+def _name(value: str, what: str) -> str:
+    if not value.strip() or len(value) > MAX_NAME:
+        raise StoreError(f"a {what} must be 1 to {MAX_NAME} characters")
+    return value
+
+
 @dataclass(frozen=True)
 class User:
     id: int
@@ -298,6 +307,7 @@ class Store:
 
     async def sign_in(self, gitlab_id: int, username: str, name: str) -> tuple[User, bool]:
         """Create or refresh the user with this GitLab id; also says whether it is new."""
+        username, name = username[:MAX_NAME], name[:MAX_NAME]
         async with self.engine.begin() as conn:
             row = (
                 await conn.execute(sa.select(users).where(users.c.gitlab_id == gitlab_id))
@@ -335,6 +345,8 @@ class Store:
 
     async def create_user(self, username: str, name: str = "", role: Role = "user") -> User:
         """A user that does not sign in through GitLab (keys made by an admin)."""
+        _name(username, "username")
+        _name(name or "-", "display name")
         async with self.engine.begin() as conn:
             taken = await conn.scalar(sa.select(users.c.id).where(users.c.username == username))
             if taken is not None:
@@ -407,6 +419,7 @@ class Store:
         self, user_id: int, name: str, expires: float | None = None
     ) -> tuple[str, ApiKey]:
         """A new key for a user: the raw key (show it once, it is not kept) and its record."""
+        _name(name, "key name")
         raw = keyformat.generate(keyformat.API_KEY_PREFIX)
         async with self.engine.begin() as conn:
             owner = await conn.scalar(sa.select(users.c.id).where(users.c.id == user_id))
@@ -483,6 +496,7 @@ class Store:
     async def create_connector_token(
         self, name: str, owner_id: int | None = None
     ) -> tuple[str, ConnectorToken]:
+        _name(name, "connector name")
         raw = keyformat.generate(keyformat.CONNECTOR_TOKEN_PREFIX)
         async with self.engine.begin() as conn:
             taken = await conn.scalar(

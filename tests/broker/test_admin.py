@@ -151,5 +151,7 @@ async def test_admin_errors_are_clear_and_change_nothing(tmp_path: Path) -> None
     assert code == 1 and "--rpm must be 0" in err
     code, out, _ = await admin(data, "users", "list")
     assert out.count("fay") == 1 and "-3" not in out
+    code, _, err = await admin(data, "connectors", "create", "x" * 300)
+    assert code == 1 and "1 to 255 characters" in err
     code, _, err = await admin(data, "users", "frobnicate")
     assert code == 2 and "invalid choice" in err
