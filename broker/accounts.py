@@ -75,6 +75,7 @@ class Accounts:
         self.ttl = ttl
         self._clock = clock
         self._cache: dict[str, tuple[float, Principal | Denied]] = {}
+        self._configured: dict[str, Principal] = {}
 
     def forget(self) -> None:
         """Drop every cached key, so a revocation or a block counts from the next request."""
@@ -84,11 +85,12 @@ class Accounts:
         if not presented:
             return INVALID_KEY
         if self.configured.accepts(presented):
-            return Principal(
-                bucket="cfg:" + keyformat.fingerprint(presented)[:16],
-                limits=self.defaults,
-                username="(configured key)",
-            )
+            bucket = "cfg:" + keyformat.fingerprint(presented)[:16]
+            known = self._configured.get(bucket)
+            if known is None:
+                known = Principal(bucket=bucket, limits=self.defaults, username="(configured key)")
+                self._configured[bucket] = known
+            return known
         if self.store is None or not keyformat.well_formed(presented):
             return INVALID_KEY  # a typo fails the checksum without a look-up
         fingerprint = keyformat.fingerprint(presented)
