@@ -100,11 +100,16 @@ class ProfileStore:
             profile.secrets_error = str(exc)
         return profile
 
-    def save(self, profile: Profile) -> None:
-        """Write the non-secret values to the file and the secrets to the store."""
-        for name in SECRET_FIELDS:
-            if name in profile.secrets:
-                self.secrets.set(name, profile.secrets[name])
+    def save(self, profile: Profile, *, with_secrets: bool = True) -> None:
+        """Write the non-secret values to the file and (unless told not to) the secrets to the
+        store; raises KeyringUnavailable after writing the file when the keyring is missing."""
+        self._write(profile)
+        if with_secrets:
+            for name in SECRET_FIELDS:
+                if name in profile.secrets:
+                    self.secrets.set(name, profile.secrets[name])
+
+    def _write(self, profile: Profile) -> None:
         content: dict[str, Any] = {
             k: v for k, v in profile.values.items() if v not in (None, "", []) and k in _PLAIN
         }

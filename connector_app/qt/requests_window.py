@@ -1,0 +1,218 @@
+"""The Requests window: recent requests, who is using the GPU now, connection events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Final
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+    QTimer,
+)
+from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QSplitter,
+    QTableView,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from connector_app.core.activity import Activity, LinkEvent, RequestEvent, RequestFinished
+from connector_app.qt.bridge import Bridge
+
+COLUMNS: Final = ("Time", "Request ID", "Model", "Status", "Duration", "Tokens")
+ID_COLUMN: Final = 1
+
+AnyIndex = QModelIndex | QPersistentModelIndex
+
+
+def clock_time(at: float) -> str:
+    return datetime.fromtimestamp(at).strftime("%H:%M:%S")
+
+
+def tokens_text(event: RequestFinished) -> str:
+    if event.prompt_tokens is None and event.completion_tokens is None:
+        return ""
+    return f"{event.prompt_tokens or 0} → {event.completion_tokens or 0}"
+
+
+def status_text(event: RequestFinished) -> str:
+    if event.status is None:
+        return event.outcome
+    return str(event.status) if event.outcome == "ok" else f"{event.status} ({event.outcome})"
+
+
+class RequestsModel(QAbstractTableModel):
+    """Finished requests, newest first, at most `limit` rows."""
+
+    def __init__(self, limit: int, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.limit = limit
+        self.rows: list[RequestFinished] = []
+
+    def rowCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return COLUMNS[section]
+        return None
+
+    def data(self, index: AnyIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role != Qt.ItemDataRole.DisplayRole or not index.isValid():
+            return None
+        event = self.rows[index.row()]
+        return (
+            clock_time(event.at),
+            event.request_id,
+            event.model,
+            status_text(event),
+            f"{event.duration * 1000:.0f} ms",
+            tokens_text(event),
+        )[index.column()]
+
+    def add(self, event: RequestFinished) -> None:
+        self.beginInsertRows(QModelIndex(), 0, 0)
+        self.rows.insert(0, event)
+        self.endInsertRows()
+        if len(self.rows) > self.limit:
+            self.beginRemoveRows(QModelIndex(), self.limit, len(self.rows) - 1)
+            del self.rows[self.limit :]
+            self.endRemoveRows()
+
+
+class RequestsWindow(QWidget):
+    """Live view of the connector's traffic; closing it only hides it."""
+
+    def __init__(
+        self, bridge: Bridge, clock: Callable[[], float] = time.time, parent: QWidget | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("RemoteLLM — Requests")
+        self.resize(820, 560)
+        self.bridge = bridge
+        self.clock = clock
+        activity: Activity = bridge.activity
+        self.model = RequestsModel(activity.limit, self)
+        for event in activity.recent:
+            self.model.add(event)
+        self.proxy = QSortFilterProxyModel(self)
+        self.proxy.setSourceModel(self.model)
+        self.proxy.setFilterKeyColumn(-1)
+        self.proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+
+        self.filter = QLineEdit(placeholderText="Filter by request id, model or status")
+        self.filter.setClearButtonEnabled(True)
+        self.filter.textChanged.connect(self.proxy.setFilterFixedString)
+        self.copy_button = QPushButton("Copy request id")
+        self.copy_button.clicked.connect(self.copy_request_id)
+
+        self.table = QTableView()
+        self.table.setModel(self.proxy)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.verticalHeader().hide()
+        self.table.horizontalHeader().setSectionResizeMode(
+            ID_COLUMN, QHeaderView.ResizeMode.Stretch
+        )
+        self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
+        copy = QAction("Copy request id", self.table)
+        copy.setShortcut(QKeySequence.StandardKey.Copy)
+        copy.triggered.connect(self.copy_request_id)
+        self.table.addAction(copy)
+
+        self.in_flight_label = QLabel()
+        self.in_flight = QTableWidget(0, 3)
+        self.in_flight.setHorizontalHeaderLabels(["Request ID", "Model", "Age"])
+        self.in_flight.verticalHeader().hide()
+        self.in_flight.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.in_flight.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+
+        self.events = QPlainTextEdit(readOnly=True)
+        self.events.setMaximumBlockCount(activity.events_limit)
+        for link_event in activity.link_events:
+            self.add_link_event(link_event)
+
+        top = QHBoxLayout()
+        top.addWidget(self.filter)
+        top.addWidget(self.copy_button)
+        recent = QWidget()
+        recent_layout = QVBoxLayout(recent)
+        recent_layout.setContentsMargins(0, 0, 0, 0)
+        recent_layout.addLayout(top)
+        recent_layout.addWidget(self.table)
+        now = QWidget()
+        now_layout = QVBoxLayout(now)
+        now_layout.setContentsMargins(0, 0, 0, 0)
+        now_layout.addWidget(self.in_flight_label)
+        now_layout.addWidget(self.in_flight)
+        log = QWidget()
+        log_layout = QVBoxLayout(log)
+        log_layout.setContentsMargins(0, 0, 0, 0)
+        log_layout.addWidget(QLabel("Connection events"))
+        log_layout.addWidget(self.events)
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        for part in (recent, now, log):
+            splitter.addWidget(part)
+        splitter.setSizes([300, 120, 120])
+        layout = QVBoxLayout(self)
+        layout.addWidget(splitter)
+
+        bridge.request_event.connect(self.on_request)
+        bridge.link_event.connect(self.add_link_event)
+        self.ages = QTimer(self, interval=1000)
+        self.ages.timeout.connect(self.refresh_in_flight)
+        self.ages.start()
+        self.refresh_in_flight()
+
+    def on_request(self, event: RequestEvent) -> None:
+        if isinstance(event, RequestFinished):
+            self.model.add(event)
+        self.refresh_in_flight()
+
+    def add_link_event(self, event: LinkEvent) -> None:
+        self.events.appendPlainText(f"{clock_time(event.at)}  {event.text}")
+
+    def refresh_in_flight(self) -> None:
+        """Who is using the GPU right now: each request in flight, its model and age."""
+        running = sorted(self.bridge.activity.in_flight.values(), key=lambda e: e.at)
+        self.in_flight_label.setText(
+            f"In flight now: {len(running)}" if running else "In flight now: none (GPU idle)"
+        )
+        self.in_flight.setRowCount(len(running))
+        now = self.clock()
+        for row, event in enumerate(running):
+            age = f"{max(0.0, now - event.at):.0f} s"
+            for column, text in enumerate((event.request_id, event.model, age)):
+                self.in_flight.setItem(row, column, QTableWidgetItem(text))
+
+    def selected_request_id(self) -> str | None:
+        rows = self.table.selectionModel().selectedRows(ID_COLUMN)
+        if not rows:
+            return None
+        return str(self.proxy.data(rows[0]))
+
+    def copy_request_id(self) -> None:
+        request_id = self.selected_request_id()
+        if request_id:
+            QGuiApplication.clipboard().setText(request_id)
