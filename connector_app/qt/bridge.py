@@ -135,6 +135,7 @@ class Bridge(QObject):
         finally:
             if self.connector is connector:
                 self.connector = None
+                self._task = None  # `serving` is False from here on, inside this very task
             self._on_status(Status(available=connector.status.available))
             self.serving_changed.emit(False)
 
