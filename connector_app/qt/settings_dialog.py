@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from connector_app.core.discovery import detect_local_server
+from connector_app.core.discovery import KNOWN_SERVERS, detect_local_server
 from connector_app.core.probe import Check, check_broker, check_local
 from connector_app.core.profile import ENV_PREFIX, Profile, TrayPrefs
 from connector_app.core.settings import is_loopback, normalise_broker_url, normalise_llm_url
@@ -260,12 +260,14 @@ class SettingsDialog(QDialog):
         self.outcome.setStyleSheet("" if local.ok and broker.ok else ERROR_STYLE)
         return [local, broker]
 
-    async def detect(self) -> tuple[str, str] | None:
+    async def detect(
+        self, servers: Sequence[tuple[str, int]] = KNOWN_SERVERS
+    ) -> tuple[str, str] | None:
         """First run: find a local server on the usual ports and pre-fill its URL and models."""
         self.busy.show()
         self.outcome.setText("Looking for a local LLM server (Ollama, llama.cpp, LM Studio, vLLM)…")
         try:
-            found = await detect_local_server()
+            found = await detect_local_server(servers=servers)
             if found is not None:
                 kind, url = found
                 self.llm_url.setText(url)

@@ -36,6 +36,8 @@ class QLoop:
     """Runs coroutines on a qasync loop bound to the test's QApplication."""
 
     def __init__(self, app: QApplication) -> None:
+        # As in the app: a window closing must not end the event loop under the test.
+        app.setQuitOnLastWindowClosed(False)
         self.loop = qasync.QEventLoop(app)
         asyncio.set_event_loop(self.loop)
 
