@@ -50,12 +50,16 @@ class SingleInstance(QObject):
     def _on_connection(self) -> None:
         assert self.server is not None
         while (socket := self.server.nextPendingConnection()) is not None:
-            socket.readyRead.connect(lambda s=socket: self._read(s))
-            socket.disconnected.connect(socket.deleteLater)
+            # The socket is the server's child; Qt frees it with the server.
+            socket.readyRead.connect(self._read)
 
-    def _read(self, socket: QLocalSocket) -> None:
+    def _read(self) -> None:
+        socket = self.sender()
+        if not isinstance(socket, QLocalSocket):
+            return
         if bytes(socket.readAll().data()).startswith(MESSAGE.strip()):
             self.activated.emit()
+        socket.abort()
 
     def release(self) -> None:
         if self.server is not None:
