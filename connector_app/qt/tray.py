@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 from PySide6.QtCore import QObject, QTimer
-from PySide6.QtGui import QAction, QIcon
+from PySide6.QtGui import QAction, QCursor, QIcon
 from PySide6.QtWidgets import QMenu, QMessageBox, QSystemTrayIcon
 
 from connector_app.core.autostart import Autostart, AutostartError
@@ -72,6 +73,7 @@ class TrayApp(QObject):
 
         self.tray = QSystemTrayIcon(icon_for(TrayState.STOPPED))
         self.tray.setContextMenu(self.menu)
+        self.menu.aboutToShow.connect(lambda: log.info("tray menu opened"))
         self.tray.activated.connect(self._on_activated)
         self.notifier = Notifier(self.notify, enabled=bridge.profile.prefs.notifications)
         self._waited = 0.0
@@ -90,9 +92,10 @@ class TrayApp(QObject):
         """Show the tray (or the window), then serve or ask for settings."""
         if self.tray_available():
             self.tray.show()
+            log.info("tray icon shown")
         else:
             self._tray_timer.start()
-        if self.bridge.is_complete() and not self.first_run:
+        if self.bridge.is_complete():
             if self.bridge.profile.prefs.serve_on_launch:
                 self.start()
         else:
@@ -244,8 +247,16 @@ class TrayApp(QObject):
         return path
 
     def _on_activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
-        if reason == QSystemTrayIcon.ActivationReason.Trigger and self.bridge.problem:
+        """A left click: Settings when something needs fixing, else the menu (as a right click).
+
+        macOS already opens the menu on any click, so only other platforms pop it up here.
+        """
+        if reason != QSystemTrayIcon.ActivationReason.Trigger:
+            return
+        if self.bridge.problem:
             self.show_settings()
+        elif sys.platform != "darwin":
+            self.menu.popup(QCursor.pos())
 
     def quit(self) -> None:
         self.bridge.spawn(self.shutdown())

@@ -22,8 +22,8 @@ from connector_app.core.backoff import Backoff
 from connector_app.core.profile import Profile, ProfileStore, TrayPrefs
 from connector_app.core.secrets import KeyringStore
 from connector_app.qt.bridge import Bridge
-from tests.connector_app.core.test_profile import MemoryKeyring
 from tests.conftest import CONNECTOR_TOKEN, broker_settings
+from tests.connector_app.core.test_profile import MemoryKeyring
 from tests.stub_llm import StubLLM
 
 # Set before any QApplication exists; the real-desktop test passes its own environment.

@@ -46,7 +46,9 @@ def test_rows_follow_request_events_newest_first_and_stay_bounded(
     for i in range(8):
         window.bridge.events.publish(finished(i))
     assert window.model.rowCount() == 5
-    assert [cell(window, r, "Request ID") for r in range(5)] == [f"req-{i}" for i in (7, 6, 5, 4, 3)]
+    assert [cell(window, r, "Request ID") for r in range(5)] == [
+        f"req-{i}" for i in (7, 6, 5, 4, 3)
+    ]
     assert len(window.bridge.activity.recent) == 5
     assert cell(window, 0, "Status") == "200"
     assert cell(window, 0, "Duration") == "250 ms"
@@ -96,7 +98,7 @@ def test_connection_events_are_logged_and_bounded(qtbot: QtBot, store: ProfileSt
         Status(state=LinkState.CONNECTED, models=("a",)),
     ]
     for status in states:
-        bridge._on_status(status)  # noqa: SLF001 - what the core's StatusBoard calls
+        bridge._on_status(status)
     lines = window.events.toPlainText().splitlines()
     assert len(lines) == 3  # bounded to events_limit
     assert lines[-2].endswith("link dropped; reconnecting in 1.5 s: lost")

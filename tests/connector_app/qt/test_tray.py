@@ -165,9 +165,8 @@ def test_without_a_tray_a_window_shows_the_same_status_and_actions(
     tray = TrayApp(
         make_bridge(store), autostart(tmp_path), tray_available=lambda: False, tray_wait=1.0
     )
-    tray.bridge.profile.prefs.serve_on_launch = False
-    tray._look_for_tray()  # noqa: SLF001 - poll once by hand; the timer does the rest
-    tray._tray_timer.start()  # noqa: SLF001
+    tray.launch()
+    assert tray.window is None  # not yet: a tray may still appear
     qtbot.waitUntil(lambda: tray.window is not None and tray.window.isVisible(), timeout=10000)
     window = tray.window
     assert window is not None
@@ -182,6 +181,8 @@ def test_without_a_tray_a_window_shows_the_same_status_and_actions(
     window.close()  # closing a window never quits
     assert not tray.finished.is_set()
     tray.requests_window.close()
+    assert tray.settings_dialog is not None  # the settings are incomplete
+    tray.settings_dialog.close()
 
 
 def test_a_tray_that_appears_late_is_used_instead_of_the_window(
