@@ -138,6 +138,7 @@ class TrayApp(QObject):
 
     def bring_forward(self) -> None:
         """A second launch: show the window or the settings so the operator sees us."""
+        log.info("brought forward by a second launch")
         if self.window is not None or not self.tray.isVisible():
             self.show_window()
         elif self.settings_dialog is not None and self.settings_dialog.isVisible():
@@ -217,6 +218,7 @@ class TrayApp(QObject):
         if self.settings_dialog is None or not self.settings_dialog.isVisible():
             self.settings_dialog = SettingsDialog(self.bridge)
             self.settings_dialog.saved.connect(self._on_saved)
+            log.info("settings opened")
         self.settings_dialog.show()
         self.settings_dialog.raise_()
         self.settings_dialog.activateWindow()
