@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
+import aiohttp
 import pytest
 from pytestqt.qtbot import QtBot
 
@@ -14,6 +16,7 @@ from connector_app.core.status import LinkState, Status
 from connector_app.qt.icons import TrayState, icon_for, status_line, tooltip, tray_state
 from connector_app.qt.main_window import NO_TRAY_REASON
 from connector_app.qt.tray import TrayApp
+from tests.conftest import USER_KEY
 from tests.connector_app.qt.conftest import (
     QLoop,
     complete_profile,
@@ -201,3 +204,46 @@ def test_a_tray_that_appears_late_is_used_instead_of_the_window(
     assert tray.window is None
     assert tray.settings_dialog is not None
     tray.settings_dialog.close()
+
+
+def test_quit_drains_an_in_flight_request_before_disconnecting(
+    qloop: QLoop, store: ProfileStore, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with live_services() as (stub, broker):
+            bridge = make_bridge(store, complete_profile(broker.port, stub.url))
+            tray = TrayApp(bridge, autostart(tmp_path), tray_available=lambda: True)
+            tray.launch()
+            await until(lambda: set(broker.hub.models()) == {"stub-model"})
+            body = {
+                "model": "stub-model",
+                "stream": True,
+                "x_stub": {"mode": "events", "events": 3, "gated": True},
+            }
+
+            async def request() -> tuple[int, bytes]:
+                headers = {"Authorization": f"Bearer {USER_KEY}"}
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.post(
+                        f"{broker.base_url}/v1/chat/completions", json=body, headers=headers
+                    ) as resp,
+                ):
+                    return resp.status, await resp.read()
+
+            client = asyncio.ensure_future(request())
+            await until(lambda: stub.written == [0])
+            assert "1 in flight" in tray.status_action.text()
+            tray.quit_action.trigger()
+            await asyncio.sleep(0.2)  # give a wrong implementation the chance to cut it
+            assert not tray.finished.is_set()
+            assert bridge.serving
+            stub.gate(0).set()
+            stub.gate(1).set()
+            status, streamed = await client
+            assert status == 200
+            assert streamed.endswith(b"data: [DONE]\n\n")  # the whole stream, not a cut one
+            await until(lambda: tray.finished.is_set())
+            assert not bridge.serving
+
+    qloop.run(scenario())
