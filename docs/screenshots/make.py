@@ -11,6 +11,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -21,11 +22,8 @@ def main() -> int:
     if "--inner" in sys.argv:
         return inner()
     read_end, write_end = os.pipe()
-    xvfb = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_end), "-screen", "0", "1280x900x24"]
-        + ["-nolisten", "tcp", "-noreset"],
-        pass_fds=(write_end,),
-    )
+    argv = ["Xvfb", "-displayfd", str(write_end), "-screen", "0", "1280x900x24"]
+    xvfb = subprocess.Popen([*argv, "-nolisten", "tcp", "-noreset"], pass_fds=(write_end,))
     os.close(write_end)
     number = b""
     while not number.endswith(b"\n"):
@@ -70,9 +68,9 @@ def inner() -> int:
     asyncio.set_event_loop(loop)
     home = Path(tempfile.mkdtemp())
 
-    async def until(condition: object) -> None:
+    async def until(condition: Callable[[], object]) -> None:
         async with asyncio.timeout(30):
-            while not condition():  # type: ignore[operator]
+            while not condition():  # noqa: ASYNC110 - polling state the app owns, bounded
                 await asyncio.sleep(0.02)
 
     async def shoot() -> None:
