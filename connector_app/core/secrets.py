@@ -8,6 +8,8 @@ fallbacks instead of failing silently.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Final, Protocol
 
 import keyring
@@ -39,11 +41,19 @@ class SecretStore(Protocol):
     def set(self, name: str, value: str | None) -> None: ...
 
 
-def backend_works(backend: keyring.backend.KeyringBackend) -> bool:
-    """False for keyring's placeholder backends that can only fail."""
+def backend_works(
+    backend: keyring.backend.KeyringBackend, environ: Mapping[str, str] = os.environ
+) -> bool:
+    """False for keyring's placeholder backends that can only fail, and for a plain-text
+    keyrings.alt backend that keyring picked on its own: storing secrets in a file must be
+    an explicit choice (PYTHON_KEYRING_BACKEND), never a silent fallback."""
     if isinstance(backend, fail.Keyring):
         return False
-    return not (isinstance(backend, chainer.ChainerBackend) and not backend.backends)
+    if isinstance(backend, chainer.ChainerBackend) and not backend.backends:
+        return False
+    chosen = environ.get("PYTHON_KEYRING_BACKEND", "")
+    module = type(backend).__module__
+    return not module.startswith("keyrings.alt") or chosen.startswith(module)
 
 
 class KeyringStore:

@@ -73,11 +73,12 @@ def test_autostart_command_writes_and_removes_the_entry(
     assert not entry.exists()
 
 
-def test_no_flags_starts_the_tray_app_one_instance_per_user_and_sigterm_exits_0(
-    tmp_path: Path,
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_no_flags_starts_the_tray_app_one_instance_per_user_and_a_signal_exits_0(
+    tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
     """The real command: an incomplete configuration opens Settings; a second launch brings
-    the first forward and exits 0; SIGTERM ends the first with status 0."""
+    the first forward and exits 0; SIGTERM or SIGINT ends the first with status 0."""
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
@@ -97,7 +98,7 @@ def test_no_flags_starts_the_tray_app_one_instance_per_user_and_sigterm_exits_0(
         assert second.returncode == 0
         assert "already running" in second.stderr
         wait_for_line(log, "brought forward by a second launch")
-        first.send_signal(signal.SIGTERM)
+        first.send_signal(stop_signal)
         assert first.wait(timeout=60) == 0
         assert '"event": "stopped"' in log.read_text()
     finally:

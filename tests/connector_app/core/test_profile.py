@@ -133,3 +133,16 @@ def test_without_a_keyring_the_app_says_so_and_env_vars_still_work(
 def test_the_default_file_is_in_the_user_config_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", "/tmp/xdg-test-home")
     assert default_config_path() == Path("/tmp/xdg-test-home/remotellm/connector.yaml")
+
+
+def test_a_plain_text_file_backend_counts_only_when_chosen_explicitly(tmp_path: Path) -> None:
+    from keyrings.alt.file import PlaintextKeyring
+
+    from connector_app.core.secrets import backend_works
+
+    plain = PlaintextKeyring()
+    assert not backend_works(plain, {})  # picked by keyring on its own: not a silent fallback
+    chosen = {"PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring"}
+    assert backend_works(plain, chosen)
+    assert backend_works(MemoryKeyring(), {})
+    assert not backend_works(fail.Keyring(), chosen)

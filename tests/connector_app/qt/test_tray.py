@@ -247,3 +247,11 @@ def test_quit_drains_an_in_flight_request_before_disconnecting(
             assert not bridge.serving
 
     qloop.run(scenario())
+
+
+def test_the_application_never_quits_when_a_window_closes(qapp: object) -> None:
+    from connector_app.qt.app import application
+
+    app = application()
+    assert app is qapp
+    assert not app.quitOnLastWindowClosed()
