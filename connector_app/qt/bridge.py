@@ -59,6 +59,7 @@ class Bridge(QObject):
         self._task: asyncio.Task[None] | None = None
         self._backoff = backoff
         self._background: set[asyncio.Task[None]] = set()
+        self._broker_url: tuple[Profile, str | None] | None = None
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run a coroutine on the loop, keeping a reference until it ends."""
@@ -75,11 +76,16 @@ class Bridge(QObject):
 
     @property
     def broker_url(self) -> str | None:
-        try:
-            return self.store.settings(self.profile).broker_url
-        except ConfigError:
-            url = self.profile.values.get("broker_url")
-            return str(url) if url else None
+        """The broker URL in effect (environment first), for the tooltip."""
+        if self._broker_url is None or self._broker_url[0] is not self.profile:
+            # Cached per profile: the tooltip is refreshed on every request.
+            try:
+                url: str | None = self.store.settings(self.profile).broker_url
+            except ConfigError:
+                stored = self.profile.values.get("broker_url")
+                url = str(stored) if stored else None
+            self._broker_url = (self.profile, url)
+        return self._broker_url[1]
 
     def is_complete(self) -> bool:
         return self.store.is_complete(self.profile)
