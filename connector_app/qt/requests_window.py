@@ -26,13 +26,17 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSplitter,
     QTableView,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from connector_app.core.activity import Activity, LinkEvent, RequestEvent, RequestFinished
+from connector_app.core.activity import (
+    Activity,
+    LinkEvent,
+    RequestEvent,
+    RequestFinished,
+    RequestStarted,
+)
 from connector_app.qt.bridge import Bridge
 
 COLUMNS: Final = ("Time", "Request ID", "Model", "Status", "Duration", "Tokens")
@@ -101,6 +105,48 @@ class RequestsModel(QAbstractTableModel):
             self.endRemoveRows()
 
 
+class InFlightModel(QAbstractTableModel):
+    """Requests being served right now, oldest first, with their age."""
+
+    HEADERS: Final = ("Request ID", "Model", "Age")
+
+    def __init__(self, clock: Callable[[], float], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.clock = clock
+        self.rows: list[RequestStarted] = []
+
+    def rowCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.HEADERS)
+
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return self.HEADERS[section]
+        return None
+
+    def data(self, index: AnyIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role != Qt.ItemDataRole.DisplayRole or not index.isValid():
+            return None
+        event = self.rows[index.row()]
+        age = f"{max(0.0, self.clock() - event.at):.0f} s"
+        return (event.request_id, event.model, age)[index.column()]
+
+    def set_rows(self, rows: list[RequestStarted]) -> None:
+        if rows == self.rows:
+            # Only the ages moved on.
+            if rows:
+                last = self.index(len(rows) - 1, len(self.HEADERS) - 1)
+                self.dataChanged.emit(self.index(0, 2), last)
+            return
+        self.beginResetModel()
+        self.rows = rows
+        self.endResetModel()
+
+
 class RequestsWindow(QWidget):
     """Live view of the connector's traffic; closing it only hides it."""
 
@@ -142,11 +188,11 @@ class RequestsWindow(QWidget):
         self.table.addAction(copy)
 
         self.in_flight_label = QLabel()
-        self.in_flight = QTableWidget(0, 3)
-        self.in_flight.setHorizontalHeaderLabels(["Request ID", "Model", "Age"])
+        self.in_flight_model = InFlightModel(clock, self)
+        self.in_flight = QTableView()
+        self.in_flight.setModel(self.in_flight_model)
         self.in_flight.verticalHeader().hide()
         self.in_flight.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        self.in_flight.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
 
         self.events = QPlainTextEdit(readOnly=True)
         self.events.setMaximumBlockCount(activity.events_limit)
@@ -199,12 +245,7 @@ class RequestsWindow(QWidget):
         self.in_flight_label.setText(
             f"In flight now: {len(running)}" if running else "In flight now: none (GPU idle)"
         )
-        self.in_flight.setRowCount(len(running))
-        now = self.clock()
-        for row, event in enumerate(running):
-            age = f"{max(0.0, now - event.at):.0f} s"
-            for column, text in enumerate((event.request_id, event.model, age)):
-                self.in_flight.setItem(row, column, QTableWidgetItem(text))
+        self.in_flight_model.set_rows(running)
 
     def selected_request_id(self) -> str | None:
         rows = self.table.selectionModel().selectedRows(ID_COLUMN)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 import aiohttp
-from PySide6.QtCore import QItemSelectionModel
+from PySide6.QtCore import QItemSelectionModel, Qt
 from PySide6.QtGui import QGuiApplication
 from pytestqt.qtbot import QtBot
 
@@ -60,13 +62,14 @@ def test_in_flight_requests_show_model_and_age(qtbot: QtBot, store: ProfileStore
     assert window.in_flight_label.text() == "In flight now: none (GPU idle)"
     window.bridge.events.publish(RequestStarted("req-busy", "qwen", "/v1/chat/completions", 88.0))
     assert window.in_flight_label.text() == "In flight now: 1"
-    row = [window.in_flight.item(0, c).text() for c in range(3)]
+    model = window.in_flight_model
+    row = [model.index(0, c).data() for c in range(3)]
     assert row == ["req-busy", "qwen", "12 s"]
     window.bridge.events.publish(finished(0))
     window.bridge.events.publish(
         RequestFinished("req-busy", "qwen", "/v1/x", None, "failed", 1.0, None, None, 0.0)
     )
-    assert window.in_flight.rowCount() == 0
+    assert window.in_flight_model.rowCount() == 0
     assert cell(window, 0, "Status") == "failed"
     assert cell(window, 0, "Tokens") == ""
 
@@ -137,3 +140,18 @@ def test_a_request_served_by_the_app_shows_in_the_requests_window(
             assert not bridge.serving
 
     qloop.run(scenario())
+
+
+def test_model_lookups_through_qt_do_not_leak_references_to_none(
+    qtbot: QtBot, store: ProfileStore
+) -> None:
+    """PySide6 6.12.0 decremented None's refcount on every data() call returning None through
+    C++, which crashed the app under load ("deallocating None"); this pins that down."""
+    window = window_for(qtbot, store)
+    window.bridge.events.publish(finished(1))
+    index = window.proxy.index(0, 0)
+    before = sys.getrefcount(None)
+    for _ in range(5000):
+        window.proxy.data(index, Qt.ItemDataRole.DecorationRole)
+        window.proxy.headerData(0, Qt.Orientation.Vertical, Qt.ItemDataRole.DisplayRole)
+    assert sys.getrefcount(None) >= before - 100
