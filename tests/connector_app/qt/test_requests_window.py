@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 import aiohttp
@@ -9,9 +10,10 @@ from PySide6.QtCore import QItemSelectionModel, Qt
 from PySide6.QtGui import QGuiApplication
 from pytestqt.qtbot import QtBot
 
-from connector_app.core.activity import Activity, RequestFinished, RequestStarted
+from connector_app.core.activity import Activity, RequestEvent, RequestFinished, RequestStarted
 from connector_app.core.profile import ProfileStore
 from connector_app.core.status import LinkState, Status
+from connector_app.qt.icons import TrayState
 from connector_app.qt.requests_window import COLUMNS, RequestsWindow
 from connector_app.qt.tray import TrayApp
 from tests.conftest import USER_KEY
@@ -155,3 +157,44 @@ def test_model_lookups_through_qt_do_not_leak_references_to_none(
         window.proxy.data(index, Qt.ItemDataRole.DecorationRole)
         window.proxy.headerData(0, Qt.Orientation.Vertical, Qt.ItemDataRole.DisplayRole)
     assert sys.getrefcount(None) >= before - 100
+
+
+def test_the_window_stays_bounded_under_many_concurrent_streams(
+    qloop: QLoop, qtbot: QtBot, store: ProfileStore
+) -> None:
+    """300 streamed requests through the app with the window open: 50 rows kept, none lost
+    from the count, nothing left in flight, and the app still serving afterwards."""
+
+    async def scenario() -> None:
+        async with live_services() as (stub, broker):
+            profile = complete_profile(broker.port, stub.url)
+            profile.values["max_concurrency"] = 512
+            bridge = make_bridge(store, profile)
+            bridge.activity = Activity(limit=50)
+            tray = TrayApp(bridge, autostart(store.path.parent), tray_available=lambda: True)
+            window = tray.show_requests()
+            seen: list[RequestEvent] = []
+            bridge.request_event.connect(seen.append)
+            tray.launch()
+            await until(lambda: set(broker.hub.models()) == {"stub-model"})
+            body = {"model": "stub-model", "stream": True, "x_stub": {"mode": "events"}}
+            headers = {"Authorization": f"Bearer {USER_KEY}"}
+            url = f"{broker.base_url}/v1/chat/completions"
+            async with aiohttp.ClientSession() as session:
+
+                async def one() -> int:
+                    async with session.post(url, json=body, headers=headers) as resp:
+                        await resp.read()
+                        return resp.status
+
+                statuses = await asyncio.gather(*(one() for _ in range(300)))
+            assert statuses == [200] * 300
+            await until(lambda: len(seen) == 600)  # a start and a finish for each
+            assert window.model.rowCount() == 50
+            assert len(bridge.activity.recent) == 50
+            assert bridge.activity.in_flight == {}
+            assert window.in_flight_model.rowCount() == 0
+            assert tray.state is TrayState.CONNECTED
+            await tray.shutdown()
+
+    qloop.run(scenario(), timeout=120)
