@@ -55,6 +55,11 @@ def tokens_text(event: RequestFinished) -> str:
     return f"{event.prompt_tokens or 0} → {event.completion_tokens or 0}"
 
 
+def duration_text(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
+
+
 def status_text(event: RequestFinished) -> str:
     if event.status is None:
         return event.outcome
@@ -91,7 +96,7 @@ class RequestsModel(QAbstractTableModel):
             event.request_id,
             event.model,
             status_text(event),
-            f"{event.duration * 1000:.0f} ms",
+            duration_text(event.duration),
             tokens_text(event),
         )[index.column()]
 
@@ -178,9 +183,9 @@ class RequestsWindow(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(
-            ID_COLUMN, QHeaderView.ResizeMode.Stretch
-        )
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(ID_COLUMN, QHeaderView.ResizeMode.Stretch)
         self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
         copy = QAction("Copy request id", self.table)
         copy.setShortcut(QKeySequence.StandardKey.Copy)
@@ -192,7 +197,9 @@ class RequestsWindow(QWidget):
         self.in_flight = QTableView()
         self.in_flight.setModel(self.in_flight_model)
         self.in_flight.verticalHeader().hide()
-        self.in_flight.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        flight_header = self.in_flight.horizontalHeader()
+        flight_header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        flight_header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
 
         self.events = QPlainTextEdit(readOnly=True)
         self.events.setMaximumBlockCount(activity.events_limit)
