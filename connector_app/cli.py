@@ -28,7 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--headless", action="store_true", help="run without the tray app (servers, services)")
-    add("--config", type=Path, help="YAML file with settings (flags and env vars win over it)")
+    add(
+        "--config",
+        type=Path,
+        help="YAML file with settings (flags and env vars win over it); for the tray app, "
+        "the connector.yaml to use instead of the one in the user config directory",
+    )
     add("--broker-url", help="broker relay URL, e.g. wss://broker.example.com/relay")
     add("--broker-token", help="connector token from the broker's operator")
     add("--llm-url", help="local LLM server base URL (default http://127.0.0.1:11434)")
@@ -69,14 +74,55 @@ async def run_headless(settings: ConnectorSettings) -> int:
     return 0
 
 
+def autostart_main(argv: Sequence[str]) -> int:
+    """`remotellm-connector autostart enable|disable|status [--headless]`."""
+    from connector_app.core.autostart import Autostart, AutostartError
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} autostart", description="Start the connector when you log in."
+    )
+    parser.add_argument("action", choices=["enable", "disable", "status"])
+    parser.add_argument(
+        "--headless", action="store_true", help="the headless service instead of the tray app"
+    )
+    args = parser.parse_args(argv)
+    auto = Autostart(Path.home())
+    what = "headless connector" if args.headless else "tray app"
+    try:
+        if args.action == "enable":
+            print(f"launch at login enabled for the {what}: {auto.enable(args.headless)}")
+        elif args.action == "disable":
+            print(f"launch at login disabled for the {what}: {auto.disable(args.headless)}")
+        else:
+            state = "enabled" if auto.is_enabled(args.headless) else "disabled"
+            print(f"launch at login {state} for the {what} ({auto.path(args.headless)})")
+    except AutostartError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+TRAY_FLAGS = ("config", "log_level", "log_format", "headless")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["autostart"]:
+        return autostart_main(argv[1:])
     args = build_parser().parse_args(argv)
     if not args.headless:
-        print(
-            f"{PROG}: the tray app is not part of this version yet; run with --headless",
-            file=sys.stderr,
-        )
-        return 2
+        given = [k for k, v in vars(args).items() if v not in (None, False) and k not in TRAY_FLAGS]
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            print(
+                f"{PROG}: error: {flags} only apply with --headless; the tray app takes its "
+                "settings from Settings… or REMOTELLM_CONNECTOR_* environment variables",
+                file=sys.stderr,
+            )
+            return 2
+        from connector_app.qt.app import run_tray  # Qt is loaded only for the tray app
+
+        return run_tray(args.config, args.log_level or "info", args.log_format or "console")
     fields = ConnectorSettings.model_fields
     cli: dict[str, Any] = {k: v for k, v in vars(args).items() if k in fields}
     try:

@@ -17,9 +17,17 @@ from typing import Any
 import aiohttp
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 
+from connector_app.core.activity import (
+    RequestEvents,
+    RequestFinished,
+    RequestStarted,
+    UsageProbe,
+    model_of,
+)
 from connector_app.core.backoff import Backoff
+from connector_app.core.failures import describe_failure, is_fatal
 from connector_app.core.llm import LocalLLM
 from connector_app.core.status import LinkState, StatusBoard
 from shared import protocol as p
@@ -49,34 +57,10 @@ class _Stream:
     status: int | None = None
     credit: SendCredit = field(init=False)
     credited: asyncio.Event = field(default_factory=asyncio.Event)
+    usage: UsageProbe | None = None
 
     def __post_init__(self) -> None:
         self.credit = SendCredit(self.window)
-
-
-def describe_failure(exc: BaseException) -> str:
-    """One line saying why the link failed, with what to do where we can tell."""
-    if isinstance(exc, InvalidStatus):
-        status = exc.response.status_code
-        if status == 401:
-            return "the broker rejected the connector token (HTTP 401); check the token"
-        return f"the broker refused the connection with HTTP {status}"
-    if isinstance(exc, ConnectionClosed):
-        frame = exc.rcvd
-        if frame is None:
-            return "the connection to the broker was lost"
-        if frame.code == p.CLOSE_UNSUPPORTED_VERSION:
-            return f"the broker refused this connector: {frame.reason}"
-        return f"the broker closed the connection ({frame.code} {frame.reason})".rstrip()
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake with the broker failed: {exc}"
-    if isinstance(exc, TimeoutError):
-        return "timed out talking to the broker"
-    if isinstance(exc, p.ProtocolError):
-        return f"protocol error: {exc}"
-    if isinstance(exc, Refused):
-        return f"the handshake failed: {exc.reason}"
-    return f"cannot reach the broker: {exc or type(exc).__name__}"
 
 
 class RelayClient:
@@ -95,6 +79,7 @@ class RelayClient:
         heartbeat: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
         connect_fn: Connect = connect,
+        events: RequestEvents | None = None,
     ) -> None:
         self._url = url
         self._token = token
@@ -106,6 +91,7 @@ class RelayClient:
         self._heartbeat = heartbeat
         self._ssl = ssl_context
         self._connect = connect_fn
+        self._events = events or RequestEvents()
         self._stopping = asyncio.Event()
         self._draining = False
         self._ws: ClientConnection | None = None
@@ -144,12 +130,14 @@ class RelayClient:
             first = False
             started = loop.time()
             error: str | None = None
+            fatal = False
             try:
                 await self._connection()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 error = describe_failure(exc)
+                fatal = is_fatal(exc)
             finally:
                 await self._abort_streams()
             if self._stopping.is_set():
@@ -164,7 +152,10 @@ class RelayClient:
                 delay = self._backoff.next()
                 error = error or "the broker closed the connection"
             self._board.update(
-                state=LinkState.RECONNECTING, last_error=error, retry_in=round(delay, 2)
+                state=LinkState.RECONNECTING,
+                last_error=error,
+                fatal=fatal,
+                retry_in=round(delay, 2),
             )
             log.warning("relay link down", error=error, retry_in_s=round(delay, 2))
             try:
@@ -217,7 +208,9 @@ class RelayClient:
                 raise
             self._outbox = Outbox()
             self._ws = ws
-            self._board.update(state=LinkState.CONNECTED, last_error=None, retry_in=None)
+            self._board.update(
+                state=LinkState.CONNECTED, last_error=None, fatal=False, retry_in=None
+            )
             if self.models != hello.models:
                 # The models changed while the handshake was in flight.
                 self._send(p.ModelsUpdate(self.models))
@@ -329,6 +322,12 @@ class RelayClient:
         sid = head.stream_id
         started = time.perf_counter()
         outcome = "ok"
+        events = self._events if self._events.active else None
+        model = ""
+        if events is not None:
+            model = model_of(stream.body)
+            events.publish(RequestStarted(head.request_id, model, head.path, time.time()))
+            stream.usage = UsageProbe()
         with structlog.contextvars.bound_contextvars(request_id=head.request_id):
             try:
                 if not is_relayable(head.method, head.path):
@@ -362,14 +361,29 @@ class RelayClient:
                 self._send(p.Error(sid, "connector_error", message))
             finally:
                 self._forget(stream)
+                duration = time.perf_counter() - started
                 log.info(
                     "request served",
                     method=head.method,
                     path=head.path,
                     status=stream.status,
                     outcome=outcome,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                    duration_ms=round(duration * 1000, 1),
                 )
+                if events is not None and stream.usage is not None:
+                    prompt, completion = stream.usage.tokens()
+                    finished = RequestFinished(
+                        head.request_id,
+                        model,
+                        head.path,
+                        stream.status,
+                        outcome,
+                        duration,
+                        prompt,
+                        completion,
+                        time.time(),
+                    )
+                    events.publish(finished)
 
     async def _relay(self, stream: _Stream) -> None:
         """Call the local LLM and stream its response back, within the stream's credit."""
@@ -382,7 +396,10 @@ class RelayClient:
                 (k, v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP
             )
             self._send(p.ResponseHead(head.stream_id, response.status, headers))
+            usage = stream.usage
             async for chunk in response.content.iter_any():
+                if usage is not None:
+                    usage.feed(chunk)
                 await self._send_body(stream, chunk)
 
     async def _send_body(self, stream: _Stream, data: bytes) -> None:

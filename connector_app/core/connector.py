@@ -11,6 +11,7 @@ import ssl
 
 import structlog
 
+from connector_app.core.activity import RequestEvents
 from connector_app.core.backoff import Backoff
 from connector_app.core.client import RelayClient
 from connector_app.core.discovery import DiscoveryError, discover_models
@@ -31,9 +32,19 @@ def _trust(settings: ConnectorSettings) -> ssl.SSLContext | None:
 class Connector:
     """Serves a local LLM server to a broker until stopped."""
 
-    def __init__(self, settings: ConnectorSettings, *, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        settings: ConnectorSettings,
+        *,
+        backoff: Backoff | None = None,
+        events: RequestEvents | None = None,
+        board: StatusBoard | None = None,
+        excluded: frozenset[str] = frozenset(),
+    ) -> None:
         self.settings = settings
-        self.board = StatusBoard()
+        self.board = board or StatusBoard()
+        self.events = events or RequestEvents()
+        self._excluded = excluded
         self._last_state = self.board.status.state
         self.board.subscribe(self._log_state)
         api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
@@ -50,6 +61,7 @@ class Connector:
             backoff=backoff,
             heartbeat=settings.heartbeat,
             ssl_context=_trust(settings),
+            events=self.events,
         )
         self._discovery_ok: bool | None = None
         self._stopped = asyncio.Event()
@@ -63,10 +75,23 @@ class Connector:
             self._last_state = status.state
             log.info("link state", state=status.state.value)
 
+    @property
+    def excluded(self) -> frozenset[str]:
+        return self._excluded
+
+    def set_excluded(self, excluded: frozenset[str]) -> None:
+        """Switch models off (or back on) without a new discovery; the broker hears at once."""
+        self._excluded = excluded
+        self._publish_models(self.board.status.available)
+
+    def _publish_models(self, available: tuple[str, ...]) -> None:
+        self.board.update(available=available)
+        self.client.set_models(tuple(m for m in available if m not in self._excluded))
+
     async def refresh_models(self) -> None:
         """Ask the local server for its models (unless they are configured) and publish them."""
         if self.settings.model:
-            self.client.set_models(tuple(self.settings.model))
+            self._publish_models(tuple(self.settings.model))
             return
         try:
             models = await discover_models(self.llm)
@@ -80,7 +105,7 @@ class Connector:
         self._discovery_ok = True
         if not models:
             log.warning("the local LLM server lists no models", url=self.llm.base_url)
-        self.client.set_models(tuple(models))
+        self._publish_models(tuple(models))
 
     async def _discovery_loop(self) -> None:
         while True:

@@ -18,8 +18,13 @@ class LinkState(Enum):
 class Status:
     state: LinkState = LinkState.DISCONNECTED
     models: tuple[str, ...] = ()
+    """The models served (announced to the broker)."""
+    available: tuple[str, ...] = ()
+    """Every model the local server lists, served or switched off."""
     in_flight: int = 0
     last_error: str | None = None
+    fatal: bool = False
+    """The last failure is one that retrying cannot fix (bad token, TLS, version)."""
     retry_in: float | None = None
 
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from connector_app.cli import main
+
+ROOT = Path(__file__).parents[2]
 
 BASE = ["--headless", "--broker-token", "tok"]
 
@@ -38,9 +47,68 @@ def test_bad_config_exits_2_with_one_clear_line(
     assert "tok" not in err.replace("broker_token", "")
 
 
-def test_without_headless_it_says_the_tray_app_is_not_there_yet(
+def test_connection_flags_without_headless_point_to_settings_and_env(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code, err = run([], capsys)
+    code, err = run(["--broker-url", "wss://b.example", "--broker-token", "secret-tok"], capsys)
     assert code == 2
-    assert "--headless" in err
+    assert "--broker-url, --broker-token only apply with --headless" in err
+    assert "REMOTELLM_CONNECTOR_" in err
+    assert "secret-tok" not in err
+
+
+def test_autostart_command_writes_and_removes_the_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    entry = tmp_path / ".config" / "autostart" / "remotellm-connector.desktop"
+    assert main(["autostart", "status"]) == 0
+    assert "launch at login disabled for the tray app" in capsys.readouterr().out
+    assert main(["autostart", "enable"]) == 0
+    assert entry.is_file()
+    assert "Exec=" in entry.read_text()
+    assert main(["autostart", "status"]) == 0
+    assert "launch at login enabled for the tray app" in capsys.readouterr().out
+    assert main(["autostart", "disable"]) == 0
+    assert not entry.exists()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_no_flags_starts_the_tray_app_one_instance_per_user_and_a_signal_exits_0(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    """The real command: an incomplete configuration opens Settings; a second launch brings
+    the first forward and exits 0; SIGTERM or SIGINT ends the first with status 0."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "TMPDIR": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "XDG_RUNTIME_DIR": str(tmp_path),
+        "QT_QPA_PLATFORM": "offscreen",
+        "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
+    }
+    argv = [sys.executable, "-m", "connector_app.cli", "--log-format", "json"]
+    log = tmp_path / "first.log"
+    with log.open("wb") as out:
+        first = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_for_line(log, "settings opened")
+        second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert second.returncode == 0
+        assert "already running" in second.stderr
+        wait_for_line(log, "brought forward by a second launch")
+        first.send_signal(stop_signal)
+        assert first.wait(timeout=60) == 0
+        assert '"event": "stopped"' in log.read_text()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+
+
+def wait_for_line(log: Path, text: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, f"no {text!r} in {log.read_text()[-2000:]}"
+        time.sleep(0.05)

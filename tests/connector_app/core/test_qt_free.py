@@ -34,3 +34,22 @@ def test_importing_the_whole_core_loads_no_qt() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_only_the_qt_package_imports_qt() -> None:
+    root = CORE.parents[1]
+    offenders = []
+    for package in ("shared", "broker", "connector_app"):
+        for path in sorted((root / package).rglob("*.py")):
+            if "qt" in path.relative_to(root).parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                hits = [n for n in names if n.startswith(QT_PACKAGES[:-1])]
+                offenders += [f"{path.relative_to(root)}: {n}" for n in hits]
+    assert offenders == []

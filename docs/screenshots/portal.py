@@ -1,4 +1,4 @@
-"""Screenshots of the portal for the docs: `uv run python docs/screenshots/make.py`.
+"""Screenshots of the portal for the docs: `uv run python docs/screenshots/portal.py`.
 
 Starts a broker with a fake GitLab, a stub LLM and a connector on loopback (the tests'
 own helpers), seeds a few days of usage, and saves each page at desktop and phone width

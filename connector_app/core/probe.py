@@ -1,0 +1,139 @@
+"""The settings dialog's "Test connection": is the local server up, does the broker take us?
+
+Each check returns a `Check` whose message says exactly what is wrong (unreachable,
+bad token, TLS problem, no models) in one sentence without any secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
+
+from connector_app.core.discovery import discover_models
+from connector_app.core.llm import LocalLLM
+from connector_app.core.settings import normalise_broker_url, normalise_llm_url
+from shared import protocol as p
+from shared.handshake import MAX_MESSAGE, Refused, accept_welcome
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    message: str
+    models: tuple[str, ...] = ()
+
+
+def _local_failure(url: str, exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientResponseError):
+        if exc.status in (401, 403):
+            return f"The local LLM server at {url} refused the API key (HTTP {exc.status})."
+        return f"The local LLM server at {url} answered HTTP {exc.status} to the model list."
+    if isinstance(exc, aiohttp.ClientConnectorError | OSError):
+        return f"Cannot reach the local LLM server at {url}; is it running on that port?"
+    if isinstance(exc, TimeoutError):
+        return f"The local LLM server at {url} did not answer within the timeout."
+    return f"The local LLM server at {url} did not list its models ({type(exc).__name__})."
+
+
+async def check_local(url: str, api_key: str | None, timeout: float = 5.0) -> Check:
+    """Ask the local server for its models."""
+    try:
+        base = normalise_llm_url(url)
+    except ValueError as exc:
+        return Check(False, f"Local LLM URL {exc}.")
+    llm = LocalLLM(base, api_key or None, connect_timeout=timeout)
+    try:
+        problems: list[BaseException] = []
+        for path, key in (("/v1/models", "data"), ("/api/tags", "models")):
+            try:
+                document = await llm.get_json(path, timeout)
+            except Exception as exc:
+                problems.append(exc)
+                if isinstance(exc, aiohttp.ClientConnectorError | TimeoutError):
+                    break  # the other dialect will not answer either
+                continue
+            if isinstance(document, dict) and isinstance(document.get(key), list):
+                models = await discover_models(llm, timeout)
+                if not models:
+                    return Check(False, f"The local LLM server at {base} lists no models.")
+                return Check(
+                    True, f"The local LLM server lists {len(models)} model(s).", tuple(models)
+                )
+        auth = [
+            e
+            for e in problems
+            if isinstance(e, aiohttp.ClientResponseError) and e.status in (401, 403)
+        ]
+        return Check(False, _local_failure(base, auth[0] if auth else problems[0]))
+    finally:
+        await llm.close()
+
+
+def _broker_failure(exc: BaseException) -> str:
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        if status == 401:
+            return "The broker rejected the connector token (HTTP 401); check the token."
+        if status == 404:
+            return "The broker has no relay at this URL (HTTP 404); check the path (/relay)."
+        return f"The broker refused the connection with HTTP {status}."
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"TLS problem: the broker's certificate is not trusted ({exc.verify_message}); "
+            "fix the certificate or set a CA file."
+        )
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS problem talking to the broker ({exc.reason or exc}); is it serving wss://?"
+    if isinstance(exc, TimeoutError):
+        return "The broker did not answer in time; check the URL and the network."
+    if isinstance(exc, Refused):
+        return f"The broker refused this connector: {exc.reason}."
+    if isinstance(exc, InvalidURI):
+        return "The broker URL is not a valid WebSocket URL."
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return f"Cannot reach the broker ({reason}); check the host, the port and the network."
+    if isinstance(exc, WebSocketException):
+        return f"The broker's answer was not a WebSocket upgrade ({exc}); check the URL."
+    return f"The broker check failed ({type(exc).__name__})."
+
+
+async def check_broker(
+    url: str, token: str, ca_file: Path | None = None, timeout: float = 10.0
+) -> Check:
+    """Open the relay link with the token, exchange hello and welcome, close again."""
+    try:
+        target = normalise_broker_url(url)
+    except ValueError as exc:
+        return Check(False, f"Broker URL {exc}.")
+    if not token:
+        return Check(
+            False, "The connector token is empty; paste the one from the broker's operator."
+        )
+    tls: dict[str, Any] = {}
+    if target.startswith("wss://") and ca_file is not None:
+        tls["ssl"] = ssl.create_default_context(cafile=str(ca_file))
+    try:
+        async with asyncio.timeout(timeout):
+            async with connect(
+                target,
+                additional_headers={"Authorization": f"Bearer {token}"},
+                user_agent_header="remotellm-connector (connection test)",
+                compression=None,
+                max_size=MAX_MESSAGE,
+                open_timeout=timeout,
+                close_timeout=2,
+                **tls,
+            ) as ws:
+                await ws.send(p.encode(p.Hello(p.PROTOCOL_VERSION, "connection-test", (), 1)))
+                accept_welcome(await ws.recv())
+    except Exception as exc:
+        return Check(False, _broker_failure(exc))
+    return Check(True, "The broker accepted the connector token.")

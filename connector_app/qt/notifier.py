@@ -1,0 +1,57 @@
+"""Desktop notifications when the link drops or comes back: rate-limited, can be switched off."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from connector_app.core.status import LinkState, Status
+
+Show = Callable[[str, str], None]
+"""Shows one notification (title, message)."""
+
+
+class Notifier:
+    """Turns status changes into at most one notification per `min_interval` seconds.
+
+    A drop is only announced for a link that was up, and "back" only after a drop, so a
+    broker that is simply unreachable at start-up does not notify at all.
+    """
+
+    def __init__(
+        self,
+        show: Show,
+        *,
+        enabled: bool = True,
+        min_interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.show = show
+        self.enabled = enabled
+        self.min_interval = min_interval
+        self.clock = clock
+        self._last: float | None = None
+        self._was_up = False
+        self._dropped = False
+
+    def on_status(self, status: Status) -> None:
+        up = status.state is LinkState.CONNECTED
+        if up and self._dropped:
+            self._dropped = False
+            self._notify("RemoteLLM link restored", "Connected to the broker again.")
+        elif status.state is LinkState.RECONNECTING and self._was_up and not self._dropped:
+            self._dropped = True
+            why = status.last_error or "the link was lost"
+            self._notify("RemoteLLM link dropped", f"{why}; reconnecting.")
+        elif status.state is LinkState.DISCONNECTED:
+            self._dropped = False
+        self._was_up = up or (self._was_up and status.state is LinkState.RECONNECTING)
+
+    def _notify(self, title: str, message: str) -> None:
+        if not self.enabled:
+            return
+        now = self.clock()
+        if self._last is not None and now - self._last < self.min_interval:
+            return
+        self._last = now
+        self.show(title, message)

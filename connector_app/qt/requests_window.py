@@ -1,0 +1,266 @@
+"""The Requests window: recent requests, who is using the GPU now, connection events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Final
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QPersistentModelIndex,
+    QSortFilterProxyModel,
+    Qt,
+    QTimer,
+)
+from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QSplitter,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from connector_app.core.activity import (
+    Activity,
+    LinkEvent,
+    RequestEvent,
+    RequestFinished,
+    RequestStarted,
+)
+from connector_app.qt.bridge import Bridge
+
+COLUMNS: Final = ("Time", "Request ID", "Model", "Status", "Duration", "Tokens")
+ID_COLUMN: Final = 1
+
+AnyIndex = QModelIndex | QPersistentModelIndex
+
+
+def clock_time(at: float) -> str:
+    return datetime.fromtimestamp(at).strftime("%H:%M:%S")
+
+
+def tokens_text(event: RequestFinished) -> str:
+    if event.prompt_tokens is None and event.completion_tokens is None:
+        return ""
+    return f"{event.prompt_tokens or 0} → {event.completion_tokens or 0}"
+
+
+def duration_text(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
+
+
+def status_text(event: RequestFinished) -> str:
+    if event.status is None:
+        return event.outcome
+    return str(event.status) if event.outcome == "ok" else f"{event.status} ({event.outcome})"
+
+
+class RequestsModel(QAbstractTableModel):
+    """Finished requests, newest first, at most `limit` rows."""
+
+    def __init__(self, limit: int, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.limit = limit
+        self.rows: list[RequestFinished] = []
+
+    def rowCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return COLUMNS[section]
+        return None
+
+    def data(self, index: AnyIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role != Qt.ItemDataRole.DisplayRole or not index.isValid():
+            return None
+        event = self.rows[index.row()]
+        return (
+            clock_time(event.at),
+            event.request_id,
+            event.model,
+            status_text(event),
+            duration_text(event.duration),
+            tokens_text(event),
+        )[index.column()]
+
+    def add(self, event: RequestFinished) -> None:
+        self.beginInsertRows(QModelIndex(), 0, 0)
+        self.rows.insert(0, event)
+        self.endInsertRows()
+        if len(self.rows) > self.limit:
+            self.beginRemoveRows(QModelIndex(), self.limit, len(self.rows) - 1)
+            del self.rows[self.limit :]
+            self.endRemoveRows()
+
+
+class InFlightModel(QAbstractTableModel):
+    """Requests being served right now, oldest first, with their age."""
+
+    HEADERS: Final = ("Request ID", "Model", "Age")
+
+    def __init__(self, clock: Callable[[], float], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.clock = clock
+        self.rows: list[RequestStarted] = []
+
+    def rowCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.rows)
+
+    def columnCount(self, parent: AnyIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.HEADERS)
+
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return self.HEADERS[section]
+        return None
+
+    def data(self, index: AnyIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role != Qt.ItemDataRole.DisplayRole or not index.isValid():
+            return None
+        event = self.rows[index.row()]
+        age = f"{max(0.0, self.clock() - event.at):.0f} s"
+        return (event.request_id, event.model, age)[index.column()]
+
+    def set_rows(self, rows: list[RequestStarted]) -> None:
+        if rows == self.rows:
+            # Only the ages moved on.
+            if rows:
+                last = self.index(len(rows) - 1, len(self.HEADERS) - 1)
+                self.dataChanged.emit(self.index(0, 2), last)
+            return
+        self.beginResetModel()
+        self.rows = rows
+        self.endResetModel()
+
+
+class RequestsWindow(QWidget):
+    """Live view of the connector's traffic; closing it only hides it."""
+
+    def __init__(
+        self, bridge: Bridge, clock: Callable[[], float] = time.time, parent: QWidget | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("RemoteLLM — Requests")
+        self.resize(820, 560)
+        self.bridge = bridge
+        self.clock = clock
+        activity: Activity = bridge.activity
+        self.model = RequestsModel(activity.limit, self)
+        for event in activity.recent:
+            self.model.add(event)
+        self.proxy = QSortFilterProxyModel(self)
+        self.proxy.setSourceModel(self.model)
+        self.proxy.setFilterKeyColumn(-1)
+        self.proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+
+        self.filter = QLineEdit(placeholderText="Filter by request id, model or status")
+        self.filter.setClearButtonEnabled(True)
+        self.filter.textChanged.connect(self.proxy.setFilterFixedString)
+        self.copy_button = QPushButton("Copy request id")
+        self.copy_button.clicked.connect(self.copy_request_id)
+
+        self.table = QTableView()
+        self.table.setModel(self.proxy)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.verticalHeader().hide()
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(ID_COLUMN, QHeaderView.ResizeMode.Stretch)
+        self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
+        copy = QAction("Copy request id", self.table)
+        copy.setShortcut(QKeySequence.StandardKey.Copy)
+        copy.triggered.connect(self.copy_request_id)
+        self.table.addAction(copy)
+
+        self.in_flight_label = QLabel()
+        self.in_flight_model = InFlightModel(clock, self)
+        self.in_flight = QTableView()
+        self.in_flight.setModel(self.in_flight_model)
+        self.in_flight.verticalHeader().hide()
+        flight_header = self.in_flight.horizontalHeader()
+        flight_header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        flight_header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+
+        self.events = QPlainTextEdit(readOnly=True)
+        self.events.setMaximumBlockCount(activity.events_limit)
+        for link_event in activity.link_events:
+            self.add_link_event(link_event)
+
+        top = QHBoxLayout()
+        top.addWidget(self.filter)
+        top.addWidget(self.copy_button)
+        recent = QWidget()
+        recent_layout = QVBoxLayout(recent)
+        recent_layout.setContentsMargins(0, 0, 0, 0)
+        recent_layout.addLayout(top)
+        recent_layout.addWidget(self.table)
+        now = QWidget()
+        now_layout = QVBoxLayout(now)
+        now_layout.setContentsMargins(0, 0, 0, 0)
+        now_layout.addWidget(self.in_flight_label)
+        now_layout.addWidget(self.in_flight)
+        log = QWidget()
+        log_layout = QVBoxLayout(log)
+        log_layout.setContentsMargins(0, 0, 0, 0)
+        log_layout.addWidget(QLabel("Connection events"))
+        log_layout.addWidget(self.events)
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        for part in (recent, now, log):
+            splitter.addWidget(part)
+        splitter.setSizes([300, 120, 120])
+        layout = QVBoxLayout(self)
+        layout.addWidget(splitter)
+
+        bridge.request_event.connect(self.on_request)
+        bridge.link_event.connect(self.add_link_event)
+        self.ages = QTimer(self, interval=1000)
+        self.ages.timeout.connect(self.refresh_in_flight)
+        self.ages.start()
+        self.refresh_in_flight()
+
+    def on_request(self, event: RequestEvent) -> None:
+        if isinstance(event, RequestFinished):
+            self.model.add(event)
+        self.refresh_in_flight()
+
+    def add_link_event(self, event: LinkEvent) -> None:
+        self.events.appendPlainText(f"{clock_time(event.at)}  {event.text}")
+
+    def refresh_in_flight(self) -> None:
+        """Who is using the GPU right now: each request in flight, its model and age."""
+        running = sorted(self.bridge.activity.in_flight.values(), key=lambda e: e.at)
+        self.in_flight_label.setText(
+            f"In flight now: {len(running)}" if running else "In flight now: none (GPU idle)"
+        )
+        self.in_flight_model.set_rows(running)
+
+    def selected_request_id(self) -> str | None:
+        rows = self.table.selectionModel().selectedRows(ID_COLUMN)
+        if not rows:
+            return None
+        return str(self.proxy.data(rows[0]))
+
+    def copy_request_id(self) -> None:
+        request_id = self.selected_request_id()
+        if request_id:
+            QGuiApplication.clipboard().setText(request_id)

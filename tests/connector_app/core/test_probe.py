@@ -1,0 +1,83 @@
+""" "Test connection": each check says exactly what is wrong, against real servers on loopback."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from connector_app.core.probe import check_broker, check_local
+from tests.conftest import CONNECTOR_TOKEN, MakeBroker
+from tests.e2e.test_tls import self_signed
+from tests.stub_llm import StubLLM
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_local_server_with_models(stub: StubLLM) -> None:
+    check = await check_local(stub.url + "/v1", None)
+    assert check.ok
+    assert check.models == ("stub-model",)
+
+
+async def test_local_server_without_models(stub: StubLLM) -> None:
+    stub.models = []
+    check = await check_local(stub.url, None)
+    assert not check.ok
+    assert "lists no models" in check.message
+
+
+async def test_local_server_unreachable() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    check = await check_local(url, None)
+    assert not check.ok
+    assert check.message.startswith(f"Cannot reach the local LLM server at {url}")
+
+
+async def test_local_url_that_is_not_a_url() -> None:
+    check = await check_local("localhost:11434", None)
+    assert not check.ok
+    assert "http://" in check.message
+
+
+async def test_broker_accepts_the_token(make_broker: MakeBroker) -> None:
+    broker = await make_broker()
+    check = await check_broker(f"ws://127.0.0.1:{broker.port}/relay", CONNECTOR_TOKEN)
+    assert check.ok, check.message
+
+
+async def test_broker_rejects_a_bad_token(make_broker: MakeBroker) -> None:
+    broker = await make_broker()
+    check = await check_broker(f"ws://127.0.0.1:{broker.port}/relay", "wrong-token")
+    assert not check.ok
+    assert "rejected the connector token" in check.message
+    assert "wrong-token" not in check.message
+
+
+async def test_broker_unreachable() -> None:
+    check = await check_broker(f"ws://127.0.0.1:{free_port()}/relay", "t")
+    assert not check.ok
+    assert check.message.startswith("Cannot reach the broker")
+
+
+async def test_broker_with_an_untrusted_certificate_is_a_tls_problem(
+    tmp_path: Path, make_broker: MakeBroker
+) -> None:
+    ca_file, chain = self_signed(tmp_path)
+    broker = await make_broker(tls_cert=chain, tls_key=chain)
+    url = f"wss://127.0.0.1:{broker.port}/relay"
+    untrusted = await check_broker(url, CONNECTOR_TOKEN)
+    assert not untrusted.ok
+    assert untrusted.message.startswith("TLS problem")
+    trusted = await check_broker(url, CONNECTOR_TOKEN, ca_file=ca_file)
+    assert trusted.ok, trusted.message
+
+
+async def test_wss_to_a_plain_broker_is_a_tls_problem(make_broker: MakeBroker) -> None:
+    broker = await make_broker()
+    check = await check_broker(f"wss://127.0.0.1:{broker.port}/relay", CONNECTOR_TOKEN)
+    assert not check.ok
+    assert check.message.startswith("TLS problem")

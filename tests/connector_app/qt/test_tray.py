@@ -1,0 +1,257 @@
+"""The tray: state -> icon, tooltip and menu; menu actions drive the real core."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+import pytest
+from pytestqt.qtbot import QtBot
+
+from connector_app.core.autostart import Autostart
+from connector_app.core.profile import ProfileStore
+from connector_app.core.status import LinkState, Status
+from connector_app.qt.icons import TrayState, icon_for, status_line, tooltip, tray_state
+from connector_app.qt.main_window import NO_TRAY_REASON
+from connector_app.qt.tray import TrayApp
+from tests.conftest import USER_KEY
+from tests.connector_app.qt.conftest import (
+    QLoop,
+    complete_profile,
+    live_services,
+    make_bridge,
+    until,
+)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: Sequence[str]) -> int:
+        self.calls.append(list(argv))
+        return 0
+
+
+def autostart(home: Path, runner: Recorder | None = None) -> Autostart:
+    return Autostart(home, platform="linux", runner=runner or Recorder(), command=["rllm"])
+
+
+@pytest.mark.parametrize(
+    ("serving", "status", "problem", "expected"),
+    [
+        (False, Status(), None, TrayState.STOPPED),
+        (False, Status(), "the settings are incomplete", TrayState.ERROR),
+        (True, Status(state=LinkState.DISCONNECTED), None, TrayState.CONNECTING),
+        (True, Status(state=LinkState.CONNECTING), None, TrayState.CONNECTING),
+        (True, Status(state=LinkState.CONNECTED), None, TrayState.CONNECTED),
+        (True, Status(state=LinkState.RECONNECTING, retry_in=2.0), None, TrayState.RECONNECTING),
+        (True, Status(state=LinkState.RECONNECTING, fatal=True), None, TrayState.ERROR),
+    ],
+)
+def test_state_maps_to_one_of_five_tray_states(
+    serving: bool, status: Status, problem: str | None, expected: TrayState
+) -> None:
+    assert tray_state(serving, status, problem) is expected
+
+
+@pytest.mark.parametrize("state", list(TrayState))
+@pytest.mark.parametrize("size", [16, 22, 32, 64])
+def test_every_state_has_an_icon_that_renders_at_tray_sizes(
+    qapp: object, state: TrayState, size: int
+) -> None:
+    image = icon_for(state).pixmap(size, size).toImage()
+    assert (image.width(), image.height()) == (size, size)
+    # Opaque in the middle (the badge), transparent in the very corner (rounded square).
+    assert image.pixelColor(size // 2, size // 2).alpha() == 255
+    assert image.pixelColor(0, 0).alpha() < 255
+
+
+def test_tooltip_and_status_line_say_host_state_and_models() -> None:
+    status = Status(state=LinkState.CONNECTED, models=("a", "b"), in_flight=1)
+    text = tooltip(TrayState.CONNECTED, status, "wss://llm.example.com/relay")
+    assert "llm.example.com" in text
+    assert "2 models served" in text
+    assert status_line(TrayState.CONNECTED, status) == "Connected, serving 2 model(s), 1 in flight"
+    dropped = Status(state=LinkState.RECONNECTING, retry_in=4.0, last_error="link lost")
+    assert status_line(TrayState.RECONNECTING, dropped) == "Reconnecting in 4 s: link lost"
+
+
+def test_menu_actions_drive_the_real_core(
+    qloop: QLoop, qtbot: QtBot, store: ProfileStore, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with live_services() as (stub, broker):
+            stub.models = ["stub-model", "other-model"]
+            bridge = make_bridge(store, complete_profile(broker.port, stub.url))
+            tray = TrayApp(bridge, autostart(tmp_path), tray_available=lambda: True)
+            tray.launch()  # complete settings + serve on launch: serving at once
+            await until(lambda: tray.state is TrayState.CONNECTED)
+            await until(lambda: set(broker.hub.models()) == {"stub-model", "other-model"})
+            assert tray.tray.isVisible()
+            assert tray.status_action.text() == "Connected, serving 2 model(s)"
+            assert "127.0.0.1" in tray.tray.toolTip()
+            assert "2 models served" in tray.tray.toolTip()
+            assert tray.stop_action.isVisible() and not tray.start_action.isVisible()
+            assert sorted(tray.model_actions) == ["other-model", "stub-model"]
+            assert all(a.isChecked() for a in tray.model_actions.values())
+
+            tray.model_actions["other-model"].trigger()  # switch a model off
+            await until(lambda: set(broker.hub.models()) == {"stub-model"})
+            assert "other-model" in store.path.read_text()  # remembered as disabled
+            assert not tray.model_actions["other-model"].isChecked()
+
+            tray.stop_action.trigger()
+            await until(lambda: tray.state is TrayState.STOPPED)
+            await until(lambda: broker.hub.models() == [] or not broker.hub.models())
+            assert tray.start_action.isVisible()
+            assert tray.status_action.text() == "Stopped"
+
+            tray.start_action.trigger()
+            await until(lambda: tray.state is TrayState.CONNECTED)
+            tray.quit_action.trigger()
+            await until(lambda: tray.finished.is_set())
+            assert not bridge.serving
+
+    qloop.run(scenario())
+
+
+def test_a_rejected_token_shows_the_error_state(
+    qloop: QLoop, store: ProfileStore, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with live_services() as (stub, broker):
+            profile = complete_profile(broker.port, stub.url)
+            profile.secrets["broker_token"] = "not-the-token"
+            bridge = make_bridge(store, profile)
+            tray = TrayApp(bridge, autostart(tmp_path), tray_available=lambda: True)
+            tray.launch()
+            await until(lambda: tray.state is TrayState.ERROR)
+            assert "rejected the connector token" in tray.status_action.text()
+            await tray.shutdown()
+
+    qloop.run(scenario())
+
+
+def test_incomplete_settings_open_the_settings_dialog(
+    qtbot: QtBot, store: ProfileStore, tmp_path: Path
+) -> None:
+    tray = TrayApp(make_bridge(store), autostart(tmp_path), tray_available=lambda: True)
+    tray.launch()
+    assert tray.settings_dialog is not None and tray.settings_dialog.isVisible()
+    assert not tray.bridge.serving
+    tray.start_action.trigger()  # still incomplete: says why, asks again
+    assert tray.state is TrayState.ERROR
+    assert "incomplete" in tray.status_action.text()
+    tray.settings_dialog.close()
+
+
+def test_launch_at_login_toggles_the_autostart_entry(
+    qtbot: QtBot, store: ProfileStore, tmp_path: Path
+) -> None:
+    tray = TrayApp(make_bridge(store), autostart(tmp_path), tray_available=lambda: True)
+    entry = tmp_path / ".config" / "autostart" / "remotellm-connector.desktop"
+    assert not tray.login_action.isChecked()
+    tray.login_action.trigger()
+    assert entry.is_file() and "Exec=rllm" in entry.read_text()
+    assert tray.login_action.isChecked()
+    tray.login_action.trigger()
+    assert not entry.exists()
+    assert not tray.login_action.isChecked()
+
+
+def test_without_a_tray_a_window_shows_the_same_status_and_actions(
+    qtbot: QtBot, store: ProfileStore, tmp_path: Path
+) -> None:
+    tray = TrayApp(
+        make_bridge(store), autostart(tmp_path), tray_available=lambda: False, tray_wait=1.0
+    )
+    tray.launch()
+    assert tray.window is None  # not yet: a tray may still appear
+    qtbot.waitUntil(lambda: tray.window is not None and tray.window.isVisible(), timeout=10000)
+    window = tray.window
+    assert window is not None
+    assert window.reason.text() == NO_TRAY_REASON
+    assert window.status.text() == tray.status_action.text()
+    assert {"Start serving", "Requests…", "Settings…", "Launch at login", "Quit"} <= set(
+        window.buttons
+    )
+    assert not tray.tray.isVisible()
+    window.buttons["Requests…"].click()
+    assert tray.requests_window is not None and tray.requests_window.isVisible()
+    window.close()  # closing a window never quits
+    assert not tray.finished.is_set()
+    tray.requests_window.close()
+    assert tray.settings_dialog is not None  # the settings are incomplete
+    tray.settings_dialog.close()
+
+
+def test_a_tray_that_appears_late_is_used_instead_of_the_window(
+    qtbot: QtBot, store: ProfileStore, tmp_path: Path
+) -> None:
+    answers = iter([False, False, True])
+    tray = TrayApp(
+        make_bridge(store),
+        autostart(tmp_path),
+        tray_available=lambda: next(answers, True),
+        tray_wait=10.0,
+    )
+    tray.bridge.profile.prefs.serve_on_launch = False
+    tray.launch()
+    qtbot.waitUntil(tray.tray.isVisible, timeout=10000)
+    assert tray.window is None
+    assert tray.settings_dialog is not None
+    tray.settings_dialog.close()
+
+
+def test_quit_drains_an_in_flight_request_before_disconnecting(
+    qloop: QLoop, store: ProfileStore, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with live_services() as (stub, broker):
+            bridge = make_bridge(store, complete_profile(broker.port, stub.url))
+            tray = TrayApp(bridge, autostart(tmp_path), tray_available=lambda: True)
+            tray.launch()
+            await until(lambda: set(broker.hub.models()) == {"stub-model"})
+            body = {
+                "model": "stub-model",
+                "stream": True,
+                "x_stub": {"mode": "events", "events": 3, "gated": True},
+            }
+
+            async def request() -> tuple[int, bytes]:
+                headers = {"Authorization": f"Bearer {USER_KEY}"}
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.post(
+                        f"{broker.base_url}/v1/chat/completions", json=body, headers=headers
+                    ) as resp,
+                ):
+                    return resp.status, await resp.read()
+
+            client = asyncio.ensure_future(request())
+            await until(lambda: stub.written == [0])
+            assert "1 in flight" in tray.status_action.text()
+            tray.quit_action.trigger()
+            await asyncio.sleep(0.2)  # give a wrong implementation the chance to cut it
+            assert not tray.finished.is_set()
+            assert bridge.serving
+            stub.gate(0).set()
+            stub.gate(1).set()
+            status, streamed = await client
+            assert status == 200
+            assert streamed.endswith(b"data: [DONE]\n\n")  # the whole stream, not a cut one
+            await until(lambda: tray.finished.is_set())
+            assert not bridge.serving
+
+    qloop.run(scenario())
+
+
+def test_the_application_never_quits_when_a_window_closes(qapp: object) -> None:
+    from connector_app.qt.app import application
+
+    app = application()
+    assert app is qapp
+    assert not app.quitOnLastWindowClosed()
