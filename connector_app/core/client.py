@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from connector_app.core.backoff import Backoff
+from connector_app.core.http1 import HTTPError
 from connector_app.core.llm import LocalLLM
 from connector_app.core.status import LinkState, StatusBoard
 from shared import protocol as p
@@ -343,7 +343,7 @@ class RelayClient:
             except asyncio.CancelledError:
                 outcome = "cancelled"
                 raise
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except (HTTPError, OSError, TimeoutError) as exc:
                 outcome = "failed"
                 # Details (the local URL, the socket error) stay in this machine's log.
                 log.warning("local LLM request failed", error=str(exc) or type(exc).__name__)
@@ -378,11 +378,9 @@ class RelayClient:
             head.method, head.path, head.headers, bytes(stream.body)
         ) as response:
             stream.status = response.status
-            headers = tuple(
-                (k, v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP
-            )
+            headers = tuple((k, v) for k, v in response.headers if k.lower() not in _HOP_BY_HOP)
             self._send(p.ResponseHead(head.stream_id, response.status, headers))
-            async for chunk in response.content.iter_any():
+            while chunk := await response.read():
                 await self._send_body(stream, chunk)
 
     async def _send_body(self, stream: _Stream, data: bytes) -> None:
