@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from bench.client import Target, timed_fetch
-from bench.procs import Children, Child, start_stub
+from bench.procs import Child, Children, start_stub
 from bench.stats import summary_ms
 from shared.eventloop import run
 
@@ -35,6 +35,7 @@ class _Pipe(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: _Pipe | None = None
         self.pending: list[bytes] = []
+        self.dialing: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -65,7 +66,7 @@ async def _forward(port: int, to_port: int) -> None:
                 outbound.transport.write(data)
             inbound.pending.clear()
 
-        loop.create_task(dial())
+        inbound.dialing = loop.create_task(dial())
         return inbound
 
     server = await loop.create_server(accepted, "127.0.0.1", port)

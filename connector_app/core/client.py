@@ -112,6 +112,8 @@ class RelayClient:
         self._outbox = Outbox()
         self._wake = asyncio.Event()
         self._streams: dict[int, _Stream] = {}
+        self._running = 0
+        """Streams in `_streams` with a task: counted, not summed, at a thousand streams."""
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -265,8 +267,9 @@ class RelayClient:
         """Drop a stream from the table and publish the new in-flight count."""
         if self._streams.get(stream.head.stream_id) is stream:
             del self._streams[stream.head.stream_id]
-        running = sum(1 for s in self._streams.values() if s.task is not None)
-        self._board.update(in_flight=running)
+            if stream.task is not None:
+                self._running -= 1
+        self._board.update(in_flight=self._running)
         if not self._streams:
             self._idle.set()
 
@@ -310,13 +313,14 @@ class RelayClient:
 
     def _start(self, stream: _Stream) -> None:
         sid = stream.head.stream_id
-        busy = sum(1 for s in self._streams.values() if s.task is not None)
+        busy = self._running
         if self._draining or busy >= self._max_concurrency:
             self._forget(stream)
             reason = "shutting down" if self._draining else "at its concurrency limit"
             self._send(p.Error(sid, "over_capacity", f"The connector is {reason}."))
             return
         stream.task = asyncio.create_task(self._serve(stream))
+        self._running += 1
         self._tasks.add(stream.task)
         stream.task.add_done_callback(self._tasks.discard)
         self._board.update(in_flight=busy + 1)
