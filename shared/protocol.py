@@ -246,13 +246,11 @@ def _headers(obj: Mapping[str, Any]) -> Headers:
     items = _get(obj, "headers", list)
     out: list[tuple[str, str]] = []
     for item in items:
-        if (
-            not isinstance(item, list)
-            or len(item) != 2
-            or not all(isinstance(part, str) for part in item)
-        ):
+        if not isinstance(item, list) or len(item) != 2:
             raise ProtocolError("headers must be a list of [name, value] string pairs")
         name, value = item
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise ProtocolError("headers must be a list of [name, value] string pairs")
         if not _TOKEN.fullmatch(name) or _FORBIDDEN_IN_VALUE.search(value):
             raise ProtocolError(f"header {name[:40]!r} is not a valid HTTP header")
         out.append((name, value))

@@ -427,7 +427,9 @@ class Pool:
         """A connection on which the request has been sent."""
         while self._idle:
             connection = self._idle.pop()
-            if connection.closed:
+            if connection.closed or not connection.parser.keep_alive:
+                # Closed by the server, or it sent bytes while idle: not to be trusted.
+                connection.close()
                 continue
             connection.start(payload, no_body)
             # A kept-alive socket the server closed while idle fails before any reply;

@@ -325,3 +325,43 @@ async def test_a_base_path_prefixes_every_request(pool_factory: Callable[[str], 
         async with pool.request("GET", "/v1/models", (), b"") as response:
             assert await response.body() == b""
         assert seen == [b"GET /llm/v1/models HTTP/1.1"]
+
+
+async def test_a_kept_alive_socket_that_fails_before_any_reply_is_retried_once(
+    pool_factory: Callable[[str], Pool],
+) -> None:
+    async def drop_the_second(reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await w.drain()
+        await read_request(reader)  # the second request on this socket gets no reply at all
+
+    async with Server(drop_the_second) as server:
+        pool = pool_factory(server.url)
+        for _ in range(2):
+            async with pool.request("POST", "/x", (), b"{}") as response:
+                assert await response.body() == b"ok"
+        assert server.connections == 2
+
+
+async def test_a_socket_that_talked_while_idle_is_not_reused(
+    pool_factory: Callable[[str], Pool],
+) -> None:
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
+
+    async with Server(chatty) as server:
+        pool = pool_factory(server.url)
+        for _ in range(2):
+            async with pool.request("POST", "/x", (), b"{}") as response:
+                assert await response.body() == b"ok"
+            await asyncio.sleep(0.2)
+        assert server.connections == 2
