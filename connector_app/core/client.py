@@ -47,6 +47,8 @@ class _Stream:
     body: bytearray = field(default_factory=bytearray)
     task: asyncio.Task[None] | None = None
     status: int | None = None
+    slow: bool = False
+    """The task is sending a chunk that had to wait for credit: later bytes queue behind it."""
     credit: SendCredit = field(init=False)
     credited: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -384,19 +386,40 @@ class RelayClient:
             stream.status = response.status
             headers = tuple((k, v) for k, v in response.headers if k.lower() not in _HOP_BY_HOP)
             self._send(p.ResponseHead(head.stream_id, response.status, headers))
+            # Events that fit the credit leave from the socket's callback, without waking
+            # this task for each one; the loop handles what had to wait, and the end.
+            response.on_data(lambda data: self._offer(stream, data))
             while chunk := await response.read():
-                await self._send_body(stream, chunk)
+                stream.slow = True
+                try:
+                    await self._send_body(stream, chunk)
+                finally:
+                    stream.slow = False
+
+    def _offer(self, stream: _Stream, data: bytes) -> bool:
+        """Send `data` now if the stream has the credit for all of it; else leave it."""
+        if stream.slow or stream.credit.available < len(data):
+            return False
+        if self._streams.get(stream.head.stream_id) is not stream:
+            return True  # cancelled: its task is being stopped, the bytes have nowhere to go
+        self._send_chunks(stream, data)
+        return True
 
     async def _send_body(self, stream: _Stream, data: bytes) -> None:
-        sid = stream.head.stream_id
-        offset, total = 0, len(data)
-        while offset < total:
-            n = stream.credit.take(total - offset)
-            if n == 0:
+        while data:
+            if stream.credit.available == 0:
                 stream.credited.clear()
                 await stream.credited.wait()
                 continue
+            data = self._send_chunks(stream, data)
+
+    def _send_chunks(self, stream: _Stream, data: bytes) -> bytes:
+        """Send as much of `data` as the credit allows, in body frames; return the rest."""
+        sid = stream.head.stream_id
+        offset, total = 0, len(data)
+        while offset < total and (n := stream.credit.take(total - offset)):
             # The common case (a chunk that fits) is sent as it is, without a copy.
             chunk = data if n == total else data[offset : offset + n]
             self._send(p.ResponseBody(sid, chunk))
             offset += n
+        return data[offset:] if offset else data

@@ -365,3 +365,40 @@ async def test_a_socket_that_talked_while_idle_is_not_reused(
                 assert await response.body() == b"ok"
             await asyncio.sleep(0.2)
         assert server.connections == 2
+
+
+async def test_on_data_takes_bytes_until_it_refuses_and_read_keeps_the_order(
+    pool_factory: Callable[[str], Pool],
+) -> None:
+    go = asyncio.Event()
+
+    async def three_parts(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n")
+        for part in (b"one", b"two", b"333"):
+            await go.wait()
+            go.clear()
+            writer.write(part)
+            await writer.drain()
+
+    async with Server(three_parts) as server:
+        pool = pool_factory(server.url)
+        taken: list[bytes] = []
+
+        def take_the_first(data: bytes) -> bool:
+            if taken:
+                return False
+            taken.append(data)
+            return True
+
+        async with pool.request("POST", "/x", (), b"{}") as response:
+            # Takes "one", refuses "two"; "333" then goes to read() as well.
+            response.on_data(take_the_first)
+            go.set()
+            while not taken:
+                await asyncio.sleep(0.01)
+            go.set()
+            assert await response.read() == b"two"
+            go.set()
+            rest = await response.body()
+        assert (taken, rest) == ([b"one"], b"333")
