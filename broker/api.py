@@ -24,7 +24,7 @@ from broker.headers import request_headers, response_headers
 from broker.hub import Link, NoConnector
 from broker.keys import ACCOUNTS, HUB, LEDGER, LIFECYCLE, LIMITER, METRICS, REQUEST_ID, SETTINGS
 from broker.limits import Lease, Rejection
-from broker.relay import ConnectorLink, Exchange, LinkLost
+from broker.relay import ConnectorLink, Exchange, LinkLost, StreamEvent
 from broker.store import UsageRow
 from broker.tally import TokenTally
 from shared import protocol as p
@@ -362,8 +362,10 @@ class Relay:
             exchange.close(cancel=True)
 
     async def _pump(self, exchange: Exchange) -> web.StreamResponse:
+        events = exchange.events
+        pending: StreamEvent | None = None
         while True:
-            event = await exchange.events.get()
+            event, pending = pending or await events.get(), None
             match event:
                 case LinkLost():
                     raise event
@@ -373,7 +375,8 @@ class Relay:
                     )
                 case p.ResponseHead(_, status, headers):
                     try:
-                        await self._start(status, headers)
+                        # When the body is already here, the head waits to leave with it.
+                        await self._start(status, headers, buffered=not events.empty())
                     except BadHead as exc:
                         self.response = None
                         return await self._fail(502, "connector_protocol_error", str(exc))
@@ -382,6 +385,15 @@ class Relay:
                         502, "connector_protocol_error", "The connector sent a body before a head."
                     )
                 case p.ResponseBody(_, data):
+                    # Bodies that arrived together leave in one write.
+                    pieces = [data]
+                    while not events.empty():
+                        pending = events.get_nowait()
+                        if not isinstance(pending, p.ResponseBody):
+                            break
+                        pieces.append(pending.data)
+                        pending = None
+                    data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
                     await self._write(data)
                     exchange.delivered(len(data))
                 case p.End():
@@ -393,8 +405,10 @@ class Relay:
                         raise Refused(message)
                     return await self._fail(502, code, message)
 
-    async def _start(self, status: int, headers: p.Headers) -> None:
-        response = web.StreamResponse(status=status)
+    async def _start(self, status: int, headers: p.Headers, *, buffered: bool = False) -> None:
+        # A web.Response sends its head with the first body write (one system call and
+        # one wake-up of the client fewer); a StreamResponse sends it at once.
+        response = web.Response(status=status) if buffered else web.StreamResponse(status=status)
         try:
             response.headers.extend(response_headers(headers))
         except ValueError:

@@ -19,6 +19,9 @@ _SSE_ENDS: Final = (b"\n\n", b"\r\n\r\n", b"\r\r")
 
 
 def _sse_cut(data: bytes) -> int:
+    # The usual case first, without a generator: an event ending in a blank line.
+    if data.endswith(b"\n\n") and b"\r" not in data:
+        return len(data)
     return max((i + len(end) for end in _SSE_ENDS if (i := data.rfind(end)) >= 0), default=0)
 
 

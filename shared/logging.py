@@ -8,6 +8,7 @@ reaches the output.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -20,7 +21,9 @@ LogFormat = Literal["json", "console"]
 _SECRET_HINTS = ("token", "key", "secret", "password", "authorization", "cookie")
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_secret(name: str) -> bool:
+    # Cached: the same few field names come by on every log line.
     lowered = name.lower()
     return any(h in lowered for h in _SECRET_HINTS) and lowered != "request_id"
 

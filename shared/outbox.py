@@ -56,7 +56,11 @@ class Outbox:
         self._bytes += size
         entry = (size, pieces)
         if isinstance(frame, _STREAM_FRAMES):
-            self._streams.setdefault(frame.stream_id, deque()).append(entry)
+            # Not setdefault: that would build a deque for every frame.
+            queue = self._streams.get(frame.stream_id)
+            if queue is None:
+                queue = self._streams[frame.stream_id] = deque()
+            queue.append(entry)
         else:
             # Connection frames, cancels and credit updates jump the queue: they are
             # small and something waits on them.

@@ -104,8 +104,12 @@ def close_reason(text: str) -> str:
     return text.encode()[:123].decode(errors="ignore")
 
 
+# Built once: json.dumps and json.loads with options build a new coder on every call.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _json(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return _ENCODER.encode(obj).encode()
 
 
 def _pack(kind: FrameType, stream_id: int, payload: bytes) -> bytes:
@@ -128,14 +132,15 @@ def encode(frame: Frame) -> bytes:
         case WindowUpdate(stream_id, increment):
             return _pack(FrameType.WINDOW_UPDATE, stream_id, _CREDIT.pack(increment))
         case ResponseHead(stream_id, status, headers):
-            payload = _json({"status": status, "headers": [list(h) for h in headers]})
+            # Tuples encode as JSON arrays, so the header pairs go in as they are.
+            payload = _json({"status": status, "headers": headers})
             return _pack(FrameType.RESPONSE_HEAD, stream_id, payload)
         case RequestHead(stream_id, method, path, headers, request_id):
             payload = _json(
                 {
                     "method": method,
                     "path": path,
-                    "headers": [list(h) for h in headers],
+                    "headers": headers,
                     "request_id": request_id,
                 }
             )
@@ -203,9 +208,13 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER: Final = json.JSONDecoder(parse_constant=_no_constants)
+
+
 def _obj(payload: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(payload, parse_constant=_no_constants)
+        # What json.loads does with bytes, without building a decoder per call.
+        value = _DECODER.decode(payload.decode(json.detect_encoding(payload), "surrogatepass"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"control payload is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -237,40 +246,41 @@ def _headers(obj: Mapping[str, Any]) -> Headers:
     items = _get(obj, "headers", list)
     out: list[tuple[str, str]] = []
     for item in items:
-        if (
-            not isinstance(item, list)
-            or len(item) != 2
-            or not all(isinstance(part, str) for part in item)
-        ):
+        if not isinstance(item, list) or len(item) != 2:
             raise ProtocolError("headers must be a list of [name, value] string pairs")
         name, value = item
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise ProtocolError("headers must be a list of [name, value] string pairs")
         if not _TOKEN.fullmatch(name) or _FORBIDDEN_IN_VALUE.search(value):
             raise ProtocolError(f"header {name[:40]!r} is not a valid HTTP header")
         out.append((name, value))
     return tuple(out)
 
 
+_FRAME_TYPES: Final = {int(t): t for t in FrameType}
+_CONNECTION_LEVEL: Final = frozenset(
+    {FrameType.HELLO, FrameType.WELCOME, FrameType.MODELS, FrameType.GOAWAY}
+)
+
+
 def _decode_one(kind: int, stream_id: int, payload: bytes) -> Frame:
-    try:
-        ftype = FrameType(kind)
-    except ValueError:
-        raise ProtocolError(f"unknown frame type 0x{kind:02x}") from None
-    connection_level = ftype in (
-        FrameType.HELLO,
-        FrameType.WELCOME,
-        FrameType.MODELS,
-        FrameType.GOAWAY,
-    )
+    # Body frames first, without an enum lookup: they are most of the traffic.
+    if kind == FrameType.RESPONSE_BODY or kind == FrameType.REQUEST_BODY:
+        if stream_id == 0:
+            raise ProtocolError(f"{FrameType(kind).name} frame needs a stream id other than 0")
+        if len(payload) > MAX_BODY_CHUNK:
+            raise ProtocolError(f"body frame of {len(payload)} bytes exceeds {MAX_BODY_CHUNK}")
+        if kind == FrameType.RESPONSE_BODY:
+            return ResponseBody(stream_id, payload)
+        return RequestBody(stream_id, payload)
+    ftype = _FRAME_TYPES.get(kind)
+    if ftype is None:
+        raise ProtocolError(f"unknown frame type 0x{kind:02x}")
+    connection_level = ftype in _CONNECTION_LEVEL
     if connection_level and stream_id != 0:
         raise ProtocolError(f"{ftype.name} frame must use stream 0")
     if not connection_level and stream_id == 0:
         raise ProtocolError(f"{ftype.name} frame needs a stream id other than 0")
-    if ftype in (FrameType.REQUEST_BODY, FrameType.RESPONSE_BODY):
-        if len(payload) > MAX_BODY_CHUNK:
-            raise ProtocolError(f"body frame of {len(payload)} bytes exceeds {MAX_BODY_CHUNK}")
-        if ftype is FrameType.REQUEST_BODY:
-            return RequestBody(stream_id, payload)
-        return ResponseBody(stream_id, payload)
     if ftype in (FrameType.END, FrameType.CANCEL):
         if payload:
             raise ProtocolError(f"{ftype.name} frame must have an empty payload")

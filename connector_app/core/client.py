@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -28,6 +27,7 @@ from connector_app.core.activity import (
 )
 from connector_app.core.backoff import Backoff
 from connector_app.core.failures import describe_failure, is_fatal
+from connector_app.core.http1 import HTTPError
 from connector_app.core.llm import LocalLLM
 from connector_app.core.status import LinkState, StatusBoard
 from shared import protocol as p
@@ -55,6 +55,8 @@ class _Stream:
     body: bytearray = field(default_factory=bytearray)
     task: asyncio.Task[None] | None = None
     status: int | None = None
+    slow: bool = False
+    """The task is sending a chunk that had to wait for credit: later bytes queue behind it."""
     credit: SendCredit = field(init=False)
     credited: asyncio.Event = field(default_factory=asyncio.Event)
     usage: UsageProbe | None = None
@@ -98,6 +100,8 @@ class RelayClient:
         self._outbox = Outbox()
         self._wake = asyncio.Event()
         self._streams: dict[int, _Stream] = {}
+        self._running = 0
+        """Streams in `_streams` with a task: counted, not summed, at a thousand streams."""
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -258,8 +262,9 @@ class RelayClient:
         """Drop a stream from the table and publish the new in-flight count."""
         if self._streams.get(stream.head.stream_id) is stream:
             del self._streams[stream.head.stream_id]
-        running = sum(1 for s in self._streams.values() if s.task is not None)
-        self._board.update(in_flight=running)
+            if stream.task is not None:
+                self._running -= 1
+        self._board.update(in_flight=self._running)
         if not self._streams:
             self._idle.set()
 
@@ -303,13 +308,14 @@ class RelayClient:
 
     def _start(self, stream: _Stream) -> None:
         sid = stream.head.stream_id
-        busy = sum(1 for s in self._streams.values() if s.task is not None)
+        busy = self._running
         if self._draining or busy >= self._max_concurrency:
             self._forget(stream)
             reason = "shutting down" if self._draining else "at its concurrency limit"
             self._send(p.Error(sid, "over_capacity", f"The connector is {reason}."))
             return
         stream.task = asyncio.create_task(self._serve(stream))
+        self._running += 1
         self._tasks.add(stream.task)
         stream.task.add_done_callback(self._tasks.discard)
         self._board.update(in_flight=busy + 1)
@@ -342,7 +348,7 @@ class RelayClient:
             except asyncio.CancelledError:
                 outcome = "cancelled"
                 raise
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except (HTTPError, OSError, TimeoutError) as exc:
                 outcome = "failed"
                 # Details (the local URL, the socket error) stay in this machine's log.
                 log.warning("local LLM request failed", error=str(exc) or type(exc).__name__)
@@ -392,26 +398,47 @@ class RelayClient:
             head.method, head.path, head.headers, bytes(stream.body)
         ) as response:
             stream.status = response.status
-            headers = tuple(
-                (k, v) for k, v in response.headers.items() if k.lower() not in _HOP_BY_HOP
-            )
+            headers = tuple((k, v) for k, v in response.headers if k.lower() not in _HOP_BY_HOP)
             self._send(p.ResponseHead(head.stream_id, response.status, headers))
+            # Events that fit the credit leave from the socket's callback, without waking
+            # this task for each one; the loop handles what had to wait, and the end.
+            response.on_data(lambda data: self._offer(stream, data))
             usage = stream.usage
-            async for chunk in response.content.iter_any():
+            while chunk := await response.read():
                 if usage is not None:
                     usage.feed(chunk)
-                await self._send_body(stream, chunk)
+                stream.slow = True
+                try:
+                    await self._send_body(stream, chunk)
+                finally:
+                    stream.slow = False
+
+    def _offer(self, stream: _Stream, data: bytes) -> bool:
+        """Send `data` now if the stream has the credit for all of it; else leave it."""
+        if stream.slow or stream.credit.available < len(data):
+            return False
+        if self._streams.get(stream.head.stream_id) is not stream:
+            return True  # cancelled: its task is being stopped, the bytes have nowhere to go
+        if stream.usage is not None:
+            stream.usage.feed(data)
+        self._send_chunks(stream, data)
+        return True
 
     async def _send_body(self, stream: _Stream, data: bytes) -> None:
-        sid = stream.head.stream_id
-        offset, total = 0, len(data)
-        while offset < total:
-            n = stream.credit.take(total - offset)
-            if n == 0:
+        while data:
+            if stream.credit.available == 0:
                 stream.credited.clear()
                 await stream.credited.wait()
                 continue
+            data = self._send_chunks(stream, data)
+
+    def _send_chunks(self, stream: _Stream, data: bytes) -> bytes:
+        """Send as much of `data` as the credit allows, in body frames; return the rest."""
+        sid = stream.head.stream_id
+        offset, total = 0, len(data)
+        while offset < total and (n := stream.credit.take(total - offset)):
             # The common case (a chunk that fits) is sent as it is, without a copy.
             chunk = data if n == total else data[offset : offset + n]
             self._send(p.ResponseBody(sid, chunk))
             offset += n
+        return data[offset:] if offset else data

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import aiohttp
-
+from connector_app.core.http1 import HTTPError, Pool, Response
 from shared.protocol import Headers
 
 
@@ -24,43 +25,29 @@ class LocalLLM:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=limit, enable_cleanup_closed=False),
-            # Generations may take many minutes; only connecting is bounded here.
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
-            # Bytes pass through unchanged; we ask for identity so they stay readable.
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent",),
-        )
+        # Generations may take many minutes; only connecting is bounded here.
+        self._pool = Pool(self.base_url, limit=limit, connect_timeout=connect_timeout)
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._pool.close()
 
-    def _headers(self, headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-        out = [(k, v) for k, v in headers if k.lower() != "authorization"]
+    def _headers(self, headers: Iterable[tuple[str, str]]) -> Headers:
+        out = [(k, v) for k, v in headers if k.lower() not in ("authorization", "accept-encoding")]
+        # Bytes pass through unchanged; we ask for identity so they stay readable.
         out.append(("Accept-Encoding", "identity"))
         if self._api_key:
             out.append(("Authorization", f"Bearer {self._api_key}"))
-        return out
+        return tuple(out)
 
     def request(
         self, method: str, path: str, headers: Headers, body: bytes
-    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+    ) -> AbstractAsyncContextManager[Response]:
         """Send one request; use as `async with llm.request(...) as response`."""
-        return self._session.request(
-            method,
-            self.base_url + path,
-            headers=self._headers(headers),
-            data=body,
-            allow_redirects=False,
-        )
+        return self._pool.request(method, path, self._headers(headers), body)
 
     async def get_json(self, path: str, timeout: float = 5.0) -> Any:
         """GET a JSON document (used for discovery); raises on any failure."""
-        async with self._session.get(
-            self.base_url + path,
-            headers=self._headers(()),
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as response:
-            response.raise_for_status()
-            return await response.json(content_type=None)
+        async with asyncio.timeout(timeout), self.request("GET", path, (), b"") as response:
+            if response.status >= 400:
+                raise HTTPError(f"GET {path} answered {response.status}")
+            return json.loads(await response.body())

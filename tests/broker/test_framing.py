@@ -49,3 +49,10 @@ def test_a_stream_that_never_ends_an_event_is_not_held_forever() -> None:
     framer = EventFramer("text/event-stream")
     big = b"x" * (MAX_HELD + 1)
     assert framer.feed(big) == big
+
+
+def test_mixed_event_ends_are_cut_at_the_last_one() -> None:
+    framer = EventFramer("text/event-stream")
+    assert framer.feed(b"data: a\n\ndata: b\r\rdata: c") == b"data: a\n\ndata: b\r\r"
+    assert framer.feed(b"\n\n") == b"data: c\n\n"
+    assert framer.feed(b"data: d\r\n\r\ndata: e\n\n") == b"data: d\r\n\r\ndata: e\n\n"
