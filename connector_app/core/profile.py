@@ -56,7 +56,10 @@ class Profile:
     def copy(self) -> Profile:
         """A snapshot that later edits of this profile do not change."""
         return Profile(
-            dict(self.values), self.prefs.model_copy(deep=True), dict(self.secrets), self.secrets_error
+            dict(self.values),
+            self.prefs.model_copy(deep=True),
+            dict(self.secrets),
+            self.secrets_error,
         )
 
 
