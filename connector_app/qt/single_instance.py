@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import sys
 from pathlib import Path
 
 import structlog
@@ -27,6 +28,15 @@ def runtime_dir() -> Path:
     return Path(location) if location else Path.home()
 
 
+def default_name(private: Path) -> str:
+    """The socket inside the user's private runtime directory, where no other user can put
+    one first; a bare name (Qt's temp directory) on Windows or when the path is too long."""
+    path = private / server_name()
+    if sys.platform == "win32" or len(str(path).encode()) > 100:  # sun_path holds 104 bytes
+        return server_name()
+    return str(path)
+
+
 class SingleInstance(QObject):
     """Owns the per-user lock and local socket of the running tray app.
 
@@ -45,8 +55,9 @@ class SingleInstance(QObject):
         directory: Path | None = None,
     ) -> None:
         super().__init__(parent)
-        self.name = name or server_name()
-        self.lock = QLockFile(str((directory or runtime_dir()) / f"{self.name}.lock"))
+        private = directory or runtime_dir()
+        self.name = name or default_name(private)
+        self.lock = QLockFile(str(private / f"{Path(self.name).name}.lock"))
         self.lock.setStaleLockTime(0)  # a lock is stale only when its process is gone
         self.server: QLocalServer | None = None
 
