@@ -102,7 +102,8 @@ def test_menu_actions_drive_the_real_core(
 
             tray.model_actions["other-model"].trigger()  # switch a model off
             await until(lambda: set(broker.hub.models()) == {"stub-model"})
-            assert "other-model" in store.path.read_text()  # remembered as disabled
+            # Remembered as disabled (written in a thread, off the Qt thread).
+            await until(lambda: store.path.is_file() and "other-model" in store.path.read_text())
             assert not tray.model_actions["other-model"].isChecked()
 
             tray.stop_action.trigger()
