@@ -198,7 +198,13 @@ class Bridge(QObject):
         self.profile.prefs.disabled_models = sorted(disabled)
         if self.connector is not None:
             self.connector.set_excluded(frozenset(disabled))
-        self.spawn(self._save(self.profile, with_secrets=False))
+        self.spawn(self._remember_models(self.profile))
+
+    async def _remember_models(self, profile: Profile) -> None:
+        try:
+            await self._save(profile, with_secrets=False)
+        except OSError as exc:  # the switch still applies for this session
+            log.warning("cannot save connector.yaml", path=str(self.store.path), error=str(exc))
 
     async def _save(self, profile: Profile, *, with_secrets: bool) -> None:
         """Write a snapshot of the profile off the Qt thread (file IO, keyring IPC)."""

@@ -451,3 +451,17 @@ def test_removed_model_entries_are_deleted(
     QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
     assert destroyed
     assert list(tray.model_actions) == ["b"]
+
+
+def test_a_model_switch_that_cannot_be_saved_still_applies(
+    qloop: QLoop, store: ProfileStore, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        store.path.parent.mkdir(parents=True)
+        store.path.mkdir()  # a directory where the file should be: the write fails
+        bridge = make_bridge(store)
+        bridge.set_model_enabled("m", False)
+        await until(lambda: not bridge._background)
+        assert bridge.profile.prefs.disabled_models == ["m"]
+
+    qloop.run(scenario())
