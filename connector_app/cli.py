@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,14 @@ def autostart_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def has_display(environ: Mapping[str, str] | None = None, platform: str = sys.platform) -> bool:
+    """Whether Qt can open a window; without one, Qt aborts the process (SIGABRT)."""
+    env = os.environ if environ is None else environ
+    if platform in ("darwin", "win32") or env.get("QT_QPA_PLATFORM"):
+        return True
+    return bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+
+
 TRAY_FLAGS = ("config", "log_level", "log_format", "headless")
 
 
@@ -117,6 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"{PROG}: error: {flags} only apply with --headless; the tray app takes its "
                 "settings from Settings… or REMOTELLM_CONNECTOR_* environment variables",
+                file=sys.stderr,
+            )
+            return 2
+        if not has_display():
+            print(
+                f"{PROG}: error: there is no display (DISPLAY and WAYLAND_DISPLAY are unset) for "
+                "the tray app; run it with --headless",
                 file=sys.stderr,
             )
             return 2

@@ -12,8 +12,8 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -38,6 +38,27 @@ def connector_command() -> list[str]:
     return [sys.executable, "-m", "connector_app.cli"]
 
 
+# Characters that make the Desktop Entry spec require an argument to be quoted.
+_DESKTOP_RESERVED: Final = frozenset(" \t\n\"'\\><~|&;$*?#()`")
+
+
+def desktop_exec(argv: Sequence[str]) -> str:
+    """A Desktop Entry `Exec=` value: double quotes only, `%` doubled, backslashes escaped.
+
+    The spec applies the string escape (`\\` for a backslash) before its quoting rule, so a
+    backslash inside a quoted argument is written as four.
+    """
+    parts = []
+    for arg in argv:
+        if arg and not _DESKTOP_RESERVED & set(arg):
+            part = arg
+        else:
+            quoted = "".join("\\" + c if c in '"`$\\' else c for c in arg)
+            part = f'"{quoted}"'
+        parts.append(part.replace("\\", "\\\\").replace("%", "%%"))
+    return " ".join(parts)
+
+
 class AutostartError(Exception):
     """Launch at login could not be changed; the message says why."""
 
@@ -51,6 +72,8 @@ class Autostart:
     runner: Runner = run_command
     command: Sequence[str] = ()
     uid: int = os.getuid() if hasattr(os, "getuid") else 0
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    """Where XPC_SERVICE_NAME tells whether this process is the LaunchAgent's own job."""
 
     def _command(self, headless: bool) -> list[str]:
         base = list(self.command) or connector_command()
@@ -59,7 +82,7 @@ class Autostart:
     def path(self, headless: bool) -> Path:
         """The file that means "enabled"."""
         if self.platform == "darwin":
-            label = LABEL + (".headless" if headless else "")
+            label = self._label(headless)
             return self.home / "Library" / "LaunchAgents" / f"{label}.plist"
         if self.platform.startswith("linux"):
             config = self.home / ".config"
@@ -72,7 +95,7 @@ class Autostart:
         """The file's content."""
         command = self._command(headless)
         if self.platform == "darwin":
-            label = LABEL + (".headless" if headless else "")
+            label = self._label(headless)
             logs = self.home / "Library" / "Logs" / "remotellm-connector.log"
             plist = {
                 "Label": label,
@@ -80,6 +103,8 @@ class Autostart:
                 "RunAtLoad": True,
                 # Restart after a crash, not after the operator chose Quit (exit 0).
                 "KeepAlive": {"SuccessfulExit": False},
+                # launchd's default of 20 s before SIGKILL would cut the 30 s drain short.
+                "ExitTimeOut": 40,
                 "ProcessType": "Interactive" if not headless else "Background",
                 "StandardErrorPath": str(logs),
             }
@@ -105,7 +130,7 @@ class Autostart:
             "Type=Application\n"
             "Name=RemoteLLM Connector\n"
             "Comment=Share this machine's LLM server through a RemoteLLM broker\n"
-            f"Exec={shlex.join(command)}\n"
+            f"Exec={desktop_exec(command)}\n"
             "Icon=remotellm\n"
             "Terminal=false\n"
             "X-GNOME-Autostart-enabled=true\n"
@@ -115,31 +140,52 @@ class Autostart:
     def is_enabled(self, headless: bool = False) -> bool:
         return self.path(headless).is_file()
 
-    def enable(self, headless: bool = False) -> Path:
-        """Write the file and tell the service manager; returns the file's path."""
+    def _label(self, headless: bool) -> str:
+        return LABEL + (".headless" if headless else "")
+
+    def enable(self, headless: bool = False, *, start_now: bool = True) -> Path:
+        """Write the file and tell the service manager; returns the file's path.
+
+        On macOS, `start_now=False` (the running tray app's menu) only writes the agent and
+        clears a `launchctl disable`, so launchd loads it at the next login: bootstrapping it
+        would start a second copy at once (RunAtLoad). The command line bootstraps it now.
+        """
         path = self.path(headless)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.render(headless))
         if self.platform == "darwin":
             domain = f"gui/{self.uid}"
-            self.runner(["launchctl", "bootout", domain, str(path)])  # an older copy, if loaded
-            self._must(["launchctl", "bootstrap", domain, str(path)])
+            self._must(["launchctl", "enable", f"{domain}/{self._label(headless)}"])
+            if start_now and not self._is_own_job(headless):
+                self.runner(["launchctl", "bootout", domain, str(path)])  # an older copy
+                self._must(["launchctl", "bootstrap", domain, str(path)])
         elif headless:
             self._must(["systemctl", "--user", "daemon-reload"])
             self._must(["systemctl", "--user", "enable", UNIT])
         return path
 
     def disable(self, headless: bool = False) -> Path:
-        """Tell the service manager, then remove the file; returns the file's path."""
+        """Tell the service manager, then remove the file; returns the file's path.
+
+        On macOS the job is disabled (not loaded at the next login) but only booted out when
+        it is not the process doing this: bootout would SIGTERM the running app itself.
+        """
         path = self.path(headless)
-        if self.platform == "darwin" and path.is_file():
-            self.runner(["launchctl", "bootout", f"gui/{self.uid}", str(path)])
+        if self.platform == "darwin":
+            domain = f"gui/{self.uid}"
+            if path.is_file() and not self._is_own_job(headless):
+                self.runner(["launchctl", "bootout", domain, str(path)])
+            self.runner(["launchctl", "disable", f"{domain}/{self._label(headless)}"])
         elif headless and path.is_file():
             self.runner(["systemctl", "--user", "disable", UNIT])
         path.unlink(missing_ok=True)
         if headless and self.platform.startswith("linux"):
             self.runner(["systemctl", "--user", "daemon-reload"])
         return path
+
+    def _is_own_job(self, headless: bool) -> bool:
+        """Whether this process runs as the LaunchAgent's job (launchd sets XPC_SERVICE_NAME)."""
+        return self.environ.get("XPC_SERVICE_NAME") == self._label(headless)
 
     def _must(self, argv: Sequence[str]) -> None:
         status = self.runner(argv)

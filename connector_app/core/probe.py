@@ -54,13 +54,15 @@ async def check_local(url: str, api_key: str | None, timeout: float = 5.0) -> Ch
         for path, key in (("/v1/models", "data"), ("/api/tags", "models")):
             try:
                 document = await llm.get_json(path, timeout)
+                listed = isinstance(document, dict) and isinstance(document.get(key), list)
+                # Inside the try: the server may fail between the two requests.
+                models = await discover_models(llm, timeout) if listed else None
             except Exception as exc:
                 problems.append(exc)
                 if isinstance(exc, aiohttp.ClientConnectorError | TimeoutError):
                     break  # the other dialect will not answer either
                 continue
-            if isinstance(document, dict) and isinstance(document.get(key), list):
-                models = await discover_models(llm, timeout)
+            if models is not None:
                 if not models:
                     return Check(False, f"The local LLM server at {base} lists no models.")
                 return Check(

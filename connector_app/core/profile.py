@@ -8,6 +8,7 @@ Non-secret settings live in `connector.yaml` in platformdirs' user config direct
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -52,6 +53,15 @@ class Profile:
     secrets_error: str | None = None
     """Why the secrets could not be read (no keyring), for the user."""
 
+    def copy(self) -> Profile:
+        """A snapshot that later edits of this profile do not change."""
+        return Profile(
+            dict(self.values),
+            self.prefs.model_copy(deep=True),
+            dict(self.secrets),
+            self.secrets_error,
+        )
+
 
 class ProfileStore:
     """Loads and saves a Profile; builds ConnectorSettings from it."""
@@ -93,7 +103,15 @@ class ProfileStore:
             prefs = TrayPrefs(**{k: v for k, v in content.items() if k in prefs_keys})
         except ValidationError as exc:
             raise ConfigError(describe(exc)) from None
-        profile = Profile({k: v for k, v in content.items() if k not in prefs_keys}, prefs)
+        return self._with_secrets(
+            Profile({k: v for k, v in content.items() if k not in prefs_keys}, prefs)
+        )
+
+    def blank(self) -> Profile:
+        """Default settings plus the stored secrets: what Settings edits when the file is bad."""
+        return self._with_secrets(Profile())
+
+    def _with_secrets(self, profile: Profile) -> Profile:
         try:
             profile.secrets = {name: self.secrets.get(name) for name in SECRET_FIELDS}
         except KeyringUnavailable as exc:
@@ -115,7 +133,18 @@ class ProfileStore:
         }
         content.update(profile.prefs.model_dump())
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(yaml.safe_dump(content, sort_keys=True))
+        # Write a temporary file beside it and rename it over: a crash or a full disk leaves
+        # the old file whole instead of a truncated one that stops the next start.
+        fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as file:
+                file.write(yaml.safe_dump(content, sort_keys=True))
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, self.path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
 
     def settings(self, profile: Profile) -> ConnectorSettings:
         """The connector's settings: environment > keyring/file; ConfigError if incomplete."""

@@ -11,10 +11,10 @@ from typing import Literal
 import qasync
 import structlog
 from PySide6.QtGui import QIcon
-from PySide6.QtWidgets import QApplication, QMessageBox
+from PySide6.QtWidgets import QApplication
 
 from connector_app.core.autostart import Autostart
-from connector_app.core.profile import ProfileStore, default_config_path
+from connector_app.core.profile import Profile, ProfileStore, default_config_path
 from connector_app.core.secrets import KeyringStore
 from connector_app.qt.bridge import Bridge
 from connector_app.qt.icons import assets_dir
@@ -55,6 +55,19 @@ async def serve(tray: TrayApp, instance: SingleInstance) -> None:
             signal.signal(sig, signal.SIG_IGN)
 
 
+def load_profile(store: ProfileStore) -> tuple[Profile, str | None]:
+    """The saved profile, or a blank one and the reason when `connector.yaml` is broken.
+
+    A broken file opens Settings with the error instead of exiting: under launchd an exit
+    would be restarted every few seconds, each time with a dialog.
+    """
+    try:
+        return store.load(), None
+    except ConfigError as exc:
+        log.error("bad configuration", error=str(exc))
+        return store.blank(), f"the configuration cannot be used: {exc}; Save here replaces it"
+
+
 def run_tray(
     config: Path | None = None,
     log_level: str = "info",
@@ -69,19 +82,15 @@ def run_tray(
     configure_logging(log_level, log_format)
     store = ProfileStore(config or default_config_path(), KeyringStore())
     first_run = not store.path.exists()
-    try:
-        profile = store.load()
-    except ConfigError as exc:
-        log.error("bad configuration", error=str(exc))
-        QMessageBox.critical(None, "RemoteLLM", f"Cannot start: {exc}")
-        instance.release()
-        return 2
+    profile, config_error = load_profile(store)
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
     try:
         with loop:
             bridge = Bridge(store, profile)
-            tray = TrayApp(bridge, Autostart(Path.home()), first_run=first_run)
+            tray = TrayApp(
+                bridge, Autostart(Path.home()), first_run=first_run, config_error=config_error
+            )
             loop.run_until_complete(serve(tray, instance))
     finally:
         asyncio.set_event_loop(None)

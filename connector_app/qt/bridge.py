@@ -60,6 +60,12 @@ class Bridge(QObject):
         self._backoff = backoff
         self._background: set[asyncio.Task[None]] = set()
         self._broker_url: tuple[Profile, str | None] | None = None
+        # Whether the operator wants serving: Stop and Quit clear it, so a restart that is
+        # still draining does not bring serving back afterwards.
+        self._wanted = False
+        self._closed = False
+        # File and keyring writes run in a thread, one at a time and in order.
+        self._saving = asyncio.Lock()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run a coroutine on the loop, keeping a reference until it ends."""
@@ -90,6 +96,10 @@ class Bridge(QObject):
     def is_complete(self) -> bool:
         return self.store.is_complete(self.profile)
 
+    def report_problem(self, problem: str) -> None:
+        """Show a problem found outside the core (a broken connector.yaml) until the next start."""
+        self._set_problem(problem)
+
     def _set_problem(self, problem: str | None) -> None:
         if problem != self.problem:
             self.problem = problem
@@ -109,23 +119,33 @@ class Bridge(QObject):
 
     def start(self) -> bool:
         """Start serving with the saved settings; False (and a problem) if they are incomplete."""
+        if self._closed:
+            return False
+        self._wanted = True
         if self.serving:
             return True
         try:
             settings = self.store.settings(self.profile)
         except ConfigError as exc:
+            self._wanted = False
             self._set_problem(f"the settings are incomplete: {exc}")
             return False
-        self._set_problem(None)
         board = StatusBoard()
         board.subscribe(self._on_status)
-        connector = Connector(
-            settings,
-            backoff=self._backoff,
-            events=self.events,
-            board=board,
-            excluded=frozenset(self.profile.prefs.disabled_models),
-        )
+        try:
+            connector = Connector(
+                settings,
+                backoff=self._backoff,
+                events=self.events,
+                board=board,
+                excluded=frozenset(self.profile.prefs.disabled_models),
+            )
+        except Exception as exc:  # e.g. ssl.SSLError from a bad ca_file: say so, keep running
+            log.exception("cannot start the connector")
+            self._wanted = False
+            self._set_problem(f"the connector cannot start: {type(exc).__name__}: {exc}")
+            return False
+        self._set_problem(None)
         self.connector = connector
         self._task = asyncio.ensure_future(self._run(connector))
         self.serving_changed.emit(True)
@@ -147,6 +167,17 @@ class Bridge(QObject):
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain in-flight requests (bounded by the shutdown grace) and disconnect."""
+        self._wanted = False
+        await self._drain(grace)
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop for good (Quit): nothing may start serving again, not even a pending restart."""
+        self._closed = True
+        await self.stop(grace)
+        async with self._saving:  # let a pending write finish before the process exits
+            pass
+
+    async def _drain(self, grace: float | None = None) -> None:
         connector, task = self.connector, self._task
         if connector is None or task is None:
             return
@@ -155,29 +186,55 @@ class Bridge(QObject):
             await task
 
     async def restart(self) -> None:
-        await self.stop()
-        self.start()
+        """Drain and serve again with the current profile, unless Stop or Quit came meanwhile."""
+        await self._drain()
+        if self._wanted and not self._closed:
+            self.start()
 
     def set_model_enabled(self, model: str, enabled: bool) -> None:
         """Serve or stop serving one discovered model; remembered in connector.yaml."""
         disabled = set(self.profile.prefs.disabled_models)
         (disabled.discard if enabled else disabled.add)(model)
         self.profile.prefs.disabled_models = sorted(disabled)
-        self.store.save(self.profile, with_secrets=False)
         if self.connector is not None:
             self.connector.set_excluded(frozenset(disabled))
+        self.spawn(self._remember_models(self.profile))
 
-    def apply(self, profile: Profile) -> str | None:
-        """Save a profile from the settings dialog; restart if serving. Returns a warning."""
-        self.profile = profile
+    async def _remember_models(self, profile: Profile) -> None:
+        try:
+            await self._save(profile, with_secrets=False)
+        except OSError as exc:  # the switch still applies for this session
+            log.warning("cannot save connector.yaml", path=str(self.store.path), error=str(exc))
+
+    async def _save(self, profile: Profile, *, with_secrets: bool) -> None:
+        """Write a snapshot of the profile off the Qt thread (file IO, keyring IPC)."""
+        snapshot = profile.copy()
+        async with self._saving:
+            await asyncio.to_thread(self.store.save, snapshot, with_secrets=with_secrets)
+
+    async def apply(self, profile: Profile) -> str | None:
+        """Save a profile from the settings dialog; reconnect only if the link's settings
+        changed, and switch models on or off in place. Returns a warning."""
+        old, self.profile = self.profile, profile
         warning = None
         try:
-            self.store.save(profile)
+            await self._save(profile, with_secrets=True)
         except KeyringUnavailable as exc:
             # The secrets stay in memory for this session; the dialog tells the user.
             warning = str(exc)
         if self.serving:
-            self.spawn(self.restart())
+            if self._link_changed(old, profile):
+                self.spawn(self.restart())  # the drain can take a while; Save need not wait
+            elif self.connector is not None:
+                self.connector.set_excluded(frozenset(profile.prefs.disabled_models))
         elif self.problem:
             self._set_problem(None)
         return warning
+
+    def _link_changed(self, old: Profile, new: Profile) -> bool:
+        """Whether the connector's own settings differ (tray-only preferences do not count)."""
+        try:
+            before, after = self.store.settings(old), self.store.settings(new)
+        except ConfigError:
+            return True
+        return before.model_dump() != after.model_dump()

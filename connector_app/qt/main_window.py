@@ -25,8 +25,12 @@ class MainWindow(QWidget):
         self.status.setFont(font)
         self.reason = QLabel(reason)
         self.reason.setWordWrap(True)
+        self.notice = QLabel()  # the last notification: without a tray there is no bubble
+        self.notice.setWordWrap(True)
+        self.notice.hide()
         layout = QVBoxLayout(self)
         layout.addWidget(self.status)
+        layout.addWidget(self.notice)
         layout.addWidget(self.reason)
         self.buttons: dict[str, QPushButton] = {}
         models = QToolButton()
@@ -53,3 +57,7 @@ class MainWindow(QWidget):
 
     def set_status(self, text: str) -> None:
         self.status.setText(text)
+
+    def set_notice(self, text: str) -> None:
+        self.notice.setText(text)
+        self.notice.show()

@@ -15,7 +15,7 @@ from PySide6.QtCore import (
     Qt,
     QTimer,
 )
-from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
+from PySide6.QtGui import QAction, QGuiApplication, QHideEvent, QKeySequence, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
@@ -235,8 +235,17 @@ class RequestsWindow(QWidget):
         bridge.link_event.connect(self.add_link_event)
         self.ages = QTimer(self, interval=1000)
         self.ages.timeout.connect(self.refresh_in_flight)
-        self.ages.start()
         self.refresh_in_flight()
+
+    # The ages only tick while someone can see them.
+    def showEvent(self, event: QShowEvent) -> None:
+        self.refresh_in_flight()
+        self.ages.start()
+        super().showEvent(event)
+
+    def hideEvent(self, event: QHideEvent) -> None:
+        self.ages.stop()
+        super().hideEvent(event)
 
     def on_request(self, event: RequestEvent) -> None:
         if isinstance(event, RequestFinished):

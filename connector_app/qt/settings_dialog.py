@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from PySide6.QtCore import Qt, Signal
@@ -58,6 +58,10 @@ def llm_url_error(text: str) -> str | None:
     return None
 
 
+async def _discard(coro: Coroutine[Any, Any, object]) -> None:
+    await coro
+
+
 def token_error(text: str) -> str | None:
     return None if text.strip() else "Required: the connector token from the broker's operator."
 
@@ -74,7 +78,8 @@ class SettingsDialog(QDialog):
         self.bridge = bridge
         profile = bridge.profile
         self.overridden = bridge.store.overridden()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.saving = False
 
         values = profile.values
         self.broker_url = QLineEdit(str(values.get("broker_url") or ""))
@@ -113,6 +118,11 @@ class SettingsDialog(QDialog):
         self.keyring_warning.setWordWrap(True)
         self.keyring_warning.setStyleSheet(ERROR_STYLE)
         self.keyring_warning.setVisible(bool(profile.secrets_error))
+        # Why the connector cannot serve (a broken connector.yaml, a bad CA file, ...).
+        self.problem = QLabel(bridge.problem or "")
+        self.problem.setWordWrap(True)
+        self.problem.setStyleSheet(ERROR_STYLE)
+        self.problem.setVisible(bool(bridge.problem))
 
         self.busy = QProgressBar()
         self.busy.setRange(0, 0)  # indeterminate: a busy indicator
@@ -134,6 +144,7 @@ class SettingsDialog(QDialog):
         self.buttons.rejected.connect(self.reject)
 
         layout = QVBoxLayout(self)
+        layout.addWidget(self.problem)
         layout.addWidget(self.keyring_warning)
         layout.addLayout(form)
         layout.addLayout(test_row)
@@ -173,8 +184,11 @@ class SettingsDialog(QDialog):
                 note.setText(f"Set by {ENV_PREFIX}{name.upper()}; the environment wins.")
                 note.show()
 
-    def _spawn(self, coro: object) -> None:
-        self._tasks.append(self.bridge.spawn(coro))  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> asyncio.Task[None]:
+        task = self.bridge.spawn(_discard(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     # -- models ----------------------------------------------------------------
 
@@ -223,7 +237,7 @@ class SettingsDialog(QDialog):
             label.setText(problems.get(name, ""))
             label.setVisible(name in problems)
         save = self.buttons.button(QDialogButtonBox.StandardButton.Save)
-        save.setEnabled(not problems)
+        save.setEnabled(not problems and not self.saving)
         return not problems
 
     # -- actions ---------------------------------------------------------------
@@ -303,11 +317,30 @@ class SettingsDialog(QDialog):
         )
         return Profile(values, prefs, secrets, old.secrets_error)
 
-    def save(self) -> None:
-        if not self.validate():
+    def save(self) -> asyncio.Task[None] | None:
+        """Save in the background (keyring and file IO stay off the Qt thread)."""
+        if self.saving or not self.validate():
+            return None
+        self.saving = True  # Save stays disabled until the write is done
+        self.validate()
+        return self._spawn(self.commit(self.profile()))
+
+    async def commit(self, profile: Profile) -> None:
+        """Write the profile through the bridge with Save disabled, then close (or warn)."""
+        self.saving = True
+        self.validate()
+        try:
+            warning = await self.bridge.apply(profile)
+        except OSError as exc:
+            self.problem.setText(
+                f"Could not save {self.bridge.store.path} ({exc.strerror or exc}); "
+                "check that the folder is writable."
+            )
+            self.problem.show()
             return
-        profile = self.profile()
-        warning = self.bridge.apply(profile)
+        finally:
+            self.saving = False
+            self.validate()
         self.saved.emit(profile)
         if warning:
             # Saved to the file, but the secrets only live in memory: say so, stay open.

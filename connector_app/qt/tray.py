@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import structlog
 from PySide6.QtCore import QObject, QTimer
@@ -38,6 +37,7 @@ class TrayApp(QObject):
         tray_available: Callable[[], bool] = QSystemTrayIcon.isSystemTrayAvailable,
         tray_wait: float = TRAY_WAIT,
         first_run: bool = False,
+        config_error: str | None = None,
     ) -> None:
         super().__init__()
         self.bridge = bridge
@@ -45,6 +45,7 @@ class TrayApp(QObject):
         self.tray_available = tray_available
         self.tray_wait = tray_wait
         self.first_run = first_run
+        self.config_error = config_error
         self.finished = asyncio.Event()
         self.quitting = False
         self.state = TrayState.STOPPED
@@ -72,6 +73,7 @@ class TrayApp(QObject):
         self.quit_action = self.menu.addAction("Quit", self.quit)
 
         self.tray = QSystemTrayIcon(icon_for(TrayState.STOPPED))
+        self._shown: tuple[TrayState, str] | None = None  # what the icon and tooltip show now
         self.tray.setContextMenu(self.menu)
         self.menu.aboutToShow.connect(lambda: log.info("tray menu opened"))
         self.tray.activated.connect(self._on_activated)
@@ -95,7 +97,12 @@ class TrayApp(QObject):
             log.info("tray icon shown")
         else:
             self._tray_timer.start()
-        if self.bridge.is_complete():
+        if self.config_error:
+            # A broken connector.yaml: say what is wrong in Settings instead of exiting
+            # (under launchd an exit would only be restarted, with a dialog every time).
+            self.bridge.report_problem(self.config_error)
+            self.show_settings()
+        elif self.bridge.is_complete():
             if self.bridge.profile.prefs.serve_on_launch:
                 self.start()
         else:
@@ -160,8 +167,14 @@ class TrayApp(QObject):
         self.state = tray_state(bridge.serving, status, bridge.problem)
         icon: QIcon = icon_for(self.state)
         line = status_line(self.state, status, bridge.problem)
-        self.tray.setIcon(icon)
-        self.tray.setToolTip(tooltip(self.state, status, bridge.broker_url))
+        tip = tooltip(self.state, status, bridge.broker_url)
+        # Requests start and finish many times a second; only touch the tray when it changes.
+        shown = self._shown
+        if shown is None or shown[0] is not self.state:
+            self.tray.setIcon(icon)
+        if shown is None or shown[1] != tip:
+            self.tray.setToolTip(tip)
+        self._shown = (self.state, tip)
         self.status_action.setText(line)
         self.start_action.setVisible(not bridge.serving)
         self.stop_action.setVisible(bridge.serving)
@@ -177,6 +190,7 @@ class TrayApp(QObject):
             for action in self.model_actions.values():
                 self.menu.removeAction(action)
                 self.models_menu.removeAction(action)
+                action.deleteLater()
             self.model_actions = {}
             for name in names:
                 action = QAction(name, self.menu)
@@ -195,7 +209,11 @@ class TrayApp(QObject):
         )
 
     def notify(self, title: str, message: str) -> None:
-        self.tray.showMessage(title, message, icon_for(self.state), 8000)
+        log.info("notification", title=title, message=message)
+        if self.tray.isVisible():
+            self.tray.showMessage(title, message, icon_for(self.state), 8000)
+        elif self.window is not None:
+            self.window.set_notice(f"{title}: {message}")
 
     # -- intent ----------------------------------------------------------------
 
@@ -235,27 +253,37 @@ class TrayApp(QObject):
         self.login_action.blockSignals(True)
         try:
             self.login_action.setChecked(self.autostart.is_enabled())
+            self.login_action.setEnabled(True)
         except AutostartError:
             self.login_action.setEnabled(False)
         self.login_action.blockSignals(False)
 
-    def set_launch_at_login(self, on: bool) -> Path | None:
+    def set_launch_at_login(self, on: bool) -> asyncio.Task[None]:
+        """Change launch at login in a thread (launchctl and systemctl can be slow)."""
+        self.login_action.setEnabled(False)  # until this change is done
+        return self.bridge.spawn(self._change_login(on))
+
+    async def _change_login(self, on: bool) -> None:
         try:
-            path = self.autostart.enable() if on else self.autostart.disable()
+            # From the running app: never start a second copy now, never stop this one.
+            if on:
+                await asyncio.to_thread(self.autostart.enable, start_now=False)
+            else:
+                await asyncio.to_thread(self.autostart.disable)
         except AutostartError as exc:
             QMessageBox.warning(None, "RemoteLLM", f"Launch at login: {exc}")
-            path = None
-        self._sync_login()
-        return path
+        finally:
+            self._sync_login()
 
     def _on_activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
-        """A left click: Settings when something needs fixing, else the menu (as a right click).
+        """A left click: Settings when something needs fixing (a problem or a fatal status such as
+        a rejected token), else the menu (as a right click).
 
         macOS already opens the menu on any click, so only other platforms pop it up here.
         """
         if reason != QSystemTrayIcon.ActivationReason.Trigger:
             return
-        if self.bridge.problem:
+        if self.bridge.problem or self.state is TrayState.ERROR:
             self.show_settings()
         elif sys.platform != "darwin":
             self.menu.popup(QCursor.pos())
@@ -269,7 +297,7 @@ class TrayApp(QObject):
             return
         self.quitting = True
         log.info("quitting", in_flight=self.bridge.status.in_flight)
-        await self.bridge.stop(grace)
+        await self.bridge.shutdown(grace)
         self.tray.hide()
         for widget in (self.window, self.requests_window, self.settings_dialog):
             if widget is not None:

@@ -112,3 +112,25 @@ def wait_for_line(log: Path, text: str, timeout: float = 60.0) -> None:
     while text not in log.read_text():
         assert time.monotonic() < deadline, f"no {text!r} in {log.read_text()[-2000:]}"
         time.sleep(0.05)
+
+
+def test_the_tray_app_without_a_display_says_so_and_exits_2(tmp_path: Path) -> None:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")
+    }
+    env["HOME"] = str(tmp_path)  # whatever happens, no real config is touched
+    result = subprocess.run(
+        [sys.executable, "-m", "connector_app.cli"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2  # not -6 (SIGABRT from Qt)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "no display" in lines[0] and "--headless" in lines[0]

@@ -81,3 +81,32 @@ async def test_wss_to_a_plain_broker_is_a_tls_problem(make_broker: MakeBroker) -
     check = await check_broker(f"wss://127.0.0.1:{broker.port}/relay", CONNECTOR_TOKEN)
     assert not check.ok
     assert check.message.startswith("TLS problem")
+
+
+async def test_local_server_failing_after_the_first_answer_is_a_failed_check() -> None:
+    """The model list answers once, then the server fails: a result, not an exception."""
+    from aiohttp import web
+
+    calls: list[str] = []
+
+    async def models(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        if len(calls) == 1:
+            return web.json_response({"data": [{"id": "m"}]})
+        return web.Response(status=500)
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/api/tags", models)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        check = await check_local(url, None)
+    finally:
+        await runner.cleanup()
+    assert not check.ok
+    assert len(calls) > 1
+    assert url in check.message

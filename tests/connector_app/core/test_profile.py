@@ -146,3 +146,25 @@ def test_a_plain_text_file_backend_counts_only_when_chosen_explicitly(tmp_path: 
     assert backend_works(plain, chosen)
     assert backend_works(MemoryKeyring(), {})
     assert not backend_works(fail.Keyring(), chosen)
+
+
+def test_the_file_is_replaced_atomically(
+    tmp_path: Path, backend: MemoryKeyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    store = ProfileStore(tmp_path / "connector.yaml", KeyringStore(backend))
+    store.save(Profile({"broker_url": "wss://one.example/relay"}))
+    replaced: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def replace(src: str, dst: str) -> None:
+        replaced.append((str(src), str(dst)))
+        assert "one.example" in store.path.read_text()  # the old file is whole until now
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    store.save(Profile({"broker_url": "wss://two.example/relay"}))
+    assert [dst for _, dst in replaced] == [str(store.path)]
+    assert "two.example" in store.path.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["connector.yaml"]  # no temp left

@@ -34,7 +34,7 @@ def test_drop_and_recovery_notify_once_each() -> None:
     assert len(shown) == 2
 
 
-def test_flapping_is_rate_limited() -> None:
+def test_flapping_is_rate_limited_but_a_shown_drop_always_gets_its_restore() -> None:
     shown: list[tuple[str, str]] = []
     clock = Clock()
     notifier = Notifier(lambda t, m: shown.append((t, m)), min_interval=60, clock=clock)
@@ -43,10 +43,36 @@ def test_flapping_is_rate_limited() -> None:
         clock.now = second
         notifier.on_status(DOWN)
         notifier.on_status(UP)
-    assert len(shown) == 1
+    # The first drop and its restore are shown; the flaps after them are not.
+    assert [title for title, _ in shown] == ["RemoteLLM link dropped", "RemoteLLM link restored"]
     clock.now = 100
     notifier.on_status(DOWN)
-    assert len(shown) == 2
+    assert len(shown) == 3
+
+
+def test_a_restore_within_the_interval_after_a_shown_drop_is_shown() -> None:
+    shown: list[str] = []
+    clock = Clock()
+    notifier = Notifier(lambda t, m: shown.append(t), min_interval=60, clock=clock)
+    notifier.on_status(UP)
+    notifier.on_status(DOWN)
+    clock.now = 5
+    notifier.on_status(UP)  # the desktop must not keep saying "dropped"
+    assert shown == ["RemoteLLM link dropped", "RemoteLLM link restored"]
+
+
+def test_a_restore_whose_drop_was_suppressed_is_suppressed_too() -> None:
+    shown: list[str] = []
+    clock = Clock()
+    notifier = Notifier(lambda t, m: shown.append(t), min_interval=60, clock=clock)
+    notifier.on_status(UP)
+    notifier.on_status(DOWN)
+    notifier.on_status(UP)
+    clock.now = 10
+    notifier.on_status(DOWN)  # rate-limited away
+    clock.now = 70
+    notifier.on_status(UP)
+    assert shown == ["RemoteLLM link dropped", "RemoteLLM link restored"]
 
 
 def test_switched_off_shows_nothing() -> None:

@@ -198,3 +198,15 @@ def test_the_window_stays_bounded_under_many_concurrent_streams(
             await tray.shutdown()
 
     qloop.run(scenario(), timeout=120)
+
+
+def test_the_age_timer_runs_only_while_the_window_is_shown(
+    qtbot: QtBot, store: ProfileStore
+) -> None:
+    window = RequestsWindow(make_bridge(store))
+    qtbot.addWidget(window)
+    assert not window.ages.isActive()
+    window.show()
+    assert window.ages.isActive()
+    window.hide()
+    assert not window.ages.isActive()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import yaml
 from keyring.backends import fail
 from pytestqt.qtbot import QtBot
 
-from connector_app.core.profile import ProfileStore
+from connector_app.core.profile import Profile, ProfileStore
 from connector_app.core.secrets import KeyringStore
 from connector_app.qt.settings_dialog import SettingsDialog
 from tests.conftest import CONNECTOR_TOKEN
@@ -54,7 +55,7 @@ def test_inline_validation_names_each_problem_and_blocks_save(
 
 
 def test_saving_puts_secrets_in_the_keyring_and_the_rest_in_the_file(
-    qtbot: QtBot, store: ProfileStore, keyring_backend: MemoryKeyring
+    qloop: QLoop, qtbot: QtBot, store: ProfileStore, keyring_backend: MemoryKeyring
 ) -> None:
     dialog = dialog_for(qtbot, store)
     dialog.broker_url.setText("https://broker.example")
@@ -64,8 +65,11 @@ def test_saving_puts_secrets_in_the_keyring_and_the_rest_in_the_file(
     dialog.serve_on_launch.setChecked(False)
     dialog.set_models(["a", "b"], [])
     dialog.models.item(1).setCheckState(dialog.models.item(1).checkState().Unchecked)
-    with qtbot.waitSignal(dialog.saved, timeout=5000):
-        dialog.buttons.button(dialog.buttons.StandardButton.Save).click()
+    saved: list[object] = []
+    dialog.saved.connect(saved.append)
+    dialog.buttons.button(dialog.buttons.StandardButton.Save).click()
+    assert not save_enabled(dialog)  # until the keyring and the file are written
+    qloop.run(until(lambda: saved))
     text = store.path.read_text()
     assert "very-secret" not in text
     saved = yaml.safe_load(text)
@@ -80,7 +84,7 @@ def test_saving_puts_secrets_in_the_keyring_and_the_rest_in_the_file(
 
 
 def test_environment_overrides_are_shown_read_only(
-    qtbot: QtBot, store: ProfileStore, monkeypatch: pytest.MonkeyPatch
+    qloop: QLoop, qtbot: QtBot, store: ProfileStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("REMOTELLM_CONNECTOR_BROKER_TOKEN", "from-env")
     monkeypatch.setenv("REMOTELLM_CONNECTOR_BROKER_URL", "wss://env.example")
@@ -88,13 +92,13 @@ def test_environment_overrides_are_shown_read_only(
     assert not dialog.broker_token.isEnabled()
     assert "REMOTELLM_CONNECTOR_BROKER_TOKEN" in dialog.errors["broker_token"].text()
     assert save_enabled(dialog)  # the environment supplies what is missing
-    dialog.save()
+    qloop.run(dialog.commit(dialog.profile()))
     assert "env.example" not in store.path.read_text()
     assert dialog.bridge.broker_url == "wss://env.example/relay"
 
 
 def test_without_a_keyring_the_dialog_says_so_and_keeps_secrets_for_the_session(
-    qtbot: QtBot, tmp_path: Path
+    qloop: QLoop, qtbot: QtBot, tmp_path: Path
 ) -> None:
     store = ProfileStore(tmp_path / "connector.yaml", KeyringStore(fail.Keyring()))
     dialog = dialog_for(qtbot, store)
@@ -103,11 +107,46 @@ def test_without_a_keyring_the_dialog_says_so_and_keeps_secrets_for_the_session(
     assert "PYTHON_KEYRING_BACKEND" in dialog.keyring_warning.text()
     dialog.broker_url.setText("wss://broker.example")
     dialog.broker_token.setText("ct-session-only")
-    dialog.save()
+    qloop.run(dialog.commit(dialog.profile()))
     assert dialog.isVisible()  # stays open to say what happened
     assert "this session only" in dialog.keyring_warning.text()
     assert dialog.bridge.is_complete()  # the bridge can serve with the in-memory secret
     assert "ct-session-only" not in store.path.read_text()
+
+
+class ThreadKeyring(MemoryKeyring):
+    """Records which thread writes: the keyring's IPC must not block the Qt thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.threads.append(threading.get_ident())
+        super().set_password(service, username, password)
+
+
+def test_saving_writes_the_keyring_and_the_file_off_the_qt_thread(
+    qloop: QLoop, qtbot: QtBot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = ThreadKeyring()
+    store = ProfileStore(tmp_path / "connector.yaml", KeyringStore(backend))
+    dialog = dialog_for(qtbot, store)
+    dialog.broker_url.setText("wss://broker.example")
+    dialog.broker_token.setText("ct-token")
+    writers: list[int] = []
+    real_save = store.save
+
+    def save(profile: Profile, *, with_secrets: bool = True) -> None:
+        writers.append(threading.get_ident())
+        real_save(profile, with_secrets=with_secrets)
+
+    monkeypatch.setattr(store, "save", save)
+    qloop.run(dialog.commit(dialog.profile()))
+    main = threading.get_ident()
+    assert writers and main not in writers
+    assert backend.threads and main not in backend.threads
+    assert save_enabled(dialog)  # enabled again once done
 
 
 def test_test_connection_reports_each_side_with_a_busy_indicator(

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from PySide6.QtCore import QCoreApplication, QEvent
+from PySide6.QtWidgets import QSystemTrayIcon
 from pytestqt.qtbot import QtBot
 
 from connector_app.core.autostart import Autostart
@@ -100,7 +102,8 @@ def test_menu_actions_drive_the_real_core(
 
             tray.model_actions["other-model"].trigger()  # switch a model off
             await until(lambda: set(broker.hub.models()) == {"stub-model"})
-            assert "other-model" in store.path.read_text()  # remembered as disabled
+            # Remembered as disabled (written in a thread, off the Qt thread).
+            await until(lambda: store.path.is_file() and "other-model" in store.path.read_text())
             assert not tray.model_actions["other-model"].isChecked()
 
             tray.stop_action.trigger()
@@ -149,17 +152,41 @@ def test_incomplete_settings_open_the_settings_dialog(
 
 
 def test_launch_at_login_toggles_the_autostart_entry(
-    qtbot: QtBot, store: ProfileStore, tmp_path: Path
+    qloop: QLoop, qtbot: QtBot, store: ProfileStore, tmp_path: Path
 ) -> None:
     tray = TrayApp(make_bridge(store), autostart(tmp_path), tray_available=lambda: True)
     entry = tmp_path / ".config" / "autostart" / "remotellm-connector.desktop"
     assert not tray.login_action.isChecked()
     tray.login_action.trigger()
+    assert not tray.login_action.isEnabled()  # busy in a thread until the file is written
+    qloop.run(until(tray.login_action.isEnabled))
     assert entry.is_file() and "Exec=rllm" in entry.read_text()
     assert tray.login_action.isChecked()
     tray.login_action.trigger()
+    qloop.run(until(tray.login_action.isEnabled))
     assert not entry.exists()
     assert not tray.login_action.isChecked()
+
+
+def test_launch_at_login_from_the_menu_never_starts_or_stops_a_macos_job(
+    qloop: QLoop, qtbot: QtBot, store: ProfileStore, tmp_path: Path
+) -> None:
+    runner = Recorder()
+    auto = Autostart(
+        tmp_path,
+        platform="darwin",
+        runner=runner,
+        command=["rllm"],
+        uid=501,
+        environ={"XPC_SERVICE_NAME": "org.remotellm.connector"},
+    )
+    tray = TrayApp(make_bridge(store), auto, tray_available=lambda: True)
+    tray.login_action.trigger()
+    qloop.run(until(tray.login_action.isEnabled))
+    tray.login_action.trigger()
+    qloop.run(until(tray.login_action.isEnabled))
+    verbs = [call[1] for call in runner.calls]
+    assert verbs == ["enable", "disable"]  # no bootstrap (second copy), no bootout (SIGTERM)
 
 
 def test_without_a_tray_a_window_shows_the_same_status_and_actions(
@@ -255,3 +282,186 @@ def test_the_application_never_quits_when_a_window_closes(qapp: object) -> None:
     app = application()
     assert app is qapp
     assert not app.quitOnLastWindowClosed()
+
+
+def test_stop_during_a_settings_restart_keeps_serving_off(
+    qloop: QLoop, store: ProfileStore, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with live_services() as (stub, broker):
+            profile = complete_profile(broker.port, stub.url)
+            bridge = make_bridge(store, profile)
+            tray = TrayApp(bridge, autostart(tmp_path), tray_available=lambda: True)
+            tray.launch()
+            await until(lambda: tray.state is TrayState.CONNECTED)
+            changed = profile.copy()
+            changed.values["max_concurrency"] = 2  # a link setting: a restart
+            await bridge.apply(changed)
+            tray.stop_action.trigger()  # while the restart drains
+            await until(lambda: not bridge._background)
+            assert not bridge.serving
+            assert tray.state is TrayState.STOPPED
+            await tray.shutdown()
+
+    qloop.run(scenario())
+
+
+def test_quit_during_a_settings_restart_leaves_no_connector_behind(
+    qloop: QLoop, store: ProfileStore, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with live_services() as (stub, broker):
+            profile = complete_profile(broker.port, stub.url)
+            bridge = make_bridge(store, profile)
+            tray = TrayApp(bridge, autostart(tmp_path), tray_available=lambda: True)
+            tray.launch()
+            await until(lambda: tray.state is TrayState.CONNECTED)
+            changed = profile.copy()
+            changed.values["max_concurrency"] = 2
+            await bridge.apply(changed)
+            tray.quit_action.trigger()
+            await until(lambda: tray.finished.is_set())
+            await until(lambda: not bridge._background)
+            assert not bridge.serving
+            assert bridge.connector is None
+            assert not bridge.start()  # after Quit nothing serves again
+
+    qloop.run(scenario())
+
+
+def test_saving_only_tray_preferences_or_models_does_not_reconnect(
+    qloop: QLoop, store: ProfileStore, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with live_services() as (stub, broker):
+            stub.models = ["stub-model", "other-model"]
+            profile = complete_profile(broker.port, stub.url)
+            bridge = make_bridge(store, profile)
+            assert bridge.start()
+            await until(lambda: set(broker.hub.models()) == {"stub-model", "other-model"})
+            connector = bridge.connector
+            changed = profile.copy()
+            changed.prefs.notifications = False
+            changed.prefs.disabled_models = ["other-model"]
+            assert await bridge.apply(changed) is None
+            await until(lambda: set(broker.hub.models()) == {"stub-model"})
+            assert bridge.connector is connector  # same link: no drain, no reconnect
+            assert bridge.status.state is LinkState.CONNECTED
+            assert not bridge._background
+
+            moved = changed.copy()
+            moved.values["max_concurrency"] = 3  # a link setting: this one reconnects
+            await bridge.apply(moved)
+            await until(lambda: bridge.connector not in (None, connector))
+            await bridge.shutdown()
+
+    qloop.run(scenario())
+
+
+def test_a_connector_that_cannot_be_built_is_reported_not_fatal(
+    qtbot: QtBot, store: ProfileStore, tmp_path: Path
+) -> None:
+    bad_ca = tmp_path / "ca.pem"
+    bad_ca.write_text("not a certificate\n")
+    profile = complete_profile(8443, "http://127.0.0.1:1")
+    profile.values["broker_url"] = "wss://broker.example/relay"
+    profile.values["ca_file"] = str(bad_ca)
+    tray = TrayApp(make_bridge(store, profile), autostart(tmp_path), tray_available=lambda: True)
+    tray.start_action.trigger()  # raised ssl.SSLError out of the slot before
+    assert not tray.bridge.serving
+    assert tray.state is TrayState.ERROR
+    assert "cannot start" in tray.status_action.text()
+    assert tray.settings_dialog is not None
+    tray.settings_dialog.close()
+
+
+def test_a_broken_config_file_opens_settings_with_the_error(
+    qtbot: QtBot, store: ProfileStore, tmp_path: Path
+) -> None:
+    from connector_app.qt.app import load_profile
+
+    store.path.parent.mkdir(parents=True)
+    store.path.write_text("broker_url: [unclosed\n")
+    profile, error = load_profile(store)
+    assert error is not None and "not valid YAML" in error
+    tray = TrayApp(
+        make_bridge(store, profile),
+        autostart(tmp_path),
+        tray_available=lambda: True,
+        config_error=error,
+    )
+    tray.launch()
+    dialog = tray.settings_dialog
+    assert dialog is not None and dialog.isVisible()
+    assert dialog.problem.isVisible() and "not valid YAML" in dialog.problem.text()
+    assert tray.state is TrayState.ERROR
+    assert not tray.bridge.serving
+    dialog.close()
+
+
+def test_the_icon_and_tooltip_are_set_only_when_they_change(
+    qtbot: QtBot, store: ProfileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tray = TrayApp(make_bridge(store), autostart(tmp_path), tray_available=lambda: True)
+    calls: list[str] = []
+    monkeypatch.setattr(tray.tray, "setIcon", lambda icon: calls.append("icon"))
+    monkeypatch.setattr(tray.tray, "setToolTip", lambda text: calls.append("tip"))
+    for _ in range(5):
+        tray.refresh()  # as on every request start and finish
+    assert calls == []
+    tray.bridge._set_problem("the settings are incomplete")
+    assert calls == ["icon", "tip"]
+
+
+def test_a_left_click_on_a_fatal_status_opens_settings(
+    qtbot: QtBot, store: ProfileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tray = TrayApp(make_bridge(store), autostart(tmp_path), tray_available=lambda: True)
+    popped: list[object] = []
+    monkeypatch.setattr(tray.menu, "popup", popped.append)
+    monkeypatch.setattr(type(tray.bridge), "serving", property(lambda self: True))
+    tray.bridge._on_status(Status(state=LinkState.RECONNECTING, fatal=True, last_error="401"))
+    assert tray.state is TrayState.ERROR and tray.bridge.problem is None
+    tray._on_activated(QSystemTrayIcon.ActivationReason.Trigger)
+    assert tray.settings_dialog is not None and tray.settings_dialog.isVisible()
+    assert popped == []
+    tray.settings_dialog.close()
+
+
+def test_without_a_tray_notifications_show_in_the_window(
+    qtbot: QtBot, store: ProfileStore, tmp_path: Path
+) -> None:
+    tray = TrayApp(make_bridge(store), autostart(tmp_path), tray_available=lambda: False)
+    window = tray.show_window()
+    tray.notify("RemoteLLM link dropped", "cannot reach; reconnecting.")
+    assert window.notice.isVisible()
+    assert "link dropped" in window.notice.text()
+    window.close()
+
+
+def test_removed_model_entries_are_deleted(
+    qtbot: QtBot, store: ProfileStore, tmp_path: Path
+) -> None:
+    tray = TrayApp(make_bridge(store), autostart(tmp_path), tray_available=lambda: True)
+    tray._sync_models(Status(available=("a", "b")))
+    old = tray.model_actions["a"]
+    destroyed: list[object] = []
+    old.destroyed.connect(lambda *_: destroyed.append(old))
+    tray._sync_models(Status(available=("b",)))
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    assert destroyed
+    assert list(tray.model_actions) == ["b"]
+
+
+def test_a_model_switch_that_cannot_be_saved_still_applies(
+    qloop: QLoop, store: ProfileStore, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        store.path.parent.mkdir(parents=True)
+        store.path.mkdir()  # a directory where the file should be: the write fails
+        bridge = make_bridge(store)
+        bridge.set_model_enabled("m", False)
+        await until(lambda: not bridge._background)
+        assert bridge.profile.prefs.disabled_models == ["m"]
+
+    qloop.run(scenario())
