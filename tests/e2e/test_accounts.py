@@ -284,3 +284,14 @@ async def test_a_failing_store_never_leaves_a_ghost_connector(
     await connector.stop()
     await wait_models(broker, set())
     assert broker.hub.links == []
+
+
+async def test_many_concurrent_requests_each_leave_one_row(served: BrokerServer) -> None:
+    key = await store_key(served)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        results = await asyncio.gather(*(chat(http, served, key) for _ in range(200)))
+    assert [status for status, _, _ in results] == [200] * 200
+    rows = await rows_after_flush(served)
+    assert len(rows) == 200
+    assert len({row.request_id for row in rows}) == 200
+    assert sum(row.completion_tokens or 0 for row in rows) == 200 * 4
