@@ -1,0 +1,155 @@
+"""The same store code on PostgreSQL (asyncpg): the schema is written once, for every database.
+
+A throwaway cluster is made in a temporary directory with Debian's PostgreSQL (`.ci/run`
+installs it), listens on 127.0.0.1 only, and is stopped after the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from broker import keyformat
+from broker.store import Store, StoreError, UsageRow
+
+
+def _bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    assert found, f"needs Debian's PostgreSQL server ({name}); .ci/run installs it"
+    return found[-1]
+
+
+def _as_postgres(args: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root: CI (root) runs it as the package's `postgres` user.
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    # Not under pytest's tmp dir: that one is private to this user, and the server runs as
+    # `postgres` when the tests run as root.
+    base = Path(tempfile.mkdtemp(prefix="remotellm-pg-"))
+    data = base / "data"
+    data.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres")
+        shutil.chown(data, "postgres")
+    subprocess.run(
+        _as_postgres(
+            [_bin("initdb"), "-D", str(data), "-U", "remotellm", "--auth=trust", "-E", "UTF8"]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    port = _free_port()
+    options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={base}"
+    subprocess.run(
+        _as_postgres(
+            [_bin("pg_ctl"), "-D", str(data), "-o", options, "-w", "-l", str(base / "log"), "start"]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    try:
+        subprocess.run(
+            _as_postgres(
+                [
+                    _bin("createdb"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "-U",
+                    "remotellm",
+                    "remotellm",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
+        yield f"postgresql+asyncpg://remotellm@127.0.0.1:{port}/remotellm"
+    finally:
+        subprocess.run(
+            _as_postgres([_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+            check=False,
+            capture_output=True,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+async def store(postgres: str) -> AsyncIterator[Store]:
+    store = await Store.open(postgres)
+    yield store
+    async with store.engine.begin() as conn:
+        for table in ("usage", "api_keys", "connector_tokens", "users"):
+            await conn.exec_driver_sql(f"DELETE FROM {table}")
+    await store.close()
+
+
+async def test_every_store_operation_works_on_postgres(store: Store, postgres: str) -> None:
+    user, new = await store.sign_in(77, "pat", "Pat")
+    assert new
+    again, new_again = await store.sign_in(77, "pat", "Pat P.")
+    assert not new_again and again.name == "Pat P."
+    local = await store.create_user("lee", "Lee", "admin")
+    raw, key = await store.create_key(user.id, "laptop")
+    found = await store.key_owner(keyformat.fingerprint(raw))
+    assert found is not None and found[1].username == "pat"
+    await store.set_limits(user.id, rpm=3, concurrency=None, daily_tokens=50, models=["m"])
+    limited = await store.find_user("pat")
+    assert (limited.rpm, limited.daily_tokens, limited.models) == (3, 50, ("m",))
+    token_raw, _ = await store.create_connector_token("box", local.id)
+    token = await store.connector_for(keyformat.fingerprint(token_raw))
+    assert token is not None
+    await store.connector_seen(token.id, time.time())
+    assert await store.live_connector_ids([token.id]) == {token.id}
+    now = time.time()
+    await store.add_usage(
+        [
+            UsageRow(
+                now, "r1", "/v1/chat/completions", 200, 1.0, user.id, key.id, "m", "box", 3, 4
+            ),
+            UsageRow(now, "r2", "/v1/chat/completions", 429, 0.1, user.id, key.id, "m"),
+            UsageRow(now, "r3", "/v1/chat/completions", 401, 0.1),
+        ]
+    )
+    assert await store.tokens_since(key.id, now - 1) == 7
+    by_user = {t.group: t for t in await store.usage_totals("user")}
+    assert by_user["pat"].requests == 2 and by_user["pat"].errors == 1
+    assert by_user["(configured key)"].requests == 1
+    assert {t.group for t in await store.usage_totals("day")} == {
+        time.strftime("%Y-%m-%d", time.gmtime(now))
+    }
+    assert [r[1:3] for r in await store.usage_by_day_and_model(user.id, 0)] == [("m", 2)]
+    assert (await store.keys(user.id))[0].last_used is not None
+    assert await store.revoke_key(key.id, user_id=user.id)
+    assert await store.revoke_connector_token("box")
+    with pytest.raises(StoreError):
+        await store.create_user("x" * 300)
+
+
+async def test_concurrent_writers_on_postgres(store: Store, postgres: str) -> None:
+    other = await Store.open(postgres)
+    try:
+        rows = [UsageRow(time.time(), f"c{i}", "/v1/embeddings", 200, 1.0) for i in range(50)]
+        await asyncio.gather(*(s.add_usage(rows[i::5]) for i, s in enumerate([store, other] * 3)))
+        assert len({r.request_id for r in await store.usage_rows()}) == 50
+    finally:
+        await other.close()
