@@ -129,11 +129,31 @@ async def proxy_endpoint(request: web.Request) -> web.StreamResponse:
         return response
     # Counted from the first byte, so a drain waits for an upload that is still arriving.
     with lifecycle.request():
-        principal = await _authenticate(request)
-        if isinstance(principal, web.Response):
-            count_rejected(request, principal.status, started)
-            return principal
-        admitted = await _admit(request, principal)
+        principal: Principal | None = None
+        try:
+            found = await _authenticate(request)
+            if isinstance(found, web.Response):
+                count_rejected(request, found.status, started)
+                return found
+            principal = found
+            admitted = await _admit(request, principal)
+        except (ConnectionError, asyncio.CancelledError):
+            # The client went away while its request was still arriving.
+            count_rejected(request, 499, started, principal, cancelled=True)
+            raise
+        except Exception as exc:
+            # The store failed to answer a key look-up (or today's tokens): say so, in the
+            # client's dialect, without the exception text (it may quote the key's hash).
+            log.error("cannot check the API key", error=type(exc).__name__)
+            response = error_response(
+                request,
+                503,
+                "store_unavailable",
+                "The broker cannot check API keys right now; retry shortly.",
+                retry_after=5,
+            )
+            count_rejected(request, 503, started, principal)
+            return response
         if isinstance(admitted, web.Response):
             count_rejected(request, admitted.status, started, principal)
             return admitted
@@ -142,7 +162,12 @@ async def proxy_endpoint(request: web.Request) -> web.StreamResponse:
 
 
 def count_rejected(
-    request: web.Request, status: int, started: float, principal: Principal | None = None
+    request: web.Request,
+    status: int,
+    started: float,
+    principal: Principal | None = None,
+    *,
+    cancelled: bool = False,
 ) -> None:
     """Account a request answered before routing (no model label: it was not read or checked)."""
     request.app[METRICS].requests.labels("unknown", str(status)).inc()
@@ -163,6 +188,7 @@ def count_rejected(
             duration_ms=round(elapsed * 1000, 3),
             user_id=principal.user_id if principal else None,
             key_id=principal.key_id if principal else None,
+            cancelled=cancelled,
         )
     )
 

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from broker.app import _watch_revoked_connectors
-from broker.keys import ACCOUNTS, LEDGER, STORE
+from broker.keys import ACCOUNTS, LEDGER, LIFECYCLE, STORE
 from broker.server import BrokerServer
 from broker.store import Store, database_url
 from connector_app.core.status import LinkState
@@ -295,3 +295,41 @@ async def test_many_concurrent_requests_each_leave_one_row(served: BrokerServer)
     assert len(rows) == 200
     assert len({row.request_id for row in rows}) == 200
     assert sum(row.completion_tokens or 0 for row in rows) == 200 * 4
+
+
+async def test_a_failing_store_answers_503_in_the_clients_dialect(served: BrokerServer) -> None:
+    key = await store_key(served)
+    store = served.app[STORE]
+
+    async def down(fingerprint: str) -> None:
+        raise OSError("database is locked")
+
+    store.key_owner = down  # type: ignore[assignment,method-assign]
+    async with aiohttp.ClientSession() as http:
+        status, headers, body = await chat(http, served, key)
+        assert status == 503 and headers["Retry-After"] == "5"
+        assert body["error"]["code"] == "store_unavailable"
+        assert (await chat(http, served, USER_KEY))[0] == 200  # configured keys still work
+    rows = await rows_after_flush(served)
+    assert [r.status for r in rows] == [503, 200]
+
+
+async def test_a_client_gone_during_upload_leaves_a_cancelled_row(served: BrokerServer) -> None:
+    key = await store_key(served)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {key}\r\nContent-Length: 100000\r\n\r\n".encode()
+        + b'{"model": "stub-model", "messages": ['
+    )
+    await writer.drain()
+    async with asyncio.timeout(10):  # the handler is reading the body
+        while served.app[LIFECYCLE].active == 0:
+            await asyncio.sleep(0.01)
+    writer.close()
+    await writer.wait_closed()
+    async with asyncio.timeout(10):
+        while not await rows_after_flush(served):
+            await asyncio.sleep(0.05)
+    (row,) = await rows_after_flush(served)
+    assert row.cancelled and row.status == 499 and row.key_id is not None
