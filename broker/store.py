@@ -459,37 +459,14 @@ class Store:
 
     async def key_owner(self, fingerprint: str) -> tuple[ApiKey, User] | None:
         """The key with this fingerprint and its owner, whatever their state."""
-        query = sa.select(api_keys, users).join(users, users.c.id == api_keys.c.user_id)
         async with self.engine.connect() as conn:
-            row = (await conn.execute(query.where(api_keys.c.hash == fingerprint))).first()
-        if row is None:
-            return None
-        mapping = row._mapping
-        key = ApiKey(
-            id=mapping[api_keys.c.id],
-            user_id=mapping[api_keys.c.user_id],
-            name=mapping[api_keys.c.name],
-            prefix=mapping[api_keys.c.prefix],
-            created=mapping[api_keys.c.created],
-            last_used=mapping[api_keys.c.last_used],
-            expires=mapping[api_keys.c.expires],
-            revoked=mapping[api_keys.c.revoked],
-        )
-        models = mapping[users.c.models]
-        user = User(
-            id=mapping[users.c.id],
-            username=mapping[users.c.username],
-            name=mapping[users.c.name],
-            status=mapping[users.c.status],
-            role=mapping[users.c.role],
-            created=mapping[users.c.created],
-            gitlab_id=mapping[users.c.gitlab_id],
-            rpm=mapping[users.c.rpm],
-            concurrency=mapping[users.c.concurrency],
-            daily_tokens=mapping[users.c.daily_tokens],
-            models=tuple(json.loads(models)) if models is not None else None,
-        )
-        return key, user
+            key = (
+                await conn.execute(sa.select(api_keys).where(api_keys.c.hash == fingerprint))
+            ).first()
+            if key is None:
+                return None
+            owner = (await conn.execute(sa.select(users).where(users.c.id == key.user_id))).one()
+        return _key(key), _user(owner)
 
     # --- connector tokens ----------------------------------------------------
 

@@ -122,15 +122,7 @@ class ResponseParser:
             self._parse_head(buffer[:end])
             return True
         if state == _LENGTH:
-            n = min(len(buffer), self._remaining)
-            if n == 0:
-                return False
-            out.append(buffer[:n])
-            self._buffer = buffer[n:]
-            self._remaining -= n
-            if self._remaining == 0:
-                self._state = _DONE
-            return True
+            return self._take(buffer, out, _DONE)
         if state in (_CHUNK_LINE, _TRAILERS):
             end = buffer.find(b"\r\n")
             if end < 0:
@@ -150,15 +142,7 @@ class ResponseParser:
             self._state = _CHUNK_DATA if self._remaining else _TRAILERS
             return True
         if state == _CHUNK_DATA:
-            n = min(len(buffer), self._remaining)
-            if n == 0:
-                return False
-            out.append(buffer[:n])
-            self._buffer = buffer[n:]
-            self._remaining -= n
-            if self._remaining == 0:
-                self._state = _CHUNK_END
-            return True
+            return self._take(buffer, out, _CHUNK_END)
         if state == _CHUNK_END:
             if len(buffer) < 2:
                 return False
@@ -173,6 +157,18 @@ class ResponseParser:
             self.keep_alive = False
         self._buffer = b""
         return False
+
+    def _take(self, buffer: bytes, out: list[bytes], then: int) -> bool:
+        """Move up to the remaining body bytes to `out`; `then` is the state once all came."""
+        n = min(len(buffer), self._remaining)
+        if n == 0:
+            return False
+        out.append(buffer[:n])
+        self._buffer = buffer[n:]
+        self._remaining -= n
+        if self._remaining == 0:
+            self._state = then
+        return True
 
     def _parse_head(self, head: bytes) -> None:
         lines = head.split(b"\r\n")
