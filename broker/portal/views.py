@@ -459,13 +459,10 @@ async def keys_page(request: web.Request) -> web.Response:
 
 
 async def create_key(request: web.Request) -> web.Response:
-    signed = await _signed_in(request)
+    signed = await _form(request)
     if isinstance(signed, web.Response):
         return signed
     session, user = signed
-    denied = await _check_csrf(request, session)
-    if denied is not None:
-        return denied
     form = await request.post()
     name = str(form.get("name") or "").strip()[:100] or "unnamed"
     store = request.app[STORE]
@@ -484,13 +481,10 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    signed = await _signed_in(request)
+    signed = await _form(request)
     if isinstance(signed, web.Response):
         return signed
-    session, user = signed
-    denied = await _check_csrf(request, session)
-    if denied is not None:
-        return denied
+    _, user = signed
     key_id = int(request.match_info["key_id"])
     if not await request.app[STORE].revoke_key(key_id, user_id=user.id):
         return error_page(
@@ -509,6 +503,17 @@ async def usage_page(request: web.Request) -> web.Response:
     since = (time.time() // 86400 - USAGE_DAYS + 1) * 86400
     rows = await request.app[STORE].usage_by_day_and_model(user.id, since)
     return render(request, "usage.html", session=session, user=user, rows=rows, days=USAGE_DAYS)
+
+
+async def _form(
+    request: web.Request, *, admin: bool = False
+) -> tuple[Session, User] | web.Response:
+    """A form post that changes something: signed in (as an admin if asked), with the CSRF token."""
+    signed = await (_admin(request) if admin else _signed_in(request))
+    if isinstance(signed, web.Response):
+        return signed
+    denied = await _check_csrf(request, signed[0])
+    return denied if denied is not None else signed
 
 
 # --- admin ---------------------------------------------------------------------------
@@ -561,13 +566,10 @@ async def admin_page(request: web.Request) -> web.Response:
 
 
 async def admin_user(request: web.Request) -> web.Response:
-    signed = await _admin(request)
+    signed = await _form(request, admin=True)
     if isinstance(signed, web.Response):
         return signed
-    session, admin = signed
-    denied = await _check_csrf(request, session)
-    if denied is not None:
-        return denied
+    _, admin = signed
     user_id = int(request.match_info["user_id"])
     action = request.match_info["action"]
     if user_id == admin.id:
