@@ -7,11 +7,8 @@ token. Raw keys are shown once, from the session, and then forgotten.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import json
-import os
 import secrets
 import shlex
 import time
@@ -31,7 +28,9 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
 from broker.keys import ACCOUNTS, HUB, SETTINGS, STORE
+from broker.portal.cookies import SESSION_COOKIE, SESSION_MAX_AGE, session_key
 from broker.portal.gitlab import GitLab, GitLabError, NotInGroup, SignInRefused
+from broker.portal.reveals import REVEALS, Reveals
 from broker.relay import ConnectorLink
 from broker.settings import BrokerSettings
 from broker.store import User
@@ -42,10 +41,7 @@ GITLAB = web.AppKey("gitlab", GitLab)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 
 PORTAL_PATHS = ("/login", "/logout", "/auth/", "/portal", "/admin", "/static/")
-SESSION_COOKIE = "remotellm_session"
-SESSION_MAX_AGE = 7 * 24 * 3600
 SIGN_IN_MAX_AGE = 600
-MIN_SECRET = 16
 MAX_KEYS = 10  # live keys a user may make in the portal (limits are counted per key)
 USAGE_DAYS = 30
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
@@ -60,61 +56,6 @@ SECURITY_HEADERS = {
 }
 
 View = Callable[[web.Request], Awaitable[web.StreamResponse]]
-REVEAL_TTL = 300.0
-
-
-class Reveals:
-    """New raw keys waiting to be shown once, in this process's memory only.
-
-    The session cookie carries a random nonce, never the key: the key is gone once shown
-    (or after five minutes), so a copied cookie cannot show it again.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._waiting: dict[str, tuple[float, int, str]] = {}
-
-    def put(self, user_id: int, raw: str) -> str:
-        now = self._clock()
-        for nonce in [n for n, (until, _, _) in self._waiting.items() if until < now]:
-            del self._waiting[nonce]
-        nonce = secrets.token_urlsafe(24)
-        self._waiting[nonce] = (now + REVEAL_TTL, user_id, raw)
-        return nonce
-
-    def take(self, nonce: str, user_id: int) -> str | None:
-        found = self._waiting.pop(nonce, None)
-        if found is None or found[0] < self._clock() or found[1] != user_id:
-            return None
-        return found[2]
-
-
-REVEALS = web.AppKey("reveals", Reveals)
-
-
-def session_key(settings: BrokerSettings) -> bytes:
-    """The Fernet key of session cookies: from --session-secret, else kept in the data dir."""
-    if settings.session_secret is not None:
-        secret = settings.session_secret.get_secret_value().encode()
-        where = "--session-secret"
-    else:
-        path = Path(settings.data_dir) / "session-secret"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Written whole under a temporary name, then renamed: a crash or a second broker
-            # starting at the same moment never leaves an empty (guessable) secret behind.
-            temp = path.with_name(f".session-secret.{os.getpid()}.{secrets.token_hex(4)}")
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_urlsafe(48))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, path) if not path.exists() else temp.unlink()
-        secret = path.read_bytes().strip()
-        where = str(path)
-    if len(secret) < MIN_SECRET:
-        raise ValueError(f"the session secret ({where}) must be at least {MIN_SECRET} characters")
-    return base64.urlsafe_b64encode(hashlib.sha256(secret).digest())
 
 
 def public_url(request: web.Request) -> str:

@@ -18,7 +18,7 @@ from openai import AsyncOpenAI
 from pydantic import SecretStr
 
 from broker.keys import ACCOUNTS, STORE
-from broker.portal.views import Reveals
+from broker.portal.reveals import Reveals
 from broker.server import BrokerServer
 from tests.conftest import MakeBroker, MakeConnector, wait_models
 from tests.fake_gitlab import CLIENT_ID, CLIENT_SECRET, FakeGitLab, FakeUser
