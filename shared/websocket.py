@@ -1,0 +1,390 @@
+"""RFC 6455 WebSocket framing and handshake, sans-I/O, for the relay link only.
+
+The relay needs a small part of WebSocket: binary messages, ping/pong, the close
+handshake, no extensions (no compression) and no subprotocols. Both ends use
+this module on a bare `asyncio.Protocol`, which keeps an idle connector's link a
+few objects (memory per idle connector is a measured target) and a message a
+few function calls (CPU per streamed event is another).
+
+Frames we send are never fragmented. Frames we receive may be (a proxy may split
+a message); continuation frames are joined, control frames may arrive between
+them. Masking follows the RFC: a client masks every frame, a server never does,
+and each side refuses a frame masked the wrong way.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+_c_apply_mask: Callable[[bytes | bytearray | memoryview, bytes], bytes] | None
+try:
+    from websockets.speedups import apply_mask as _c_apply_mask
+except ImportError:  # pragma: no cover - websockets ships the C helper on every platform we use
+    _c_apply_mask = None
+
+OP_CONTINUATION: Final = 0x0
+OP_TEXT: Final = 0x1
+OP_BINARY: Final = 0x2
+OP_CLOSE: Final = 0x8
+OP_PING: Final = 0x9
+OP_PONG: Final = 0xA
+_DATA_OPS: Final = (OP_CONTINUATION, OP_TEXT, OP_BINARY)
+_CONTROL_OPS: Final = (OP_CLOSE, OP_PING, OP_PONG)
+
+CLOSE_NORMAL: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_PROTOCOL_ERROR: Final = 1002
+CLOSE_INVALID_DATA: Final = 1007
+CLOSE_TOO_BIG: Final = 1009
+CLOSE_NO_STATUS: Final = 1005
+"""Reported (never sent) when a close frame carried no code."""
+
+MAX_CONTROL_PAYLOAD: Final = 125
+_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_U16: Final = struct.Struct("!H")
+_U64: Final = struct.Struct("!Q")
+
+
+class WebSocketError(Exception):
+    """The peer broke the framing rules; close the connection with `code`."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class HandshakeError(Exception):
+    """The opening handshake failed. `status` is the HTTP status the server answered, if any."""
+
+    def __init__(self, reason: str, status: int | None = None, body: bytes = b"") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.body = body
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A whole data message. `text` tells a text message from a binary one."""
+
+    data: bytes
+    text: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The peer's close frame; code 1005 when it carried none."""
+
+    code: int
+    reason: str
+
+
+Event = Message | Ping | Pong | Close
+
+
+def apply_mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
+    """XOR `data` with the 4-byte masking `key` (the same call masks and unmasks)."""
+    if _c_apply_mask is not None:
+        return bytes(_c_apply_mask(data, key))
+    n = len(data)  # pragma: no cover - fallback without websockets' C helper
+    stream = (key * (n // 4 + 1))[:n]  # pragma: no cover
+    value = int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")  # pragma: no cover
+    return value.to_bytes(n, "big")  # pragma: no cover
+
+
+def encode_frame(opcode: int, payload: bytes = b"", *, mask: bool) -> bytes:
+    """One final (unfragmented) frame; masked with a fresh random key when `mask`."""
+    n = len(payload)
+    first = 0x80 | opcode
+    bit = 0x80 if mask else 0
+    if n < 126:
+        head = bytes((first, bit | n))
+    elif n < 65536:
+        head = bytes((first, bit | 126)) + _U16.pack(n)
+    else:
+        head = bytes((first, bit | 127)) + _U64.pack(n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + apply_mask(payload, key)
+
+
+def encode_close(code: int, reason: str = "", *, mask: bool) -> bytes:
+    """A close frame; the reason is cut to fit a control frame (whole UTF-8 characters)."""
+    raw = reason.encode()[: MAX_CONTROL_PAYLOAD - 2].decode(errors="ignore").encode()
+    return encode_frame(OP_CLOSE, _U16.pack(code) + raw, mask=mask)
+
+
+def _valid_close_code(code: int) -> bool:
+    # RFC 6455 7.4: codes a peer may send; 1005, 1006 and 1015 are never sent.
+    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011) or (3000 <= code <= 4999)
+
+
+class FrameReader:
+    """Turns received bytes into whole messages and control frames.
+
+    `masked` is what the peer must do: True when this side is the server.
+    `max_message` bounds a message's payload (joined fragments included).
+    """
+
+    __slots__ = ("_buffer", "_fragment_text", "_fragments", "_fragments_size", "_masked", "_max")
+
+    def __init__(self, *, masked: bool, max_message: int) -> None:
+        self._masked = masked
+        self._max = max_message
+        self._buffer = bytearray()
+        self._fragments: list[bytes] | None = None
+        self._fragments_size = 0
+        self._fragment_text = False
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Add received bytes; return every event they complete, in order.
+
+        Raises WebSocketError on a framing violation; the reader is then unusable.
+        """
+        buffer = self._buffer
+        buffer += data
+        events: list[Event] = []
+        pos = 0
+        end = len(buffer)
+        while end - pos >= 2:
+            b0 = buffer[pos]
+            b1 = buffer[pos + 1]
+            fin = b0 & 0x80
+            opcode = b0 & 0x0F
+            if b0 & 0x70:
+                raise WebSocketError(CLOSE_PROTOCOL_ERROR, "reserved bits set (no extension)")
+            if bool(b1 & 0x80) is not self._masked:
+                why = (
+                    "unmasked frame from a client" if self._masked else "masked frame from a server"
+                )
+                raise WebSocketError(CLOSE_PROTOCOL_ERROR, why)
+            length = b1 & 0x7F
+            at = pos + 2
+            if length == 126:
+                if end - at < 2:
+                    break
+                length = _U16.unpack_from(buffer, at)[0]
+                at += 2
+            elif length == 127:
+                if end - at < 8:
+                    break
+                length = _U64.unpack_from(buffer, at)[0]
+                at += 8
+            if opcode in _CONTROL_OPS:
+                if length > MAX_CONTROL_PAYLOAD or not fin:
+                    raise WebSocketError(CLOSE_PROTOCOL_ERROR, "invalid control frame")
+            elif opcode not in _DATA_OPS:
+                raise WebSocketError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode}")
+            elif length + self._fragments_size > self._max:
+                raise WebSocketError(CLOSE_TOO_BIG, f"message larger than {self._max} bytes")
+            key_end = at + 4 if self._masked else at
+            if end - key_end < length:
+                break
+            payload_view = memoryview(buffer)[key_end : key_end + length]
+            if self._masked:
+                payload = apply_mask(payload_view, bytes(buffer[at:key_end]))
+            else:
+                payload = bytes(payload_view)
+            payload_view.release()
+            pos = key_end + length
+            event = self._frame(fin, opcode, payload)
+            if event is not None:
+                events.append(event)
+        if pos:
+            del buffer[:pos]
+        return events
+
+    def _frame(self, fin: int, opcode: int, payload: bytes) -> Event | None:
+        if opcode in (OP_BINARY, OP_TEXT):
+            if self._fragments is not None:
+                raise WebSocketError(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
+            if fin:
+                return Message(payload, opcode == OP_TEXT)
+            self._fragments = [payload]
+            self._fragments_size = len(payload)
+            self._fragment_text = opcode == OP_TEXT
+            return None
+        if opcode == OP_CONTINUATION:
+            if self._fragments is None:
+                raise WebSocketError(CLOSE_PROTOCOL_ERROR, "continuation without a message")
+            self._fragments.append(payload)
+            self._fragments_size += len(payload)
+            if not fin:
+                return None
+            data = b"".join(self._fragments)
+            self._fragments = None
+            self._fragments_size = 0
+            return Message(data, self._fragment_text)
+        if opcode == OP_PING:
+            return Ping(payload)
+        if opcode == OP_PONG:
+            return Pong(payload)
+        return _close_event(payload)
+
+
+def _close_event(payload: bytes) -> Close:
+    if not payload:
+        return Close(CLOSE_NO_STATUS, "")
+    if len(payload) == 1:
+        raise WebSocketError(CLOSE_PROTOCOL_ERROR, "close frame with a one-byte payload")
+    code = _U16.unpack_from(payload)[0]
+    if not _valid_close_code(code):
+        raise WebSocketError(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
+    try:
+        reason = payload[2:].decode()
+    except UnicodeDecodeError:
+        raise WebSocketError(CLOSE_INVALID_DATA, "close reason is not UTF-8") from None
+    return Close(code, reason)
+
+
+# -- opening handshake -----------------------------------------------------------
+
+
+def new_key() -> str:
+    """A fresh Sec-WebSocket-Key."""
+    return base64.b64encode(os.urandom(16)).decode()
+
+
+def accept_value(key: str) -> str:
+    """The Sec-WebSocket-Accept answering `key`."""
+    return base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
+
+
+def valid_key(key: str) -> bool:
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except ValueError:
+        return False
+
+
+def client_request(host: str, target: str, key: str, headers: dict[str, str]) -> bytes:
+    """The client's upgrade request (`host` as the Host header, `target` the path and query)."""
+    lines = [
+        f"GET {target} HTTP/1.1",
+        f"Host: {host}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def server_accept(key: str) -> bytes:
+    """The server's 101 answer to an upgrade request carrying `key`."""
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept_value(key)}\r\n\r\n"
+    ).encode("latin-1")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """An HTTP/1.1 request head: method, target, version and lower-cased headers."""
+
+    method: str
+    target: str
+    version: str
+    headers: dict[str, str]
+
+    @property
+    def path(self) -> str:
+        return self.target.partition("?")[0]
+
+
+def split_head(buffer: bytes | bytearray, limit: int) -> tuple[bytes, int] | None:
+    """The head (without the blank line) and its length with it, once it is all there.
+
+    Raises HandshakeError when no head ended within `limit` bytes.
+    """
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buffer) > limit:
+            raise HandshakeError("request head too large", 431)
+        return None
+    if end > limit:
+        raise HandshakeError("request head too large", 431)
+    return bytes(buffer[:end]), end + 4
+
+
+def _header_lines(lines: list[str]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            raise HandshakeError("malformed header line", 400)
+        lowered = name.lower()
+        value = value.strip()
+        # Repeated headers are joined, as HTTP allows for list-valued ones.
+        headers[lowered] = f"{headers[lowered]}, {value}" if lowered in headers else value
+    return headers
+
+
+def parse_request_head(head: bytes) -> RequestHead:
+    """Parse a request head; HandshakeError(…, 400) when it is not HTTP/1.1."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise HandshakeError("malformed request line", 400)
+    method, target, version = parts
+    return RequestHead(method, target, version, _header_lines(lines[1:]))
+
+
+def _tokens(value: str) -> set[str]:
+    return {token.strip().lower() for token in value.split(",")}
+
+
+def upgrade_key(head: RequestHead) -> str:
+    """The request's Sec-WebSocket-Key if it is a valid upgrade; HandshakeError otherwise."""
+    headers = head.headers
+    if head.method != "GET" or head.version != "HTTP/1.1":
+        raise HandshakeError("a WebSocket upgrade is a GET over HTTP/1.1", 400)
+    if "websocket" not in _tokens(headers.get("upgrade", "")):
+        raise HandshakeError("not a WebSocket upgrade request", 426)
+    if "upgrade" not in _tokens(headers.get("connection", "")):
+        raise HandshakeError("missing 'Connection: Upgrade'", 400)
+    if headers.get("sec-websocket-version") != "13":
+        raise HandshakeError("unsupported WebSocket version (13 is required)", 426)
+    key = headers.get("sec-websocket-key", "")
+    if not valid_key(key):
+        raise HandshakeError("invalid Sec-WebSocket-Key", 400)
+    return key
+
+
+def check_response(head: bytes, key: str) -> None:
+    """Check the server's answer to our upgrade request; HandshakeError when it refused."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise HandshakeError("the server did not answer in HTTP/1.1")
+    status = int(parts[1])
+    if status != 101:
+        raise HandshakeError(f"the server answered HTTP {status}", status)
+    headers = _header_lines(lines[1:])
+    if "websocket" not in _tokens(headers.get("upgrade", "")):
+        raise HandshakeError("the server did not upgrade to WebSocket", status)
+    if headers.get("sec-websocket-accept") != accept_value(key):
+        raise HandshakeError("the server's Sec-WebSocket-Accept is wrong", status)
+    if headers.get("sec-websocket-extensions"):
+        raise HandshakeError("the server chose an extension we did not offer", status)
