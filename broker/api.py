@@ -170,7 +170,7 @@ def count_rejected(
     cancelled: bool = False,
 ) -> None:
     """Account a request answered before routing (no model label: it was not read or checked)."""
-    request.app[METRICS].requests.labels("unknown", str(status)).inc()
+    request.app[METRICS].finished("unknown", status)
     elapsed = time.perf_counter() - started
     log.info(
         "request finished",
@@ -296,8 +296,7 @@ class Relay:
         known = self.connector or self.app[HUB].knows(self.model)
         label = self.model if known else "unknown"
         elapsed = time.perf_counter() - self.started
-        self.metrics.requests.labels(label, str(self.status)).inc()
-        self.metrics.duration.labels(label).observe(elapsed)
+        self.metrics.finished(label, self.status, elapsed)
         prompt = completion = None
         charged = 0
         try:
@@ -455,7 +454,7 @@ class Relay:
         self.response = response
         await self._guard(response.prepare(self.request))
         self.ttfb = time.perf_counter() - self.started
-        self.metrics.ttfb.labels(self.model).observe(self.ttfb)
+        self.metrics.first_byte(self.model, self.ttfb)
 
     async def _write(self, data: bytes) -> None:
         assert self.response is not None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
-import uuid
 from collections.abc import AsyncIterator
 
 import structlog
@@ -51,7 +51,7 @@ _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 def request_id_of(request: web.Request) -> str:
     """The client's X-Request-ID when it is a sane token, else a fresh one."""
     given = request.headers.get("X-Request-ID", "")
-    return given if _SAFE_REQUEST_ID.match(given) else f"req_{uuid.uuid4().hex}"
+    return given if _SAFE_REQUEST_ID.match(given) else f"req_{os.urandom(16).hex()}"
 
 
 @web.middleware

@@ -56,6 +56,8 @@ class Hub:
         self._clock = clock
         self._turn = itertools.count()
         self._waiting: dict[str, list[_Waiter]] = {}
+        self._sleepers = 0
+        """Coroutines waiting on `_changed`: with none, a change needs no new Event."""
 
     # -- registry -------------------------------------------------------------
 
@@ -97,21 +99,30 @@ class Hub:
         try:
             async with asyncio.timeout(timeout):
                 while not self.models():
-                    await self._changed.wait()
+                    await self._sleep(self._changed)
         except TimeoutError:
             return False
         return True
 
+    async def _sleep(self, changed: asyncio.Event) -> None:
+        self._sleepers += 1
+        try:
+            await changed.wait()
+        finally:
+            self._sleepers -= 1
+
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        # Every request acquires and releases a link: with nobody asleep, skip the Event churn.
+        if self._sleepers:
+            self._changed.set()
+            self._changed = asyncio.Event()
 
     # -- routing ----------------------------------------------------------------
 
     def _pick(self, candidates: list[Link]) -> Link | None:
         free = [link for link in candidates if self._load[link] < link.max_concurrency]
-        if not free:
-            return None
+        if len(free) < 2:
+            return free[0] if free else None
 
         # Least loaded relative to capacity; ties rotate so equal connectors share work.
         def key(link: Link) -> tuple[float, int]:
@@ -136,6 +147,14 @@ class Hub:
         are at capacity. A model no connected connector has ever served fails at
         once with reason "unknown" while others are online.
         """
+        if not exclude and model not in self._waiting:
+            # The common case: nobody queued for this model, so no turn to respect.
+            chosen = self._pick(
+                [link for link in self._load if model in link.models and not link.draining]
+            )
+            if chosen is not None:
+                self._load[chosen] += 1
+                return chosen
         loop = asyncio.get_running_loop()
         start = loop.time()
         me = _Waiter(frozenset(exclude))
@@ -161,7 +180,7 @@ class Hub:
                 changed = self._changed
                 try:
                     async with asyncio.timeout(remaining):
-                        await changed.wait()
+                        await self._sleep(changed)
                 except TimeoutError:
                     pass
         finally:
