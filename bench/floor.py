@@ -1,6 +1,6 @@
 """The latency floor of any two-process relay on this machine.
 
-    uv run python -m bench.floor [REQUESTS]
+    uv run python -m bench.floor [REQUESTS] [--streams N]
 
 Starts the bench stub and two byte-for-byte TCP forwarders, each its own process on
 a bare `asyncio.Protocol` (uvloop where installed): client -> forwarder A ->
@@ -9,6 +9,10 @@ a broker and a connector that cost nothing but their two socket hops. The client
 sends W1's 1 KB request one at a time, alternating blocks between the direct path
 and this chain, and prints the added p50/p99 and the forwarders' CPU per request.
 Whatever a real relay adds on top of this floor is its own work.
+
+With `--streams N` it runs W3's paced streams instead (N concurrent streams of 64
+events 20 ms apart, starts spread over 20 ms, three rounds per path) and prints the
+added per-event delay: the floor of W3 at that concurrency on this machine.
 """
 
 from __future__ import annotations
@@ -20,12 +24,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.client import Target, timed_fetch
+from bench.client import StreamResult, Target, timed_fetch
 from bench.procs import Child, Children, start_stub
 from bench.stats import summary_ms
+from bench.streams import aggregate, paced_round
 from shared.eventloop import run
 
 BLOCK = 50
+STREAM_EVENTS = 64
+STREAM_INTERVAL_MS = 20
+STREAM_ROUNDS = 3
 
 
 class _Pipe(asyncio.Protocol):
@@ -81,6 +89,13 @@ async def _start_forwarder(children: Children, name: str, to_port: int) -> tuple
     return child, int(port)
 
 
+async def start_floor(children: Children, stub_port: int) -> tuple[list[Child], Target]:
+    """The two forwarders in front of the stub, and the bench path through them."""
+    forwarder_b, b_port = await _start_forwarder(children, "forwarder-b", stub_port)
+    forwarder_a, a_port = await _start_forwarder(children, "forwarder-a", b_port)
+    return [forwarder_a, forwarder_b], Target("floor", f"http://127.0.0.1:{a_port}/v1")
+
+
 async def _measure(requests: int) -> dict[str, object]:
     children = Children(Path(tempfile.mkdtemp(prefix="bench-floor-")))
     try:
@@ -119,15 +134,55 @@ async def _measure(requests: int) -> dict[str, object]:
         children.stop_all()
 
 
+async def _measure_streams(n: int) -> dict[str, object]:
+    children = Children(Path(tempfile.mkdtemp(prefix="bench-floor-")))
+    try:
+        _, stub_port = await start_stub(children)
+        forwarder_b, b_port = await _start_forwarder(children, "forwarder-b", stub_port)
+        forwarder_a, a_port = await _start_forwarder(children, "forwarder-a", b_port)
+        targets = {
+            "direct": Target("direct", f"http://127.0.0.1:{stub_port}/v1"),
+            "floor": Target("floor", f"http://127.0.0.1:{a_port}/v1"),
+        }
+        spec = f"bench events={STREAM_EVENTS} interval_ms={STREAM_INTERVAL_MS} ttft_ms=0"
+        spread = STREAM_INTERVAL_MS * 1_000_000
+        for target in targets.values():  # open the connection pools first, unmeasured
+            await paced_round(target, n, "bench events=4 interval_ms=20 ttft_ms=0", spread)
+        collected: dict[str, list[StreamResult]] = {name: [] for name in targets}
+        cpu_before = sum(sum(c.cpu()) for c in (forwarder_a, forwarder_b))
+        for _ in range(STREAM_ROUNDS):
+            for name, target in targets.items():
+                collected[name] += await paced_round(target, n, spec, spread)
+                await asyncio.sleep(0.1)
+        cpu = sum(sum(c.cpu()) for c in (forwarder_a, forwarder_b)) - cpu_before
+        for target in targets.values():
+            await target.close()
+        agg = {name: aggregate(results, STREAM_EVENTS) for name, results in collected.items()}
+        delay = {name: a["event_delay_ms"] for name, a in agg.items()}
+        return {
+            "streams": n,
+            "event_delay_p50_ms": {name: round(d["p50"], 3) for name, d in delay.items()},
+            "event_delay_p99_ms": {name: round(d["p99"], 3) for name, d in delay.items()},
+            "added_p50_ms": round(delay["floor"]["p50"] - delay["direct"]["p50"], 3),
+            "added_p99_ms": round(delay["floor"]["p99"] - delay["direct"]["p99"], 3),
+            "delivered_ratio": {name: a["delivered_ratio"] for name, a in agg.items()},
+            "forwarders_cpu_us_per_event": round(cpu / max(agg["floor"]["delivered"], 1) * 1e6, 1),
+        }
+    finally:
+        children.stop_all()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__)
     parser.add_argument("requests", type=int, nargs="?", default=2000)
+    parser.add_argument("--streams", type=int, help="run W3's paced streams at this concurrency")
     parser.add_argument("--forward", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.forward is not None:
         run(_forward(0, args.forward))
         return 0
-    print(json.dumps(run(_measure(args.requests)), indent=1))
+    measure = _measure_streams(args.streams) if args.streams else _measure(args.requests)
+    print(json.dumps(run(measure), indent=1))
     return 0
 
 

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-PATHS = ("direct", "remotellm", "litellm")
+PATHS = ("direct", "remotellm", "floor", "litellm")
 Compare = Literal["added", "ratio", "none"]
 
 
@@ -26,9 +26,9 @@ class Row:
         v = self.values.get(path)
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
-    def added(self) -> float | None:
-        """RemoteLLM minus direct."""
-        relay, direct = self.value("remotellm"), self.value("direct")
+    def added(self, path: str = "remotellm") -> float | None:
+        """`path` (RemoteLLM unless said) minus direct."""
+        relay, direct = self.value(path), self.value("direct")
         return None if relay is None or direct is None else relay - direct
 
     def ratio(self, to: str = "direct") -> float | None:
@@ -49,6 +49,9 @@ class Row:
             "metric": self.metric,
             **{path: _clean(self.value(path)) for path in PATHS if path in self.values},
             "added_vs_direct": _clean(self.added()) if self.compare == "added" else None,
+            "floor_added_vs_direct": (
+                _clean(self.added("floor")) if self.compare == "added" else None
+            ),
             "ratio_vs_direct": _clean(self.ratio()),
             "ratio_vs_litellm": _clean(self.ratio("litellm")),
             "target": self.target or None,
@@ -96,34 +99,43 @@ def _fmt(value: float | None) -> str:
     return f"{value:.3f}"
 
 
-def _versus(row: Row) -> str:
+def _versus(row: Row, path: str = "remotellm") -> str:
     if row.compare == "none":
         return ""
     parts: list[str] = []
-    added = row.added() if row.compare == "added" else None
+    added = row.added(path) if row.compare == "added" else None
     if added is not None:
         parts.append(f"{'+' if added >= 0 else '-'}{_fmt(abs(added))}")
-    ratio = row.ratio()
+    other, direct = row.value(path), row.value("direct")
+    ratio = None if other is None or not direct else other / direct
     if ratio is not None:
         parts.append(f"{ratio:.2f}x")
     return " ".join(parts)
 
 
-def markdown(rows: list[Row], with_litellm: bool) -> str:
+def markdown(rows: list[Row], with_litellm: bool, with_floor: bool = False) -> str:
     """The results as one Markdown table."""
     head = ["Workload", "Metric", "Direct", "RemoteLLM"]
+    if with_floor:
+        head.append("Floor")
     if with_litellm:
         head.append("LiteLLM")
     head += ["RemoteLLM vs direct"]
+    if with_floor:
+        head.append("Floor vs direct")
     if with_litellm:
         head.append("vs LiteLLM")
     head += ["Target", "Result"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row.workload, row.metric, _fmt(row.value("direct")), _fmt(row.value("remotellm"))]
+        if with_floor:
+            cells.append(_fmt(row.value("floor")))
         if with_litellm:
             cells.append(_fmt(row.value("litellm")))
         cells.append(_versus(row))
+        if with_floor:
+            cells.append(_versus(row, "floor"))
         if with_litellm:
             ratio = row.ratio("litellm")
             cells.append("" if ratio is None or row.compare == "none" else f"{ratio:.2f}x")

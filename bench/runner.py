@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import litellm, profile
+from bench import floor, litellm, profile
 from bench.cancel import w8
 from bench.client import Target, get_json, wait_until
 from bench.context import FULL, QUICK, Context, Plan
@@ -109,7 +109,7 @@ def _log(message: str) -> None:
 
 
 async def _start_paths(
-    children: Children, want_litellm: bool, notes: list[str]
+    children: Children, want_litellm: bool, notes: list[str], want_floor: bool = False
 ) -> tuple[dict[str, Any], dict[str, Target], str, str]:
     stub, stub_port = await start_stub(children)
     broker, broker_port = await start_broker(children)
@@ -126,6 +126,10 @@ async def _start_paths(
         "direct": Target("direct", f"http://127.0.0.1:{stub_port}/v1"),
         "remotellm": Target("remotellm", f"{broker_url}/v1"),
     }
+    if want_floor:
+        forwarders, targets["floor"] = await floor.start_floor(children, stub_port)
+        for child in forwarders:
+            processes[child.name] = child
     if want_litellm:
         try:
             child, target = await litellm.start(children, stub_port)
@@ -138,7 +142,7 @@ async def _start_paths(
 
 
 async def run(
-    plan: Plan, want_litellm: bool, want_profile: bool = False
+    plan: Plan, want_litellm: bool, want_profile: bool = False, want_floor: bool = False
 ) -> tuple[dict[str, Any], str]:
     """Run the plan; the results document and its Markdown table."""
     started = time.time()
@@ -152,7 +156,9 @@ async def run(
     busy0, own0, wall0 = machine_busy_seconds(), sum(cpu_times(os.getpid())), time.monotonic()
     background = 0.0
     try:
-        processes, targets, stub_url, broker_url = await _start_paths(children, want_litellm, notes)
+        processes, targets, stub_url, broker_url = await _start_paths(
+            children, want_litellm, notes, want_floor
+        )
         ctx = Context(plan, targets, processes, children, stub_url, broker_url, notes)
         idle_rss = {name: round(child.rss() / 2**20, 1) for name, child in processes.items()}
         _log(f"paths: {', '.join(targets)}; logs in {children.log_dir}")
@@ -188,7 +194,7 @@ async def run(
         if path.exists()
     }
     with_litellm = "litellm" in targets
-    table = markdown(rows, with_litellm)
+    table = markdown(rows, with_litellm, "floor" in targets)
     document = {
         "mode": plan.mode,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -223,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile", action="store_true", help="sample the broker and connector with py-spy"
     )
     parser.add_argument("--only", help="comma-separated workloads to run, e.g. W1,W3")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure two do-nothing forwarders in place of the broker and connector",
+    )
     return parser
 
 
@@ -244,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         assert task is not None
         # SIGTERM cancels the run like Ctrl-C does, so every child is still stopped.
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await run(plan, want_litellm, args.profile)
+        return await run(plan, want_litellm, args.profile, args.floor)
 
     try:
         document, table = run_loop(main_task())

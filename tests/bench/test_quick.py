@@ -12,7 +12,7 @@ from pathlib import Path
 def test_quick_benchmark_runs_and_loses_nothing(tmp_path: Path) -> None:
     out = tmp_path / "quick.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "bench", "--quick", "--floor", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=240,
@@ -26,4 +26,8 @@ def test_quick_benchmark_runs_and_loses_nothing(tmp_path: Path) -> None:
     for row in report["rows"]:
         if row["metric"] in ("delivered/offered", "out-of-order events"):
             assert row["passed"], row
-    assert "| Workload |" in done.stdout
+    # The floor path (two do-nothing forwarders) is measured beside the others.
+    assert report["paths"] == ["direct", "remotellm", "floor"]
+    w1 = next(row for row in report["rows"] if row["workload"] == "W1 1 KB")
+    assert w1["floor"] is not None and w1["floor_added_vs_direct"] is not None
+    assert "| Workload |" in done.stdout and "| Floor |" in done.stdout
