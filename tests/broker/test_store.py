@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import sqlite3
 import sys
@@ -242,5 +243,40 @@ async def test_usage_totals(tmp_path: Path) -> None:
         assert [(m, r) for _, m, r, _, _ in days] == [("x", 1), ("y", 1)]
         async with store.engine.connect() as conn:
             assert await conn.scalar(sa.select(sa.func.count()).select_from(meta)) == 1
+    finally:
+        await store.close()
+
+
+async def test_a_large_usage_batch_lets_requests_run_between_its_slices(tmp_path: Path) -> None:
+    from broker.store import USAGE_SLICE
+
+    store = await Store.open(url(tmp_path))
+    seen: list[str] = []
+
+    def on_execute(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement.startswith("INSERT INTO usage"):
+            seen.append("insert")
+
+    sa.event.listen(store.engine.sync_engine, "before_cursor_execute", on_execute)
+    try:
+        rows = [row(20_000 + i) for i in range(USAGE_SLICE * 5)]
+        writing = True
+
+        async def other_work() -> None:
+            while writing:
+                seen.append("tick")
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(other_work())
+        await asyncio.sleep(0)
+        await store.add_usage(rows)
+        writing = False
+        await ticker
+        # Five statements, and the event loop served other work between each two of them.
+        inserts = [i for i, what in enumerate(seen) if what == "insert"]
+        assert len(inserts) == 5
+        assert all("tick" in seen[a:b] for a, b in itertools.pairwise(inserts))
+        totals = await store.usage_totals(by="model")
+        assert sum(t.requests for t in totals) == len(rows)
     finally:
         await store.close()
