@@ -216,7 +216,10 @@ class Wire(asyncio.Protocol):
                     self._pending.append(event.data)
                     self._wake()
                 else:
-                    self._dispatch(self._on_message, event.data)
+                    try:
+                        self._on_message(event.data)
+                    except Exception as exc:
+                        self.fail(exc, 1011, "internal error")
             elif type(event) is ws.Ping:
                 if self._state == _OPEN:
                     self._write(ws.encode_frame(ws.OP_PONG, event.data, mask=True))
@@ -359,6 +362,10 @@ class Wire(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the connection at once."""
+        if self._state == _OPEN and self._error is None:
+            self._error = LinkClosed(None)
+        # Nothing may be written from now on: uvloop raises on a write to an aborted transport.
+        self._state = _CLOSED
         if self._transport is not None:
             self._transport.abort()
 
