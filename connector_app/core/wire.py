@@ -362,11 +362,11 @@ class Wire(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the connection at once."""
-        if self._state == _OPEN and self._error is None:
+        state, self._state = self._state, _CLOSED
+        if state == _OPEN and self._error is None:
             self._error = LinkClosed(None)
-        # Nothing may be written from now on: uvloop raises on a write to an aborted transport.
-        self._state = _CLOSED
-        if self._transport is not None:
+        # Nothing is written from now on: uvloop raises on a write to an aborted transport.
+        if self._transport is not None and not self._closed.done():
             self._transport.abort()
 
     async def wait_closed(self) -> None:

@@ -25,14 +25,6 @@ from tests.connector_app.core.wsserver import ConnectProxy, WsServer
 TOKEN = "wire-test-token"
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests that want a proxy set one; none comes from the machine's environment."""
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ws_proxy", "wss_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-
-
 @contextlib.asynccontextmanager
 async def serving(**options: Any) -> AsyncIterator[WsServer]:
     server = WsServer(**options)
