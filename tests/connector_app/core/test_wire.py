@@ -19,6 +19,7 @@ from connector_app.core.proxy import ProxyError
 from connector_app.core.wire import LinkClosed, Wire, open_wire
 from shared import protocol as p
 from shared import websocket as ws
+from shared.handshake import MAX_MESSAGE
 from shared.outbox import Outbox
 from tests.connector_app.core.wsserver import ConnectProxy, WsServer
 
@@ -182,6 +183,24 @@ async def test_our_close_sends_what_is_queued_then_the_code_and_reason() -> None
         async with asyncio.timeout(10):
             await closing
         await wire.wait_closed()  # we closed it: nothing to raise
+
+
+async def test_our_close_gives_up_on_a_broker_that_never_answers_it() -> None:
+    async with serving() as server, linked(server.url) as wire:
+        async with asyncio.timeout(10):  # the wire waits 2 s for the answer, then drops
+            await wire.close(1000, "done")
+        assert await server.next_event() == ws.Close(1000, "done")
+        await wire.wait_closed()
+
+
+async def test_a_message_over_the_limit_closes_with_1009() -> None:
+    async with serving() as server, linked(server.url) as wire:
+        server.send(ws.OP_BINARY, bytes(MAX_MESSAGE + 1))
+        with pytest.raises(ws.WebSocketError) as caught:
+            await wire.recv()
+        closing = await server.next_event()
+    assert isinstance(closing, ws.Close)
+    assert closing.code == caught.value.code == ws.CLOSE_TOO_BIG
 
 
 async def test_a_framing_error_from_the_broker_closes_with_a_protocol_error() -> None:
