@@ -10,13 +10,9 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from connector_app.core.activity import (
     RequestEvents,
@@ -30,10 +26,11 @@ from connector_app.core.failures import describe_failure, is_fatal
 from connector_app.core.http1 import HTTPError
 from connector_app.core.llm import LocalLLM
 from connector_app.core.status import LinkState, StatusBoard
+from connector_app.core.wire import LinkClosed, Wire, open_wire
 from shared import protocol as p
 from shared.endpoints import is_relayable
 from shared.flow import SendCredit
-from shared.handshake import HANDSHAKE_TIMEOUT, MAX_MESSAGE, Refused, accept_welcome, check_sender
+from shared.handshake import HANDSHAKE_TIMEOUT, Refused, accept_welcome, check_sender
 from shared.outbox import Outbox
 
 log = structlog.get_logger("remotellm.connector")
@@ -44,8 +41,6 @@ STABLE_AFTER = 10.0
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
 )
-
-Connect = Callable[..., Any]
 
 
 @dataclass(eq=False)
@@ -80,7 +75,6 @@ class RelayClient:
         backoff: Backoff | None = None,
         heartbeat: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
-        connect_fn: Connect = connect,
         events: RequestEvents | None = None,
     ) -> None:
         self._url = url
@@ -92,13 +86,11 @@ class RelayClient:
         self._backoff = backoff or Backoff()
         self._heartbeat = heartbeat
         self._ssl = ssl_context
-        self._connect = connect_fn
         self._events = events or RequestEvents()
         self._stopping = asyncio.Event()
         self._draining = False
-        self._ws: ClientConnection | None = None
+        self._wire: Wire | None = None
         self._outbox = Outbox()
-        self._wake = asyncio.Event()
         self._streams: dict[int, _Stream] = {}
         self._running = 0
         """Streams in `_streams` with a task: counted, not summed, at a thousand streams."""
@@ -120,7 +112,7 @@ class RelayClient:
             return
         log.info("models changed", models=list(models))
         self._board.update(models=models)
-        if self._ws is not None:
+        if self._wire is not None:
             self._send(p.ModelsUpdate(models))
 
     async def run(self) -> None:
@@ -172,7 +164,7 @@ class RelayClient:
     async def stop(self, grace: float) -> None:
         """Take no new requests, let in-flight ones finish (bounded), then disconnect."""
         self._draining = True
-        if self._ws is not None and self._streams:
+        if self._wire is not None and self._streams:
             self._send(p.GoAway("connector shutting down", 0.0))
             log.info("draining", in_flight=len(self._streams), grace_s=grace)
             try:
@@ -181,37 +173,33 @@ class RelayClient:
             except TimeoutError:
                 log.warning("grace period over; abandoning requests", in_flight=len(self._streams))
         self._stopping.set()
-        ws = self._ws
-        if ws is not None:
-            await ws.close(code=p.CLOSE_GOING_AWAY, reason="connector shutting down")
+        wire = self._wire
+        if wire is not None:
+            await wire.close(p.CLOSE_GOING_AWAY, "connector shutting down")
 
     # -- one connection --------------------------------------------------------
 
     async def _connection(self) -> None:
-        tls: dict[str, Any] = {"ssl": self._ssl} if self._ssl is not None else {}
-        async with self._connect(
+        outbox = Outbox()
+        wire = await open_wire(
             self._url,
-            **tls,
-            additional_headers={"Authorization": f"Bearer {self._token}"},
-            user_agent_header="remotellm-connector",
-            compression=None,
-            max_size=MAX_MESSAGE,
-            ping_interval=self._heartbeat,
-            ping_timeout=self._heartbeat,
-            open_timeout=HANDSHAKE_TIMEOUT,
-            close_timeout=2,
-        ) as ws:
+            token=self._token,
+            ssl_context=self._ssl,
+            heartbeat=self._heartbeat,
+            outbox=outbox,
+        )
+        try:
             hello = p.Hello(p.PROTOCOL_VERSION, self._name, self.models, self._max_concurrency)
-            await ws.send(p.encode(hello))
+            wire.send(p.encode(hello))
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                reply = await ws.recv()
+                reply = await wire.recv()
             try:
                 self._window = accept_welcome(reply).window
             except Refused as refusal:
-                await ws.close(code=refusal.code, reason=refusal.reason)
+                await wire.close(refusal.code, refusal.reason)
                 raise
-            self._outbox = Outbox()
-            self._ws = ws
+            self._outbox = outbox
+            self._wire = wire
             self._board.update(
                 state=LinkState.CONNECTED, last_error=None, fatal=False, retry_in=None
             )
@@ -220,35 +208,33 @@ class RelayClient:
                 self._send(p.ModelsUpdate(self.models))
             log.info("connected to broker", url=self._url, models=list(self.models))
             if self._stopping.is_set() or self._draining:
+                await wire.close()
                 return
-            writer = asyncio.create_task(self._write_loop(ws))
+            wire.deliver(self._on_message)
             try:
-                async for message in ws:
-                    if not isinstance(message, bytes):
-                        raise p.ProtocolError("only binary messages are allowed")
-                    for frame in p.decode(message):
-                        self._on_frame(frame)
-            except p.ProtocolError as exc:
-                await ws.close(code=p.CLOSE_PROTOCOL_ERROR, reason=p.close_reason(str(exc)))
-                raise
-            finally:
-                self._ws = None
-                writer.cancel()
-                await asyncio.gather(writer, return_exceptions=True)
+                await wire.wait_closed()
+            except LinkClosed as closed:
+                if not closed.clean:
+                    raise
+        finally:
+            self._wire = None
+            wire.abort()
 
-    async def _write_loop(self, ws: ClientConnection) -> None:
+    def _on_message(self, message: bytes) -> None:
+        """Handle one message from the broker, in the socket's callback."""
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._outbox:
-                    await ws.send(self._outbox.take())
-        except ConnectionClosed:
-            pass
+            for frame in p.decode(message):
+                self._on_frame(frame)
+        except p.ProtocolError as exc:
+            wire = self._wire
+            if wire is not None:
+                wire.fail(exc, p.CLOSE_PROTOCOL_ERROR, p.close_reason(str(exc)))
 
     def _send(self, frame: p.Frame) -> None:
         self._outbox.put(frame)
-        self._wake.set()
+        wire = self._wire
+        if wire is not None:
+            wire.flush_soon()
 
     async def _abort_streams(self) -> None:
         """The link is gone: stop every request it carried and wait until they have stopped."""

@@ -4,32 +4,39 @@ from __future__ import annotations
 
 import ssl
 
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-
+from connector_app.core.proxy import ProxyError
+from connector_app.core.wire import LinkClosed
 from shared import protocol as p
 from shared.handshake import Refused
+from shared.websocket import HandshakeError, WebSocketError
 
 
 def describe_failure(exc: BaseException) -> str:
     """One line saying why the link failed, with what to do where we can tell."""
-    if isinstance(exc, InvalidStatus):
-        status = exc.response.status_code
+    if isinstance(exc, HandshakeError):
+        status = exc.status
         if status == 401:
             return "the broker rejected the connector token (HTTP 401); check the token"
-        return f"the broker refused the connection with HTTP {status}"
-    if isinstance(exc, ConnectionClosed):
-        frame = exc.rcvd
-        if frame is None:
-            return "the connection to the broker was lost"
-        if frame.code == p.CLOSE_UNSUPPORTED_VERSION:
-            return f"the broker refused this connector: {frame.reason}"
-        return f"the broker closed the connection ({frame.code} {frame.reason})".rstrip()
+        if status is not None and status != 101:
+            return f"the broker refused the connection with HTTP {status}"
+        return f"the broker's answer was not a WebSocket upgrade: {exc.reason}"
+    if isinstance(exc, LinkClosed):
+        if exc.code is None:
+            detail = f" ({exc.reason})" if exc.reason else ""
+            return f"the connection to the broker was lost{detail}"
+        if exc.code == p.CLOSE_UNSUPPORTED_VERSION:
+            return f"the broker refused this connector: {exc.reason}"
+        return f"the broker closed the connection ({exc.code} {exc.reason})".rstrip()
+    if isinstance(exc, ProxyError):
+        return f"proxy problem: {exc}"
     if isinstance(exc, ssl.SSLError):
         return f"TLS handshake with the broker failed: {exc}"
     if isinstance(exc, TimeoutError):
         return "timed out talking to the broker"
     if isinstance(exc, p.ProtocolError):
         return f"protocol error: {exc}"
+    if isinstance(exc, WebSocketError):
+        return f"protocol error: {exc.reason}"
     if isinstance(exc, Refused):
         return f"the handshake failed: {exc.reason}"
     return f"cannot reach the broker: {exc or type(exc).__name__}"
@@ -37,8 +44,10 @@ def describe_failure(exc: BaseException) -> str:
 
 def is_fatal(exc: BaseException) -> bool:
     """True for failures that retrying cannot fix: a refused token, TLS, a refused version."""
-    if isinstance(exc, InvalidStatus):
-        return exc.response.status_code in (401, 403)
-    if isinstance(exc, ConnectionClosed) and exc.rcvd is not None:
-        return exc.rcvd.code == p.CLOSE_UNSUPPORTED_VERSION
+    if isinstance(exc, HandshakeError):
+        return exc.status in (401, 403)
+    if isinstance(exc, LinkClosed):
+        return exc.code == p.CLOSE_UNSUPPORTED_VERSION
+    if isinstance(exc, ProxyError):
+        return exc.fatal
     return isinstance(exc, ssl.SSLError)

@@ -10,17 +10,17 @@ import asyncio
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
 
 from connector_app.core.discovery import discover_models
 from connector_app.core.llm import LocalLLM
+from connector_app.core.proxy import ProxyError
 from connector_app.core.settings import normalise_broker_url, normalise_llm_url
+from connector_app.core.wire import USER_AGENT, LinkClosed, open_wire
 from shared import protocol as p
-from shared.handshake import MAX_MESSAGE, Refused, accept_welcome
+from shared.handshake import Refused, accept_welcome
+from shared.websocket import HandshakeError, WebSocketError
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,8 @@ async def check_local(url: str, api_key: str | None, timeout: float = 5.0) -> Ch
 
 
 def _broker_failure(exc: BaseException) -> str:
-    if isinstance(exc, InvalidStatus):
-        status = exc.response.status_code
+    if isinstance(exc, HandshakeError) and exc.status not in (None, 101):
+        status = exc.status
         if status == 401:
             return "The broker rejected the connector token (HTTP 401); check the token."
         if status == 404:
@@ -97,12 +97,16 @@ def _broker_failure(exc: BaseException) -> str:
         return "The broker did not answer in time; check the URL and the network."
     if isinstance(exc, Refused):
         return f"The broker refused this connector: {exc.reason}."
-    if isinstance(exc, InvalidURI):
+    if isinstance(exc, LinkClosed) and exc.code == p.CLOSE_UNSUPPORTED_VERSION:
+        return f"The broker refused this connector: {exc.reason}."
+    if isinstance(exc, ProxyError):
+        return f"Cannot reach the broker through the proxy: {exc}."
+    if isinstance(exc, ValueError):
         return "The broker URL is not a valid WebSocket URL."
     if isinstance(exc, OSError):
         reason = exc.strerror or str(exc) or type(exc).__name__
         return f"Cannot reach the broker ({reason}); check the host, the port and the network."
-    if isinstance(exc, WebSocketException):
+    if isinstance(exc, HandshakeError | WebSocketError | LinkClosed):
         return f"The broker's answer was not a WebSocket upgrade ({exc}); check the URL."
     return f"The broker check failed ({type(exc).__name__})."
 
@@ -119,23 +123,24 @@ async def check_broker(
         return Check(
             False, "The connector token is empty; paste the one from the broker's operator."
         )
-    tls: dict[str, Any] = {}
+    context = None
     if target.startswith("wss://") and ca_file is not None:
-        tls["ssl"] = ssl.create_default_context(cafile=str(ca_file))
+        context = ssl.create_default_context(cafile=str(ca_file))
     try:
         async with asyncio.timeout(timeout):
-            async with connect(
+            wire = await open_wire(
                 target,
-                additional_headers={"Authorization": f"Bearer {token}"},
-                user_agent_header="remotellm-connector (connection test)",
-                compression=None,
-                max_size=MAX_MESSAGE,
-                open_timeout=timeout,
-                close_timeout=2,
-                **tls,
-            ) as ws:
-                await ws.send(p.encode(p.Hello(p.PROTOCOL_VERSION, "connection-test", (), 1)))
-                accept_welcome(await ws.recv())
+                token=token,
+                user_agent=f"{USER_AGENT} (connection test)",
+                ssl_context=context,
+                timeout=timeout,
+            )
+            try:
+                wire.send(p.encode(p.Hello(p.PROTOCOL_VERSION, "connection-test", (), 1)))
+                accept_welcome(await wire.recv())
+                await wire.close()
+            finally:
+                wire.abort()
     except Exception as exc:
         return Check(False, _broker_failure(exc))
     return Check(True, "The broker accepted the connector token.")

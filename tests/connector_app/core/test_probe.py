@@ -5,8 +5,11 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
 from connector_app.core.probe import check_broker, check_local
 from tests.conftest import CONNECTOR_TOKEN, MakeBroker
+from tests.connector_app.core.wsserver import ConnectProxy
 from tests.e2e.test_tls import self_signed
 from tests.stub_llm import StubLLM
 
@@ -110,3 +113,23 @@ async def test_local_server_failing_after_the_first_answer_is_a_failed_check() -
     assert not check.ok
     assert len(calls) > 1
     assert url in check.message
+
+
+async def test_broker_through_the_environments_proxy(
+    make_broker: MakeBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = await make_broker()
+    proxy = ConnectProxy()
+    await proxy.start()
+    try:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        check = await check_broker(f"ws://127.0.0.1:{broker.port}/relay", CONNECTOR_TOKEN)
+        assert check.ok, check.message
+        assert len(proxy.requests) == 1
+        proxy.status = 403
+        refused = await check_broker(f"ws://127.0.0.1:{broker.port}/relay", CONNECTOR_TOKEN)
+    finally:
+        await proxy.stop()
+    assert not refused.ok
+    assert refused.message.startswith("Cannot reach the broker through the proxy")
+    assert "HTTP 403" in refused.message

@@ -1,0 +1,112 @@
+"""The relay client on its link, against a hand-written broker end: what the operator sees."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from connector_app.core.backoff import Backoff
+from connector_app.core.client import RelayClient
+from connector_app.core.llm import LocalLLM
+from connector_app.core.status import LinkState, StatusBoard
+from shared import protocol as p
+from shared import websocket as ws
+from tests.connector_app.core.wsserver import WsServer
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[WsServer]:
+    broker = WsServer()
+    await broker.start()
+    yield broker
+    await broker.stop()
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[LocalLLM]:
+    local = LocalLLM("http://127.0.0.1:9")
+    yield local
+    await local.close()
+
+
+async def run_client(
+    url: str, board: StatusBoard, llm: LocalLLM
+) -> tuple[RelayClient, asyncio.Task[None]]:
+    client = RelayClient(
+        url=url,
+        token="t",
+        name="link-test",
+        max_concurrency=1,
+        llm=llm,
+        board=board,
+        backoff=Backoff(base=5, cap=5),
+    )
+    return client, asyncio.create_task(client.run())
+
+
+async def until(board: StatusBoard, state: LinkState) -> None:
+    async with asyncio.timeout(10):
+        while board.status.state is not state:
+            await asyncio.sleep(0.01)
+
+
+async def welcome(server: WsServer) -> p.Hello:
+    hello = await server.next_event()
+    assert isinstance(hello, ws.Message)
+    (frame,) = p.decode(hello.data)
+    assert isinstance(frame, p.Hello)
+    server.send(ws.OP_BINARY, p.encode(p.Welcome(p.PROTOCOL_VERSION, p.DEFAULT_WINDOW)))
+    return frame
+
+
+async def test_a_protocol_error_from_the_broker_closes_the_link_with_1002(
+    server: WsServer, llm: LocalLLM
+) -> None:
+    board = StatusBoard()
+    client, task = await run_client(server.url, board, llm)
+    try:
+        hello = await welcome(server)
+        assert hello.name == "link-test"
+        await until(board, LinkState.CONNECTED)
+        server.send(ws.OP_BINARY, p.encode(p.Hello(p.PROTOCOL_VERSION, "not from a broker", (), 1)))
+        closing = await server.next_event()
+        assert isinstance(closing, ws.Close)
+        assert closing.code == p.CLOSE_PROTOCOL_ERROR
+        await until(board, LinkState.RECONNECTING)
+        assert (board.status.last_error or "").startswith("protocol error")
+        assert not board.status.fatal
+    finally:
+        await client.stop(0)
+        await asyncio.wait_for(task, 10)
+
+
+async def test_stopping_sends_a_going_away_close(server: WsServer, llm: LocalLLM) -> None:
+    board = StatusBoard()
+    client, task = await run_client(server.url, board, llm)
+    await welcome(server)
+    await until(board, LinkState.CONNECTED)
+    stopping = asyncio.create_task(client.stop(0))
+    assert await server.next_event() == ws.Close(p.CLOSE_GOING_AWAY, "connector shutting down")
+    server.send_close(p.CLOSE_GOING_AWAY, "")
+    await asyncio.wait_for(stopping, 10)
+    await asyncio.wait_for(task, 10)
+    assert board.status.state is LinkState.DISCONNECTED
+
+
+async def test_a_refused_token_is_shown_as_fatal(llm: LocalLLM) -> None:
+    refusing = WsServer(status=401)
+    await refusing.start()
+    board = StatusBoard()
+    client, task = await run_client(refusing.url, board, llm)
+    try:
+        async with asyncio.timeout(10):
+            while board.status.last_error is None:
+                await asyncio.sleep(0.01)
+        assert "rejected the connector token (HTTP 401)" in board.status.last_error
+        assert board.status.fatal
+    finally:
+        await client.stop(0)
+        await asyncio.wait_for(task, 10)
+        await refusing.stop()
