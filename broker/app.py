@@ -37,9 +37,10 @@ from broker.lifecycle import Lifecycle
 from broker.limits import Limiter
 from broker.metrics import Metrics
 from broker.portal.views import setup_portal
-from broker.relay import go_away_all, relay_endpoint
+from broker.relay import go_away_all
 from broker.settings import BrokerSettings
 from broker.store import Store, database_url
+from broker.websocket import UPGRADE_HINT
 from shared.endpoints import MODEL_ENDPOINTS
 from shared.settings import secret_values
 
@@ -96,6 +97,16 @@ async def health_endpoint(request: web.Request) -> web.Response:
             "models": list(hub.models()),
             "in_flight": app[LIFECYCLE].active,
         }
+    )
+
+
+async def relay_without_upgrade(request: web.Request) -> web.Response:
+    """GET /relay that reached aiohttp: not an upgrade (those never get here, see front.py)."""
+    return error_response(
+        request,
+        426,
+        "upgrade_required",
+        f"{UPGRADE_HINT}.",
     )
 
 
@@ -191,7 +202,7 @@ def create_app(settings: BrokerSettings) -> web.Application:
         app.router.add_post(path, proxy_endpoint)
     app.router.add_get("/v1/models", models_endpoint)
     app.router.add_get("/api/tags", ollama_tags_endpoint)
-    app.router.add_get("/relay", relay_endpoint)
+    app.router.add_get("/relay", relay_without_upgrade)
     app.router.add_get("/health", health_endpoint)
     app.router.add_get("/metrics", metrics_endpoint)
     setup_portal(app, settings)
