@@ -101,13 +101,19 @@ async def health_endpoint(request: web.Request) -> web.Response:
 
 
 async def relay_without_upgrade(request: web.Request) -> web.Response:
-    """GET /relay that reached aiohttp: not an upgrade (those never get here, see front.py)."""
-    return error_response(
-        request,
-        426,
-        "upgrade_required",
-        f"{UPGRADE_HINT}.",
-    )
+    """GET /relay that reached aiohttp: a later request on a connection aiohttp serves.
+
+    Relay upgrades are only taken as a connection's first request (see front.py).
+    """
+    if "websocket" in request.headers.get("Upgrade", "").lower():
+        return error_response(
+            request,
+            400,
+            "upgrade_not_first",
+            "A WebSocket upgrade to /relay must be the first request on its connection;"
+            " configure the proxy in front of the broker to open a new connection for it.",
+        )
+    return error_response(request, 426, "upgrade_required", f"{UPGRADE_HINT}.")
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

@@ -64,6 +64,40 @@ async def test_keep_alive_requests_on_one_connection_all_get_answers(
         writer.close()
 
 
+async def test_an_upgrade_after_another_request_says_it_must_come_first(
+    make_broker: MakeBroker,
+) -> None:
+    """A proxy reusing a pooled connection for the upgrade gets a status that says so."""
+    broker = await make_broker()
+    reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    try:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: b\r\n\r\n")
+        _, headers, _ = parse_response(await reader.readuntil(b"\r\n\r\n"))
+        await reader.readexactly(int(headers["content-length"]))
+        request, _ = upgrade_request(broker.port)
+        writer.write(request)
+        status, headers, _ = parse_response(await reader.readuntil(b"\r\n\r\n"))
+        body = await reader.readexactly(int(headers["content-length"]))
+        assert status == 400
+        assert json_body(headers, body)["error"]["code"] == "upgrade_not_first"
+        assert broker.hub.links == []
+    finally:
+        writer.close()
+
+
+async def test_a_request_line_arriving_byte_by_byte_is_served(make_broker: MakeBroker) -> None:
+    broker = await make_broker()
+    reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    try:
+        for byte in b"GET /health HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n":
+            writer.write(bytes((byte,)))
+            await writer.drain()
+        status, _, _ = parse_response(await asyncio.wait_for(reader.read(), 10))
+        assert status == 200
+    finally:
+        writer.close()
+
+
 async def test_pipelined_requests_are_answered_in_order(make_broker: MakeBroker) -> None:
     broker = await make_broker()
     requests = (
