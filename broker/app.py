@@ -37,9 +37,10 @@ from broker.lifecycle import Lifecycle
 from broker.limits import Limiter
 from broker.metrics import Metrics
 from broker.portal.views import setup_portal
-from broker.relay import go_away_all, relay_endpoint
+from broker.relay import go_away_all
 from broker.settings import BrokerSettings
 from broker.store import Store, database_url
+from broker.websocket import UPGRADE_HINT
 from shared.endpoints import MODEL_ENDPOINTS
 from shared.settings import secret_values
 
@@ -97,6 +98,22 @@ async def health_endpoint(request: web.Request) -> web.Response:
             "in_flight": app[LIFECYCLE].active,
         }
     )
+
+
+async def relay_without_upgrade(request: web.Request) -> web.Response:
+    """GET /relay that reached aiohttp: a later request on a connection aiohttp serves.
+
+    Relay upgrades are only taken as a connection's first request (see front.py).
+    """
+    if "websocket" in request.headers.get("Upgrade", "").lower():
+        return error_response(
+            request,
+            400,
+            "upgrade_not_first",
+            "A WebSocket upgrade to /relay must be the first request on its connection;"
+            " configure the proxy in front of the broker to open a new connection for it.",
+        )
+    return error_response(request, 426, "upgrade_required", f"{UPGRADE_HINT}.")
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -191,7 +208,7 @@ def create_app(settings: BrokerSettings) -> web.Application:
         app.router.add_post(path, proxy_endpoint)
     app.router.add_get("/v1/models", models_endpoint)
     app.router.add_get("/api/tags", ollama_tags_endpoint)
-    app.router.add_get("/relay", relay_endpoint)
+    app.router.add_get("/relay", relay_without_upgrade)
     app.router.add_get("/health", health_endpoint)
     app.router.add_get("/metrics", metrics_endpoint)
     setup_portal(app, settings)

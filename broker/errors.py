@@ -8,6 +8,8 @@ Ollama's native endpoints get `{"error": "message"}`. Status codes are the same 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from http import HTTPStatus
 from typing import Any, Literal
 
 from aiohttp import web
@@ -72,6 +74,23 @@ def error_response(
         headers["x-should-retry"] = "false"
     body = error_body(dialect_for(request.path), status, code, message, param)
     return web.json_response(body, status=status, headers=headers)
+
+
+def error_bytes(status: int, code: str, message: str, headers: Iterable[str] = ()) -> bytes:
+    """A complete HTTP/1.1 error response (OpenAI shape) for a connection about to close.
+
+    For the relay's upgrade, which is answered without an aiohttp request.
+    """
+    body = json.dumps(error_body("openai", status, code, message)).encode()
+    lines = [
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+        "Content-Type: application/json; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(["x-should-retry: false"] if 400 <= status < 500 else []),
+        *headers,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
 def stream_error(content_type: str, dialect: Dialect, code: str, message: str) -> bytes | None:

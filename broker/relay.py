@@ -1,8 +1,10 @@
-"""The connectors' WebSocket endpoint: pumps frames between the socket and open streams.
+"""The connectors' relay link: pumps frames between a connector's socket and open streams.
 
-One `ConnectorLink` per connected connector. Its reader decodes messages and
-hands each stream frame to the `Exchange` waiting for it; its writer drains the
-link's `Outbox`, batching whatever is ready into one message.
+One `ConnectorLink` per connected connector. It decodes the messages its
+`RelaySocket` hands over and gives each stream frame to the `Exchange` waiting
+for it; what it sends waits in its `Outbox` until the socket's next flush, which
+batches whatever is ready into one message. `_Opening` is a connection before
+that: the connector token, then the hello/welcome handshake.
 """
 
 from __future__ import annotations
@@ -10,20 +12,24 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import web
+from multidict import CIMultiDict
 
 from broker import keyformat
 from broker.auth import presented_key
-from broker.errors import error_response
+from broker.errors import error_bytes
 from broker.hub import Hub
 from broker.keys import CONNECTOR_TOKENS, HUB, LINKS, METRICS, SETTINGS, STORE
+from broker.websocket import RelaySocket
 from shared import protocol as p
+from shared import websocket as ws
 from shared.flow import ReceiveCredit
-from shared.handshake import HANDSHAKE_TIMEOUT, MAX_MESSAGE, Refused, accept_hello, check_sender
+from shared.handshake import HANDSHAKE_TIMEOUT, Refused, accept_hello, check_sender
 from shared.outbox import Outbox
 
 log = structlog.get_logger("remotellm.broker.relay")
@@ -73,10 +79,9 @@ class ConnectorLink:
         "_closed",
         "_ids",
         "_outbox",
+        "_relay",
+        "_socket",
         "_streams",
-        "_transport",
-        "_writer",
-        "_ws",
         "draining",
         "max_concurrency",
         "models",
@@ -87,23 +92,18 @@ class ConnectorLink:
     )
 
     def __init__(
-        self,
-        ws: web.WebSocketResponse,
-        hello: p.Hello,
-        window: int,
-        transport: asyncio.Transport | None = None,
+        self, relay: Relay, socket: RelaySocket, hello: p.Hello, window: int, token_id: int | None
     ) -> None:
-        self._ws = ws
-        self._transport = transport
+        self._relay = relay
+        self._socket = socket
         self.name = hello.name
-        self.token_id: int | None = None  # the store's connector token, if it used one
+        self.token_id = token_id  # the store's connector token, if it used one
         self.since = time.time()
         self.models: frozenset[str] = frozenset(hello.models)
         self.max_concurrency = hello.max_concurrency
         self.draining = False
         self.window = window
         self._outbox = Outbox()
-        self._writer: asyncio.Task[None] | None = None
         self._streams: dict[int, Exchange] = {}
         self._ids = itertools.count(1)
         self._closed = False
@@ -126,48 +126,51 @@ class ConnectorLink:
         for frame in p.split_body(stream_id, body, response=False):
             self._outbox.put(frame)
         self._outbox.put(p.End(stream_id))
-        self._kick()
+        self._socket.want_write()
         return exchange
 
     def send(self, frame: p.Frame) -> None:
         if not self._closed:
             self._outbox.put(frame)
-            self._kick()
+            self._socket.want_write()
 
     def forget(self, stream_id: int, *, cancel: bool) -> None:
         if self._streams.pop(stream_id, None) is not None and cancel:
             self._outbox.discard(stream_id)
             self.send(p.Cancel(stream_id))
 
-    # -- pumping ------------------------------------------------------------------
+    # -- pumping (called by the socket) -------------------------------------------
 
-    def _kick(self) -> None:
-        """Make sure a writer is draining the outbox.
+    def outgoing(self) -> bytes:
+        return self._outbox.take() if self._outbox and not self._closed else b""
 
-        The writer exists only while there is something to send, so an idle link
-        costs no task (memory per idle connector is a measured target).
-        """
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain())
-
-    async def _drain(self) -> None:
+    def message(self, message: ws.Message) -> None:
         try:
-            # Whatever was queued while a message was being sent leaves in the next one.
-            while self._outbox and not self._closed:
-                await self._ws.send_bytes(self._outbox.take())
-        except ConnectionError:
-            # The reader notices the closed socket and fails the open streams.
-            self._closed = True
+            if message.text:
+                raise p.ProtocolError("only binary messages are allowed")
+            changed = self.receive(p.decode(message.data))
+        except p.ProtocolError as exc:
+            log.warning("connector protocol error", connector=self.name, error=str(exc))
+            reason = p.close_reason(str(exc))
+            self._socket.close(p.CLOSE_PROTOCOL_ERROR, reason, f"protocol error: {exc}")
+            return
+        if changed:
+            self._relay.hub.models_changed(self)
+
+    def closed(self, why: str) -> None:
+        self.lost()
+        self._relay.detach(self)
+        log.info("connector disconnected", connector=self.name, reason=why)
+        if self.token_id is not None:
+            self._relay.spawn(self._relay.seen(self.token_id))
 
     async def flushed(self) -> None:
         """Return once everything queued so far has been handed to the socket."""
-        while self._writer is not None and not self._writer.done():
-            await asyncio.wait({self._writer})
+        while self._outbox and not self._closed:
+            await self._socket.drained()
 
     async def stopped(self) -> None:
-        """Wait for the writer to finish after lost()."""
-        if self._writer is not None:
-            await asyncio.gather(self._writer, return_exceptions=True)
+        """Kept for callers of the writer-task era: a link has no task to wait for."""
 
     def receive(self, frames: Iterable[p.Frame]) -> bool:
         """Apply decoded frames; return True when the hub's view of the link changed."""
@@ -196,8 +199,6 @@ class ConnectorLink:
     def lost(self) -> None:
         """The socket is gone: fail every open stream so its handler can retry or report."""
         self._closed = True
-        if self._writer is not None:
-            self._writer.cancel()
         for exchange in self._streams.values():
             exchange.closed = True
             exchange.events.put_nowait(LinkLost(self.name))
@@ -214,9 +215,8 @@ class ConnectorLink:
         try:
             async with asyncio.timeout(GOAWAY_TIMEOUT):
                 await self.flushed()
-                await self._ws.close(
-                    code=p.CLOSE_GOING_AWAY, message=p.close_reason(reason).encode()
-                )
+                self._socket.close(p.CLOSE_GOING_AWAY, p.close_reason(reason), reason)
+                await self._socket.wait_closed()
         except TimeoutError:
             log.warning("connector did not take the going-away; dropping it", connector=self.name)
             self.abort()
@@ -224,9 +224,7 @@ class ConnectorLink:
     def abort(self) -> None:
         """Drop the connection at once, without a closing handshake."""
         self.lost()
-        transport = self._transport
-        if transport is not None:
-            transport.abort()
+        self._socket.abort()
 
 
 async def go_away_all(links: Iterable[ConnectorLink], reason: str) -> None:
@@ -234,71 +232,141 @@ async def go_away_all(links: Iterable[ConnectorLink], reason: str) -> None:
     await asyncio.gather(*(link.go_away(reason, 1.0) for link in links))
 
 
-async def _handshake(ws: web.WebSocketResponse) -> p.Hello | None:
-    """Read and check the connector's hello; on failure close as the rules say, return None."""
-    try:
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-            msg = await ws.receive()
-    except TimeoutError:
-        await ws.close(code=p.CLOSE_HANDSHAKE_TIMEOUT, message=b"no hello within 10 s")
-        return None
-    data = msg.data if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT) else ""
-    try:
-        return accept_hello(data)
-    except Refused as refusal:
-        log.warning("connector refused", reason=refusal.reason)
-        await ws.close(code=refusal.code, message=refusal.reason.encode())
-        return None
+class Relay:
+    """What every relay connection of one broker shares; the front hands connections to it."""
+
+    __slots__ = ("_opening", "_tasks", "app", "hub")
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.hub: Hub = app[HUB]
+        self._opening: set[_Opening] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def connection(self, transport: asyncio.Transport, received: bytes) -> None:
+        """Serve a connection whose first request line is `GET /relay`."""
+        opening = _Opening(self)
+        socket = RelaySocket(transport, opening, self.app[SETTINGS].heartbeat, opening.upgrade)
+        opening.socket = socket
+        self._opening.add(opening)
+        transport.set_protocol(socket)
+        socket.data_received(received)
+
+    def attach(self, link: ConnectorLink) -> None:
+        app = self.app
+        app[LINKS].add(link)
+        self.hub.register(link)
+        app[METRICS].connectors.set(len(self.hub.links))
+
+    def detach(self, link: ConnectorLink) -> None:
+        app = self.app
+        self.hub.unregister(link)
+        app[LINKS].discard(link)
+        app[METRICS].connectors.set(len(self.hub.links))
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a short background step, held until it ends (and awaited by settle())."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def seen(self, token_id: int) -> None:
+        """Note when a connector token was last used; a store failure is logged, never fatal."""
+        try:
+            await self.app[STORE].connector_seen(token_id, time.time())
+        except Exception as exc:  # the store may be busy or down; the link must not care
+            log.warning("cannot note the connector's last-seen time", error=str(exc))
+
+    def close_opening(self) -> None:
+        """Drop every connection still in its handshake (the broker is stopping)."""
+        for opening in list(self._opening):
+            opening.socket.abort("broker stopping")
+
+    async def settle(self) -> None:
+        """Wait for the background steps (store updates) still running."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def relay_endpoint(request: web.Request) -> web.StreamResponse:
-    """GET /relay: authenticate the connector, then pump its socket until it closes."""
-    app = request.app
-    token = await _connector_token(app, presented_key(request.headers))
-    if token is None:
-        return error_response(
-            request, 401, "invalid_connector_token", "The connector token is missing or invalid."
-        )
-    ws = web.WebSocketResponse(
-        heartbeat=app[SETTINGS].heartbeat, max_msg_size=MAX_MESSAGE, compress=False
-    )
-    await ws.prepare(request)
-    hello = await _handshake(ws)
-    if hello is None:
-        return ws
-    link = ConnectorLink(ws, hello, p.DEFAULT_WINDOW, request.transport)
-    await ws.send_bytes(p.encode(p.Welcome(p.PROTOCOL_VERSION, link.window)))
-    link.token_id = token.id
-    reason = "connection lost"
-    try:
-        _attach(app, link)
-        if token.id is not None:
-            await _seen(app, token.id)
+class _Opening:
+    """A relay connection from its upgrade request to the connector's hello."""
+
+    __slots__ = ("_admitting", "_relay", "_timer", "_token_id", "socket")
+
+    socket: RelaySocket
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+        self._token_id: int | None = None
+        self._admitting: asyncio.Task[None] | None = None
+        # The head, the token check and the hello each get HANDSHAKE_TIMEOUT.
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(HANDSHAKE_TIMEOUT, self._expired)
+
+    def upgrade(self, head: ws.RequestHead) -> None:
+        presented = presented_key(CIMultiDict(head.headers))
+        self._admitting = asyncio.get_running_loop().create_task(self._admit(presented))
+
+    async def _admit(self, presented: str | None) -> None:
+        socket = self.socket
+        try:
+            token = await _connector_token(self._relay.app, presented)
+        except Exception as exc:  # the store is down: the connector retries later
+            log.error("cannot check a connector token", error=str(exc))
+            message = "The broker cannot check the connector token right now; try again later."
+            socket.refuse(error_bytes(503, "store_unavailable", message), "store unavailable")
+            return
+        if token is None:
+            message = "The connector token is missing or invalid."
+            socket.refuse(error_bytes(401, "invalid_connector_token", message), "refused")
+            return
+        self._token_id = token.id
+        self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._expired)
+        socket.accept()
+
+    def _expired(self) -> None:
+        if self.socket.open:
+            self.socket.close(p.CLOSE_HANDSHAKE_TIMEOUT, "no hello within 10 s", "no hello")
+        else:
+            self.socket.abort("no upgrade request in time")
+
+    def message(self, message: ws.Message) -> None:
+        try:
+            hello = accept_hello(
+                message.data.decode(errors="replace") if message.text else message.data
+            )
+        except Refused as refusal:
+            log.warning("connector refused", reason=refusal.reason)
+            self.socket.close(refusal.code, refusal.reason, refusal.reason)
+            return
+        relay, socket = self._relay, self.socket
+        self._done()
+        link = ConnectorLink(relay, socket, hello, p.DEFAULT_WINDOW, self._token_id)
+        socket.handler = link
+        socket.send(p.encode(p.Welcome(p.PROTOCOL_VERSION, link.window)))
+        relay.attach(link)
+        if link.token_id is not None:
+            relay.spawn(relay.seen(link.token_id))
         log.info(
             "connector connected",
             connector=link.name,
-            peer=request.remote,
+            peer=socket.peer,
             models=sorted(link.models),
             max_concurrency=link.max_concurrency,
         )
-        reason = await _pump(ws, link, app[HUB])
-    finally:
-        # Bookkeeping first: the handler may be cancelled again while it awaits below.
-        link.lost()
-        _detach(app, link)
-        log.info("connector disconnected", connector=link.name, reason=reason)
-        await link.stopped()
-        if token.id is not None:
-            await _seen(app, token.id)
-    return ws
 
+    def outgoing(self) -> bytes:
+        return b""
 
-async def _seen(app: web.Application, token_id: int) -> None:
-    """Note when a connector token was last used; a store failure is logged, never fatal."""
-    try:
-        await asyncio.shield(app[STORE].connector_seen(token_id, time.time()))
-    except Exception as exc:  # the store may be busy or down; the link must not care
-        log.warning("cannot note the connector's last-seen time", error=str(exc))
+    def closed(self, why: str) -> None:
+        self._done()
+        if self._admitting is not None:
+            self._admitting.cancel()
+
+    def _done(self) -> None:
+        self._timer.cancel()
+        self._relay._opening.discard(self)
 
 
 @dataclass(frozen=True)
@@ -315,32 +383,3 @@ async def _connector_token(app: web.Application, presented: str | None) -> _Admi
         return None
     found = await app[STORE].connector_for(keyformat.fingerprint(presented))
     return _Admitted(found.id) if found is not None else None
-
-
-async def _pump(ws: web.WebSocketResponse, link: ConnectorLink, hub: Hub) -> str:
-    """Feed the connector's messages to its link until the socket closes; say why it ended."""
-    try:
-        async for msg in ws:
-            if msg.type is WSMsgType.ERROR:
-                return f"connection error: {ws.exception()}"
-            if msg.type is not WSMsgType.BINARY:
-                raise p.ProtocolError("only binary messages are allowed")
-            if link.receive(p.decode(msg.data)):
-                hub.models_changed(link)
-    except p.ProtocolError as exc:
-        log.warning("connector protocol error", connector=link.name, error=str(exc))
-        await ws.close(code=p.CLOSE_PROTOCOL_ERROR, message=p.close_reason(str(exc)).encode())
-        return f"protocol error: {exc}"
-    return "closed"
-
-
-def _attach(app: web.Application, link: ConnectorLink) -> None:
-    app[LINKS].add(link)
-    app[HUB].register(link)
-    app[METRICS].connectors.set(len(app[HUB].links))
-
-
-def _detach(app: web.Application, link: ConnectorLink) -> None:
-    app[HUB].unregister(link)
-    app[LINKS].discard(link)
-    app[METRICS].connectors.set(len(app[HUB].links))

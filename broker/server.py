@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 from aiohttp import web
 
 from broker.app import create_app, drain
+from broker.front import FIRST_LINE_TIMEOUT, Front
 from broker.hub import Hub
 from broker.keys import HUB
+from broker.relay import Relay
 from broker.settings import BrokerSettings
 
 
 class BrokerServer:
     """One running broker. Used by the CLI, the demo and the tests."""
 
-    def __init__(self, settings: BrokerSettings) -> None:
+    def __init__(
+        self, settings: BrokerSettings, *, first_line_timeout: float = FIRST_LINE_TIMEOUT
+    ) -> None:
         self.settings = settings
         self.app = create_app(settings)
         self._runner = web.AppRunner(
@@ -26,6 +31,10 @@ class BrokerServer:
             # drain() already gave handlers their grace; this bounds what is left after.
             shutdown_timeout=5.0,
         )
+        self._first_line_timeout = first_line_timeout
+        self._listener: asyncio.Server | None = None
+        self._front: Front | None = None
+        self._relay: Relay | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -36,12 +45,18 @@ class BrokerServer:
             cert, key = self.settings.tls
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(cert, key)
-        site = web.TCPSite(
-            self._runner, self.settings.host, self.settings.port, ssl_context=context
+        http = self._runner.server
+        assert http is not None
+        self._relay = Relay(self.app)
+        self._front = Front(
+            http, self._relay.connection, first_line_timeout=self._first_line_timeout
         )
-        await site.start()
-        addresses = self._runner.addresses
-        self.port = int(addresses[0][1]) if addresses else self.settings.port
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            self._front, self.settings.host, self.settings.port, ssl=context, backlog=128
+        )
+        sockets = self._listener.sockets
+        self.port = int(sockets[0].getsockname()[1]) if sockets else self.settings.port
 
     @property
     def hub(self) -> Hub:
@@ -57,7 +72,17 @@ class BrokerServer:
 
     async def stop(self) -> None:
         """Stop accepting, drain in-flight requests, send connectors away, close."""
-        for site in list(self._runner.sites):
-            await site.stop()
-        await drain(self.app)
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        if self._front is not None:
+            self._front.close_waiting()
+        if self._relay is not None:
+            self._relay.close_opening()
+        if self._runner.server is not None:
+            await drain(self.app)
+        if self._relay is not None:
+            await self._relay.settle()
         await self._runner.cleanup()
+        if listener is not None:
+            await listener.wait_closed()
