@@ -27,6 +27,7 @@ from broker.keys import (
     LIMITER,
     LINKS,
     METRICS,
+    RELAY,
     REQUEST_ID,
     SETTINGS,
     STORE,
@@ -37,7 +38,7 @@ from broker.lifecycle import Lifecycle
 from broker.limits import Limiter
 from broker.metrics import Metrics
 from broker.portal.views import setup_portal
-from broker.relay import go_away_all
+from broker.relay import Relay, go_away_all
 from broker.settings import BrokerSettings
 from broker.store import Store, database_url
 from broker.websocket import UPGRADE_HINT
@@ -100,19 +101,15 @@ async def health_endpoint(request: web.Request) -> web.Response:
     )
 
 
-async def relay_without_upgrade(request: web.Request) -> web.Response:
+async def relay_later(request: web.Request) -> web.StreamResponse:
     """GET /relay that reached aiohttp: a later request on a connection aiohttp serves.
 
-    Relay upgrades are only taken as a connection's first request (see front.py).
+    The front sends a connection whose first request is the upgrade straight to the
+    relay (see front.py); a proxy that reuses a pooled connection sends it here, and
+    the relay takes the connection over. Anything else (a browser) is told what this is.
     """
     if "websocket" in request.headers.get("Upgrade", "").lower():
-        return error_response(
-            request,
-            400,
-            "upgrade_not_first",
-            "A WebSocket upgrade to /relay must be the first request on its connection;"
-            " configure the proxy in front of the broker to open a new connection for it.",
-        )
+        return await request.app[RELAY].take_over(request)
     return error_response(request, 426, "upgrade_required", f"{UPGRADE_HINT}.")
 
 
@@ -198,6 +195,7 @@ def create_app(settings: BrokerSettings) -> web.Application:
     app = web.Application(middlewares=[correlate], client_max_size=settings.max_body_size)
     app[SETTINGS] = settings
     app[HUB] = Hub()
+    app[RELAY] = Relay(app)
     app[METRICS] = Metrics()
     app[LIFECYCLE] = Lifecycle()
     app[USER_KEYS] = Credentials(secret_values(settings.user_api_key))
@@ -208,7 +206,7 @@ def create_app(settings: BrokerSettings) -> web.Application:
         app.router.add_post(path, proxy_endpoint)
     app.router.add_get("/v1/models", models_endpoint)
     app.router.add_get("/api/tags", ollama_tags_endpoint)
-    app.router.add_get("/relay", relay_without_upgrade)
+    app.router.add_get("/relay", relay_later)
     app.router.add_get("/health", health_endpoint)
     app.router.add_get("/metrics", metrics_endpoint)
     setup_portal(app, settings)

@@ -22,7 +22,7 @@ MAX_FIRST_LINE: Final = 8 * 1024
 
 _RELAY_START: Final = b"GET /relay"
 
-RelayEntry = Callable[[asyncio.Transport, bytes], None]
+RelayEntry = Callable[[asyncio.Transport, bytes], object]
 
 
 def is_relay_request(line: bytes) -> bool:

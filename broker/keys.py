@@ -17,7 +17,7 @@ from broker.settings import BrokerSettings
 from broker.store import Store
 
 if TYPE_CHECKING:
-    from broker.relay import ConnectorLink
+    from broker.relay import ConnectorLink, Relay
 
 SETTINGS = web.AppKey("settings", BrokerSettings)
 HUB = web.AppKey("hub", Hub)
@@ -25,6 +25,8 @@ METRICS = web.AppKey("metrics", Metrics)
 USER_KEYS = web.AppKey("user_keys", Credentials)
 CONNECTOR_TOKENS = web.AppKey("connector_tokens", Credentials)
 LINKS: web.AppKey[set[ConnectorLink]] = web.AppKey("links")
+RELAY: web.AppKey[Relay] = web.AppKey("relay")
+"""Serves relay connections: the front hands it new ones, the /relay route later upgrades."""
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 STORE = web.AppKey("store", Store)
 ACCOUNTS = web.AppKey("accounts", Accounts)

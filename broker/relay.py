@@ -243,14 +243,43 @@ class Relay:
         self._opening: set[_Opening] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def connection(self, transport: asyncio.Transport, received: bytes) -> None:
-        """Serve a connection whose first request line is `GET /relay`."""
+    def connection(self, transport: asyncio.Transport, received: bytes) -> RelaySocket:
+        """Serve a connection whose next bytes (`received` so far) are a `GET /relay`."""
         opening = _Opening(self)
         socket = RelaySocket(transport, opening, self.app[SETTINGS].heartbeat, opening.upgrade)
         opening.socket = socket
         self._opening.add(opening)
         transport.set_protocol(socket)
         socket.data_received(received)
+        return socket
+
+    async def take_over(self, request: web.Request) -> web.StreamResponse:
+        """An upgrade on a connection aiohttp already served (a proxy reusing a pooled one).
+
+        The connection leaves aiohttp for the same lean link as a first request gets: the
+        upgrade head is rebuilt from the request and the socket's protocol swapped. The
+        handler then only waits for the link to end, and hands the end to aiohttp's own
+        protocol, which no longer sees the socket, so it forgets the connection too.
+        """
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return web.Response(status=499)
+        head = b"".join(
+            (
+                f"{request.method} {request.raw_path} HTTP/1.1\r\n".encode("latin-1"),
+                *(name + b": " + value + b"\r\n" for name, value in request.raw_headers),
+                b"\r\n",
+            )
+        )
+        socket = self.connection(transport, head)
+        try:
+            await socket.wait_closed()
+        except asyncio.CancelledError:
+            socket.abort("broker stopping")
+            raise
+        # What aiohttp writes now goes nowhere: the socket is closed and no longer its own.
+        request.protocol.connection_lost(None)
+        return web.Response(status=101)
 
     def attach(self, link: ConnectorLink) -> None:
         app = self.app

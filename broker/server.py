@@ -10,7 +10,7 @@ from aiohttp import web
 from broker.app import create_app, drain
 from broker.front import FIRST_LINE_TIMEOUT, Front
 from broker.hub import Hub
-from broker.keys import HUB
+from broker.keys import HUB, RELAY
 from broker.relay import Relay
 from broker.settings import BrokerSettings
 
@@ -47,7 +47,7 @@ class BrokerServer:
             context.load_cert_chain(cert, key)
         http = self._runner.server
         assert http is not None
-        self._relay = Relay(self.app)
+        self._relay = self.app[RELAY]
         self._front = Front(
             http, self._relay.connection, first_line_timeout=self._first_line_timeout
         )

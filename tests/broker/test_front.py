@@ -64,25 +64,40 @@ async def test_keep_alive_requests_on_one_connection_all_get_answers(
         writer.close()
 
 
-async def test_an_upgrade_after_another_request_says_it_must_come_first(
+async def test_an_upgrade_on_a_connection_already_used_becomes_a_relay_link(
     make_broker: MakeBroker,
 ) -> None:
-    """A proxy reusing a pooled connection for the upgrade gets a status that says so."""
+    """A proxy may send the upgrade over a pooled connection it used for other requests."""
     broker = await make_broker()
     reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
     try:
         writer.write(b"GET /health HTTP/1.1\r\nHost: b\r\n\r\n")
-        _, headers, _ = parse_response(await reader.readuntil(b"\r\n\r\n"))
-        await reader.readexactly(int(headers["content-length"]))
-        request, _ = upgrade_request(broker.port)
-        writer.write(request)
         status, headers, _ = parse_response(await reader.readuntil(b"\r\n\r\n"))
-        body = await reader.readexactly(int(headers["content-length"]))
-        assert status == 400
-        assert json_body(headers, body)["error"]["code"] == "upgrade_not_first"
-        assert broker.hub.links == []
+        await reader.readexactly(int(headers["content-length"]))
+        assert status == 200
+        request, key = upgrade_request(broker.port)
+        writer.write(request)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        ws.check_response(head[:-4], key)
+        raw = RawConnector(reader, writer)
+        raw.send(p.encode(p.Hello(p.PROTOCOL_VERSION, "pooled", ("raw-model",), 4)))
+        welcome = await raw.next_event()
+        assert isinstance(welcome, ws.Message)
+        assert isinstance(p.decode(welcome.data)[0], p.Welcome)
+        assert [link.name for link in broker.hub.links] == ["pooled"]
+        # The link works like any other: a ping is answered.
+        raw.send(b"are you there", ws.OP_PING)
+        assert await raw.next_event() == ws.Pong(b"are you there")
+        raw.send((1000).to_bytes(2, "big") + b"done", ws.OP_CLOSE)
+        await raw.next_close()
+        assert await raw.at_eof()
     finally:
         writer.close()
+    server = broker._runner.server
+    assert server is not None
+    async with asyncio.timeout(10):
+        while broker.hub.links or server.connections:
+            await asyncio.sleep(0.01)  # aiohttp forgot the connection it no longer owns
 
 
 async def test_a_request_line_arriving_byte_by_byte_is_served(make_broker: MakeBroker) -> None:
