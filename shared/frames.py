@@ -22,7 +22,7 @@ MAX_CONTROL_PAYLOAD: Final = 1024 * 1024
 MAX_REQUEST_BODY: Final = 256 * 1024 * 1024
 """Largest request body a stream may carry; the broker's max body size cannot exceed it."""
 
-DEFAULT_WINDOW: Final = 1024 * 1024
+DEFAULT_WINDOW: Final = 256 * 1024
 """Response-body bytes a connector may send on one stream before it needs credit."""
 
 MAX_RECONNECT_AFTER: Final = 3600.0

@@ -196,7 +196,8 @@ async def test_malformed_input_closes_the_link_cleanly(relay: Relay, garbage: by
 
 
 async def test_slow_client_is_held_to_one_window_and_does_not_stall_others(relay: Relay) -> None:
-    size = 8 * p.DEFAULT_WINDOW
+    # Far more than the window and the loopback socket buffers (autotuned to megabytes) hold.
+    size = 64 * 1024 * 1024
     big = {**CHAT, "x_stub": {"mode": "big", "size": size}}
     async with aiohttp.ClientSession(read_bufsize=2**16) as session:
         slow = await session.post(f"{relay.base_url}/chat/completions", json=big, headers=AUTH)
@@ -208,7 +209,11 @@ async def test_slow_client_is_held_to_one_window_and_does_not_stall_others(relay
         (link,) = relay.broker.hub.links
         assert isinstance(link, ConnectorLink)
         (exchange,) = link._streams.values()
-        assert 0 < exchange.credit.outstanding <= p.DEFAULT_WINDOW
+        async with asyncio.timeout(10):
+            # Parked: the broker holds bytes it cannot write, and never more than one window.
+            while exchange.credit.outstanding == 0:
+                await asyncio.sleep(0.01)
+        assert exchange.credit.outstanding <= p.DEFAULT_WINDOW
         rest = await slow.content.read()
         assert len(rest) + 1024 == size
         slow.close()

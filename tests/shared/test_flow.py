@@ -87,10 +87,11 @@ def test_the_count_resets_after_an_announcement() -> None:
     assert credit.consumed(499) == 0
 
 
-def test_default_window_announces_after_eight_full_frames() -> None:
+def test_default_window_announces_after_two_full_frames() -> None:
+    # 256 KiB: a WINDOW_UPDATE after every half window, i.e. every second 64 KiB frame.
     credit = ReceiveCredit(DEFAULT_WINDOW)
-    increments = [credit.consumed(MAX_BODY_CHUNK) for _ in range(16)]
-    assert increments == [0] * 7 + [8 * MAX_BODY_CHUNK] + [0] * 7 + [8 * MAX_BODY_CHUNK]
+    increments = [credit.consumed(MAX_BODY_CHUNK) for _ in range(4)]
+    assert increments == [0, 2 * MAX_BODY_CHUNK, 0, 2 * MAX_BODY_CHUNK]
 
 
 @pytest.mark.parametrize("window", [0, 1])
