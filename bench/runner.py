@@ -230,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--only", help="comma-separated workloads to run, e.g. W1,W3")
     parser.add_argument(
+        "--w7-connectors",
+        type=int,
+        metavar="N",
+        help="idle connectors W7 attaches (default 1000 in full mode); e.g. 10000",
+    )
+    parser.add_argument(
         "--floor",
         action="store_true",
         help="also measure two do-nothing forwarders in place of the broker and connector",
@@ -247,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m bench: error: unknown workload(s) {unknown}", file=sys.stderr)
             return 2
         plan = Plan(**{**plan.__dict__, "workloads": chosen})
+    if args.w7_connectors:
+        plan = Plan(**{**plan.__dict__, "w7_connectors": args.w7_connectors})
     want_litellm = args.litellm or (plan.mode == "full" and not args.no_litellm)
     out = args.out or RESULTS / f"bench-{plan.mode}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
