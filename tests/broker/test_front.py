@@ -64,12 +64,19 @@ async def test_keep_alive_requests_on_one_connection_all_get_answers(
         writer.close()
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 async def test_an_upgrade_on_a_connection_already_used_becomes_a_relay_link(
-    make_broker: MakeBroker,
+    tmp_path: Path, make_broker: MakeBroker, tls: bool
 ) -> None:
     """A proxy may send the upgrade over a pooled connection it used for other requests."""
-    broker = await make_broker()
-    reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    context = None
+    if tls:
+        ca_file, chain = self_signed(tmp_path)
+        broker = await make_broker(tls_cert=chain, tls_key=chain)
+        context = ssl.create_default_context(cafile=str(ca_file))
+    else:
+        broker = await make_broker()
+    reader, writer = await asyncio.open_connection("127.0.0.1", broker.port, ssl=context)
     try:
         writer.write(b"GET /health HTTP/1.1\r\nHost: b\r\n\r\n")
         status, headers, _ = parse_response(await reader.readuntil(b"\r\n\r\n"))
