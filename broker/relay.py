@@ -235,13 +235,15 @@ async def go_away_all(links: Iterable[ConnectorLink], reason: str) -> None:
 class Relay:
     """What every relay connection of one broker shares; the front hands connections to it."""
 
-    __slots__ = ("_opening", "_tasks", "app", "hub")
+    __slots__ = ("_opening", "_tasks", "app", "hub", "stopping")
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
         self.hub: Hub = app[HUB]
         self._opening: set[_Opening] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.stopping = False
+        """The broker is stopping: new relay connections are dropped, not admitted."""
 
     def connection(self, transport: asyncio.Transport, received: bytes) -> RelaySocket:
         """Serve a connection whose next bytes (`received` so far) are a `GET /relay`."""
@@ -250,6 +252,9 @@ class Relay:
         opening.socket = socket
         self._opening.add(opening)
         transport.set_protocol(socket)
+        if self.stopping:
+            socket.abort("broker stopping")
+            return socket
         socket.data_received(received)
         return socket
 
@@ -271,7 +276,10 @@ class Relay:
                 b"\r\n",
             )
         )
-        socket = self.connection(transport, head)
+        # Bytes a client sent right behind the upgrade (its hello, say) are still in aiohttp's
+        # parser; without them the handshake would wait for a hello that already came.
+        tail = getattr(request.protocol, "_message_tail", b"")
+        socket = self.connection(transport, head + bytes(tail or b""))
         try:
             await socket.wait_closed()
         except asyncio.CancelledError:
@@ -307,7 +315,8 @@ class Relay:
             log.warning("cannot note the connector's last-seen time", error=str(exc))
 
     def close_opening(self) -> None:
-        """Drop every connection still in its handshake (the broker is stopping)."""
+        """Drop every connection still in its handshake, and any that comes later."""
+        self.stopping = True
         for opening in list(self._opening):
             opening.socket.abort("broker stopping")
 

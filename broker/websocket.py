@@ -64,6 +64,7 @@ class RelaySocket(asyncio.Protocol):
         "_key",
         "_on_upgrade",
         "_paused",
+        "_pending_pong",
         "_ping_timer",
         "_pinged",
         "_reader",
@@ -90,6 +91,8 @@ class RelaySocket(asyncio.Protocol):
         self._key = ""
         self._reader: ws.FrameReader | None = None
         self._paused = False
+        self._pending_pong: bytes | None = None
+        """While paused, the payload of the latest ping: answered on resume (RFC 6455 5.5.3)."""
         self._flush_pending = False
         self._heard = False
         self._pinged = False
@@ -140,6 +143,9 @@ class RelaySocket(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
+        pong, self._pending_pong = self._pending_pong, None
+        if pong is not None and self._state == _OPEN:
+            self._transport.write(ws.encode_frame(ws.OP_PONG, pong, mask=False))
         self.want_write()
 
     # -- opening --------------------------------------------------------------------
@@ -213,7 +219,11 @@ class RelaySocket(asyncio.Protocol):
                 if isinstance(event, ws.Message):
                     self.handler.message(event)
                 elif isinstance(event, ws.Ping):
-                    self._transport.write(ws.encode_frame(ws.OP_PONG, event.data, mask=False))
+                    if self._paused:
+                        # A peer that pings but does not read must not grow our buffer.
+                        self._pending_pong = event.data
+                    else:
+                        self._transport.write(ws.encode_frame(ws.OP_PONG, event.data, mask=False))
                 elif isinstance(event, ws.Close):
                     self._closed_by_peer(event)
             elif self._state == _CLOSING and isinstance(event, ws.Close):

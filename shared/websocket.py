@@ -46,6 +46,8 @@ CLOSE_NO_STATUS: Final = 1005
 """Reported (never sent) when a close frame carried no code."""
 
 MAX_CONTROL_PAYLOAD: Final = 125
+MAX_FRAGMENTS: Final = 4096
+"""Frames one message may be split into (empty fragments would otherwise cost nothing)."""
 _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _U16: Final = struct.Struct("!H")
 _U64: Final = struct.Struct("!Q")
@@ -225,6 +227,8 @@ class FrameReader:
         if opcode == OP_CONTINUATION:
             if self._fragments is None:
                 raise WebSocketError(CLOSE_PROTOCOL_ERROR, "continuation without a message")
+            if len(self._fragments) >= MAX_FRAGMENTS:
+                raise WebSocketError(CLOSE_TOO_BIG, f"message in more than {MAX_FRAGMENTS} frames")
             self._fragments.append(payload)
             self._fragments_size += len(payload)
             if not fin:

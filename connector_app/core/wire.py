@@ -335,6 +335,10 @@ class Wire(asyncio.Protocol):
                 self._write(ws.encode_close(event.code, mask=True))
         if self._transport is not None:
             self._transport.close()
+            # A broker that stopped reading would keep the close (and us) waiting forever.
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_later(CLOSE_TIMEOUT, self.abort)
 
     def fail(self, exc: BaseException, code: int, reason: str) -> None:
         """Close the link with `code` because of `exc`, which `wait_closed()` then raises."""

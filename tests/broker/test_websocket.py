@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import struct
 
 import pytest
 
+from broker.keys import RELAY
 from broker.relay import ConnectorLink
 from broker.server import BrokerServer
 from shared import protocol as p
 from shared import websocket as ws
 from tests.conftest import MakeBroker
-from tests.raw_connector import RawConnector
+from tests.raw_connector import RawConnector, upgrade_request
 
 
 async def wait_no_links(broker: BrokerServer) -> None:
@@ -206,3 +208,71 @@ async def test_no_hello_in_time_closes_with_4002(
     finally:
         raw.close()
     assert broker.hub.links == []
+
+
+async def test_pings_from_a_connector_that_does_not_read_do_not_grow_the_buffer(
+    make_broker: MakeBroker,
+) -> None:
+    broker = await make_broker()
+    raw = await RawConnector.attach(broker.port, rcvbuf=4 * 1024)
+    try:
+        (link,) = broker.hub.links
+        assert isinstance(link, ConnectorLink)
+        socket = link._socket
+        for _ in range(64):  # fill the way back first, so the broker's transport pauses
+            link.send(p.RequestBody(1, b"x" * 65536))
+        async with asyncio.timeout(10):
+            while not socket._paused:
+                await asyncio.sleep(0.01)
+        before = socket._transport.get_write_buffer_size()
+        for i in range(20_000):  # 2.5 MB of pings, never reading the pongs
+            raw.send(i.to_bytes(4, "big") + b"p" * 121, ws.OP_PING)
+            if i % 500 == 0:
+                await raw.writer.drain()
+        await raw.writer.drain()
+        async with asyncio.timeout(10):
+            while socket._pending_pong is None or socket._pending_pong[:4] != (19_999).to_bytes(
+                4, "big"
+            ):
+                await asyncio.sleep(0.01)
+        # Only the latest ping waits for an answer; the write buffer did not take the rest.
+        assert socket._transport.get_write_buffer_size() <= before + 1024
+    finally:
+        raw.close()
+
+
+async def test_a_hello_sent_behind_an_upgrade_on_a_used_connection_counts(
+    make_broker: MakeBroker,
+) -> None:
+    broker = await make_broker()
+    reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    try:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: b\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        await reader.readexactly(length)
+        request, key = upgrade_request(broker.port)
+        hello = p.encode(p.Hello(p.PROTOCOL_VERSION, "eager", ("raw-model",), 1))
+        writer.write(request + ws.encode_frame(ws.OP_BINARY, hello, mask=True))
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        ws.check_response(answer[:-4], key)
+        raw = RawConnector(reader, writer)
+        welcome = await raw.next_event()
+        assert isinstance(welcome, ws.Message)
+        assert isinstance(p.decode(welcome.data)[0], p.Welcome)
+    finally:
+        writer.close()
+
+
+async def test_a_broker_that_is_stopping_admits_no_new_connector(make_broker: MakeBroker) -> None:
+    broker = await make_broker()
+    relay = broker.app[RELAY]
+    relay.close_opening()  # what stop() does first
+    reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    try:
+        request, _ = upgrade_request(broker.port)
+        writer.write(request)
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        assert broker.hub.links == []
+    finally:
+        writer.close()

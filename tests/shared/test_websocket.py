@@ -189,3 +189,12 @@ def test_malformed_request_lines_are_refused() -> None:
     for head in (b"GARBAGE", b"GET /relay SPDY/3", b"GET /relay HTTP/1.1\r\nno-colon"):
         with pytest.raises(ws.HandshakeError):
             ws.parse_request_head(head)
+
+
+def test_a_message_in_endless_empty_fragments_is_refused() -> None:
+    reader = ws.FrameReader(masked=False, max_message=1 << 20)
+    reader.feed(Frame(Opcode.BINARY, b"", fin=False).serialize(mask=False, extensions=[]))
+    empty = Frame(Opcode.CONT, b"", fin=False).serialize(mask=False, extensions=[])
+    with pytest.raises(ws.WebSocketError) as caught:
+        reader.feed(empty * (ws.MAX_FRAGMENTS + 1))
+    assert caught.value.code == ws.CLOSE_TOO_BIG

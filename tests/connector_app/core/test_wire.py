@@ -193,6 +193,19 @@ async def test_our_close_gives_up_on_a_broker_that_never_answers_it() -> None:
         await wire.wait_closed()
 
 
+async def test_a_close_from_a_broker_that_stopped_reading_still_ends_the_link() -> None:
+    async with serving() as server, linked(server.url) as wire:
+        server.reading.clear()  # the broker reads nothing more
+        for _ in range(64):  # 64 MiB: far more than the socket buffers on the way hold
+            wire.send(bytes(1 << 20))
+        await asyncio.sleep(0.1)
+        server.send_close(1001, "going away")
+        with pytest.raises(LinkClosed) as caught:
+            async with asyncio.timeout(10):  # the answer cannot drain: dropped after 2 s
+                await wire.wait_closed()
+        assert caught.value.code == 1001
+
+
 async def test_a_message_over_the_limit_closes_with_1009() -> None:
     async with serving() as server, linked(server.url) as wire:
         server.send(ws.OP_BINARY, bytes(MAX_MESSAGE + 1))
