@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 
 from connector_app.core.proxy import ProxyError
@@ -18,7 +19,10 @@ def describe_failure(exc: BaseException) -> str:
         if status == 401:
             return "the broker rejected the connector token (HTTP 401); check the token"
         if status is not None and status != 101:
-            return f"the broker refused the connection with HTTP {status}"
+            why = _broker_message(exc.body)
+            return f"the broker refused the connection with HTTP {status}" + (
+                f": {why}" if why else ""
+            )
         return f"the broker's answer was not a WebSocket upgrade: {exc.reason}"
     if isinstance(exc, LinkClosed):
         if exc.code is None:
@@ -51,3 +55,17 @@ def is_fatal(exc: BaseException) -> bool:
     if isinstance(exc, ProxyError):
         return exc.fatal
     return isinstance(exc, ssl.SSLError)
+
+
+def _broker_message(body: bytes) -> str:
+    """The message of the broker's JSON error body (OpenAI's shape), made safe to show."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return ""
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    if not isinstance(message, str):
+        return ""
+    shown = "".join(c if c.isprintable() else " " for c in message).strip()
+    return shown if len(shown) <= 200 else shown[:199] + "…"

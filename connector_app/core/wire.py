@@ -11,6 +11,8 @@ once per loop iteration and only while the transport takes more.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -28,6 +30,10 @@ MAX_HEAD: Final = 64 * 1024
 """Largest HTTP head (a proxy's or the broker's answer) accepted."""
 
 CLOSE_TIMEOUT: Final = 2.0
+MAX_REFUSAL_BODY: Final = 8 * 1024
+"""Largest body of a refused upgrade that is read for its message."""
+REFUSAL_BODY_WAIT: Final = 2.0
+_CONTENT_LENGTH: Final = re.compile(rb"(?im)^content-length:[ \t]*(\d+)[ \t]*$")
 """Seconds to wait for the broker's answer to our close frame."""
 
 _HEAD, _OPEN, _CLOSING, _CLOSED = range(4)
@@ -159,7 +165,15 @@ class Wire(asyncio.Protocol):
         key = ws.new_key()
         self._write(ws.client_request(target.host_header, target.resource, key, headers))
         eof = ws.HandshakeError("the broker closed the connection before answering the upgrade")
-        ws.check_response(await self._read_head(eof), key)
+        head = await self._read_head(eof)
+        try:
+            ws.check_response(head, key)
+        except ws.HandshakeError as exc:
+            if exc.status is None or exc.status == 101:
+                raise
+            # The broker says why in a small JSON body; keep it for the operator's message.
+            body = await self._refusal_body(head)
+            raise ws.HandshakeError(exc.reason, exc.status, body) from None
         self._state = _OPEN
         early, self._buffer = bytes(self._buffer), bytearray()
         if self._heartbeat:
@@ -171,6 +185,18 @@ class Wire(asyncio.Protocol):
         if self._transport is None:  # pragma: no cover - only called once connected
             raise ConnectionResetError("not connected")
         return self._transport
+
+    async def _refusal_body(self, head: bytes) -> bytes:
+        """The body of a refusal, when it is small and arrives with it or soon after."""
+        found = _CONTENT_LENGTH.search(head)
+        size = int(found.group(1)) if found else 0
+        if not 0 < size <= MAX_REFUSAL_BODY:
+            return b""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REFUSAL_BODY_WAIT):
+                while len(self._buffer) < size and self._state != _CLOSED:
+                    await self._wait()
+        return bytes(self._buffer[:size])
 
     async def _read_head(self, eof: Exception) -> bytes:
         while True:

@@ -87,6 +87,25 @@ async def test_a_refused_token_is_a_fatal_failure_that_says_so() -> None:
     assert "wrong" not in message
 
 
+async def test_a_refusal_shows_the_brokers_own_words() -> None:
+    body = b'{"error": {"message": "The broker cannot check\\n tokens right now.", "code": "x"}}'
+    async with serving(status=503, body=body) as server:
+        with pytest.raises(ws.HandshakeError) as caught:
+            await open_wire(server.url, token=TOKEN)
+    assert caught.value.status == 503 and not is_fatal(caught.value)
+    assert describe_failure(caught.value) == (
+        "the broker refused the connection with HTTP 503:"
+        " The broker cannot check  tokens right now."
+    )
+
+
+async def test_a_refusal_without_a_json_body_shows_the_status() -> None:
+    async with serving(status=502, body=b"<html>Bad gateway</html>") as server:
+        with pytest.raises(ws.HandshakeError) as caught:
+            await open_wire(server.url, token=TOKEN)
+    assert describe_failure(caught.value) == "the broker refused the connection with HTTP 502"
+
+
 async def test_a_wrong_accept_value_is_refused() -> None:
     async with serving(wrong_accept=True) as server:
         with pytest.raises(ws.HandshakeError) as caught:

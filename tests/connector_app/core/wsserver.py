@@ -67,9 +67,11 @@ class WsServer(_Handlers):
         answer: bool = True,
         wrong_accept: bool = False,
         context: ssl.SSLContext | None = None,
+        body: bytes = b"",
     ) -> None:
         super().__init__(context)
         self.status = status
+        self.body = body
         self.answer = answer
         self.wrong_accept = wrong_accept
         self.heads: list[ws.RequestHead] = []
@@ -94,7 +96,8 @@ class WsServer(_Handlers):
             await self.stopped.wait()
             return
         if self.status != 101:
-            writer.write(f"HTTP/1.1 {self.status} No\r\nContent-Length: 0\r\n\r\n".encode())
+            refusal = f"HTTP/1.1 {self.status} No\r\nContent-Length: {len(self.body)}\r\n\r\n"
+            writer.write(refusal.encode() + self.body)
             await writer.drain()
             return
         key = ws.new_key() if self.wrong_accept else ws.upgrade_key(head)
