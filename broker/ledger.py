@@ -58,11 +58,18 @@ class UsageLedger:
                 await asyncio.sleep(min(30.0, 2.0**failures))
 
     async def flush(self) -> None:
-        """Write every queued row now (rows stay queued if the write fails)."""
-        while self._queue:
-            batch = self._queue[:5000]
+        """Write the rows queued when called (rows stay queued if the write fails).
+
+        Rows that arrive while it writes wait for the next round: under steady traffic,
+        looping until the queue is empty would write a handful of rows at a time, back
+        to back, and cost a database round trip every few requests.
+        """
+        due = len(self._queue)
+        while due > 0 and self._queue:
+            batch = self._queue[: min(5000, due)]
             await self.store.add_usage(batch)
             del self._queue[: len(batch)]
+            due -= len(batch)
             self.written += len(batch)
 
     async def close(self) -> None:
@@ -73,7 +80,8 @@ class UsageLedger:
             self._task = None
         for attempt in range(3):
             try:
-                await self.flush()
+                while self._queue:
+                    await self.flush()
                 return
             except Exception as exc:
                 log.error("cannot write usage at shutdown", error=str(exc), attempt=attempt + 1)

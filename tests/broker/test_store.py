@@ -126,6 +126,37 @@ async def test_ledger_keeps_rows_while_the_store_fails_and_writes_them_later(
     await store.close()
 
 
+async def test_rows_that_arrive_during_a_write_wait_for_the_next_round(tmp_path: Path) -> None:
+    """Under steady traffic the ledger writes in rounds, not a few rows at a time back to back."""
+    store = await Store.open(url(tmp_path))
+    ledger = UsageLedger(store, interval=3600)
+    real = store.add_usage
+    batches: list[int] = []
+
+    async def slow(rows: list[UsageRow]) -> int:
+        batches.append(len(rows))
+        for i in range(3):  # requests keep finishing while the batch is written
+            ledger.record(row(100 + len(batches) * 10 + i))
+        return await real(rows)
+
+    store.add_usage = slow  # type: ignore[method-assign]
+    try:
+        for i in range(5):
+            ledger.record(row(i))
+        async with asyncio.timeout(10):  # a flush that chased newcomers would never end
+            await ledger.flush()
+        assert batches == [5] and ledger.queued == 3  # the newcomers wait for the next round
+        async with asyncio.timeout(10):
+            await ledger.flush()
+        assert batches == [5, 3] and ledger.queued == 3
+    finally:
+        store.add_usage = real  # type: ignore[method-assign]
+        await ledger.close()  # a clean shutdown writes everything
+    assert ledger.queued == 0
+    assert len(await store.usage_rows()) == 11
+    await store.close()
+
+
 async def test_a_process_killed_mid_write_leaves_a_consistent_store(tmp_path: Path) -> None:
     db_url = url(tmp_path)
     writer = textwrap.dedent(
