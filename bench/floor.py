@@ -100,25 +100,21 @@ async def _measure(requests: int) -> dict[str, object]:
     children = Children(Path(tempfile.mkdtemp(prefix="bench-floor-")))
     try:
         _, stub_port = await start_stub(children)
-        forwarder_b, b_port = await _start_forwarder(children, "forwarder-b", stub_port)
-        forwarder_a, a_port = await _start_forwarder(children, "forwarder-a", b_port)
-        targets = {
-            "direct": Target("direct", f"http://127.0.0.1:{stub_port}/v1"),
-            "floor": Target("floor", f"http://127.0.0.1:{a_port}/v1"),
-        }
+        forwarders, floor = await start_floor(children, stub_port)
+        targets = {"direct": Target("direct", f"http://127.0.0.1:{stub_port}/v1"), "floor": floor}
         spec = "bench size=1024"
         for target in targets.values():
             for _ in range(BLOCK):
                 await timed_fetch(target, spec)
         samples: dict[str, list[int]] = {name: [] for name in targets}
-        cpu_before = sum(sum(c.cpu()) for c in (forwarder_a, forwarder_b))
+        cpu_before = sum(sum(c.cpu()) for c in forwarders)
         for _ in range(max(requests // BLOCK, 1)):
             for name, target in targets.items():
                 for _ in range(BLOCK):
                     ok, latency = await timed_fetch(target, spec)
                     if ok:
                         samples[name].append(latency)
-        cpu = sum(sum(c.cpu()) for c in (forwarder_a, forwarder_b)) - cpu_before
+        cpu = sum(sum(c.cpu()) for c in forwarders) - cpu_before
         for target in targets.values():
             await target.close()
         stats = {name: summary_ms(values) for name, values in samples.items()}
@@ -138,23 +134,19 @@ async def _measure_streams(n: int) -> dict[str, object]:
     children = Children(Path(tempfile.mkdtemp(prefix="bench-floor-")))
     try:
         _, stub_port = await start_stub(children)
-        forwarder_b, b_port = await _start_forwarder(children, "forwarder-b", stub_port)
-        forwarder_a, a_port = await _start_forwarder(children, "forwarder-a", b_port)
-        targets = {
-            "direct": Target("direct", f"http://127.0.0.1:{stub_port}/v1"),
-            "floor": Target("floor", f"http://127.0.0.1:{a_port}/v1"),
-        }
+        forwarders, floor = await start_floor(children, stub_port)
+        targets = {"direct": Target("direct", f"http://127.0.0.1:{stub_port}/v1"), "floor": floor}
         spec = f"bench events={STREAM_EVENTS} interval_ms={STREAM_INTERVAL_MS} ttft_ms=0"
         spread = STREAM_INTERVAL_MS * 1_000_000
         for target in targets.values():  # open the connection pools first, unmeasured
             await paced_round(target, n, "bench events=4 interval_ms=20 ttft_ms=0", spread)
         collected: dict[str, list[StreamResult]] = {name: [] for name in targets}
-        cpu_before = sum(sum(c.cpu()) for c in (forwarder_a, forwarder_b))
+        cpu_before = sum(sum(c.cpu()) for c in forwarders)
         for _ in range(STREAM_ROUNDS):
             for name, target in targets.items():
                 collected[name] += await paced_round(target, n, spec, spread)
                 await asyncio.sleep(0.1)
-        cpu = sum(sum(c.cpu()) for c in (forwarder_a, forwarder_b)) - cpu_before
+        cpu = sum(sum(c.cpu()) for c in forwarders) - cpu_before
         for target in targets.values():
             await target.close()
         agg = {name: aggregate(results, STREAM_EVENTS) for name, results in collected.items()}

@@ -27,61 +27,16 @@ import time
 from pathlib import Path
 
 from bench.client import Target, stream, timed_fetch
-from bench.procs import CONNECTOR_TOKEN, MODEL, USER_KEY, Child, Children, start_stub
+from bench.procs import (
+    Child,
+    Children,
+    broker_argv,
+    broker_port_of,
+    connector_argv,
+    start_stub,
+)
 
 STREAMS = 10
-
-
-def _broker_argv() -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "broker.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--user-api-key",
-        USER_KEY,
-        "--connector-token",
-        CONNECTOR_TOKEN,
-        "--log-level",
-        "info",
-        "--log-format",
-        "json",
-        "--shutdown-grace",
-        "1",
-        "--database-url",
-        "sqlite+aiosqlite:///:memory:",
-        "--session-secret",
-        "bench-session-secret",
-    ]
-
-
-def _connector_argv(broker_port: int, stub_port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "connector_app.cli",
-        "--headless",
-        "--broker-url",
-        f"ws://127.0.0.1:{broker_port}/relay",
-        "--broker-token",
-        CONNECTOR_TOKEN,
-        "--llm-url",
-        f"http://127.0.0.1:{stub_port}",
-        "--model",
-        MODEL,
-        "--name",
-        "bench-connector",
-        "--max-concurrency",
-        "64",
-        "--shutdown-grace",
-        "1",
-        "--log-level",
-        "warning",
-    ]
 
 
 async def _control(option: str, pid: int) -> None:
@@ -111,18 +66,15 @@ async def _count(which: str, requests: int, events: int, work_dir: Path) -> dict
     try:
         _, stub_port = await start_stub(children)
         broker = children.start(
-            "broker", [*(valgrind if which == "broker" else []), *_broker_argv()]
+            "broker", [*(valgrind if which == "broker" else []), *broker_argv()]
         )
 
-        def listening(obj: dict[str, object]) -> object:
-            return obj.get("port") if obj.get("event") == "broker listening" else None
-
-        broker_port = int(await broker.wait_for(listening, timeout=300))
+        broker_port = int(await broker.wait_for(broker_port_of, timeout=300))
         connector = children.start(
             "connector",
             [
                 *(valgrind if which == "connector" else []),
-                *_connector_argv(broker_port, stub_port),
+                *connector_argv(broker_port, stub_port, max_concurrency=64),
             ],
         )
         target = Target("relay", f"http://127.0.0.1:{broker_port}/v1")

@@ -206,43 +206,72 @@ async def start_stub(children: Children, name: str = "stub") -> tuple[Child, int
     return child, int(port)
 
 
+def broker_argv() -> list[str]:
+    """The broker's command line: 127.0.0.1 at a free port, info-level JSON logs, as deployed."""
+    return [
+        sys.executable,
+        "-m",
+        "broker.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--user-api-key",
+        USER_KEY,
+        "--connector-token",
+        CONNECTOR_TOKEN,
+        # The port is only announced at info level; info is also the deployed default.
+        "--log-level",
+        "info",
+        # Nothing is measured during shutdown; do not wait 30 s for stragglers.
+        "--shutdown-grace",
+        "1",
+        "--log-format",
+        "json",
+        # The usage ledger is written as deployed, to a store that leaves nothing behind.
+        "--database-url",
+        "sqlite+aiosqlite:///:memory:",
+        "--session-secret",
+        "bench-session-secret",
+    ]
+
+
+def connector_argv(broker_port: int, stub_port: int, max_concurrency: int = 1024) -> list[str]:
+    """The connector's command line, serving the stub to the broker at `broker_port`."""
+    return [
+        sys.executable,
+        "-m",
+        "connector_app.cli",
+        "--headless",
+        "--broker-url",
+        f"ws://127.0.0.1:{broker_port}/relay",
+        "--broker-token",
+        CONNECTOR_TOKEN,
+        "--llm-url",
+        f"http://127.0.0.1:{stub_port}",
+        "--model",
+        MODEL,
+        "--name",
+        "bench-connector",
+        "--max-concurrency",
+        str(max_concurrency),
+        "--shutdown-grace",
+        "1",
+        "--log-level",
+        "warning",
+    ]
+
+
+def broker_port_of(obj: dict[str, Any]) -> Any:
+    """The port in the broker's "broker listening" log line, if `obj` is that line."""
+    return obj.get("port") if obj.get("event") == "broker listening" else None
+
+
 async def start_broker(children: Children, name: str = "broker") -> tuple[Child, int]:
     """A broker process on 127.0.0.1 at a free port; info-level logs, as deployed."""
-    child = children.start(
-        name,
-        [
-            sys.executable,
-            "-m",
-            "broker.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--user-api-key",
-            USER_KEY,
-            "--connector-token",
-            CONNECTOR_TOKEN,
-            # The port is only announced at info level; info is also the deployed default.
-            "--log-level",
-            "info",
-            # Nothing is measured during shutdown; do not wait 30 s for stragglers.
-            "--shutdown-grace",
-            "1",
-            "--log-format",
-            "json",
-            # The usage ledger is written as deployed, to a store that leaves nothing behind.
-            "--database-url",
-            "sqlite+aiosqlite:///:memory:",
-            "--session-secret",
-            "bench-session-secret",
-        ],
-    )
-
-    def listening(obj: dict[str, Any]) -> Any:
-        return obj.get("port") if obj.get("event") == "broker listening" else None
-
-    port = await child.wait_for(listening, timeout=30)
+    child = children.start(name, broker_argv())
+    port = await child.wait_for(broker_port_of, timeout=30)
     return child, int(port)
 
 
@@ -253,28 +282,4 @@ def start_connector(
     max_concurrency: int = 1024,
     name: str = "connector",
 ) -> Child:
-    return children.start(
-        name,
-        [
-            sys.executable,
-            "-m",
-            "connector_app.cli",
-            "--headless",
-            "--broker-url",
-            f"ws://127.0.0.1:{broker_port}/relay",
-            "--broker-token",
-            CONNECTOR_TOKEN,
-            "--llm-url",
-            f"http://127.0.0.1:{stub_port}",
-            "--model",
-            MODEL,
-            "--name",
-            "bench-connector",
-            "--max-concurrency",
-            str(max_concurrency),
-            "--shutdown-grace",
-            "1",
-            "--log-level",
-            "warning",
-        ],
-    )
+    return children.start(name, connector_argv(broker_port, stub_port, max_concurrency))

@@ -119,6 +119,14 @@ class Hub:
 
     # -- routing ----------------------------------------------------------------
 
+    def _serving(self, model: str, exclude: Collection[Link] = ()) -> list[Link]:
+        """Links serving `model` that take new requests, minus `exclude`."""
+        return [
+            link
+            for link in self._load
+            if model in link.models and not link.draining and link not in exclude
+        ]
+
     def _pick(self, candidates: list[Link]) -> Link | None:
         free = [link for link in candidates if self._load[link] < link.max_concurrency]
         if len(free) < 2:
@@ -149,9 +157,7 @@ class Hub:
         """
         if not exclude and model not in self._waiting:
             # The common case: nobody queued for this model, so no turn to respect.
-            chosen = self._pick(
-                [link for link in self._load if model in link.models and not link.draining]
-            )
+            chosen = self._pick(self._serving(model))
             if chosen is not None:
                 self._load[chosen] += 1
                 return chosen
@@ -162,11 +168,7 @@ class Hub:
         line.append(me)
         try:
             while True:
-                candidates = [
-                    link
-                    for link in self._load
-                    if model in link.models and not link.draining and link not in me.exclude
-                ]
+                candidates = self._serving(model, me.exclude)
                 chosen = self._pick(candidates)
                 if chosen is not None and not self._owed_to_earlier(line, me, chosen):
                     self._load[chosen] += 1
