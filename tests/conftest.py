@@ -156,3 +156,16 @@ async def relay(stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConn
     connector = await make_connector(broker, stub.url)
     await wait_models(broker, {"stub-model"})
     return Relay(stub, broker, connector)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tray app's Qt tests last.
+
+    pytest-qt keeps one QApplication for the session and processes its pending events
+    around every later test. Twice (once in each of two sessions) a segfault came from
+    that processing in a network test run after the Qt tests (never inside one), from
+    Qt state the closed qasync loops of those tests left behind. The app runs one loop
+    for its whole life, so this is about test isolation; with the Qt tests last, no
+    other test runs after that state exists. The order within each group is unchanged.
+    """
+    items.sort(key=lambda item: "tests/connector_app/qt/" in item.nodeid)
