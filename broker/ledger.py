@@ -3,6 +3,11 @@
 `record` never waits. A background task writes what has gathered every `interval`
 seconds in one transaction; `close` writes everything still queued, so a clean
 shutdown loses no row. If the store fails, rows stay queued and the write is retried.
+
+A write in progress is never cancelled: `close` waits for it. Cancelling a transaction
+between its statements could leave its connection holding SQLite's write lock until
+the garbage collector found it, and rows written but not yet taken off the queue
+would be written twice.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ class UsageLedger:
         self._queue: list[UsageRow] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._round: asyncio.Task[None] | None = None
         self.written = 0
 
     def start(self) -> None:
@@ -48,8 +54,10 @@ class UsageLedger:
             await self._wake.wait()
             await asyncio.sleep(self.interval)
             self._wake.clear()
+            self._round = asyncio.create_task(self.flush(), name="usage-ledger-write")
             try:
-                await self.flush()
+                # Shielded: stopping this task leaves the write running, for `close` to await.
+                await asyncio.shield(self._round)
                 failures = 0
             except Exception as exc:
                 failures += 1
@@ -78,6 +86,10 @@ class UsageLedger:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._round is not None:
+            with contextlib.suppress(Exception):
+                await self._round  # its failure is retried just below
+            self._round = None
         for attempt in range(3):
             try:
                 while self._queue:

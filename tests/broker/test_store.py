@@ -157,6 +157,48 @@ async def test_rows_that_arrive_during_a_write_wait_for_the_next_round(tmp_path:
     await store.close()
 
 
+async def test_close_waits_for_the_write_in_progress_instead_of_cancelling_it(
+    tmp_path: Path,
+) -> None:
+    """A transaction cancelled between statements could keep SQLite's write lock."""
+    store = await Store.open(url(tmp_path))
+    ledger = UsageLedger(store, interval=0)
+    real = store.add_usage
+    entered, release = asyncio.Event(), asyncio.Event()
+    outcomes: list[str] = []
+
+    async def slow(rows: list[UsageRow]) -> int:
+        entered.set()
+        try:
+            await release.wait()  # the transaction is between its statements
+        except asyncio.CancelledError:
+            outcomes.append("cancelled")
+            raise
+        outcomes.append("written")
+        return await real(rows)
+
+    store.add_usage = slow  # type: ignore[method-assign]
+    ledger.start()
+    try:
+        for i in range(5):
+            ledger.record(row(i))
+        async with asyncio.timeout(10):
+            await entered.wait()
+        closing = asyncio.create_task(ledger.close())
+        await asyncio.sleep(0.05)
+        assert not closing.done()  # close waits for the write...
+        release.set()
+        async with asyncio.timeout(10):
+            await closing
+        assert outcomes == ["written"]  # ...which ran to its end, once
+    finally:
+        release.set()
+        store.add_usage = real  # type: ignore[method-assign]
+    assert ledger.queued == 0
+    assert sorted(r.request_id for r in await store.usage_rows()) == [f"req_{i}" for i in range(5)]
+    await store.close()
+
+
 async def test_a_process_killed_mid_write_leaves_a_consistent_store(tmp_path: Path) -> None:
     db_url = url(tmp_path)
     writer = textwrap.dedent(
