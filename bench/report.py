@@ -6,7 +6,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-PATHS = ("direct", "remotellm", "floor", "litellm")
+PATHS = ("direct", "remotellm", "floor", "bare", "litellm")
+LOWER_BOUNDS = ("floor", "bare")
+"""Paths that stand for a relay with less to do than RemoteLLM: the floor and the bare relay."""
 Compare = Literal["added", "ratio", "none"]
 
 
@@ -49,9 +51,13 @@ class Row:
             "metric": self.metric,
             **{path: _clean(self.value(path)) for path in PATHS if path in self.values},
             "added_vs_direct": _clean(self.added()) if self.compare == "added" else None,
-            "floor_added_vs_direct": (
-                _clean(self.added("floor")) if self.compare == "added" else None
-            ),
+            **{
+                f"{path}_added_vs_direct": (
+                    _clean(self.added(path)) if self.compare == "added" else None
+                )
+                for path in LOWER_BOUNDS
+                if path in self.values
+            },
             "ratio_vs_direct": _clean(self.ratio()),
             "ratio_vs_litellm": _clean(self.ratio("litellm")),
             "target": self.target or None,
@@ -113,29 +119,25 @@ def _versus(row: Row, path: str = "remotellm") -> str:
     return " ".join(parts)
 
 
-def markdown(rows: list[Row], with_litellm: bool, with_floor: bool = False) -> str:
-    """The results as one Markdown table."""
+def markdown(rows: list[Row], with_litellm: bool, bounds: tuple[str, ...] = ()) -> str:
+    """The results as one Markdown table; `bounds` are the lower-bound paths that ran."""
     head = ["Workload", "Metric", "Direct", "RemoteLLM"]
-    if with_floor:
-        head.append("Floor")
+    head += [path.capitalize() for path in bounds]
     if with_litellm:
         head.append("LiteLLM")
     head += ["RemoteLLM vs direct"]
-    if with_floor:
-        head.append("Floor vs direct")
+    head += [f"{path.capitalize()} vs direct" for path in bounds]
     if with_litellm:
         head.append("vs LiteLLM")
     head += ["Target", "Result"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row.workload, row.metric, _fmt(row.value("direct")), _fmt(row.value("remotellm"))]
-        if with_floor:
-            cells.append(_fmt(row.value("floor")))
+        cells += [_fmt(row.value(path)) for path in bounds]
         if with_litellm:
             cells.append(_fmt(row.value("litellm")))
         cells.append(_versus(row))
-        if with_floor:
-            cells.append(_versus(row, "floor"))
+        cells += [_versus(row, path) for path in bounds]
         if with_litellm:
             ratio = row.ratio("litellm")
             cells.append("" if ratio is None or row.compare == "none" else f"{ratio:.2f}x")

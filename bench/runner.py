@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import floor, litellm, profile
+from bench import bare, floor, litellm, profile
 from bench.cancel import w8
 from bench.client import Target, get_json, wait_until
 from bench.context import FULL, QUICK, Context, Plan
@@ -35,7 +35,7 @@ from bench.procs import (
     start_connector,
     start_stub,
 )
-from bench.report import WorkloadResult, markdown
+from bench.report import LOWER_BOUNDS, WorkloadResult, markdown
 from bench.streams import w3, w5, w6
 from bench.stub import run as run_loop
 
@@ -109,7 +109,11 @@ def _log(message: str) -> None:
 
 
 async def _start_paths(
-    children: Children, want_litellm: bool, notes: list[str], want_floor: bool = False
+    children: Children,
+    want_litellm: bool,
+    notes: list[str],
+    want_floor: bool = False,
+    want_bare: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Target], str, str]:
     stub, stub_port = await start_stub(children)
     broker, broker_port = await start_broker(children)
@@ -130,6 +134,10 @@ async def _start_paths(
         forwarders, targets["floor"] = await floor.start_floor(children, stub_port)
         for child in forwarders:
             processes[child.name] = child
+    if want_bare:
+        bare_procs, targets["bare"] = await bare.start_bare(children, stub_port)
+        for child in bare_procs:
+            processes[child.name] = child
     if want_litellm:
         try:
             child, target = await litellm.start(children, stub_port)
@@ -142,7 +150,11 @@ async def _start_paths(
 
 
 async def run(
-    plan: Plan, want_litellm: bool, want_profile: bool = False, want_floor: bool = False
+    plan: Plan,
+    want_litellm: bool,
+    want_profile: bool = False,
+    want_floor: bool = False,
+    want_bare: bool = False,
 ) -> tuple[dict[str, Any], str]:
     """Run the plan; the results document and its Markdown table."""
     started = time.time()
@@ -157,7 +169,7 @@ async def run(
     background = 0.0
     try:
         processes, targets, stub_url, broker_url = await _start_paths(
-            children, want_litellm, notes, want_floor
+            children, want_litellm, notes, want_floor, want_bare
         )
         ctx = Context(plan, targets, processes, children, stub_url, broker_url, notes)
         idle_rss = {name: round(child.rss() / 2**20, 1) for name, child in processes.items()}
@@ -194,7 +206,7 @@ async def run(
         if path.exists()
     }
     with_litellm = "litellm" in targets
-    table = markdown(rows, with_litellm, "floor" in targets)
+    table = markdown(rows, with_litellm, tuple(p for p in LOWER_BOUNDS if p in targets))
     document = {
         "mode": plan.mode,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -240,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also measure two do-nothing forwarders in place of the broker and connector",
     )
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="also measure the bare relay: the wire protocol alone, none of the product",
+    )
     return parser
 
 
@@ -263,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         assert task is not None
         # SIGTERM cancels the run like Ctrl-C does, so every child is still stopped.
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await run(plan, want_litellm, args.profile, args.floor)
+        return await run(plan, want_litellm, args.profile, args.floor, args.bare)
 
     try:
         document, table = run_loop(main_task())
