@@ -36,7 +36,7 @@ import sys
 import tempfile
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench.client import Target, timed_fetch
 from bench.floor import start_floor
@@ -302,9 +302,8 @@ class _Connector(asyncio.Protocol):
         self.ready = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(ws.client_request("127.0.0.1", "/relay", self.key, {}))
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(ws.client_request("127.0.0.1", "/relay", self.key, {}))
 
     def data_received(self, data: bytes) -> None:
         if self.reader is None:  # the upgrade's answer
