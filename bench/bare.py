@@ -32,21 +32,30 @@ import asyncio
 import hashlib
 import json
 import os
+import signal
 import sys
 import tempfile
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any, cast
+
+import structlog
 
 from bench.client import Target, timed_fetch
 from bench.floor import start_floor
 from bench.procs import USER_KEY, Child, Children, start_stub
 from bench.stats import summary_ms
 from broker.headers import request_headers, response_headers
+from broker.ledger import UsageLedger
+from broker.metrics import Metrics
+from broker.store import Store, UsageRow
+from broker.tally import TokenTally
 from connector_app.core.http1 import ResponseParser, request_bytes
 from shared import protocol as p
 from shared import websocket as ws
 from shared.eventloop import run
+from shared.logging import configure_logging
 
 BLOCK = 50
 MAX_HEAD = 64 * 1024
@@ -66,14 +75,83 @@ def _model_of(body: bytes) -> str | None:
     return model if isinstance(model, str) and model else None
 
 
+async def _until_stopped() -> None:
+    """Return on SIGTERM or SIGINT, so the process ends cleanly (and a profiler writes out)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 # ---------------------------------------------------------------------------
 # The bare broker
 
 
 class _Broker:
-    def __init__(self) -> None:
+    def __init__(self, duties: _Duties | None = None) -> None:
         self.keys = {_fingerprint(USER_KEY)}
         self.link: _Link | None = None
+        self.duties = duties
+
+
+class _Duties:
+    """The broker's per-request bookkeeping, with the product's own pieces.
+
+    Prometheus counters and histograms (`broker.metrics`), the token tally of the answer
+    (`broker.tally`), a usage row queued on the ledger and written in rounds to SQLite
+    (`broker.ledger`, `broker.store`), and the JSON `request finished` log line
+    (structlog, configured as the broker configures it).
+    """
+
+    def __init__(self, ledger: UsageLedger) -> None:
+        self.metrics = Metrics()
+        self.ledger = ledger
+        self.log = structlog.get_logger("remotellm.broker.api")
+
+    def start(self, client: _ClientConnection) -> None:
+        self.metrics.in_flight.inc()
+        client.started = time.perf_counter()
+
+    def head(self, client: _ClientConnection, status: int, content_type: str) -> None:
+        client.status = status
+        client.tally = TokenTally(content_type)
+        client.ttfb = time.perf_counter() - client.started
+        self.metrics.first_byte(client.model, client.ttfb)
+
+    def finish(self, client: _ClientConnection, outcome: str) -> None:
+        elapsed = time.perf_counter() - client.started
+        self.metrics.in_flight.dec()
+        self.metrics.finished(client.model, client.status, elapsed)
+        prompt = completion = None
+        if client.tally is not None:
+            prompt, completion = client.tally.result()
+        self.log.info(
+            "request finished",
+            method="POST",
+            path=client.path,
+            model=client.model,
+            status=client.status,
+            outcome=outcome,
+            connector="bare",
+            user="bench",
+            duration_ms=round(elapsed * 1000, 1),
+        )
+        self.ledger.record(
+            UsageRow(
+                time=time.time(),
+                request_id=client.request_id,
+                endpoint=client.path[:64],
+                status=client.status,
+                duration_ms=round(elapsed * 1000, 3),
+                model=client.model,
+                connector="bare",
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                ttfb_ms=round(client.ttfb * 1000, 3),
+                cancelled=outcome == "cancelled",
+            )
+        )
 
 
 class _ClientConnection(asyncio.Protocol):
@@ -87,6 +165,11 @@ class _ClientConnection(asyncio.Protocol):
         self.stream: tuple[_Link, int] | None = None
         self.chunked = False
         self.out: list[bytes] = []
+        # What the duties keep per request.
+        self.path = self.model = ""
+        self.status = 0
+        self.started = self.ttfb = 0.0
+        self.tally: TokenTally | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -95,6 +178,9 @@ class _ClientConnection(asyncio.Protocol):
         if self.stream is not None:  # gone mid-answer: the connector stops the LLM's work
             link, sid = self.stream
             link.cancel(sid)
+            self.stream = None
+            if self.broker.duties is not None:
+                self.broker.duties.finish(self, "cancelled")
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -113,12 +199,16 @@ class _ClientConnection(asyncio.Protocol):
         auth = head.headers.get("authorization", "")
         if not auth.startswith("Bearer ") or _fingerprint(auth[7:]) not in self.broker.keys:
             return self._refuse(401)
-        if _model_of(body) is None:
+        model = _model_of(body)
+        if model is None:
             return self._refuse(400)
         link = self.broker.link
         if link is None:
             return self._refuse(503)
         self.request_id = "req_" + os.urandom(12).hex()
+        self.path, self.model = head.path, model
+        if self.broker.duties is not None:
+            self.broker.duties.start(self)
         self.stream = (link, link.send(self, head, body))
 
     def _refuse(self, status: int) -> None:
@@ -138,8 +228,13 @@ class _ClientConnection(asyncio.Protocol):
         if self.chunked:
             lines.append("Transfer-Encoding: chunked")
         self.out.append(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        if self.stream is not None and self.broker.duties is not None:
+            content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+            self.broker.duties.head(self, status, content_type)
 
     def body(self, data: bytes) -> None:
+        if self.tally is not None:
+            self.tally.feed(data)
         if self.chunked:
             self.out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
@@ -148,7 +243,10 @@ class _ClientConnection(asyncio.Protocol):
     def end(self) -> None:
         if self.chunked:
             self.out.append(b"0\r\n\r\n")
+        if self.stream is not None and self.broker.duties is not None:
+            self.broker.duties.finish(self, "ok")
         self.stream = None
+        self.tally = None
 
     def flush(self) -> None:
         assert self.transport is not None
@@ -231,14 +329,21 @@ class _Link(asyncio.Protocol):
         self.transport.write(ws.encode_frame(ws.OP_BINARY, message, mask=False))
 
 
-async def _serve_broker() -> None:
+async def _serve_broker(with_duties: bool) -> None:
     loop = asyncio.get_running_loop()
-    broker = _Broker()
+    duties = None
+    if with_duties:
+        configure_logging("info", "json")
+        store = await Store.open("sqlite+aiosqlite:///:memory:")
+        ledger = UsageLedger(store)
+        ledger.start()
+        duties = _Duties(ledger)
+    broker = _Broker(duties)
     api = await loop.create_server(lambda: _ClientConnection(broker), "127.0.0.1", 0)
     relay = await loop.create_server(lambda: _Link(broker), "127.0.0.1", 0)
     ports = {"api": api.sockets[0].getsockname()[1], "relay": relay.sockets[0].getsockname()[1]}
     print(json.dumps(ports), flush=True)
-    await asyncio.Event().wait()
+    await _until_stopped()
 
 
 # ---------------------------------------------------------------------------
@@ -361,22 +466,29 @@ async def _serve_connector(relay_port: int, llm_port: int) -> None:
     )
     await connector.ready
     print(json.dumps({"ready": True}), flush=True)
-    await asyncio.Event().wait()
+    await _until_stopped()
 
 
 # ---------------------------------------------------------------------------
 # The measurement
 
 
-async def start_bare(children: Children, stub_port: int) -> tuple[list[Child], Target]:
-    """The bare broker and connector in front of the stub, and the bench path through them."""
-    argv = [sys.executable, "-m", "bench.bare", "--broker"]
-    broker = children.start("bare-broker", argv)
+async def start_bare(
+    children: Children, stub_port: int, *, duties: bool = False
+) -> tuple[list[Child], Target]:
+    """A bare broker and connector in front of the stub, and the bench path through them.
+
+    With `duties`, the broker also keeps the product's per-request books (`_Duties`); the
+    path is then called "duties".
+    """
+    name = "duties" if duties else "bare"
+    argv = [sys.executable, "-m", "bench.bare", "--broker"] + (["--duties"] if duties else [])
+    broker = children.start(f"{name}-broker", argv)
     ports = await broker.wait_for(lambda obj: obj if "api" in obj else None, timeout=20)
     argv = [sys.executable, "-m", "bench.bare", "--connector", str(ports["relay"]), str(stub_port)]
-    connector = children.start("bare-connector", argv)
+    connector = children.start(f"{name}-connector", argv)
     await connector.wait_for(lambda obj: obj.get("ready"), timeout=20)
-    return [broker, connector], Target("bare", f"http://127.0.0.1:{ports['api']}/v1")
+    return [broker, connector], Target(name, f"http://127.0.0.1:{ports['api']}/v1")
 
 
 async def _measure(requests: int) -> dict[str, object]:
@@ -385,9 +497,10 @@ async def _measure(requests: int) -> dict[str, object]:
         _, stub_port = await start_stub(children)
         forwarders, floor = await start_floor(children, stub_port)
         bare_procs, bare = await start_bare(children, stub_port)
+        duties_procs, duties = await start_bare(children, stub_port, duties=True)
         targets = {"direct": Target("direct", f"http://127.0.0.1:{stub_port}/v1")}
-        targets |= {"floor": floor, "bare": bare}
-        procs = {"floor": forwarders, "bare": bare_procs}
+        targets |= {"floor": floor, "bare": bare, "duties": duties}
+        procs = {"floor": forwarders, "bare": bare_procs, "duties": duties_procs}
         spec = "bench size=1024"
         for target in targets.values():
             for _ in range(BLOCK):
@@ -426,10 +539,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bare", description=__doc__)
     parser.add_argument("requests", type=int, nargs="?", default=2000)
     parser.add_argument("--broker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--duties", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--connector", type=int, nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.broker:
-        run(_serve_broker())
+        run(_serve_broker(args.duties))
     elif args.connector:
         run(_serve_connector(*args.connector))
     else:

@@ -6,9 +6,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-PATHS = ("direct", "remotellm", "floor", "bare", "litellm")
-LOWER_BOUNDS = ("floor", "bare")
-"""Paths that stand for a relay with less to do than RemoteLLM: the floor and the bare relay."""
+PATHS = ("direct", "remotellm", "floor", "bare", "duties", "litellm")
+LOWER_BOUNDS = ("floor", "bare", "duties")
+"""Paths that stand for a relay with less to do than RemoteLLM (bench.floor, bench.bare)."""
+TITLES = {"floor": "Floor", "bare": "Bare", "duties": "Bare+duties"}
 Compare = Literal["added", "ratio", "none"]
 
 
@@ -122,11 +123,11 @@ def _versus(row: Row, path: str = "remotellm") -> str:
 def markdown(rows: list[Row], with_litellm: bool, bounds: tuple[str, ...] = ()) -> str:
     """The results as one Markdown table; `bounds` are the lower-bound paths that ran."""
     head = ["Workload", "Metric", "Direct", "RemoteLLM"]
-    head += [path.capitalize() for path in bounds]
+    head += [TITLES[path] for path in bounds]
     if with_litellm:
         head.append("LiteLLM")
     head += ["RemoteLLM vs direct"]
-    head += [f"{path.capitalize()} vs direct" for path in bounds]
+    head += [f"{TITLES[path]} vs direct" for path in bounds]
     if with_litellm:
         head.append("vs LiteLLM")
     head += ["Target", "Result"]

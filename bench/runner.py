@@ -114,6 +114,7 @@ async def _start_paths(
     notes: list[str],
     want_floor: bool = False,
     want_bare: bool = False,
+    want_duties: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Target], str, str]:
     stub, stub_port = await start_stub(children)
     broker, broker_port = await start_broker(children)
@@ -134,10 +135,12 @@ async def _start_paths(
         forwarders, targets["floor"] = await floor.start_floor(children, stub_port)
         for child in forwarders:
             processes[child.name] = child
-    if want_bare:
-        bare_procs, targets["bare"] = await bare.start_bare(children, stub_port)
-        for child in bare_procs:
-            processes[child.name] = child
+    for wanted, duties in ((want_bare, False), (want_duties, True)):
+        if wanted:
+            bare_procs, target = await bare.start_bare(children, stub_port, duties=duties)
+            targets[target.name] = target
+            for child in bare_procs:
+                processes[child.name] = child
     if want_litellm:
         try:
             child, target = await litellm.start(children, stub_port)
@@ -155,6 +158,7 @@ async def run(
     want_profile: bool = False,
     want_floor: bool = False,
     want_bare: bool = False,
+    want_duties: bool = False,
 ) -> tuple[dict[str, Any], str]:
     """Run the plan; the results document and its Markdown table."""
     started = time.time()
@@ -169,7 +173,7 @@ async def run(
     background = 0.0
     try:
         processes, targets, stub_url, broker_url = await _start_paths(
-            children, want_litellm, notes, want_floor, want_bare
+            children, want_litellm, notes, want_floor, want_bare, want_duties
         )
         ctx = Context(plan, targets, processes, children, stub_url, broker_url, notes)
         idle_rss = {name: round(child.rss() / 2**20, 1) for name, child in processes.items()}
@@ -257,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also measure the bare relay: the wire protocol alone, none of the product",
     )
+    parser.add_argument(
+        "--duties",
+        action="store_true",
+        help="also measure the bare relay keeping the broker's per-request books",
+    )
     return parser
 
 
@@ -280,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         assert task is not None
         # SIGTERM cancels the run like Ctrl-C does, so every child is still stopped.
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await run(plan, want_litellm, args.profile, args.floor, args.bare)
+        return await run(plan, want_litellm, args.profile, args.floor, args.bare, args.duties)
 
     try:
         document, table = run_loop(main_task())

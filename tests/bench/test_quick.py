@@ -12,7 +12,7 @@ from pathlib import Path
 def test_quick_benchmark_runs_and_loses_nothing(tmp_path: Path) -> None:
     out = tmp_path / "quick.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--floor", "--bare", "--out", str(out)],
+        [sys.executable, "-m", "bench", "--quick", "--floor", "--bare", "--duties", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=240,
@@ -26,13 +26,14 @@ def test_quick_benchmark_runs_and_loses_nothing(tmp_path: Path) -> None:
     for row in report["rows"]:
         if row["metric"] in ("delivered/offered", "out-of-order events"):
             assert row["passed"], row
-    # The floor (two do-nothing forwarders) and the bare relay (the wire protocol alone)
-    # are measured beside the others, and the bare relay delivers every event too.
-    assert report["paths"] == ["direct", "remotellm", "floor", "bare"]
+    # The floor (two do-nothing forwarders), the bare relay (the wire protocol alone) and
+    # the bare relay keeping the broker's books are measured beside the others, and the
+    # bare relays deliver every event too.
+    assert report["paths"] == ["direct", "remotellm", "floor", "bare", "duties"]
     w1 = next(row for row in report["rows"] if row["workload"] == "W1 1 KB")
     assert w1["floor"] is not None and w1["floor_added_vs_direct"] is not None
     assert w1["bare"] is not None and w1["bare_added_vs_direct"] is not None
     delivered = [row for row in report["rows"] if row["metric"] == "delivered/offered"]
-    assert delivered and all(row["bare"] == 1.0 for row in delivered)
+    assert delivered and all(row["bare"] == row["duties"] == 1.0 for row in delivered)
     assert "| Workload |" in done.stdout and "| Floor |" in done.stdout
-    assert "| Bare |" in done.stdout
+    assert "| Bare | Bare+duties |" in done.stdout
