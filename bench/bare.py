@@ -1,28 +1,36 @@
 """The bare relay: RemoteLLM's wire protocol with nothing else, to find the floor of its design.
 
     uv run python -m bench.bare [REQUESTS]
+    uv run python -m bench --bare --duties     # the same paths in every workload
 
 Two processes on bare `asyncio.Protocol`s (uvloop where installed), no task, future or
 coroutine per request, and none of the product around the protocol: no logging,
-metrics, usage rows, limits, queueing, flow control, timeouts or error paths beyond a
-refusal. What each side does per request is only the work any relay of this design
-cannot skip, done with the project's own code for it:
+metrics, usage rows, limits, queueing, flow control, timeouts, retries or error answers
+beyond a bare refusal. What each side does per request is the work a relay of this
+design cannot skip, done with the project's own code for it:
 
 - bare broker: split and parse the client's HTTP/1.1 request head
   (`shared.websocket.parse_request_head`), check the bearer key's fingerprint against a
   set, read the model from the JSON body, rewrite the headers (`broker.headers`), encode
   head, body and end frames (`shared.protocol`) into one WebSocket message, write it; on
-  the way back, read the connector's WebSocket message (`shared.websocket.FrameReader`),
-  decode its frames and write one HTTP response with `X-Request-ID`.
+  the way back, read the connector's WebSocket messages (`shared.websocket.FrameReader`),
+  decode their frames and write the HTTP response (chunked when it has no length, one
+  write per message) with `X-Request-ID`. A client that hangs up sends a cancel.
 - bare connector: the mirror image, with the connector's own HTTP/1.1 client pieces
-  (`connector_app.core.http1.request_bytes` and `ResponseParser`) on a keep-alive
-  connection to the stub, and masked frames as RFC 6455 requires of a client.
+  (`connector_app.core.http1.request_bytes` and `ResponseParser`) on keep-alive
+  connections to the stub, what arrives sent on at once, and masked frames as RFC 6455
+  requires of a client.
 
-The client sends W1's 1 KB request one at a time, alternating blocks of 50 between the
-direct path, the floor (two byte-for-byte forwarders, `bench.floor`) and the bare relay,
-and prints each path's added p50/p99 and its processes' CPU per request. Whatever the
-bare relay adds over the floor is the cost of the protocol's irreducible work in Python;
-whatever the real relay adds over the bare one is the product around it.
+With `--duties` (the "duties" path) the bare broker also keeps the product broker's books
+for each request, with the product's own pieces: Prometheus metrics, the token tally,
+a usage row on the ledger (SQLite, written in rounds) and the JSON `request finished`
+log line. The connector stays bare.
+
+Run alone, the client sends W1's 1 KB request one at a time, alternating blocks of 50
+between the direct path, the floor (two byte-for-byte forwarders, `bench.floor`), the
+bare relay and the bare relay with duties, and prints each path's added p50/p99 and its
+processes' CPU per request. What the bare relay adds over the floor is the protocol's
+unavoidable work in Python; what RemoteLLM adds over it is the product around it.
 """
 
 from __future__ import annotations
