@@ -207,13 +207,18 @@ class RelaySocket(asyncio.Protocol):
         try:
             events = reader.feed(data)
         except ws.WebSocketError as exc:
-            # The reader is unusable now: send the close frame and hang up.
+            # What the peer completed before breaking the rules still counts (a response's
+            # last frames); then the reader is unusable: send the close frame and hang up.
+            self._events(exc.events)
             self._why = f"protocol error: {exc.reason}"
             if self._state == _OPEN:
                 self._transport.write(ws.encode_close(exc.code, exc.reason, mask=False))
             self._state = _CLOSING
             self._transport.close()
             return
+        self._events(events)
+
+    def _events(self, events: list[ws.Event]) -> None:
         for event in events:
             if self._state == _OPEN:
                 if isinstance(event, ws.Message):

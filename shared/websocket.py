@@ -54,12 +54,18 @@ _U64: Final = struct.Struct("!Q")
 
 
 class WebSocketError(Exception):
-    """The peer broke the framing rules; close the connection with `code`."""
+    """The peer broke the framing rules; close the connection with `code`.
+
+    `events` holds what the same `FrameReader.feed` call completed before the violation,
+    in order: whole messages the peer sent before it broke the rules, to act on before
+    the connection closes.
+    """
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.events: list[Event] = []
 
 
 class HandshakeError(Exception):
@@ -159,11 +165,20 @@ class FrameReader:
     def feed(self, data: bytes) -> list[Event]:
         """Add received bytes; return every event they complete, in order.
 
-        Raises WebSocketError on a framing violation; the reader is then unusable.
+        Raises WebSocketError on a framing violation, carrying the events completed before
+        it; the reader is then unusable.
         """
+        events: list[Event] = []
+        try:
+            self._read(data, events)
+        except WebSocketError as exc:
+            exc.events = events
+            raise
+        return events
+
+    def _read(self, data: bytes, events: list[Event]) -> None:
         buffer = self._buffer
         buffer += data
-        events: list[Event] = []
         pos = 0
         end = len(buffer)
         while end - pos >= 2:
@@ -212,7 +227,6 @@ class FrameReader:
                 events.append(event)
         if pos:
             del buffer[:pos]
-        return events
 
     def _frame(self, fin: int, opcode: int, payload: bytes) -> Event | None:
         if opcode in (OP_BINARY, OP_TEXT):

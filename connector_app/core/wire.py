@@ -227,8 +227,13 @@ class Wire(asyncio.Protocol):
         try:
             events = self._reader.feed(data)
         except ws.WebSocketError as exc:
+            # What the broker completed before breaking the rules still counts.
+            self._events(exc.events)
             self.fail(exc, exc.code, exc.reason)
             return
+        self._events(events)
+
+    def _events(self, events: list[ws.Event]) -> None:
         for event in events:
             if type(event) is ws.Message:
                 if self._state != _OPEN:

@@ -6,6 +6,7 @@ import asyncio
 import re
 import struct
 
+import aiohttp
 import pytest
 
 from broker.keys import RELAY
@@ -13,7 +14,7 @@ from broker.relay import ConnectorLink
 from broker.server import BrokerServer
 from shared import protocol as p
 from shared import websocket as ws
-from tests.conftest import MakeBroker
+from tests.conftest import USER_KEY, MakeBroker
 from tests.raw_connector import RawConnector, upgrade_request
 
 
@@ -276,3 +277,38 @@ async def test_a_broker_that_is_stopping_admits_no_new_connector(make_broker: Ma
         assert broker.hub.links == []
     finally:
         writer.close()
+
+
+async def test_frames_sent_before_a_framing_error_still_count(make_broker: MakeBroker) -> None:
+    """A response the connector finished before breaking the rules reaches its client whole."""
+    broker = await make_broker()
+    raw = await RawConnector.attach(broker.port)
+    try:
+        url = f"http://127.0.0.1:{broker.port}/v1/chat/completions"
+        chat = {"model": "raw-model", "messages": [{"role": "user", "content": "Hi"}]}
+        auth = {"Authorization": f"Bearer {USER_KEY}"}
+        async with aiohttp.ClientSession() as session:
+            posting = asyncio.create_task(session.post(url, json=chat, headers=auth))
+            frames: list[p.Frame] = []
+            while not any(isinstance(f, p.End) for f in frames):
+                event = await raw.next_event()
+                if isinstance(event, ws.Message):
+                    frames += p.decode(event.data)
+            sid = frames[0].stream_id
+            answer = [
+                p.ResponseHead(sid, 200, (("Content-Type", "application/json"),)),
+                p.ResponseBody(sid, b'{"ok":true}'),
+                p.End(sid),
+            ]
+            message = ws.encode_frame(ws.OP_BINARY, p.encode_many(answer), mask=True)
+            broken = ws.encode_frame(ws.OP_BINARY, b"unmasked", mask=False)
+            raw.send_raw(message + broken)  # one write: both arrive in one read
+            async with asyncio.timeout(10):
+                resp = await posting
+            assert resp.status == 200
+            assert await resp.read() == b'{"ok":true}'
+            resp.release()
+        assert (await raw.next_close()).code == ws.CLOSE_PROTOCOL_ERROR
+    finally:
+        raw.close()
+    await wait_no_links(broker)

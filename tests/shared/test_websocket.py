@@ -198,3 +198,17 @@ def test_a_message_in_endless_empty_fragments_is_refused() -> None:
     with pytest.raises(ws.WebSocketError) as caught:
         reader.feed(empty * (ws.MAX_FRAGMENTS + 1))
     assert caught.value.code == ws.CLOSE_TOO_BIG
+
+
+def test_a_framing_error_carries_the_events_completed_before_it() -> None:
+    reader = ws.FrameReader(masked=False, max_message=100)
+    data = (
+        ws.encode_frame(ws.OP_BINARY, b"first", mask=False)
+        + ws.encode_frame(ws.OP_PING, b"p", mask=False)
+        + bytes((0x80 | 3, 0))  # unknown opcode
+        + ws.encode_frame(ws.OP_BINARY, b"never", mask=False)
+    )
+    with pytest.raises(ws.WebSocketError) as caught:
+        reader.feed(data)
+    assert caught.value.code == ws.CLOSE_PROTOCOL_ERROR
+    assert caught.value.events == [ws.Message(b"first", False), ws.Ping(b"p")]

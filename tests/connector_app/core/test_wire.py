@@ -245,6 +245,19 @@ async def test_a_framing_error_from_the_broker_closes_with_a_protocol_error() ->
     assert describe_failure(caught.value).startswith("protocol error")
 
 
+async def test_a_message_sent_just_before_a_framing_error_still_arrives() -> None:
+    async with serving() as server, linked(server.url) as wire:
+        assert server.writer is not None
+        server.writer.write(  # one write: both arrive in one read
+            ws.encode_frame(ws.OP_BINARY, b"last words", mask=False)
+            + ws.encode_frame(ws.OP_BINARY, b"masked", mask=True)
+        )
+        assert await wire.recv() == b"last words"
+        with pytest.raises(ws.WebSocketError) as caught:
+            await wire.recv()
+        assert await server.next_event() == ws.Close(ws.CLOSE_PROTOCOL_ERROR, caught.value.reason)
+
+
 async def test_messages_of_several_mebibytes_both_ways() -> None:
     size = 3 * 1024 * 1024 + 7
     up, down = os.urandom(size), os.urandom(size)
