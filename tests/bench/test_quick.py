@@ -12,7 +12,17 @@ from pathlib import Path
 def test_quick_benchmark_runs_and_loses_nothing(tmp_path: Path) -> None:
     out = tmp_path / "quick.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--floor", "--bare", "--duties", "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--floor",
+            "--bare",
+            "--duties",
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=240,
