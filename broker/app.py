@@ -173,8 +173,10 @@ async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
         # After the drain: every finished request's row is written before the store closes.
-        await ledger.close()
-        await store.close()
+        try:
+            await ledger.close()
+        finally:
+            await store.close()
 
 
 async def drain(app: web.Application) -> None:

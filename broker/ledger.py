@@ -4,7 +4,8 @@
 seconds in one transaction; `close` writes everything still queued, so a clean
 shutdown loses no row. If the store fails, rows stay queued and the write is retried.
 
-A write in progress is never cancelled: `close` waits for it. Cancelling a transaction
+A write in progress is never cancelled: `close` waits for it, and cancelling `close`
+itself only ends the caller's wait. Cancelling a transaction
 between its statements could leave its connection holding SQLite's write lock until
 the garbage collector found it, and rows written but not yet taken off the queue
 would be written twice.
@@ -32,6 +33,7 @@ class UsageLedger:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._round: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
         self.written = 0
 
     def start(self) -> None:
@@ -81,6 +83,16 @@ class UsageLedger:
             self.written += len(batch)
 
     async def close(self) -> None:
+        """Write everything queued, then stop. Safe to call again, or from several tasks.
+
+        The work runs in a task of its own: cancelling a caller ends its wait, never a
+        write in progress.
+        """
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._close(), name="usage-ledger-close")
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

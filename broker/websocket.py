@@ -210,8 +210,8 @@ class RelaySocket(asyncio.Protocol):
             # What the peer completed before breaking the rules still counts (a response's
             # last frames); then the reader is unusable: send the close frame and hang up.
             self._events(exc.events)
-            self._why = f"protocol error: {exc.reason}"
-            if self._state == _OPEN:
+            if self._state == _OPEN:  # not already closing because of one of those events
+                self._why = f"protocol error: {exc.reason}"
                 self._transport.write(ws.encode_close(exc.code, exc.reason, mask=False))
             self._state = _CLOSING
             self._transport.close()

@@ -199,6 +199,51 @@ async def test_close_waits_for_the_write_in_progress_instead_of_cancelling_it(
     await store.close()
 
 
+async def test_a_cancelled_close_leaves_the_write_running_and_a_second_close_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    store = await Store.open(url(tmp_path))
+    ledger = UsageLedger(store, interval=0)
+    real = store.add_usage
+    entered, release = asyncio.Event(), asyncio.Event()
+    outcomes: list[str] = []
+
+    async def slow(rows: list[UsageRow]) -> int:
+        entered.set()
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            outcomes.append("cancelled")
+            raise
+        outcomes.append("written")
+        return await real(rows)
+
+    store.add_usage = slow  # type: ignore[method-assign]
+    ledger.start()
+    try:
+        for i in range(5):
+            ledger.record(row(i))
+        async with asyncio.timeout(10):
+            await entered.wait()
+        first = asyncio.create_task(ledger.close())
+        await asyncio.sleep(0.05)
+        first.cancel()  # e.g. a shutdown that ran out of time
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        second = asyncio.create_task(ledger.close())
+        await asyncio.sleep(0.05)
+        assert not second.done() and outcomes == []  # the write is still running
+        release.set()
+        async with asyncio.timeout(10):
+            await second
+        assert outcomes == ["written"]
+    finally:
+        release.set()
+        store.add_usage = real  # type: ignore[method-assign]
+    assert sorted(r.request_id for r in await store.usage_rows()) == [f"req_{i}" for i in range(5)]
+    await store.close()
+
+
 async def test_a_process_killed_mid_write_leaves_a_consistent_store(tmp_path: Path) -> None:
     db_url = url(tmp_path)
     writer = textwrap.dedent(
