@@ -15,7 +15,7 @@ design cannot skip, done with the project's own code for it:
   head, body and end frames (`shared.protocol`) into one WebSocket message, write it; on
   the way back, read the connector's WebSocket messages (`shared.websocket.FrameReader`),
   decode their frames and write the HTTP response (chunked when it has no length, one
-  write per message) with `X-Request-ID`. A client that hangs up sends a cancel.
+  write per read of the relay socket) with `X-Request-ID`. A client that hangs up sends a cancel.
 - bare connector: the mirror image, with the connector's own HTTP/1.1 client pieces
   (`connector_app.core.http1.request_bytes` and `ResponseParser`) on keep-alive
   connections to the stub, what arrives sent on at once, and masked frames as RFC 6455
@@ -171,7 +171,7 @@ class _ClientConnection(asyncio.Protocol):
         self.buffer = b""
         self.request_id = ""
         self.stream: tuple[_Link, int] | None = None
-        self.chunked = False
+        self.chunked = self.bodiless = False
         self.out: list[bytes] = []
         # What the duties keep per request.
         self.path = self.model = ""
@@ -204,6 +204,7 @@ class _ClientConnection(asyncio.Protocol):
         self._request(head, body)
 
     def _request(self, head: ws.RequestHead, body: bytes) -> None:
+        self.request_id = ""
         auth = head.headers.get("authorization", "")
         if not auth.startswith("Bearer ") or _fingerprint(auth[7:]) not in self.broker.keys:
             return self._refuse(401)
@@ -225,10 +226,13 @@ class _ClientConnection(asyncio.Protocol):
         self.end()
         self.flush()
 
-    # The answer, written once per WebSocket message that carried a part of it.
+    # The answer, written once per read of the relay socket that carried a part of it.
 
     def start(self, status: int, headers: list[tuple[str, str]]) -> None:
-        self.chunked = not any(k.lower() == "content-length" for k, _ in headers)
+        self.bodiless = status in (204, 304)  # the bench only POSTs, so HEAD never comes
+        self.chunked = not self.bodiless and not any(
+            k.lower() == "content-length" for k, _ in headers
+        )
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}"]
         lines.extend(f"{k}: {v}" for k, v in headers)
         if self.request_id:
@@ -243,6 +247,8 @@ class _ClientConnection(asyncio.Protocol):
     def body(self, data: bytes) -> None:
         if self.tally is not None:
             self.tally.feed(data)
+        if self.bodiless:
+            return
         if self.chunked:
             self.out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
@@ -275,6 +281,14 @@ class _Link(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.broker.link is self:
+            self.broker.link = None
+        for client in self.streams.values():  # nothing more will come for them
+            if client.transport is not None:
+                client.transport.close()
+        self.streams.clear()
 
     def data_received(self, data: bytes) -> None:
         if self.reader is None:  # the upgrade
@@ -352,6 +366,9 @@ async def _serve_broker(with_duties: bool) -> None:
     ports = {"api": api.sockets[0].getsockname()[1], "relay": relay.sockets[0].getsockname()[1]}
     print(json.dumps(ports), flush=True)
     await _until_stopped()
+    if duties is not None:
+        await duties.ledger.close()
+        await duties.ledger.store.close()  # a scratch store: closing it deletes its folder
 
 
 # ---------------------------------------------------------------------------
@@ -371,7 +388,10 @@ class _Upstream(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.connector.active.pop(self.stream_id, None)
+        if self.connector.active.get(self.stream_id) is self:
+            del self.connector.active[self.stream_id]
+        if self in self.connector.idle:
+            self.connector.idle.remove(self)
 
     def start(self, stream_id: int, payload: bytes) -> None:
         self.stream_id, self.parser = stream_id, ResponseParser()
@@ -412,6 +432,7 @@ class _Connector(asyncio.Protocol):
         self.requests: dict[int, tuple[p.RequestHead, list[bytes]]] = {}
         self.idle: deque[_Upstream] = deque()
         self.active: dict[int, _Upstream] = {}
+        self.dialing: set[asyncio.Task[None]] = set()
         self.ready = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -449,7 +470,9 @@ class _Connector(asyncio.Protocol):
                 if self.idle:
                     self.idle.popleft().start(stream_id, payload)
                 else:
-                    asyncio.get_running_loop().create_task(self._dial(stream_id, payload))
+                    dialing = asyncio.get_running_loop().create_task(self._dial(stream_id, payload))
+                    self.dialing.add(dialing)
+                    dialing.add_done_callback(self.dialing.discard)
             case p.Cancel(stream_id):
                 upstream = self.active.pop(stream_id, None)
                 if upstream is not None and upstream.transport is not None:
@@ -457,9 +480,13 @@ class _Connector(asyncio.Protocol):
 
     async def _dial(self, stream_id: int, payload: bytes) -> None:
         loop = asyncio.get_running_loop()
-        _, upstream = await loop.create_connection(
-            lambda: _Upstream(self), "127.0.0.1", self.llm_port
-        )
+        try:
+            _, upstream = await loop.create_connection(
+                lambda: _Upstream(self), "127.0.0.1", self.llm_port
+            )
+        except OSError:
+            self.send([p.ResponseHead(stream_id, 502, ()), p.End(stream_id)])
+            return
         upstream.start(stream_id, payload)
 
     def send(self, frames: list[p.Frame]) -> None:
