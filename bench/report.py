@@ -77,6 +77,25 @@ def at_most(value: float | None, limit: float) -> bool | None:
     return None if value is None else value <= limit
 
 
+def added_at_most(row: Row, limit: float) -> Row:
+    """Check RemoteLLM's added time against `limit`, unless the run was too noisy to tell.
+
+    A relay cannot be faster than the direct path it sits on by more than noise: when it
+    looks faster by more than the limit itself, the direct path had a bad run and the row
+    gets no verdict ("n/a", with a note saying why) instead of a pass.
+    """
+    added = row.added()
+    target = f"added ≤ {limit:g} ms"
+    if added is not None and added < -limit:
+        direct = row.value("direct")
+        row.note = (
+            f"no verdict: the direct path itself was {direct:.3g} ms, slower than the relay by"
+            f" more than the limit"
+        )
+        return row.check(target, None)
+    return row.check(target, at_most(added, limit))
+
+
 def at_least(value: float | None, limit: float) -> bool | None:
     return None if value is None else value >= limit
 
