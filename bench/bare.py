@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import signal
@@ -46,7 +45,7 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import structlog
 
@@ -54,7 +53,9 @@ from bench.client import Target, timed_fetch
 from bench.floor import start_floor
 from bench.procs import USER_KEY, Child, Children, start_stub
 from bench.stats import summary_ms
+from broker.api import model_of
 from broker.headers import request_headers, response_headers
+from broker.keyformat import fingerprint
 from broker.ledger import UsageLedger
 from broker.metrics import Metrics
 from broker.store import Store, UsageRow
@@ -68,19 +69,6 @@ from shared.logging import configure_logging
 BLOCK = 50
 MAX_HEAD = 64 * 1024
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 503: "Service Unavailable"}
-
-
-def _fingerprint(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def _model_of(body: bytes) -> str | None:
-    try:
-        parsed: Any = json.loads(body)
-    except ValueError:
-        return None
-    model = parsed.get("model") if isinstance(parsed, dict) else None
-    return model if isinstance(model, str) and model else None
 
 
 async def _until_stopped() -> None:
@@ -98,7 +86,7 @@ async def _until_stopped() -> None:
 
 class _Broker:
     def __init__(self, duties: _Duties | None = None) -> None:
-        self.keys = {_fingerprint(USER_KEY)}
+        self.keys = {fingerprint(USER_KEY)}
         self.link: _Link | None = None
         self.duties = duties
 
@@ -206,9 +194,9 @@ class _ClientConnection(asyncio.Protocol):
     def _request(self, head: ws.RequestHead, body: bytes) -> None:
         self.request_id = ""
         auth = head.headers.get("authorization", "")
-        if not auth.startswith("Bearer ") or _fingerprint(auth[7:]) not in self.broker.keys:
+        if not auth.startswith("Bearer ") or fingerprint(auth[7:]) not in self.broker.keys:
             return self._refuse(401)
-        model = _model_of(body)
+        model = model_of(body)
         if model is None:
             return self._refuse(400)
         link = self.broker.link

@@ -77,7 +77,8 @@ async def _read_body(request: web.Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _model_of(body: bytes) -> str | None:
+def model_of(body: bytes) -> str | None:
+    """The request's `model`: a non-empty string field of a JSON object body, else None."""
     try:
         parsed: Any = json.loads(body)
     except (ValueError, RecursionError):
@@ -207,7 +208,7 @@ async def _admit(
             f"The request body is larger than this broker's limit of {settings.max_body_size}"
             " bytes.",
         )
-    model = _model_of(body)
+    model = model_of(body)
     if model is None:
         return error_response(
             request,
