@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import signal
 import sqlite3
 import sys
 import textwrap
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -157,91 +159,82 @@ async def test_rows_that_arrive_during_a_write_wait_for_the_next_round(tmp_path:
     await store.close()
 
 
+class HeldWrite:
+    """A ledger whose first write stops between its statements until `release` is set."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.ledger = UsageLedger(store, interval=0)
+        self.entered, self.release = asyncio.Event(), asyncio.Event()
+        self.outcomes: list[str] = []
+        self._real = store.add_usage
+
+    async def _slow(self, rows: list[UsageRow]) -> int:
+        self.entered.set()
+        try:
+            await self.release.wait()  # the transaction is between its statements
+        except asyncio.CancelledError:
+            self.outcomes.append("cancelled")
+            raise
+        self.outcomes.append("written")
+        return await self._real(rows)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def started(cls, tmp_path: Path) -> AsyncIterator[HeldWrite]:
+        """Five rows recorded and their write under way; the store is closed afterwards."""
+        held = cls(await Store.open(url(tmp_path)))
+        held.store.add_usage = held._slow  # type: ignore[method-assign]
+        held.ledger.start()
+        try:
+            for i in range(5):
+                held.ledger.record(row(i))
+            async with asyncio.timeout(10):
+                await held.entered.wait()
+            yield held
+        finally:
+            held.release.set()
+            held.store.add_usage = held._real  # type: ignore[method-assign]
+            await held.ledger.close()
+            await held.store.close()
+
+    async def written_ids(self) -> list[str]:
+        return sorted(r.request_id for r in await self.store.usage_rows())
+
+
 async def test_close_waits_for_the_write_in_progress_instead_of_cancelling_it(
     tmp_path: Path,
 ) -> None:
     """A transaction cancelled between statements could keep SQLite's write lock."""
-    store = await Store.open(url(tmp_path))
-    ledger = UsageLedger(store, interval=0)
-    real = store.add_usage
-    entered, release = asyncio.Event(), asyncio.Event()
-    outcomes: list[str] = []
-
-    async def slow(rows: list[UsageRow]) -> int:
-        entered.set()
-        try:
-            await release.wait()  # the transaction is between its statements
-        except asyncio.CancelledError:
-            outcomes.append("cancelled")
-            raise
-        outcomes.append("written")
-        return await real(rows)
-
-    store.add_usage = slow  # type: ignore[method-assign]
-    ledger.start()
-    try:
-        for i in range(5):
-            ledger.record(row(i))
-        async with asyncio.timeout(10):
-            await entered.wait()
-        closing = asyncio.create_task(ledger.close())
+    async with HeldWrite.started(tmp_path) as held:
+        closing = asyncio.create_task(held.ledger.close())
         await asyncio.sleep(0.05)
         assert not closing.done()  # close waits for the write...
-        release.set()
+        held.release.set()
         async with asyncio.timeout(10):
             await closing
-        assert outcomes == ["written"]  # ...which ran to its end, once
-    finally:
-        release.set()
-        store.add_usage = real  # type: ignore[method-assign]
-    assert ledger.queued == 0
-    assert sorted(r.request_id for r in await store.usage_rows()) == [f"req_{i}" for i in range(5)]
-    await store.close()
+        assert held.outcomes == ["written"]  # ...which ran to its end, once
+        assert held.ledger.queued == 0
+        assert await held.written_ids() == [f"req_{i}" for i in range(5)]
 
 
 async def test_a_cancelled_close_leaves_the_write_running_and_a_second_close_waits_for_it(
     tmp_path: Path,
 ) -> None:
-    store = await Store.open(url(tmp_path))
-    ledger = UsageLedger(store, interval=0)
-    real = store.add_usage
-    entered, release = asyncio.Event(), asyncio.Event()
-    outcomes: list[str] = []
-
-    async def slow(rows: list[UsageRow]) -> int:
-        entered.set()
-        try:
-            await release.wait()
-        except asyncio.CancelledError:
-            outcomes.append("cancelled")
-            raise
-        outcomes.append("written")
-        return await real(rows)
-
-    store.add_usage = slow  # type: ignore[method-assign]
-    ledger.start()
-    try:
-        for i in range(5):
-            ledger.record(row(i))
-        async with asyncio.timeout(10):
-            await entered.wait()
-        first = asyncio.create_task(ledger.close())
+    async with HeldWrite.started(tmp_path) as held:
+        first = asyncio.create_task(held.ledger.close())
         await asyncio.sleep(0.05)
         first.cancel()  # e.g. a shutdown that ran out of time
         with pytest.raises(asyncio.CancelledError):
             await first
-        second = asyncio.create_task(ledger.close())
+        second = asyncio.create_task(held.ledger.close())
         await asyncio.sleep(0.05)
-        assert not second.done() and outcomes == []  # the write is still running
-        release.set()
+        assert not second.done() and held.outcomes == []  # the write is still running
+        held.release.set()
         async with asyncio.timeout(10):
             await second
-        assert outcomes == ["written"]
-    finally:
-        release.set()
-        store.add_usage = real  # type: ignore[method-assign]
-    assert sorted(r.request_id for r in await store.usage_rows()) == [f"req_{i}" for i in range(5)]
-    await store.close()
+        assert held.outcomes == ["written"]
+        assert await held.written_ids() == [f"req_{i}" for i in range(5)]
 
 
 async def test_a_process_killed_mid_write_leaves_a_consistent_store(tmp_path: Path) -> None:
