@@ -20,6 +20,8 @@ from contextlib import asynccontextmanager
 from typing import Final, cast
 from urllib.parse import quote, urlsplit
 
+from connector_app.core.wakeup import Wakeup
+
 Headers = tuple[tuple[str, str], ...]
 
 MAX_HEAD: Final = 64 * 1024
@@ -251,7 +253,7 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         self._paused = False
         self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._wakeup = Wakeup()
 
     # -- asyncio.Protocol --
 
@@ -276,7 +278,7 @@ class _Connection(asyncio.Protocol):
                 self.transport.pause_reading()
         if not delivered or self.parser.complete:
             # The reader only needs waking for what it has to handle itself.
-            self._wake()
+            self._wakeup.wake()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost does the rest
@@ -288,7 +290,7 @@ class _Connection(asyncio.Protocol):
                 self.parser.eof()
             except HTTPError as cut:
                 self._error = exc or cut
-        self._wake()
+        self._wakeup.wake()
 
     # -- used by Pool and Response --
 
@@ -308,7 +310,7 @@ class _Connection(asyncio.Protocol):
                 raise self._error
             if self.closed:
                 raise HTTPError("the server closed the connection without a response")
-            await self._wait()
+            await self._wakeup.wait()
         return self.parser.head
 
     async def read(self) -> bytes:
@@ -320,7 +322,7 @@ class _Connection(asyncio.Protocol):
                 return b""
             if self.closed:
                 raise HTTPError("the server closed the connection before the response ended")
-            await self._wait()
+            await self._wakeup.wait()
         chunks = self._chunks
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
@@ -348,20 +350,8 @@ class _Connection(asyncio.Protocol):
 
     def _fail(self, exc: BaseException) -> None:
         self._error = exc
-        self._wake()
+        self._wakeup.wake()
         self.close()
-
-    async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
 
 class Response:

@@ -21,6 +21,7 @@ from typing import Final, cast
 from urllib.parse import urlsplit
 
 from connector_app.core.proxy import ProxyError, check_connect_answer, connect_request, proxy_for
+from connector_app.core.wakeup import Wakeup
 from shared import websocket as ws
 from shared.handshake import HANDSHAKE_TIMEOUT, MAX_MESSAGE
 from shared.outbox import Outbox
@@ -125,7 +126,7 @@ class Wire(asyncio.Protocol):
         self._on_message: Callable[[bytes], None] | None = None
         self._pending: deque[bytes] = deque()
         """Messages that arrived before `deliver()` named a callback."""
-        self._waiter: asyncio.Future[None] | None = None
+        self._wakeup = Wakeup()
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._error: BaseException | None = None
         self._paused = False
@@ -195,7 +196,7 @@ class Wire(asyncio.Protocol):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(REFUSAL_BODY_WAIT):
                 while len(self._buffer) < size and self._state != _CLOSED:
-                    await self._wait()
+                    await self._wakeup.wait()
         return bytes(self._buffer[:size])
 
     async def _read_head(self, eof: Exception) -> bytes:
@@ -210,7 +211,7 @@ class Wire(asyncio.Protocol):
                 return head
             if self._state == _CLOSED:
                 raise eof
-            await self._wait()
+            await self._wakeup.wait()
 
     # -- asyncio.Protocol ------------------------------------------------------
 
@@ -222,7 +223,7 @@ class Wire(asyncio.Protocol):
         self._heard = True
         if self._state == _HEAD:
             self._buffer += data
-            self._wake()
+            self._wakeup.wake()
             return
         try:
             events = self._reader.feed(data)
@@ -245,7 +246,7 @@ class Wire(asyncio.Protocol):
                     self.fail(error, error.code, error.reason)
                 elif self._on_message is None:
                     self._pending.append(event.data)
-                    self._wake()
+                    self._wakeup.wake()
                 else:
                     try:
                         self._on_message(event.data)
@@ -271,7 +272,7 @@ class Wire(asyncio.Protocol):
             self._error = lost
         if not self._closed.done():
             self._closed.set_result(None)
-        self._wake()
+        self._wakeup.wake()
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -288,7 +289,7 @@ class Wire(asyncio.Protocol):
             if self._state != _OPEN:
                 await self.wait_closed()
                 raise LinkClosed(None, "the link was closed")
-            await self._wait()
+            await self._wakeup.wait()
         return self._pending.popleft()
 
     def deliver(self, callback: Callable[[bytes], None]) -> None:
@@ -409,17 +410,3 @@ class Wire(asyncio.Protocol):
         await asyncio.shield(self._closed)
         if self._error is not None:
             raise self._error
-
-    # -- waiting ---------------------------------------------------------------
-
-    async def _wait(self) -> None:
-        self._waiter = self._loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
