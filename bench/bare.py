@@ -3,8 +3,9 @@
     uv run python -m bench.bare [REQUESTS]
     uv run python -m bench --bare --duties     # the same paths in every workload
 
-Two processes (`bench.bare_broker`, `bench.bare_connector`) on bare `asyncio.Protocol`s (uvloop where installed), no task, future or
-coroutine per request, and none of the product around the protocol: no logging,
+Two processes (`bench.bare_broker`, `bench.bare_connector`) on bare `asyncio.Protocol`s
+(uvloop where installed), no task, future or coroutine per request, and none of the
+product around the protocol: no logging,
 metrics, usage rows, limits, queueing, flow control, timeouts, retries or error answers
 beyond a bare refusal. What each side does per request is the work a relay of this
 design cannot skip, done with the project's own code for it:
