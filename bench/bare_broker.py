@@ -24,7 +24,8 @@ from broker.headers import request_headers, response_headers
 from broker.keyformat import fingerprint
 from broker.ledger import UsageLedger
 from broker.metrics import Metrics
-from broker.store import Store, UsageRow
+from broker.records import UsageRow
+from broker.store import Store
 from broker.tally import TokenTally
 from shared import protocol as p
 from shared import websocket as ws

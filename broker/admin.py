@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from broker.records import GroupBy, StoreError, User
 from broker.settings import BrokerSettings
-from broker.store import GroupBy, Store, StoreError, User, database_url
+from broker.store import Store, database_url
 
 
 class AdminError(Exception):
@@ -133,7 +134,7 @@ async def _dispatch(store: Store, args: argparse.Namespace, out: TextIO) -> None
             out.write(f"revoked connector token '{args.name}'\n")
         case "usage", _:
             by: GroupBy = args.by
-            totals = await store.usage_totals(by, parse_since(args.since))
+            totals = await store.usage.totals(by, parse_since(args.since))
             _table(
                 out,
                 [by.upper(), "REQUESTS", "ERRORS", "PROMPT TOKENS", "COMPLETION TOKENS"],

@@ -162,7 +162,7 @@ async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
     ledger = UsageLedger(store)
     app[STORE] = store
     app[ACCOUNTS] = Accounts(store, app[USER_KEYS], defaults)
-    app[LIMITER] = Limiter(store.tokens_since)
+    app[LIMITER] = Limiter(store.usage.tokens_since)
     app[LEDGER] = ledger
     ledger.start()
     watcher = asyncio.create_task(_watch_revoked_connectors(app), name="revoked-connectors")

@@ -18,7 +18,8 @@ import contextlib
 
 import structlog
 
-from broker.store import Store, UsageRow
+from broker.records import UsageRow
+from broker.store import Store
 
 log = structlog.get_logger("remotellm.broker.ledger")
 
@@ -77,7 +78,7 @@ class UsageLedger:
         due = len(self._queue)
         while due > 0 and self._queue:
             batch = self._queue[: min(5000, due)]
-            await self.store.add_usage(batch)
+            await self.store.usage.add(batch)
             del self._queue[: len(batch)]
             due -= len(batch)
             self.written += len(batch)

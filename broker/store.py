@@ -1,9 +1,11 @@
-"""The broker's store: users, API keys, connector tokens and the usage ledger.
+"""The broker's store: users, API keys and connector tokens; the usage ledger in `usage`.
 
 SQLAlchemy 2 Core on an async engine. The default is an SQLite file in the data
 directory (aiosqlite); any other SQLAlchemy async URL (`postgresql+asyncpg://…`)
-uses the same schema and the same queries. The schema is written once, below;
-`Store.open` creates and migrates it on start. Times are UNIX seconds (floats).
+uses the same schema (`broker.schema`) and the same queries. `Store.open` creates
+and migrates the schema on start. Queries hand out the plain values of
+`broker.records`; the usage table's queries are `Store.usage` (`broker.usage`).
+Times are UNIX seconds (floats).
 """
 
 from __future__ import annotations
@@ -13,97 +15,17 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from broker import keyformat
-
-SCHEMA_VERSION = 1
-
-metadata = sa.MetaData()
-
-meta = sa.Table(
-    "meta",
-    metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("value", sa.String(255), nullable=False),
-)
-
-users = sa.Table(
-    "users",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("gitlab_id", sa.BigInteger, unique=True, nullable=True),
-    sa.Column("username", sa.String(255), unique=True, nullable=False),
-    sa.Column("name", sa.String(255), nullable=False, default=""),
-    sa.Column("status", sa.String(16), nullable=False, default="active"),
-    sa.Column("role", sa.String(16), nullable=False, default="user"),
-    sa.Column("created", sa.Float, nullable=False),
-    sa.Column("rpm", sa.Integer, nullable=True),
-    sa.Column("concurrency", sa.Integer, nullable=True),
-    sa.Column("daily_tokens", sa.BigInteger, nullable=True),
-    sa.Column("models", sa.Text, nullable=True),
-)
-
-api_keys = sa.Table(
-    "api_keys",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False, index=True),
-    sa.Column("name", sa.String(255), nullable=False),
-    sa.Column("prefix", sa.String(32), nullable=False),
-    sa.Column("hash", sa.String(64), unique=True, nullable=False),
-    sa.Column("created", sa.Float, nullable=False),
-    sa.Column("last_used", sa.Float, nullable=True),
-    sa.Column("expires", sa.Float, nullable=True),
-    sa.Column("revoked", sa.Float, nullable=True),
-)
-
-connector_tokens = sa.Table(
-    "connector_tokens",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("name", sa.String(255), nullable=False),
-    sa.Column("owner_id", sa.Integer, sa.ForeignKey("users.id"), nullable=True),
-    sa.Column("prefix", sa.String(32), nullable=False),
-    sa.Column("hash", sa.String(64), unique=True, nullable=False),
-    sa.Column("created", sa.Float, nullable=False),
-    sa.Column("last_seen", sa.Float, nullable=True),
-    sa.Column("revoked", sa.Float, nullable=True),
-)
-
-usage = sa.Table(
-    "usage",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("time", sa.Float, nullable=False, index=True),
-    sa.Column("request_id", sa.String(128), nullable=False),
-    sa.Column("user_id", sa.Integer, nullable=True, index=True),
-    sa.Column("key_id", sa.Integer, nullable=True, index=True),
-    sa.Column("model", sa.String(255), nullable=True),
-    sa.Column("connector", sa.String(255), nullable=True),
-    sa.Column("endpoint", sa.String(64), nullable=False),
-    sa.Column("status", sa.Integer, nullable=False),
-    sa.Column("prompt_tokens", sa.Integer, nullable=True),
-    sa.Column("completion_tokens", sa.Integer, nullable=True),
-    sa.Column("duration_ms", sa.Float, nullable=False),
-    sa.Column("ttfb_ms", sa.Float, nullable=True),
-    sa.Column("cancelled", sa.Boolean, nullable=False, default=False),
-)
-
-Status = Literal["active", "blocked"]
-Role = Literal["user", "admin"]
-GroupBy = Literal["user", "model", "connector", "day"]
-
-
-class StoreError(Exception):
-    """A store operation that cannot be done as asked (unknown user, duplicate name, …)."""
-
+from broker.records import ApiKey, ConnectorToken, Role, Status, StoreError, User
+from broker.schema import SCHEMA_VERSION, api_keys, connector_tokens, meta, metadata, users
+from broker.usage import UsageBook
 
 MAX_NAME = 255
 
@@ -112,88 +34,6 @@ def _name(value: str, what: str) -> str:
     if not value.strip() or len(value) > MAX_NAME:
         raise StoreError(f"a {what} must be 1 to {MAX_NAME} characters")
     return value
-
-
-@dataclass(frozen=True)
-class User:
-    id: int
-    username: str
-    name: str
-    status: str
-    role: str
-    created: float
-    gitlab_id: int | None = None
-    rpm: int | None = None
-    concurrency: int | None = None
-    daily_tokens: int | None = None
-    models: tuple[str, ...] | None = None
-
-    @property
-    def blocked(self) -> bool:
-        return self.status == "blocked"
-
-    @property
-    def admin(self) -> bool:
-        return self.role == "admin"
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    id: int
-    user_id: int
-    name: str
-    prefix: str
-    created: float
-    last_used: float | None
-    expires: float | None
-    revoked: float | None
-
-    def usable(self, now: float) -> bool:
-        return self.revoked is None and (self.expires is None or self.expires > now)
-
-
-@dataclass(frozen=True)
-class ConnectorToken:
-    id: int
-    name: str
-    owner_id: int | None
-    prefix: str
-    created: float
-    last_seen: float | None
-    revoked: float | None
-
-
-USAGE_SLICE = 100
-"""Usage rows per INSERT statement within one batch's transaction."""
-
-
-@dataclass(frozen=True)
-class UsageRow:
-    """One API request, as the ledger records it."""
-
-    time: float
-    request_id: str
-    endpoint: str
-    status: int
-    duration_ms: float
-    user_id: int | None = None
-    key_id: int | None = None
-    model: str | None = None
-    connector: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    ttfb_ms: float | None = None
-    cancelled: bool = False
-
-
-@dataclass(frozen=True)
-class UsageTotal:
-    group: str
-    requests: int
-    prompt_tokens: int
-    completion_tokens: int
-    errors: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def database_url(data_dir: Path, url: str | None) -> str:
@@ -261,6 +101,7 @@ class Store:
 
     def __init__(self, engine: AsyncEngine, scratch: Path | None = None) -> None:
         self.engine = engine
+        self.usage = UsageBook(engine)
         self._scratch = scratch
 
     @classmethod
@@ -555,130 +396,8 @@ class Store:
                 .values(last_seen=when)
             )
 
-    # --- usage ---------------------------------------------------------------
-
-    async def add_usage(self, rows: Iterable[UsageRow]) -> int:
-        """Write usage rows in one transaction, and each key's last use; returns the count."""
-        batch = [row.__dict__ for row in rows]
-        if not batch:
-            return 0
-        last_used: dict[int, float] = {}
-        for row in batch:
-            if row["key_id"] is not None:
-                last_used[row["key_id"]] = max(last_used.get(row["key_id"], 0.0), row["time"])
-        async with self.engine.begin() as conn:
-            # SQLAlchemy prepares each row's parameters on the event loop (a few µs a row):
-            # in slices, requests are served between them instead of waiting for the batch.
-            for start in range(0, len(batch), USAGE_SLICE):
-                await conn.execute(usage.insert(), batch[start : start + USAGE_SLICE])
-            for key_id, when in last_used.items():
-                await conn.execute(
-                    api_keys.update()
-                    .where(
-                        api_keys.c.id == key_id,
-                        sa.or_(api_keys.c.last_used.is_(None), api_keys.c.last_used < when),
-                    )
-                    .values(last_used=when)
-                )
-        return len(batch)
-
-    async def tokens_since(self, key_id: int, since: float) -> int:
-        """Prompt plus completion tokens a key used since `since`."""
-        total = sa.func.coalesce(
-            sa.func.sum(
-                sa.func.coalesce(usage.c.prompt_tokens, 0)
-                + sa.func.coalesce(usage.c.completion_tokens, 0)
-            ),
-            0,
-        )
-        async with self.engine.connect() as conn:
-            value = await conn.scalar(
-                sa.select(total).where(usage.c.key_id == key_id, usage.c.time >= since)
-            )
-        return int(value or 0)
-
-    async def usage_rows(self, since: float = 0.0) -> list[UsageRow]:
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(usage).where(usage.c.time >= since).order_by(usage.c.id)
-                )
-            ).all()
-        names = [c.name for c in usage.columns if c.name != "id"]
-        return [UsageRow(**{n: getattr(r, n) for n in names}) for r in rows]
-
-    async def usage_totals(
-        self, by: GroupBy, since: float = 0.0, user_id: int | None = None
-    ) -> list[UsageTotal]:
-        """Requests and tokens grouped by user, model, connector or UTC day."""
-        group: Any
-        if by == "user":
-            group = sa.func.coalesce(users.c.username, "(configured key)")
-        elif by == "model":
-            group = sa.func.coalesce(usage.c.model, "(none)")
-        elif by == "connector":
-            group = sa.func.coalesce(usage.c.connector, "(none)")
-        else:
-            group = sa.func.floor(usage.c.time / 86400)
-        query = (
-            sa.select(
-                group.label("group"),
-                sa.func.count().label("requests"),
-                sa.func.coalesce(sa.func.sum(usage.c.prompt_tokens), 0).label("prompt"),
-                sa.func.coalesce(sa.func.sum(usage.c.completion_tokens), 0).label("completion"),
-                sa.func.sum(sa.case((usage.c.status >= 400, 1), else_=0)).label("errors"),
-            )
-            .select_from(usage.outerjoin(users, users.c.id == usage.c.user_id))
-            .where(usage.c.time >= since)
-            .group_by(group)
-            .order_by(group)
-        )
-        if user_id is not None:
-            query = query.where(usage.c.user_id == user_id)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [
-            UsageTotal(
-                group=_day(r.group) if by == "day" else str(r.group),
-                requests=int(r.requests),
-                prompt_tokens=int(r.prompt),
-                completion_tokens=int(r.completion),
-                errors=int(r.errors or 0),
-            )
-            for r in rows
-        ]
-
-    async def usage_by_day_and_model(
-        self, user_id: int, since: float
-    ) -> list[tuple[str, str, int, int, int]]:
-        """(day, model, requests, prompt tokens, completion tokens) of one user's requests."""
-        day = sa.func.floor(usage.c.time / 86400)
-        model = sa.func.coalesce(usage.c.model, "(none)")
-        query = (
-            sa.select(
-                day.label("day"),
-                model.label("model"),
-                sa.func.count().label("requests"),
-                sa.func.coalesce(sa.func.sum(usage.c.prompt_tokens), 0).label("prompt"),
-                sa.func.coalesce(sa.func.sum(usage.c.completion_tokens), 0).label("completion"),
-            )
-            .where(usage.c.user_id == user_id, usage.c.time >= since)
-            .group_by(day, model)
-            .order_by(day.desc(), model)
-        )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [
-            (_day(r.day), str(r.model), int(r.requests), int(r.prompt), int(r.completion))
-            for r in rows
-        ]
-
 
 def _new_id(result: Any) -> int:
     key = result.inserted_primary_key
     assert key is not None
     return int(key[0])
-
-
-def _day(days_since_epoch: Any) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(int(days_since_epoch) * 86400))

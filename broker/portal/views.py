@@ -31,9 +31,9 @@ from broker.keys import ACCOUNTS, HUB, SETTINGS, STORE
 from broker.portal.cookies import SESSION_COOKIE, SESSION_MAX_AGE, session_key
 from broker.portal.gitlab import GitLab, GitLabError, NotInGroup, SignInRefused
 from broker.portal.reveals import REVEALS, Reveals
+from broker.records import User
 from broker.relay import ConnectorLink
 from broker.settings import BrokerSettings
-from broker.store import User
 
 log = structlog.get_logger("remotellm.broker.portal")
 
@@ -442,7 +442,7 @@ async def usage_page(request: web.Request) -> web.Response:
         return signed
     session, user = signed
     since = (time.time() // 86400 - USAGE_DAYS + 1) * 86400
-    rows = await request.app[STORE].usage_by_day_and_model(user.id, since)
+    rows = await request.app[STORE].usage.by_day_and_model(user.id, since)
     return render(request, "usage.html", session=session, user=user, rows=rows, days=USAGE_DAYS)
 
 
@@ -499,8 +499,8 @@ async def admin_page(request: web.Request) -> web.Response:
         users=await store.list_users(),
         online=online,
         tokens=list(tokens.values()),
-        by_user=await store.usage_totals("user", since),
-        by_model=await store.usage_totals("model", since),
+        by_user=await store.usage.totals("user", since),
+        by_model=await store.usage.totals("model", since),
         days=USAGE_DAYS,
         fmt=_when,
     )

@@ -22,8 +22,9 @@ from playwright.async_api import Browser, Page, async_playwright  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
 from broker.keys import STORE  # noqa: E402
+from broker.records import UsageRow  # noqa: E402
 from broker.server import BrokerServer  # noqa: E402
-from broker.store import Store, UsageRow  # noqa: E402
+from broker.store import Store  # noqa: E402
 from connector_app.core.backoff import Backoff  # noqa: E402
 from connector_app.core.connector import Connector  # noqa: E402
 from tests.conftest import broker_settings, connector_settings, wait_models  # noqa: E402
@@ -73,7 +74,7 @@ async def seed(store: Store, connector: str) -> None:
                     completion_tokens=completion,
                 )
             )
-    await store.add_usage(rows)
+    await store.usage.add(rows)
 
 
 async def shoot(page: Page, name: str) -> None:

@@ -18,7 +18,9 @@ import sqlalchemy as sa
 
 from broker import keyformat
 from broker.ledger import UsageLedger
-from broker.store import Store, StoreError, UsageRow, database_url, meta
+from broker.records import StoreError, UsageRow
+from broker.schema import meta
+from broker.store import Store, database_url
 
 
 def url(tmp_path: Path) -> str:
@@ -44,7 +46,7 @@ async def test_the_store_is_created_in_the_data_dir_and_survives_a_restart(tmp_p
     assert new
     raw, key = await store.create_key(user.id, "laptop")
     token_raw, token = await store.create_connector_token("gpu-box", user.id)
-    await store.add_usage([row(1, user_id=user.id, key_id=key.id, prompt_tokens=3)])
+    await store.usage.add([row(1, user_id=user.id, key_id=key.id, prompt_tokens=3)])
     await store.set_limits(user.id, rpm=5, concurrency=None, daily_tokens=1000, models=["a"])
     await store.close()
     assert (tmp_path / "data" / "remotellm.db").exists()
@@ -63,7 +65,7 @@ async def test_the_store_is_created_in_the_data_dir_and_survives_a_restart(tmp_p
         assert found is not None and found[0].id == key.id
         assert found[0].last_used is not None  # written with the usage row
         assert await again.connector_for(keyformat.fingerprint(token_raw)) is not None
-        assert [r.request_id for r in await again.usage_rows()] == ["req_1"]
+        assert [r.request_id for r in await again.usage.rows()] == ["req_1"]
     finally:
         await again.close()
     # Only hashes are stored: the raw secrets appear nowhere in the file.
@@ -89,13 +91,13 @@ async def test_many_concurrent_writers(tmp_path: Path) -> None:
             ledger.record(row(i))
 
         async def admin_batch(i: int) -> None:
-            await admin.add_usage([row(10_000 + i * 10 + j) for j in range(10)])
+            await admin.usage.add([row(10_000 + i * 10 + j) for j in range(10)])
 
         await asyncio.gather(
             *(request(i) for i in range(500)), *(admin_batch(i) for i in range(20))
         )
         await ledger.close()
-        ids = {r.request_id for r in await admin.usage_rows()}
+        ids = {r.request_id for r in await admin.usage.rows()}
         assert len(ids) == 700
     finally:
         await server.close()
@@ -107,7 +109,7 @@ async def test_ledger_keeps_rows_while_the_store_fails_and_writes_them_later(
 ) -> None:
     store = await Store.open(url(tmp_path))
     ledger = UsageLedger(store, interval=0.01)
-    real = store.add_usage
+    real = store.usage.add
     calls = 0
 
     async def failing(rows: object) -> int:
@@ -115,16 +117,16 @@ async def test_ledger_keeps_rows_while_the_store_fails_and_writes_them_later(
         calls += 1
         raise OSError("disk full")
 
-    store.add_usage = failing  # type: ignore[method-assign]
+    store.usage.add = failing  # type: ignore[method-assign]
     for i in range(5):
         ledger.record(row(i))
     with pytest.raises(OSError):
         await ledger.flush()
     assert ledger.queued == 5 and calls == 1
-    store.add_usage = real  # type: ignore[method-assign]
+    store.usage.add = real  # type: ignore[method-assign]
     await ledger.close()  # a clean shutdown writes what is queued
     assert ledger.queued == 0
-    assert len(await store.usage_rows()) == 5
+    assert len(await store.usage.rows()) == 5
     await store.close()
 
 
@@ -132,7 +134,7 @@ async def test_rows_that_arrive_during_a_write_wait_for_the_next_round(tmp_path:
     """Under steady traffic the ledger writes in rounds, not a few rows at a time back to back."""
     store = await Store.open(url(tmp_path))
     ledger = UsageLedger(store, interval=3600)
-    real = store.add_usage
+    real = store.usage.add
     batches: list[int] = []
 
     async def slow(rows: list[UsageRow]) -> int:
@@ -141,7 +143,7 @@ async def test_rows_that_arrive_during_a_write_wait_for_the_next_round(tmp_path:
             ledger.record(row(100 + len(batches) * 10 + i))
         return await real(rows)
 
-    store.add_usage = slow  # type: ignore[method-assign]
+    store.usage.add = slow  # type: ignore[method-assign]
     try:
         for i in range(5):
             ledger.record(row(i))
@@ -152,10 +154,10 @@ async def test_rows_that_arrive_during_a_write_wait_for_the_next_round(tmp_path:
             await ledger.flush()
         assert batches == [5, 3] and ledger.queued == 3
     finally:
-        store.add_usage = real  # type: ignore[method-assign]
+        store.usage.add = real  # type: ignore[method-assign]
         await ledger.close()  # a clean shutdown writes everything
     assert ledger.queued == 0
-    assert len(await store.usage_rows()) == 11
+    assert len(await store.usage.rows()) == 11
     await store.close()
 
 
@@ -167,7 +169,7 @@ class HeldWrite:
         self.ledger = UsageLedger(store, interval=0)
         self.entered, self.release = asyncio.Event(), asyncio.Event()
         self.outcomes: list[str] = []
-        self._real = store.add_usage
+        self._real = store.usage.add
 
     async def _slow(self, rows: list[UsageRow]) -> int:
         self.entered.set()
@@ -184,7 +186,7 @@ class HeldWrite:
     async def started(cls, tmp_path: Path) -> AsyncIterator[HeldWrite]:
         """Five rows recorded and their write under way; the store is closed afterwards."""
         held = cls(await Store.open(url(tmp_path)))
-        held.store.add_usage = held._slow  # type: ignore[method-assign]
+        held.store.usage.add = held._slow  # type: ignore[method-assign]
         held.ledger.start()
         try:
             for i in range(5):
@@ -194,12 +196,12 @@ class HeldWrite:
             yield held
         finally:
             held.release.set()
-            held.store.add_usage = held._real  # type: ignore[method-assign]
+            held.store.usage.add = held._real  # type: ignore[method-assign]
             await held.ledger.close()
             await held.store.close()
 
     async def written_ids(self) -> list[str]:
-        return sorted(r.request_id for r in await self.store.usage_rows())
+        return sorted(r.request_id for r in await self.store.usage.rows())
 
 
 async def test_close_waits_for_the_write_in_progress_instead_of_cancelling_it(
@@ -242,7 +244,8 @@ async def test_a_process_killed_mid_write_leaves_a_consistent_store(tmp_path: Pa
     writer = textwrap.dedent(
         f"""
         import asyncio, sys, time
-        from broker.store import Store, UsageRow
+        from broker.records import UsageRow
+        from broker.store import Store
 
         async def main():
             store = await Store.open({db_url!r})
@@ -253,7 +256,7 @@ async def test_a_process_killed_mid_write_leaves_a_consistent_store(tmp_path: Pa
                              endpoint="/v1/chat/completions", status=200, duration_ms=1.0)
                     for i in range(200)
                 ]
-                await store.add_usage(rows)
+                await store.usage.add(rows)
                 batch += 1
                 if batch == 3:
                     print("writing", flush=True)
@@ -284,7 +287,7 @@ async def test_a_process_killed_mid_write_leaves_a_consistent_store(tmp_path: Pa
     assert len(counts) >= 3
     assert all(count == 200 for _, count in counts), "a batch was written in part"
     store = await Store.open(db_url)  # and the broker opens it again
-    assert len(await store.usage_rows()) == 200 * len(counts)
+    assert len(await store.usage.rows()) == 200 * len(counts)
     await store.close()
 
 
@@ -337,20 +340,20 @@ async def test_usage_totals(tmp_path: Path) -> None:
     store = await Store.open(url(tmp_path))
     try:
         u = await store.create_user("ana")
-        await store.add_usage(
+        await store.usage.add(
             [
                 row(1, user_id=u.id, model="x", prompt_tokens=1, completion_tokens=2),
                 row(2, user_id=u.id, model="y", prompt_tokens=10, completion_tokens=20),
                 row(3, model="y", status=401),
             ]
         )
-        by_user = {t.group: t for t in await store.usage_totals("user")}
+        by_user = {t.group: t for t in await store.usage.totals("user")}
         assert by_user["ana"].requests == 2 and by_user["ana"].completion_tokens == 22
         assert by_user["(configured key)"].errors == 1
-        by_model = {t.group: t.requests for t in await store.usage_totals("model")}
+        by_model = {t.group: t.requests for t in await store.usage.totals("model")}
         assert by_model == {"x": 1, "y": 2}
-        assert await store.tokens_since(0, 0) == 0
-        days = await store.usage_by_day_and_model(u.id, 0)
+        assert await store.usage.tokens_since(0, 0) == 0
+        days = await store.usage.by_day_and_model(u.id, 0)
         assert [(m, r) for _, m, r, _, _ in days] == [("x", 1), ("y", 1)]
         async with store.engine.connect() as conn:
             assert await conn.scalar(sa.select(sa.func.count()).select_from(meta)) == 1
@@ -359,7 +362,7 @@ async def test_usage_totals(tmp_path: Path) -> None:
 
 
 async def test_a_large_usage_batch_lets_requests_run_between_its_slices(tmp_path: Path) -> None:
-    from broker.store import USAGE_SLICE
+    from broker.usage import USAGE_SLICE
 
     store = await Store.open(url(tmp_path))
     seen: list[str] = []
@@ -380,14 +383,14 @@ async def test_a_large_usage_batch_lets_requests_run_between_its_slices(tmp_path
 
         ticker = asyncio.create_task(other_work())
         await asyncio.sleep(0)
-        await store.add_usage(rows)
+        await store.usage.add(rows)
         writing = False
         await ticker
         # Five statements, and the event loop served other work between each two of them.
         inserts = [i for i, what in enumerate(seen) if what == "insert"]
         assert len(inserts) == 5
         assert all("tick" in seen[a:b] for a, b in itertools.pairwise(inserts))
-        totals = await store.usage_totals(by="model")
+        totals = await store.usage.totals(by="model")
         assert sum(t.requests for t in totals) == len(rows)
     finally:
         await store.close()

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from broker import keyformat
-from broker.store import Store, StoreError, UsageRow
+from broker.records import StoreError, UsageRow
+from broker.store import Store
 
 
 def _bin(name: str) -> str:
@@ -121,7 +122,7 @@ async def test_every_store_operation_works_on_postgres(store: Store, postgres: s
     await store.connector_seen(token.id, time.time())
     assert await store.live_connector_ids([token.id]) == {token.id}
     now = time.time()
-    await store.add_usage(
+    await store.usage.add(
         [
             UsageRow(
                 now, "r1", "/v1/chat/completions", 200, 1.0, user.id, key.id, "m", "box", 3, 4
@@ -130,14 +131,14 @@ async def test_every_store_operation_works_on_postgres(store: Store, postgres: s
             UsageRow(now, "r3", "/v1/chat/completions", 401, 0.1),
         ]
     )
-    assert await store.tokens_since(key.id, now - 1) == 7
-    by_user = {t.group: t for t in await store.usage_totals("user")}
+    assert await store.usage.tokens_since(key.id, now - 1) == 7
+    by_user = {t.group: t for t in await store.usage.totals("user")}
     assert by_user["pat"].requests == 2 and by_user["pat"].errors == 1
     assert by_user["(configured key)"].requests == 1
-    assert {t.group for t in await store.usage_totals("day")} == {
+    assert {t.group for t in await store.usage.totals("day")} == {
         time.strftime("%Y-%m-%d", time.gmtime(now))
     }
-    assert [r[1:3] for r in await store.usage_by_day_and_model(user.id, 0)] == [("m", 2)]
+    assert [r[1:3] for r in await store.usage.by_day_and_model(user.id, 0)] == [("m", 2)]
     assert (await store.keys(user.id))[0].last_used is not None
     assert await store.revoke_key(key.id, user_id=user.id)
     assert await store.revoke_connector_token("box")
@@ -149,7 +150,7 @@ async def test_concurrent_writers_on_postgres(store: Store, postgres: str) -> No
     other = await Store.open(postgres)
     try:
         rows = [UsageRow(time.time(), f"c{i}", "/v1/embeddings", 200, 1.0) for i in range(50)]
-        await asyncio.gather(*(s.add_usage(rows[i::5]) for i, s in enumerate([store, other] * 3)))
-        assert len({r.request_id for r in await store.usage_rows()}) == 50
+        await asyncio.gather(*(s.usage.add(rows[i::5]) for i, s in enumerate([store, other] * 3)))
+        assert len({r.request_id for r in await store.usage.rows()}) == 50
     finally:
         await other.close()

@@ -62,7 +62,7 @@ async def served(
 
 async def rows_after_flush(broker: BrokerServer) -> list[Any]:
     await broker.app[LEDGER].flush()
-    return await broker.app[STORE].usage_rows()
+    return await broker.app[STORE].usage.rows()
 
 
 async def test_a_store_key_works_and_every_request_leaves_a_usage_row(
@@ -242,7 +242,7 @@ async def test_a_clean_shutdown_writes_every_usage_row(
     await broker.stop()
     store = await Store.open(url)
     try:
-        assert len(await store.usage_rows()) == 20
+        assert len(await store.usage.rows()) == 20
     finally:
         await store.close()
 
