@@ -1,19 +1,17 @@
-"""The portal's pages: sign-in, a user's keys and usage, and the admin pages.
+"""The portal: its routes and sessions, a user's keys and usage, and the admin pages.
 
 Sessions are aiohttp-session encrypted cookies (HttpOnly, SameSite=Lax, Secure when
 the public URL is https). Every form that changes state carries the session's CSRF
-token. Raw keys are shown once, from the session, and then forgotten.
+token (`broker.portal.pages`). Raw keys are shown once, from the session, and then
+forgotten. Signing in and out is `broker.portal.signin`.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
-import secrets
 import shlex
 import time
 import warnings
-from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,25 +21,33 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_exceptions import NotAppKeyWarning
-from aiohttp_session import Session, get_session, new_session, session_middleware
+from aiohttp_session import Session, session_middleware
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
-from broker.keys import ACCOUNTS, HUB, SETTINGS, STORE
+from broker.keys import ACCOUNTS, HUB, STORE
 from broker.portal.cookies import SESSION_COOKIE, SESSION_MAX_AGE, session_key
-from broker.portal.gitlab import GitLab, GitLabError, NotInGroup, SignInRefused
+from broker.portal.gitlab import GitLab
+from broker.portal.pages import (
+    GITLAB,
+    TEMPLATES,
+    admin_only,
+    error_page,
+    form_of,
+    public_url,
+    render,
+    signed_in,
+    when,
+)
 from broker.portal.reveals import REVEALS, Reveals
+from broker.portal.signin import callback, landing, login, logout
 from broker.records import User
 from broker.relay import ConnectorLink
 from broker.settings import BrokerSettings
 
 log = structlog.get_logger("remotellm.broker.portal")
 
-GITLAB = web.AppKey("gitlab", GitLab)
-TEMPLATES = web.AppKey("templates", jinja2.Environment)
-
 PORTAL_PATHS = ("/login", "/logout", "/auth/", "/portal", "/admin", "/static/")
-SIGN_IN_MAX_AGE = 600
 MAX_KEYS = 10  # live keys a user may make in the portal (limits are counted per key)
 USAGE_DAYS = 30
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
@@ -54,15 +60,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-
-View = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def public_url(request: web.Request) -> str:
-    configured = request.app[SETTINGS].public_url
-    if configured:
-        return configured.rstrip("/")
-    return f"{request.scheme}://{request.host}"
 
 
 def setup_portal(app: web.Application, settings: BrokerSettings) -> None:
@@ -121,32 +118,6 @@ def setup_portal(app: web.Application, settings: BrokerSettings) -> None:
     add.add_get("/static/{name}", static)
 
 
-# --- rendering -----------------------------------------------------------------
-
-
-def render(
-    request: web.Request,
-    template: str,
-    status: int = 200,
-    session: Session | None = None,
-    **context: Any,
-) -> web.Response:
-    env = request.app[TEMPLATES]
-    html = env.get_template(template).render(
-        csrf=session.get("csrf", "") if session is not None else "",
-        signed_in=context.pop("user", None),
-        gitlab=GITLAB in request.app,
-        **context,
-    )
-    return web.Response(text=html, status=status, content_type="text/html")
-
-
-def error_page(
-    request: web.Request, status: int, title: str, message: str, **extra: Any
-) -> web.Response:
-    return render(request, "error.html", status=status, title=title, message=message, **extra)
-
-
 async def static(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     suffix = Path(name).suffix
@@ -160,160 +131,6 @@ async def static(request: web.Request) -> web.Response:
     return response
 
 
-# --- sessions, CSRF and the signed-in user ---------------------------------------
-
-
-async def _session(request: web.Request) -> Session:
-    session = await get_session(request)
-    if "csrf" not in session:
-        session["csrf"] = secrets.token_urlsafe(32)
-    return session
-
-
-async def _check_csrf(request: web.Request, session: Session) -> web.Response | None:
-    form = await request.post()
-    given = form.get("csrf")
-    expected = session.get("csrf")
-    if isinstance(given, str) and expected and _same(given, str(expected)):
-        return None
-    return error_page(
-        request,
-        403,
-        "This form has expired",
-        "The page was open too long or came from somewhere else. Go back, reload it and try again.",
-    )
-
-
-def _same(a: str, b: str) -> bool:
-    """Constant-time equality of two strings of any characters."""
-    return hmac.compare_digest(a.encode(), b.encode())
-
-
-async def _signed_in(request: web.Request) -> tuple[Session, User] | web.Response:
-    """The session and its active user, or where to send the browser instead."""
-    session = await _session(request)
-    user_id = session.get("uid")
-    user = await request.app[STORE].user(user_id) if isinstance(user_id, int) else None
-    if user is None:
-        session.pop("uid", None)  # a session of a user the store no longer has: start over
-        raise web.HTTPFound("/")
-    if user.blocked:
-        return render(request, "blocked.html", status=403, session=session, user=None)
-    return session, user
-
-
-# --- sign-in -------------------------------------------------------------------------
-
-
-async def landing(request: web.Request) -> web.Response:
-    session = await _session(request)
-    if isinstance(session.get("uid"), int):
-        raise web.HTTPFound("/portal")
-    return render(request, "landing.html", session=session, base_url=public_url(request) + "/v1")
-
-
-async def login(request: web.Request) -> web.Response:
-    if GITLAB not in request.app:
-        return error_page(
-            request,
-            404,
-            "Sign-in is not set up",
-            "This broker has no GitLab application configured. Ask its operator for an API key.",
-        )
-    auth = request.app[GITLAB].authorize(public_url(request) + "/auth/callback")
-    session = await _session(request)
-    session["oauth"] = {"state": auth.state, "verifier": auth.verifier, "at": time.time()}
-    raise web.HTTPFound(auth.url)
-
-
-async def callback(request: web.Request) -> web.Response:
-    if GITLAB not in request.app:
-        raise web.HTTPFound("/")
-    session = await _session(request)
-    pending = session.pop("oauth", None)  # single use, whatever happens next
-    query = request.query
-    state, code = query.get("state", ""), query.get("code", "")
-    valid = (
-        isinstance(pending, dict)
-        and bool(state)
-        and _same(str(pending.get("state", "")), state)
-        and time.time() - float(pending.get("at", 0)) <= SIGN_IN_MAX_AGE
-    )
-    if valid and query.get("error"):
-        # Only for a sign-in that started here: nobody can put words on this page by link.
-        return error_page(
-            request,
-            400,
-            "GitLab did not sign you in",
-            f"GitLab said: {query.get('error_description') or query['error']}.",
-            retry=True,
-        )
-    if not valid or not code:
-        log.warning("sign-in state mismatch or expired")
-        return error_page(
-            request,
-            400,
-            "This sign-in link is not valid",
-            "It was already used, has expired, or did not start here."
-            " Sign in again from the start.",
-            retry=True,
-        )
-    gitlab = request.app[GITLAB]
-    try:
-        found = await gitlab.sign_in(
-            public_url(request) + "/auth/callback", code, pending["verifier"]
-        )
-    except SignInRefused as exc:
-        log.warning("gitlab refused the sign-in code", reason=str(exc))
-        return error_page(
-            request,
-            400,
-            "GitLab refused this sign-in",
-            "The sign-in code was already used or has expired. Sign in again from the start.",
-            retry=True,
-        )
-    except GitLabError as exc:
-        log.error("gitlab unavailable during sign-in", error=str(exc))
-        return error_page(
-            request,
-            502,
-            "GitLab is not answering",
-            "RemoteLLM could not reach GitLab to finish signing you in. Try again in a minute.",
-            retry=True,
-        )
-    except NotInGroup as exc:
-        log.warning("sign-in outside the allowed groups", username=exc.user.username)
-        return error_page(
-            request,
-            403,
-            "Your GitLab account is not allowed here",
-            "Only members of these GitLab groups may use this broker: "
-            + ", ".join(gitlab.groups)
-            + ". Ask a group owner to add you.",
-        )
-    store = request.app[STORE]
-    user, new = await store.sign_in(found.id, found.username, found.name)
-    log.info("signed in", username=user.username, new_user=new)
-    if user.blocked:
-        return render(request, "blocked.html", status=403, user=None)
-    fresh = await new_session(request)  # a new session on sign-in: no fixation
-    fresh["uid"] = user.id
-    fresh["csrf"] = secrets.token_urlsafe(32)
-    if new or not any(k.usable(time.time()) for k in await store.keys(user.id)):
-        raw, _ = await store.create_key(user.id, "default")
-        fresh["reveal"] = request.app[REVEALS].put(user.id, raw)
-    raise web.HTTPFound("/portal")
-
-
-async def logout(request: web.Request) -> web.Response:
-    session = await _session(request)
-    denied = await _check_csrf(request, session)
-    if denied is not None:
-        return denied
-    session.invalidate()
-    raise web.HTTPFound("/")
-
-
 # --- a user's pages ----------------------------------------------------------------
 
 
@@ -325,7 +142,7 @@ def _models_for(request: web.Request, user: User) -> list[str]:
 
 
 async def home(request: web.Request) -> web.Response:
-    signed = await _signed_in(request)
+    signed = await signed_in(request)
     if isinstance(signed, web.Response):
         return signed
     session, user = signed
@@ -380,7 +197,7 @@ def _reveal(request: web.Request, user: User, new_key: str | None) -> dict[str, 
 
 
 async def keys_page(request: web.Request) -> web.Response:
-    signed = await _signed_in(request)
+    signed = await signed_in(request)
     if isinstance(signed, web.Response):
         return signed
     session, user = signed
@@ -392,7 +209,7 @@ async def keys_page(request: web.Request) -> web.Response:
         user=user,
         keys=await request.app[STORE].keys(user.id),
         now=time.time(),
-        fmt=_when,
+        fmt=when,
         max_keys=MAX_KEYS,
         base_url=public_url(request) + "/v1",
         **_reveal(request, user, new_key),
@@ -400,7 +217,7 @@ async def keys_page(request: web.Request) -> web.Response:
 
 
 async def create_key(request: web.Request) -> web.Response:
-    signed = await _form(request)
+    signed = await form_of(request)
     if isinstance(signed, web.Response):
         return signed
     session, user = signed
@@ -422,7 +239,7 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    signed = await _form(request)
+    signed = await form_of(request)
     if isinstance(signed, web.Response):
         return signed
     _, user = signed
@@ -437,7 +254,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 
 async def usage_page(request: web.Request) -> web.Response:
-    signed = await _signed_in(request)
+    signed = await signed_in(request)
     if isinstance(signed, web.Response):
         return signed
     session, user = signed
@@ -446,31 +263,11 @@ async def usage_page(request: web.Request) -> web.Response:
     return render(request, "usage.html", session=session, user=user, rows=rows, days=USAGE_DAYS)
 
 
-async def _form(
-    request: web.Request, *, admin: bool = False
-) -> tuple[Session, User] | web.Response:
-    """A form post that changes something: signed in (as an admin if asked), with the CSRF token."""
-    signed = await (_admin(request) if admin else _signed_in(request))
-    if isinstance(signed, web.Response):
-        return signed
-    denied = await _check_csrf(request, signed[0])
-    return denied if denied is not None else signed
-
-
 # --- admin ---------------------------------------------------------------------------
 
 
-async def _admin(request: web.Request) -> tuple[Session, User] | web.Response:
-    signed = await _signed_in(request)
-    if isinstance(signed, web.Response):
-        return signed
-    if not signed[1].admin:
-        return error_page(request, 403, "Admins only", "This page is for the broker's admins.")
-    return signed
-
-
 async def admin_page(request: web.Request) -> web.Response:
-    signed = await _admin(request)
+    signed = await admin_only(request)
     if isinstance(signed, web.Response):
         return signed
     session, user = signed
@@ -487,7 +284,7 @@ async def admin_page(request: web.Request) -> web.Response:
                 "models": sorted(link.models),
                 "in_flight": hub.load(link),
                 "max": link.max_concurrency,
-                "since": _when(link.since),
+                "since": when(link.since),
             }
         )
     since = (time.time() // 86400 - USAGE_DAYS + 1) * 86400
@@ -502,12 +299,12 @@ async def admin_page(request: web.Request) -> web.Response:
         by_user=await store.usage.totals("user", since),
         by_model=await store.usage.totals("model", since),
         days=USAGE_DAYS,
-        fmt=_when,
+        fmt=when,
     )
 
 
 async def admin_user(request: web.Request) -> web.Response:
-    signed = await _form(request, admin=True)
+    signed = await form_of(request, admin=True)
     if isinstance(signed, web.Response):
         return signed
     _, admin = signed
@@ -522,9 +319,3 @@ async def admin_user(request: web.Request) -> web.Response:
     request.app[ACCOUNTS].forget()
     log.info(f"user {action}ed", by=admin.username, user_id=user_id)
     raise web.HTTPFound("/admin")
-
-
-def _when(stamp: float | None) -> str:
-    if stamp is None:
-        return "never"
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(stamp))
