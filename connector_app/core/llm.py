@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from connector_app.core.http1 import HTTPError, Pool, Response
+from connector_app.core.http1 import HTTPError
+from connector_app.core.pool import Pool, Response
 from shared.protocol import Headers
 
 

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from connector_app.core.http1 import MAX_HEAD, HTTPError, Pool, ResponseParser, request_bytes
+from connector_app.core.http1 import MAX_HEAD, HTTPError, ResponseParser, request_bytes
+from connector_app.core.pool import Pool
 
 # ---------------------------------------------------------------------------
 # ResponseParser (no sockets)

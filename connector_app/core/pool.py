@@ -1,0 +1,257 @@
+"""A lean HTTP/1.1 client for the hop from the connector to its local LLM server.
+
+Measured, aiohttp's client machinery was the largest single cost of the connector
+per request (docs/performance.md). This client does only what that hop needs:
+one request at a time per connection, a keep-alive pool, bodies streamed as they
+arrive, and status, headers and body bytes passed on unchanged.
+
+`_Connection` is the asyncio protocol that pumps a socket through the sans-I/O
+`ResponseParser` (`connector_app.core.http1`); `Pool` keeps connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Final, cast
+from urllib.parse import urlsplit
+
+from connector_app.core.http1 import Headers, HTTPError, ResponseParser, request_bytes
+from connector_app.core.wakeup import Wakeup
+
+HIGH_WATER: Final = 256 * 1024
+"""Body bytes buffered per connection before the socket stops being read."""
+
+
+class _Connection(asyncio.Protocol):
+    """One connection to the server, carrying one exchange at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = ResponseParser()
+        self.closed = False
+        self.received = False
+        self.sink: Callable[[bytes], bool] | None = None
+        """Takes body bytes straight from data_received while it returns True (see on_data)."""
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._paused = False
+        self._error: BaseException | None = None
+        self._wakeup = Wakeup()
+
+    # -- asyncio.Protocol --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but are one.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        try:
+            body = self.parser.feed(data)
+        except HTTPError as exc:
+            self._fail(exc)
+            return
+        sink = self.sink
+        delivered = bool(body) and sink is not None and not self._chunks and sink(body)
+        if body and not delivered:
+            self._chunks.append(body)
+            self._buffered += len(body)
+            if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
+                self._paused = True
+                self.transport.pause_reading()
+        if not delivered or self.parser.complete:
+            # The reader only needs waking for what it has to handle itself.
+            self._wakeup.wake()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost does the rest
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._error is None:
+            try:
+                self.parser.eof()
+            except HTTPError as cut:
+                self._error = exc or cut
+        self._wakeup.wake()
+
+    # -- used by Pool and Response --
+
+    def start(self, payload: bytes, no_body: bool) -> None:
+        self.parser = ResponseParser(no_body=no_body)
+        self.received = False
+        self.sink = None
+        self._chunks.clear()
+        self._buffered = 0
+        self._error = None
+        assert self.transport is not None
+        self.transport.write(payload)
+
+    async def wait_head(self) -> tuple[int, Headers]:
+        while self.parser.head is None:
+            if self._error is not None:
+                raise self._error
+            if self.closed:
+                raise HTTPError("the server closed the connection without a response")
+            await self._wakeup.wait()
+        return self.parser.head
+
+    async def read(self) -> bytes:
+        """Body bytes that arrived since the last call; b"" once the body has ended."""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self.parser.complete:
+                return b""
+            if self.closed:
+                raise HTTPError("the server closed the connection before the response ended")
+            await self._wakeup.wait()
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
+    @property
+    def reusable(self) -> bool:
+        parser = self.parser
+        return (
+            not self.closed
+            and self._error is None
+            and parser.complete
+            and parser.keep_alive
+            and not self._chunks
+        )
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._error = exc
+        self._wakeup.wake()
+        self.close()
+
+
+class Response:
+    """The status, headers and streamed body of one response."""
+
+    __slots__ = ("_connection", "headers", "status")
+
+    def __init__(self, connection: _Connection, status: int, headers: Headers) -> None:
+        self._connection = connection
+        self.status = status
+        self.headers = headers
+
+    async def read(self) -> bytes:
+        """The body bytes that arrived since the last call (waiting for some); b"" at the end."""
+        return await self._connection.read()
+
+    def on_data(self, sink: Callable[[bytes], bool]) -> None:
+        """Offer body bytes to `sink` as they arrive, from the socket's callback.
+
+        Bytes `sink` takes (it returns True) never reach `read()`; bytes it refuses,
+        and everything after them until `read()` has returned them, wait for `read()`,
+        so the order of the body is kept. `read()` still says when the body ended.
+        This spares a task wake-up per event when the consumer can take it at once.
+        """
+        self._connection.sink = sink
+
+    async def body(self) -> bytes:
+        """The whole remaining body."""
+        parts: list[bytes] = []
+        while chunk := await self.read():
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+class Pool:
+    """Keep-alive connections to one server, at most `limit` open at a time."""
+
+    def __init__(self, base_url: str, *, limit: int = 100, connect_timeout: float = 10.0) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http:// or https:// URL: {base_url!r}")
+        self._host = parts.hostname
+        self._tls = parts.scheme == "https"
+        self._port = parts.port or (443 if self._tls else 80)
+        default_port = self._port == (443 if self._tls else 80)
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        self.host_header = host if default_port else f"{host}:{self._port}"
+        self._prefix = parts.path.rstrip("/")
+        self._connect_timeout = connect_timeout
+        self._idle: list[_Connection] = []
+        self._slots = asyncio.Semaphore(limit)
+        self._closed = False
+
+    @asynccontextmanager
+    async def request(
+        self, method: str, path: str, headers: Headers, body: bytes
+    ) -> AsyncIterator[Response]:
+        """Send one request; the response is readable inside the block.
+
+        Leaving the block early (an error, a cancel) closes the connection, so the
+        server sees the client go at once; a fully read response returns it to the pool.
+        """
+        payload = request_bytes(method, self._prefix + path, self.host_header, headers, body)
+        async with self._slots:
+            connection = await self._exchange(payload, method == "HEAD")
+            try:
+                status, response_headers = await connection.wait_head()
+                yield Response(connection, status, response_headers)
+            finally:
+                connection.sink = None
+                if connection.reusable and not self._closed:
+                    self._idle.append(connection)
+                else:
+                    connection.close()
+
+    async def _exchange(self, payload: bytes, no_body: bool) -> _Connection:
+        """A connection on which the request has been sent."""
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.closed or not connection.parser.keep_alive:
+                # Closed by the server, or it sent bytes while idle: not to be trusted.
+                connection.close()
+                continue
+            connection.start(payload, no_body)
+            # A kept-alive socket the server closed while idle fails before any reply;
+            # that request never reached the server, so it goes out on a fresh one.
+            try:
+                await connection.wait_head()
+            except (HTTPError, OSError):
+                connection.close()
+                if connection.received:
+                    raise
+                continue
+            except BaseException:
+                connection.close()
+                raise
+            return connection
+        connection = await self._connect()
+        connection.start(payload, no_body)
+        return connection
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        tls: ssl.SSLContext | None = ssl.create_default_context() if self._tls else None
+        async with asyncio.timeout(self._connect_timeout):
+            _, connection = await loop.create_connection(
+                _Connection, self._host, self._port, ssl=tls
+            )
+        return connection
+
+    async def close(self) -> None:
+        """Close the idle connections; connections in use close when their request ends."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
