@@ -28,6 +28,7 @@ from broker.records import UsageRow
 from broker.store import Store
 from broker.tally import TokenTally
 from shared import protocol as p
+from shared import upgrade
 from shared import websocket as ws
 from shared.eventloop import run
 from shared.logging import configure_logging
@@ -133,18 +134,18 @@ class _ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        split = ws.split_head(self.buffer, MAX_HEAD)
+        split = upgrade.split_head(self.buffer, MAX_HEAD)
         if split is None:
             return
         raw, size = split
-        head = ws.parse_request_head(raw)
+        head = upgrade.parse_request_head(raw)
         length = int(head.headers.get("content-length", "0"))
         if len(self.buffer) < size + length:
             return
         body, self.buffer = self.buffer[size : size + length], self.buffer[size + length :]
         self._request(head, body)
 
-    def _request(self, head: ws.RequestHead, body: bytes) -> None:
+    def _request(self, head: upgrade.RequestHead, body: bytes) -> None:
         self.request_id = ""
         auth = head.headers.get("authorization", "")
         if not auth.startswith("Bearer ") or fingerprint(auth[7:]) not in self.broker.keys:
@@ -234,13 +235,13 @@ class _Link(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.reader is None:  # the upgrade
             self.buffer += data
-            split = ws.split_head(self.buffer, MAX_HEAD)
+            split = upgrade.split_head(self.buffer, MAX_HEAD)
             if split is None:
                 return
             raw, size = split
-            key = ws.upgrade_key(ws.parse_request_head(raw))
+            key = upgrade.upgrade_key(upgrade.parse_request_head(raw))
             assert self.transport is not None
-            self.transport.write(ws.server_accept(key))
+            self.transport.write(upgrade.server_accept(key))
             self.reader = ws.FrameReader(masked=True, max_message=16 * 1024 * 1024)
             data, self.buffer = self.buffer[size:], b""
         touched: dict[int, _ClientConnection] = {}
@@ -272,7 +273,7 @@ class _Link(asyncio.Protocol):
                 return client
         return None
 
-    def send(self, client: _ClientConnection, head: ws.RequestHead, body: bytes) -> int:
+    def send(self, client: _ClientConnection, head: upgrade.RequestHead, body: bytes) -> int:
         sid = self.next_id
         self.next_id += 1
         self.streams[sid] = client

@@ -18,6 +18,7 @@ from typing import cast
 
 from connector_app.core.http1 import ResponseParser, request_bytes
 from shared import protocol as p
+from shared import upgrade
 from shared import websocket as ws
 from shared.eventloop import run
 from shared.signals import shutdown_signals
@@ -75,7 +76,7 @@ class _Connector(asyncio.Protocol):
         self.host = f"127.0.0.1:{llm_port}"
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
-        self.key = ws.new_key()
+        self.key = upgrade.new_key()
         self.reader: ws.FrameReader | None = None
         self.requests: dict[int, tuple[p.RequestHead, list[bytes]]] = {}
         self.idle: deque[_Upstream] = deque()
@@ -85,7 +86,7 @@ class _Connector(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.transport.write(ws.client_request("127.0.0.1", "/relay", self.key, {}))
+        self.transport.write(upgrade.client_request("127.0.0.1", "/relay", self.key, {}))
 
     def data_received(self, data: bytes) -> None:
         if self.reader is None:  # the upgrade's answer
@@ -93,7 +94,7 @@ class _Connector(asyncio.Protocol):
             end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
                 return
-            ws.check_response(self.buffer[:end], self.key)
+            upgrade.check_response(self.buffer[:end], self.key)
             self.reader = ws.FrameReader(masked=False, max_message=16 * 1024 * 1024)
             data, self.buffer = self.buffer[end + 4 :], b""
             self.send([p.Hello(p.PROTOCOL_VERSION, "bare", ("bench-model",), 1000)])

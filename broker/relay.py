@@ -27,6 +27,7 @@ from broker.hub import Hub
 from broker.keys import CONNECTOR_TOKENS, HUB, LINKS, METRICS, SETTINGS, STORE
 from broker.websocket import RelaySocket
 from shared import protocol as p
+from shared import upgrade
 from shared import websocket as ws
 from shared.flow import ReceiveCredit
 from shared.handshake import HANDSHAKE_TIMEOUT, Refused, accept_hello, check_sender
@@ -341,7 +342,7 @@ class _Opening:
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(HANDSHAKE_TIMEOUT, self._expired)
 
-    def upgrade(self, head: ws.RequestHead) -> None:
+    def upgrade(self, head: upgrade.RequestHead) -> None:
         presented = presented_key(CIMultiDict(head.headers))
         self._admitting = asyncio.get_running_loop().create_task(self._admit(presented))
 

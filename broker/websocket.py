@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Final, Protocol
 
 from broker.errors import error_bytes
+from shared import upgrade
 from shared import websocket as ws
 from shared.handshake import MAX_MESSAGE
 
@@ -79,12 +80,12 @@ class RelaySocket(asyncio.Protocol):
         transport: asyncio.Transport,
         handler: Handler,
         heartbeat: float,
-        on_upgrade: Callable[[ws.RequestHead], None],
+        on_upgrade: Callable[[upgrade.RequestHead], None],
     ) -> None:
         """`on_upgrade` gets a valid upgrade request and calls accept() or refuse()."""
         self._transport = transport
         self.handler = handler
-        self._on_upgrade: Callable[[ws.RequestHead], None] | None = on_upgrade
+        self._on_upgrade: Callable[[upgrade.RequestHead], None] | None = on_upgrade
         self._heartbeat = heartbeat
         self._state = _HEAD
         self._buffer: bytearray | None = bytearray()
@@ -154,13 +155,13 @@ class RelaySocket(asyncio.Protocol):
         buffer = self._buffer
         assert buffer is not None
         try:
-            found = ws.split_head(buffer, MAX_HEAD)
+            found = upgrade.split_head(buffer, MAX_HEAD)
             if found is None:
                 return
             head_bytes, size = found
-            head = ws.parse_request_head(head_bytes)
-            self._key = ws.upgrade_key(head)
-        except ws.HandshakeError as exc:
+            head = upgrade.parse_request_head(head_bytes)
+            self._key = upgrade.upgrade_key(head)
+        except upgrade.HandshakeError as exc:
             status = exc.status or 400
             extra = ("Upgrade: websocket", "Sec-WebSocket-Version: 13") if status == 426 else ()
             message = f"{UPGRADE_HINT} ({exc.reason})."
@@ -177,7 +178,7 @@ class RelaySocket(asyncio.Protocol):
         """Answer 101 and start reading frames (and whatever came after the head)."""
         if self._state != _ADMITTING:
             return
-        self._transport.write(ws.server_accept(self._key))
+        self._transport.write(upgrade.server_accept(self._key))
         self._key = ""
         self._on_upgrade = None
         self._state = _OPEN

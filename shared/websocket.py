@@ -1,4 +1,4 @@
-"""RFC 6455 WebSocket framing and handshake, sans-I/O, for the relay link only.
+"""RFC 6455 WebSocket framing, sans-I/O, for the relay link only.
 
 The relay needs a small part of WebSocket: binary messages, ping/pong, the close
 handshake, no extensions (no compression) and no subprotocols. Both ends use
@@ -9,13 +9,12 @@ few function calls (CPU per streamed event is another).
 Frames we send are never fragmented. Frames we receive may be (a proxy may split
 a message); continuation frames are joined, control frames may arrive between
 them. Masking follows the RFC: a client masks every frame, a server never does,
-and each side refuses a frame masked the wrong way.
+and each side refuses a frame masked the wrong way. The opening handshake is
+`shared.upgrade`.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import struct
 from collections.abc import Callable
@@ -48,7 +47,6 @@ CLOSE_NO_STATUS: Final = 1005
 MAX_CONTROL_PAYLOAD: Final = 125
 MAX_FRAGMENTS: Final = 4096
 """Frames one message may be split into (empty fragments would otherwise cost nothing)."""
-_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _U16: Final = struct.Struct("!H")
 _U64: Final = struct.Struct("!Q")
 
@@ -66,16 +64,6 @@ class WebSocketError(Exception):
         self.code = code
         self.reason = reason
         self.events: list[Event] = []
-
-
-class HandshakeError(Exception):
-    """The opening handshake failed. `status` is the HTTP status the server answered, if any."""
-
-    def __init__(self, reason: str, status: int | None = None, body: bytes = b"") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.body = body
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,138 +259,3 @@ def _close_event(payload: bytes) -> Close:
     except UnicodeDecodeError:
         raise WebSocketError(CLOSE_INVALID_DATA, "close reason is not UTF-8") from None
     return Close(code, reason)
-
-
-# -- opening handshake -----------------------------------------------------------
-
-
-def new_key() -> str:
-    """A fresh Sec-WebSocket-Key."""
-    return base64.b64encode(os.urandom(16)).decode()
-
-
-def accept_value(key: str) -> str:
-    """The Sec-WebSocket-Accept answering `key`."""
-    return base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
-
-
-def valid_key(key: str) -> bool:
-    try:
-        return len(base64.b64decode(key, validate=True)) == 16
-    except ValueError:
-        return False
-
-
-def client_request(host: str, target: str, key: str, headers: dict[str, str]) -> bytes:
-    """The client's upgrade request (`host` as the Host header, `target` the path and query)."""
-    lines = [
-        f"GET {target} HTTP/1.1",
-        f"Host: {host}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-        *(f"{name}: {value}" for name, value in headers.items()),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def server_accept(key: str) -> bytes:
-    """The server's 101 answer to an upgrade request carrying `key`."""
-    return (
-        "HTTP/1.1 101 Switching Protocols\r\n"
-        "Upgrade: websocket\r\n"
-        "Connection: Upgrade\r\n"
-        f"Sec-WebSocket-Accept: {accept_value(key)}\r\n\r\n"
-    ).encode("latin-1")
-
-
-@dataclass(frozen=True, slots=True)
-class RequestHead:
-    """An HTTP/1.1 request head: method, target, version and lower-cased headers."""
-
-    method: str
-    target: str
-    version: str
-    headers: dict[str, str]
-
-    @property
-    def path(self) -> str:
-        return self.target.partition("?")[0]
-
-
-def split_head(buffer: bytes | bytearray, limit: int) -> tuple[bytes, int] | None:
-    """The head (without the blank line) and its length with it, once it is all there.
-
-    Raises HandshakeError when no head ended within `limit` bytes.
-    """
-    end = buffer.find(b"\r\n\r\n")
-    if end < 0:
-        if len(buffer) > limit:
-            raise HandshakeError("request head too large", 431)
-        return None
-    if end > limit:
-        raise HandshakeError("request head too large", 431)
-    return bytes(buffer[:end]), end + 4
-
-
-def _header_lines(lines: list[str]) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip():
-            raise HandshakeError("malformed header line", 400)
-        lowered = name.lower()
-        value = value.strip()
-        # Repeated headers are joined, as HTTP allows for list-valued ones.
-        headers[lowered] = f"{headers[lowered]}, {value}" if lowered in headers else value
-    return headers
-
-
-def parse_request_head(head: bytes) -> RequestHead:
-    """Parse a request head; HandshakeError(…, 400) when it is not HTTP/1.1."""
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise HandshakeError("malformed request line", 400)
-    method, target, version = parts
-    return RequestHead(method, target, version, _header_lines(lines[1:]))
-
-
-def _tokens(value: str) -> set[str]:
-    return {token.strip().lower() for token in value.split(",")}
-
-
-def upgrade_key(head: RequestHead) -> str:
-    """The request's Sec-WebSocket-Key if it is a valid upgrade; HandshakeError otherwise."""
-    headers = head.headers
-    if head.method != "GET" or head.version != "HTTP/1.1":
-        raise HandshakeError("a WebSocket upgrade is a GET over HTTP/1.1", 400)
-    if "websocket" not in _tokens(headers.get("upgrade", "")):
-        raise HandshakeError("not a WebSocket upgrade request", 426)
-    if "upgrade" not in _tokens(headers.get("connection", "")):
-        raise HandshakeError("missing 'Connection: Upgrade'", 400)
-    if headers.get("sec-websocket-version") != "13":
-        raise HandshakeError("unsupported WebSocket version (13 is required)", 426)
-    key = headers.get("sec-websocket-key", "")
-    if not valid_key(key):
-        raise HandshakeError("invalid Sec-WebSocket-Key", 400)
-    return key
-
-
-def check_response(head: bytes, key: str) -> None:
-    """Check the server's answer to our upgrade request; HandshakeError when it refused."""
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise HandshakeError("the server did not answer in HTTP/1.1")
-    status = int(parts[1])
-    if status != 101:
-        raise HandshakeError(f"the server answered HTTP {status}", status)
-    headers = _header_lines(lines[1:])
-    if "websocket" not in _tokens(headers.get("upgrade", "")):
-        raise HandshakeError("the server did not upgrade to WebSocket", status)
-    if headers.get("sec-websocket-accept") != accept_value(key):
-        raise HandshakeError("the server's Sec-WebSocket-Accept is wrong", status)
-    if headers.get("sec-websocket-extensions"):
-        raise HandshakeError("the server chose an extension we did not offer", status)

@@ -9,6 +9,7 @@ import ssl
 from typing import Any
 
 from shared import protocol as p
+from shared import upgrade
 from shared import websocket as ws
 from tests.conftest import CONNECTOR_TOKEN
 
@@ -41,9 +42,9 @@ def json_body(headers: dict[str, str], rest: bytes) -> Any:
 
 
 def upgrade_request(port: int, token: str = CONNECTOR_TOKEN, **extra: str) -> tuple[bytes, str]:
-    key = ws.new_key()
+    key = upgrade.new_key()
     headers = {"Authorization": f"Bearer {token}", **extra}
-    return ws.client_request(f"127.0.0.1:{port}", "/relay", key, headers), key
+    return upgrade.client_request(f"127.0.0.1:{port}", "/relay", key, headers), key
 
 
 class RawConnector:
@@ -71,7 +72,7 @@ class RawConnector:
         request, key = upgrade_request(port)
         writer.write(request)
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        ws.check_response(head[:-4], key)
+        upgrade.check_response(head[:-4], key)
         return cls(reader, writer)
 
     @classmethod

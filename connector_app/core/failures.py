@@ -9,7 +9,8 @@ from connector_app.core.proxy import ProxyError
 from connector_app.core.wire import LinkClosed
 from shared import protocol as p
 from shared.handshake import Refused
-from shared.websocket import HandshakeError, WebSocketError
+from shared.upgrade import HandshakeError
+from shared.websocket import WebSocketError
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -20,7 +20,8 @@ from connector_app.core.settings import normalise_broker_url, normalise_llm_url
 from connector_app.core.wire import USER_AGENT, LinkClosed, open_wire
 from shared import protocol as p
 from shared.handshake import Refused, accept_welcome
-from shared.websocket import HandshakeError, WebSocketError
+from shared.upgrade import HandshakeError
+from shared.websocket import WebSocketError
 
 
 @dataclass(frozen=True)

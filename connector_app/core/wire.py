@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from connector_app.core.proxy import ProxyError, check_connect_answer, connect_request, proxy_for
 from connector_app.core.wakeup import Wakeup
+from shared import upgrade
 from shared import websocket as ws
 from shared.handshake import HANDSHAKE_TIMEOUT, MAX_MESSAGE
 from shared.outbox import Outbox
@@ -163,18 +164,20 @@ class Wire(asyncio.Protocol):
                 if transport is None:  # pragma: no cover - the transport closed meanwhile
                     raise ConnectionResetError("the connection closed during the TLS handshake")
                 self._transport = transport
-        key = ws.new_key()
-        self._write(ws.client_request(target.host_header, target.resource, key, headers))
-        eof = ws.HandshakeError("the broker closed the connection before answering the upgrade")
+        key = upgrade.new_key()
+        self._write(upgrade.client_request(target.host_header, target.resource, key, headers))
+        eof = upgrade.HandshakeError(
+            "the broker closed the connection before answering the upgrade"
+        )
         head = await self._read_head(eof)
         try:
-            ws.check_response(head, key)
-        except ws.HandshakeError as exc:
+            upgrade.check_response(head, key)
+        except upgrade.HandshakeError as exc:
             if exc.status is None or exc.status == 101:
                 raise
             # The broker says why in a small JSON body; keep it for the operator's message.
             body = await self._refusal_body(head)
-            raise ws.HandshakeError(exc.reason, exc.status, body) from None
+            raise upgrade.HandshakeError(exc.reason, exc.status, body) from None
         self._state = _OPEN
         early, self._buffer = bytes(self._buffer), bytearray()
         if self._heartbeat:
@@ -202,9 +205,9 @@ class Wire(asyncio.Protocol):
     async def _read_head(self, eof: Exception) -> bytes:
         while True:
             try:
-                found = ws.split_head(self._buffer, MAX_HEAD)
-            except ws.HandshakeError:
-                raise ws.HandshakeError("the answer's HTTP head is too large") from None
+                found = upgrade.split_head(self._buffer, MAX_HEAD)
+            except upgrade.HandshakeError:
+                raise upgrade.HandshakeError("the answer's HTTP head is too large") from None
             if found is not None:
                 head, size = found
                 del self._buffer[:size]

@@ -13,6 +13,7 @@ import pytest
 
 from broker.server import BrokerServer
 from shared import protocol as p
+from shared import upgrade
 from shared import websocket as ws
 from tests.conftest import MakeBroker, broker_settings
 from tests.e2e.test_tls import self_signed
@@ -85,7 +86,7 @@ async def test_an_upgrade_on_a_connection_already_used_becomes_a_relay_link(
         request, key = upgrade_request(broker.port)
         writer.write(request)
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        ws.check_response(head[:-4], key)
+        upgrade.check_response(head[:-4], key)
         raw = RawConnector(reader, writer)
         raw.send(p.encode(p.Hello(p.PROTOCOL_VERSION, "pooled", ("raw-model",), 4)))
         welcome = await raw.next_event()
@@ -160,7 +161,7 @@ async def test_a_bad_upgrade_gets_a_clear_status_and_json(
 ) -> None:
     broker = await make_broker()
     request, _ = upgrade_request(broker.port)
-    head = ws.parse_request_head(request[:-4])
+    head = upgrade.parse_request_head(request[:-4])
     headers = {**head.headers, **{k.lower(): v for k, v in change.items()}}
     lines = ["GET /relay HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
     got, response_headers, rest = await http_exchange(
@@ -285,7 +286,7 @@ async def test_a_frame_sent_with_the_upgrade_is_not_lost(make_broker: MakeBroker
     try:
         writer.write(request + ws.encode_frame(ws.OP_BINARY, hello, mask=True))
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        ws.check_response(head[:-4], key)
+        upgrade.check_response(head[:-4], key)
         welcome = await raw.next_event()
         assert isinstance(welcome, ws.Message)
         assert isinstance(p.decode(welcome.data)[0], p.Welcome)

@@ -13,6 +13,7 @@ from broker.keys import RELAY
 from broker.relay import ConnectorLink
 from broker.server import BrokerServer
 from shared import protocol as p
+from shared import upgrade
 from shared import websocket as ws
 from tests.conftest import USER_KEY, MakeBroker
 from tests.raw_connector import RawConnector, upgrade_request
@@ -256,7 +257,7 @@ async def test_a_hello_sent_behind_an_upgrade_on_a_used_connection_counts(
         hello = p.encode(p.Hello(p.PROTOCOL_VERSION, "eager", ("raw-model",), 1))
         writer.write(request + ws.encode_frame(ws.OP_BINARY, hello, mask=True))
         answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        ws.check_response(answer[:-4], key)
+        upgrade.check_response(answer[:-4], key)
         raw = RawConnector(reader, writer)
         welcome = await raw.next_event()
         assert isinstance(welcome, ws.Message)

@@ -9,6 +9,7 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
+from shared import upgrade
 from shared import websocket as ws
 
 
@@ -130,31 +131,31 @@ def test_mask_round_trips() -> None:
 
 
 def test_accept_value_matches_the_rfc_example() -> None:
-    assert ws.accept_value("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    assert upgrade.accept_value("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 
 
 def test_an_upgrade_request_is_parsed_and_answered() -> None:
-    key = ws.new_key()
-    request = ws.client_request("h:1", "/relay?x=1", key, {"Authorization": "Bearer t"})
-    head, used = ws.split_head(request + b"extra", 8192) or (b"", 0)
+    key = upgrade.new_key()
+    request = upgrade.client_request("h:1", "/relay?x=1", key, {"Authorization": "Bearer t"})
+    head, used = upgrade.split_head(request + b"extra", 8192) or (b"", 0)
     assert used == len(request)
-    parsed = ws.parse_request_head(head)
+    parsed = upgrade.parse_request_head(head)
     assert parsed.path == "/relay" and parsed.headers["authorization"] == "Bearer t"
-    assert ws.upgrade_key(parsed) == key
-    answer = ws.server_accept(key)
-    ws.check_response(answer[:-4], key)
+    assert upgrade.upgrade_key(parsed) == key
+    answer = upgrade.server_accept(key)
+    upgrade.check_response(answer[:-4], key)
 
 
 def test_a_refusal_carries_the_status() -> None:
-    with pytest.raises(ws.HandshakeError) as caught:
-        ws.check_response(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0", ws.new_key())
+    with pytest.raises(upgrade.HandshakeError) as caught:
+        upgrade.check_response(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0", upgrade.new_key())
     assert caught.value.status == 401
 
 
 def test_a_wrong_accept_is_refused() -> None:
-    answer = ws.server_accept(ws.new_key())[:-4]
-    with pytest.raises(ws.HandshakeError):
-        ws.check_response(answer, ws.new_key())
+    answer = upgrade.server_accept(upgrade.new_key())[:-4]
+    with pytest.raises(upgrade.HandshakeError):
+        upgrade.check_response(answer, upgrade.new_key())
 
 
 @pytest.mark.parametrize(
@@ -171,24 +172,24 @@ def test_bad_upgrades_say_why(change: dict[str, str], status: int) -> None:
         "upgrade": "websocket",
         "connection": "keep-alive, Upgrade",
         "sec-websocket-version": "13",
-        "sec-websocket-key": ws.new_key(),
+        "sec-websocket-key": upgrade.new_key(),
     }
-    head = ws.RequestHead("GET", "/relay", "HTTP/1.1", {**headers, **change})
-    with pytest.raises(ws.HandshakeError) as caught:
-        ws.upgrade_key(head)
+    head = upgrade.RequestHead("GET", "/relay", "HTTP/1.1", {**headers, **change})
+    with pytest.raises(upgrade.HandshakeError) as caught:
+        upgrade.upgrade_key(head)
     assert caught.value.status == status
 
 
 def test_an_endless_head_is_refused() -> None:
-    assert ws.split_head(b"GET / HTTP/1.1\r\n", 100) is None
-    with pytest.raises(ws.HandshakeError):
-        ws.split_head(b"x" * 200, 100)
+    assert upgrade.split_head(b"GET / HTTP/1.1\r\n", 100) is None
+    with pytest.raises(upgrade.HandshakeError):
+        upgrade.split_head(b"x" * 200, 100)
 
 
 def test_malformed_request_lines_are_refused() -> None:
     for head in (b"GARBAGE", b"GET /relay SPDY/3", b"GET /relay HTTP/1.1\r\nno-colon"):
-        with pytest.raises(ws.HandshakeError):
-            ws.parse_request_head(head)
+        with pytest.raises(upgrade.HandshakeError):
+            upgrade.parse_request_head(head)
 
 
 def test_a_message_in_endless_empty_fragments_is_refused() -> None:

@@ -18,6 +18,7 @@ from connector_app.core.failures import describe_failure, is_fatal
 from connector_app.core.proxy import ProxyError
 from connector_app.core.wire import LinkClosed, Wire, open_wire
 from shared import protocol as p
+from shared import upgrade
 from shared import websocket as ws
 from shared.handshake import MAX_MESSAGE
 from shared.outbox import Outbox
@@ -78,7 +79,7 @@ async def test_messages_go_to_the_callback_in_order_once_one_is_named() -> None:
 
 async def test_a_refused_token_is_a_fatal_failure_that_says_so() -> None:
     async with serving(status=401) as server:
-        with pytest.raises(ws.HandshakeError) as caught:
+        with pytest.raises(upgrade.HandshakeError) as caught:
             await open_wire(server.url, token="wrong")
     assert caught.value.status == 401
     assert is_fatal(caught.value)
@@ -90,7 +91,7 @@ async def test_a_refused_token_is_a_fatal_failure_that_says_so() -> None:
 async def test_a_refusal_shows_the_brokers_own_words() -> None:
     body = b'{"error": {"message": "The broker cannot check\\n tokens right now.", "code": "x"}}'
     async with serving(status=503, body=body) as server:
-        with pytest.raises(ws.HandshakeError) as caught:
+        with pytest.raises(upgrade.HandshakeError) as caught:
             await open_wire(server.url, token=TOKEN)
     assert caught.value.status == 503 and not is_fatal(caught.value)
     assert describe_failure(caught.value) == (
@@ -101,14 +102,14 @@ async def test_a_refusal_shows_the_brokers_own_words() -> None:
 
 async def test_a_refusal_without_a_json_body_shows_the_status() -> None:
     async with serving(status=502, body=b"<html>Bad gateway</html>") as server:
-        with pytest.raises(ws.HandshakeError) as caught:
+        with pytest.raises(upgrade.HandshakeError) as caught:
             await open_wire(server.url, token=TOKEN)
     assert describe_failure(caught.value) == "the broker refused the connection with HTTP 502"
 
 
 async def test_a_wrong_accept_value_is_refused() -> None:
     async with serving(wrong_accept=True) as server:
-        with pytest.raises(ws.HandshakeError) as caught:
+        with pytest.raises(upgrade.HandshakeError) as caught:
             await open_wire(server.url, token=TOKEN)
     assert "Sec-WebSocket-Accept" in caught.value.reason
     assert not is_fatal(caught.value)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import ssl
 
+from shared import upgrade
 from shared import websocket as ws
 
 MAX_MESSAGE = 16 * 1024 * 1024
@@ -74,7 +75,7 @@ class WsServer(_Handlers):
         self.body = body
         self.answer = answer
         self.wrong_accept = wrong_accept
-        self.heads: list[ws.RequestHead] = []
+        self.heads: list[upgrade.RequestHead] = []
         self.received: asyncio.Queue[ws.Event] = asyncio.Queue()
         self.received_bytes = 0
         self.errors: list[ws.WebSocketError] = []
@@ -90,7 +91,7 @@ class WsServer(_Handlers):
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raw = await reader.readuntil(b"\r\n\r\n")
-        head = ws.parse_request_head(raw[:-4])
+        head = upgrade.parse_request_head(raw[:-4])
         self.heads.append(head)
         if not self.answer:
             await self.stopped.wait()
@@ -100,8 +101,8 @@ class WsServer(_Handlers):
             writer.write(refusal.encode() + self.body)
             await writer.drain()
             return
-        key = ws.new_key() if self.wrong_accept else ws.upgrade_key(head)
-        writer.write(ws.server_accept(key))
+        key = upgrade.new_key() if self.wrong_accept else upgrade.upgrade_key(head)
+        writer.write(upgrade.server_accept(key))
         self.writer = writer
         self.connected.set()
         frames = ws.FrameReader(masked=True, max_message=MAX_MESSAGE)
