@@ -36,9 +36,10 @@ from broker.keys import (
 from broker.ledger import UsageLedger
 from broker.lifecycle import Lifecycle
 from broker.limits import Limiter
+from broker.link import go_away_all
 from broker.metrics import Metrics
 from broker.portal.views import setup_portal
-from broker.relay import Relay, go_away_all
+from broker.relay import Relay
 from broker.settings import BrokerSettings
 from broker.store import Store, database_url
 from broker.websocket import UPGRADE_HINT

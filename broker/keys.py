@@ -17,7 +17,8 @@ from broker.settings import BrokerSettings
 from broker.store import Store
 
 if TYPE_CHECKING:
-    from broker.relay import ConnectorLink, Relay
+    from broker.link import ConnectorLink
+    from broker.relay import Relay
 
 SETTINGS = web.AppKey("settings", BrokerSettings)
 HUB = web.AppKey("hub", Hub)

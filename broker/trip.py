@@ -26,8 +26,8 @@ from broker.headers import request_headers, response_headers
 from broker.hub import Link, NoConnector
 from broker.keys import HUB, LEDGER, METRICS, REQUEST_ID, SETTINGS
 from broker.limits import Lease
+from broker.link import ConnectorLink, Exchange, LinkLost, StreamEvent
 from broker.records import UsageRow
-from broker.relay import ConnectorLink, Exchange, LinkLost, StreamEvent
 from broker.tally import TokenTally
 from shared import protocol as p
 

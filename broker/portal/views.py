@@ -26,6 +26,7 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
 from broker.keys import ACCOUNTS, HUB, STORE
+from broker.link import ConnectorLink
 from broker.portal.cookies import SESSION_COOKIE, SESSION_MAX_AGE, session_key
 from broker.portal.gitlab import GitLab
 from broker.portal.pages import (
@@ -42,7 +43,6 @@ from broker.portal.pages import (
 from broker.portal.reveals import REVEALS, Reveals
 from broker.portal.signin import callback, landing, login, logout
 from broker.records import User
-from broker.relay import ConnectorLink
 from broker.settings import BrokerSettings
 
 log = structlog.get_logger("remotellm.broker.portal")

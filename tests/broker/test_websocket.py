@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from broker.keys import RELAY
-from broker.relay import ConnectorLink
+from broker.link import ConnectorLink
 from broker.server import BrokerServer
 from shared import protocol as p
 from shared import upgrade

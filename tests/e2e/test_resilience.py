@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from broker.relay import ConnectorLink
+from broker.link import ConnectorLink
 from connector_app.core.status import LinkState
 from shared import protocol as p
 from tests.conftest import CONNECTOR_TOKEN, MakeBroker, MakeConnector, Relay, wait_models

@@ -1,0 +1,228 @@
+"""One connected connector as the broker sees it: its streams, and the frames between them.
+
+One `ConnectorLink` per connected connector. It decodes the messages its
+`RelaySocket` hands over and gives each stream frame to the `Exchange` waiting
+for it; what it sends waits in its `Outbox` until the socket's next flush, which
+batches whatever is ready into one message. The links are made and kept by
+`broker.relay.Relay`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import structlog
+
+from broker.websocket import RelaySocket
+from shared import protocol as p
+from shared import websocket as ws
+from shared.flow import ReceiveCredit
+from shared.handshake import check_sender
+from shared.outbox import Outbox
+
+if TYPE_CHECKING:
+    from broker.relay import Relay
+
+log = structlog.get_logger("remotellm.broker.relay")
+
+GOAWAY_TIMEOUT = 2.0
+
+
+class LinkLost(Exception):
+    """The connector went away while the stream was open."""
+
+
+StreamEvent = p.ResponseHead | p.ResponseBody | p.End | p.Error | LinkLost
+
+
+@dataclass(eq=False)
+class Exchange:
+    """The broker's end of one stream: events from the connector, in order."""
+
+    stream_id: int
+    link: ConnectorLink
+    window: int
+    events: asyncio.Queue[StreamEvent] = field(default_factory=asyncio.Queue)
+    credit: ReceiveCredit = field(init=False)
+    closed: bool = False
+
+    def __post_init__(self) -> None:
+        self.credit = ReceiveCredit(self.window)
+
+    def delivered(self, n: int) -> None:
+        """`n` body bytes reached the client: give the connector credit back."""
+        increment = self.credit.consumed(n)
+        if increment and not self.closed:
+            self.link.send(p.WindowUpdate(self.stream_id, increment))
+
+    def close(self, *, cancel: bool) -> None:
+        """Forget the stream; tell the connector to abort it if it may still be running."""
+        if self.closed:
+            return
+        self.closed = True
+        self.link.forget(self.stream_id, cancel=cancel)
+
+
+class ConnectorLink:
+    """One connected connector, as the hub and the API handlers see it."""
+
+    __slots__ = (
+        "_closed",
+        "_ids",
+        "_outbox",
+        "_relay",
+        "_socket",
+        "_streams",
+        "draining",
+        "max_concurrency",
+        "models",
+        "name",
+        "since",
+        "token_id",
+        "window",
+    )
+
+    def __init__(
+        self, relay: Relay, socket: RelaySocket, hello: p.Hello, window: int, token_id: int | None
+    ) -> None:
+        self._relay = relay
+        self._socket = socket
+        self.name = hello.name
+        self.token_id = token_id  # the store's connector token, if it used one
+        self.since = time.time()
+        self.models: frozenset[str] = frozenset(hello.models)
+        self.max_concurrency = hello.max_concurrency
+        self.draining = False
+        self.window = window
+        self._outbox = Outbox()
+        self._streams: dict[int, Exchange] = {}
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<ConnectorLink {self.name!r} models={sorted(self.models)}>"
+
+    # -- used by API handlers -----------------------------------------------------
+
+    def open(
+        self, method: str, path: str, headers: p.Headers, request_id: str, body: bytes
+    ) -> Exchange:
+        """Start a stream carrying one request; the reply arrives on the Exchange."""
+        if self._closed:
+            raise LinkLost(self.name)
+        stream_id = next(self._ids)
+        exchange = Exchange(stream_id, self, self.window)
+        self._streams[stream_id] = exchange
+        self._outbox.put(p.RequestHead(stream_id, method, path, headers, request_id))
+        for frame in p.split_body(stream_id, body, response=False):
+            self._outbox.put(frame)
+        self._outbox.put(p.End(stream_id))
+        self._socket.want_write()
+        return exchange
+
+    def send(self, frame: p.Frame) -> None:
+        if not self._closed:
+            self._outbox.put(frame)
+            self._socket.want_write()
+
+    def forget(self, stream_id: int, *, cancel: bool) -> None:
+        if self._streams.pop(stream_id, None) is not None and cancel:
+            self._outbox.discard(stream_id)
+            self.send(p.Cancel(stream_id))
+
+    # -- pumping (called by the socket) -------------------------------------------
+
+    def outgoing(self) -> bytes:
+        return self._outbox.take() if self._outbox and not self._closed else b""
+
+    def message(self, message: ws.Message) -> None:
+        try:
+            if message.text:
+                raise p.ProtocolError("only binary messages are allowed")
+            changed = self.receive(p.decode(message.data))
+        except p.ProtocolError as exc:
+            log.warning("connector protocol error", connector=self.name, error=str(exc))
+            reason = p.close_reason(str(exc))
+            self._socket.close(p.CLOSE_PROTOCOL_ERROR, reason, f"protocol error: {exc}")
+            return
+        if changed:
+            self._relay.hub.models_changed(self)
+
+    def closed(self, why: str) -> None:
+        self.lost()
+        self._relay.detach(self)
+        log.info("connector disconnected", connector=self.name, reason=why)
+        if self.token_id is not None:
+            self._relay.spawn(self._relay.seen(self.token_id))
+
+    async def flushed(self) -> None:
+        """Return once everything queued so far has been handed to the socket."""
+        while self._outbox and not self._closed:
+            await self._socket.drained()
+
+    async def stopped(self) -> None:
+        """Kept for callers of the writer-task era: a link has no task to wait for."""
+
+    def receive(self, frames: Iterable[p.Frame]) -> bool:
+        """Apply decoded frames; return True when the hub's view of the link changed."""
+        changed = False
+        for frame in frames:
+            check_sender(frame, "connector")
+            match frame:
+                case p.ResponseBody(stream_id, data):
+                    exchange = self._streams.get(stream_id)
+                    if exchange is not None:
+                        exchange.credit.received(len(data))
+                        exchange.events.put_nowait(frame)
+                case p.ResponseHead(stream_id) | p.End(stream_id) | p.Error(stream_id):
+                    exchange = self._streams.get(stream_id)
+                    if exchange is not None:
+                        exchange.events.put_nowait(frame)
+                case p.ModelsUpdate(models):
+                    self.models = frozenset(models)
+                    changed = True
+                case p.GoAway(reason):
+                    log.info("connector going away", connector=self.name, reason=reason)
+                    self.draining = True
+                    changed = True
+        return changed
+
+    def lost(self) -> None:
+        """The socket is gone: fail every open stream so its handler can retry or report."""
+        self._closed = True
+        for exchange in self._streams.values():
+            exchange.closed = True
+            exchange.events.put_nowait(LinkLost(self.name))
+        self._streams.clear()
+
+    async def go_away(self, reason: str, reconnect_after: float) -> None:
+        """Tell the connector to reconnect later, flush briefly, and close the socket.
+
+        Bounded in time: a connector that stopped reading cannot hold up a shutdown.
+        """
+        if self._closed:
+            return
+        self.send(p.GoAway(reason, reconnect_after))
+        try:
+            async with asyncio.timeout(GOAWAY_TIMEOUT):
+                await self.flushed()
+                self._socket.close(p.CLOSE_GOING_AWAY, p.close_reason(reason), reason)
+                await self._socket.wait_closed()
+        except TimeoutError:
+            log.warning("connector did not take the going-away; dropping it", connector=self.name)
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection at once, without a closing handshake."""
+        self.lost()
+        self._socket.abort()
+
+
+async def go_away_all(links: Iterable[ConnectorLink], reason: str) -> None:
+    """Send every connector away at once (each bounded by GOAWAY_TIMEOUT)."""
+    await asyncio.gather(*(link.go_away(reason, 1.0) for link in links))
