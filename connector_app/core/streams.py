@@ -1,0 +1,290 @@
+"""The streams one relay connection carries: requests from the broker, served one task each.
+
+`Streams` takes the broker's stream frames (a request's head, body and end; cancels;
+window updates), serves each complete request in a task that calls the local LLM,
+and streams the answer back within the stream's flow-control window. What it sends
+goes through the `send` it is given; the connection is `RelayClient`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from connector_app.core.activity import (
+    RequestEvents,
+    RequestFinished,
+    RequestStarted,
+    UsageProbe,
+    model_of,
+)
+from connector_app.core.http1 import HTTPError
+from connector_app.core.llm import LocalLLM
+from connector_app.core.status import StatusBoard
+from shared import protocol as p
+from shared.endpoints import is_relayable
+from shared.flow import SendCredit
+
+log = structlog.get_logger("remotellm.connector")
+
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
+)
+
+
+@dataclass(eq=False)
+class _Stream:
+    head: p.RequestHead
+    window: int
+    body: bytearray = field(default_factory=bytearray)
+    task: asyncio.Task[None] | None = None
+    status: int | None = None
+    slow: bool = False
+    """The task is sending a chunk that had to wait for credit: later bytes queue behind it."""
+    credit: SendCredit = field(init=False)
+    credited: asyncio.Event = field(default_factory=asyncio.Event)
+    usage: UsageProbe | None = None
+
+    def __post_init__(self) -> None:
+        self.credit = SendCredit(self.window)
+
+
+class Streams:
+    """The table of open streams, and the tasks serving them."""
+
+    def __init__(
+        self,
+        *,
+        llm: LocalLLM,
+        board: StatusBoard,
+        events: RequestEvents,
+        max_concurrency: int,
+        send: Callable[[p.Frame], None],
+        discard: Callable[[int], None],
+    ) -> None:
+        self._llm = llm
+        self._board = board
+        self._events = events
+        self._max_concurrency = max_concurrency
+        self._send = send
+        self._discard = discard
+        """Drops what the outbox still holds of a stream (it was cancelled)."""
+        self._table: dict[int, _Stream] = {}
+        self._running = 0
+        """Streams in `_table` with a task: counted, not summed, at a thousand streams."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.idle = asyncio.Event()
+        """Set while no stream is open."""
+        self.idle.set()
+        self.window = p.DEFAULT_WINDOW
+        """The window each new stream starts with (the broker's welcome says)."""
+        self.draining = False
+        """Set when the connector stops: new requests are refused as over capacity."""
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    async def abort(self) -> None:
+        """The link is gone: stop every request it carried and wait until they have stopped."""
+        for stream in list(self._table.values()):
+            if stream.task is not None:
+                stream.task.cancel()
+            self.forget(stream)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def forget(self, stream: _Stream) -> None:
+        """Drop a stream from the table and publish the new in-flight count."""
+        if self._table.get(stream.head.stream_id) is stream:
+            del self._table[stream.head.stream_id]
+            if stream.task is not None:
+                self._running -= 1
+        self._board.update(in_flight=self._running)
+        if not self._table:
+            self.idle.set()
+
+    def on_frame(self, frame: p.Frame) -> None:
+        """Apply one stream frame from the broker (a GoAway is the client's)."""
+        match frame:
+            case p.RequestHead(stream_id):
+                if stream_id in self._table:
+                    raise p.ProtocolError(f"stream {stream_id} is already open")
+                self._table[stream_id] = _Stream(frame, self.window)
+                self.idle.clear()
+            case p.RequestBody(stream_id, data):
+                stream = self._table.get(stream_id)
+                if stream is None or stream.task is not None:
+                    raise p.ProtocolError(f"request body on stream {stream_id} that is not open")
+                if len(stream.body) + len(data) > p.MAX_REQUEST_BODY:
+                    raise p.ProtocolError(f"request body on stream {stream_id} is too large")
+                stream.body += data
+            case p.End(stream_id):
+                stream = self._table.get(stream_id)
+                if stream is None or stream.task is not None:
+                    raise p.ProtocolError(f"end of stream {stream_id} that is not open")
+                self._start(stream)
+            case p.Cancel(stream_id):
+                cancelled = self._table.get(stream_id)
+                self._discard(stream_id)
+                if cancelled is not None:
+                    if cancelled.task is not None:
+                        cancelled.task.cancel()
+                    self.forget(cancelled)
+            case p.WindowUpdate(stream_id, increment):
+                credited = self._table.get(stream_id)
+                if credited is not None:
+                    credited.credit.add(increment)
+                    credited.credited.set()
+
+    def _start(self, stream: _Stream) -> None:
+        sid = stream.head.stream_id
+        busy = self._running
+        if self.draining or busy >= self._max_concurrency:
+            self.forget(stream)
+            reason = "shutting down" if self.draining else "at its concurrency limit"
+            self._send(p.Error(sid, "over_capacity", f"The connector is {reason}."))
+            return
+        stream.task = asyncio.create_task(self._serve(stream))
+        self._running += 1
+        self._tasks.add(stream.task)
+        stream.task.add_done_callback(self._tasks.discard)
+        self._board.update(in_flight=busy + 1)
+
+    # -- serving one request ---------------------------------------------------
+
+    async def _serve(self, stream: _Stream) -> None:
+        """Serve one stream; whatever happens, the broker hears how it ended."""
+        head = stream.head
+        started = time.perf_counter()
+        outcome = "ok"
+        events = self._events if self._events.active else None
+        model = ""
+        if events is not None:
+            model = model_of(stream.body)
+            events.publish(RequestStarted(head.request_id, model, head.path, time.time()))
+            stream.usage = UsageProbe()
+        with structlog.contextvars.bound_contextvars(request_id=head.request_id):
+            try:
+                outcome = await self._answer(stream)
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                raise
+            except Exception as exc:
+                outcome = "failed"
+                self._send(self._failure(stream, exc))
+            finally:
+                self.forget(stream)
+                self._finished(stream, outcome, model, time.perf_counter() - started, events)
+
+    async def _answer(self, stream: _Stream) -> str:
+        """Relay the request to the local LLM and its answer back; the outcome to log."""
+        head = stream.head
+        if not is_relayable(head.method, head.path):
+            log.warning("refused a request outside the model endpoints", path=head.path)
+            message = "The connector serves model endpoints only."
+            self._send(p.Error(head.stream_id, "forbidden", message))
+            return "refused"
+        await self._relay(stream)
+        self._send(p.End(head.stream_id))
+        return "ok"
+
+    def _failure(self, stream: _Stream, exc: Exception) -> p.Error:
+        """The error the broker hears for a request that failed here (called while handling it)."""
+        sid = stream.head.stream_id
+        if isinstance(exc, HTTPError | OSError | TimeoutError):
+            # Details (the local URL, the socket error) stay in this machine's log.
+            log.warning("local LLM request failed", error=str(exc) or type(exc).__name__)
+            if stream.status is None:
+                return p.Error(sid, "llm_unreachable", "The local LLM server is unreachable.")
+            return p.Error(sid, "llm_stream_failed", "The local LLM server failed mid-response.")
+        # A bug here must not leave the broker's client waiting for the timeout.
+        log.exception("request handling failed")
+        return p.Error(sid, "connector_error", f"The connector failed: {type(exc).__name__}")
+
+    def _finished(
+        self,
+        stream: _Stream,
+        outcome: str,
+        model: str,
+        duration: float,
+        events: RequestEvents | None,
+    ) -> None:
+        """Log the request's end and tell the app's request log."""
+        head = stream.head
+        log.info(
+            "request served",
+            method=head.method,
+            path=head.path,
+            status=stream.status,
+            outcome=outcome,
+            duration_ms=round(duration * 1000, 1),
+        )
+        if events is not None and stream.usage is not None:
+            prompt, completion = stream.usage.tokens()
+            finished = RequestFinished(
+                head.request_id,
+                model,
+                head.path,
+                stream.status,
+                outcome,
+                duration,
+                prompt,
+                completion,
+                time.time(),
+            )
+            events.publish(finished)
+
+    async def _relay(self, stream: _Stream) -> None:
+        """Call the local LLM and stream its response back, within the stream's credit."""
+        head = stream.head
+        async with self._llm.request(
+            head.method, head.path, head.headers, bytes(stream.body)
+        ) as response:
+            stream.status = response.status
+            headers = tuple((k, v) for k, v in response.headers if k.lower() not in _HOP_BY_HOP)
+            self._send(p.ResponseHead(head.stream_id, response.status, headers))
+            # Events that fit the credit leave from the socket's callback, without waking
+            # this task for each one; the loop handles what had to wait, and the end.
+            response.on_data(lambda data: self._offer(stream, data))
+            usage = stream.usage
+            while chunk := await response.read():
+                if usage is not None:
+                    usage.feed(chunk)
+                stream.slow = True
+                try:
+                    await self._send_body(stream, chunk)
+                finally:
+                    stream.slow = False
+
+    def _offer(self, stream: _Stream, data: bytes) -> bool:
+        """Send `data` now if the stream has the credit for all of it; else leave it."""
+        if stream.slow or stream.credit.available < len(data):
+            return False
+        if self._table.get(stream.head.stream_id) is not stream:
+            return True  # cancelled: its task is being stopped, the bytes have nowhere to go
+        if stream.usage is not None:
+            stream.usage.feed(data)
+        self._send_chunks(stream, data)
+        return True
+
+    async def _send_body(self, stream: _Stream, data: bytes) -> None:
+        while data:
+            if stream.credit.available == 0:
+                stream.credited.clear()
+                await stream.credited.wait()
+                continue
+            data = self._send_chunks(stream, data)
+
+    def _send_chunks(self, stream: _Stream, data: bytes) -> bytes:
+        """Send as much of `data` as the credit allows, in body frames; return the rest."""
+        sid = stream.head.stream_id
+        offset, total = 0, len(data)
+        while offset < total and (n := stream.credit.take(total - offset)):
+            # The common case (a chunk that fits) is sent as it is, without a copy.
+            chunk = data if n == total else data[offset : offset + n]
+            self._send(p.ResponseBody(sid, chunk))
+            offset += n
+        return data[offset:] if offset else data
