@@ -73,45 +73,65 @@ async def run(
 
 
 async def _dispatch(store: Store, args: argparse.Namespace, out: TextIO) -> None:
-    match args.command, args.action:
-        case "users", "list":
+    commands = {"users": _users, "keys": _keys, "connectors": _connectors, "usage": _usage}
+    command = commands.get(args.command)
+    if command is None:
+        raise AdminError(f"unknown command {args.command} {args.action}")
+    await command(store, args, out)
+
+
+async def _users(store: Store, args: argparse.Namespace, out: TextIO) -> None:
+    match args.action:
+        case "list":
             await _users_list(store, out)
-        case "users", "create":
+        case "create":
             user = await store.create_user(
                 args.user, args.name or "", "admin" if args.admin else "user"
             )
             out.write(f"created user {user.username} (id {user.id}, {user.role})\n")
-        case "users", ("block" | "unblock") as action:
+        case ("block" | "unblock") as action:
             user = await store.find_user(args.user)
             await store.set_status(user.id, "blocked" if action == "block" else "active")
             effect = "stop working" if action == "block" else "work again"
             out.write(f"{action}ed {user.username}: their keys {effect} within a second\n")
-        case "users", ("promote" | "demote") as action:
+        case ("promote" | "demote") as action:
             user = await store.find_user(args.user)
             await store.set_role(user.id, "admin" if action == "promote" else "user")
             out.write(f"{user.username} is now {'an admin' if action == 'promote' else 'a user'}\n")
-        case "users", "set-limits":
+        case "set-limits":
             await _set_limits(store, args, out)
-        case "keys", "create":
+        case _:
+            raise AdminError(f"unknown command users {args.action}")
+
+
+async def _keys(store: Store, args: argparse.Namespace, out: TextIO) -> None:
+    match args.action:
+        case "create":
             user = await store.find_user(args.user)
             expires = parse_since(args.expires) if args.expires else None
             raw, key = await store.create_key(user.id, args.name, expires)
             out.write(f"created key {key.prefix}… for {user.username} (id {key.id})\n")
             out.write("It is shown only this once; store it now:\n")
             out.write(raw + "\n")
-        case "keys", "list":
+        case "list":
             await _keys_list(store, args.user, out)
-        case "keys", "revoke":
+        case "revoke":
             if not await store.revoke_key(args.key_id):
                 raise AdminError(f"no live key with id {args.key_id}")
             out.write(f"revoked key {args.key_id}\n")
-        case "connectors", "create":
+        case _:
+            raise AdminError(f"unknown command keys {args.action}")
+
+
+async def _connectors(store: Store, args: argparse.Namespace, out: TextIO) -> None:
+    match args.action:
+        case "create":
             owner = (await store.find_user(args.owner)).id if args.owner else None
             raw, token = await store.create_connector_token(args.name, owner)
             out.write(f"created connector token '{token.name}' ({token.prefix}…)\n")
             out.write("It is shown only this once; give it to the connector (--broker-token):\n")
             out.write(raw + "\n")
-        case "connectors", "list":
+        case "list":
             tokens = await store.connector_tokens()
             _table(
                 out,
@@ -128,23 +148,22 @@ async def _dispatch(store: Store, args: argparse.Namespace, out: TextIO) -> None
                     for t in tokens
                 ],
             )
-        case "connectors", "revoke":
+        case "revoke":
             if not await store.revoke_connector_token(args.name):
                 raise AdminError(f"no live connector token named '{args.name}'")
             out.write(f"revoked connector token '{args.name}'\n")
-        case "usage", _:
-            by: GroupBy = args.by
-            totals = await store.usage.totals(by, parse_since(args.since))
-            _table(
-                out,
-                [by.upper(), "REQUESTS", "ERRORS", "PROMPT TOKENS", "COMPLETION TOKENS"],
-                [
-                    (t.group, t.requests, t.errors, t.prompt_tokens, t.completion_tokens)
-                    for t in totals
-                ],
-            )
         case _:
-            raise AdminError(f"unknown command {args.command} {args.action}")
+            raise AdminError(f"unknown command connectors {args.action}")
+
+
+async def _usage(store: Store, args: argparse.Namespace, out: TextIO) -> None:
+    by: GroupBy = args.by
+    totals = await store.usage.totals(by, parse_since(args.since))
+    _table(
+        out,
+        [by.upper(), "REQUESTS", "ERRORS", "PROMPT TOKENS", "COMPLETION TOKENS"],
+        [(t.group, t.requests, t.errors, t.prompt_tokens, t.completion_tokens) for t in totals],
+    )
 
 
 async def _users_list(store: Store, out: TextIO) -> None:
@@ -233,6 +252,17 @@ async def _set_limits(store: Store, args: argparse.Namespace, out: TextIO) -> No
 
 def add_commands(commands: Any, store_options: Any) -> None:
     """The `users`, `keys`, `connectors` and `usage` sub-commands of `remotellm-broker`."""
+    _add_users(commands, store_options)
+    _add_keys(commands, store_options)
+    _add_connectors(commands, store_options)
+    usage = commands.add_parser("usage", help="requests and tokens, grouped")
+    usage.set_defaults(action="report")
+    usage.add_argument("--since", help="from this date (YYYY-MM-DD, UTC)")
+    usage.add_argument("--by", choices=["user", "model", "connector", "day"], default="user")
+    store_options(usage)
+
+
+def _add_users(commands: Any, store_options: Any) -> None:
     users = commands.add_parser("users", help="list, create, block, promote users; set limits")
     user_actions = users.add_subparsers(dest="action", required=True)
     store_options(user_actions.add_parser("list", help="every user with status, role, limits"))
@@ -262,6 +292,8 @@ def add_commands(commands: Any, store_options: Any) -> None:
     limits.add_argument("--reset", action="store_true", help="back to the broker's defaults")
     store_options(limits)
 
+
+def _add_keys(commands: Any, store_options: Any) -> None:
     keys = commands.add_parser("keys", help="create, list and revoke API keys")
     key_actions = keys.add_subparsers(dest="action", required=True)
     create_key = key_actions.add_parser("create", help="a new key for a user (printed once)")
@@ -276,6 +308,8 @@ def add_commands(commands: Any, store_options: Any) -> None:
     revoke.add_argument("key_id", type=int, help="the key's id (from keys list)")
     store_options(revoke)
 
+
+def _add_connectors(commands: Any, store_options: Any) -> None:
     connectors = commands.add_parser("connectors", help="create, list and revoke connector tokens")
     connector_actions = connectors.add_subparsers(dest="action", required=True)
     create_token = connector_actions.add_parser(
@@ -288,9 +322,3 @@ def add_commands(commands: Any, store_options: Any) -> None:
     revoke_token = connector_actions.add_parser("revoke", help="revoke a connector token")
     revoke_token.add_argument("name", help="the connector's name (or token id)")
     store_options(revoke_token)
-
-    usage = commands.add_parser("usage", help="requests and tokens, grouped")
-    usage.set_defaults(action="report")
-    usage.add_argument("--since", help="from this date (YYYY-MM-DD, UTC)")
-    usage.add_argument("--by", choices=["user", "model", "connector", "day"], default="user")
-    store_options(usage)
