@@ -281,20 +281,29 @@ def _decode_one(kind: int, stream_id: int, payload: bytes) -> Frame:
         raise ProtocolError(f"{ftype.name} frame must use stream 0")
     if not connection_level and stream_id == 0:
         raise ProtocolError(f"{ftype.name} frame needs a stream id other than 0")
-    if ftype in (FrameType.END, FrameType.CANCEL):
+    if ftype in (FrameType.END, FrameType.CANCEL, FrameType.WINDOW_UPDATE):
+        return _binary_frame(ftype, stream_id, payload)
+    if len(payload) > MAX_CONTROL_PAYLOAD:
+        raise ProtocolError(f"{ftype.name} payload exceeds {MAX_CONTROL_PAYLOAD} bytes")
+    return _json_frame(ftype, stream_id, _obj(payload))
+
+
+def _binary_frame(ftype: FrameType, stream_id: int, payload: bytes) -> Frame:
+    """END and CANCEL (empty) or WINDOW_UPDATE (a 4-byte increment)."""
+    if ftype is not FrameType.WINDOW_UPDATE:
         if payload:
             raise ProtocolError(f"{ftype.name} frame must have an empty payload")
         return End(stream_id) if ftype is FrameType.END else Cancel(stream_id)
-    if ftype is FrameType.WINDOW_UPDATE:
-        if len(payload) != _CREDIT.size:
-            raise ProtocolError("WINDOW_UPDATE payload must be 4 bytes")
-        (increment,) = _CREDIT.unpack(payload)
-        if increment == 0:
-            raise ProtocolError("WINDOW_UPDATE increment must be positive")
-        return WindowUpdate(stream_id, increment)
-    if len(payload) > MAX_CONTROL_PAYLOAD:
-        raise ProtocolError(f"{ftype.name} payload exceeds {MAX_CONTROL_PAYLOAD} bytes")
-    obj = _obj(payload)
+    if len(payload) != _CREDIT.size:
+        raise ProtocolError("WINDOW_UPDATE payload must be 4 bytes")
+    (increment,) = _CREDIT.unpack(payload)
+    if increment == 0:
+        raise ProtocolError("WINDOW_UPDATE increment must be positive")
+    return WindowUpdate(stream_id, increment)
+
+
+def _json_frame(ftype: FrameType, stream_id: int, obj: Mapping[str, Any]) -> Frame:
+    """A frame whose payload is a JSON object, from that object."""
     match ftype:
         case FrameType.HELLO:
             concurrency = _get(obj, "max_concurrency", int)
