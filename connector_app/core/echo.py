@@ -54,7 +54,6 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     if not isinstance(body, dict) or body.get("model") != MODEL:
         return _error(404, f"This server only has the model '{MODEL}'.")
     words = _last_user_text(body).split() or ["(nothing", "to", "echo)"]
-    delay: float = request.app[DELAY]
     ident, created = f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time())
     usage = {
         "prompt_tokens": len(words),
@@ -73,6 +72,19 @@ async def _chat(request: web.Request) -> web.StreamResponse:
                 "usage": usage,
             }
         )
+    return await _stream(request, body, words, ident, created, usage)
+
+
+async def _stream(
+    request: web.Request,
+    body: dict[str, Any],
+    words: list[str],
+    ident: str,
+    created: int,
+    usage: dict[str, int],
+) -> web.StreamResponse:
+    """The answer as OpenAI-style SSE chunks, one word per chunk, `DELAY` apart."""
+    delay: float = request.app[DELAY]
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
 
