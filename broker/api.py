@@ -2,7 +2,9 @@
 
 Requests are forwarded unchanged to a connector serving their `model`; the
 upstream's status, headers and body come back unchanged and unbuffered. Only
-routing and auth headers change.
+routing and auth headers change. This module authenticates, admits (body size,
+model, limits) and lists models; the trip itself (routing, relaying, streaming
+back) is `broker.trip`.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from broker.records import UsageRow
 from broker.tally import TokenTally
 from shared import protocol as p
 
-log = structlog.get_logger("remotellm.broker.trip")
+log = structlog.get_logger("remotellm.broker.api")
 
 STREAMING_TYPES = ("text/event-stream", "application/x-ndjson")
 MAX_LOGGED_MODEL = 100

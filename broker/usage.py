@@ -22,7 +22,7 @@ USAGE_SLICE = 100
 
 
 class UsageBook:
-    """Every query on the usage table."""
+    """Every query on the usage table (writing rows also notes each key's last use)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine

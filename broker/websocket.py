@@ -1,8 +1,8 @@
 """The server side of a relay WebSocket on a bare `asyncio.Protocol`.
 
-It only pumps: the upgrade head in, the 101 out, frames through `shared.websocket`,
-pings, the heartbeat and the close handshake. What the messages mean is the
-`Handler`'s business (the opening handshake, then the `ConnectorLink`).
+It only pumps: the upgrade head in and the 101 out (`shared.upgrade`), frames
+through `shared.websocket`, pings, the heartbeat and the close handshake. What the
+messages mean is the `Handler`'s business (the opening handshake, then the `ConnectorLink`).
 
 An idle connection is this object, its reader, its transport and one heartbeat
 timer: no task, no coroutine frame, no aiohttp request (memory per idle connector

@@ -1,7 +1,9 @@
 """What every portal page shares: rendering, the session, CSRF, and who is signed in.
 
 Sessions are aiohttp-session encrypted cookies (set up by `setup_portal`). Every form
-that changes state carries the session's CSRF token, checked in constant time.
+that changes state carries the session's CSRF token, checked in constant time. Also
+here: the app keys of the GitLab client and of the templates, and `when`, the time
+format of the pages.
 """
 
 from __future__ import annotations

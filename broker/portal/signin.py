@@ -1,4 +1,4 @@
-"""Signing in with GitLab (OAuth 2 with PKCE), and out.
+"""The landing page, and signing in with GitLab (OAuth 2 with PKCE) and out.
 
 `login` sends the browser to GitLab with a one-time state; `callback` checks that
 state, trades the code for the GitLab user, and starts a fresh session (no session

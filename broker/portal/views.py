@@ -3,7 +3,7 @@
 Sessions are aiohttp-session encrypted cookies (HttpOnly, SameSite=Lax, Secure when
 the public URL is https). Every form that changes state carries the session's CSRF
 token (`broker.portal.pages`). Raw keys are shown once, from the session, and then
-forgotten. Signing in and out is `broker.portal.signin`.
+forgotten. The landing page, and signing in and out, are `broker.portal.signin`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Measured, websockets' send and receive machinery was about a quarter of the
 connector's CPU per relayed request. The link needs little of it (binary messages,
-ping/pong, the close handshake; `shared/websocket.py` has the framing), so `Wire`
+ping/pong, the close handshake; `shared/websocket.py` has the framing and
+`shared/upgrade.py` the opening handshake), so `Wire`
 only pumps: received bytes through a `FrameReader` to a callback, and the
 `Outbox`'s messages to the socket, one masked frame per `take()`, flushed at most
 once per loop iteration and only while the transport takes more.
