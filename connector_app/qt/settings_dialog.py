@@ -81,62 +81,10 @@ class SettingsDialog(QDialog):
         self._tasks: set[asyncio.Task[None]] = set()
         self.saving = False
 
-        values = profile.values
-        self.broker_url = QLineEdit(str(values.get("broker_url") or ""))
-        self.broker_url.setPlaceholderText("wss://llm.example.com/relay")
-        self.broker_token = QLineEdit(profile.secrets.get("broker_token") or "")
-        self.broker_token.setEchoMode(QLineEdit.EchoMode.Password)
-        self.llm_url = QLineEdit(str(values.get("llm_url") or "http://127.0.0.1:11434"))
-        self.llm_api_key = QLineEdit(profile.secrets.get("llm_api_key") or "")
-        self.llm_api_key.setEchoMode(QLineEdit.EchoMode.Password)
-        self.llm_api_key.setPlaceholderText("only if the local server wants one")
-        self.max_concurrency = QSpinBox(minimum=1, maximum=1024)
-        self.max_concurrency.setValue(int(values.get("max_concurrency") or 4))
-        self.serve_on_launch = QCheckBox("Start serving when the app starts")
-        self.serve_on_launch.setChecked(profile.prefs.serve_on_launch)
-        self.notifications = QCheckBox("Notify me when the link drops or comes back")
-        self.notifications.setChecked(profile.prefs.notifications)
-        self.models = QListWidget()
-        self.models.setMaximumHeight(130)
-        self.set_models(bridge.status.available or (), profile.prefs.disabled_models)
-
-        self.errors: dict[str, QLabel] = {}
-        form = QFormLayout()
-        for name, label, widget in (
-            ("broker_url", "Broker URL", self.broker_url),
-            ("broker_token", "Connector token", self.broker_token),
-            ("llm_url", "Local LLM URL", self.llm_url),
-            ("llm_api_key", "Local LLM API key", self.llm_api_key),
-            ("max_concurrency", "Max concurrency", self.max_concurrency),
-        ):
-            form.addRow(label, self._with_error(name, widget))
-        form.addRow("Models", self.models)
-        form.addRow("", self.serve_on_launch)
-        form.addRow("", self.notifications)
-
-        self.keyring_warning = QLabel(profile.secrets_error or "")
-        self.keyring_warning.setWordWrap(True)
-        self.keyring_warning.setStyleSheet(ERROR_STYLE)
-        self.keyring_warning.setVisible(bool(profile.secrets_error))
-        # Why the connector cannot serve (a broken connector.yaml, a bad CA file, ...).
-        self.problem = QLabel(bridge.problem or "")
-        self.problem.setWordWrap(True)
-        self.problem.setStyleSheet(ERROR_STYLE)
-        self.problem.setVisible(bool(bridge.problem))
-
-        self.busy = QProgressBar()
-        self.busy.setRange(0, 0)  # indeterminate: a busy indicator
-        self.busy.setMaximumHeight(12)
-        self.busy.hide()
-        self.test_button = QPushButton("Test connection")
-        self.test_button.clicked.connect(lambda: self._spawn(self.test_connection()))
-        self.outcome = QLabel()
-        self.outcome.setWordWrap(True)
-        self.outcome.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        test_row = QHBoxLayout()
-        test_row.addWidget(self.test_button)
-        test_row.addWidget(self.busy, 1)
-
+        self._build_fields(profile)
+        form = self._build_form()
+        self._build_messages(profile.secrets_error, bridge.problem)
+        test_row = self._build_test_row()
         self.buttons = QDialogButtonBox(
             QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
         )
@@ -155,6 +103,72 @@ class SettingsDialog(QDialog):
             edit.textChanged.connect(self.validate)
         self._apply_overrides()
         self.validate()
+
+    def _build_fields(self, profile: Profile) -> None:
+        """The editable fields, filled from the profile."""
+        values = profile.values
+        self.broker_url = QLineEdit(str(values.get("broker_url") or ""))
+        self.broker_url.setPlaceholderText("wss://llm.example.com/relay")
+        self.broker_token = QLineEdit(profile.secrets.get("broker_token") or "")
+        self.broker_token.setEchoMode(QLineEdit.EchoMode.Password)
+        self.llm_url = QLineEdit(str(values.get("llm_url") or "http://127.0.0.1:11434"))
+        self.llm_api_key = QLineEdit(profile.secrets.get("llm_api_key") or "")
+        self.llm_api_key.setEchoMode(QLineEdit.EchoMode.Password)
+        self.llm_api_key.setPlaceholderText("only if the local server wants one")
+        self.max_concurrency = QSpinBox(minimum=1, maximum=1024)
+        self.max_concurrency.setValue(int(values.get("max_concurrency") or 4))
+        self.serve_on_launch = QCheckBox("Start serving when the app starts")
+        self.serve_on_launch.setChecked(profile.prefs.serve_on_launch)
+        self.notifications = QCheckBox("Notify me when the link drops or comes back")
+        self.notifications.setChecked(profile.prefs.notifications)
+        self.models = QListWidget()
+        self.models.setMaximumHeight(130)
+        self.set_models(self.bridge.status.available or (), profile.prefs.disabled_models)
+
+    def _build_form(self) -> QFormLayout:
+        """The fields in a form, each with its error label."""
+        self.errors: dict[str, QLabel] = {}
+        form = QFormLayout()
+        for name, label, widget in (
+            ("broker_url", "Broker URL", self.broker_url),
+            ("broker_token", "Connector token", self.broker_token),
+            ("llm_url", "Local LLM URL", self.llm_url),
+            ("llm_api_key", "Local LLM API key", self.llm_api_key),
+            ("max_concurrency", "Max concurrency", self.max_concurrency),
+        ):
+            form.addRow(label, self._with_error(name, widget))
+        form.addRow("Models", self.models)
+        form.addRow("", self.serve_on_launch)
+        form.addRow("", self.notifications)
+        return form
+
+    def _build_messages(self, secrets_error: str | None, problem: str | None) -> None:
+        """What is wrong before anything is edited: the keyring, or why serving cannot start."""
+        self.keyring_warning = QLabel(secrets_error or "")
+        self.keyring_warning.setWordWrap(True)
+        self.keyring_warning.setStyleSheet(ERROR_STYLE)
+        self.keyring_warning.setVisible(bool(secrets_error))
+        # Why the connector cannot serve (a broken connector.yaml, a bad CA file, ...).
+        self.problem = QLabel(problem or "")
+        self.problem.setWordWrap(True)
+        self.problem.setStyleSheet(ERROR_STYLE)
+        self.problem.setVisible(bool(problem))
+
+    def _build_test_row(self) -> QHBoxLayout:
+        """The "Test connection" button, its busy bar and its outcome."""
+        self.busy = QProgressBar()
+        self.busy.setRange(0, 0)  # indeterminate: a busy indicator
+        self.busy.setMaximumHeight(12)
+        self.busy.hide()
+        self.test_button = QPushButton("Test connection")
+        self.test_button.clicked.connect(lambda: self._spawn(self.test_connection()))
+        self.outcome = QLabel()
+        self.outcome.setWordWrap(True)
+        self.outcome.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        test_row = QHBoxLayout()
+        test_row.addWidget(self.test_button)
+        test_row.addWidget(self.busy, 1)
+        return test_row
 
     # -- layout helpers --------------------------------------------------------
 
