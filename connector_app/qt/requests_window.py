@@ -172,6 +172,22 @@ class RequestsWindow(QWidget):
         self.proxy.setFilterKeyColumn(-1)
         self.proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
 
+        self._build_recent()
+        self._build_in_flight()
+        self.events = QPlainTextEdit(readOnly=True)
+        self.events.setMaximumBlockCount(activity.events_limit)
+        for link_event in activity.link_events:
+            self.add_link_event(link_event)
+        self._lay_out()
+
+        bridge.request_event.connect(self.on_request)
+        bridge.link_event.connect(self.add_link_event)
+        self.ages = QTimer(self, interval=1000)
+        self.ages.timeout.connect(self.refresh_in_flight)
+        self.refresh_in_flight()
+
+    def _build_recent(self) -> None:
+        """The table of finished requests, its filter and its copy action."""
         self.filter = QLineEdit(placeholderText="Filter by request id, model or status")
         self.filter.setClearButtonEnabled(True)
         self.filter.textChanged.connect(self.proxy.setFilterFixedString)
@@ -192,8 +208,10 @@ class RequestsWindow(QWidget):
         copy.triggered.connect(self.copy_request_id)
         self.table.addAction(copy)
 
+    def _build_in_flight(self) -> None:
+        """The table of requests being served right now."""
         self.in_flight_label = QLabel()
-        self.in_flight_model = InFlightModel(clock, self)
+        self.in_flight_model = InFlightModel(self.clock, self)
         self.in_flight = QTableView()
         self.in_flight.setModel(self.in_flight_model)
         self.in_flight.verticalHeader().hide()
@@ -201,11 +219,8 @@ class RequestsWindow(QWidget):
         flight_header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         flight_header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
 
-        self.events = QPlainTextEdit(readOnly=True)
-        self.events.setMaximumBlockCount(activity.events_limit)
-        for link_event in activity.link_events:
-            self.add_link_event(link_event)
-
+    def _lay_out(self) -> None:
+        """Recent requests, requests in flight and connection events, one above the other."""
         top = QHBoxLayout()
         top.addWidget(self.filter)
         top.addWidget(self.copy_button)
@@ -230,12 +245,6 @@ class RequestsWindow(QWidget):
         splitter.setSizes([300, 120, 120])
         layout = QVBoxLayout(self)
         layout.addWidget(splitter)
-
-        bridge.request_event.connect(self.on_request)
-        bridge.link_event.connect(self.add_link_event)
-        self.ages = QTimer(self, interval=1000)
-        self.ages.timeout.connect(self.refresh_in_flight)
-        self.refresh_in_flight()
 
     # The ages only tick while someone can see them.
     def showEvent(self, event: QShowEvent) -> None:
