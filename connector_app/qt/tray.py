@@ -53,6 +53,25 @@ class TrayApp(QObject):
         self.requests_window: RequestsWindow | None = None
         self.window: MainWindow | None = None
 
+        self._build_menu()
+        self.tray = QSystemTrayIcon(icon_for(TrayState.STOPPED))
+        self._shown: tuple[TrayState, str] | None = None  # what the icon and tooltip show now
+        self.tray.setContextMenu(self.menu)
+        self.menu.aboutToShow.connect(lambda: log.info("tray menu opened"))
+        self.tray.activated.connect(self._on_activated)
+        self.notifier = Notifier(self.notify, enabled=bridge.profile.prefs.notifications)
+        self._waited = 0.0
+        self._tray_timer = QTimer(self, interval=500)
+        self._tray_timer.timeout.connect(self._look_for_tray)
+
+        bridge.status_changed.connect(self.on_status)
+        bridge.serving_changed.connect(lambda _serving: self.refresh())
+        bridge.problem_changed.connect(lambda _problem: self.refresh())
+        self._sync_login()
+        self.refresh()
+
+    def _build_menu(self) -> None:
+        """The tray menu: state, start/stop, the models' toggles, the windows, login, quit."""
         self.menu = QMenu()
         self.status_action = self.menu.addAction("Stopped")
         self.status_action.setEnabled(False)
@@ -71,22 +90,6 @@ class TrayApp(QObject):
         self.login_action.toggled.connect(self.set_launch_at_login)
         self.menu.addSeparator()
         self.quit_action = self.menu.addAction("Quit", self.quit)
-
-        self.tray = QSystemTrayIcon(icon_for(TrayState.STOPPED))
-        self._shown: tuple[TrayState, str] | None = None  # what the icon and tooltip show now
-        self.tray.setContextMenu(self.menu)
-        self.menu.aboutToShow.connect(lambda: log.info("tray menu opened"))
-        self.tray.activated.connect(self._on_activated)
-        self.notifier = Notifier(self.notify, enabled=bridge.profile.prefs.notifications)
-        self._waited = 0.0
-        self._tray_timer = QTimer(self, interval=500)
-        self._tray_timer.timeout.connect(self._look_for_tray)
-
-        bridge.status_changed.connect(self.on_status)
-        bridge.serving_changed.connect(lambda _serving: self.refresh())
-        bridge.problem_changed.connect(lambda _problem: self.refresh())
-        self._sync_login()
-        self.refresh()
 
     # -- start-up --------------------------------------------------------------
 
