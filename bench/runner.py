@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -184,13 +185,7 @@ async def run(
                 notes.append("no profile: py-spy is not on PATH (uv tool install py-spy)")
             else:
                 profiles = profile.start(children, processes, exe)
-        for name in plan.workloads:
-            _log(f"{name} ...")
-            t0 = time.monotonic()
-            result = await WORKLOADS[name](ctx)
-            result.seconds = round(time.monotonic() - t0, 1)
-            results.append(result)
-            _log(f"{name} done in {result.seconds:g} s")
+        await _workloads(plan, ctx, results)
         # CPU that neither the harness nor its children used: other work on the machine.
         own = sum(cpu_times(os.getpid())) - own0 + children.cpu_seconds()
         background = (machine_busy_seconds() - busy0 - own) / (time.monotonic() - wall0)
@@ -203,25 +198,55 @@ async def run(
         for target in targets.values():
             await target.close()
         children.stop_all()
-    rows = [row for r in results for row in r.rows]
+    measured_run = _Measured(started, measured, background, idle_rss, results, profiles)
+    return _document(plan, measured_run, list(targets), notes)
+
+
+async def _workloads(plan: Plan, ctx: Context, results: list[WorkloadResult]) -> None:
+    """Run the plan's workloads in order, appending each result as it completes."""
+    for name in plan.workloads:
+        _log(f"{name} ...")
+        t0 = time.monotonic()
+        result = await WORKLOADS[name](ctx)
+        result.seconds = round(time.monotonic() - t0, 1)
+        results.append(result)
+        _log(f"{name} done in {result.seconds:g} s")
+
+
+@dataclass
+class _Measured:
+    """What one run measured, for its results document."""
+
+    started: float
+    source: dict[str, Any]
+    background: float
+    idle_rss: dict[str, float]
+    results: list[WorkloadResult]
+    profiles: dict[str, Path]
+
+
+def _document(
+    plan: Plan, run: _Measured, paths: list[str], notes: list[str]
+) -> tuple[dict[str, Any], str]:
+    """The results document of a run and its Markdown table."""
+    rows = [row for r in run.results for row in r.rows]
     summaries = {
         name: {"folded": str(path), **profile.summarise(path)}
-        for name, path in profiles.items()
+        for name, path in run.profiles.items()
         if path.exists()
     }
-    with_litellm = "litellm" in targets
-    table = markdown(rows, with_litellm, tuple(p for p in LOWER_BOUNDS if p in targets))
+    table = markdown(rows, "litellm" in paths, tuple(p for p in LOWER_BOUNDS if p in paths))
     document = {
         "mode": plan.mode,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "duration_s": round(time.time() - started, 1),
-        "machine": {**machine(), "background_cpu_cores": round(background, 3)},
-        "source": measured,
-        "paths": list(targets),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(run.started)),
+        "duration_s": round(time.time() - run.started, 1),
+        "machine": {**machine(), "background_cpu_cores": round(run.background, 3)},
+        "source": run.source,
+        "paths": paths,
         "notes": notes,
-        "rss_mib_at_start": idle_rss,
+        "rss_mib_at_start": run.idle_rss,
         "rows": [row.to_json() for row in rows],
-        "workloads": {r.name: {"seconds": r.seconds, "detail": r.detail} for r in results},
+        "workloads": {r.name: {"seconds": r.seconds, "detail": r.detail} for r in run.results},
         "profile": summaries,
         "passed": sum(1 for row in rows if row.passed is True),
         "failed": sum(1 for row in rows if row.passed is False),
