@@ -103,7 +103,11 @@ def setup_portal(app: web.Application, settings: BrokerSettings) -> None:
             settings.gitlab_client_secret.get_secret_value(),
             list(settings.gitlab_allowed_group),
         )
-    add = app.router
+    _add_routes(app.router)
+
+
+def _add_routes(add: web.UrlDispatcher) -> None:
+    """Route the portal's pages, its sign-in and its static files."""
     add.add_get("/", landing)
     add.add_get("/login", login)
     add.add_get("/auth/callback", callback)
