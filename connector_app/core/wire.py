@@ -17,11 +17,10 @@ import re
 import ssl
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final, cast
-from urllib.parse import urlsplit
 
 from connector_app.core.proxy import ProxyError, check_connect_answer, connect_request, proxy_for
+from connector_app.core.target import Target, parse_ws_url
 from connector_app.core.wakeup import Wakeup
 from shared import upgrade
 from shared import websocket as ws
@@ -56,33 +55,6 @@ class LinkClosed(Exception):
         return self.code in (ws.CLOSE_NORMAL, ws.CLOSE_GOING_AWAY)
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where a ws:// or wss:// URL points."""
-
-    host: str
-    port: int
-    secure: bool
-    host_header: str
-    resource: str
-    """Path and query, as sent in the request line."""
-
-
-def parse_url(url: str) -> Target:
-    """Split a ws:// or wss:// URL; ValueError for anything else."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
-    secure = parts.scheme == "wss"
-    default = 443 if secure else 80
-    port = parts.port or default
-    host = parts.hostname
-    bracketed = f"[{host}]" if ":" in host else host
-    host_header = bracketed if port == default else f"{bracketed}:{port}"
-    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Target(host, port, secure, host_header, resource)
-
-
 async def open_wire(
     url: str,
     *,
@@ -99,7 +71,7 @@ async def open_wire(
     upgrade raises `HandshakeError` with the HTTP status; TLS failures `ssl.SSLError`;
     an unusable proxy `ProxyError`; an unreachable broker `OSError`.
     """
-    target = parse_url(url)
+    target = parse_ws_url(url)
     if ssl_context is None and target.secure:
         ssl_context = ssl.create_default_context()
     wire = Wire(outbox if outbox is not None else Outbox(), heartbeat)
