@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from connector_app.core.http1 import HTTPError
-from connector_app.core.pool import Pool, Response
+from connector_app.core.pool import Connection, Listener, Pool, Response
 from shared.protocol import Headers
 
 
@@ -45,6 +45,16 @@ class LocalLLM:
     ) -> AbstractAsyncContextManager[Response]:
         """Send one request; use as `async with llm.request(...) as response`."""
         return self._pool.request(method, path, self._headers(headers), body)
+
+    def start_nowait(
+        self, method: str, path: str, headers: Headers, body: bytes, listener: Listener
+    ) -> Connection | None:
+        """Send one request at once on a kept-alive connection, or None (see `Pool`)."""
+        return self._pool.start_nowait(method, path, self._headers(headers), body, listener)
+
+    def finish(self, connection: Connection) -> None:
+        """Hand back a connection from `start_nowait` when its exchange is over."""
+        self._pool.finish(connection)
 
     async def get_json(self, path: str, timeout: float = 5.0) -> Any:
         """GET a JSON document (used for discovery); raises on any failure."""

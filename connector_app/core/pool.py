@@ -5,18 +5,19 @@ per request (docs/performance.md). This client does only what that hop needs:
 one request at a time per connection, a keep-alive pool, bodies streamed as they
 arrive, and status, headers and body bytes passed on unchanged.
 
-`_Connection` is the asyncio protocol that pumps a socket through the sans-I/O
+`Connection` is the asyncio protocol that pumps a socket through the sans-I/O
 `ResponseParser` (`connector_app.core.http1`); `Pool` keeps connections.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Final, cast
+from typing import Final, Protocol, cast
 from urllib.parse import urlsplit
 
 from connector_app.core.http1 import Headers, HTTPError, ResponseParser, request_bytes
@@ -26,7 +27,25 @@ HIGH_WATER: Final = 256 * 1024
 """Body bytes buffered per connection before the socket stops being read."""
 
 
-class _Connection(asyncio.Protocol):
+class Listener(Protocol):
+    """Hears one exchange from the socket's callbacks, instead of a task awaiting it.
+
+    Body bytes go to the connection's `sink` as with `Response.on_data`; bytes the
+    sink refuses wait for `read()`, and from then on the reader owns the exchange
+    (it detaches the listener).
+    """
+
+    def on_head(self, status: int, headers: Headers) -> None:
+        """The response head arrived (set the sink here to get the body that came with it)."""
+
+    def on_complete(self) -> None:
+        """The whole response arrived and the sink took all of it."""
+
+    def on_failure(self, exc: BaseException) -> None:
+        """The exchange failed (the connection is closed); `received` says if any byte came."""
+
+
+class Connection(asyncio.Protocol):
     """One connection to the server, carrying one exchange at a time."""
 
     def __init__(self) -> None:
@@ -36,6 +55,8 @@ class _Connection(asyncio.Protocol):
         self.received = False
         self.sink: Callable[[bytes], bool] | None = None
         """Takes body bytes straight from data_received while it returns True (see on_data)."""
+        self.listener: Listener | None = None
+        """Hears the head, the end and a failure from the callbacks (see Pool.start_nowait)."""
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._paused = False
@@ -50,11 +71,15 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received = True
+        had_head = self.parser.head is not None
         try:
             body = self.parser.feed(data)
         except HTTPError as exc:
             self._fail(exc)
             return
+        listener = self.listener
+        if listener is not None and not had_head and self.parser.head is not None:
+            listener.on_head(*self.parser.head)
         sink = self.sink
         delivered = bool(body) and sink is not None and not self._chunks and sink(body)
         if body and not delivered:
@@ -66,6 +91,10 @@ class _Connection(asyncio.Protocol):
         if not delivered or self.parser.complete:
             # The reader only needs waking for what it has to handle itself.
             self._wakeup.wake()
+            listener = self.listener
+            if listener is not None and self.parser.complete and not self._chunks:
+                self.listener = None
+                listener.on_complete()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost does the rest
@@ -78,6 +107,19 @@ class _Connection(asyncio.Protocol):
             except HTTPError as cut:
                 self._error = exc or cut
         self._wakeup.wake()
+        listener, self.listener = self.listener, None
+        if listener is None:
+            return
+        if self.parser.complete and self._error is None:
+            if not self._chunks:
+                listener.on_complete()  # a body read until close: its end is the close
+            return
+        listener.on_failure(self._error or HTTPError(self._why_cut()))
+
+    def _why_cut(self) -> str:
+        if self.parser.head is None:
+            return "the server closed the connection without a response"
+        return "the server closed the connection before the response ended"
 
     # -- used by Pool and Response --
 
@@ -85,6 +127,7 @@ class _Connection(asyncio.Protocol):
         self.parser = ResponseParser(no_body=no_body)
         self.received = False
         self.sink = None
+        self.listener = None
         self._chunks.clear()
         self._buffered = 0
         self._error = None
@@ -139,6 +182,9 @@ class _Connection(asyncio.Protocol):
         self._error = exc
         self._wakeup.wake()
         self.close()
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.on_failure(exc)
 
 
 class Response:
@@ -146,7 +192,7 @@ class Response:
 
     __slots__ = ("_connection", "headers", "status")
 
-    def __init__(self, connection: _Connection, status: int, headers: Headers) -> None:
+    def __init__(self, connection: Connection, status: int, headers: Headers) -> None:
         self._connection = connection
         self.status = status
         self.headers = headers
@@ -173,6 +219,43 @@ class Response:
         return b"".join(parts)
 
 
+class _Slots:
+    """At most `limit` exchanges at a time: taken at once when one is free, else in turn."""
+
+    def __init__(self, limit: int) -> None:
+        self.free = limit
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_take(self) -> bool:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.try_take():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed a slot just as it was cancelled: pass it on
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    def give(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes straight to the next in line
+                return
+        self.free += 1
+
+
 class Pool:
     """Keep-alive connections to one server, at most `limit` open at a time."""
 
@@ -188,8 +271,8 @@ class Pool:
         self.host_header = host if default_port else f"{host}:{self._port}"
         self._prefix = parts.path.rstrip("/")
         self._connect_timeout = connect_timeout
-        self._idle: list[_Connection] = []
-        self._slots = asyncio.Semaphore(limit)
+        self._idle: list[Connection] = []
+        self._slots = _Slots(limit)
         self._closed = False
 
     @asynccontextmanager
@@ -202,19 +285,52 @@ class Pool:
         server sees the client go at once; a fully read response returns it to the pool.
         """
         payload = request_bytes(method, self._prefix + path, self.host_header, headers, body)
-        async with self._slots:
+        await self._slots.take()
+        try:
             connection = await self._exchange(payload, method == "HEAD")
-            try:
-                status, response_headers = await connection.wait_head()
-                yield Response(connection, status, response_headers)
-            finally:
-                connection.sink = None
-                if connection.reusable and not self._closed:
-                    self._idle.append(connection)
-                else:
-                    connection.close()
+        except BaseException:
+            self._slots.give()
+            raise
+        try:
+            status, response_headers = await connection.wait_head()
+            yield Response(connection, status, response_headers)
+        finally:
+            self.finish(connection)
 
-    async def _exchange(self, payload: bytes, no_body: bool) -> _Connection:
+    def start_nowait(
+        self, method: str, path: str, headers: Headers, body: bytes, listener: Listener
+    ) -> Connection | None:
+        """Send one request at once on a kept-alive connection, told to `listener`.
+
+        None when that cannot be done without waiting (no idle connection, no free
+        slot): use `request` then. The caller hands the connection back with
+        `finish` when the exchange is over (or `read()`s the rest itself).
+        """
+        while self._idle and not self._closed:
+            connection = self._idle.pop()
+            if connection.closed or not connection.parser.keep_alive:
+                connection.close()
+                continue
+            if not self._slots.try_take():
+                self._idle.append(connection)
+                return None
+            payload = request_bytes(method, self._prefix + path, self.host_header, headers, body)
+            connection.start(payload, method == "HEAD")
+            connection.listener = listener
+            return connection
+        return None
+
+    def finish(self, connection: Connection) -> None:
+        """The exchange on `connection` is over: keep it if it can carry another, free its slot."""
+        connection.sink = None
+        connection.listener = None
+        if connection.reusable and not self._closed:
+            self._idle.append(connection)
+        else:
+            connection.close()
+        self._slots.give()
+
+    async def _exchange(self, payload: bytes, no_body: bool) -> Connection:
         """A connection on which the request has been sent."""
         while self._idle:
             connection = self._idle.pop()
@@ -240,12 +356,12 @@ class Pool:
         connection.start(payload, no_body)
         return connection
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
         tls: ssl.SSLContext | None = ssl.create_default_context() if self._tls else None
         async with asyncio.timeout(self._connect_timeout):
             _, connection = await loop.create_connection(
-                _Connection, self._host, self._port, ssl=tls
+                Connection, self._host, self._port, ssl=tls
             )
         return connection
 

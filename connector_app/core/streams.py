@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -24,10 +25,12 @@ from connector_app.core.activity import (
 )
 from connector_app.core.http1 import HTTPError
 from connector_app.core.llm import LocalLLM
+from connector_app.core.pool import Connection
 from connector_app.core.status import StatusBoard
 from shared import protocol as p
 from shared.endpoints import is_relayable
 from shared.flow import SendCredit
+from shared.protocol import Headers
 
 log = structlog.get_logger("remotellm.connector")
 
@@ -41,13 +44,20 @@ class _Stream:
     head: p.RequestHead
     window: int
     body: bytearray = field(default_factory=bytearray)
+    running: bool = False
+    """The request is being served (by a task, or from the LLM socket's callbacks)."""
     task: asyncio.Task[None] | None = None
+    connection: Connection | None = None
+    """The LLM connection serving it from callbacks, with no task (see `Streams._fast`)."""
     status: int | None = None
     slow: bool = False
     """The task is sending a chunk that had to wait for credit: later bytes queue behind it."""
     credit: SendCredit = field(init=False)
     credited: asyncio.Event = field(default_factory=asyncio.Event)
     usage: UsageProbe | None = None
+    started: float = 0.0
+    model: str = ""
+    events: RequestEvents | None = None
 
     def __post_init__(self) -> None:
         self.credit = SendCredit(self.window)
@@ -91,16 +101,14 @@ class Streams:
     async def abort(self) -> None:
         """The link is gone: stop every request it carried and wait until they have stopped."""
         for stream in list(self._table.values()):
-            if stream.task is not None:
-                stream.task.cancel()
-            self.forget(stream)
+            self._stop(stream)
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def forget(self, stream: _Stream) -> None:
         """Drop a stream from the table and publish the new in-flight count."""
         if self._table.get(stream.head.stream_id) is stream:
             del self._table[stream.head.stream_id]
-            if stream.task is not None:
+            if stream.running:
                 self._running -= 1
         self._board.update(in_flight=self._running)
         if not self._table:
@@ -116,23 +124,21 @@ class Streams:
                 self.idle.clear()
             case p.RequestBody(stream_id, data):
                 stream = self._table.get(stream_id)
-                if stream is None or stream.task is not None:
+                if stream is None or stream.running:
                     raise p.ProtocolError(f"request body on stream {stream_id} that is not open")
                 if len(stream.body) + len(data) > p.MAX_REQUEST_BODY:
                     raise p.ProtocolError(f"request body on stream {stream_id} is too large")
                 stream.body += data
             case p.End(stream_id):
                 stream = self._table.get(stream_id)
-                if stream is None or stream.task is not None:
+                if stream is None or stream.running:
                     raise p.ProtocolError(f"end of stream {stream_id} that is not open")
                 self._start(stream)
             case p.Cancel(stream_id):
                 cancelled = self._table.get(stream_id)
                 self._discard(stream_id)
                 if cancelled is not None:
-                    if cancelled.task is not None:
-                        cancelled.task.cancel()
-                    self.forget(cancelled)
+                    self._stop(cancelled)
             case p.WindowUpdate(stream_id, increment):
                 credited = self._table.get(stream_id)
                 if credited is not None:
@@ -147,25 +153,126 @@ class Streams:
             reason = "shutting down" if self.draining else "at its concurrency limit"
             self._send(p.Error(sid, "over_capacity", f"The connector is {reason}."))
             return
-        stream.task = asyncio.create_task(self._serve(stream))
+        stream.running = True
         self._running += 1
-        self._tasks.add(stream.task)
-        stream.task.add_done_callback(self._tasks.discard)
         self._board.update(in_flight=busy + 1)
+        self._announce(stream)
+        if not self._fast(stream):
+            self._spawn(stream, self._serve(stream))
+
+    def _spawn(self, stream: _Stream, work: Coroutine[Any, Any, None]) -> None:
+        stream.task = task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _announce(self, stream: _Stream) -> None:
+        """The request starts now: tell the app's request log, if anyone is watching."""
+        stream.started = time.perf_counter()
+        events = stream.events = self._events if self._events.active else None
+        if events is not None:
+            head = stream.head
+            stream.model = model_of(stream.body)
+            events.publish(RequestStarted(head.request_id, stream.model, head.path, time.time()))
+            stream.usage = UsageProbe()
+
+    def _stop(self, stream: _Stream) -> None:
+        """Stop serving a stream the broker cancelled or lost; the LLM sees the hang-up."""
+        connection, stream.connection = stream.connection, None
+        self.forget(stream)
+        if stream.task is not None:
+            stream.task.cancel()  # the task logs how it ended
+        elif connection is not None:
+            connection.close()
+            self._llm.finish(connection)
+            self._finished(stream, "cancelled")
+
+    # -- serving one request from the LLM socket's callbacks -------------------
+
+    def _fast(self, stream: _Stream) -> bool:
+        """Serve the request without a task, when a kept-alive connection is free for it.
+
+        The head, the body and the end are relayed from the connection's callbacks. The
+        first body bytes that do not fit the stream's credit hand the rest of the
+        response to a task (`_finish_slowly`); a connection that turns out to have been
+        closed by the server before it saw the request sends it again through the task
+        path, on a fresh connection.
+        """
+        head = stream.head
+        if not is_relayable(head.method, head.path):
+            return False  # the task path refuses it, with its log line
+        connection = self._llm.start_nowait(
+            head.method, head.path, head.headers, bytes(stream.body), _FastCall(self, stream)
+        )
+        if connection is None:
+            return False
+        stream.connection = connection
+        return True
+
+    def _fast_head(self, stream: _Stream, status: int, headers: Headers) -> None:
+        stream.status = status
+        relayed = tuple((k, v) for k, v in headers if k.lower() not in _HOP_BY_HOP)
+        self._send(p.ResponseHead(stream.head.stream_id, status, relayed))
+        connection = stream.connection
+        if connection is not None:
+            connection.sink = lambda data: self._fast_data(stream, data)
+
+    def _fast_data(self, stream: _Stream, data: bytes) -> bool:
+        if self._offer(stream, data):
+            return True
+        # Out of credit: a task takes the rest of the response, in order, as it arrives.
+        connection = stream.connection
+        if connection is not None:
+            connection.listener = None
+            connection.sink = lambda data: self._offer(stream, data)
+            self._spawn(stream, self._finish_slowly(stream, connection))
+        return False
+
+    def _fast_end(self, stream: _Stream) -> None:
+        connection, stream.connection = stream.connection, None
+        if connection is not None:
+            self._llm.finish(connection)
+        self._send(p.End(stream.head.stream_id))
+        self.forget(stream)
+        self._finished(stream, "ok")
+
+    def _fast_failed(self, stream: _Stream, exc: BaseException) -> None:
+        connection, stream.connection = stream.connection, None
+        if connection is None:
+            return
+        self._llm.finish(connection)
+        if not connection.received:
+            # The server had closed this kept-alive connection: the request never reached it.
+            self._spawn(stream, self._serve(stream))
+            return
+        self._send(self._failure(stream, exc))
+        self.forget(stream)
+        self._finished(stream, "failed")
+
+    async def _finish_slowly(self, stream: _Stream, connection: Connection) -> None:
+        """The rest of a response that ran out of credit, from a task (as `_relay` does)."""
+        outcome = "ok"
+        with structlog.contextvars.bound_contextvars(request_id=stream.head.request_id):
+            try:
+                await self._pump(stream, connection.read)
+                self._send(p.End(stream.head.stream_id))
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                raise
+            except Exception as exc:
+                outcome = "failed"
+                self._send(self._failure(stream, exc))
+            finally:
+                stream.connection = None
+                self._llm.finish(connection)
+                self.forget(stream)
+                self._finished(stream, outcome)
 
     # -- serving one request ---------------------------------------------------
 
     async def _serve(self, stream: _Stream) -> None:
-        """Serve one stream; whatever happens, the broker hears how it ended."""
+        """Serve one stream from a task; whatever happens, the broker hears how it ended."""
         head = stream.head
-        started = time.perf_counter()
         outcome = "ok"
-        events = self._events if self._events.active else None
-        model = ""
-        if events is not None:
-            model = model_of(stream.body)
-            events.publish(RequestStarted(head.request_id, model, head.path, time.time()))
-            stream.usage = UsageProbe()
         with structlog.contextvars.bound_contextvars(request_id=head.request_id):
             try:
                 outcome = await self._answer(stream)
@@ -177,7 +284,7 @@ class Streams:
                 self._send(self._failure(stream, exc))
             finally:
                 self.forget(stream)
-                self._finished(stream, outcome, model, time.perf_counter() - started, events)
+                self._finished(stream, outcome)
 
     async def _answer(self, stream: _Stream) -> str:
         """Relay the request to the local LLM and its answer back; the outcome to log."""
@@ -191,12 +298,13 @@ class Streams:
         self._send(p.End(head.stream_id))
         return "ok"
 
-    def _failure(self, stream: _Stream, exc: Exception) -> p.Error:
+    def _failure(self, stream: _Stream, exc: BaseException) -> p.Error:
         """The error the broker hears for a request that failed here (called while handling it)."""
         sid = stream.head.stream_id
         if isinstance(exc, HTTPError | OSError | TimeoutError):
             # Details (the local URL, the socket error) stay in this machine's log.
-            log.warning("local LLM request failed", error=str(exc) or type(exc).__name__)
+            error = str(exc) or type(exc).__name__
+            log.warning("local LLM request failed", error=error, request_id=stream.head.request_id)
             if stream.status is None:
                 return p.Error(sid, "llm_unreachable", "The local LLM server is unreachable.")
             return p.Error(sid, "llm_stream_failed", "The local LLM server failed mid-response.")
@@ -204,29 +312,25 @@ class Streams:
         log.exception("request handling failed")
         return p.Error(sid, "connector_error", f"The connector failed: {type(exc).__name__}")
 
-    def _finished(
-        self,
-        stream: _Stream,
-        outcome: str,
-        model: str,
-        duration: float,
-        events: RequestEvents | None,
-    ) -> None:
+    def _finished(self, stream: _Stream, outcome: str) -> None:
         """Log the request's end and tell the app's request log."""
         head = stream.head
+        duration = time.perf_counter() - stream.started
         log.info(
             "request served",
+            request_id=head.request_id,
             method=head.method,
             path=head.path,
             status=stream.status,
             outcome=outcome,
             duration_ms=round(duration * 1000, 1),
         )
+        events = stream.events
         if events is not None and stream.usage is not None:
             prompt, completion = stream.usage.tokens()
             finished = RequestFinished(
                 head.request_id,
-                model,
+                stream.model,
                 head.path,
                 stream.status,
                 outcome,
@@ -249,15 +353,19 @@ class Streams:
             # Events that fit the credit leave from the socket's callback, without waking
             # this task for each one; the loop handles what had to wait, and the end.
             response.on_data(lambda data: self._offer(stream, data))
-            usage = stream.usage
-            while chunk := await response.read():
-                if usage is not None:
-                    usage.feed(chunk)
-                stream.slow = True
-                try:
-                    await self._send_body(stream, chunk)
-                finally:
-                    stream.slow = False
+            await self._pump(stream, response.read)
+
+    async def _pump(self, stream: _Stream, read: Callable[[], Awaitable[bytes]]) -> None:
+        """Send what `read` returns (the bytes the callbacks could not) until it ends."""
+        usage = stream.usage
+        while chunk := await read():
+            if usage is not None:
+                usage.feed(chunk)
+            stream.slow = True
+            try:
+                await self._send_body(stream, chunk)
+            finally:
+                stream.slow = False
 
     def _offer(self, stream: _Stream, data: bytes) -> bool:
         """Send `data` now if the stream has the credit for all of it; else leave it."""
@@ -288,3 +396,22 @@ class Streams:
             self._send(p.ResponseBody(sid, chunk))
             offset += n
         return data[offset:] if offset else data
+
+
+class _FastCall:
+    """Hears one stream's LLM exchange from the connection's callbacks (`pool.Listener`)."""
+
+    __slots__ = ("_stream", "_streams")
+
+    def __init__(self, streams: Streams, stream: _Stream) -> None:
+        self._streams = streams
+        self._stream = stream
+
+    def on_head(self, status: int, headers: Headers) -> None:
+        self._streams._fast_head(self._stream, status, headers)
+
+    def on_complete(self) -> None:
+        self._streams._fast_end(self._stream)
+
+    def on_failure(self, exc: BaseException) -> None:
+        self._streams._fast_failed(self._stream, exc)

@@ -24,6 +24,9 @@ class FailingLLM:
         self.error = error
         self.calls = 0
 
+    def start_nowait(self, *_args: Any) -> None:
+        return None  # no kept-alive connection: every request takes the task path
+
     @asynccontextmanager
     async def request(self, *_args: Any) -> AsyncIterator[Any]:
         self.calls += 1
