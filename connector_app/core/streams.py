@@ -208,18 +208,14 @@ class Streams:
         stream.connection = connection
         return True
 
-    def _fast_head(self, stream: _Stream, status: int, headers: Headers) -> None:
+    def _fast_head(self, stream: _Stream, status: int, headers: Headers) -> Connection | None:
         stream.status = status
         relayed = tuple((k, v) for k, v in headers if k.lower() not in _HOP_BY_HOP)
         self._send(p.ResponseHead(stream.head.stream_id, status, relayed))
-        connection = stream.connection
-        if connection is not None:
-            connection.sink = lambda data: self._fast_data(stream, data)
+        return stream.connection
 
-    def _fast_data(self, stream: _Stream, data: bytes) -> bool:
-        if self._offer(stream, data):
-            return True
-        # Out of credit: a task takes the rest of the response, in order, as it arrives.
+    def _out_of_credit(self, stream: _Stream) -> bool:
+        """Body bytes did not fit the credit: a task takes the rest of the response, in order."""
         connection = stream.connection
         if connection is not None:
             connection.listener = None
@@ -408,7 +404,14 @@ class _FastCall:
         self._stream = stream
 
     def on_head(self, status: int, headers: Headers) -> None:
-        self._streams._fast_head(self._stream, status, headers)
+        connection = self._streams._fast_head(self._stream, status, headers)
+        if connection is not None:
+            connection.sink = self.on_data
+
+    def on_data(self, data: bytes) -> bool:
+        """Body bytes from the socket: sent at once when the stream's credit allows."""
+        streams = self._streams
+        return streams._offer(self._stream, data) or streams._out_of_credit(self._stream)
 
     def on_complete(self) -> None:
         self._streams._fast_end(self._stream)
