@@ -1,9 +1,10 @@
-"""The connector's stream table: how a request that fails here is reported to the broker."""
+"""The connector's stream table: how requests are served, and how failures are reported."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -108,3 +109,192 @@ async def test_a_draining_table_refuses_new_requests_as_over_capacity() -> None:
     assert llm.calls == 0
     assert [(type(f), getattr(f, "code", None)) for f in sent] == [(p.Error, "over_capacity")]
     assert len(streams) == 0 and streams.idle.is_set()
+
+
+# -- requests served from the LLM socket's callbacks (a kept-alive connection is free) ------
+
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
+"""Writes one response; True keeps the connection for the next request."""
+
+
+class Upstream:
+    """A local LLM stand-in on loopback that answers each request as the test says."""
+
+    def __init__(self) -> None:
+        self.answers: asyncio.Queue[Answer] = asyncio.Queue()
+        self.connections = 0
+        self.hung_up = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> Upstream:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                await reader.readexactly(int(length.group(1)) if length else 0)
+                answer = await self.answers.get()
+                if not await answer(reader, writer):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.hung_up.set()
+        finally:
+            writer.close()
+
+
+def reply(body: bytes) -> Answer:
+    async def answer(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+        writer.write(head.encode() + b"\r\n\r\n" + body)
+        await writer.drain()
+        return True
+
+    return answer
+
+
+class Served:
+    """A table of streams in front of a real LocalLLM, and the frames it sent."""
+
+    def __init__(self, url: str) -> None:
+        self.sent: list[p.Frame] = []
+        self.llm = LocalLLM(url)
+        self.streams = Streams(
+            llm=self.llm,
+            board=StatusBoard(),
+            events=RequestEvents(),
+            max_concurrency=8,
+            send=self.sent.append,
+            discard=lambda _stream_id: None,
+        )
+
+    def request(self, sid: int) -> None:
+        body = b'{"model": "m", "messages": []}'
+        headers = (("content-type", "application/json"),)
+        self.streams.on_frame(
+            p.RequestHead(sid, "POST", "/v1/chat/completions", headers, f"r{sid}")
+        )
+        self.streams.on_frame(p.RequestBody(sid, body))
+        self.streams.on_frame(p.End(sid))
+
+    def of(self, sid: int) -> list[p.Frame]:
+        return [f for f in self.sent if getattr(f, "stream_id", None) == sid]
+
+    async def ended(self, sid: int) -> list[p.Frame]:
+        """The stream's frames once it ended (End or Error)."""
+        async with asyncio.timeout(10):
+            while not any(isinstance(f, p.End | p.Error) for f in self.of(sid)):
+                await asyncio.sleep(0.01)
+        return self.of(sid)
+
+    def body(self, sid: int) -> bytes:
+        return b"".join(f.data for f in self.of(sid) if isinstance(f, p.ResponseBody))
+
+
+async def test_a_request_on_a_free_kept_alive_connection_is_served_without_a_task() -> None:
+    async with Upstream() as upstream:
+        served = Served(upstream.url)
+        for answer in (b'{"n": 1}', b'{"n": 2}'):
+            upstream.answers.put_nowait(reply(answer))
+        served.request(1)  # the first one connects, from a task
+        await served.ended(1)
+        served.request(2)
+        assert not served.streams._tasks  # the second went out from the End frame's callback
+        frames = await served.ended(2)
+        assert [type(f) for f in frames] == [p.ResponseHead, p.ResponseBody, p.End]
+        assert served.body(1) == b'{"n": 1}' and served.body(2) == b'{"n": 2}'
+        assert upstream.connections == 1
+        assert len(served.streams) == 0
+        await served.llm.close()
+
+
+async def test_a_kept_alive_connection_the_server_dropped_sends_the_request_again() -> None:
+    async def drop(_reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> bool:
+        return False  # read the request, then close without a byte of answer
+
+    async with Upstream() as upstream:
+        served = Served(upstream.url)
+        for answer in (reply(b"first"), drop, reply(b"second")):
+            upstream.answers.put_nowait(answer)
+        served.request(1)
+        await served.ended(1)
+        served.request(2)
+        frames = await served.ended(2)
+        assert [type(f) for f in frames] == [p.ResponseHead, p.ResponseBody, p.End]
+        assert served.body(2) == b"second"
+        assert upstream.connections == 2
+        await served.llm.close()
+
+
+async def test_a_cancel_hangs_up_on_the_llm_server_at_once() -> None:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await reader.read()  # until the connector hangs up
+        raise ConnectionResetError
+
+    async with Upstream() as upstream:
+        served = Served(upstream.url)
+        for answer in (reply(b"first"), endless):
+            upstream.answers.put_nowait(answer)
+        served.request(1)
+        await served.ended(1)
+        served.request(2)
+        async with asyncio.timeout(10):
+            while served.body(2) != b"hello":
+                await asyncio.sleep(0.01)
+        served.streams.on_frame(p.Cancel(2))
+        await asyncio.wait_for(upstream.hung_up.wait(), 10)
+        assert len(served.streams) == 0
+        assert not any(isinstance(f, p.End | p.Error) for f in served.of(2))
+        await served.llm.close()
+
+
+async def test_a_body_larger_than_the_credit_waits_for_window_updates_in_order() -> None:
+    big = bytes(range(256)) * 40  # 10,240 bytes
+    async with Upstream() as upstream:
+        served = Served(upstream.url)
+        for answer in (reply(b"first"), reply(big)):
+            upstream.answers.put_nowait(answer)
+        served.request(1)
+        await served.ended(1)
+        served.streams.window = 1024
+        served.request(2)
+        async with asyncio.timeout(10):
+            while not any(isinstance(f, p.End) for f in served.of(2)):
+                if len(served.body(2)) % 1024 == 0 and served.body(2):
+                    served.streams.on_frame(p.WindowUpdate(2, 1024))
+                await asyncio.sleep(0.01)
+        assert served.body(2) == big
+        assert max(len(f.data) for f in served.of(2) if isinstance(f, p.ResponseBody)) <= 1024
+        await served.llm.close()
+
+
+async def test_a_response_cut_short_ends_in_an_error_after_what_arrived() -> None:
+    async def cut(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await writer.drain()
+        return False
+
+    async with Upstream() as upstream:
+        served = Served(upstream.url)
+        for answer in (reply(b"first"), cut):
+            upstream.answers.put_nowait(answer)
+        served.request(1)
+        await served.ended(1)
+        served.request(2)
+        frames = await served.ended(2)
+        assert [type(f) for f in frames] == [p.ResponseHead, p.ResponseBody, p.Error]
+        assert served.body(2) == b"partial"
+        assert cast(p.Error, frames[-1]).code == "llm_stream_failed"
+        await served.llm.close()
