@@ -244,6 +244,19 @@ class Streams:
         self.forget(stream)
         self._finished(stream, "failed")
 
+    def _fast_bug(self, stream: _Stream) -> None:
+        """A callback failed (called while handling it): end the stream as `_serve` would."""
+        log.exception("request handling failed", request_id=stream.head.request_id)
+        connection, stream.connection = stream.connection, None
+        if connection is not None:
+            connection.close()
+            self._llm.finish(connection)
+        if self._table.get(stream.head.stream_id) is stream:
+            message = "The connector failed while relaying the response."
+            self._send(p.Error(stream.head.stream_id, "connector_error", message))
+            self.forget(stream)
+            self._finished(stream, "failed")
+
     async def _finish_slowly(self, stream: _Stream, connection: Connection) -> None:
         """The rest of a response that ran out of credit, from a task (as `_relay` does)."""
         outcome = "ok"
@@ -403,18 +416,33 @@ class _FastCall:
         self._streams = streams
         self._stream = stream
 
+    # A bug in these must not leave the broker's client waiting for its timeout (as in `_serve`).
+
     def on_head(self, status: int, headers: Headers) -> None:
-        connection = self._streams._fast_head(self._stream, status, headers)
-        if connection is not None:
-            connection.sink = self.on_data
+        try:
+            connection = self._streams._fast_head(self._stream, status, headers)
+            if connection is not None:
+                connection.sink = self.on_data
+        except Exception:
+            self._streams._fast_bug(self._stream)
 
     def on_data(self, data: bytes) -> bool:
         """Body bytes from the socket: sent at once when the stream's credit allows."""
         streams = self._streams
-        return streams._offer(self._stream, data) or streams._out_of_credit(self._stream)
+        try:
+            return streams._offer(self._stream, data) or streams._out_of_credit(self._stream)
+        except Exception:
+            streams._fast_bug(self._stream)
+            return True  # the connection is closed; the bytes have nowhere to go
 
     def on_complete(self) -> None:
-        self._streams._fast_end(self._stream)
+        try:
+            self._streams._fast_end(self._stream)
+        except Exception:
+            self._streams._fast_bug(self._stream)
 
     def on_failure(self, exc: BaseException) -> None:
-        self._streams._fast_failed(self._stream, exc)
+        try:
+            self._streams._fast_failed(self._stream, exc)
+        except Exception:
+            self._streams._fast_bug(self._stream)

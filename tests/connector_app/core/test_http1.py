@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -403,3 +404,46 @@ async def test_on_data_takes_bytes_until_it_refuses_and_read_keeps_the_order(
             go.set()
             rest = await response.body()
         assert (taken, rest) == ([b"one"], b"333")
+
+
+async def test_pool_slots_go_in_turn_and_a_cancelled_waiter_passes_its_slot_on() -> None:
+    from connector_app.core.pool import _Slots
+
+    slots = _Slots(2)
+    assert slots.try_take() and slots.try_take()
+    assert not slots.try_take()
+    order: list[str] = []
+
+    async def take(name: str) -> None:
+        await slots.take()
+        order.append(name)
+
+    first = asyncio.create_task(take("first"))
+    second = asyncio.create_task(take("second"))
+    third = asyncio.create_task(take("third"))
+    await asyncio.sleep(0)
+    assert not slots.try_take()  # others are waiting: no jumping the line
+    slots.give()  # handed to "first"
+    second.cancel()  # "second" leaves the line
+    slots.give()  # goes to "third", not to the cancelled one
+    await asyncio.gather(first, third)
+    with contextlib.suppress(asyncio.CancelledError):
+        await second
+    assert order == ["first", "third"]
+    assert slots.free == 0
+    slots.give()
+    slots.give()
+    assert slots.free == 2
+
+    # A waiter cancelled just after it was handed a slot gives it to the next in line.
+    assert slots.try_take() and slots.try_take()
+    late = asyncio.create_task(take("late"))
+    last = asyncio.create_task(take("last"))
+    await asyncio.sleep(0)
+    slots.give()  # handed to "late"...
+    late.cancel()  # ...which is cancelled before it runs again
+    with contextlib.suppress(asyncio.CancelledError):
+        await late
+    await asyncio.wait_for(last, 5)
+    assert order == ["first", "third", "last"]
+    assert slots.free == 0

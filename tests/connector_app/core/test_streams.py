@@ -298,3 +298,34 @@ async def test_a_response_cut_short_ends_in_an_error_after_what_arrived() -> Non
         assert served.body(2) == b"partial"
         assert cast(p.Error, frames[-1]).code == "llm_stream_failed"
         await served.llm.close()
+
+
+async def test_a_bug_in_the_callbacks_ends_the_stream_with_an_error_and_hangs_up() -> None:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await reader.read()
+        raise ConnectionResetError
+
+    async with Upstream() as upstream:
+        served = Served(upstream.url)
+        for answer in (reply(b"first"), endless):
+            upstream.answers.put_nowait(answer)
+        served.request(1)
+        await served.ended(1)
+        relay = served.sent.append
+
+        def broken(frame: p.Frame) -> None:
+            if isinstance(frame, p.ResponseHead) and frame.stream_id == 2:
+                raise RuntimeError("a bug while relaying the head")
+            relay(frame)
+
+        served.streams._send = broken
+        served.request(2)
+        frames = await served.ended(2)
+        assert [(type(f), getattr(f, "code", None)) for f in frames] == [
+            (p.Error, "connector_error")
+        ]
+        await asyncio.wait_for(upstream.hung_up.wait(), 10)
+        assert len(served.streams) == 0
+        await served.llm.close()
