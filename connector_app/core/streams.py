@@ -1,9 +1,12 @@
-"""The streams one relay connection carries: requests from the broker, served one task each.
+"""The streams one relay connection carries: requests from the broker, served to the LLM.
 
 `Streams` takes the broker's stream frames (a request's head, body and end; cancels;
-window updates), serves each complete request in a task that calls the local LLM,
-and streams the answer back within the stream's flow-control window. What it sends
-goes through the `send` it is given; the connection is `RelayClient`'s.
+window updates), sends each complete request to the local LLM, and streams the
+answer back within the stream's flow-control window. When a kept-alive connection
+to the LLM is free, the request goes out from the End frame's callback and the
+answer is relayed from the connection's callbacks, with no task (`_fast`); otherwise,
+and for the rest of an answer that runs out of credit, a task serves it (`_serve`).
+What it sends goes through the `send` it is given; the connection is `RelayClient`'s.
 """
 
 from __future__ import annotations
