@@ -75,6 +75,9 @@ class Connection(asyncio.Protocol):
         try:
             body = self.parser.feed(data)
         except HTTPError as exc:
+            listener = self.listener
+            if listener is not None and not had_head and self.parser.head is not None:
+                listener.on_head(*self.parser.head)  # the head came, then broken bytes
             self._fail(exc)
             return
         listener = self.listener
@@ -306,7 +309,10 @@ class Pool:
         slot): use `request` then. The caller hands the connection back with
         `finish` when the exchange is over (or `read()`s the rest itself).
         """
-        while self._idle and not self._closed:
+        if not self._idle or self._closed:
+            return None
+        payload = request_bytes(method, self._prefix + path, self.host_header, headers, body)
+        while self._idle:
             connection = self._idle.pop()
             if connection.closed or not connection.parser.keep_alive:
                 connection.close()
@@ -314,8 +320,12 @@ class Pool:
             if not self._slots.try_take():
                 self._idle.append(connection)
                 return None
-            payload = request_bytes(method, self._prefix + path, self.host_header, headers, body)
-            connection.start(payload, method == "HEAD")
+            try:
+                connection.start(payload, method == "HEAD")
+            except BaseException:
+                connection.close()
+                self._slots.give()
+                raise
             connection.listener = listener
             return connection
         return None

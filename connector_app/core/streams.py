@@ -61,6 +61,8 @@ class _Stream:
     started: float = 0.0
     model: str = ""
     events: RequestEvents | None = None
+    ended: bool = False
+    """Its end was logged (and told to the app's request log)."""
 
     def __post_init__(self) -> None:
         self.credit = SendCredit(self.window)
@@ -88,7 +90,7 @@ class Streams:
         """Drops what the outbox still holds of a stream (it was cancelled)."""
         self._table: dict[int, _Stream] = {}
         self._running = 0
-        """Streams in `_table` with a task: counted, not summed, at a thousand streams."""
+        """Streams in `_table` being served: counted, not summed, at a thousand streams."""
         self._tasks: set[asyncio.Task[None]] = set()
         self.idle = asyncio.Event()
         """Set while no stream is open."""
@@ -167,6 +169,18 @@ class Streams:
         stream.task = task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _task: self._task_done(stream))
+
+    def _task_done(self, stream: _Stream) -> None:
+        """A task cancelled before its first step never ran its `finally`: end the stream here."""
+        if stream.ended:
+            return
+        connection, stream.connection = stream.connection, None
+        if connection is not None:
+            connection.close()
+            self._llm.finish(connection)
+        self.forget(stream)
+        self._finished(stream, "cancelled")
 
     def _announce(self, stream: _Stream) -> None:
         """The request starts now: tell the app's request log, if anyone is watching."""
@@ -182,11 +196,12 @@ class Streams:
         """Stop serving a stream the broker cancelled or lost; the LLM sees the hang-up."""
         connection, stream.connection = stream.connection, None
         self.forget(stream)
-        if stream.task is not None:
-            stream.task.cancel()  # the task logs how it ended
-        elif connection is not None:
+        if connection is not None:
             connection.close()
             self._llm.finish(connection)
+        if stream.task is not None:
+            stream.task.cancel()  # the task, or `_task_done`, logs how it ended
+        elif connection is not None:
             self._finished(stream, "cancelled")
 
     # -- serving one request from the LLM socket's callbacks -------------------
@@ -203,9 +218,12 @@ class Streams:
         head = stream.head
         if not is_relayable(head.method, head.path):
             return False  # the task path refuses it, with its log line
-        connection = self._llm.start_nowait(
-            head.method, head.path, head.headers, bytes(stream.body), _FastCall(self, stream)
-        )
+        try:
+            connection = self._llm.start_nowait(
+                head.method, head.path, head.headers, bytes(stream.body), _FastCall(self, stream)
+            )
+        except Exception:
+            return False  # the task path meets the same error and reports it
         if connection is None:
             return False
         stream.connection = connection
@@ -274,8 +292,9 @@ class Streams:
                 outcome = "failed"
                 self._send(self._failure(stream, exc))
             finally:
-                stream.connection = None
-                self._llm.finish(connection)
+                if stream.connection is connection:  # else `_stop` has handed it back already
+                    stream.connection = None
+                    self._llm.finish(connection)
                 self.forget(stream)
                 self._finished(stream, outcome)
 
@@ -325,7 +344,10 @@ class Streams:
         return p.Error(sid, "connector_error", f"The connector failed: {type(exc).__name__}")
 
     def _finished(self, stream: _Stream, outcome: str) -> None:
-        """Log the request's end and tell the app's request log."""
+        """Log the request's end and tell the app's request log (once)."""
+        if stream.ended:
+            return
+        stream.ended = True
         head = stream.head
         duration = time.perf_counter() - stream.started
         log.info(

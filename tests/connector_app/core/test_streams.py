@@ -329,3 +329,96 @@ async def test_a_bug_in_the_callbacks_ends_the_stream_with_an_error_and_hangs_up
         await asyncio.wait_for(upstream.hung_up.wait(), 10)
         assert len(served.streams) == 0
         await served.llm.close()
+
+
+def free_slots(served: Served) -> int:
+    return served.llm._pool._slots.free
+
+
+async def test_a_cancel_in_the_same_pass_as_running_out_of_credit_frees_everything() -> None:
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8192\r\n\r\n" + b"x" * 8192)
+        await writer.drain()
+        await reader.read()
+        raise ConnectionResetError
+
+    async with Upstream() as upstream:
+        served = Served(upstream.url)
+        for answer in (reply(b"first"), big):
+            upstream.answers.put_nowait(answer)
+        served.request(1)
+        await served.ended(1)
+        slots = free_slots(served)
+        streams = served.streams
+        out_of_credit = streams._out_of_credit
+
+        def then_cancel(stream: Any) -> bool:
+            refused = out_of_credit(stream)  # spawns the task that would take the rest...
+            streams.on_frame(p.Cancel(2))  # ...which is cancelled before its first step
+            return refused
+
+        streams._out_of_credit = then_cancel  # type: ignore[method-assign]
+        streams.window = 1024
+        served.request(2)
+        await asyncio.wait_for(upstream.hung_up.wait(), 10)
+        await asyncio.wait_for(streams.idle.wait(), 10)
+        await asyncio.sleep(0)
+        assert free_slots(served) == slots
+        assert len(streams) == 0 and not streams._tasks
+        await served.llm.close()
+
+
+async def test_a_request_cancelled_with_its_end_still_tells_the_app_it_finished() -> None:
+    async with Upstream() as upstream:
+        served = Served(upstream.url)
+        seen: list[Any] = []
+        served.streams._events.subscribe(seen.append)
+        headers = (("content-type", "application/json"),)
+        streams = served.streams
+        streams.on_frame(p.RequestHead(1, "POST", "/v1/chat/completions", headers, "r1"))
+        streams.on_frame(p.RequestBody(1, b'{"model": "m"}'))
+        streams.on_frame(p.End(1))  # no kept-alive connection yet: a task will serve it...
+        streams.on_frame(p.Cancel(1))  # ...but the same message cancels it first
+        await asyncio.wait_for(streams.idle.wait(), 10)
+        await asyncio.sleep(0)
+        assert [type(e).__name__ for e in seen] == ["RequestStarted", "RequestFinished"]
+        assert seen[-1].outcome == "cancelled"
+        assert free_slots(served) == 100
+        await served.llm.close()
+
+
+async def test_a_header_the_llm_request_cannot_carry_is_an_error_not_a_leak() -> None:
+    async with Upstream() as upstream:
+        served = Served(upstream.url)
+        upstream.answers.put_nowait(reply(b"first"))
+        served.request(1)
+        await served.ended(1)
+        streams = served.streams
+        headers = (("x-odd", "\udc41"),)  # the wire allows it; HTTP/1.1 bytes cannot hold it
+        streams.on_frame(p.RequestHead(2, "POST", "/v1/chat/completions", headers, "r2"))
+        streams.on_frame(p.End(2))
+        frames = await served.ended(2)
+        assert [(type(f), getattr(f, "code", None)) for f in frames] == [
+            (p.Error, "connector_error")
+        ]
+        assert free_slots(served) == 100
+        await served.llm.close()
+
+
+async def test_a_head_and_a_broken_body_in_one_packet_relay_the_head_first() -> None:
+    async def broken(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        await writer.drain()
+        return False
+
+    async with Upstream() as upstream:
+        served = Served(upstream.url)
+        for answer in (reply(b"first"), broken):
+            upstream.answers.put_nowait(answer)
+        served.request(1)
+        await served.ended(1)
+        served.request(2)
+        frames = await served.ended(2)
+        assert [type(f) for f in frames] == [p.ResponseHead, p.Error]
+        assert cast(p.Error, frames[-1]).code == "llm_stream_failed"
+        await served.llm.close()
