@@ -13,6 +13,35 @@ from bench.stats import summary_ms
 W1_BLOCK = 25
 W1_WARMUP = 40
 W2_P99_LIMIT_MS = 10.0
+STALL_MS = 10.0
+"""A harness loop this late at a low rate means the machine, not a path, stalled."""
+STALL_RATE = 1000
+"""Rates up to this leave the client idle most of the time: its own lag is the machine's."""
+STALLS = 3
+"""Late steps at those rates that make a run suspect."""
+
+
+def stall_note(steps: dict[str, list[dict[str, Any]]]) -> str | None:
+    """A warning when the harness's own event loop stalled again and again at low rates.
+
+    At a thousand requests a second or fewer the client is idle most of the time; when
+    its loop still runs `STALL_MS` late in `STALLS` steps or more, the host kept pausing
+    this machine and every path's frontier in that run is suspect (two such runs are
+    described in docs/performance.md). One late step is noise every run can have.
+    """
+    lags = [
+        step.get("client_lag_max_ms", 0.0)
+        for path_steps in steps.values()
+        for step in path_steps
+        if step["rate"] <= STALL_RATE
+    ]
+    late = [lag for lag in lags if lag > STALL_MS]
+    if len(late) < STALLS:
+        return None
+    return (
+        f"the harness's own loop stalled in {len(late)} steps at ≤ {STALL_RATE:,} req/s"
+        f" (up to {max(late):.0f} ms): the machine was disturbed; rerun before trusting this row"
+    )
 
 
 def _size_label(size: int) -> str:
@@ -124,6 +153,9 @@ async def w2(ctx: Context) -> WorkloadResult:
     if frontier.get("direct") == ceiling:
         notes.append("direct reached the top of the ladder; its frontier is higher")
     first = ctx.plan.w2_rates[0] if ctx.plan.w2_rates else None
+    stalled = stall_note(steps)
+    if stalled is not None:
+        notes.append(stalled)
     for name, reached in frontier.items():
         if reached is None and steps[name]:
             failed = steps[name][0]
