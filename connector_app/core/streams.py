@@ -12,27 +12,18 @@ What it sends goes through the `send` it is given; the connection is `RelayClien
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from connector_app.core.activity import (
-    RequestEvents,
-    RequestFinished,
-    RequestStarted,
-    UsageProbe,
-    model_of,
-)
-from connector_app.core.http1 import HTTPError
+from connector_app.core.activity import RequestEvents
 from connector_app.core.llm import LocalLLM
 from connector_app.core.pool import Connection
 from connector_app.core.status import StatusBoard
+from connector_app.core.stream import Stream
 from shared import protocol as p
 from shared.endpoints import is_relayable
-from shared.flow import SendCredit
 from shared.protocol import Headers
 
 log = structlog.get_logger("remotellm.connector")
@@ -40,32 +31,6 @@ log = structlog.get_logger("remotellm.connector")
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
 )
-
-
-@dataclass(eq=False)
-class _Stream:
-    head: p.RequestHead
-    window: int
-    body: bytearray = field(default_factory=bytearray)
-    running: bool = False
-    """The request is being served (by a task, or from the LLM socket's callbacks)."""
-    task: asyncio.Task[None] | None = None
-    connection: Connection | None = None
-    """The LLM connection serving it from callbacks, with no task (see `Streams._fast`)."""
-    status: int | None = None
-    slow: bool = False
-    """The task is sending a chunk that had to wait for credit: later bytes queue behind it."""
-    credit: SendCredit = field(init=False)
-    credited: asyncio.Event = field(default_factory=asyncio.Event)
-    usage: UsageProbe | None = None
-    started: float = 0.0
-    model: str = ""
-    events: RequestEvents | None = None
-    ended: bool = False
-    """Its end was logged (and told to the app's request log)."""
-
-    def __post_init__(self) -> None:
-        self.credit = SendCredit(self.window)
 
 
 class Streams:
@@ -88,7 +53,7 @@ class Streams:
         self._send = send
         self._discard = discard
         """Drops what the outbox still holds of a stream (it was cancelled)."""
-        self._table: dict[int, _Stream] = {}
+        self._table: dict[int, Stream] = {}
         self._running = 0
         """Streams in `_table` being served: counted, not summed, at a thousand streams."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -109,7 +74,7 @@ class Streams:
             self._stop(stream)
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def forget(self, stream: _Stream) -> None:
+    def forget(self, stream: Stream) -> None:
         """Drop a stream from the table and publish the new in-flight count."""
         if self._table.get(stream.head.stream_id) is stream:
             del self._table[stream.head.stream_id]
@@ -125,7 +90,7 @@ class Streams:
             case p.RequestHead(stream_id):
                 if stream_id in self._table:
                     raise p.ProtocolError(f"stream {stream_id} is already open")
-                self._table[stream_id] = _Stream(frame, self.window)
+                self._table[stream_id] = Stream(frame, self.window)
                 self.idle.clear()
             case p.RequestBody(stream_id, data):
                 stream = self._table.get(stream_id)
@@ -150,7 +115,7 @@ class Streams:
                     credited.credit.add(increment)
                     credited.credited.set()
 
-    def _start(self, stream: _Stream) -> None:
+    def _start(self, stream: Stream) -> None:
         sid = stream.head.stream_id
         busy = self._running
         if self.draining or busy >= self._max_concurrency:
@@ -161,52 +126,53 @@ class Streams:
         stream.running = True
         self._running += 1
         self._board.update(in_flight=busy + 1)
-        self._announce(stream)
+        stream.announce(self._events)
         if not self._fast(stream):
             self._spawn(stream, self._serve(stream))
 
-    def _spawn(self, stream: _Stream, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, stream: Stream, work: Coroutine[Any, Any, None]) -> None:
         stream.task = task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda _task: self._task_done(stream))
 
-    def _task_done(self, stream: _Stream) -> None:
+    def _task_done(self, stream: Stream) -> None:
         """A task cancelled before its first step never ran its `finally`: end the stream here."""
-        if stream.ended:
-            return
+        if not stream.ended:
+            self._release(stream, hang_up=True)
+            self._end(stream, "cancelled")
+
+    def _end(self, stream: Stream, outcome: str) -> None:
+        """The stream is over: out of the table, and its end logged (once)."""
+        self.forget(stream)
+        stream.finished(outcome)
+
+    def _release(self, stream: Stream, *, hang_up: bool = False) -> Connection | None:
+        """Hand the stream's LLM connection back to the pool; with `hang_up`, closed first.
+
+        Hang up whenever the stream ends early: the response may have arrived whole in
+        the very callback that ended it, and a connection the pool thinks reusable would
+        then be kept with bytes nobody read.
+        """
         connection, stream.connection = stream.connection, None
         if connection is not None:
-            connection.close()
+            if hang_up:
+                connection.close()
             self._llm.finish(connection)
-        self.forget(stream)
-        self._finished(stream, "cancelled")
+        return connection
 
-    def _announce(self, stream: _Stream) -> None:
-        """The request starts now: tell the app's request log, if anyone is watching."""
-        stream.started = time.perf_counter()
-        events = stream.events = self._events if self._events.active else None
-        if events is not None:
-            head = stream.head
-            stream.model = model_of(stream.body)
-            events.publish(RequestStarted(head.request_id, stream.model, head.path, time.time()))
-            stream.usage = UsageProbe()
-
-    def _stop(self, stream: _Stream) -> None:
+    def _stop(self, stream: Stream) -> None:
         """Stop serving a stream the broker cancelled or lost; the LLM sees the hang-up."""
-        connection, stream.connection = stream.connection, None
         self.forget(stream)
-        if connection is not None:
-            connection.close()
-            self._llm.finish(connection)
+        connection = self._release(stream, hang_up=True)
         if stream.task is not None:
             stream.task.cancel()  # the task, or `_task_done`, logs how it ended
         elif connection is not None:
-            self._finished(stream, "cancelled")
+            self._end(stream, "cancelled")
 
     # -- serving one request from the LLM socket's callbacks -------------------
 
-    def _fast(self, stream: _Stream) -> bool:
+    def _fast(self, stream: Stream) -> bool:
         """Serve the request without a task, when a kept-alive connection is free for it.
 
         The head, the body and the end are relayed from the connection's callbacks. The
@@ -229,13 +195,14 @@ class Streams:
         stream.connection = connection
         return True
 
-    def _fast_head(self, stream: _Stream, status: int, headers: Headers) -> Connection | None:
+    def _send_head(self, stream: Stream, status: int, headers: Headers) -> Connection | None:
+        """Relay the LLM's response head, without its hop-by-hop headers."""
         stream.status = status
         relayed = tuple((k, v) for k, v in headers if k.lower() not in _HOP_BY_HOP)
         self._send(p.ResponseHead(stream.head.stream_id, status, relayed))
         return stream.connection
 
-    def _out_of_credit(self, stream: _Stream) -> bool:
+    def _out_of_credit(self, stream: Stream) -> bool:
         """Body bytes did not fit the credit: a task takes the rest of the response, in order."""
         connection = stream.connection
         if connection is not None:
@@ -244,41 +211,32 @@ class Streams:
             self._spawn(stream, self._finish_slowly(stream, connection))
         return False
 
-    def _fast_end(self, stream: _Stream) -> None:
-        connection, stream.connection = stream.connection, None
-        if connection is not None:
-            self._llm.finish(connection)
+    def _fast_end(self, stream: Stream) -> None:
+        self._release(stream)
         self._send(p.End(stream.head.stream_id))
-        self.forget(stream)
-        self._finished(stream, "ok")
+        self._end(stream, "ok")
 
-    def _fast_failed(self, stream: _Stream, exc: BaseException) -> None:
-        connection, stream.connection = stream.connection, None
+    def _fast_failed(self, stream: Stream, exc: BaseException) -> None:
+        connection = self._release(stream)
         if connection is None:
             return
-        self._llm.finish(connection)
         if not connection.received:
             # The server had closed this kept-alive connection: the request never reached it.
             self._spawn(stream, self._serve(stream))
             return
-        self._send(self._failure(stream, exc))
-        self.forget(stream)
-        self._finished(stream, "failed")
+        self._send(stream.failure(exc))
+        self._end(stream, "failed")
 
-    def _fast_bug(self, stream: _Stream) -> None:
+    def _fast_bug(self, stream: Stream) -> None:
         """A callback failed (called while handling it): end the stream as `_serve` would."""
         log.exception("request handling failed", request_id=stream.head.request_id)
-        connection, stream.connection = stream.connection, None
-        if connection is not None:
-            connection.close()
-            self._llm.finish(connection)
+        self._release(stream, hang_up=True)
         if self._table.get(stream.head.stream_id) is stream:
             message = "The connector failed while relaying the response."
             self._send(p.Error(stream.head.stream_id, "connector_error", message))
-            self.forget(stream)
-            self._finished(stream, "failed")
+            self._end(stream, "failed")
 
-    async def _finish_slowly(self, stream: _Stream, connection: Connection) -> None:
+    async def _finish_slowly(self, stream: Stream, connection: Connection) -> None:
         """The rest of a response that ran out of credit, from a task (as `_relay` does)."""
         outcome = "ok"
         with structlog.contextvars.bound_contextvars(request_id=stream.head.request_id):
@@ -290,17 +248,15 @@ class Streams:
                 raise
             except Exception as exc:
                 outcome = "failed"
-                self._send(self._failure(stream, exc))
+                self._send(stream.failure(exc))
             finally:
                 if stream.connection is connection:  # else `_stop` has handed it back already
-                    stream.connection = None
-                    self._llm.finish(connection)
-                self.forget(stream)
-                self._finished(stream, outcome)
+                    self._release(stream)
+                self._end(stream, outcome)
 
     # -- serving one request ---------------------------------------------------
 
-    async def _serve(self, stream: _Stream) -> None:
+    async def _serve(self, stream: Stream) -> None:
         """Serve one stream from a task; whatever happens, the broker hears how it ended."""
         head = stream.head
         outcome = "ok"
@@ -312,12 +268,11 @@ class Streams:
                 raise
             except Exception as exc:
                 outcome = "failed"
-                self._send(self._failure(stream, exc))
+                self._send(stream.failure(exc))
             finally:
-                self.forget(stream)
-                self._finished(stream, outcome)
+                self._end(stream, outcome)
 
-    async def _answer(self, stream: _Stream) -> str:
+    async def _answer(self, stream: Stream) -> str:
         """Relay the request to the local LLM and its answer back; the outcome to log."""
         head = stream.head
         if not is_relayable(head.method, head.path):
@@ -329,67 +284,19 @@ class Streams:
         self._send(p.End(head.stream_id))
         return "ok"
 
-    def _failure(self, stream: _Stream, exc: BaseException) -> p.Error:
-        """The error the broker hears for a request that failed here (called while handling it)."""
-        sid = stream.head.stream_id
-        if isinstance(exc, HTTPError | OSError | TimeoutError):
-            # Details (the local URL, the socket error) stay in this machine's log.
-            error = str(exc) or type(exc).__name__
-            log.warning("local LLM request failed", error=error, request_id=stream.head.request_id)
-            if stream.status is None:
-                return p.Error(sid, "llm_unreachable", "The local LLM server is unreachable.")
-            return p.Error(sid, "llm_stream_failed", "The local LLM server failed mid-response.")
-        # A bug here must not leave the broker's client waiting for the timeout.
-        log.exception("request handling failed")
-        return p.Error(sid, "connector_error", f"The connector failed: {type(exc).__name__}")
-
-    def _finished(self, stream: _Stream, outcome: str) -> None:
-        """Log the request's end and tell the app's request log (once)."""
-        if stream.ended:
-            return
-        stream.ended = True
-        head = stream.head
-        duration = time.perf_counter() - stream.started
-        log.info(
-            "request served",
-            request_id=head.request_id,
-            method=head.method,
-            path=head.path,
-            status=stream.status,
-            outcome=outcome,
-            duration_ms=round(duration * 1000, 1),
-        )
-        events = stream.events
-        if events is not None and stream.usage is not None:
-            prompt, completion = stream.usage.tokens()
-            finished = RequestFinished(
-                head.request_id,
-                stream.model,
-                head.path,
-                stream.status,
-                outcome,
-                duration,
-                prompt,
-                completion,
-                time.time(),
-            )
-            events.publish(finished)
-
-    async def _relay(self, stream: _Stream) -> None:
+    async def _relay(self, stream: Stream) -> None:
         """Call the local LLM and stream its response back, within the stream's credit."""
         head = stream.head
         async with self._llm.request(
             head.method, head.path, head.headers, bytes(stream.body)
         ) as response:
-            stream.status = response.status
-            headers = tuple((k, v) for k, v in response.headers if k.lower() not in _HOP_BY_HOP)
-            self._send(p.ResponseHead(head.stream_id, response.status, headers))
+            self._send_head(stream, response.status, response.headers)
             # Events that fit the credit leave from the socket's callback, without waking
             # this task for each one; the loop handles what had to wait, and the end.
             response.on_data(lambda data: self._offer(stream, data))
             await self._pump(stream, response.read)
 
-    async def _pump(self, stream: _Stream, read: Callable[[], Awaitable[bytes]]) -> None:
+    async def _pump(self, stream: Stream, read: Callable[[], Awaitable[bytes]]) -> None:
         """Send what `read` returns (the bytes the callbacks could not) until it ends."""
         usage = stream.usage
         while chunk := await read():
@@ -401,7 +308,7 @@ class Streams:
             finally:
                 stream.slow = False
 
-    def _offer(self, stream: _Stream, data: bytes) -> bool:
+    def _offer(self, stream: Stream, data: bytes) -> bool:
         """Send `data` now if the stream has the credit for all of it; else leave it."""
         if stream.slow or stream.credit.available < len(data):
             return False
@@ -412,7 +319,7 @@ class Streams:
         self._send_chunks(stream, data)
         return True
 
-    async def _send_body(self, stream: _Stream, data: bytes) -> None:
+    async def _send_body(self, stream: Stream, data: bytes) -> None:
         while data:
             if stream.credit.available == 0:
                 stream.credited.clear()
@@ -420,7 +327,7 @@ class Streams:
                 continue
             data = self._send_chunks(stream, data)
 
-    def _send_chunks(self, stream: _Stream, data: bytes) -> bytes:
+    def _send_chunks(self, stream: Stream, data: bytes) -> bytes:
         """Send as much of `data` as the credit allows, in body frames; return the rest."""
         sid = stream.head.stream_id
         offset, total = 0, len(data)
@@ -437,7 +344,7 @@ class _FastCall:
 
     __slots__ = ("_stream", "_streams")
 
-    def __init__(self, streams: Streams, stream: _Stream) -> None:
+    def __init__(self, streams: Streams, stream: Stream) -> None:
         self._streams = streams
         self._stream = stream
 
@@ -445,7 +352,7 @@ class _FastCall:
 
     def on_head(self, status: int, headers: Headers) -> None:
         try:
-            connection = self._streams._fast_head(self._stream, status, headers)
+            connection = self._streams._send_head(self._stream, status, headers)
             if connection is not None:
                 connection.sink = self.on_data
         except Exception:
