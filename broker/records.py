@@ -1,7 +1,11 @@
-"""What the store hands out: users, keys, connector tokens and usage, as plain values."""
+"""What the store hands out: users, keys, connector tokens and usage, as plain values.
+
+The `*_from_row` functions turn the rows of `broker.schema` into them.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -90,3 +94,45 @@ class UsageTotal:
     completion_tokens: int
     errors: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def user_from_row(row: Any) -> User:
+    models = tuple(json.loads(row.models)) if row.models is not None else None
+    return User(
+        id=row.id,
+        username=row.username,
+        name=row.name,
+        status=row.status,
+        role=row.role,
+        created=row.created,
+        gitlab_id=row.gitlab_id,
+        rpm=row.rpm,
+        concurrency=row.concurrency,
+        daily_tokens=row.daily_tokens,
+        models=models,
+    )
+
+
+def key_from_row(row: Any) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        user_id=row.user_id,
+        name=row.name,
+        prefix=row.prefix,
+        created=row.created,
+        last_used=row.last_used,
+        expires=row.expires,
+        revoked=row.revoked,
+    )
+
+
+def token_from_row(row: Any) -> ConnectorToken:
+    return ConnectorToken(
+        id=row.id,
+        name=row.name,
+        owner_id=row.owner_id,
+        prefix=row.prefix,
+        created=row.created,
+        last_seen=row.last_seen,
+        revoked=row.revoked,
+    )

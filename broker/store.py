@@ -23,7 +23,17 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from broker import keyformat
-from broker.records import ApiKey, ConnectorToken, Role, Status, StoreError, User
+from broker.records import (
+    ApiKey,
+    ConnectorToken,
+    Role,
+    Status,
+    StoreError,
+    User,
+    key_from_row,
+    token_from_row,
+    user_from_row,
+)
 from broker.schema import SCHEMA_VERSION, api_keys, connector_tokens, meta, metadata, users
 from broker.usage import UsageBook
 
@@ -41,48 +51,6 @@ def database_url(data_dir: Path, url: str | None) -> str:
     if url:
         return url
     return f"sqlite+aiosqlite:///{data_dir / 'remotellm.db'}"
-
-
-def _user(row: Any) -> User:
-    models = tuple(json.loads(row.models)) if row.models is not None else None
-    return User(
-        id=row.id,
-        username=row.username,
-        name=row.name,
-        status=row.status,
-        role=row.role,
-        created=row.created,
-        gitlab_id=row.gitlab_id,
-        rpm=row.rpm,
-        concurrency=row.concurrency,
-        daily_tokens=row.daily_tokens,
-        models=models,
-    )
-
-
-def _key(row: Any) -> ApiKey:
-    return ApiKey(
-        id=row.id,
-        user_id=row.user_id,
-        name=row.name,
-        prefix=row.prefix,
-        created=row.created,
-        last_used=row.last_used,
-        expires=row.expires,
-        revoked=row.revoked,
-    )
-
-
-def _token(row: Any) -> ConnectorToken:
-    return ConnectorToken(
-        id=row.id,
-        name=row.name,
-        owner_id=row.owner_id,
-        prefix=row.prefix,
-        created=row.created,
-        last_seen=row.last_seen,
-        revoked=row.revoked,
-    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -162,7 +130,7 @@ class Store:
                     users.update().where(users.c.id == row.id).values(username=username, name=name)
                 )
                 fresh = (await conn.execute(sa.select(users).where(users.c.id == row.id))).one()
-                return _user(fresh), False
+                return user_from_row(fresh), False
             await self._free_username(conn, username)
             result = await conn.execute(
                 users.insert().values(
@@ -175,7 +143,7 @@ class Store:
                 )
             )
             new = (await conn.execute(sa.select(users).where(users.c.id == _new_id(result)))).one()
-            return _user(new), True
+            return user_from_row(new), True
 
     async def _free_username(self, conn: AsyncConnection, username: str) -> None:
         # GitLab usernames can be renamed and reused: the stable identity is the numeric
@@ -209,7 +177,7 @@ class Store:
     async def user(self, user_id: int) -> User | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(sa.select(users).where(users.c.id == user_id))).first()
-        return _user(row) if row is not None else None
+        return user_from_row(row) if row is not None else None
 
     async def find_user(self, ident: str) -> User:
         """A user by username, else by numeric id; StoreError when there is none."""
@@ -219,12 +187,12 @@ class Store:
                 row = (await conn.execute(sa.select(users).where(users.c.id == int(ident)))).first()
         if row is None:
             raise StoreError(f"no user '{ident}' (give a username or a user id)")
-        return _user(row)
+        return user_from_row(row)
 
     async def list_users(self) -> list[User]:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(sa.select(users).order_by(users.c.id))).all()
-        return [_user(r) for r in rows]
+        return [user_from_row(r) for r in rows]
 
     async def set_status(self, user_id: int, status: Status) -> None:
         await self._update_user(user_id, status=status)
@@ -283,7 +251,7 @@ class Store:
             row = (
                 await conn.execute(sa.select(api_keys).where(api_keys.c.id == _new_id(result)))
             ).one()
-        return raw, _key(row)
+        return raw, key_from_row(row)
 
     async def keys(self, user_id: int | None = None) -> list[ApiKey]:
         query = sa.select(api_keys).order_by(api_keys.c.id)
@@ -291,7 +259,7 @@ class Store:
             query = query.where(api_keys.c.user_id == user_id)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [_key(r) for r in rows]
+        return [key_from_row(r) for r in rows]
 
     async def revoke_key(self, key_id: int, user_id: int | None = None) -> bool:
         """Revoke a key (only the given user's when `user_id` is set); False if none matched."""
@@ -311,7 +279,7 @@ class Store:
             if key is None:
                 return None
             owner = (await conn.execute(sa.select(users).where(users.c.id == key.user_id))).one()
-        return _key(key), _user(owner)
+        return key_from_row(key), user_from_row(owner)
 
     # --- connector tokens ----------------------------------------------------
 
@@ -342,12 +310,12 @@ class Store:
                     sa.select(connector_tokens).where(connector_tokens.c.id == _new_id(result))
                 )
             ).one()
-        return raw, _token(row)
+        return raw, token_from_row(row)
 
     async def connector_tokens(self) -> list[ConnectorToken]:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(sa.select(connector_tokens).order_by("id"))).all()
-        return [_token(r) for r in rows]
+        return [token_from_row(r) for r in rows]
 
     async def revoke_connector_token(self, ident: str) -> bool:
         """Revoke the live token with this name (or id); False if none matched."""
@@ -373,7 +341,7 @@ class Store:
                     )
                 )
             ).first()
-        return _token(row) if row is not None else None
+        return token_from_row(row) if row is not None else None
 
     async def live_connector_ids(self, ids: Iterable[int]) -> set[int]:
         """Which of these connector token ids are not revoked."""
