@@ -163,6 +163,14 @@ def reply(body: bytes) -> Answer:
     return answer
 
 
+async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """A streamed answer that sends one event, then waits for the connector to hang up."""
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    await writer.drain()
+    await reader.read()
+    raise ConnectionResetError
+
+
 class Served:
     """A table of streams in front of a real LocalLLM, and the frames it sent."""
 
@@ -177,6 +185,13 @@ class Served:
             send=self.sent.append,
             discard=lambda _stream_id: None,
         )
+
+    async def warm(self, upstream: Upstream, *then: Answer) -> None:
+        """Serve a first request, which leaves a kept-alive connection; queue `then` after it."""
+        for answer in (reply(b"first"), *then):
+            upstream.answers.put_nowait(answer)
+        self.request(1)
+        await self.ended(1)
 
     def request(self, sid: int) -> None:
         body = b'{"model": "m", "messages": []}'
@@ -224,10 +239,7 @@ async def test_a_kept_alive_connection_the_server_dropped_sends_the_request_agai
 
     async with Upstream() as upstream:
         served = Served(upstream.url)
-        for answer in (reply(b"first"), drop, reply(b"second")):
-            upstream.answers.put_nowait(answer)
-        served.request(1)
-        await served.ended(1)
+        await served.warm(upstream, drop, reply(b"second"))
         served.request(2)
         frames = await served.ended(2)
         assert [type(f) for f in frames] == [p.ResponseHead, p.ResponseBody, p.End]
@@ -237,18 +249,9 @@ async def test_a_kept_alive_connection_the_server_dropped_sends_the_request_agai
 
 
 async def test_a_cancel_hangs_up_on_the_llm_server_at_once() -> None:
-    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
-        await writer.drain()
-        await reader.read()  # until the connector hangs up
-        raise ConnectionResetError
-
     async with Upstream() as upstream:
         served = Served(upstream.url)
-        for answer in (reply(b"first"), endless):
-            upstream.answers.put_nowait(answer)
-        served.request(1)
-        await served.ended(1)
+        await served.warm(upstream, endless)
         served.request(2)
         async with asyncio.timeout(10):
             while served.body(2) != b"hello":
@@ -264,10 +267,7 @@ async def test_a_body_larger_than_the_credit_waits_for_window_updates_in_order()
     big = bytes(range(256)) * 40  # 10,240 bytes
     async with Upstream() as upstream:
         served = Served(upstream.url)
-        for answer in (reply(b"first"), reply(big)):
-            upstream.answers.put_nowait(answer)
-        served.request(1)
-        await served.ended(1)
+        await served.warm(upstream, reply(big))
         served.streams.window = 1024
         served.request(2)
         async with asyncio.timeout(10):
@@ -288,10 +288,7 @@ async def test_a_response_cut_short_ends_in_an_error_after_what_arrived() -> Non
 
     async with Upstream() as upstream:
         served = Served(upstream.url)
-        for answer in (reply(b"first"), cut):
-            upstream.answers.put_nowait(answer)
-        served.request(1)
-        await served.ended(1)
+        await served.warm(upstream, cut)
         served.request(2)
         frames = await served.ended(2)
         assert [type(f) for f in frames] == [p.ResponseHead, p.ResponseBody, p.Error]
@@ -301,18 +298,9 @@ async def test_a_response_cut_short_ends_in_an_error_after_what_arrived() -> Non
 
 
 async def test_a_bug_in_the_callbacks_ends_the_stream_with_an_error_and_hangs_up() -> None:
-    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
-        await writer.drain()
-        await reader.read()
-        raise ConnectionResetError
-
     async with Upstream() as upstream:
         served = Served(upstream.url)
-        for answer in (reply(b"first"), endless):
-            upstream.answers.put_nowait(answer)
-        served.request(1)
-        await served.ended(1)
+        await served.warm(upstream, endless)
         relay = served.sent.append
 
         def broken(frame: p.Frame) -> None:
@@ -344,10 +332,7 @@ async def test_a_cancel_in_the_same_pass_as_running_out_of_credit_frees_everythi
 
     async with Upstream() as upstream:
         served = Served(upstream.url)
-        for answer in (reply(b"first"), big):
-            upstream.answers.put_nowait(answer)
-        served.request(1)
-        await served.ended(1)
+        await served.warm(upstream, big)
         slots = free_slots(served)
         streams = served.streams
         out_of_credit = streams._out_of_credit
@@ -390,9 +375,7 @@ async def test_a_request_cancelled_with_its_end_still_tells_the_app_it_finished(
 async def test_a_header_the_llm_request_cannot_carry_is_an_error_not_a_leak() -> None:
     async with Upstream() as upstream:
         served = Served(upstream.url)
-        upstream.answers.put_nowait(reply(b"first"))
-        served.request(1)
-        await served.ended(1)
+        await served.warm(upstream)
         streams = served.streams
         headers = (("x-odd", "\udc41"),)  # the wire allows it; HTTP/1.1 bytes cannot hold it
         streams.on_frame(p.RequestHead(2, "POST", "/v1/chat/completions", headers, "r2"))
@@ -413,10 +396,7 @@ async def test_a_head_and_a_broken_body_in_one_packet_relay_the_head_first() -> 
 
     async with Upstream() as upstream:
         served = Served(upstream.url)
-        for answer in (reply(b"first"), broken):
-            upstream.answers.put_nowait(answer)
-        served.request(1)
-        await served.ended(1)
+        await served.warm(upstream, broken)
         served.request(2)
         frames = await served.ended(2)
         assert [type(f) for f in frames] == [p.ResponseHead, p.Error]
