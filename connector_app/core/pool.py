@@ -142,7 +142,7 @@ class Connection(asyncio.Protocol):
             if self._error is not None:
                 raise self._error
             if self.closed:
-                raise HTTPError("the server closed the connection without a response")
+                raise HTTPError(self._why_cut())
             await self._wakeup.wait()
         return self.parser.head
 
@@ -154,7 +154,7 @@ class Connection(asyncio.Protocol):
             if self.parser.complete:
                 return b""
             if self.closed:
-                raise HTTPError("the server closed the connection before the response ended")
+                raise HTTPError(self._why_cut())
             await self._wakeup.wait()
         chunks = self._chunks
         data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
@@ -312,22 +312,29 @@ class Pool:
         if not self._idle or self._closed:
             return None
         payload = request_bytes(method, self._prefix + path, self.host_header, headers, body)
+        connection = self._idle_connection()
+        if connection is None:
+            return None
+        if not self._slots.try_take():
+            self._idle.append(connection)
+            return None
+        try:
+            connection.start(payload, method == "HEAD")
+        except BaseException:
+            connection.close()
+            self._slots.give()
+            raise
+        connection.listener = listener
+        return connection
+
+    def _idle_connection(self) -> Connection | None:
+        """The newest kept-alive connection still worth trying, or None."""
         while self._idle:
             connection = self._idle.pop()
-            if connection.closed or not connection.parser.keep_alive:
-                connection.close()
-                continue
-            if not self._slots.try_take():
-                self._idle.append(connection)
-                return None
-            try:
-                connection.start(payload, method == "HEAD")
-            except BaseException:
-                connection.close()
-                self._slots.give()
-                raise
-            connection.listener = listener
-            return connection
+            if not connection.closed and connection.parser.keep_alive:
+                return connection
+            # Closed by the server, or it sent bytes while idle: not to be trusted.
+            connection.close()
         return None
 
     def finish(self, connection: Connection) -> None:
@@ -342,12 +349,7 @@ class Pool:
 
     async def _exchange(self, payload: bytes, no_body: bool) -> Connection:
         """A connection on which the request has been sent."""
-        while self._idle:
-            connection = self._idle.pop()
-            if connection.closed or not connection.parser.keep_alive:
-                # Closed by the server, or it sent bytes while idle: not to be trusted.
-                connection.close()
-                continue
+        while (connection := self._idle_connection()) is not None:
             connection.start(payload, no_body)
             # A kept-alive socket the server closed while idle fails before any reply;
             # that request never reached the server, so it goes out on a fresh one.
