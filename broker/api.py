@@ -10,6 +10,7 @@ back) is `broker.trip`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from datetime import UTC, datetime
@@ -20,8 +21,9 @@ from aiohttp import web
 
 from broker.accounts import Denied, Principal
 from broker.auth import presented_key
-from broker.errors import error_response
-from broker.keys import ACCOUNTS, HUB, LEDGER, LIFECYCLE, LIMITER, METRICS, REQUEST_ID, SETTINGS
+from broker.call import AiohttpCall, Call
+from broker.errors import error_parts, error_response
+from broker.keys import ACCOUNTS, HUB, LEDGER, LIFECYCLE, LIMITER, METRICS, SETTINGS
 from broker.limits import Lease, Rejection
 from broker.records import UsageRow
 from broker.trip import MAX_LOGGED_MODEL, Trip
@@ -42,20 +44,6 @@ def _visible(principal: Principal, models: dict[str, float]) -> dict[str, float]
     if allowed is None:
         return models
     return {model: seen for model, seen in models.items() if model in allowed}
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes | None:
-    """The whole request body, or None when it is larger than `limit`."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def model_of(body: bytes) -> str | None:
@@ -100,51 +88,75 @@ async def ollama_tags_endpoint(request: web.Request) -> web.Response:
 
 
 async def proxy_endpoint(request: web.Request) -> web.StreamResponse:
-    """POST to a model endpoint: route by model, relay, stream the answer back."""
-    lifecycle = request.app[LIFECYCLE]
+    """POST to a model endpoint that aiohttp read (the express lane serves the others)."""
+    call = AiohttpCall(request)
+    await serve(call)
+    return call.response or web.Response(status=499)
+
+
+async def serve(call: Call) -> None:
+    """Answer one API call: authenticate, admit, route by model, relay, stream the answer."""
+    app = call.app
+    lifecycle = app[LIFECYCLE]
     started = time.perf_counter()
     if lifecycle.draining:
-        response = error_response(
-            request, 503, "shutting_down", "The broker is restarting; retry shortly.", retry_after=5
+        await _reject(
+            call, started, None, 503, "shutting_down", "The broker is restarting; retry shortly.", 5
         )
-        count_rejected(request, response.status, started)
-        return response
+        return
     # Counted from the first byte, so a drain waits for an upload that is still arriving.
     with lifecycle.request():
         principal: Principal | None = None
         try:
-            found = await _authenticate(request)
-            if isinstance(found, web.Response):
-                count_rejected(request, found.status, started)
-                return found
+            found = await app[ACCOUNTS].authenticate(presented_key(call.headers))
+            if isinstance(found, Denied):
+                await _reject(call, started, None, found.status, found.code, found.message)
+                return
             principal = found
-            admitted = await _admit(request, principal)
+            admitted = await _admit(call, principal, started)
         except (ConnectionError, asyncio.CancelledError):
             # The client went away while its request was still arriving.
-            count_rejected(request, 499, started, principal, cancelled=True)
+            count_rejected(call, 499, started, principal, cancelled=True)
             raise
         except Exception as exc:
             # The store failed to answer a key look-up (or today's tokens): say so, in the
             # client's dialect, without the exception text (it may quote the key's hash).
             log.error("cannot check the API key", error=type(exc).__name__)
-            response = error_response(
-                request,
-                503,
-                "store_unavailable",
-                "The broker cannot check API keys right now; retry shortly.",
-                retry_after=5,
-            )
-            count_rejected(request, 503, started, principal)
-            return response
-        if isinstance(admitted, web.Response):
-            count_rejected(request, admitted.status, started, principal)
-            return admitted
+            message = "The broker cannot check API keys right now; retry shortly."
+            await _reject(call, started, principal, 503, "store_unavailable", message, 5)
+            return
+        if admitted is None:
+            return
         body, model, lease = admitted
-        return await Trip(request, body, model, principal, lease).run()
+        await Trip(call, body, model, principal, lease).run()
+
+
+async def _reject(
+    call: Call,
+    started: float,
+    principal: Principal | None,
+    status: int,
+    code: str,
+    message: str,
+    retry_after: int | None = None,
+    *,
+    param: str | None = None,
+    final: bool = False,
+) -> None:
+    """Answer an error before routing, and account it. `final`: retrying cannot help."""
+    headers, body = error_parts(
+        call.path, status, code, message, retry_after=retry_after, param=param
+    )
+    if final:
+        # Hours away: an SDK's automatic retries (which cap the wait at a minute) cannot help.
+        headers["x-should-retry"] = "false"
+    count_rejected(call, status, started, principal)
+    with contextlib.suppress(ConnectionError):  # a client gone is counted all the same
+        await call.reply(status, headers, body)
 
 
 def count_rejected(
-    request: web.Request,
+    call: Call,
     status: int,
     started: float,
     principal: Principal | None = None,
@@ -152,20 +164,21 @@ def count_rejected(
     cancelled: bool = False,
 ) -> None:
     """Account a request answered before routing (no model label: it was not read or checked)."""
-    request.app[METRICS].finished("unknown", status)
+    app = call.app
+    app[METRICS].finished("unknown", status)
     elapsed = time.perf_counter() - started
     log.info(
         "request finished",
-        method=request.method,
-        path=request.path,
+        method=call.method,
+        path=call.path,
         status=status,
         user=principal.username if principal else None,
     )
-    request.app[LEDGER].record(
+    app[LEDGER].record(
         UsageRow(
             time=time.time(),
-            request_id=request[REQUEST_ID],
-            endpoint=request.path[:64],
+            request_id=call.request_id,
+            endpoint=call.path[:64],
             status=status,
             duration_ms=round(elapsed * 1000, 3),
             user_id=principal.user_id if principal else None,
@@ -176,46 +189,42 @@ def count_rejected(
 
 
 async def _admit(
-    request: web.Request, principal: Principal
-) -> web.Response | tuple[bytes, str, Lease]:
-    """Read and check the request; an error response, or the body, its model and a lease."""
-    settings = request.app[SETTINGS]
-    body = await _read_body(request, settings.max_body_size)
+    call: Call, principal: Principal, started: float
+) -> tuple[bytes, str, Lease] | None:
+    """Read and check the request: the body, its model and a lease, or None once refused."""
+    app = call.app
+    limit = app[SETTINGS].max_body_size
+    body = await call.read(limit)
     if body is None:
-        return error_response(
-            request,
-            413,
-            "request_too_large",
-            f"The request body is larger than this broker's limit of {settings.max_body_size}"
-            " bytes.",
-        )
+        message = f"The request body is larger than this broker's limit of {limit} bytes."
+        await _reject(call, started, principal, 413, "request_too_large", message)
+        return None
     model = model_of(body)
     if model is None:
-        return error_response(
-            request,
-            400,
-            "invalid_request",
-            "The request body must be a JSON object with a string 'model' field.",
-            param="model",
-        )
+        message = "The request body must be a JSON object with a string 'model' field."
+        await _reject(call, started, principal, 400, "invalid_request", message, param="model")
+        return None
     allowed = principal.limits.models
     if allowed is not None and model not in allowed:
-        return error_response(
-            request,
-            403,
-            "model_not_allowed",
+        message = (
             f"This key may not use the model '{model[:MAX_LOGGED_MODEL]}'."
-            " GET /v1/models lists the models it may use.",
-            param="model",
+            " GET /v1/models lists the models it may use."
         )
-    lease = await request.app[LIMITER].admit(principal)
+        await _reject(call, started, principal, 403, "model_not_allowed", message, param="model")
+        return None
+    lease = await app[LIMITER].admit(principal)
     if isinstance(lease, Rejection):
         denied = lease.denied
-        response = error_response(
-            request, denied.status, denied.code, denied.message, retry_after=lease.retry_after
+        final = denied.code == "daily_token_limit_exceeded"
+        await _reject(
+            call,
+            started,
+            principal,
+            denied.status,
+            denied.code,
+            denied.message,
+            lease.retry_after,
+            final=final,
         )
-        if denied.code == "daily_token_limit_exceeded":
-            # Hours away: an SDK's automatic retries (which cap the wait at a minute) cannot help.
-            response.headers["x-should-retry"] = "false"
-        return response
+        return None
     return body, model, lease

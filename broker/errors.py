@@ -57,6 +57,28 @@ def error_body(
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+def error_parts(
+    path: str,
+    status: int,
+    code: str,
+    message: str,
+    *,
+    retry_after: int | None = None,
+    param: str | None = None,
+) -> tuple[dict[str, str], bytes]:
+    """The headers and JSON body of an error for a request to `path`.
+
+    503s and 429s say when to retry; other 4xx say not to.
+    """
+    headers = {"Content-Type": "application/json; charset=utf-8"}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    elif 400 <= status < 500 and status not in (408, 409, 429):
+        headers["x-should-retry"] = "false"
+    body = json.dumps(error_body(dialect_for(path), status, code, message, param)).encode()
+    return headers, body
+
+
 def error_response(
     request: web.Request,
     status: int,
@@ -66,14 +88,11 @@ def error_response(
     retry_after: int | None = None,
     param: str | None = None,
 ) -> web.Response:
-    """A complete error response; 503s and 429s say when to retry, 4xx say not to."""
-    headers: dict[str, str] = {}
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
-    elif 400 <= status < 500 and status not in (408, 409, 429):
-        headers["x-should-retry"] = "false"
-    body = error_body(dialect_for(request.path), status, code, message, param)
-    return web.json_response(body, status=status, headers=headers)
+    """A complete error response in the dialect of the request's endpoint."""
+    headers, body = error_parts(
+        request.path, status, code, message, retry_after=retry_after, param=param
+    )
+    return web.Response(status=status, body=body, headers=headers)
 
 
 def error_bytes(status: int, code: str, message: str, headers: Iterable[str] = ()) -> bytes:

@@ -1,30 +1,31 @@
 """One API request's trip: through a connector and back to its client.
 
-`proxy_endpoint` (in `broker.api`) authenticates and admits a request, then hands
-it to a `Trip`: pick a connector for the model (another one if the first refuses
-or disconnects before answering), send the request over its link, and write the
-connector's response to the client as it arrives, unbuffered. A failure before the
-response head becomes an error response; after it, an error event at the end of
-the stream (or a cut connection where the format has no error event). Whatever
-happens, the trip is counted once: metrics, the log line, the usage row and the
-lease given back.
+`broker.api` authenticates and admits a request, then hands it to a `Trip`: pick a
+connector for the model (another one if the first refuses or disconnects before
+answering), send the request over its link, and write the connector's response
+to the client as it arrives, unbuffered. A failure before the response head
+becomes an error response; after it, an error event at the end of the stream (or
+a cut connection where the format has no error event). Whatever happens, the trip
+is counted once: metrics, the log line, the usage row and the lease given back.
+The client's side is a `broker.call.Call`, so the same trip runs whichever server
+read the request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable
 
 import structlog
-from aiohttp import web
 
 from broker.accounts import Principal
-from broker.errors import dialect_for, error_response, stream_error
+from broker.call import Call
+from broker.errors import dialect_for, error_parts, stream_error
 from broker.framing import EventFramer
 from broker.headers import request_headers, response_headers
 from broker.hub import Link, NoConnector
-from broker.keys import HUB, LEDGER, METRICS, REQUEST_ID, SETTINGS
+from broker.keys import HUB, LEDGER, METRICS, SETTINGS
 from broker.limits import Lease
 from broker.link import ConnectorLink, Exchange, LinkLost, StreamEvent
 from broker.records import UsageRow
@@ -54,47 +55,51 @@ class Trip:
     """One API request's trip through a connector and back."""
 
     def __init__(
-        self, request: web.Request, body: bytes, model: str, principal: Principal, lease: Lease
+        self, call: Call, body: bytes, model: str, principal: Principal, lease: Lease
     ) -> None:
-        self.request = request
+        self.call = call
         self.body = body
         self.model = model
         self.principal = principal
         self.lease = lease
         self.ttfb: float | None = None
         self.tally: TokenTally | None = None
-        self.app = request.app
+        self.app = call.app
         self.settings = self.app[SETTINGS]
         self.metrics = self.app[METRICS]
-        self.request_id: str = request[REQUEST_ID]
+        self.request_id = call.request_id
         self.started = time.perf_counter()
-        self.response: web.StreamResponse | None = None
+        self.response_started = False
+        """The response head was handed to the client's side (errors now go in-band)."""
         self.status = 0
         self.connector = ""
         self.failed = False
         self.no_body = False
+        self.content_type = ""
         self.framer = EventFramer("")
 
-    async def run(self) -> web.StreamResponse:
+    async def run(self) -> None:
         metrics = self.metrics
         metrics.in_flight.inc()
         outcome = "error"
         try:
             async with asyncio.timeout(self.settings.request_timeout):
-                result = await self._attempts()
+                await self._attempts()
             outcome = "ok" if self.status < 400 and not self.failed else "error"
-            return result
         except TimeoutError:
             outcome = "timeout"
-            return await self._fail(
-                504,
-                "timeout",
-                f"The model did not finish within {self.settings.request_timeout:g} seconds.",
-            )
+            try:
+                await self._fail(
+                    504,
+                    "timeout",
+                    f"The model did not finish within {self.settings.request_timeout:g} seconds.",
+                )
+            except ClientGone:
+                outcome = "cancelled"
+                self.status = 499
         except ClientGone:
             outcome = "cancelled"
             self.status = 499  # nginx's "client closed request"
-            return self.response or web.Response(status=499)
         except asyncio.CancelledError:
             outcome = "cancelled"
             self.status = 499
@@ -122,8 +127,8 @@ class Trip:
         principal = self.principal
         log.info(
             "request finished",
-            method=self.request.method,
-            path=self.request.path,
+            method=self.call.method,
+            path=self.call.path,
             model=self.model[:MAX_LOGGED_MODEL],
             status=self.status,
             outcome=outcome,
@@ -135,7 +140,7 @@ class Trip:
             UsageRow(
                 time=time.time(),
                 request_id=self.request_id,
-                endpoint=self.request.path[:64],
+                endpoint=self.call.path[:64],
                 status=self.status,
                 duration_ms=round(elapsed * 1000, 3),
                 user_id=principal.user_id,
@@ -149,7 +154,7 @@ class Trip:
             )
         )
 
-    async def _attempts(self) -> web.StreamResponse:
+    async def _attempts(self) -> None:
         hub = self.app[HUB]
         tried: list[Link] = []
         while True:
@@ -166,15 +171,15 @@ class Trip:
             self.connector = link.name
             try:
                 exchange = link.open(
-                    self.request.method,
-                    self.request.path_qs,
-                    request_headers(self.request.headers, self.request_id),
+                    self.call.method,
+                    self.call.target,
+                    request_headers(self.call.headers, self.request_id),
                     self.request_id,
                     self.body,
                 )
-                response = await self._exchange(exchange)
+                await self._exchange(exchange)
             except (LinkLost, Refused) as exc:
-                if self.response is not None:
+                if self.response_started:
                     raise
                 # Nothing reached the client yet: the request can go to another connector.
                 why = "refused" if isinstance(exc, Refused) else "lost"
@@ -183,21 +188,21 @@ class Trip:
                 continue
             finally:
                 hub.release(link)
-            return response
+            return
 
-    async def _exchange(self, exchange: Exchange) -> web.StreamResponse:
+    async def _exchange(self, exchange: Exchange) -> None:
         try:
-            return await self._pump(exchange)
+            await self._pump(exchange)
         except LinkLost:
-            if self.response is None:
+            if not self.response_started:
                 raise
-            return await self._fail(
+            await self._fail(
                 502, "connector_disconnected", "The connector serving this model disconnected."
             )
         finally:
             exchange.close(cancel=True)
 
-    async def _pump(self, exchange: Exchange) -> web.StreamResponse:
+    async def _pump(self, exchange: Exchange) -> None:
         events = exchange.events
         pending: StreamEvent | None = None
         while True:
@@ -205,7 +210,7 @@ class Trip:
             match event:
                 case LinkLost():
                     raise event
-                case p.ResponseHead() if self.response is not None:
+                case p.ResponseHead() if self.response_started:
                     return await self._fail(
                         502, "connector_protocol_error", "The connector sent a second head."
                     )
@@ -214,9 +219,9 @@ class Trip:
                         # When the body is already here, the head waits to leave with it.
                         await self._start(status, headers, buffered=not events.empty())
                     except BadHead as exc:
-                        self.response = None
+                        self.response_started = False
                         return await self._fail(502, "connector_protocol_error", str(exc))
-                case p.ResponseBody(_, data) if self.response is None:
+                case p.ResponseBody(_, data) if not self.response_started:
                     return await self._fail(
                         502, "connector_protocol_error", "The connector sent a body before a head."
                     )
@@ -237,61 +242,62 @@ class Trip:
                     return await self._finish()
                 case p.Error(_, code, message):
                     exchange.close(cancel=False)
-                    if code == "over_capacity" and self.response is None:
+                    if code == "over_capacity" and not self.response_started:
                         raise Refused(message)
                     return await self._fail(502, code, message)
 
     async def _start(self, status: int, headers: p.Headers, *, buffered: bool = False) -> None:
-        # A web.Response sends its head with the first body write (one system call and
-        # one wake-up of the client fewer); a StreamResponse sends it at once.
-        response = web.Response(status=status) if buffered else web.StreamResponse(status=status)
-        try:
-            response.headers.extend(response_headers(headers))
-        except ValueError:
-            raise BadHead("The connector sent headers that cannot be relayed.") from None
+        relayed = response_headers(headers)
+        length = content_type = None
+        for name, value in relayed:
+            lowered = name.lower()
+            if lowered == "content-length" and length is None:
+                length = value
+            elif lowered == "content-type" and content_type is None:
+                content_type = value
+        content_type = content_type or ""
+        relayed.append(("X-Request-ID", self.request_id))
+        if content_type.startswith(STREAMING_TYPES):
+            relayed.append(("Cache-Control", "no-cache"))
+            relayed.append(("X-Accel-Buffering", "no"))
         # A bodiless status must not carry bytes onto the client's keep-alive connection.
-        self.no_body = status in (204, 304) or self.request.method == "HEAD"
-        length = response.headers.get("Content-Length")
-        response.headers["X-Request-ID"] = self.request_id
-        content_type = response.headers.get("Content-Type", "")
+        self.no_body = status in (204, 304) or self.call.method == "HEAD"
+        self.content_type = content_type
         self.framer = EventFramer(content_type)
         self.tally = TokenTally(content_type)
-        if content_type.startswith(STREAMING_TYPES):
-            response.headers["Cache-Control"] = "no-cache"
-            response.headers["X-Accel-Buffering"] = "no"
-        if length is None:
-            response.enable_chunked_encoding()
         self.status = status
-        self.response = response
-        await self._guard(response.prepare(self.request))
+        self.response_started = True
+        try:
+            await self._guard(
+                self.call.start(status, relayed, chunked=length is None, buffered=buffered)
+            )
+        except ValueError:
+            raise BadHead("The connector sent headers that cannot be relayed.") from None
         self.ttfb = time.perf_counter() - self.started
         self.metrics.first_byte(self.model, self.ttfb)
 
     async def _write(self, data: bytes) -> None:
-        assert self.response is not None
         if self.no_body:
             return
         if self.tally is not None:
             self.tally.feed(data)
         ready = self.framer.feed(data)
         if ready:
-            await self._guard(self.response.write(ready))
+            await self._guard(self.call.write(ready))
 
-    async def _finish(self) -> web.StreamResponse:
-        assert self.response is not None
+    async def _finish(self) -> None:
         tail = self.framer.flush()
         if tail and not self.no_body:
-            await self._guard(self.response.write(tail))
-        await self._guard(self.response.write_eof())
-        return self.response
+            await self._guard(self.call.write(tail))
+        await self._guard(self.call.end())
 
-    async def _guard(self, op: Any) -> None:
+    async def _guard(self, op: Awaitable[None]) -> None:
         try:
             await op
         except (ConnectionError, RuntimeError) as exc:
             raise ClientGone() from exc
 
-    async def _no_connector(self, exc: NoConnector) -> web.StreamResponse:
+    async def _no_connector(self, exc: NoConnector) -> None:
         if exc.reason == "unknown":
             return await self._fail(
                 404,
@@ -315,23 +321,22 @@ class Trip:
 
     async def _fail(
         self, status: int, code: str, message: str, retry_after: int | None = None
-    ) -> web.StreamResponse:
+    ) -> None:
         """Report an error: as a response if none started, else at the end of the stream."""
         log.warning("request failed", code=code, error_message=message)
-        if self.response is None:
+        call = self.call
+        if not self.response_started:
             self.status = status
-            return error_response(self.request, status, code, message, retry_after=retry_after)
+            headers, body = error_parts(call.path, status, code, message, retry_after=retry_after)
+            await self._guard(call.reply(status, headers, body))
+            return
         self.failed = True
-        content_type = self.response.headers.get("Content-Type", "")
-        tail = stream_error(content_type, dialect_for(self.request.path), code, message)
+        tail = stream_error(self.content_type, dialect_for(call.path), code, message)
         if tail is not None:
             self.framer.discard()
-            await self._guard(self.response.write(tail))
-            await self._guard(self.response.write_eof())
+            await self._guard(call.write(tail))
+            await self._guard(call.end())
         else:
             # No in-band way to signal the failure: cut the connection so the client
             # sees an incomplete body rather than a silently truncated one.
-            transport = self.request.transport
-            if transport is not None:
-                transport.close()
-        return self.response
+            call.cut()

@@ -1,0 +1,143 @@
+"""One API call as the broker's request path sees it: what the client asked, and the answer.
+
+`broker.api` admits a call and `broker.trip` answers it through a connector; both
+work against `Call`, so the same code serves a request whichever server read it:
+aiohttp (`AiohttpCall`, for every request the express lane leaves alone) or the
+express lane's bare protocol (`broker.express`). Writes raise ConnectionError once
+the client has gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from aiohttp import web
+
+from broker.keys import REQUEST_ID
+
+
+class Call(Protocol):
+    """One API request and the means to answer it (once: a reply, or start, writes and end)."""
+
+    @property
+    def app(self) -> web.Application: ...
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str:
+        """The path, without the query."""
+
+    @property
+    def target(self) -> str:
+        """The path and the query, as forwarded to the connector."""
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The request's headers, looked up without regard to case."""
+
+    @property
+    def request_id(self) -> str: ...
+
+    async def read(self, limit: int) -> bytes | None:
+        """The whole request body, or None when it is larger than `limit` bytes."""
+
+    async def reply(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        """Answer with a complete response (an error, before anything else was sent)."""
+
+    async def start(
+        self, status: int, headers: list[tuple[str, str]], *, chunked: bool, buffered: bool
+    ) -> None:
+        """Send the head of a relayed response.
+
+        `chunked`: the body's length is not known, so it goes in chunks. `buffered`: more
+        is already here, so the head may wait to leave with the first body bytes.
+        """
+
+    async def write(self, data: bytes) -> None:
+        """Send body bytes; returns once the client's connection can take more."""
+
+    async def end(self) -> None:
+        """The body is complete."""
+
+    def cut(self) -> None:
+        """Close the client's connection: a started body cannot be completed."""
+
+
+class AiohttpCall:
+    """A `Call` on an aiohttp request; `response` is what its handler returns."""
+
+    __slots__ = ("request", "response")
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+
+    @property
+    def app(self) -> web.Application:
+        return self.request.app
+
+    @property
+    def method(self) -> str:
+        return self.request.method
+
+    @property
+    def path(self) -> str:
+        return self.request.path
+
+    @property
+    def target(self) -> str:
+        return self.request.path_qs
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.request.headers
+
+    @property
+    def request_id(self) -> str:
+        return self.request[REQUEST_ID]
+
+    async def read(self, limit: int) -> bytes | None:
+        request = self.request
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def reply(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        response = web.Response(status=status, body=body, headers=headers)
+        response.headers["X-Request-ID"] = self.request_id
+        self.response = response
+
+    async def start(
+        self, status: int, headers: list[tuple[str, str]], *, chunked: bool, buffered: bool
+    ) -> None:
+        # A web.Response sends its head with the first body write (one system call and
+        # one wake-up of the client fewer); a StreamResponse sends it at once.
+        response = web.Response(status=status) if buffered else web.StreamResponse(status=status)
+        response.headers.extend(headers)
+        if chunked:
+            response.enable_chunked_encoding()
+        self.response = response
+        await response.prepare(self.request)
+
+    async def write(self, data: bytes) -> None:
+        assert self.response is not None
+        await self.response.write(data)
+
+    async def end(self) -> None:
+        assert self.response is not None
+        await self.response.write_eof()
+
+    def cut(self) -> None:
+        transport = self.request.transport
+        if transport is not None:
+            transport.close()
