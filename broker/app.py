@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import re
 from collections.abc import AsyncIterator
 
 import structlog
@@ -16,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from broker.accounts import Accounts, Limits
 from broker.api import models_endpoint, ollama_tags_endpoint, proxy_endpoint
 from broker.auth import Credentials
+from broker.call import request_id_of
 from broker.errors import error_response
 from broker.hub import Hub
 from broker.keys import (
@@ -48,19 +47,11 @@ from shared.settings import secret_values
 
 log = structlog.get_logger("remotellm.broker")
 
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-
-
-def request_id_of(request: web.Request) -> str:
-    """The client's X-Request-ID when it is a sane token, else a fresh one."""
-    given = request.headers.get("X-Request-ID", "")
-    return given if _SAFE_REQUEST_ID.match(given) else f"req_{os.urandom(16).hex()}"
-
 
 @web.middleware
 async def correlate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request a correlation id, in its logs and its response; errors as JSON."""
-    request_id = request_id_of(request)
+    request_id = request_id_of(request.headers)
     request[REQUEST_ID] = request_id
     if request.path == "/relay":
         # A connector's link lives for hours: its log lines are not about one request.

@@ -9,12 +9,22 @@ the client has gone.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Final, Protocol
 
 from aiohttp import web
 
 from broker.keys import REQUEST_ID
+
+_SAFE_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id_of(headers: Mapping[str, str]) -> str:
+    """The client's X-Request-ID when it is a sane token, else a fresh one."""
+    given = headers.get("X-Request-ID", "")
+    return given if _SAFE_REQUEST_ID.match(given) else f"req_{os.urandom(16).hex()}"
 
 
 class Call(Protocol):

@@ -1,11 +1,14 @@
-"""The broker's listening protocol: relay upgrades to the lean link, everything else to aiohttp.
+"""The broker's listening protocol: relay upgrades to the lean link, API posts to the
+express lane, everything else to aiohttp.
 
 Each connection starts as a `_Sniffer` that keeps the bytes until the first
-request line. `GET /relay` makes it a relay connection (`Relay.connection`);
-anything else goes to aiohttp's own protocol for good, with the bytes read so
-far, as soon as the bytes cannot become `GET /relay` (so a TLS hello sent to a
-plain port still gets aiohttp's 400 at once), and costs nothing more per request
-after that.
+request line. `GET /relay` makes it a relay connection (`Relay.connection`); a
+first request that starts `POST /` goes to the express lane (`broker.express`),
+which serves the plain API requests itself and hands the connection to aiohttp at
+the first request it does not take; anything else goes to aiohttp's own protocol
+for good, with the bytes read so far, as soon as the bytes cannot become either
+(so a TLS hello sent to a plain port still gets aiohttp's 400 at once), and costs
+nothing more per request after that.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ MAX_FIRST_LINE: Final = 8 * 1024
 """Bytes a first request line may take (aiohttp's own limit is about the same)."""
 
 _RELAY_START: Final = b"GET /relay"
+_EXPRESS_START: Final = b"POST /"
 
-RelayEntry = Callable[[asyncio.Transport, bytes], object]
+Entry = Callable[[asyncio.Transport, bytes], object]
+"""Takes a connection over, with the bytes read from it so far."""
 
 
 def is_relay_request(line: bytes) -> bool:
@@ -37,13 +42,15 @@ class Front:
     def __init__(
         self,
         http: Callable[[], asyncio.Protocol],
-        relay: RelayEntry,
+        relay: Entry,
         *,
+        express: Entry | None = None,
         first_line_timeout: float = FIRST_LINE_TIMEOUT,
         max_first_line: int = MAX_FIRST_LINE,
     ) -> None:
         self.http = http
         self.relay = relay
+        self.express = express
         self.first_line_timeout = first_line_timeout
         self.max_first_line = max_first_line
         self.waiting: set[_Sniffer] = set()
@@ -79,7 +86,10 @@ class _Sniffer(asyncio.Protocol):
         buffer += data
         start = bytes(buffer[: len(_RELAY_START)])
         if not _RELAY_START.startswith(start):
-            self._to_http()  # not ours (maybe not even HTTP): aiohttp answers it at once
+            if self._front.express is not None and start.startswith(_EXPRESS_START):
+                self._to(self._front.express)
+            elif self._front.express is None or not _EXPRESS_START.startswith(start):
+                self._to_http()  # not ours (maybe not even HTTP): aiohttp answers it at once
             return
         end = buffer.find(b"\r\n")
         if end >= 0:
@@ -91,9 +101,12 @@ class _Sniffer(asyncio.Protocol):
             self.drop()
 
     def _to_relay(self) -> None:
+        self._to(self._front.relay)
+
+    def _to(self, entry: Entry) -> None:
         assert self._transport is not None
         self._settle()
-        self._front.relay(self._transport, bytes(self._buffer))
+        entry(self._transport, bytes(self._buffer))
 
     def _to_http(self) -> None:
         transport = self._transport

@@ -8,6 +8,7 @@ import ssl
 from aiohttp import web
 
 from broker.app import create_app, drain
+from broker.express import Express
 from broker.front import FIRST_LINE_TIMEOUT, Front
 from broker.hub import Hub
 from broker.keys import HUB, RELAY
@@ -35,6 +36,7 @@ class BrokerServer:
         self._listener: asyncio.Server | None = None
         self._front: Front | None = None
         self._relay: Relay | None = None
+        self.express: Express | None = None
         self.port = 0
 
     async def start(self) -> None:
@@ -48,8 +50,12 @@ class BrokerServer:
         http = self._runner.server
         assert http is not None
         self._relay = self.app[RELAY]
+        self.express = Express(self.app, http)
         self._front = Front(
-            http, self._relay.connection, first_line_timeout=self._first_line_timeout
+            http,
+            self._relay.connection,
+            express=self.express.connection,
+            first_line_timeout=self._first_line_timeout,
         )
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
@@ -81,6 +87,8 @@ class BrokerServer:
             self._relay.close_opening()
         if self._runner.server is not None:
             await drain(self.app)
+        if self.express is not None:
+            await self.express.shutdown()
         if self._relay is not None:
             await self._relay.settle()
         await self._runner.cleanup()

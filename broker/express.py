@@ -1,0 +1,416 @@
+"""The express lane: the common API request, served on a bare protocol instead of aiohttp's.
+
+Most of what the broker serves is one kind of request: a `POST` of a small JSON
+body to a model endpoint, on a kept-alive HTTP/1.1 connection. aiohttp's request,
+middleware and response objects cost more CPU per request than the rest of the
+broker's work together, so the front (`broker.front`) gives a connection whose
+first request line starts with `POST /` to this lane. Each request head is parsed
+by `broker.requesthead`; a head it accepts is served here through the same
+`broker.api.serve` and `broker.trip.Trip` as aiohttp's requests, with an
+`ExpressCall` as the client's side. The first head it does not accept (any other
+method or path, chunked uploads, `Expect`, oversized bodies, HTTP/1.0, anything
+odd) hands the connection to aiohttp for good, at that request boundary, with
+every byte read so far: every unusual case keeps aiohttp's tested behaviour.
+
+Answers are written as aiohttp writes them (its Date, Server and reason phrases,
+chunked when the length is unknown, nothing on 204 and 304). One request at a time
+per connection; pipelined requests wait in the buffer (reading pauses past
+`PIPELINE_LIMIT`). A client that goes away cancels its request, as aiohttp's
+`handler_cancellation` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Callable, Mapping
+from typing import Final
+
+import structlog
+from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.web_response import REASON_PHRASES
+
+from broker import requesthead
+from broker.api import serve
+from broker.call import request_id_of
+from broker.keys import SETTINGS
+from broker.requesthead import Head
+
+log = structlog.get_logger("remotellm.broker.api")
+
+KEEPALIVE_TIMEOUT: Final = 3630.0
+"""Seconds a connection may wait for its next request head in full (aiohttp's own default)."""
+
+PIPELINE_LIMIT: Final = 64 * 1024
+"""Bytes of later requests kept while one is answered; past this, reading pauses."""
+
+_BODILESS: Final = frozenset({204, 304})
+
+
+class Express:
+    """The express lane of one broker: its connections and the requests in flight on them."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        http: Callable[[], asyncio.Protocol],
+        *,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+    ) -> None:
+        self.app = app
+        self.http = http
+        self.keepalive_timeout = keepalive_timeout
+        self.max_body = app[SETTINGS].max_body_size
+        self.connections: set[_Connection] = set()
+        self.served = 0
+        """Requests this lane has taken (the rest went to aiohttp): for tests and the curious."""
+
+    def connection(self, transport: asyncio.Transport, received: bytes) -> None:
+        """Serve a connection whose bytes so far (`received`) start a `POST`."""
+        connection = _Connection(self, transport)
+        self.connections.add(connection)
+        transport.set_protocol(connection)
+        connection.data_received(received)
+
+    async def shutdown(self) -> None:
+        """Close idle connections; cancel requests still running (the drain gave them grace)."""
+        tasks = []
+        for connection in list(self.connections):
+            task = connection.task
+            if task is None:
+                connection.close()
+            else:
+                task.cancel()
+                tasks.append(task)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for connection in list(self.connections):
+            connection.close()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection on the express lane, one request at a time."""
+
+    __slots__ = (
+        "_buffer",
+        "_call",
+        "_lane",
+        "_paused_reading",
+        "_paused_writing",
+        "_timer",
+        "_waiters",
+        "task",
+        "transport",
+    )
+
+    def __init__(self, lane: Express, transport: asyncio.Transport) -> None:
+        self._lane = lane
+        self.transport: asyncio.Transport | None = transport
+        self._buffer = bytearray()
+        self._call: ExpressCall | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused_reading = False
+        self._paused_writing = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    # -- asyncio.Protocol --------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        call = self._call
+        if call is None:
+            self._next()
+        elif not call.complete:
+            call.take(self._buffer)
+        elif len(self._buffer) > PIPELINE_LIMIT and not self._paused_reading:
+            self._paused_reading = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        return False  # the client is done: close, and cancel what it asked
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._lane.connections.discard(self)
+        self._stop_timer()
+        self._wake(ConnectionResetError("the client closed the connection"))
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        self._wake(None)
+
+    # -- requests ----------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Start the next request in the buffer, wait for more of it, or leave it to aiohttp."""
+        buffer = self._buffer
+        if not buffer:
+            self._start_timer()
+            return
+        end = buffer.find(b"\r\n\r\n", 0, requesthead.MAX_HEAD + 4)
+        if end < 0:
+            if len(buffer) > requesthead.MAX_HEAD:
+                self._to_aiohttp()
+            else:
+                self._start_timer()
+            return
+        head = requesthead.parse(bytes(buffer[:end]), self._lane.max_body)
+        if head is None:
+            self._to_aiohttp()
+            return
+        del buffer[: end + 4]
+        self._stop_timer()
+        call = ExpressCall(self, head)
+        call.take(buffer)
+        self._call = call
+        lane = self._lane
+        lane.served += 1
+        # The request's log lines carry its id, as the aiohttp middleware binds it.
+        context = contextvars.copy_context()
+        context.run(structlog.contextvars.bind_contextvars, request_id=call.request_id)
+        task = asyncio.get_running_loop().create_task(serve(call), context=context)
+        self.task = task
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        call = self._call
+        self._call = None
+        self.task = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("express request failed", error=repr(task.exception()))
+            self.close()
+            return
+        if self.transport is None:
+            return
+        if call is None or not call.finished or call.close:
+            self.close()
+            return
+        if self._paused_reading:
+            self._paused_reading = False
+            self.transport.resume_reading()
+        self._next()
+
+    def _to_aiohttp(self) -> None:
+        """Hand the connection to aiohttp for good, with the bytes of its next request."""
+        transport = self.transport
+        assert transport is not None and self._call is None
+        self._stop_timer()
+        self._lane.connections.discard(self)
+        self.transport = None
+        if self._paused_reading:
+            transport.resume_reading()
+        protocol = self._lane.http()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        protocol.data_received(bytes(self._buffer))
+        self._buffer.clear()
+
+    def _start_timer(self) -> None:
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._lane.keepalive_timeout, self.close)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- writing (for ExpressCall) -------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        transport.write(data)
+
+    async def drained(self) -> None:
+        """Return once the socket takes more (at once, unless the client reads slowly)."""
+        if not self._paused_writing:
+            return
+        if self.transport is None:
+            raise ConnectionResetError("the client closed the connection")
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    def _wake(self, exc: Exception | None) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                if exc is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(exc)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class ExpressCall:
+    """A `broker.call.Call` on the express lane: the parsed head, the body, the answer."""
+
+    __slots__ = (
+        "_bodiless",
+        "_body",
+        "_chunked",
+        "_connection",
+        "_head",
+        "_held",
+        "_left",
+        "_waiter",
+        "close",
+        "finished",
+        "request_id",
+    )
+
+    def __init__(self, connection: _Connection, head: Head) -> None:
+        self._connection = connection
+        self._head = head
+        self.request_id = request_id_of(head.headers)
+        self._body = bytearray()
+        self._waiter: asyncio.Future[None] | None = None
+        self._held = b""
+        """A head waiting to leave with the first body bytes."""
+        self._chunked = False
+        self._bodiless = False
+        self._left: int | None = None
+        """Body bytes the answer's Content-Length still owes, when it has one."""
+        self.close = head.close
+        """Close the connection after the answer."""
+        self.finished = False
+        """The answer was written in full: the connection may carry the next request."""
+
+    @property
+    def complete(self) -> bool:
+        return len(self._body) == self._head.length
+
+    def take(self, buffer: bytearray) -> None:
+        """Move this request's body bytes out of the connection's buffer."""
+        need = self._head.length - len(self._body)
+        if need and buffer:
+            self._body += buffer[:need]
+            del buffer[:need]
+        if self._waiter is not None and self.complete and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # -- what the request says --------------------------------------------------------
+
+    @property
+    def app(self) -> web.Application:
+        return self._connection._lane.app
+
+    @property
+    def method(self) -> str:
+        return "POST"
+
+    @property
+    def path(self) -> str:
+        return self._head.path
+
+    @property
+    def target(self) -> str:
+        return self._head.target
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._head.headers
+
+    async def read(self, limit: int) -> bytes | None:
+        if self._head.length > limit:
+            return None
+        if not self.complete:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return bytes(self._body)
+
+    # -- the answer ---------------------------------------------------------------------
+
+    async def reply(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        fields = [*headers.items(), ("X-Request-ID", self.request_id)]
+        fields.append(("Content-Length", str(len(body))))
+        connection = self._connection
+        connection.write(self._head_bytes(status, fields) + body)
+        self.finished = True
+        await connection.drained()
+
+    async def start(
+        self, status: int, headers: list[tuple[str, str]], *, chunked: bool, buffered: bool
+    ) -> None:
+        bodiless = status in _BODILESS or status < 200
+        fields = headers
+        if bodiless:
+            # As aiohttp: no body, so nothing that announces one.
+            fields = [
+                (name, value)
+                for name, value in headers
+                if name.lower() not in ("transfer-encoding", "content-length")
+            ]
+            self._bodiless = True
+        elif chunked:
+            fields = [*headers, ("Transfer-Encoding", "chunked")]
+            self._chunked = True
+        else:
+            length = next(value for name, value in headers if name.lower() == "content-length")
+            self._left = int(length) if length.isdigit() else None
+            if self._left is None:
+                raise ValueError("the Content-Length cannot be relayed")
+        if not bodiless and not any(name.lower() == "content-type" for name, _ in headers):
+            fields = [*fields, ("Content-Type", "application/octet-stream")]
+        head = self._head_bytes(status, fields)
+        if buffered:
+            self._held = head
+        else:
+            self._connection.write(head)
+            await self._connection.drained()
+
+    async def write(self, data: bytes) -> None:
+        if not data or self._bodiless:
+            return  # an empty chunk would end a chunked body
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        elif self._left is not None:
+            if len(data) > self._left:
+                data = data[: self._left]  # no bytes past the length the head announced
+            self._left -= len(data)
+        connection = self._connection
+        if self._held:
+            data, self._held = self._held + data, b""
+        connection.write(data)
+        await connection.drained()
+
+    async def end(self) -> None:
+        out = self._held + b"0\r\n\r\n" if self._chunked else self._held
+        self._held = b""
+        if out:
+            self._connection.write(out)
+        if self._left:
+            # Shorter than announced: the client must see the body is incomplete.
+            self.close = True
+        self.finished = True
+        await self._connection.drained()
+
+    def cut(self) -> None:
+        self.close = True
+        self.finished = False
+        self._connection.close()
+
+    def _head_bytes(self, status: int, fields: list[tuple[str, str]]) -> bytes:
+        lines = [f"HTTP/1.1 {status} {REASON_PHRASES.get(status, '')}"]
+        lines.extend(f"{name}: {value}" for name, value in fields)
+        lines.append(f"Date: {rfc822_formatted_time()}")
+        lines.append(f"Server: {SERVER_SOFTWARE}")
+        if self.close:
+            lines.append("Connection: close")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode()

@@ -1,0 +1,90 @@
+"""The heads of the requests the express lane serves, sans-I/O: bytes in, a head or None out.
+
+The express lane (`broker.express`) serves only the plainest API request: a
+`POST` over HTTP/1.1 to one of the model endpoints, with one valid
+`Content-Length` within the body limit, printable ASCII throughout, and no
+`Transfer-Encoding`, `Expect`, `Upgrade` or unusual `Connection`. Anything else,
+or anything in doubt, is None: that request, and the rest of its connection, go
+to aiohttp, whose tested parser and limits answer it. So this parser only has to
+be right about what it accepts; it never has to reject well.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from multidict import CIMultiDict
+
+from shared.endpoints import MODEL_ENDPOINTS
+
+MAX_HEAD: Final = 16 * 1024
+"""Bytes of a head the express lane looks at; a longer one is aiohttp's to judge."""
+
+MAX_FIELDS: Final = 100
+
+_ENDPOINTS: Final = frozenset(MODEL_ENDPOINTS)
+_TOKEN: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+# Control characters other than tab, and any CR or LF that is not a line's end.
+_FORBIDDEN: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+_FIELDS: Final = re.compile(rf"(?:{_TOKEN}:[^\r\n]*\r\n)*")
+_FIELD: Final = re.compile(rf"({_TOKEN}):[ \t]*([^\r\n]*?)[ \t]*\r\n")
+_TARGET: Final = re.compile(r"/[!-~]*")
+_LEFT_TO_AIOHTTP: Final = ("transfer-encoding", "expect", "upgrade")
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A request head the express lane serves."""
+
+    target: str
+    """The path and query exactly as sent."""
+    path: str
+    headers: CIMultiDict[str]
+    """In order, with the client's spelling of each name."""
+    length: int
+    """The body's length (`Content-Length`)."""
+    close: bool
+    """The client asked to close the connection after the answer."""
+
+
+def parse(head: bytes, max_body: int) -> Head | None:
+    """The head (without its blank line) of a request the express lane serves, else None."""
+    if not head.isascii():
+        return None
+    text = head.decode("ascii")
+    if _FORBIDDEN.search(text):
+        return None
+    line, _, block = text.partition("\r\n")
+    parts = line.split(" ")
+    if len(parts) != 3 or parts[0] != "POST" or parts[2] != "HTTP/1.1":
+        return None
+    target = parts[1]
+    path = target.partition("?")[0]
+    if path not in _ENDPOINTS or not _TARGET.fullmatch(target) or "#" in target:
+        return None
+    block = block + "\r\n" if block else ""
+    if not _FIELDS.fullmatch(block):
+        return None
+    fields = _FIELD.findall(block)
+    if len(fields) > MAX_FIELDS:
+        return None
+    headers: CIMultiDict[str] = CIMultiDict(fields)
+    if any(name in headers for name in _LEFT_TO_AIOHTTP):
+        return None
+    if len(headers.getall("host", ())) != 1:
+        return None
+    lengths = headers.getall("content-length", ())
+    if len(lengths) != 1:
+        return None
+    length = lengths[0]
+    if not (length.isdigit() and len(length) <= 18) or int(length) > max_body:
+        return None
+    close = False
+    connection = headers.getall("connection", ())
+    if connection:
+        if len(connection) != 1 or connection[0].lower() not in ("keep-alive", "close"):
+            return None
+        close = connection[0].lower() == "close"
+    return Head(target, path, headers, int(length), close)
