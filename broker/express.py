@@ -66,6 +66,8 @@ class Express:
         self.connections: set[_Connection] = set()
         self.served = 0
         """Requests this lane has taken (the rest went to aiohttp): for tests and the curious."""
+        self.closing = False
+        """The broker is stopping: no further request starts on these connections."""
 
     def connection(self, transport: asyncio.Transport, received: bytes) -> None:
         """Serve a connection whose bytes so far (`received`) start a `POST`."""
@@ -76,6 +78,7 @@ class Express:
 
     async def shutdown(self) -> None:
         """Close idle connections; cancel requests still running (the drain gave them grace)."""
+        self.closing = True
         tasks = []
         for connection in list(self.connections):
             task = connection.task
@@ -125,6 +128,8 @@ class _Connection(asyncio.Protocol):
             self._next()
         elif not call.complete:
             call.take(self._buffer)
+            if call.complete and self.task is None:
+                self._after(call)  # answered before its body came, which is now read and dropped
         elif len(self._buffer) > PIPELINE_LIMIT and not self._paused_reading:
             self._paused_reading = True
             assert self.transport is not None
@@ -184,18 +189,23 @@ class _Connection(asyncio.Protocol):
 
     def _done(self, task: asyncio.Task[None]) -> None:
         call = self._call
-        self._call = None
         self.task = None
         if not task.cancelled() and task.exception() is not None:
             log.error("express request failed", error=repr(task.exception()))
             self.close()
             return
-        if self.transport is None:
+        if self.transport is None or call is None:
             return
-        if call is None or not call.finished or call.close:
+        if not call.finished or call.close or self._lane.closing:
             self.close()
-            return
-        if self._paused_reading:
+        elif call.complete:
+            self._after(call)
+        # else: an answer (a refusal) came before the whole body; data_received reads the rest.
+
+    def _after(self, call: ExpressCall) -> None:
+        """The answer is out and the body read: on to the next request on the connection."""
+        self._call = None
+        if self._paused_reading and self.transport is not None:
             self._paused_reading = False
             self.transport.resume_reading()
         self._next()

@@ -8,7 +8,7 @@ import ssl
 from aiohttp import web
 
 from broker.app import create_app, drain
-from broker.express import Express
+from broker.express import KEEPALIVE_TIMEOUT, Express
 from broker.front import FIRST_LINE_TIMEOUT, Front
 from broker.hub import Hub
 from broker.keys import HUB, RELAY
@@ -20,7 +20,11 @@ class BrokerServer:
     """One running broker. Used by the CLI, the demo and the tests."""
 
     def __init__(
-        self, settings: BrokerSettings, *, first_line_timeout: float = FIRST_LINE_TIMEOUT
+        self,
+        settings: BrokerSettings,
+        *,
+        first_line_timeout: float = FIRST_LINE_TIMEOUT,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
     ) -> None:
         self.settings = settings
         self.app = create_app(settings)
@@ -33,6 +37,7 @@ class BrokerServer:
             shutdown_timeout=5.0,
         )
         self._first_line_timeout = first_line_timeout
+        self._keepalive_timeout = keepalive_timeout
         self._listener: asyncio.Server | None = None
         self._front: Front | None = None
         self._relay: Relay | None = None
@@ -50,7 +55,7 @@ class BrokerServer:
         http = self._runner.server
         assert http is not None
         self._relay = self.app[RELAY]
-        self.express = Express(self.app, http)
+        self.express = Express(self.app, http, keepalive_timeout=self._keepalive_timeout)
         self._front = Front(
             http,
             self._relay.connection,
