@@ -35,6 +35,7 @@ from aiohttp.web_response import REASON_PHRASES
 from broker import requesthead
 from broker.api import serve
 from broker.call import request_id_of
+from broker.errors import error_parts
 from broker.keys import SETTINGS
 from broker.requesthead import Head
 
@@ -47,6 +48,7 @@ PIPELINE_LIMIT: Final = 64 * 1024
 """Bytes of later requests kept while one is answered; past this, reading pauses."""
 
 _BODILESS: Final = frozenset({204, 304})
+_BUG: Final = "The broker failed to handle this request; its operator can find why in its log."
 
 
 class Express:
@@ -191,7 +193,11 @@ class _Connection(asyncio.Protocol):
         call = self._call
         self.task = None
         if not task.cancelled() and task.exception() is not None:
-            log.error("express request failed", error=repr(task.exception()))
+            # A bug: say so to the client if nothing was sent yet, as aiohttp's 500 would.
+            log.error("request failed with an internal error", error=repr(task.exception()))
+            if call is not None and not call.answered and self.transport is not None:
+                call.close = True
+                call.send_reply(500, *error_parts(call.path, 500, "internal_error", _BUG))
             self.close()
             return
         if self.transport is None or call is None:
@@ -279,6 +285,7 @@ class ExpressCall:
         "_held",
         "_left",
         "_waiter",
+        "answered",
         "close",
         "finished",
         "request_id",
@@ -298,6 +305,8 @@ class ExpressCall:
         """Body bytes the answer's Content-Length still owes, when it has one."""
         self.close = head.close
         """Close the connection after the answer."""
+        self.answered = False
+        """Some of the answer was written (or is held to leave with the body)."""
         self.finished = False
         """The answer was written in full: the connection may carry the next request."""
 
@@ -347,12 +356,16 @@ class ExpressCall:
     # -- the answer ---------------------------------------------------------------------
 
     async def reply(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.send_reply(status, headers, body)
+        await self._connection.drained()
+
+    def send_reply(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        """Write a complete response at once."""
         fields = [*headers.items(), ("X-Request-ID", self.request_id)]
         fields.append(("Content-Length", str(len(body))))
-        connection = self._connection
-        connection.write(self._head_bytes(status, fields) + body)
+        self.answered = True
+        self._connection.write(self._head_bytes(status, fields) + body)
         self.finished = True
-        await connection.drained()
 
     async def start(
         self, status: int, headers: list[tuple[str, str]], *, chunked: bool, buffered: bool
@@ -378,6 +391,7 @@ class ExpressCall:
         if not bodiless and not any(name.lower() == "content-type" for name, _ in headers):
             fields = [*fields, ("Content-Type", "application/octet-stream")]
         head = self._head_bytes(status, fields)
+        self.answered = True
         if buffered:
             self._held = head
         else:

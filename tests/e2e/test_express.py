@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from broker.server import BrokerServer
+from broker.trip import Trip
 from shared import protocol as p
 from tests.conftest import USER_KEY, MakeBroker, Relay, broker_settings
 from tests.e2e.test_hardening import FakeConnector, fakes
@@ -319,3 +321,20 @@ async def test_a_refusal_sent_before_the_body_came_still_reads_that_body_past(
     status, _, body = await client.ask(post_bytes())
     assert (status, body) == (200, CHAT_BODY)
     assert relay.broker.express is not None and relay.broker.express.served == 2
+
+
+async def test_a_bug_in_the_request_path_still_answers_500_and_closes(
+    relay: Relay, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: Trip) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Trip, "run", broken)
+    client = await connect(relay.broker)
+    with capture_logs() as logs:
+        status, headers, body = await client.ask(post_bytes())
+    assert status == 500
+    assert json.loads(body)["error"]["code"] == "internal_error"
+    assert headers["connection"] == "close"
+    assert await client.closed()
+    assert any(e["event"] == "request failed with an internal error" for e in logs)

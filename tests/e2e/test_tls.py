@@ -41,6 +41,7 @@ async def test_tls_end_to_end_with_a_private_ca(
         ) as resp,
     ):
         assert resp.status == 200
+    assert broker.express is not None and broker.express.served == 1  # TLS takes it too
 
 
 async def test_connector_refuses_an_untrusted_certificate_and_says_why(
