@@ -52,20 +52,27 @@ BLOCK = 50
 
 
 async def start_bare(
-    children: Children, stub_port: int, *, duties: bool = False
+    children: Children,
+    stub_port: int,
+    *,
+    duties: bool = False,
+    wrap: dict[str, list[str]] | None = None,
+    timeout: float = 20,
 ) -> tuple[list[Child], Target]:
     """A bare broker and connector in front of the stub, and the bench path through them.
 
     With `duties`, the broker also keeps the product's per-request books; the
-    path is then called "duties".
+    path is then called "duties". `wrap` puts a command (valgrind, say) before the
+    "broker" or the "connector" process.
     """
     name = "duties" if duties else "bare"
+    wrap = wrap or {}
     argv = [sys.executable, "-m", "bench.bare_broker"] + (["--duties"] if duties else [])
-    broker = children.start(f"{name}-broker", argv)
-    ports = await broker.wait_for(lambda obj: obj if "api" in obj else None, timeout=20)
+    broker = children.start(f"{name}-broker", [*wrap.get("broker", []), *argv])
+    ports = await broker.wait_for(lambda obj: obj if "api" in obj else None, timeout=timeout)
     argv = [sys.executable, "-m", "bench.bare_connector", str(ports["relay"]), str(stub_port)]
-    connector = children.start(f"{name}-connector", argv)
-    await connector.wait_for(lambda obj: obj.get("ready"), timeout=20)
+    connector = children.start(f"{name}-connector", [*wrap.get("connector", []), *argv])
+    await connector.wait_for(lambda obj: obj.get("ready"), timeout=timeout)
     return [broker, connector], Target(name, f"http://127.0.0.1:{ports['api']}/v1")
 
 

@@ -1,6 +1,7 @@
 """Instructions per request and per streamed event, counted by valgrind's callgrind.
 
     uv run python -m bench.instructions [--requests N] [--events N] [--only broker|connector]
+        [--path remotellm|bare|duties]
 
 CPU seconds on a shared two-core VM move by ±15% between identical runs; instruction
 counts do not (the same total for the same code and inputs, whatever else the machine
@@ -9,7 +10,9 @@ lines, one of the two relay processes under `valgrind --tool=callgrind`, warms t
 up, zeroes the counters (`callgrind_control -z`), sends W1's 1 KB request N times one
 at a time (or 10 streams of N events each, 5 ms apart), dumps the counters
 (`callgrind_control -d`) and divides. Start-up and shutdown are not counted; per event,
-the streams' ten starts are taken off at the cost of ten requests.
+the streams' ten starts are taken off at the cost of ten requests. `--path bare` or
+`--path duties` counts the bare relay's processes instead (`bench.bare`), the floor of
+this design's work in Python with or without the broker's books.
 
 It takes about a minute per process (valgrind runs Python some 50 times slower); it
 needs valgrind (Debian's `valgrind` package) and asserts nothing.
@@ -26,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.bare import start_bare
 from bench.client import Target, stream, timed_fetch
 from bench.procs import (
     Child,
@@ -59,25 +63,20 @@ def _instructions(dump: Path) -> int:
     raise RuntimeError(f"no instruction total in {dump}")
 
 
-async def _count(which: str, requests: int, events: int, work_dir: Path) -> dict[str, float]:
+async def _count(
+    which: str, requests: int, events: int, work_dir: Path, path: str = "remotellm"
+) -> dict[str, float]:
     out = work_dir / which
     valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"]
     children = Children(work_dir / "logs")
     try:
         _, stub_port = await start_stub(children)
-        broker = children.start(
-            "broker", [*(valgrind if which == "broker" else []), *broker_argv()]
-        )
-
-        broker_port = int(await broker.wait_for(broker_port_of, timeout=300))
-        connector = children.start(
-            "connector",
-            [
-                *(valgrind if which == "connector" else []),
-                *connector_argv(broker_port, stub_port, max_concurrency=64),
-            ],
-        )
-        target = Target("relay", f"http://127.0.0.1:{broker_port}/v1")
+        if path == "remotellm":
+            broker, connector, target = await _start_remotellm(children, stub_port, which, valgrind)
+        else:
+            (broker, connector), target = await start_bare(
+                children, stub_port, duties=path == "duties", wrap={which: valgrind}, timeout=300
+            )
         try:
             deadline = time.monotonic() + 300
             while not (await timed_fetch(target, "bench size=1024"))[0]:
@@ -105,6 +104,21 @@ async def _count(which: str, requests: int, events: int, work_dir: Path) -> dict
         children.stop_all(30)
 
 
+async def _start_remotellm(
+    children: Children, stub_port: int, which: str, valgrind: list[str]
+) -> tuple[Child, Child, Target]:
+    broker = children.start("broker", [*(valgrind if which == "broker" else []), *broker_argv()])
+    broker_port = int(await broker.wait_for(broker_port_of, timeout=300))
+    connector = children.start(
+        "connector",
+        [
+            *(valgrind if which == "connector" else []),
+            *connector_argv(broker_port, stub_port, max_concurrency=64),
+        ],
+    )
+    return broker, connector, Target("relay", f"http://127.0.0.1:{broker_port}/v1")
+
+
 async def _run(target: Target, unit: str, count: int) -> None:
     if unit == "request":
         for _ in range(count):
@@ -121,15 +135,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300, help="W1 1 KB requests counted")
     parser.add_argument("--events", type=int, default=100, help="events per stream counted")
     parser.add_argument("--only", choices=("broker", "connector"), help="count one process")
+    parser.add_argument(
+        "--path",
+        choices=("remotellm", "bare", "duties"),
+        default="remotellm",
+        help="whose broker and connector: RemoteLLM's (the default), or the bare relay's"
+        " (bench.bare), with the broker's books (duties) or without",
+    )
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="remotellm-instr-") as tmp:
         for which in (args.only,) if args.only else ("broker", "connector"):
-            counts = asyncio.run(_count(which, args.requests, args.events, Path(tmp)))
+            counts = asyncio.run(_count(which, args.requests, args.events, Path(tmp), args.path))
+            label = which if args.path == "remotellm" else f"{args.path} {which}"
             print(
-                f"{which}: {counts['request'] / 1000:,.1f}k instructions per request,"
+                f"{label}: {counts['request'] / 1000:,.1f}k instructions per request,"
                 f" {counts['event'] / 1000:,.1f}k per streamed event"
             )
     return 0
