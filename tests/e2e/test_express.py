@@ -248,12 +248,20 @@ async def test_a_client_that_hangs_up_mid_stream_cancels_the_llm_call(
     assert relay.broker.express is not None and relay.broker.express.served == 1
 
 
-async def test_a_bodiless_answer_carries_nothing_onto_the_connection(
-    make_broker: MakeBroker, fakes: list[FakeConnector], connect: Any
-) -> None:
+async def broker_with_fake(
+    make_broker: MakeBroker, fakes: list[FakeConnector]
+) -> tuple[BrokerServer, FakeConnector]:
+    """A broker whose one connector, serving model "m", is driven by the test."""
     broker = await make_broker()
     fake = await FakeConnector.attach(broker, ("m",))
     fakes.append(fake)
+    return broker, fake
+
+
+async def test_a_bodiless_answer_carries_nothing_onto_the_connection(
+    make_broker: MakeBroker, fakes: list[FakeConnector], connect: Any
+) -> None:
+    broker, fake = await broker_with_fake(make_broker, fakes)
 
     async def answer() -> None:
         for status in (204, 200):
@@ -278,9 +286,7 @@ async def test_a_bodiless_answer_carries_nothing_onto_the_connection(
 async def test_an_answer_shorter_than_its_length_closes_the_connection(
     make_broker: MakeBroker, fakes: list[FakeConnector], connect: Any
 ) -> None:
-    broker = await make_broker()
-    fake = await FakeConnector.attach(broker, ("m",))
-    fakes.append(fake)
+    broker, fake = await broker_with_fake(make_broker, fakes)
 
     async def answer() -> None:
         sid = (await fake.next_request()).stream_id
