@@ -79,11 +79,13 @@ class Call(Protocol):
 class AiohttpCall:
     """A `Call` on an aiohttp request; `response` is what its handler returns."""
 
-    __slots__ = ("request", "response")
+    __slots__ = ("_left", "request", "response")
 
     def __init__(self, request: web.Request) -> None:
         self.request = request
         self.response: web.StreamResponse | None = None
+        self._left: int | None = None
+        """Body bytes the answer's Content-Length still owes, when it has one."""
 
     @property
     def app(self) -> web.Application:
@@ -136,15 +138,22 @@ class AiohttpCall:
         response.headers.extend(headers)
         if chunked:
             response.enable_chunked_encoding()
+        else:
+            self._left = response.content_length
         self.response = response
         await response.prepare(self.request)
 
     async def write(self, data: bytes) -> None:
         assert self.response is not None
+        if self._left is not None:
+            self._left = max(self._left - len(data), 0)
         await self.response.write(data)
 
     async def end(self) -> None:
         assert self.response is not None
+        if self._left:
+            # Shorter than announced: only a closed connection tells the client so.
+            self.response.force_close()
         await self.response.write_eof()
 
     def cut(self) -> None:

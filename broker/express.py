@@ -13,16 +13,22 @@ odd) hands the connection to aiohttp for good, at that request boundary, with
 every byte read so far: every unusual case keeps aiohttp's tested behaviour.
 
 Answers are written as aiohttp writes them (its Date, Server and reason phrases,
-chunked when the length is unknown, nothing on 204 and 304). One request at a time
-per connection; pipelined requests wait in the buffer (reading pauses past
-`PIPELINE_LIMIT`). A client that goes away cancels its request, as aiohttp's
-`handler_cancellation` does.
+chunked when the length is unknown, nothing on 204 and 304, the connection closed
+after an answer shorter than its Content-Length). One request at a time per
+connection; pipelined requests wait in the buffer (reading pauses past
+`PIPELINE_LIMIT`, and while the client is not reading its answers). A request
+refused before its body arrived has the rest of its body read and dropped for up to
+`LINGER_TIMEOUT`, as aiohttp lingers, so the client sees the refusal and the next
+request starts in step. A client that goes away cancels its request, as aiohttp's
+`handler_cancellation` does; every request is counted once, however it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import time
 from collections.abc import Callable, Mapping
 from typing import Final
 
@@ -33,7 +39,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_response import REASON_PHRASES
 
 from broker import requesthead
-from broker.api import serve
+from broker.api import count_rejected, serve
 from broker.call import request_id_of
 from broker.errors import error_parts
 from broker.keys import SETTINGS
@@ -46,6 +52,9 @@ KEEPALIVE_TIMEOUT: Final = 3630.0
 
 PIPELINE_LIMIT: Final = 64 * 1024
 """Bytes of later requests kept while one is answered; past this, reading pauses."""
+
+LINGER_TIMEOUT: Final = 10.0
+"""Seconds the rest of a refused request's body may take to arrive (aiohttp's lingering time)."""
 
 _BODILESS: Final = frozenset({204, 304})
 _BUG: Final = "The broker failed to handle this request; its operator can find why in its log."
@@ -104,6 +113,7 @@ class _Connection(asyncio.Protocol):
         "_lane",
         "_paused_reading",
         "_paused_writing",
+        "_resume_next",
         "_timer",
         "_waiters",
         "task",
@@ -119,6 +129,8 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._paused_reading = False
         self._paused_writing = False
+        self._resume_next = False
+        """The next request waits for the client to read the last answer."""
         self._waiters: list[asyncio.Future[None]] = []
 
     # -- asyncio.Protocol --------------------------------------------------------
@@ -127,15 +139,15 @@ class _Connection(asyncio.Protocol):
         self._buffer += data
         call = self._call
         if call is None:
-            self._next()
+            if not self._resume_next:
+                self._next()
         elif not call.complete:
             call.take(self._buffer)
             if call.complete and self.task is None:
-                self._after(call)  # answered before its body came, which is now read and dropped
-        elif len(self._buffer) > PIPELINE_LIMIT and not self._paused_reading:
-            self._paused_reading = True
-            assert self.transport is not None
-            self.transport.pause_reading()
+                self._stop_timer()  # the lingering body of a request already answered is in
+                self._after(call)
+        elif len(self._buffer) > PIPELINE_LIMIT:
+            self._pause_reading()
 
     def eof_received(self) -> bool:
         return False  # the client is done: close, and cancel what it asked
@@ -155,6 +167,10 @@ class _Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._paused_writing = False
         self._wake(None)
+        if self._resume_next and self.transport is not None:
+            self._resume_next = False
+            self._resume_reading()
+            self._next()
 
     # -- requests ----------------------------------------------------------------
 
@@ -162,14 +178,15 @@ class _Connection(asyncio.Protocol):
         """Start the next request in the buffer, wait for more of it, or leave it to aiohttp."""
         buffer = self._buffer
         if not buffer:
-            self._start_timer()
+            self._start_timer(self._lane.keepalive_timeout)
             return
         end = buffer.find(b"\r\n\r\n", 0, requesthead.MAX_HEAD + 4)
         if end < 0:
-            if len(buffer) > requesthead.MAX_HEAD:
+            # A line that ends in LF alone cannot start a head the lane takes: aiohttp's now.
+            if len(buffer) > requesthead.MAX_HEAD or buffer.count(b"\n") != buffer.count(b"\r\n"):
                 self._to_aiohttp()
             else:
-                self._start_timer()
+                self._start_timer(self._lane.keepalive_timeout)
             return
         head = requesthead.parse(bytes(buffer[:end]), self._lane.max_body)
         if head is None:
@@ -180,41 +197,59 @@ class _Connection(asyncio.Protocol):
         call = ExpressCall(self, head)
         call.take(buffer)
         self._call = call
-        lane = self._lane
-        lane.served += 1
+        self._lane.served += 1
         # The request's log lines carry its id, as the aiohttp middleware binds it.
         context = contextvars.copy_context()
         context.run(structlog.contextvars.bind_contextvars, request_id=call.request_id)
-        task = asyncio.get_running_loop().create_task(serve(call), context=context)
+        task = asyncio.get_running_loop().create_task(_serve(call), context=context)
         self.task = task
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         call = self._call
         self.task = None
-        if not task.cancelled() and task.exception() is not None:
-            # A bug: say so to the client if nothing was sent yet, as aiohttp's 500 would.
-            log.error("request failed with an internal error", error=repr(task.exception()))
-            if call is not None and not call.answered and self.transport is not None:
-                call.close = True
-                call.send_reply(500, *error_parts(call.path, 500, "internal_error", _BUG))
-            self.close()
+        if call is None:
             return
-        if self.transport is None or call is None:
+        if task.cancelled():
+            if not call.began:
+                # Cancelled before its first step (the client left at once): still counted.
+                count_rejected(call, 499, time.perf_counter(), cancelled=True)
+        elif task.exception() is not None:
+            self._bug(call, task.exception())
             return
-        if not call.finished or call.close or self._lane.closing:
+        if self.transport is None:
+            return
+        if not call.finished or self._lane.closing:
             self.close()
-        elif call.complete:
+        elif not call.complete:
+            # Answered (refused) before its body came: read the rest past, for a while, so the
+            # client sees the answer rather than a reset, and the next request starts in step.
+            call.discard()
+            self._start_timer(LINGER_TIMEOUT)
+        else:
             self._after(call)
-        # else: an answer (a refusal) came before the whole body; data_received reads the rest.
 
     def _after(self, call: ExpressCall) -> None:
         """The answer is out and the body read: on to the next request on the connection."""
         self._call = None
-        if self._paused_reading and self.transport is not None:
-            self._paused_reading = False
-            self.transport.resume_reading()
-        self._next()
+        if call.close:
+            self.close()
+        elif self._paused_writing:
+            # The client is not reading its answers: read no more requests until it does.
+            self._resume_next = True
+            self._pause_reading()
+        else:
+            self._resume_reading()
+            self._next()
+
+    def _bug(self, call: ExpressCall, exc: BaseException | None) -> None:
+        """A bug: say so to the client if nothing was sent yet, as aiohttp's 500 would."""
+        log.error("request failed with an internal error", error=repr(exc))
+        if not call.answered:
+            call.close = True
+            with contextlib.suppress(ConnectionError):
+                call.send_reply(500, *error_parts(call.path, 500, "internal_error", _BUG))
+        self.close()
 
     def _to_aiohttp(self) -> None:
         """Hand the connection to aiohttp for good, with the bytes of its next request."""
@@ -222,19 +257,27 @@ class _Connection(asyncio.Protocol):
         assert transport is not None and self._call is None
         self._stop_timer()
         self._lane.connections.discard(self)
+        self._resume_reading()
         self.transport = None
-        if self._paused_reading:
-            transport.resume_reading()
         protocol = self._lane.http()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         protocol.data_received(bytes(self._buffer))
         self._buffer.clear()
 
-    def _start_timer(self) -> None:
+    def _pause_reading(self) -> None:
+        if not self._paused_reading and self.transport is not None:
+            self._paused_reading = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._paused_reading and self.transport is not None:
+            self._paused_reading = False
+            self.transport.resume_reading()
+
+    def _start_timer(self, seconds: float) -> None:
         if self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._lane.keepalive_timeout, self.close)
+            self._timer = asyncio.get_running_loop().call_later(seconds, self.close)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -273,6 +316,11 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+async def _serve(call: ExpressCall) -> None:
+    call.began = True
+    await serve(call)
+
+
 class ExpressCall:
     """A `broker.call.Call` on the express lane: the parsed head, the body, the answer."""
 
@@ -281,11 +329,14 @@ class ExpressCall:
         "_body",
         "_chunked",
         "_connection",
+        "_discarding",
         "_head",
         "_held",
         "_left",
+        "_received",
         "_waiter",
         "answered",
+        "began",
         "close",
         "finished",
         "request_id",
@@ -296,6 +347,9 @@ class ExpressCall:
         self._head = head
         self.request_id = request_id_of(head.headers)
         self._body = bytearray()
+        self._received = 0
+        self._discarding = False
+        """The request was answered before its body came: the rest is read and dropped."""
         self._waiter: asyncio.Future[None] | None = None
         self._held = b""
         """A head waiting to leave with the first body bytes."""
@@ -305,6 +359,8 @@ class ExpressCall:
         """Body bytes the answer's Content-Length still owes, when it has one."""
         self.close = head.close
         """Close the connection after the answer."""
+        self.began = False
+        """`broker.api.serve` started on this request."""
         self.answered = False
         """Some of the answer was written (or is held to leave with the body)."""
         self.finished = False
@@ -312,16 +368,24 @@ class ExpressCall:
 
     @property
     def complete(self) -> bool:
-        return len(self._body) == self._head.length
+        return self._received == self._head.length
 
     def take(self, buffer: bytearray) -> None:
         """Move this request's body bytes out of the connection's buffer."""
-        need = self._head.length - len(self._body)
+        need = self._head.length - self._received
         if need and buffer:
-            self._body += buffer[:need]
+            taken = buffer[:need]
             del buffer[:need]
+            self._received += len(taken)
+            if not self._discarding:
+                self._body += taken
         if self._waiter is not None and self.complete and not self._waiter.done():
             self._waiter.set_result(None)
+
+    def discard(self) -> None:
+        """Keep none of the body from now on (the request has been answered)."""
+        self._discarding = True
+        self._body = bytearray()
 
     # -- what the request says --------------------------------------------------------
 
@@ -356,8 +420,9 @@ class ExpressCall:
     # -- the answer ---------------------------------------------------------------------
 
     async def reply(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        # Not waiting for the client to read it, as aiohttp's handlers return theirs: the
+        # connection reads no further request until the client does (`_Connection._after`).
         self.send_reply(status, headers, body)
-        await self._connection.drained()
 
     def send_reply(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
         """Write a complete response at once."""
@@ -384,10 +449,9 @@ class ExpressCall:
             fields = [*headers, ("Transfer-Encoding", "chunked")]
             self._chunked = True
         else:
+            # broker.trip relays one Content-Length, and only of plain digits.
             length = next(value for name, value in headers if name.lower() == "content-length")
-            self._left = int(length) if length.isdigit() else None
-            if self._left is None:
-                raise ValueError("the Content-Length cannot be relayed")
+            self._left = int(length)
         if not bodiless and not any(name.lower() == "content-type" for name, _ in headers):
             fields = [*fields, ("Content-Type", "application/octet-stream")]
         head = self._head_bytes(status, fields)

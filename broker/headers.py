@@ -6,9 +6,14 @@ hop-by-hop headers stay at the broker; everything else passes unchanged.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 from shared.protocol import Headers
+
+_FORBIDDEN: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""Control characters no header may carry (aiohttp's rule, so both servers refuse the same)."""
 
 HOP_BY_HOP = frozenset(
     {
@@ -58,6 +63,13 @@ def request_headers(incoming: Mapping[str, str], request_id: str) -> Headers:
 
 
 def response_headers(upstream: Headers) -> list[tuple[str, str]]:
-    """Headers of an upstream response as sent on to the client."""
+    """Headers of an upstream response as sent on to the client.
+
+    Raises ValueError when a name or value holds a control character (a tab aside).
+    """
     drop = _RESPONSE_DROP | _connection_tokens(upstream)
-    return [(k, v) for k, v in upstream if k.lower() not in drop]
+    kept = [(k, v) for k, v in upstream if k.lower() not in drop]
+    for name, value in kept:
+        if _FORBIDDEN.search(name) or _FORBIDDEN.search(value):
+            raise ValueError(f"header {name[:40]!r} holds a control character")
+    return kept

@@ -24,6 +24,9 @@ MAX_HEAD: Final = 16 * 1024
 
 MAX_FIELDS: Final = 100
 
+MAX_LINE: Final = 8190
+"""Bytes of the request line or one field line (aiohttp refuses longer ones with a 400)."""
+
 _ENDPOINTS: Final = frozenset(MODEL_ENDPOINTS)
 _TOKEN: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 # Every line a field: a token, a colon, then tabs and printable ASCII only. So no control
@@ -64,7 +67,7 @@ def parse(head: bytes, max_body: int) -> Head | None:
     if not block or not _FIELDS.fullmatch(block + "\r\n"):
         return None
     lines = block.split("\r\n")
-    if len(lines) > MAX_FIELDS:
+    if len(lines) > MAX_FIELDS or len(line) > MAX_LINE or max(map(len, lines)) > MAX_LINE:
         return None
     fields = [(name, value.strip(" \t")) for name, _, value in (f.partition(":") for f in lines)]
     headers: CIMultiDict[str] = CIMultiDict(fields)

@@ -51,6 +51,15 @@ class ClientGone(Exception):
     """The client closed its connection."""
 
 
+class Cut(Exception):
+    """The answer could not be finished, so the client's connection was closed."""
+
+
+FAIL_WRITE_TIMEOUT = 2.0
+"""Seconds the error that ends a timed-out stream may take to write before the connection is cut
+(a client that stopped reading must not hold the request past its timeout)."""
+
+
 class Trip:
     """One API request's trip through a connector and back."""
 
@@ -89,14 +98,20 @@ class Trip:
         except TimeoutError:
             outcome = "timeout"
             try:
-                await self._fail(
-                    504,
-                    "timeout",
-                    f"The model did not finish within {self.settings.request_timeout:g} seconds.",
-                )
+                async with asyncio.timeout(FAIL_WRITE_TIMEOUT):
+                    await self._fail(
+                        504,
+                        "timeout",
+                        f"The model did not finish within {self.settings.request_timeout:g}"
+                        " seconds.",
+                    )
+            except TimeoutError:
+                self.call.cut()
             except ClientGone:
                 outcome = "cancelled"
                 self.status = 499
+        except Cut:
+            outcome = "error"
         except ClientGone:
             outcome = "cancelled"
             self.status = 499  # nginx's "client closed request"
@@ -219,7 +234,6 @@ class Trip:
                         # When the body is already here, the head waits to leave with it.
                         await self._start(status, headers, buffered=not events.empty())
                     except BadHead as exc:
-                        self.response_started = False
                         return await self._fail(502, "connector_protocol_error", str(exc))
                 case p.ResponseBody(_, data) if not self.response_started:
                     return await self._fail(
@@ -247,15 +261,7 @@ class Trip:
                     return await self._fail(502, code, message)
 
     async def _start(self, status: int, headers: p.Headers, *, buffered: bool = False) -> None:
-        relayed = response_headers(headers)
-        length = content_type = None
-        for name, value in relayed:
-            lowered = name.lower()
-            if lowered == "content-length" and length is None:
-                length = value
-            elif lowered == "content-type" and content_type is None:
-                content_type = value
-        content_type = content_type or ""
+        relayed, length, content_type = _relayable(headers)
         relayed.append(("X-Request-ID", self.request_id))
         if content_type.startswith(STREAMING_TYPES):
             relayed.append(("Cache-Control", "no-cache"))
@@ -271,8 +277,13 @@ class Trip:
             await self._guard(
                 self.call.start(status, relayed, chunked=length is None, buffered=buffered)
             )
-        except ValueError:
-            raise BadHead("The connector sent headers that cannot be relayed.") from None
+        except ValueError as exc:
+            # The headers passed the checks above, yet the server refused them: part of the
+            # head may be written, so no error response can follow on this connection.
+            log.error("cannot write the response head", error=str(exc))
+            self.status = 502
+            self.call.cut()
+            raise Cut() from exc
         self.ttfb = time.perf_counter() - self.started
         self.metrics.first_byte(self.model, self.ttfb)
 
@@ -340,3 +351,30 @@ class Trip:
             # No in-band way to signal the failure: cut the connection so the client
             # sees an incomplete body rather than a silently truncated one.
             call.cut()
+
+
+def _relayable(headers: p.Headers) -> tuple[list[tuple[str, str]], str | None, str]:
+    """The response headers to relay, their Content-Length and Content-Type (or BadHead).
+
+    A repeated Content-Length is sent once when every copy agrees; one that is not plain
+    digits, or copies that differ, make the head impossible to relay unambiguously.
+    """
+    try:
+        relayed = response_headers(headers)
+    except ValueError:
+        raise BadHead("The connector sent headers that cannot be relayed.") from None
+    kept: list[tuple[str, str]] = []
+    length: str | None = None
+    content_type: str | None = None
+    for name, value in relayed:
+        lowered = name.lower()
+        if lowered == "content-length":
+            if not (value.isascii() and value.isdigit()) or length not in (None, value):
+                raise BadHead("The connector sent a Content-Length that cannot be relayed.")
+            if length is not None:
+                continue
+            length = value
+        elif lowered == "content-type" and content_type is None:
+            content_type = value
+        kept.append((name, value))
+    return kept, length, content_type or ""

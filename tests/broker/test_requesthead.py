@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.requesthead import MAX_FIELDS, parse
+from broker.requesthead import MAX_FIELDS, MAX_LINE, parse
 from shared.endpoints import MODEL_ENDPOINTS
 
 LIMIT = 1024
@@ -76,6 +76,11 @@ def test_connection_close_is_noted(value: str, close: bool) -> None:
     assert parsed is not None and parsed.close is close
 
 
+def test_a_field_line_of_exactly_aiohttps_limit_is_taken() -> None:
+    parsed = parse(head("Host: b", "Content-Length: 2", "X-Big: " + "x" * (MAX_LINE - 7)), LIMIT)
+    assert parsed is not None and len(parsed.headers["x-big"]) == MAX_LINE - 7
+
+
 def test_a_body_of_exactly_the_limit_is_taken() -> None:
     parsed = parse(head("Host: b", f"Content-Length: {LIMIT}"), LIMIT)
     assert parsed is not None and parsed.length == LIMIT
@@ -130,6 +135,12 @@ LEFT_TO_AIOHTTP = {
     "a bare CR": head("Host: b", "Content-Length: 2", "X-A: a\rb"),
     "a bare LF": head("Host: b", "Content-Length: 2", "X-A: a\nX-B: b"),
     "a byte past ASCII": head("Host: b", "Content-Length: 2", "X-A: caf\xe9"),
+    "a field line over aiohttp's limit": head(
+        "Host: b", "Content-Length: 2", "X-Big: " + "x" * (MAX_LINE - 6)
+    ),
+    "a request line over aiohttp's limit": head(
+        "Host: b", "Content-Length: 2", line=f"POST /api/chat?{'x' * MAX_LINE} HTTP/1.1"
+    ),
     "too many fields": head(
         "Host: b", "Content-Length: 2", *(f"X-{i}: {i}" for i in range(MAX_FIELDS))
     ),
