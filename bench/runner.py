@@ -105,6 +105,25 @@ def machine() -> dict[str, Any]:
     }
 
 
+SPEED_LOOP = 1_000_000
+
+
+def python_speed_ms() -> float:
+    """Milliseconds this machine's Python takes for a fixed loop, best of five.
+
+    A yardstick for runs made on different days: the host may run every process at
+    half speed one day, which moves every absolute figure but no ratio within a run.
+    """
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        total = 0
+        for i in range(SPEED_LOOP):
+            total += i & 7
+        best = min(best, time.perf_counter() - start)
+    return round(best * 1000, 1)
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -170,6 +189,7 @@ async def run(
     results: list[WorkloadResult] = []
     profiles: dict[str, Path] = {}
     measured = source()  # before the processes start: the code they load
+    speed = {"start": python_speed_ms()}
     busy0, own0, wall0 = machine_busy_seconds(), sum(cpu_times(os.getpid())), time.monotonic()
     background = 0.0
     try:
@@ -186,6 +206,8 @@ async def run(
             else:
                 profiles = profile.start(children, processes, exe)
         await _workloads(plan, ctx, results)
+        speed["end"] = python_speed_ms()
+        _log(f"python speed loop: {speed['start']} ms before the workloads, {speed['end']} after")
         # CPU that neither the harness nor its children used: other work on the machine.
         own = sum(cpu_times(os.getpid())) - own0 + children.cpu_seconds()
         background = (machine_busy_seconds() - busy0 - own) / (time.monotonic() - wall0)
@@ -198,7 +220,7 @@ async def run(
         for target in targets.values():
             await target.close()
         children.stop_all()
-    measured_run = _Measured(started, measured, background, idle_rss, results, profiles)
+    measured_run = _Measured(started, measured, background, speed, idle_rss, results, profiles)
     return _document(plan, measured_run, list(targets), notes)
 
 
@@ -220,6 +242,7 @@ class _Measured:
     started: float
     source: dict[str, Any]
     background: float
+    speed: dict[str, float]
     idle_rss: dict[str, float]
     results: list[WorkloadResult]
     profiles: dict[str, Path]
@@ -240,7 +263,11 @@ def _document(
         "mode": plan.mode,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(run.started)),
         "duration_s": round(time.time() - run.started, 1),
-        "machine": {**machine(), "background_cpu_cores": round(run.background, 3)},
+        "machine": {
+            **machine(),
+            "background_cpu_cores": round(run.background, 3),
+            "python_loop_ms": run.speed,
+        },
         "source": run.source,
         "paths": paths,
         "notes": notes,

@@ -30,6 +30,9 @@ def test_quick_benchmark_runs_and_loses_nothing(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["mode"] == "quick"
+    # The host's speed, before and after, for comparing runs made on different days.
+    assert set(report["machine"]["python_loop_ms"]) == {"start", "end"}
+    assert all(ms > 0 for ms in report["machine"]["python_loop_ms"].values())
     workloads = {row["workload"].split()[0] for row in report["rows"]}
     assert {"W1", "W3", "W6", "W8"} <= workloads
     # Correctness rows hold whatever the machine's speed: every event arrives, in order.
