@@ -169,6 +169,7 @@ class _Connection(asyncio.Protocol):
         self._wake(None)
         if self._resume_next and self.transport is not None:
             self._resume_next = False
+            self._stop_timer()
             self._resume_reading()
             self._next()
 
@@ -235,9 +236,11 @@ class _Connection(asyncio.Protocol):
         if call.close:
             self.close()
         elif self._paused_writing:
-            # The client is not reading its answers: read no more requests until it does.
+            # The client is not reading its answers: read no more requests until it does
+            # (or until the keep-alive timeout, as for any idle connection).
             self._resume_next = True
             self._pause_reading()
+            self._start_timer(self._lane.keepalive_timeout)
         else:
             self._resume_reading()
             self._next()
