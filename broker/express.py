@@ -53,6 +53,10 @@ KEEPALIVE_TIMEOUT: Final = 3630.0
 PIPELINE_LIMIT: Final = 64 * 1024
 """Bytes of later requests kept while one is answered; past this, reading pauses."""
 
+BODY_AHEAD: Final = 128 * 1024
+"""Bytes of a body read before the request path asks for it (while the key is checked, say);
+past this, reading pauses, as aiohttp's flow control does."""
+
 LINGER_TIMEOUT: Final = 10.0
 """Seconds the rest of a refused request's body may take to arrive (aiohttp's lingering time)."""
 
@@ -177,14 +181,16 @@ class _Connection(asyncio.Protocol):
 
     def _next(self) -> None:
         """Start the next request in the buffer, wait for more of it, or leave it to aiohttp."""
+        if self._lane.closing:
+            self.close()  # the broker is stopping: no further request starts
+            return
         buffer = self._buffer
         if not buffer:
             self._start_timer(self._lane.keepalive_timeout)
             return
         end = buffer.find(b"\r\n\r\n", 0, requesthead.MAX_HEAD + 4)
         if end < 0:
-            # A line that ends in LF alone cannot start a head the lane takes: aiohttp's now.
-            if len(buffer) > requesthead.MAX_HEAD or buffer.count(b"\n") != buffer.count(b"\r\n"):
+            if len(buffer) > requesthead.MAX_HEAD or _stray_line_end(buffer):
                 self._to_aiohttp()
             else:
                 self._start_timer(self._lane.keepalive_timeout)
@@ -204,7 +210,7 @@ class _Connection(asyncio.Protocol):
         context.run(structlog.contextvars.bind_contextvars, request_id=call.request_id)
         task = asyncio.get_running_loop().create_task(_serve(call), context=context)
         self.task = task
-        task.add_done_callback(self._done)
+        task.add_done_callback(self._done, context=context)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         call = self._call
@@ -226,6 +232,7 @@ class _Connection(asyncio.Protocol):
             # Answered (refused) before its body came: read the rest past, for a while, so the
             # client sees the answer rather than a reset, and the next request starts in step.
             call.discard()
+            self._resume_reading()
             self._start_timer(LINGER_TIMEOUT)
         else:
             self._after(call)
@@ -319,6 +326,13 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _stray_line_end(buffer: bytearray) -> bool:
+    """A CR or an LF that is not part of a CRLF: no head the lane takes; aiohttp answers it."""
+    pairs = buffer.count(b"\r\n")
+    carriage_returns = buffer.count(b"\r") - buffer.endswith(b"\r")  # the last may await its LF
+    return buffer.count(b"\n") != pairs or carriage_returns != pairs
+
+
 async def _serve(call: ExpressCall) -> None:
     call.began = True
     await serve(call)
@@ -338,6 +352,7 @@ class ExpressCall:
         "_left",
         "_received",
         "_waiter",
+        "_wanted",
         "answered",
         "began",
         "close",
@@ -354,6 +369,8 @@ class ExpressCall:
         self._discarding = False
         """The request was answered before its body came: the rest is read and dropped."""
         self._waiter: asyncio.Future[None] | None = None
+        self._wanted = False
+        """The request path asked for the body (`read`)."""
         self._held = b""
         """A head waiting to leave with the first body bytes."""
         self._chunked = False
@@ -382,6 +399,8 @@ class ExpressCall:
             self._received += len(taken)
             if not self._discarding:
                 self._body += taken
+                if not self._wanted and len(self._body) >= BODY_AHEAD and not self.complete:
+                    self._connection._pause_reading()
         if self._waiter is not None and self.complete and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -415,7 +434,9 @@ class ExpressCall:
     async def read(self, limit: int) -> bytes | None:
         if self._head.length > limit:
             return None
+        self._wanted = True
         if not self.complete:
+            self._connection._resume_reading()
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
         return bytes(self._body)

@@ -32,7 +32,9 @@ _TOKEN: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 # Every line a field: a token, a colon, then tabs and printable ASCII only. So no control
 # character, and no CR or LF that does not end a line, can pass.
 _FIELDS: Final = re.compile(rf"(?:{_TOKEN}:[\t -~]*\r\n)*")
-_TARGET: Final = re.compile(r"/[!-~]*")
+# RFC 3986's path and query characters, percent-escapes well formed: nothing that aiohttp's
+# URL parsing would refuse, repair or read differently.
+_TARGET: Final = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
 _LEFT_TO_AIOHTTP: Final = ("transfer-encoding", "expect", "upgrade")
 
 

@@ -100,6 +100,15 @@ LEFT_TO_AIOHTTP = {
     "an absolute target": head(
         "Host: b", "Content-Length: 2", line="POST http://b/api/chat HTTP/1.1"
     ),
+    **{
+        f"a query with {query}": head(
+            "Host: b", "Content-Length: 2", line=f"POST /api/chat{query} HTTP/1.1"
+        )
+        for query in ('?q="x"', "?q={x}", "?q=|", "?q=\\", "?q=^", "?q=`", "?q=<>", "?q=[]")
+    },
+    "a broken percent-escape": head(
+        "Host: b", "Content-Length: 2", line="POST /api/chat?a=%zz HTTP/1.1"
+    ),
     "a fragment": head("Host: b", "Content-Length: 2", line="POST /api/chat?a#b HTTP/1.1"),
     "two spaces in the request line": head(
         "Host: b", "Content-Length: 2", line="POST  /api/chat HTTP/1.1"

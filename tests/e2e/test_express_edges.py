@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import socket
 from typing import Any
 
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from broker import express
+from broker.accounts import Accounts
 from broker.keys import LEDGER, LIFECYCLE
 from broker.records import UsageRow
 from broker.server import BrokerServer
-from broker.trip import BadHead, _relayable
+from broker.trip import BadHead, Trip, _relayable
 from shared import protocol as p
 from tests.conftest import USER_KEY, MakeBroker
 from tests.e2e.test_express import (
@@ -27,6 +31,7 @@ from tests.e2e.test_express import (
     read_response,
 )
 from tests.e2e.test_hardening import FakeConnector, fakes
+from tests.e2e.test_relay import CHAT
 
 __all__ = ["connect", "fakes"]  # fixtures, used by name
 
@@ -257,3 +262,90 @@ async def test_a_client_that_never_reads_a_stream_is_let_go_after_the_request_ti
     finally:
         answering.cancel()
         sock.close()
+
+
+async def test_a_body_waits_in_the_socket_while_the_key_is_checked(
+    make_broker: MakeBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checking = asyncio.Event()
+    checked = asyncio.Event()
+    authenticate = Accounts.authenticate
+
+    async def slow(self: Accounts, presented: str | None) -> Any:
+        checking.set()
+        await checked.wait()  # a store that takes its time
+        return await authenticate(self, presented)
+
+    monkeypatch.setattr(Accounts, "authenticate", slow)
+    broker = await make_broker(max_body_size=8 * 1024 * 1024)
+    loop = asyncio.get_running_loop()
+    sock = await raw_socket(broker)
+    upload = post_bytes(b"x" * 4 * 1024 * 1024, "/v1/chat/completions", "sk-wrong")
+    sending = asyncio.create_task(loop.sock_sendall(sock, upload))
+    await asyncio.wait_for(checking.wait(), 10)
+    assert broker.express is not None
+    (connection,) = broker.express.connections
+    await until(lambda: connection._paused_reading)
+    await asyncio.sleep(0.2)  # time enough to read megabytes, were it reading
+    call = connection._call
+    assert call is not None and len(call._body) < 2 * express.BODY_AHEAD
+    checked.set()
+    await asyncio.wait_for(sending, 10)  # the rest is read once the request path wants it
+    answer = await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 401 ")
+
+
+async def test_a_head_with_bare_carriage_returns_goes_to_aiohttp_at_once(
+    make_broker: MakeBroker, connect: Any
+) -> None:
+    broker = await make_broker()
+    client = await connect(broker)
+    client.writer.write(b"POST /v1/chat/completions HTTP/1.1\rHost: b\rContent-Length: 2\r\r{}")
+    status, _, _ = await read_response(client.reader)
+    assert status == 400
+    assert broker.express is not None and broker.express.served == 0
+
+
+async def test_no_request_starts_once_the_broker_is_stopping(make_broker: MakeBroker) -> None:
+    broker = await make_broker(shutdown_grace=0.2)
+    loop = asyncio.get_running_loop()
+    sock = await raw_socket(broker, receive_buffer=4096)
+    assert broker.express is not None
+    lane = broker.express
+    await loop.sock_sendall(sock, post_bytes(b"{}", "/v1/chat/completions", "sk-wrong"))
+    await until(lambda: lane.connections)
+    (connection,) = lane.connections
+    assert connection.transport is not None
+    connection.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+    )
+    refused = post_bytes(b"{}", "/v1/chat/completions", "sk-wrong") * 400
+    sending = asyncio.create_task(loop.sock_sendall(sock, refused))
+    await until(lambda: connection._resume_next)  # waiting for the client to read
+    served = lane.served
+    await asyncio.wait_for(broker.stop(), 10)
+    with contextlib.suppress(ConnectionError, TimeoutError):
+        async with asyncio.timeout(5):
+            while await loop.sock_recv(sock, 65536):  # the client reads at last
+                pass
+    sending.cancel()
+    sock.close()
+    assert lane.served == served
+
+
+async def test_lines_logged_when_a_request_ends_carry_its_id(
+    relay: Any, connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: Trip) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Trip, "run", broken)
+    client = await connect(relay.broker)
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        status, _, _ = await client.ask(
+            post_bytes(CHAT, "/v1/chat/completions", USER_KEY, "X-Request-ID: req-bug-1")
+        )
+    assert status == 500
+    failed = [e for e in logs if e["event"] == "request failed with an internal error"]
+    assert failed and failed[0]["request_id"] == "req-bug-1"
