@@ -138,8 +138,8 @@ class AiohttpCall:
         response.headers.extend(headers)
         if chunked:
             response.enable_chunked_encoding()
-        else:
-            self._left = response.content_length
+        elif status >= 200 and status not in (204, 304) and self.request.method != "HEAD":
+            self._left = response.content_length  # a bodiless answer owes no bytes
         self.response = response
         await response.prepare(self.request)
 

@@ -271,8 +271,10 @@ class _Connection(asyncio.Protocol):
         self.transport = None
         protocol = self._lane.http()
         transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        protocol.data_received(bytes(self._buffer))
+        # In a context of its own: this may run in a request's, whose id must not stick.
+        context = contextvars.Context()
+        context.run(protocol.connection_made, transport)
+        context.run(protocol.data_received, bytes(self._buffer))
         self._buffer.clear()
 
     def _pause_reading(self) -> None:
@@ -322,8 +324,18 @@ class _Connection(asyncio.Protocol):
                     waiter.set_exception(exc)
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        """Close once what is written has left; drop it if the client takes none of it for long."""
+        transport = self.transport
+        if transport is not None:
+            transport.close()
+            if transport.get_write_buffer_size():
+                loop = asyncio.get_running_loop()
+                loop.call_later(LINGER_TIMEOUT, _abort_if_open, transport)
+
+
+def _abort_if_open(transport: asyncio.Transport) -> None:
+    if transport.get_write_buffer_size():
+        transport.abort()  # still closing: the client has read none of it for LINGER_TIMEOUT
 
 
 def _stray_line_end(buffer: bytearray) -> bool:
@@ -476,8 +488,9 @@ class ExpressCall:
             # broker.trip relays one Content-Length, and only of plain digits.
             length = next(value for name, value in headers if name.lower() == "content-length")
             self._left = int(length)
-        if not bodiless and not any(name.lower() == "content-type" for name, _ in headers):
-            fields = [*fields, ("Content-Type", "application/octet-stream")]
+        empty = bodiless or self._left == 0
+        if not empty and not any(name.lower() == "content-type" for name, _ in headers):
+            fields = [*fields, ("Content-Type", "application/octet-stream")]  # as aiohttp
         head = self._head_bytes(status, fields)
         self.answered = True
         if buffered:

@@ -23,7 +23,7 @@ from broker.records import UsageRow
 from broker.server import BrokerServer
 from broker.trip import BadHead, Trip, _relayable
 from shared import protocol as p
-from tests.conftest import USER_KEY, MakeBroker
+from tests.conftest import USER_KEY, MakeBroker, broker_settings
 from tests.e2e.test_express import (
     broker_with_fake,
     connect,
@@ -349,3 +349,79 @@ async def test_lines_logged_when_a_request_ends_carry_its_id(
     assert status == 500
     failed = [e for e in logs if e["event"] == "request failed with an internal error"]
     assert failed and failed[0]["request_id"] == "req-bug-1"
+
+
+BODILESS_OR_EMPTY = {
+    "204 with a length": (204, (("Content-Length", "5"),), b""),
+    "304 with a length": (304, (("Content-Length", "5"),), b""),
+    "200 of length 0 and no type": (200, (("Content-Length", "0"),), b""),
+    "200 chunked and no type": (200, (), b"hello"),
+}
+
+
+async def _answer_twice(
+    make_broker: MakeBroker,
+    fakes: list[FakeConnector],
+    connect: Any,
+    lane: str,
+    answer: tuple[int, p.Headers, bytes],
+) -> tuple[int, str | None, str | None, int]:
+    """(status, Content-Type, Content-Length, the next request's status) on one connection."""
+    broker, fake = await broker_with_fake(make_broker, fakes)
+    status, headers, body = answer
+
+    async def answering() -> None:
+        for _ in range(2):
+            sid = (await fake.next_request()).stream_id
+            frames: list[p.Frame] = [p.ResponseHead(sid, status, headers)]
+            if body:
+                frames.append(p.ResponseBody(sid, body))
+            await fake.ws.send(p.encode_many([*frames, p.End(sid)]))
+
+    task = asyncio.create_task(answering())
+    client = await connect(broker)
+    first = await client.ask(post_bytes({"model": "m"}, chunked=lane == "aiohttp"))
+    second = await client.ask(post_bytes({"model": "m"}, chunked=lane == "aiohttp"))
+    await task
+    return first[0], first[1].get("content-type"), first[1].get("content-length"), second[0]
+
+
+@pytest.mark.parametrize("answer", BODILESS_OR_EMPTY.values(), ids=BODILESS_OR_EMPTY.keys())
+async def test_bodiless_and_empty_answers_read_the_same_on_both_and_keep_the_connection(
+    make_broker: MakeBroker,
+    fakes: list[FakeConnector],
+    connect: Any,
+    answer: tuple[int, p.Headers, bytes],
+) -> None:
+    on_express = await _answer_twice(make_broker, fakes, connect, "express", answer)
+    on_aiohttp = await _answer_twice(make_broker, fakes, connect, "aiohttp", answer)
+    assert on_express == on_aiohttp
+    assert on_express[3] == answer[0]  # the connection carried the next request
+
+
+async def test_a_client_that_reads_none_of_its_answers_is_dropped_in_the_end(
+    connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(express, "LINGER_TIMEOUT", 0.3)
+    broker = BrokerServer(broker_settings(), keepalive_timeout=0.3)
+    await broker.start()
+    loop = asyncio.get_running_loop()
+    sock = await raw_socket(broker, receive_buffer=4096)
+    try:
+        await loop.sock_sendall(sock, post_bytes(b"{}", "/v1/chat/completions", "sk-wrong"))
+        assert broker.express is not None
+        lane = broker.express
+        await until(lambda: lane.connections)
+        (connection,) = lane.connections
+        assert connection.transport is not None
+        connection.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+        refused = post_bytes(b"{}", "/v1/chat/completions", "sk-wrong") * 2000
+        sending = asyncio.create_task(loop.sock_sendall(sock, refused))
+        await until(lambda: connection._resume_next)
+        await until(lambda: connection not in lane.connections)  # closed, then dropped
+        sending.cancel()
+    finally:
+        sock.close()
+        await broker.stop()
