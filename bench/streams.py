@@ -7,6 +7,8 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+import aiohttp
+
 from bench.client import StreamResult, Target, at, fetch, stream
 from bench.context import Context, cpu_per_unit
 from bench.report import Row, WorkloadResult, added_at_most, at_most
@@ -136,15 +138,27 @@ async def w3(ctx: Context) -> WorkloadResult:
     return result
 
 
-async def _w5_round(ctx: Context, target: Target, bulk: bool) -> tuple[list[StreamResult], int]:
-    """99 paced streams, with or without one client pulling 1 MB bodies back to back."""
+async def _w5_round(
+    ctx: Context, target: Target, bulk: bool
+) -> tuple[list[StreamResult], int, int]:
+    """99 paced streams, with or without one client pulling 1 MB bodies back to back.
+
+    Returns the streams' results, the bulk bytes moved and the bulk requests that failed
+    (a server may drop a kept-alive connection between rounds as the client reuses it:
+    counted, not fatal to the run).
+    """
     stop = asyncio.Event()
-    moved = 0
+    moved = failed = 0
 
     async def bulk_loop() -> None:
-        nonlocal moved
+        nonlocal moved, failed
         while not stop.is_set():
-            status, size = await fetch(target, f"bench size={W5_BULK_SIZE}")
+            try:
+                status, size = await fetch(target, f"bench size={W5_BULK_SIZE}")
+            except (aiohttp.ClientError, OSError):
+                failed += 1
+                await asyncio.sleep(0.05)  # no busy loop against a path that is down
+                continue
             if status == 200:
                 moved += size
 
@@ -158,7 +172,7 @@ async def _w5_round(ctx: Context, target: Target, bulk: bool) -> tuple[list[Stre
         stop.set()
         if task is not None:
             await task
-    return results, moved
+    return results, moved, failed
 
 
 async def w5(ctx: Context) -> WorkloadResult:
@@ -173,13 +187,15 @@ async def w5(ctx: Context) -> WorkloadResult:
     runs = {name: {kind: list[StreamResult]() for kind in kinds} for name in ctx.targets}
     moved: dict[str, float] = dict.fromkeys(ctx.targets, 0.0)
     seconds: dict[str, float] = dict.fromkeys(ctx.targets, 0.0)
+    failed: dict[str, int] = dict.fromkeys(ctx.targets, 0)
     for turn in range(ctx.plan.w5_rounds):
         for name, target in ctx.rotation(turn):
             order = (False, True) if turn % 2 == 0 else (True, False)
             for bulk in order:
                 started = time.monotonic()
-                results, size = await _w5_round(ctx, target, bulk)
+                results, size, failures = await _w5_round(ctx, target, bulk)
                 runs[name][kinds[bulk]] += results
+                failed[name] += failures
                 if bulk:
                     moved[name] += size
                     seconds[name] += time.monotonic() - started
@@ -198,13 +214,23 @@ async def w5(ctx: Context) -> WorkloadResult:
     rise_row = Row(label, "rise of small p99 (ms)", rise, compare="none")
     rise_row.check("RemoteLLM rise ≤ 1 ms", at_most(rise.get("remotellm"), 1.0))
     mb_per_s = {n: moved[n] / seconds[n] / 1e6 if seconds[n] else None for n in agg}
+    bulk_row = Row(label, "bulk throughput (MB/s)", mb_per_s, compare="ratio")
+    if any(failed.values()):
+        bulk_row.note = "bulk requests failed: " + ", ".join(
+            f"{name} {count}" for name, count in failed.items() if count
+        )
     result.rows += [
         Row(label, "small p99 alone (ms)", dict(p99["alone"])),
         Row(label, "small p99 beside bulk (ms)", dict(p99["beside bulk"])),
         rise_row,
-        Row(label, "bulk throughput (MB/s)", mb_per_s, compare="ratio"),
+        bulk_row,
     ]
-    result.detail = {"paths": agg, "p99_rise_ms": rise, "bulk_mb_per_s": mb_per_s}
+    result.detail = {
+        "paths": agg,
+        "p99_rise_ms": rise,
+        "bulk_mb_per_s": mb_per_s,
+        "bulk_failures": failed,
+    }
     return result
 
 

@@ -19,7 +19,9 @@ connection; pipelined requests wait in the buffer (reading pauses past
 `PIPELINE_LIMIT`, and while the client is not reading its answers). A request
 refused before its body arrived has the rest of its body read and dropped for up to
 `LINGER_TIMEOUT`, as aiohttp lingers, so the client sees the refusal and the next
-request starts in step. A client that goes away cancels its request, as aiohttp's
+request starts in step. A body is read at most `BODY_AHEAD` ahead of the request path
+(while the key is checked, say), as aiohttp's flow control allows, and a closing
+connection whose client reads nothing is dropped after `LINGER_TIMEOUT`. A client that goes away cancels its request, as aiohttp's
 `handler_cancellation` does; every request is counted once, however it ends.
 """
 
