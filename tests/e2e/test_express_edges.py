@@ -13,15 +13,13 @@ import socket
 from typing import Any
 
 import pytest
-import structlog
-from structlog.testing import capture_logs
 
 from broker import express
 from broker.accounts import Accounts
 from broker.keys import LEDGER, LIFECYCLE
 from broker.records import UsageRow
 from broker.server import BrokerServer
-from broker.trip import BadHead, Trip, _relayable
+from broker.trip import BadHead, _relayable
 from shared import protocol as p
 from tests.conftest import USER_KEY, MakeBroker, broker_settings
 from tests.e2e.test_express import (
@@ -31,7 +29,6 @@ from tests.e2e.test_express import (
     read_response,
 )
 from tests.e2e.test_hardening import FakeConnector, fakes
-from tests.e2e.test_relay import CHAT
 
 __all__ = ["connect", "fakes"]  # fixtures, used by name
 
@@ -67,6 +64,15 @@ async def until(condition: Any, timeout: float = 10) -> None:
             await asyncio.sleep(0.01)
 
 
+async def reply(fake: FakeConnector, status: int, headers: p.Headers, body: bytes = b"") -> None:
+    """Answer the fake connector's next request with one head, one body and the end."""
+    sid = (await fake.next_request()).stream_id
+    frames: list[p.Frame] = [p.ResponseHead(sid, status, headers)]
+    if body:
+        frames.append(p.ResponseBody(sid, body))
+    await fake.ws.send(p.encode_many([*frames, p.End(sid)]))
+
+
 def test_a_connectors_headers_are_relayed_only_when_unambiguous() -> None:
     kept, length, kind = _relayable(
         (("Content-Type", "application/json"), ("Content-Length", "5"), ("content-length", "5"))
@@ -94,12 +100,8 @@ async def test_a_head_that_cannot_be_relayed_is_a_502_and_the_connection_stays_i
     broker, fake = await broker_with_fake(make_broker, fakes)
 
     async def answer() -> None:
-        sid = (await fake.next_request()).stream_id
-        head = p.ResponseHead(sid, 200, (("X-A", "a\x01b"),))
-        await fake.ws.send(p.encode_many([head, p.ResponseBody(sid, b"hello"), p.End(sid)]))
-        sid = (await fake.next_request()).stream_id
-        head = p.ResponseHead(sid, 200, (("Content-Length", "6"),))
-        await fake.ws.send(p.encode_many([head, p.ResponseBody(sid, b"SECOND"), p.End(sid)]))
+        await reply(fake, 200, (("X-A", "a\x01b"),), b"hello")
+        await reply(fake, 200, (("Content-Length", "6"),), b"SECOND")
 
     answering = asyncio.create_task(answer())
     client = await connect(broker)
@@ -119,9 +121,7 @@ async def test_an_answer_shorter_than_its_length_closes_the_connection_on_both(
     broker, fake = await broker_with_fake(make_broker, fakes)
 
     async def answer() -> None:
-        sid = (await fake.next_request()).stream_id
-        head = p.ResponseHead(sid, 200, (("Content-Length", "10"),))
-        await fake.ws.send(p.encode_many([head, p.ResponseBody(sid, b"short"), p.End(sid)]))
+        await reply(fake, 200, (("Content-Length", "10"),), b"short")
 
     answering = asyncio.create_task(answer())
     client = await connect(broker)
@@ -216,12 +216,20 @@ async def test_a_refusal_with_connection_close_lets_a_large_upload_finish_first(
     assert answer.startswith(b"HTTP/1.1 401 ")
 
 
-async def test_a_head_with_bare_line_feeds_goes_to_aiohttp_at_once(
-    make_broker: MakeBroker, connect: Any
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /v1/chat/completions HTTP/1.1\nHost: b\nContent-Length: 2\n\n{}",
+        b"POST /v1/chat/completions HTTP/1.1\rHost: b\rContent-Length: 2\r\r{}",
+    ],
+    ids=["bare LF", "bare CR"],
+)
+async def test_a_head_with_stray_line_ends_goes_to_aiohttp_at_once(
+    make_broker: MakeBroker, connect: Any, head: bytes
 ) -> None:
     broker = await make_broker()
     client = await connect(broker)
-    client.writer.write(b"POST /v1/chat/completions HTTP/1.1\nHost: b\nContent-Length: 2\n\n{}")
+    client.writer.write(head)
     status, _, _ = await read_response(client.reader)  # within read_response's 10 s
     assert status == 400
     assert broker.express is not None and broker.express.served == 0
@@ -296,17 +304,6 @@ async def test_a_body_waits_in_the_socket_while_the_key_is_checked(
     assert answer.startswith(b"HTTP/1.1 401 ")
 
 
-async def test_a_head_with_bare_carriage_returns_goes_to_aiohttp_at_once(
-    make_broker: MakeBroker, connect: Any
-) -> None:
-    broker = await make_broker()
-    client = await connect(broker)
-    client.writer.write(b"POST /v1/chat/completions HTTP/1.1\rHost: b\rContent-Length: 2\r\r{}")
-    status, _, _ = await read_response(client.reader)
-    assert status == 400
-    assert broker.express is not None and broker.express.served == 0
-
-
 async def test_no_request_starts_once_the_broker_is_stopping(make_broker: MakeBroker) -> None:
     broker = await make_broker(shutdown_grace=0.2)
     loop = asyncio.get_running_loop()
@@ -334,23 +331,6 @@ async def test_no_request_starts_once_the_broker_is_stopping(make_broker: MakeBr
     assert lane.served == served
 
 
-async def test_lines_logged_when_a_request_ends_carry_its_id(
-    relay: Any, connect: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async def broken(self: Trip) -> None:
-        raise RuntimeError("a bug")
-
-    monkeypatch.setattr(Trip, "run", broken)
-    client = await connect(relay.broker)
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-        status, _, _ = await client.ask(
-            post_bytes(CHAT, "/v1/chat/completions", USER_KEY, "X-Request-ID: req-bug-1")
-        )
-    assert status == 500
-    failed = [e for e in logs if e["event"] == "request failed with an internal error"]
-    assert failed and failed[0]["request_id"] == "req-bug-1"
-
-
 BODILESS_OR_EMPTY = {
     "204 with a length": (204, (("Content-Length", "5"),), b""),
     "304 with a length": (304, (("Content-Length", "5"),), b""),
@@ -372,11 +352,7 @@ async def _answer_twice(
 
     async def answering() -> None:
         for _ in range(2):
-            sid = (await fake.next_request()).stream_id
-            frames: list[p.Frame] = [p.ResponseHead(sid, status, headers)]
-            if body:
-                frames.append(p.ResponseBody(sid, body))
-            await fake.ws.send(p.encode_many([*frames, p.End(sid)]))
+            await reply(fake, status, headers, body)
 
     task = asyncio.create_task(answering())
     client = await connect(broker)
