@@ -21,8 +21,9 @@ refused before its body arrived has the rest of its body read and dropped for up
 `LINGER_TIMEOUT`, as aiohttp lingers, so the client sees the refusal and the next
 request starts in step. A body is read at most `BODY_AHEAD` ahead of the request path
 (while the key is checked, say), as aiohttp's flow control allows, and a closing
-connection whose client reads nothing is dropped after `LINGER_TIMEOUT`. A client that goes away cancels its request, as aiohttp's
-`handler_cancellation` does; every request is counted once, however it ends.
+connection whose client reads nothing is dropped after `LINGER_TIMEOUT`. A client
+that goes away cancels its request, as aiohttp's `handler_cancellation` does; every
+request is counted once, however it ends.
 """
 
 from __future__ import annotations
