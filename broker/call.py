@@ -27,6 +27,11 @@ def request_id_of(headers: Mapping[str, str]) -> str:
     return given if _SAFE_REQUEST_ID.match(given) else f"req_{os.urandom(16).hex()}"
 
 
+def bodiless(method: str, status: int) -> bool:
+    """Whether an answer carries no body whatever its headers say (RFC 9112 6.3, as aiohttp)."""
+    return status < 200 or status in (204, 304) or method == "HEAD"
+
+
 class Call(Protocol):
     """One API request and the means to answer it (once: a reply, or start, writes and end)."""
 
@@ -138,7 +143,7 @@ class AiohttpCall:
         response.headers.extend(headers)
         if chunked:
             response.enable_chunked_encoding()
-        elif status >= 200 and status not in (204, 304) and self.request.method != "HEAD":
+        elif not bodiless(self.request.method, status):
             self._left = response.content_length  # a bodiless answer owes no bytes
         self.response = response
         await response.prepare(self.request)

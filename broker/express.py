@@ -1,16 +1,17 @@
 """The express lane: the common API request, served on a bare protocol instead of aiohttp's.
 
-Most of what the broker serves is one kind of request: a `POST` of a small JSON
-body to a model endpoint, on a kept-alive HTTP/1.1 connection. aiohttp's request,
+Most of what the broker serves is one kind of request: a `POST` of a small JSON body
+to a model endpoint, on a kept-alive HTTP/1.1 connection. aiohttp's request,
 middleware and response objects cost more CPU per request than the rest of the
-broker's work together, so the front (`broker.front`) gives a connection whose
-first request line starts with `POST /` to this lane. Each request head is parsed
-by `broker.requesthead`; a head it accepts is served here through the same
-`broker.api.serve` and `broker.trip.Trip` as aiohttp's requests, with an
-`ExpressCall` as the client's side. The first head it does not accept (any other
-method or path, chunked uploads, `Expect`, oversized bodies, HTTP/1.0, anything
-odd) hands the connection to aiohttp for good, at that request boundary, with
-every byte read so far: every unusual case keeps aiohttp's tested behaviour.
+broker's work together, so the front (`broker.front`) gives a connection whose first
+request line starts with `POST /` to this lane. Each request head is parsed by
+`broker.requesthead`; a head it accepts is served here through the same
+`broker.api.serve` and `broker.trip.Trip` as aiohttp's requests, with a
+`broker.expresscall.ExpressCall` as the client's side. The first head it does not
+accept (any other method or path, chunked uploads, `Expect`, oversized bodies,
+HTTP/1.0, anything odd) hands the connection to aiohttp for good, at that request
+boundary, with every byte read so far: every unusual case keeps aiohttp's tested
+behaviour.
 
 Answers are written as aiohttp writes them (its Date, Server and reason phrases,
 chunked when the length is unknown, nothing on 204 and 304, the connection closed
@@ -19,11 +20,11 @@ connection; pipelined requests wait in the buffer (reading pauses past
 `PIPELINE_LIMIT`, and while the client is not reading its answers). A request
 refused before its body arrived has the rest of its body read and dropped for up to
 `LINGER_TIMEOUT`, as aiohttp lingers, so the client sees the refusal and the next
-request starts in step. A body is read at most `BODY_AHEAD` ahead of the request path
-(while the key is checked, say), as aiohttp's flow control allows, and a closing
-connection whose client reads nothing is dropped after `LINGER_TIMEOUT`. A client
-that goes away cancels its request, as aiohttp's `handler_cancellation` does; every
-request is counted once, however it ends.
+request starts in step. A body is read at most `broker.expresscall.BODY_AHEAD` ahead
+of the request path (while the key is checked, say), as aiohttp's flow control
+allows, and a closing connection whose client reads nothing is dropped after
+`LINGER_TIMEOUT`. A client that goes away cancels its request, as aiohttp's
+`handler_cancellation` does; every request is counted once, however it ends.
 """
 
 from __future__ import annotations
@@ -32,21 +33,17 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Final
 
 import structlog
 from aiohttp import web
-from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import SERVER_SOFTWARE
-from aiohttp.web_response import REASON_PHRASES
 
 from broker import requesthead
 from broker.api import count_rejected, serve
-from broker.call import request_id_of
 from broker.errors import error_parts
+from broker.expresscall import ExpressCall
 from broker.keys import SETTINGS
-from broker.requesthead import Head
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -56,14 +53,9 @@ KEEPALIVE_TIMEOUT: Final = 3630.0
 PIPELINE_LIMIT: Final = 64 * 1024
 """Bytes of later requests kept while one is answered; past this, reading pauses."""
 
-BODY_AHEAD: Final = 128 * 1024
-"""Bytes of a body read before the request path asks for it (while the key is checked, say);
-past this, reading pauses, as aiohttp's flow control does."""
-
 LINGER_TIMEOUT: Final = 10.0
 """Seconds the rest of a refused request's body may take to arrive (aiohttp's lingering time)."""
 
-_BODILESS: Final = frozenset({204, 304})
 _BUG: Final = "The broker failed to handle this request; its operator can find why in its log."
 
 
@@ -154,7 +146,7 @@ class _Connection(asyncio.Protocol):
                 self._stop_timer()  # the lingering body of a request already answered is in
                 self._after(call)
         elif len(self._buffer) > PIPELINE_LIMIT:
-            self._pause_reading()
+            self.pause_reading()
 
     def eof_received(self) -> bool:
         return False  # the client is done: close, and cancel what it asked
@@ -177,7 +169,7 @@ class _Connection(asyncio.Protocol):
         if self._resume_next and self.transport is not None:
             self._resume_next = False
             self._stop_timer()
-            self._resume_reading()
+            self.resume_reading()
             self._next()
 
     # -- requests ----------------------------------------------------------------
@@ -235,7 +227,7 @@ class _Connection(asyncio.Protocol):
             # Answered (refused) before its body came: read the rest past, for a while, so the
             # client sees the answer rather than a reset, and the next request starts in step.
             call.discard()
-            self._resume_reading()
+            self.resume_reading()
             self._start_timer(LINGER_TIMEOUT)
         else:
             self._after(call)
@@ -249,10 +241,10 @@ class _Connection(asyncio.Protocol):
             # The client is not reading its answers: read no more requests until it does
             # (or until the keep-alive timeout, as for any idle connection).
             self._resume_next = True
-            self._pause_reading()
+            self.pause_reading()
             self._start_timer(self._lane.keepalive_timeout)
         else:
-            self._resume_reading()
+            self.resume_reading()
             self._next()
 
     def _bug(self, call: ExpressCall, exc: BaseException | None) -> None:
@@ -270,7 +262,7 @@ class _Connection(asyncio.Protocol):
         assert transport is not None and self._call is None
         self._stop_timer()
         self._lane.connections.discard(self)
-        self._resume_reading()
+        self.resume_reading()
         self.transport = None
         protocol = self._lane.http()
         transport.set_protocol(protocol)
@@ -280,12 +272,12 @@ class _Connection(asyncio.Protocol):
         context.run(protocol.data_received, bytes(self._buffer))
         self._buffer.clear()
 
-    def _pause_reading(self) -> None:
+    def pause_reading(self) -> None:
         if not self._paused_reading and self.transport is not None:
             self._paused_reading = True
             self.transport.pause_reading()
 
-    def _resume_reading(self) -> None:
+    def resume_reading(self) -> None:
         if self._paused_reading and self.transport is not None:
             self._paused_reading = False
             self.transport.resume_reading()
@@ -299,7 +291,11 @@ class _Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
-    # -- writing (for ExpressCall) -------------------------------------------------
+    # -- for ExpressCall -------------------------------------------------------------
+
+    @property
+    def app(self) -> web.Application:
+        return self._lane.app
 
     def write(self, data: bytes) -> None:
         transport = self.transport
@@ -351,194 +347,3 @@ def _stray_line_end(buffer: bytearray) -> bool:
 async def _serve(call: ExpressCall) -> None:
     call.began = True
     await serve(call)
-
-
-class ExpressCall:
-    """A `broker.call.Call` on the express lane: the parsed head, the body, the answer."""
-
-    __slots__ = (
-        "_bodiless",
-        "_body",
-        "_chunked",
-        "_connection",
-        "_discarding",
-        "_head",
-        "_held",
-        "_left",
-        "_received",
-        "_waiter",
-        "_wanted",
-        "answered",
-        "began",
-        "close",
-        "finished",
-        "request_id",
-    )
-
-    def __init__(self, connection: _Connection, head: Head) -> None:
-        self._connection = connection
-        self._head = head
-        self.request_id = request_id_of(head.headers)
-        self._body = bytearray()
-        self._received = 0
-        self._discarding = False
-        """The request was answered before its body came: the rest is read and dropped."""
-        self._waiter: asyncio.Future[None] | None = None
-        self._wanted = False
-        """The request path asked for the body (`read`)."""
-        self._held = b""
-        """A head waiting to leave with the first body bytes."""
-        self._chunked = False
-        self._bodiless = False
-        self._left: int | None = None
-        """Body bytes the answer's Content-Length still owes, when it has one."""
-        self.close = head.close
-        """Close the connection after the answer."""
-        self.began = False
-        """`broker.api.serve` started on this request."""
-        self.answered = False
-        """Some of the answer was written (or is held to leave with the body)."""
-        self.finished = False
-        """The answer was written in full: the connection may carry the next request."""
-
-    @property
-    def complete(self) -> bool:
-        return self._received == self._head.length
-
-    def take(self, buffer: bytearray) -> None:
-        """Move this request's body bytes out of the connection's buffer."""
-        need = self._head.length - self._received
-        if need and buffer:
-            taken = buffer[:need]
-            del buffer[:need]
-            self._received += len(taken)
-            if not self._discarding:
-                self._body += taken
-                if not self._wanted and len(self._body) >= BODY_AHEAD and not self.complete:
-                    self._connection._pause_reading()
-        if self._waiter is not None and self.complete and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def discard(self) -> None:
-        """Keep none of the body from now on (the request has been answered)."""
-        self._discarding = True
-        self._body = bytearray()
-
-    # -- what the request says --------------------------------------------------------
-
-    @property
-    def app(self) -> web.Application:
-        return self._connection._lane.app
-
-    @property
-    def method(self) -> str:
-        return "POST"
-
-    @property
-    def path(self) -> str:
-        return self._head.path
-
-    @property
-    def target(self) -> str:
-        return self._head.target
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self._head.headers
-
-    async def read(self, limit: int) -> bytes | None:
-        if self._head.length > limit:
-            return None
-        self._wanted = True
-        if not self.complete:
-            self._connection._resume_reading()
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        return bytes(self._body)
-
-    # -- the answer ---------------------------------------------------------------------
-
-    async def reply(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
-        # Not waiting for the client to read it, as aiohttp's handlers return theirs: the
-        # connection reads no further request until the client does (`_Connection._after`).
-        self.send_reply(status, headers, body)
-
-    def send_reply(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
-        """Write a complete response at once."""
-        fields = [*headers.items(), ("X-Request-ID", self.request_id)]
-        fields.append(("Content-Length", str(len(body))))
-        self.answered = True
-        self._connection.write(self._head_bytes(status, fields) + body)
-        self.finished = True
-
-    async def start(
-        self, status: int, headers: list[tuple[str, str]], *, chunked: bool, buffered: bool
-    ) -> None:
-        bodiless = status in _BODILESS or status < 200
-        fields = headers
-        if bodiless:
-            # As aiohttp: no body, so nothing that announces one.
-            fields = [
-                (name, value)
-                for name, value in headers
-                if name.lower() not in ("transfer-encoding", "content-length")
-            ]
-            self._bodiless = True
-        elif chunked:
-            fields = [*headers, ("Transfer-Encoding", "chunked")]
-            self._chunked = True
-        else:
-            # broker.trip relays one Content-Length, and only of plain digits.
-            length = next(value for name, value in headers if name.lower() == "content-length")
-            self._left = int(length)
-        empty = bodiless or self._left == 0
-        if not empty and not any(name.lower() == "content-type" for name, _ in headers):
-            fields = [*fields, ("Content-Type", "application/octet-stream")]  # as aiohttp
-        head = self._head_bytes(status, fields)
-        self.answered = True
-        if buffered:
-            self._held = head
-        else:
-            self._connection.write(head)
-            await self._connection.drained()
-
-    async def write(self, data: bytes) -> None:
-        if not data or self._bodiless:
-            return  # an empty chunk would end a chunked body
-        if self._chunked:
-            data = b"%x\r\n%b\r\n" % (len(data), data)
-        elif self._left is not None:
-            if len(data) > self._left:
-                data = data[: self._left]  # no bytes past the length the head announced
-            self._left -= len(data)
-        connection = self._connection
-        if self._held:
-            data, self._held = self._held + data, b""
-        connection.write(data)
-        await connection.drained()
-
-    async def end(self) -> None:
-        out = self._held + b"0\r\n\r\n" if self._chunked else self._held
-        self._held = b""
-        if out:
-            self._connection.write(out)
-        if self._left:
-            # Shorter than announced: the client must see the body is incomplete.
-            self.close = True
-        self.finished = True
-        await self._connection.drained()
-
-    def cut(self) -> None:
-        self.close = True
-        self.finished = False
-        self._connection.close()
-
-    def _head_bytes(self, status: int, fields: list[tuple[str, str]]) -> bytes:
-        lines = [f"HTTP/1.1 {status} {REASON_PHRASES.get(status, '')}"]
-        lines.extend(f"{name}: {value}" for name, value in fields)
-        lines.append(f"Date: {rfc822_formatted_time()}")
-        lines.append(f"Server: {SERVER_SOFTWARE}")
-        if self.close:
-            lines.append("Connection: close")
-        lines.append("\r\n")
-        return "\r\n".join(lines).encode()

@@ -20,7 +20,7 @@ from collections.abc import Awaitable
 import structlog
 
 from broker.accounts import Principal
-from broker.call import Call
+from broker.call import Call, bodiless
 from broker.errors import dialect_for, error_parts, stream_error
 from broker.framing import EventFramer
 from broker.headers import request_headers, response_headers
@@ -267,7 +267,7 @@ class Trip:
             relayed.append(("Cache-Control", "no-cache"))
             relayed.append(("X-Accel-Buffering", "no"))
         # A bodiless status must not carry bytes onto the client's keep-alive connection.
-        self.no_body = status in (204, 304) or self.call.method == "HEAD"
+        self.no_body = bodiless(self.call.method, status)
         self.content_type = content_type
         self.framer = EventFramer(content_type)
         self.tally = TokenTally(content_type)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from broker import express
+from broker import express, expresscall
 from broker.accounts import Accounts
 from broker.keys import LEDGER, LIFECYCLE
 from broker.records import UsageRow
@@ -296,7 +296,7 @@ async def test_a_body_waits_in_the_socket_while_the_key_is_checked(
     await until(lambda: connection._paused_reading)
     await asyncio.sleep(0.2)  # time enough to read megabytes, were it reading
     call = connection._call
-    assert call is not None and len(call._body) < 2 * express.BODY_AHEAD
+    assert call is not None and len(call._body) < 2 * expresscall.BODY_AHEAD
     checked.set()
     await asyncio.wait_for(sending, 10)  # the rest is read once the request path wants it
     answer = await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)

@@ -1,0 +1,234 @@
+"""The client's side of one request on the express lane: its head, its body, its answer.
+
+`ExpressCall` is the `broker.call.Call` that `broker.express` hands to
+`broker.api.serve`: the body as it arrives (read at most `BODY_AHEAD` ahead of the
+request path), and the answer written as aiohttp writes one, on the connection it
+came from (`Socket`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Final, Protocol
+
+from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.web_response import REASON_PHRASES
+
+from broker.call import bodiless, request_id_of
+from broker.requesthead import Head
+
+BODY_AHEAD: Final = 128 * 1024
+"""Bytes of a body read before the request path asks for it (while the key is checked, say);
+past this, reading pauses, as aiohttp's flow control does."""
+
+
+class Socket(Protocol):
+    """What a call needs of its connection (`broker.express`)."""
+
+    @property
+    def app(self) -> web.Application: ...
+
+    def write(self, data: bytes) -> None:
+        """Raises ConnectionError once the client has gone."""
+
+    async def drained(self) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ExpressCall:
+    """A `broker.call.Call` on the express lane: the parsed head, the body, the answer."""
+
+    __slots__ = (
+        "_bodiless",
+        "_body",
+        "_chunked",
+        "_connection",
+        "_discarding",
+        "_head",
+        "_held",
+        "_left",
+        "_received",
+        "_waiter",
+        "_wanted",
+        "answered",
+        "began",
+        "close",
+        "finished",
+        "request_id",
+    )
+
+    def __init__(self, connection: Socket, head: Head) -> None:
+        self._connection = connection
+        self._head = head
+        self.request_id = request_id_of(head.headers)
+        self._body = bytearray()
+        self._received = 0
+        self._discarding = False
+        """The request was answered before its body came: the rest is read and dropped."""
+        self._waiter: asyncio.Future[None] | None = None
+        self._wanted = False
+        """The request path asked for the body (`read`)."""
+        self._held = b""
+        """A head waiting to leave with the first body bytes."""
+        self._chunked = False
+        self._bodiless = False
+        self._left: int | None = None
+        """Body bytes the answer's Content-Length still owes, when it has one."""
+        self.close = head.close
+        """Close the connection after the answer."""
+        self.began = False
+        """`broker.api.serve` started on this request."""
+        self.answered = False
+        """Some of the answer was written (or is held to leave with the body)."""
+        self.finished = False
+        """The answer was written in full: the connection may carry the next request."""
+
+    @property
+    def complete(self) -> bool:
+        return self._received == self._head.length
+
+    def take(self, buffer: bytearray) -> None:
+        """Move this request's body bytes out of the connection's buffer."""
+        need = self._head.length - self._received
+        if need and buffer:
+            taken = buffer[:need]
+            del buffer[:need]
+            self._received += len(taken)
+            if not self._discarding:
+                self._body += taken
+                if not self._wanted and len(self._body) >= BODY_AHEAD and not self.complete:
+                    self._connection.pause_reading()
+        if self._waiter is not None and self.complete and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def discard(self) -> None:
+        """Keep none of the body from now on (the request has been answered)."""
+        self._discarding = True
+        self._body = bytearray()
+
+    # -- what the request says --------------------------------------------------------
+
+    @property
+    def app(self) -> web.Application:
+        return self._connection.app
+
+    @property
+    def method(self) -> str:
+        return "POST"
+
+    @property
+    def path(self) -> str:
+        return self._head.path
+
+    @property
+    def target(self) -> str:
+        return self._head.target
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._head.headers
+
+    async def read(self, limit: int) -> bytes | None:
+        if self._head.length > limit:
+            return None
+        self._wanted = True
+        if not self.complete:
+            self._connection.resume_reading()
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        return bytes(self._body)
+
+    # -- the answer ---------------------------------------------------------------------
+
+    async def reply(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        # Not waiting for the client to read it, as aiohttp's handlers return theirs: the
+        # connection reads no further request until the client does (`_Connection._after`).
+        self.send_reply(status, headers, body)
+
+    def send_reply(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        """Write a complete response at once."""
+        fields = [*headers.items(), ("X-Request-ID", self.request_id)]
+        fields.append(("Content-Length", str(len(body))))
+        self.answered = True
+        self._connection.write(self._head_bytes(status, fields) + body)
+        self.finished = True
+
+    async def start(
+        self, status: int, headers: list[tuple[str, str]], *, chunked: bool, buffered: bool
+    ) -> None:
+        no_body = bodiless("POST", status)  # the lane serves POSTs only
+        fields = headers
+        if no_body:
+            # As aiohttp: no body, so nothing that announces one.
+            fields = [
+                (name, value)
+                for name, value in headers
+                if name.lower() not in ("transfer-encoding", "content-length")
+            ]
+            self._bodiless = True
+        elif chunked:
+            fields = [*headers, ("Transfer-Encoding", "chunked")]
+            self._chunked = True
+        else:
+            # broker.trip relays one Content-Length, and only of plain digits.
+            length = next(value for name, value in headers if name.lower() == "content-length")
+            self._left = int(length)
+        empty = no_body or self._left == 0
+        if not empty and not any(name.lower() == "content-type" for name, _ in headers):
+            fields = [*fields, ("Content-Type", "application/octet-stream")]  # as aiohttp
+        head = self._head_bytes(status, fields)
+        self.answered = True
+        if buffered:
+            self._held = head
+        else:
+            self._connection.write(head)
+            await self._connection.drained()
+
+    async def write(self, data: bytes) -> None:
+        if not data or self._bodiless:
+            return  # an empty chunk would end a chunked body
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        elif self._left is not None:
+            if len(data) > self._left:
+                data = data[: self._left]  # no bytes past the length the head announced
+            self._left -= len(data)
+        connection = self._connection
+        if self._held:
+            data, self._held = self._held + data, b""
+        connection.write(data)
+        await connection.drained()
+
+    async def end(self) -> None:
+        out = self._held + b"0\r\n\r\n" if self._chunked else self._held
+        self._held = b""
+        if out:
+            self._connection.write(out)
+        if self._left:
+            # Shorter than announced: the client must see the body is incomplete.
+            self.close = True
+        self.finished = True
+        await self._connection.drained()
+
+    def cut(self) -> None:
+        self.close = True
+        self.finished = False
+        self._connection.close()
+
+    def _head_bytes(self, status: int, fields: list[tuple[str, str]]) -> bytes:
+        lines = [f"HTTP/1.1 {status} {REASON_PHRASES.get(status, '')}"]
+        lines.extend(f"{name}: {value}" for name, value in fields)
+        lines.append(f"Date: {rfc822_formatted_time()}")
+        lines.append(f"Server: {SERVER_SOFTWARE}")
+        if self.close:
+            lines.append("Connection: close")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode()
