@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +26,7 @@ from broker.keys import ACCOUNTS, HUB, LEDGER, LIFECYCLE, LIMITER, METRICS, SETT
 from broker.limits import Lease, Rejection
 from broker.records import UsageRow
 from broker.trip import MAX_LOGGED_MODEL, Trip
+from shared import jsoncodec
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -49,7 +49,7 @@ def _visible(principal: Principal, models: dict[str, float]) -> dict[str, float]
 def model_of(body: bytes) -> str | None:
     """The request's `model`: a non-empty string field of a JSON object body, else None."""
     try:
-        parsed: Any = json.loads(body)
+        parsed: Any = jsoncodec.loads(body)
     except (ValueError, RecursionError):
         return None
     model = parsed.get("model") if isinstance(parsed, dict) else None

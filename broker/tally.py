@@ -11,8 +11,9 @@ estimate of completion tokens for limits when a stream carries no usage.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from shared import jsoncodec
 
 BODY_LIMIT = 4 * 1024 * 1024
 LINE_LIMIT = 8 * 1024 * 1024
@@ -81,7 +82,7 @@ class TokenTally:
 
 def _parse(data: bytes) -> Any:
     try:
-        return json.loads(data)
+        return jsoncodec.loads(data)
     except (ValueError, RecursionError):
         return None
 

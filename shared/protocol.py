@@ -22,6 +22,7 @@ import struct
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
+from shared import jsoncodec
 from shared.frames import (
     CLOSE_GOING_AWAY,
     CLOSE_HANDSHAKE_TIMEOUT,
@@ -109,6 +110,10 @@ _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, al
 
 
 def _json(obj: Mapping[str, Any]) -> bytes:
+    return jsoncodec.dumps(obj, _json_slow)
+
+
+def _json_slow(obj: Mapping[str, Any]) -> bytes:
     return _ENCODER.encode(obj).encode()
 
 
@@ -162,7 +167,8 @@ def encode(frame: Frame) -> bytes:
         case ModelsUpdate(models):
             return _pack(FrameType.MODELS, 0, _json({"models": list(models)}))
         case GoAway(reason, reconnect_after):
-            payload = _json({"reason": reason, "reconnect_after": reconnect_after})
+            # The one float of the protocol: the standard library refuses NaN, orjson would not.
+            payload = _json_slow({"reason": reason, "reconnect_after": reconnect_after})
             return _pack(FrameType.GOAWAY, 0, payload)
     raise TypeError(f"not a frame: {frame!r}")  # pragma: no cover - exhaustive match
 
@@ -211,10 +217,14 @@ def _no_constants(name: str) -> Any:
 _DECODER: Final = json.JSONDecoder(parse_constant=_no_constants)
 
 
+def _obj_slow(payload: bytes) -> Any:
+    # What json.loads does with bytes, without building a decoder per call.
+    return _DECODER.decode(payload.decode(json.detect_encoding(payload), "surrogatepass"))
+
+
 def _obj(payload: bytes) -> dict[str, Any]:
     try:
-        # What json.loads does with bytes, without building a decoder per call.
-        value = _DECODER.decode(payload.decode(json.detect_encoding(payload), "surrogatepass"))
+        value = jsoncodec.loads(payload, _obj_slow)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"control payload is not valid JSON: {exc}") from None
     if not isinstance(value, dict):

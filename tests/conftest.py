@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ from tests.stub_llm import StubLLM
 USER_KEY = "sk-test-user-key-0123456789"
 CONNECTOR_TOKEN = "test-connector-token-abcdef"
 MEMORY_STORE = "sqlite+aiosqlite:///:memory:"
+
+
+def logged_events(text: str) -> list[dict[str, Any]]:
+    """The JSON lines of a process's log output, parsed (other lines left out)."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 def broker_settings(**overrides: Any) -> BrokerSettings:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from connector_app.cli import main
+from tests.conftest import logged_events
 
 ROOT = Path(__file__).parents[2]
 
@@ -100,7 +101,7 @@ def test_no_flags_starts_the_tray_app_one_instance_per_user_and_a_signal_exits_0
         wait_for_line(log, "brought forward by a second launch")
         first.send_signal(stop_signal)
         assert first.wait(timeout=60) == 0
-        assert '"event": "stopped"' in log.read_text()
+        assert "stopped" in [e["event"] for e in logged_events(log.read_text())]
     finally:
         if first.poll() is None:
             first.kill()

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from broker.server import BrokerServer
-from tests.conftest import CONNECTOR_TOKEN, USER_KEY, MakeBroker, wait_models
+from tests.conftest import CONNECTOR_TOKEN, USER_KEY, MakeBroker, logged_events, wait_models
 from tests.stub_llm import CHAT_BODY, StubLLM
 
 TOOLS = ("Xvfb", "trayer", "xdotool")
@@ -180,9 +180,11 @@ async def desktop_scenario(
     env: dict[str, str], app: asyncio.subprocess.Process, app_log: Path, broker: BrokerServer
 ) -> None:
 
-    def logged(text: str) -> Callable[[], Awaitable[bool]]:
+    def logged(text: str, **fields: str) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
-            return text in read(app_log)
+            if not fields:
+                return text in read(app_log)
+            return any(fields.items() <= e.items() for e in logged_events(read(app_log)))
 
         return check
 
@@ -211,8 +213,8 @@ async def desktop_scenario(
     ):
         assert resp.status == 200
         assert await resp.read() == CHAT_BODY
-    await poll(logged('"request_id": "req-desktop"'), "the app to log the request")
+    await poll(logged("", request_id="req-desktop"), "the app to log the request")
 
     app.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(app.wait(), 30) == 0
-    assert '"event": "stopped"' in read(app_log)
+    assert {"event": "stopped"}.items() <= logged_events(read(app_log))[-1].items()
