@@ -1,9 +1,14 @@
 """JSON on the hot path: orjson first, the standard library for whatever orjson refuses.
 
 orjson parses and writes several times faster than `json`, but it is stricter: it
-refuses a byte-order mark, UTF-16 and UTF-32, integers beyond 64 bits, `NaN` and a
-lone surrogate. Each of these is handed to the standard library, so what is accepted
-and what it means stay exactly as with `json` alone; only the common case is faster.
+refuses a byte-order mark, UTF-16 and UTF-32, `NaN` and `Infinity`, and a lone
+surrogate. Each of these is handed to the standard library, so what is accepted stays
+as with `json` alone. One answer differs: an integer beyond 64 bits comes back as a
+float; for the fields read on the hot path (a model name, token counts, frame fields)
+that only turns a nonsensical number into a refused one. Writing, orjson refuses
+integers beyond 64 bits and lone surrogates, which go to the fallback; it writes `NaN`
+as `null` where `json` would refuse it, so a float that may be NaN must not be written
+through `dumps`.
 """
 
 from __future__ import annotations
