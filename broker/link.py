@@ -10,6 +10,7 @@ batches whatever is ready into one message. The links are made and kept by
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import time
 from collections.abc import Iterable
@@ -40,6 +41,47 @@ class LinkLost(Exception):
 StreamEvent = p.ResponseHead | p.ResponseBody | p.End | p.Error | LinkLost
 
 
+class Inbox:
+    """One stream's events in arrival order, for the one task that reads them.
+
+    What `asyncio.Queue` would do here, without its locks and events: one reader, no bound
+    (the connector's stream credit bounds what can arrive).
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[StreamEvent] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, event: StreamEvent) -> None:
+        self._items.append(event)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def get_nowait(self) -> StreamEvent:
+        """The oldest event (IndexError when there is none)."""
+        return self._items.popleft()
+
+    async def get(self) -> StreamEvent:
+        """The oldest event, once there is one."""
+        while not self._items:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter
+            try:
+                await waiter
+            finally:
+                if self._waiter is waiter:
+                    self._waiter = None  # cancelled while waiting
+        return self._items.popleft()
+
+
 @dataclass(eq=False)
 class Exchange:
     """The broker's end of one stream: events from the connector, in order."""
@@ -47,7 +89,7 @@ class Exchange:
     stream_id: int
     link: ConnectorLink
     window: int
-    events: asyncio.Queue[StreamEvent] = field(default_factory=asyncio.Queue)
+    events: Inbox = field(default_factory=Inbox)
     credit: ReceiveCredit = field(init=False)
     closed: bool = False
 
