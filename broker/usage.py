@@ -27,12 +27,33 @@ USAGE_COLUMNS = tuple(field.name for field in dataclasses.fields(UsageRow))
 """The usage table's columns that a row fills (`id` is the database's)."""
 
 
+RowValues = Callable[[UsageRow], tuple[Any, ...]]
+
+
+def driver_insert(dialect: sa.Dialect) -> tuple[str, RowValues] | None:
+    """The usage INSERT in the driver's own positional parameter style, and a row's values in
+    its order; None for a driver with named parameters (psycopg, oracledb), which gets
+    SQLAlchemy's own insert.
+
+    Straight to the driver, a row skips SQLAlchemy's per-row parameter processing, which cost
+    more than the row itself (the values are plain ints, floats, strings and bools).
+    """
+    # for_executemany: no RETURNING of each row's id, which nobody reads.
+    compiled = usage.insert().compile(
+        dialect=dialect, column_keys=list(USAGE_COLUMNS), for_executemany=True
+    )
+    order = compiled.positiontup
+    if order is None or sorted(order) != sorted(USAGE_COLUMNS):
+        return None
+    return str(compiled), operator.attrgetter(*order)
+
+
 class UsageBook:
     """Every query on the usage table (writing rows also notes each key's last use)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._insert_sql: tuple[str, Callable[[UsageRow], tuple[Any, ...]]] | None = None
+        self._driver_insert = driver_insert(engine.dialect)
 
     async def add(self, rows: Iterable[UsageRow]) -> int:
         """Write usage rows in one transaction, and each key's last use; returns the count."""
@@ -43,14 +64,15 @@ class UsageBook:
         for row in rows:
             if row.key_id is not None:
                 last_used[row.key_id] = max(last_used.get(row.key_id, 0.0), row.time)
-        insert, values = self._insert(self.engine.dialect)
-        batch = [values(row) for row in rows]
         async with self.engine.begin() as conn:
-            # Straight to the driver: SQLAlchemy's per-row parameter processing cost more
-            # than the row itself (the values are plain ints, floats, strings and bools).
             # In slices, requests are served between them instead of waiting for the batch.
-            for start in range(0, len(batch), USAGE_SLICE):
-                await conn.exec_driver_sql(insert, batch[start : start + USAGE_SLICE])
+            for start in range(0, len(rows), USAGE_SLICE):
+                part = rows[start : start + USAGE_SLICE]
+                if self._driver_insert is not None:
+                    sql, values = self._driver_insert
+                    await conn.exec_driver_sql(sql, [values(row) for row in part])
+                else:
+                    await conn.execute(usage.insert(), [row.__dict__ for row in part])
             for key_id, when in last_used.items():
                 await conn.execute(
                     api_keys.update()
@@ -60,18 +82,7 @@ class UsageBook:
                     )
                     .values(last_used=when)
                 )
-        return len(batch)
-
-    def _insert(self, dialect: sa.Dialect) -> tuple[str, Callable[[UsageRow], tuple[Any, ...]]]:
-        """The INSERT of one row in the driver's own parameter style, and a row's values in
-        its order (compiled once)."""
-        if self._insert_sql is None:
-            compiled = usage.insert().compile(dialect=dialect, column_keys=list(USAGE_COLUMNS))
-            order = compiled.positiontup
-            if order is None or sorted(order) != sorted(USAGE_COLUMNS):
-                raise RuntimeError(f"cannot write usage rows through the {dialect.name} driver")
-            self._insert_sql = (str(compiled), operator.attrgetter(*order))
-        return self._insert_sql
+        return len(rows)
 
     async def tokens_since(self, key_id: int, since: float) -> int:
         """Prompt plus completion tokens a key used since `since`."""

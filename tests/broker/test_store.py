@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from broker import keyformat
 from broker.ledger import UsageLedger
 from broker.records import StoreError, UsageRow
 from broker.schema import meta
 from broker.store import Store, database_url
+from broker.usage import USAGE_COLUMNS, driver_insert
 
 
 def url(tmp_path: Path) -> str:
@@ -394,3 +396,54 @@ async def test_a_large_usage_batch_lets_requests_run_between_its_slices(tmp_path
         assert sum(t.requests for t in totals) == len(rows)
     finally:
         await store.close()
+
+
+def full_rows(user_id: int, key_id: int) -> list[UsageRow]:
+    """Rows that set every column, each to a value no other column has, and rows of Nones."""
+    return [
+        UsageRow(
+            time=1_700_000_000.25 + i,
+            request_id=f"req_full_{i}",
+            endpoint="/v1/messages",
+            status=200 + i,
+            duration_ms=12.5 + i,
+            user_id=user_id,
+            key_id=key_id,
+            model=f"model-{i}",
+            connector=f"box-{i}",
+            prompt_tokens=1000 + i,
+            completion_tokens=2000 + i,
+            ttfb_ms=3.25 + i,
+            cancelled=i % 2 == 1,
+        )
+        for i in range(3)
+    ] + [row(9, endpoint="/api/chat", model=None, cancelled=True)]
+
+
+@pytest.mark.parametrize("path", ["driver", "sqlalchemy"])
+async def test_usage_rows_come_back_exactly_as_written(tmp_path: Path, path: str) -> None:
+    store = await Store.open(url(tmp_path))
+    try:
+        if path == "sqlalchemy":
+            store.usage._driver_insert = None  # as for a driver with named parameters
+        user, _ = await store.sign_in(5, "erin", "Erin")
+        _, key = await store.create_key(user.id, "k")
+        written = full_rows(user.id, key.id)
+        assert await store.usage.add(written) == len(written)
+        assert await store.usage.rows() == written
+        [found] = [k for k in await store.keys(user.id) if k.id == key.id]
+        assert found.last_used == written[2].time
+    finally:
+        await store.close()
+
+
+def test_the_driver_insert_is_positional_and_returns_nothing() -> None:
+    for dialect in (sqlite.dialect(), postgresql.asyncpg.dialect()):
+        found = driver_insert(dialect)
+        assert found is not None
+        sql, values = found
+        assert "RETURNING" not in sql.upper()
+        assert all(name in sql for name in USAGE_COLUMNS)
+        assert len(values(row(1))) == len(USAGE_COLUMNS)
+    # Named parameters (psycopg): SQLAlchemy's own insert instead.
+    assert driver_insert(postgresql.psycopg.dialect()) is None

@@ -22,6 +22,7 @@ import pytest
 from broker import keyformat
 from broker.records import StoreError, UsageRow
 from broker.store import Store
+from tests.broker.test_store import full_rows
 
 
 def _bin(name: str) -> str:
@@ -154,3 +155,13 @@ async def test_concurrent_writers_on_postgres(store: Store, postgres: str) -> No
         assert len({r.request_id for r in await store.usage.rows()}) == 50
     finally:
         await other.close()
+
+
+async def test_usage_rows_come_back_exactly_as_written_on_postgres(
+    store: Store, postgres: str
+) -> None:
+    user, _ = await store.sign_in(78, "quinn", "Quinn")
+    _, key = await store.create_key(user.id, "k")
+    written = full_rows(user.id, key.id)
+    assert await store.usage.add(written) == len(written)
+    assert await store.usage.rows() == written
