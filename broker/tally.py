@@ -87,8 +87,15 @@ def _parse(data: bytes) -> Any:
         return None
 
 
+MAX_COUNT = 2**31 - 1
+"""The largest token count kept: the usage table's INTEGER columns hold no more on PostgreSQL,
+and a larger one would make the database refuse the whole batch of usage rows."""
+
+
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
+        return value
+    return None
 
 
 def _counts(objects: list[Any]) -> tuple[int | None, int | None]:

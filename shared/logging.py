@@ -54,20 +54,28 @@ class UtcClock:
     """
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        self._second: tuple[int, str] = (-1, "")
+        """The last second formatted, and its text (one tuple: a thread sees both or neither)."""
 
     def __call__(self) -> str:
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+        known, prefix = self._second
+        if second != known:
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, prefix)
+        return f"{prefix}.{nanoseconds // 1000:06d}Z"
 
 
-def _fallback(value: Any) -> str:
-    return repr(value)
+def _fallback(value: Any) -> Any:
+    """What a value orjson cannot write becomes: its `__structlog__()` if any, else its repr."""
+    structlog_repr = getattr(value, "__structlog__", None)
+    return structlog_repr() if callable(structlog_repr) else repr(value)
+
+
+_OPTIONS = (
+    orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+)
+"""Dataclasses and datetimes go to `_fallback` as before (a repr=False field stays unseen)."""
 
 
 class JsonLine:
@@ -84,11 +92,14 @@ class JsonLine:
         if "exc_info" in event or "exception" in event:
             event = structlog.processors.format_exc_info(logger, name, event)
         try:
-            return orjson.dumps(event, default=_fallback, option=orjson.OPT_NON_STR_KEYS).decode()
+            line = orjson.dumps(event, default=_fallback, option=_OPTIONS).decode()
         except TypeError:
-            # A string orjson will not encode (a lone surrogate from a client's header):
-            # the standard library escapes it instead of losing the line.
-            return json.dumps(event, default=_fallback)
+            line = ""  # a lone surrogate (from a client's header), or an int beyond 64 bits
+        if line.isascii() and line:
+            return line
+        # Lines stay ASCII, whatever the encoding of the stream they go to: the standard
+        # library escapes what is not (a client's model name in UTF-8, a lone surrogate).
+        return json.dumps(event, default=_fallback, separators=(",", ":"))
 
 
 def configure_logging(

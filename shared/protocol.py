@@ -227,6 +227,8 @@ def _obj(payload: bytes) -> dict[str, Any]:
         value = jsoncodec.loads(payload, _obj_slow)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"control payload is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("control payload is nested too deeply") from None
     if not isinstance(value, dict):
         raise ProtocolError("control payload must be a JSON object")
     return value

@@ -28,7 +28,13 @@ MEMORY_STORE = "sqlite+aiosqlite:///:memory:"
 
 def logged_events(text: str) -> list[dict[str, Any]]:
     """The JSON lines of a process's log output, parsed (other lines left out)."""
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    events = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if isinstance(event, dict):
+                events.append(event)
+    return events
 
 
 def broker_settings(**overrides: Any) -> BrokerSettings:

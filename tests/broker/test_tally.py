@@ -94,3 +94,10 @@ def test_hostile_nesting_does_not_raise() -> None:
         tally = TokenTally(content_type)
         tally.feed(b'data: {"usage": ' + b"[" * 100_000 + b"\n\n")
         assert tally.result() == (None, None)
+
+
+def test_a_count_no_usage_row_could_hold_is_not_kept() -> None:
+    tally = TokenTally("application/json")
+    usage = {"prompt_tokens": 2**31 - 1, "completion_tokens": 2**31}
+    tally.feed(json.dumps({"usage": usage}).encode())
+    assert tally.result() == (2**31 - 1, None)

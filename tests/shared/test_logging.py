@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import io
 import json
-import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -43,17 +45,20 @@ def test_a_line_carries_the_event_its_fields_the_context_level_and_time(
 
 
 def test_secret_looking_fields_are_masked_and_the_request_id_is_not(out: io.StringIO) -> None:
+    structlog.contextvars.bind_contextvars(session_token="tok-in-context")
     structlog.get_logger("t").warning(
         "oops", api_key="sk-123", Authorization="Bearer x", token="", request_id="r", user="u"
     )
     [line] = lines(out)
     assert line["api_key"] == "***"
+    assert line["session_token"] == "***"
     assert line["Authorization"] == "***"
     assert line["token"] == ""  # nothing to hide
     assert line["request_id"] == "r"
     assert line["user"] == "u"
     assert line["level"] == "warning"
     assert "sk-123" not in out.getvalue()
+    assert "tok-in-context" not in out.getvalue()
 
 
 def test_levels_below_the_configured_one_are_dropped(out: io.StringIO) -> None:
@@ -64,14 +69,41 @@ def test_levels_below_the_configured_one_are_dropped(out: io.StringIO) -> None:
     assert [line["event"] for line in lines(out)] == ["loud"]
 
 
-def test_a_value_orjson_cannot_write_still_makes_a_line(out: io.StringIO) -> None:
+def test_values_json_cannot_hold_as_they_are_are_written_as_before(out: io.StringIO) -> None:
+    @dataclasses.dataclass
+    class Credential:
+        user: str
+        secret: str = dataclasses.field(repr=False)
+
+    class Custom:
+        def __structlog__(self) -> str:
+            return "custom!"
+
     log = structlog.get_logger("t")
-    log.info("odd", header="caf\udc80", thing=object(), number=2**70, table={1: "a"})
-    [line] = lines(out)
-    assert line["header"] == "caf\udc80"
-    assert str(line["thing"]).startswith("<object object")
-    assert line["number"] == 2**70
-    assert line["table"] == {"1": "a"}
+    log.info("odd", thing=object(), table={1: "a"}, cred=Credential("u", "sk-hidden"))
+    log.info("custom", value=Custom(), when=datetime.datetime(2026, 12, 1, 12, 0))
+    odd, custom = lines(out)
+    assert str(odd["thing"]).startswith("<object object")
+    assert odd["table"] == {"1": "a"}
+    assert str(odd["cred"]).endswith("Credential(user='u')")  # its repr, as before
+    assert "sk-hidden" not in out.getvalue()
+    assert custom["value"] == "custom!"
+    assert custom["when"] == repr(datetime.datetime(2026, 12, 1, 12, 0))
+
+
+def test_a_value_orjson_refuses_still_makes_a_line(out: io.StringIO) -> None:
+    log = structlog.get_logger("t")
+    log.info("surrogate", header="caf\udc80")
+    log.info("big", number=2**70)
+    surrogate, big = lines(out)
+    assert surrogate["header"] == "caf\udc80"
+    assert big["number"] == 2**70
+
+
+def test_lines_are_ascii_whatever_the_text(out: io.StringIO) -> None:
+    structlog.get_logger("t").info("hi", model="café ☕")
+    assert out.getvalue().isascii()
+    assert lines(out)[0]["model"] == "café ☕"
 
 
 def test_an_exception_is_logged_with_its_traceback(out: io.StringIO) -> None:
@@ -94,9 +126,30 @@ def test_reconfiguring_sends_later_lines_to_the_new_stream(out: io.StringIO) -> 
     assert [line["event"] for line in lines(second)] == ["second"]
 
 
-def test_the_clock_writes_iso_8601_utc_with_microseconds() -> None:
-    clock = UtcClock()
-    stamps = [clock() for _ in range(3)]
-    for stamp in stamps:
-        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
-    assert stamps == sorted(stamps)
+def test_the_clock_writes_iso_8601_utc_with_microseconds_across_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    second = 1_764_629_438  # 2025-12-01T22:50:38Z
+    times = iter(
+        [
+            second * 10**9 + 999_999_999,
+            (second + 1) * 10**9,
+            (second + 1) * 10**9 + 5_000,
+            (second - 1) * 10**9 + 500_000_000,  # the clock went back
+        ]
+    )
+    monkeypatch.setattr(time, "time_ns", lambda: next(times))
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        clock = UtcClock()
+        stamps = [clock() for _ in range(4)]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert stamps == [
+        "2025-12-01T22:50:38.999999Z",
+        "2025-12-01T22:50:39.000000Z",
+        "2025-12-01T22:50:39.000005Z",
+        "2025-12-01T22:50:37.500000Z",
+    ]

@@ -591,6 +591,13 @@ def test_non_json_number_constants_are_refused(constant: bytes) -> None:
         decode(message)
 
 
+def test_a_payload_nested_too_deeply_is_a_protocol_error() -> None:
+    payload = b'{"reason":"x","reconnect_after":1,"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    message = struct.pack(">BII", 0x04, 0, len(payload)) + payload
+    with pytest.raises(ProtocolError, match="nested too deeply"):
+        decode(message)
+
+
 def test_reconnect_hint_is_capped_at_an_hour() -> None:
     payload = b'{"reason":"x","reconnect_after":1e9}'
     message = struct.pack(">BII", 0x04, 0, len(payload)) + payload
