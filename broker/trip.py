@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
+from typing import Any
 
 import structlog
 
@@ -85,23 +86,32 @@ class _Expiry:
         return self.task.uncancel() if self.fired else None
 
 
-async def within(delay: float, work: Awaitable[None]) -> None:
+async def within(delay: float, work: Coroutine[Any, Any, None]) -> None:
     """Await `work`, or raise TimeoutError once `delay` seconds have passed.
 
     What `asyncio.timeout` does, step for step (its own cancellation of the task turns into
     TimeoutError, anyone else's stays a cancellation), at a third of its cost: it runs on
     every request.
     """
-    task = asyncio.current_task()
-    assert task is not None
-    cancelling = task.cancelling()
-    expiry = _Expiry(task, delay)
+    try:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("within() must be used inside a task")
+        cancelling = task.cancelling()
+        expiry = _Expiry(task, delay)
+    except BaseException:
+        work.close()  # never started: no "coroutine was never awaited" warning
+        raise
     try:
         await work
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as exc:
         remaining = expiry.stop()
-        if remaining is not None and remaining <= cancelling:
-            raise TimeoutError from None
+        if (
+            remaining is not None
+            and remaining <= cancelling
+            and type(exc) is asyncio.CancelledError
+        ):
+            raise TimeoutError from exc
         raise
     finally:
         expiry.stop()

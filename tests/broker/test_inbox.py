@@ -42,3 +42,25 @@ async def test_a_cancelled_wait_leaves_the_inbox_usable() -> None:
         await reader
     inbox.put_nowait(p.End(1))  # no cancelled waiter to wake
     assert await asyncio.wait_for(inbox.get(), 5) == p.End(1)
+
+
+async def test_an_event_put_as_the_reader_is_cancelled_is_kept_for_the_next_read() -> None:
+    inbox = Inbox()
+    reader = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    reader.cancel()  # its waiter is cancelled; the reader has not run yet
+    inbox.put_nowait(p.End(1))  # a connector frame in the same loop iteration
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert await asyncio.wait_for(inbox.get(), 5) == p.End(1)
+
+
+async def test_a_reader_cancelled_after_its_event_came_leaves_the_event_in_the_inbox() -> None:
+    inbox = Inbox()
+    reader = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait(p.End(1))  # the reader is woken but has not resumed
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert inbox.get_nowait() == p.End(1)

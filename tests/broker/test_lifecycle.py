@@ -11,12 +11,18 @@ from broker.lifecycle import Lifecycle
 
 async def test_requests_are_counted_while_their_blocks_run_even_when_they_fail() -> None:
     lifecycle = Lifecycle()
-    with lifecycle.request():
-        with lifecycle.request():
-            assert lifecycle.active == 2
-        with pytest.raises(RuntimeError), lifecycle.request():
-            raise RuntimeError("a failing request")
-        assert lifecycle.active == 1
+    first, second = lifecycle.request(), lifecycle.request()
+    first.__enter__()
+    second.__enter__()
+    assert lifecycle.active == 2
+    assert not first.__exit__(None, None, None)
+    assert lifecycle.active == 1
+    with pytest.raises(RuntimeError), lifecycle.request():  # an error passes through
+        assert lifecycle.active == 2
+        raise RuntimeError("a failing request")
+    assert lifecycle.active == 1
+    assert not await lifecycle.drain(0.01)  # one still in flight
+    assert not second.__exit__(None, None, None)
     assert lifecycle.active == 0
     assert await lifecycle.drain(0.1)
     assert lifecycle.draining
