@@ -15,6 +15,13 @@ from broker.keys import HUB, RELAY
 from broker.relay import Relay
 from broker.settings import BrokerSettings
 
+LISTEN_BACKLOG = 1024
+"""Connections the kernel completes before the broker accepts them (capped by somaxconn).
+
+aiohttp's 128 drops the SYNs of a burst beyond it (a thousand clients at once, or every
+connector redialling after a restart), and each dropped one waits a second or more for its
+retransmit."""
+
 
 class BrokerServer:
     """One running broker. Used by the CLI, the demo and the tests."""
@@ -64,7 +71,7 @@ class BrokerServer:
         )
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
-            self._front, self.settings.host, self.settings.port, ssl=context, backlog=128
+            self._front, self.settings.host, self.settings.port, ssl=context, backlog=LISTEN_BACKLOG
         )
         sockets = self._listener.sockets
         self.port = int(sockets[0].getsockname()[1]) if sockets else self.settings.port

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
+import socket
 import ssl
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -292,3 +295,30 @@ async def test_a_frame_sent_with_the_upgrade_is_not_lost(make_broker: MakeBroker
         assert isinstance(p.decode(welcome.data)[0], p.Welcome)
     finally:
         raw.close()
+
+
+async def test_a_burst_of_connections_is_queued_by_the_kernel_not_dropped(
+    make_broker: MakeBroker,
+) -> None:
+    broker = await make_broker()
+    burst = 300  # more than aiohttp's default backlog of 128
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(burst)]
+    try:
+        for sock in sockets:
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", broker.port))
+        # The event loop runs nothing meanwhile, so the broker accepts none of them: only
+        # the kernel's accept queue (the listen backlog) can complete their handshakes.
+        deadline = time.monotonic() + 5
+        connected: set[socket.socket] = set()
+        while len(connected) < burst and time.monotonic() < deadline:
+            _, writable, _ = select.select([], [s for s in sockets if s not in connected], [], 0.1)
+            connected.update(
+                s for s in writable if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+            )
+            if not writable:
+                break  # the rest wait for a SYN retransmit: dropped
+        assert len(connected) == burst
+    finally:
+        for sock in sockets:
+            sock.close()
