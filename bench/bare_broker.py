@@ -18,7 +18,7 @@ import time
 
 import structlog
 
-from bench.procs import USER_KEY
+from bench.procs import LISTEN_BACKLOG, USER_KEY
 from broker.api import model_of
 from broker.headers import request_headers, response_headers
 from broker.keyformat import fingerprint
@@ -304,7 +304,9 @@ async def serve(with_duties: bool) -> None:
         duties = _Duties(ledger)
     broker = _Broker(duties)
     with shutdown_signals() as stop:
-        api = await loop.create_server(lambda: _ClientConnection(broker), "127.0.0.1", 0)
+        api = await loop.create_server(
+            lambda: _ClientConnection(broker), "127.0.0.1", 0, backlog=LISTEN_BACKLOG
+        )
         relay = await loop.create_server(lambda: _Link(broker), "127.0.0.1", 0)
         ports = {
             "api": api.sockets[0].getsockname()[1],

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from bench.client import StreamResult, Target, timed_fetch
-from bench.procs import Child, Children, start_stub
+from bench.procs import LISTEN_BACKLOG, Child, Children, start_stub
 from bench.stats import summary_ms
 from bench.streams import aggregate, paced_round
 from shared.eventloop import run
@@ -77,7 +77,7 @@ async def _forward(port: int, to_port: int) -> None:
         inbound.dialing = loop.create_task(dial())
         return inbound
 
-    server = await loop.create_server(accepted, "127.0.0.1", port)
+    server = await loop.create_server(accepted, "127.0.0.1", port, backlog=LISTEN_BACKLOG)
     print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
     await asyncio.Event().wait()
 

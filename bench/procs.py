@@ -20,6 +20,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+LISTEN_BACKLOG = 1024
+"""The bench's own servers queue a burst of connections as the broker does
+(`broker.server.LISTEN_BACKLOG`)."""
+
 USER_KEY: Final = "sk-bench-user-key-0123456789"
 CONNECTOR_TOKEN: Final = "bench-connector-token-0123456789"
 MODEL: Final = "stub"
