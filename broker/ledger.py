@@ -32,6 +32,7 @@ class UsageLedger:
         self.interval = interval
         self._queue: list[UsageRow] = []
         self._wake = asyncio.Event()
+        self._writing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._round: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -75,6 +76,10 @@ class UsageLedger:
         looping until the queue is empty would write a handful of rows at a time, back
         to back, and cost a database round trip every few requests.
         """
+        async with self._writing:  # one write at a time, or two would take the same rows
+            await self._flush()
+
+    async def _flush(self) -> None:
         due = len(self._queue)
         while due > 0 and self._queue:
             batch = self._queue[: min(5000, due)]

@@ -447,3 +447,33 @@ def test_the_driver_insert_is_positional_and_returns_nothing() -> None:
         assert len(values(row(1))) == len(USAGE_COLUMNS)
     # Named parameters (psycopg): SQLAlchemy's own insert instead.
     assert driver_insert(postgresql.psycopg.dialect()) is None
+
+
+async def test_flushes_at_once_write_each_row_once(tmp_path: Path) -> None:
+    """A flush called while the ledger's own round writes (tests, shutdown) takes no row twice."""
+    store = await Store.open(url(tmp_path))
+    try:
+        ledger = UsageLedger(store, interval=3600)
+        real = store.usage.add
+        gate = asyncio.Event()
+
+        async def slow(rows: list[UsageRow]) -> int:
+            await gate.wait()
+            return await real(rows)
+
+        store.usage.add = slow  # type: ignore[method-assign]
+        for i in range(10):
+            ledger.record(row(i))
+        first = asyncio.create_task(ledger.flush())
+        await asyncio.sleep(0)  # the first write is in progress
+        for i in range(10, 15):
+            ledger.record(row(i))
+        second = asyncio.create_task(ledger.flush())
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(first, second)
+        assert ledger.queued == 0
+        ids = [r.request_id for r in await store.usage.rows()]
+        assert sorted(ids) == sorted(f"req_{i}" for i in range(15))
+    finally:
+        await store.close()
