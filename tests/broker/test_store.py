@@ -450,7 +450,7 @@ def test_the_driver_insert_is_positional_and_returns_nothing() -> None:
 
 
 async def test_flushes_at_once_write_each_row_once(tmp_path: Path) -> None:
-    """A flush called while the ledger's own round writes (tests, shutdown) takes no row twice."""
+    """A flush called while another writes (a test flushing by hand) takes no row twice."""
     store = await Store.open(url(tmp_path))
     try:
         ledger = UsageLedger(store, interval=3600)
