@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Coroutine
-from typing import Any
+from collections.abc import Awaitable
 
 import structlog
 
 from broker.accounts import Principal
 from broker.call import Call, bodiless
+from broker.deadline import within
 from broker.errors import dialect_for, error_parts, stream_error
 from broker.framing import EventFramer
 from broker.headers import request_headers, response_headers
@@ -59,62 +59,6 @@ class Cut(Exception):
 FAIL_WRITE_TIMEOUT = 2.0
 """Seconds the error that ends a timed-out stream may take to write before the connection is cut
 (a client that stopped reading must not hold the request past its timeout)."""
-
-
-class _Expiry:
-    """The request timeout: a timer that cancels the trip's task (`asyncio.timeout`'s part)."""
-
-    __slots__ = ("_handle", "_stopped", "fired", "task")
-
-    def __init__(self, task: asyncio.Task[object], delay: float) -> None:
-        self.task = task
-        self.fired = False
-        self._stopped = False
-        self._handle = asyncio.get_running_loop().call_later(delay, self._fire)
-
-    def _fire(self) -> None:
-        self.fired = True
-        self.task.cancel()
-
-    def stop(self) -> int | None:
-        """Stop the timer (once); if it fired, take its cancellation back and return how many
-        cancellations of the task remain (None when it had not fired)."""
-        if self._stopped:
-            return None
-        self._stopped = True
-        self._handle.cancel()
-        return self.task.uncancel() if self.fired else None
-
-
-async def within(delay: float, work: Coroutine[Any, Any, None]) -> None:
-    """Await `work`, or raise TimeoutError once `delay` seconds have passed.
-
-    What `asyncio.timeout` does, step for step (its own cancellation of the task turns into
-    TimeoutError, anyone else's stays a cancellation), at a third of its cost: it runs on
-    every request.
-    """
-    try:
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("within() must be used inside a task")
-        cancelling = task.cancelling()
-        expiry = _Expiry(task, delay)
-    except BaseException:
-        work.close()  # never started: no "coroutine was never awaited" warning
-        raise
-    try:
-        await work
-    except asyncio.CancelledError as exc:
-        remaining = expiry.stop()
-        if (
-            remaining is not None
-            and remaining <= cancelling
-            and type(exc) is asyncio.CancelledError
-        ):
-            raise TimeoutError from exc
-        raise
-    finally:
-        expiry.stop()
 
 
 class Trip:
