@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import build
 from bench.bare import start_bare
 from bench.client import Target, stream, timed_fetch
 from bench.procs import (
@@ -64,11 +65,16 @@ def _instructions(dump: Path) -> int:
 
 
 async def _count(
-    which: str, requests: int, events: int, work_dir: Path, path: str = "remotellm"
+    which: str,
+    requests: int,
+    events: int,
+    work_dir: Path,
+    path: str = "remotellm",
+    compiled: Path | None = None,
 ) -> dict[str, float]:
     out = work_dir / which
     valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"]
-    children = Children(work_dir / "logs")
+    children = Children(work_dir / "logs", build=compiled)
     try:
         _, stub_port = await start_stub(children)
         if path == "remotellm":
@@ -107,9 +113,11 @@ async def _count(
 async def _start_remotellm(
     children: Children, stub_port: int, which: str, valgrind: list[str]
 ) -> tuple[Child, Child, Target]:
-    broker = children.start("broker", [*(valgrind if which == "broker" else []), *broker_argv()])
+    broker = children.start_remotellm(
+        "broker", [*(valgrind if which == "broker" else []), *broker_argv()]
+    )
     broker_port = int(await broker.wait_for(broker_port_of, timeout=300))
-    connector = children.start(
+    connector = children.start_remotellm(
         "connector",
         [
             *(valgrind if which == "connector" else []),
@@ -142,14 +150,32 @@ def main(argv: list[str] | None = None) -> int:
         help="whose broker and connector: RemoteLLM's (the default), or the bare relay's"
         " (bench.bare), with the broker's books (duties) or without",
     )
+    parser.add_argument(
+        "--build",
+        choices=("compiled", "source"),
+        default="compiled",
+        help="RemoteLLM's hot path compiled by mypyc, as a wheel installs it (the default),"
+        " or the checkout's Python",
+    )
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
+    compiled = None
+    if args.path == "remotellm" and args.build == "compiled":
+        try:
+            compiled = build.compiled()
+        except build.Unavailable as exc:
+            print(f"cannot count the compiled build: {exc}", file=sys.stderr)
+            return 2
     with tempfile.TemporaryDirectory(prefix="remotellm-instr-") as tmp:
         for which in (args.only,) if args.only else ("broker", "connector"):
-            counts = asyncio.run(_count(which, args.requests, args.events, Path(tmp), args.path))
+            counts = asyncio.run(
+                _count(which, args.requests, args.events, Path(tmp), args.path, compiled)
+            )
             label = which if args.path == "remotellm" else f"{args.path} {which}"
+            if compiled is None and args.path == "remotellm":
+                label += " (source)"
             print(
                 f"{label}: {counts['request'] / 1000:,.1f}k instructions per request,"
                 f" {counts['event'] / 1000:,.1f}k per streamed event"

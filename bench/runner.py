@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import bare, floor, litellm, profile
+from bench import bare, build, floor, litellm, profile
 from bench.cancel import w8
 from bench.client import Target, get_json, wait_until
 from bench.context import FULL, QUICK, Context, Plan
@@ -179,16 +179,22 @@ async def run(
     want_floor: bool = False,
     want_bare: bool = False,
     want_duties: bool = False,
+    compiled: Path | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """Run the plan; the results document and its Markdown table."""
+    """Run the plan; the results document and its Markdown table.
+
+    `compiled` is the compiled copy of the packages RemoteLLM runs from (`bench.build`), or
+    None to run the checkout's Python."""
     started = time.time()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    children = Children(RESULTS / "logs" / stamp)
+    children = Children(RESULTS / "logs" / stamp, build=compiled)
     targets: dict[str, Target] = {}
-    notes: list[str] = []
+    notes = [] if notes is None else notes
     results: list[WorkloadResult] = []
     profiles: dict[str, Path] = {}
     measured = source()  # before the processes start: the code they load
+    measured["build"] = "compiled" if compiled is not None else "source"
     speed = {"start": python_speed_ms()}
     busy0, own0, wall0 = machine_busy_seconds(), sum(cpu_times(os.getpid())), time.monotonic()
     background = 0.0
@@ -318,7 +324,29 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also measure the bare relay keeping the broker's per-request books",
     )
+    parser.add_argument(
+        "--build",
+        choices=("compiled", "source"),
+        help="run RemoteLLM with its hot path compiled by mypyc, as a wheel installs it"
+        " (the default of a full run), or the checkout's Python (the default of --quick)",
+    )
     return parser
+
+
+def remotellm_build(wanted: str, notes: list[str]) -> Path | None:
+    """The compiled copy to run, or None for the checkout; a note says if compiling failed."""
+    if wanted == "source":
+        return None
+    t0 = time.monotonic()
+    try:
+        tree = build.compiled()
+    except build.Unavailable as exc:
+        note = f"RemoteLLM ran from the checkout's Python: {exc}"
+        _log(note)
+        notes.append(note)
+        return None
+    _log(f"RemoteLLM runs the compiled build in {tree} ({time.monotonic() - t0:.0f} s to get it)")
+    return tree
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.w7_connectors:
         plan = Plan(**{**plan.__dict__, "w7_connectors": args.w7_connectors})
     want_litellm = args.litellm or (plan.mode == "full" and not args.no_litellm)
+    notes: list[str] = []
+    compiled = remotellm_build(args.build or ("source" if args.quick else "compiled"), notes)
     out = args.out or RESULTS / f"bench-{plan.mode}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
     async def main_task() -> tuple[dict[str, Any], str]:
@@ -341,7 +371,16 @@ def main(argv: list[str] | None = None) -> int:
         assert task is not None
         # SIGTERM cancels the run like Ctrl-C does, so every child is still stopped.
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await run(plan, want_litellm, args.profile, args.floor, args.bare, args.duties)
+        return await run(
+            plan,
+            want_litellm,
+            args.profile,
+            args.floor,
+            args.bare,
+            args.duties,
+            compiled,
+            notes,
+        )
 
     try:
         document, table = run_loop(main_task())

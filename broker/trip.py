@@ -193,17 +193,17 @@ class Trip:
                     self.body,
                 )
                 await self._exchange(exchange)
-            except (LinkLost, Refused) as exc:
+            except (LinkLost, Refused) as failure:
                 if self.response_started:
                     raise
                 # Nothing reached the client yet: the request can go to another connector.
-                why = "refused" if isinstance(exc, Refused) else "lost"
+                why = "refused" if isinstance(failure, Refused) else "lost"
                 log.warning(f"connector {why} the request; retrying", connector=link.name)
                 tried.append(link)
-                continue
+            else:
+                return
             finally:
                 hub.release(link)
-            return
 
     async def _exchange(self, exchange: Exchange) -> None:
         try:

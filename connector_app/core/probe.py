@@ -47,8 +47,8 @@ async def check_local(url: str, api_key: str | None, timeout: float = 5.0) -> Ch
     """Ask the local server for its models."""
     try:
         base = normalise_llm_url(url)
-    except ValueError as exc:
-        return Check(False, f"Local LLM URL {exc}.")
+    except ValueError as invalid:
+        return Check(False, f"Local LLM URL {invalid}.")
     llm = LocalLLM(base, api_key or None, connect_timeout=timeout)
     try:
         problems: list[BaseException] = []
@@ -118,8 +118,8 @@ async def check_broker(
     """Open the relay link with the token, exchange hello and welcome, close again."""
     try:
         target = normalise_broker_url(url)
-    except ValueError as exc:
-        return Check(False, f"Broker URL {exc}.")
+    except ValueError as invalid:
+        return Check(False, f"Broker URL {invalid}.")
     if not token:
         return Check(
             False, "The connector token is empty; paste the one from the broker's operator."

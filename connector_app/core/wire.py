@@ -124,9 +124,11 @@ class Wire(asyncio.Protocol):
         else:
             try:
                 await loop.create_connection(lambda: self, proxy.host, proxy.port)
-            except OSError as exc:
-                reason = exc.strerror or str(exc) or type(exc).__name__
-                raise ProxyError(f"cannot reach the proxy at {proxy.address} ({reason})") from exc
+            except OSError as unreachable:
+                reason = unreachable.strerror or str(unreachable) or type(unreachable).__name__
+                raise ProxyError(
+                    f"cannot reach the proxy at {proxy.address} ({reason})"
+                ) from unreachable
             self._write(connect_request(proxy, target.host, target.port, headers["User-Agent"]))
             closed = ProxyError(f"the proxy at {proxy.address} closed the connection")
             check_connect_answer(proxy, await self._read_head(closed))
