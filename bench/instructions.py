@@ -1,7 +1,7 @@
 """Instructions per request and per streamed event, counted by valgrind's callgrind.
 
     uv run python -m bench.instructions [--requests N] [--events N] [--only broker|connector]
-        [--path remotellm|bare|duties]
+        [--path remotellm|bare|duties] [--build source|compiled]
 
 CPU seconds on a shared two-core VM move by ±15% between identical runs; instruction
 counts do not (the same total for the same code and inputs, whatever else the machine
@@ -153,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--build",
         choices=("compiled", "source"),
-        default="compiled",
-        help="RemoteLLM's hot path compiled by mypyc, as a wheel installs it (the default),"
-        " or the checkout's Python",
+        default="source",
+        help="RemoteLLM as it ships, the checkout's Python (the default), or with its hot path"
+        " compiled by mypyc (an experiment, bench/build.py)",
     )
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                 _count(which, args.requests, args.events, Path(tmp), args.path, compiled)
             )
             label = which if args.path == "remotellm" else f"{args.path} {which}"
-            if compiled is None and args.path == "remotellm":
-                label += " (source)"
+            if compiled is not None:
+                label += " (compiled)"
             print(
                 f"{label}: {counts['request'] / 1000:,.1f}k instructions per request,"
                 f" {counts['event'] / 1000:,.1f}k per streamed event"

@@ -327,8 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--build",
         choices=("compiled", "source"),
-        help="run RemoteLLM with its hot path compiled by mypyc, as a wheel installs it"
-        " (the default of a full run), or the checkout's Python (the default of --quick)",
+        default="source",
+        help="RemoteLLM as it ships, the checkout's Python (the default), or with its hot path"
+        " compiled by mypyc (an experiment, bench/build.py)",
     )
     return parser
 
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan(**{**plan.__dict__, "w7_connectors": args.w7_connectors})
     want_litellm = args.litellm or (plan.mode == "full" and not args.no_litellm)
     notes: list[str] = []
-    compiled = remotellm_build(args.build or ("source" if args.quick else "compiled"), notes)
+    compiled = remotellm_build(args.build, notes)
     out = args.out or RESULTS / f"bench-{plan.mode}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
     async def main_task() -> tuple[dict[str, Any], str]:

@@ -62,7 +62,7 @@ async def within(delay: float, work: Coroutine[Any, Any, None]) -> None:
             and remaining <= cancelling
             and type(exc) is asyncio.CancelledError
         ):
-            raise TimeoutError from exc
+            raise TimeoutError() from exc
         raise
     finally:
         expiry.stop()
