@@ -18,6 +18,7 @@ checkout unless asked.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.metadata
 import shutil
@@ -136,6 +137,17 @@ def compile_tree(root: Path) -> list[Path]:
         return written
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def add_option(parser: argparse.ArgumentParser) -> None:
+    """`--build source|compiled`, for the commands that start RemoteLLM's processes."""
+    parser.add_argument(
+        "--build",
+        choices=("compiled", "source"),
+        default="source",
+        help="RemoteLLM as it ships, the checkout's Python (the default), or with its hot path"
+        " compiled by mypyc (an experiment, bench/build.py)",
+    )
 
 
 def _sources(root: Path) -> list[Path]:

@@ -150,13 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         help="whose broker and connector: RemoteLLM's (the default), or the bare relay's"
         " (bench.bare), with the broker's books (duties) or without",
     )
-    parser.add_argument(
-        "--build",
-        choices=("compiled", "source"),
-        default="source",
-        help="RemoteLLM as it ships, the checkout's Python (the default), or with its hot path"
-        " compiled by mypyc (an experiment, bench/build.py)",
-    )
+    build.add_option(parser)
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)

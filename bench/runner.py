@@ -324,13 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also measure the bare relay keeping the broker's per-request books",
     )
-    parser.add_argument(
-        "--build",
-        choices=("compiled", "source"),
-        default="source",
-        help="RemoteLLM as it ships, the checkout's Python (the default), or with its hot path"
-        " compiled by mypyc (an experiment, bench/build.py)",
-    )
+    build.add_option(parser)
     return parser
 
 
