@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import structlog
 from pydantic import SecretStr
 
 from broker.server import BrokerServer
@@ -24,6 +25,20 @@ from tests.stub_llm import StubLLM
 USER_KEY = "sk-test-user-key-0123456789"
 CONNECTOR_TOKEN = "test-connector-token-abcdef"
 MEMORY_STORE = "sqlite+aiosqlite:///:memory:"
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_found() -> Iterator[None]:
+    """Leave structlog configured as the test found it. A test that configures logging (to a
+    StringIO of its own) must not leave the tests after it writing there, where the log lines
+    they look for in their captured output never arrive; that only showed when the suites ran
+    in another order (tests/shared before tests/broker)."""
+    configured, saved = structlog.is_configured(), structlog.get_config()
+    yield
+    if configured:
+        structlog.configure(**saved)
+    else:
+        structlog.reset_defaults()
 
 
 def logged_events(text: str) -> list[dict[str, Any]]:
