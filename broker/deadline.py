@@ -62,7 +62,9 @@ async def within(delay: float, work: Coroutine[Any, Any, None]) -> None:
             and remaining <= cancelling
             and type(exc) is asyncio.CancelledError
         ):
-            raise TimeoutError() from exc
+            timeout = TimeoutError()
+            timeout.__cause__ = exc  # as well: compiled by mypyc, `from exc` alone is dropped
+            raise timeout from exc
         raise
     finally:
         expiry.stop()

@@ -96,15 +96,18 @@ class RelayClient:
             started = loop.time()
             error: str | None = None
             fatal = False
+            # No `finally` here: compiled by mypyc, a handled exception escapes again when a
+            # `finally` after it awaits something that does not suspend (abort() with nothing
+            # to stop), so each way out aborts the streams itself (bench/README.md).
             try:
                 await self._connection()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 error = describe_failure(exc)
                 fatal = is_fatal(exc)
-            finally:
+            except BaseException:  # cancelled
                 await self._streams.abort()
+                raise
+            await self._streams.abort()
             if self._stopping.is_set():
                 break
             if loop.time() - started >= STABLE_AFTER:
