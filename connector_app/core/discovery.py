@@ -53,15 +53,22 @@ async def detect_local_server(
 ) -> tuple[str, str] | None:
     """The first of `servers` (in order) that lists models: (kind, base URL), or None."""
 
-    async def probe(kind: str, port: int) -> tuple[str, str] | None:
-        llm = LocalLLM(f"http://{host}:{port}", connect_timeout=timeout)
+    async def lists_models(llm: LocalLLM) -> bool:
         try:
             await discover_models(llm, timeout)
         except DiscoveryError:
-            return None
+            return False
+        return True
+
+    async def probe(kind: str, port: int) -> tuple[str, str] | None:
+        llm = LocalLLM(f"http://{host}:{port}", connect_timeout=timeout)
+        try:
+            # The handled DiscoveryError stays in lists_models: a `finally` that awaits after a
+            # handled exception in the same coroutine is miscompiled by mypyc (bench/README.md).
+            found = await lists_models(llm)
         finally:
             await llm.close()
-        return kind, llm.base_url
+        return (kind, llm.base_url) if found else None
 
     results = await asyncio.gather(*(probe(kind, port) for kind, port in servers))
     return next((r for r in results if r is not None), None)
