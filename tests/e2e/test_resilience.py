@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from broker.link import ConnectorLink
-from connector_app.core.status import LinkState
+from connector_app.core.status import LinkState, Status
 from shared import protocol as p
 from tests.conftest import CONNECTOR_TOKEN, MakeBroker, MakeConnector, Relay, wait_models
 from tests.e2e.test_errors import free_port
@@ -106,10 +106,17 @@ async def test_connector_keeps_retrying_while_the_broker_is_down(
 ) -> None:
     port = free_port()
     connector = await make_connector(port, stub.url)
+    seen: list[Status] = []
+    connector.connector.board.subscribe(seen.append)
     await connector.wait_state(LinkState.RECONNECTING)
-    status = connector.connector.status
-    assert status.last_error and "cannot reach the broker" in status.last_error
-    assert status.retry_in is not None
+    # Every status it published while waiting to retry says why and when (reading the status
+    # once could land in the next attempt, which clears retry_in, when the delay is short).
+    async with asyncio.timeout(10):
+        while not any(s.retry_in is not None for s in seen):
+            await asyncio.sleep(0.01)
+    waiting = [s for s in seen if s.retry_in is not None]
+    assert all(s.state is LinkState.RECONNECTING for s in waiting)
+    assert all(s.last_error and "cannot reach the broker" in s.last_error for s in waiting)
     broker = await make_broker(port=port)
     await wait_models(broker, {"stub-model"})
 
