@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,27 @@ def add_option(parser: argparse.ArgumentParser) -> None:
         help="RemoteLLM as it ships, the checkout's Python (the default), or with its hot path"
         " compiled by mypyc (an experiment, bench/build.py)",
     )
+
+
+def chosen(wanted: str, notes: list[str]) -> Path | None:
+    """The compiled copy a run asked for (`--build`), or None for the checkout; if compiling
+    fails, the run measures the checkout and `notes` says why."""
+    if wanted == "source":
+        return None
+    t0 = time.monotonic()
+    try:
+        tree = compiled()
+    except Unavailable as exc:
+        note = f"RemoteLLM ran from the checkout's Python: {exc}"
+        print(note, file=sys.stderr, flush=True)
+        notes.append(note)
+        return None
+    print(
+        f"RemoteLLM runs the compiled build in {tree} ({time.monotonic() - t0:.0f} s to get it)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return tree
 
 
 def _sources(root: Path) -> list[Path]:

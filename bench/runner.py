@@ -328,22 +328,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def remotellm_build(wanted: str, notes: list[str]) -> Path | None:
-    """The compiled copy to run, or None for the checkout; a note says if compiling failed."""
-    if wanted == "source":
-        return None
-    t0 = time.monotonic()
-    try:
-        tree = build.compiled()
-    except build.Unavailable as exc:
-        note = f"RemoteLLM ran from the checkout's Python: {exc}"
-        _log(note)
-        notes.append(note)
-        return None
-    _log(f"RemoteLLM runs the compiled build in {tree} ({time.monotonic() - t0:.0f} s to get it)")
-    return tree
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -358,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan(**{**plan.__dict__, "w7_connectors": args.w7_connectors})
     want_litellm = args.litellm or (plan.mode == "full" and not args.no_litellm)
     notes: list[str] = []
-    compiled = remotellm_build(args.build, notes)
+    compiled = build.chosen(args.build, notes)
     out = args.out or RESULTS / f"bench-{plan.mode}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
     async def main_task() -> tuple[dict[str, Any], str]:
