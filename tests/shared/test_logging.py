@@ -44,6 +44,35 @@ def test_a_line_carries_the_event_its_fields_the_context_level_and_time(
     }
 
 
+class Writes(io.StringIO):
+    """A stream that remembers each write and flush it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.calls.append("<flush>")
+
+
+def test_each_line_reaches_the_stream_whole_in_one_write_then_a_flush() -> None:
+    stream = Writes()
+    configure_logging("info", "json", stream)
+    try:
+        structlog.get_logger("t").info("request finished", status=200)
+        structlog.get_logger("t").info("request finished", status=404)
+    finally:
+        configure_logging("warning", "console", io.StringIO())
+    first, flush, second, flush_again = stream.calls
+    assert json.loads(first)["status"] == 200 and first.endswith("}\n")
+    assert json.loads(second)["status"] == 404 and second.endswith("}\n")
+    assert flush == flush_again == "<flush>"
+
+
 def test_secret_looking_fields_are_masked_and_the_request_id_is_not(out: io.StringIO) -> None:
     structlog.contextvars.bind_contextvars(session_token="tok-in-context")
     structlog.get_logger("t").warning(
