@@ -14,6 +14,7 @@ processors around `json.dumps` cost more than the relay's own work for it.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
 import sys
@@ -102,12 +103,22 @@ class JsonLine:
         return json.dumps(event, default=_fallback, separators=(",", ":"))
 
 
+class Nowhere(io.StringIO):
+    """A text stream that drops what it is given (keeping none of it), for a process with no
+    stderr, where print() dropped the lines too."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
 def configure_logging(
     level: str = "info", fmt: LogFormat = "json", stream: TextIO | None = None
 ) -> None:
     """Set up structlog (and the stdlib loggers of our libraries) for one process."""
     numeric = logging.getLevelNamesMapping()[level.upper()]
     out = stream or sys.stderr
+    if out is None:
+        out = Nowhere()  # pythonw and windowed builds have no stderr
     processors: list[Any]
     if fmt == "json":
         processors = [JsonLine()]

@@ -73,6 +73,19 @@ def test_each_line_reaches_the_stream_whole_in_one_write_then_a_flush() -> None:
     assert flush == flush_again == "<flush>"
 
 
+def test_a_process_without_stderr_still_logs_without_failing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As under pythonw or in a windowed build: neither stream exists.
+    monkeypatch.setattr("sys.stderr", None)
+    monkeypatch.setattr("sys.stdout", None)
+    try:
+        configure_logging("info", "json")
+        structlog.get_logger("t").info("request finished", status=200)
+    finally:
+        configure_logging("warning", "console", io.StringIO())
+
+
 def test_secret_looking_fields_are_masked_and_the_request_id_is_not(out: io.StringIO) -> None:
     structlog.contextvars.bind_contextvars(session_token="tok-in-context")
     structlog.get_logger("t").warning(
