@@ -14,7 +14,6 @@ processors around `json.dumps` cost more than the relay's own work for it.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import logging
 import sys
@@ -103,22 +102,12 @@ class JsonLine:
         return json.dumps(event, default=_fallback, separators=(",", ":"))
 
 
-class Nowhere(io.StringIO):
-    """A text stream that drops what it is given (keeping none of it), for a process with no
-    stderr, where print() dropped the lines too."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-
 def configure_logging(
     level: str = "info", fmt: LogFormat = "json", stream: TextIO | None = None
 ) -> None:
     """Set up structlog (and the stdlib loggers of our libraries) for one process."""
     numeric = logging.getLevelNamesMapping()[level.upper()]
-    out = stream or sys.stderr
-    if out is None:
-        out = Nowhere()  # pythonw and windowed builds have no stderr
+    out: TextIO | None = stream or sys.stderr  # None under pythonw, or in a windowed build
     processors: list[Any]
     if fmt == "json":
         processors = [JsonLine()]
@@ -129,11 +118,12 @@ def configure_logging(
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact_secrets,
             structlog.processors.format_exc_info,
-            structlog.dev.ConsoleRenderer(colors=out.isatty()),
+            structlog.dev.ConsoleRenderer(colors=out is not None and out.isatty()),
         ]
     # One write and one flush per line: print() (structlog's PrintLogger) writes the line and
     # its newline apart, two system calls on an unbuffered stderr for every request's log line.
-    printer = structlog.WriteLogger(out)
+    # With no stream at all, the lines go nowhere, as print() sent them.
+    printer = structlog.WriteLogger(out) if out is not None else structlog.ReturnLogger()
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -142,8 +132,10 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     # aiohttp and websockets log through the stdlib; keep their warnings, drop the chatter.
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler: logging.Handler = logging.NullHandler()
+    if out is not None:
+        handler = logging.StreamHandler(out)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING))

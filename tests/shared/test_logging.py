@@ -6,8 +6,10 @@ import dataclasses
 import datetime
 import io
 import json
+import logging
 import time
 from collections.abc import Iterator
+from typing import Literal
 
 import pytest
 import structlog
@@ -73,15 +75,17 @@ def test_each_line_reaches_the_stream_whole_in_one_write_then_a_flush() -> None:
     assert flush == flush_again == "<flush>"
 
 
+@pytest.mark.parametrize("fmt", ["json", "console"])
 def test_a_process_without_stderr_still_logs_without_failing(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, fmt: Literal["json", "console"]
 ) -> None:
     # As under pythonw or in a windowed build: neither stream exists.
     monkeypatch.setattr("sys.stderr", None)
     monkeypatch.setattr("sys.stdout", None)
     try:
-        configure_logging("info", "json")
+        configure_logging("info", fmt)
         structlog.get_logger("t").info("request finished", status=200)
+        logging.getLogger("aiohttp.server").warning("through the standard library")
     finally:
         configure_logging("warning", "console", io.StringIO())
 
