@@ -107,7 +107,8 @@ def configure_logging(
 ) -> None:
     """Set up structlog (and the stdlib loggers of our libraries) for one process."""
     numeric = logging.getLevelNamesMapping()[level.upper()]
-    out: TextIO | None = stream or sys.stderr  # None under pythonw, or in a windowed build
+    # Neither exists under pythonw or in a windowed build.
+    out: TextIO | None = stream or sys.stderr or sys.stdout
     processors: list[Any]
     if fmt == "json":
         processors = [JsonLine()]
@@ -121,8 +122,9 @@ def configure_logging(
             structlog.dev.ConsoleRenderer(colors=out is not None and out.isatty()),
         ]
     # One write and one flush per line: print() (structlog's PrintLogger) writes the line and
-    # its newline apart, two system calls on an unbuffered stderr for every request's log line.
-    # With no stream at all, the lines go nowhere, as print() sent them.
+    # its newline apart, two system calls for every request's log line when stderr is
+    # unbuffered (PYTHONUNBUFFERED=1, as container images often set). With no stream at all,
+    # the lines go nowhere, as print() sent them.
     printer = structlog.WriteLogger(out) if out is not None else structlog.ReturnLogger()
     structlog.configure(
         processors=processors,

@@ -76,18 +76,32 @@ def test_each_line_reaches_the_stream_whole_in_one_write_then_a_flush() -> None:
 
 
 @pytest.mark.parametrize("fmt", ["json", "console"])
-def test_a_process_without_stderr_still_logs_without_failing(
+def test_a_process_without_stderr_or_stdout_logs_without_failing(
     monkeypatch: pytest.MonkeyPatch, fmt: Literal["json", "console"]
 ) -> None:
-    # As under pythonw or in a windowed build: neither stream exists.
+    # As under pythonw or in a windowed build (the tray app): neither stream exists.
     monkeypatch.setattr("sys.stderr", None)
     monkeypatch.setattr("sys.stdout", None)
     try:
         configure_logging("info", fmt)
-        structlog.get_logger("t").info("request finished", status=200)
+        line = structlog.get_logger("t").info("request finished", status=200)
         logging.getLogger("aiohttp.server").warning("through the standard library")
     finally:
         configure_logging("warning", "console", io.StringIO())
+    assert "request finished" in line  # rendered, then dropped
+
+
+def test_a_process_without_stderr_logs_to_stdout(monkeypatch: pytest.MonkeyPatch) -> None:
+    stdout = io.StringIO()
+    monkeypatch.setattr("sys.stderr", None)
+    monkeypatch.setattr("sys.stdout", stdout)
+    try:
+        configure_logging("info", "json")
+        structlog.get_logger("t").info("request finished", status=200)
+    finally:
+        configure_logging("warning", "console", io.StringIO())
+    [line] = lines(stdout)
+    assert line["status"] == 200
 
 
 def test_secret_looking_fields_are_masked_and_the_request_id_is_not(out: io.StringIO) -> None:
