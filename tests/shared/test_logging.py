@@ -18,12 +18,19 @@ from shared.logging import UtcClock, configure_logging
 
 
 @pytest.fixture
-def out() -> Iterator[io.StringIO]:
+def restored() -> Iterator[None]:
+    """For a test that configures logging itself: quiet console lines again afterwards (the
+    standard library's handler too, which conftest's fixture leaves alone)."""
+    yield
+    configure_logging("warning", "console", io.StringIO())
+
+
+@pytest.fixture
+def out(restored: None) -> Iterator[io.StringIO]:
     stream = io.StringIO()
     configure_logging("info", "json", stream)
     yield stream
     structlog.contextvars.clear_contextvars()
-    configure_logging("warning", "console", io.StringIO())
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -61,14 +68,11 @@ class Writes(io.StringIO):
         self.calls.append("<flush>")
 
 
-def test_each_line_reaches_the_stream_whole_in_one_write_then_a_flush() -> None:
+def test_each_line_reaches_the_stream_whole_in_one_write_then_a_flush(restored: None) -> None:
     stream = Writes()
     configure_logging("info", "json", stream)
-    try:
-        structlog.get_logger("t").info("request finished", status=200)
-        structlog.get_logger("t").info("request finished", status=404)
-    finally:
-        configure_logging("warning", "console", io.StringIO())
+    structlog.get_logger("t").info("request finished", status=200)
+    structlog.get_logger("t").info("request finished", status=404)
     first, flush, second, flush_again = stream.calls
     assert json.loads(first)["status"] == 200 and first.endswith("}\n")
     assert json.loads(second)["status"] == 404 and second.endswith("}\n")
@@ -77,29 +81,25 @@ def test_each_line_reaches_the_stream_whole_in_one_write_then_a_flush() -> None:
 
 @pytest.mark.parametrize("fmt", ["json", "console"])
 def test_a_process_without_stderr_or_stdout_logs_without_failing(
-    monkeypatch: pytest.MonkeyPatch, fmt: Literal["json", "console"]
+    monkeypatch: pytest.MonkeyPatch, fmt: Literal["json", "console"], restored: None
 ) -> None:
     # As under pythonw or in a windowed build (the tray app): neither stream exists.
     monkeypatch.setattr("sys.stderr", None)
     monkeypatch.setattr("sys.stdout", None)
-    try:
-        configure_logging("info", fmt)
-        line = structlog.get_logger("t").info("request finished", status=200)
-        logging.getLogger("aiohttp.server").warning("through the standard library")
-    finally:
-        configure_logging("warning", "console", io.StringIO())
+    configure_logging("info", fmt)
+    line = structlog.get_logger("t").info("request finished", status=200)
+    logging.getLogger("aiohttp.server").warning("through the standard library")
     assert "request finished" in line  # rendered, then dropped
 
 
-def test_a_process_without_stderr_logs_to_stdout(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_process_without_stderr_logs_to_stdout(
+    monkeypatch: pytest.MonkeyPatch, restored: None
+) -> None:
     stdout = io.StringIO()
     monkeypatch.setattr("sys.stderr", None)
     monkeypatch.setattr("sys.stdout", stdout)
-    try:
-        configure_logging("info", "json")
-        structlog.get_logger("t").info("request finished", status=200)
-    finally:
-        configure_logging("warning", "console", io.StringIO())
+    configure_logging("info", "json")
+    structlog.get_logger("t").info("request finished", status=200)
     [line] = lines(stdout)
     assert line["status"] == 200
 
