@@ -61,6 +61,7 @@ COMPILED = (
     "broker/api.py",
     "broker/auth.py",
     "broker/call.py",
+    "broker/callbacktrip.py",
     "broker/deadline.py",
     "broker/errors.py",
     "broker/express.py",

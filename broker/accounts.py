@@ -81,7 +81,9 @@ class Accounts:
         """Drop every cached key, so a revocation or a block counts from the next request."""
         self._cache.clear()
 
-    async def authenticate(self, presented: str | None) -> Principal | Denied:
+    def authenticate_now(self, presented: str | None) -> Principal | Denied | None:
+        """`authenticate` when no look-up in the store is needed (a key from the settings, a
+        cached one, one that is malformed); None when only the store can tell."""
         if not presented:
             return INVALID_KEY
         if self.configured.accepts(presented):
@@ -93,11 +95,18 @@ class Accounts:
             return known
         if self.store is None or not keyformat.well_formed(presented):
             return INVALID_KEY  # a typo fails the checksum without a look-up
+        cached = self._cache.get(keyformat.fingerprint(presented))
+        if cached is not None and cached[0] > self._clock():
+            return cached[1]
+        return None
+
+    async def authenticate(self, presented: str | None) -> Principal | Denied:
+        known = self.authenticate_now(presented)
+        if known is not None:
+            return known
+        assert presented is not None  # authenticate_now answers a missing key itself
         fingerprint = keyformat.fingerprint(presented)
         now = self._clock()
-        cached = self._cache.get(fingerprint)
-        if cached is not None and cached[0] > now:
-            return cached[1]
         result = await self._resolve(fingerprint)
         if result is INVALID_KEY:
             return result  # unknown keys are not cached: guessing cannot fill the cache

@@ -33,13 +33,13 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
 
-from broker import requesthead
+from broker import callbacktrip, requesthead
 from broker.api import count_rejected, serve
 from broker.errors import error_parts
 from broker.expresscall import ExpressCall
@@ -76,6 +76,8 @@ class Express:
         self.connections: set[_Connection] = set()
         self.served = 0
         """Requests this lane has taken (the rest went to aiohttp): for tests and the curious."""
+        self.from_callbacks = 0
+        """Of those, the requests served from callbacks (`broker.callbacktrip`)."""
         self.closing = False
         """The broker is stopping: no further request starts on these connections."""
 
@@ -93,6 +95,7 @@ class Express:
         for connection in list(self.connections):
             task = connection.task
             if task is None:
+                connection.stop_trip()
                 connection.close()
             else:
                 task.cancel()
@@ -114,6 +117,7 @@ class _Connection(asyncio.Protocol):
         "_paused_writing",
         "_resume_next",
         "_timer",
+        "_trip",
         "_waiters",
         "task",
         "transport",
@@ -125,6 +129,8 @@ class _Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._call: ExpressCall | None = None
         self.task: asyncio.Task[None] | None = None
+        self._trip: callbacktrip.CallbackTrip | None = None
+        """The request being served from callbacks (`broker.callbacktrip`), when it is."""
         self._timer: asyncio.TimerHandle | None = None
         self._paused_reading = False
         self._paused_writing = False
@@ -156,6 +162,7 @@ class _Connection(asyncio.Protocol):
         self._lane.connections.discard(self)
         self._stop_timer()
         self._wake(ConnectionResetError("the client closed the connection"))
+        self.stop_trip()
         task = self.task
         if task is not None and not task.done():
             task.cancel()
@@ -166,6 +173,8 @@ class _Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._paused_writing = False
         self._wake(None)
+        if self._trip is not None:
+            self._trip.resumed()
         if self._resume_next and self.transport is not None:
             self._resume_next = False
             self._stop_timer()
@@ -200,12 +209,45 @@ class _Connection(asyncio.Protocol):
         call.take(buffer)
         self._call = call
         self._lane.served += 1
+        self._trip = callbacktrip.start(call, self)
+        if self._trip is None:
+            self._spawn(call, _serve(call))
+        else:
+            self._lane.from_callbacks += 1
+
+    def _spawn(self, call: ExpressCall, work: Coroutine[Any, Any, None]) -> None:
+        """Serve the request in a task."""
         # The request's log lines carry its id, as the aiohttp middleware binds it.
         context = contextvars.copy_context()
         context.run(structlog.contextvars.bind_contextvars, request_id=call.request_id)
-        task = asyncio.get_running_loop().create_task(_serve(call), context=context)
+        task = asyncio.get_running_loop().create_task(work, context=context)
         self.task = task
         task.add_done_callback(self._done, context=context)
+
+    # -- for broker.callbacktrip ------------------------------------------------------
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._paused_writing
+
+    def trip_done(self, call: ExpressCall) -> None:
+        self._trip = None
+        if self.transport is None:
+            return
+        if not call.finished or self._lane.closing:
+            self.close()
+        else:
+            self._after(call)
+
+    def go_async(self, call: ExpressCall, work: Coroutine[Any, Any, None]) -> None:
+        self._trip = None
+        call.began = True
+        self._spawn(call, work)
+
+    def stop_trip(self) -> None:
+        """Stop the request served from callbacks, if one is (the client or the broker left)."""
+        if self._trip is not None:
+            self._trip.client_gone()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         call = self._call

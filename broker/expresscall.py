@@ -53,8 +53,8 @@ class ExpressCall:
         "_connection",
         "_discarding",
         "_head",
-        "_held",
         "_left",
+        "_out",
         "_received",
         "_waiter",
         "_wanted",
@@ -76,8 +76,9 @@ class ExpressCall:
         self._waiter: asyncio.Future[None] | None = None
         self._wanted = False
         """The request path asked for the body (`read`)."""
-        self._held = b""
-        """A head waiting to leave with the first body bytes."""
+        self._out: list[bytes] = []
+        """What is written but not yet handed to the socket (`flush`): a head waiting to leave
+        with the first body bytes, say."""
         self._chunked = False
         self._bodiless = False
         self._left: int | None = None
@@ -153,6 +154,10 @@ class ExpressCall:
         # connection reads no further request until the client does (`_Connection._after`).
         self.send_reply(status, headers, body)
 
+    def body_now(self) -> bytes:
+        """The body, once `complete`."""
+        return bytes(self._body)
+
     def send_reply(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
         """Write a complete response at once."""
         fields = [*headers.items(), ("X-Request-ID", self.request_id)]
@@ -164,6 +169,25 @@ class ExpressCall:
     async def start(
         self, status: int, headers: list[tuple[str, str]], *, chunked: bool, buffered: bool
     ) -> None:
+        self.start_now(status, headers, chunked=chunked)
+        if not buffered:
+            self.flush()
+            await self._connection.drained()
+
+    async def write(self, data: bytes) -> None:
+        if self.write_now(data):
+            self.flush()
+            await self._connection.drained()
+
+    async def end(self) -> None:
+        self.end_now()
+        await self._connection.drained()
+
+    # The same answer without waiting (`broker.callbacktrip`): what is written waits for
+    # `flush`, so whatever one message of the relay carried leaves in one write.
+
+    def start_now(self, status: int, headers: list[tuple[str, str]], *, chunked: bool) -> None:
+        """Write the response head (held until `flush`)."""
         no_body = bodiless("POST", status)  # the lane serves POSTs only
         fields = headers
         if no_body:
@@ -184,39 +208,39 @@ class ExpressCall:
         empty = no_body or self._left == 0
         if not empty and not any(name.lower() == "content-type" for name, _ in headers):
             fields = [*fields, ("Content-Type", "application/octet-stream")]  # as aiohttp
-        head = self._head_bytes(status, fields)
         self.answered = True
-        if buffered:
-            self._held = head
-        else:
-            self._connection.write(head)
-            await self._connection.drained()
+        self._out.append(self._head_bytes(status, fields))
 
-    async def write(self, data: bytes) -> None:
+    def write_now(self, data: bytes) -> bool:
+        """Write body bytes (held until `flush`); False when there was nothing to write."""
         if not data or self._bodiless:
-            return  # an empty chunk would end a chunked body
+            return False  # an empty chunk would end a chunked body
         if self._chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         elif self._left is not None:
             if len(data) > self._left:
                 data = data[: self._left]  # no bytes past the length the head announced
             self._left -= len(data)
-        connection = self._connection
-        if self._held:
-            data, self._held = self._held + data, b""
-        connection.write(data)
-        await connection.drained()
+        self._out.append(data)
+        return True
 
-    async def end(self) -> None:
-        out = self._held + b"0\r\n\r\n" if self._chunked else self._held
-        self._held = b""
-        if out:
-            self._connection.write(out)
+    def end_now(self) -> None:
+        """End the answer and hand all of it to the socket."""
+        if self._chunked:
+            self._out.append(b"0\r\n\r\n")
+        self.flush()
         if self._left:
             # Shorter than announced: the client must see the body is incomplete.
             self.close = True
         self.finished = True
-        await self._connection.drained()
+
+    def flush(self) -> None:
+        """Hand what is written to the socket (ConnectionError once the client has gone)."""
+        out = self._out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            self._connection.write(data)
 
     def cut(self) -> None:
         self.close = True

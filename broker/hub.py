@@ -155,11 +155,9 @@ class Hub:
         are at capacity. A model no connected connector has ever served fails at
         once with reason "unknown" while others are online.
         """
-        if not exclude and model not in self._waiting:
-            # The common case: nobody queued for this model, so no turn to respect.
-            chosen = self._pick(self._serving(model))
+        if not exclude:
+            chosen = self.acquire_now(model)
             if chosen is not None:
-                self._load[chosen] += 1
                 return chosen
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -190,6 +188,15 @@ class Hub:
             if not line:
                 del self._waiting[model]
             self._notify()
+
+    def acquire_now(self, model: str) -> Link | None:
+        """`acquire` when it need not wait: a free slot when nobody is queued for the model."""
+        if model in self._waiting:
+            return None  # others wait for this model: their turn first
+        chosen = self._pick(self._serving(model))
+        if chosen is not None:
+            self._load[chosen] += 1
+        return chosen
 
     @staticmethod
     def _owed_to_earlier(line: list[_Waiter], me: _Waiter, link: Link) -> bool:

@@ -22,11 +22,12 @@ class Lifecycle:
         """Count one API request as in flight while the `with` block runs."""
         return self._in_flight
 
-    def _started(self) -> None:
+    def started(self) -> None:
+        """Count one request in flight, until `ended` (what `request()` does around a block)."""
         self._active += 1
         self._idle.clear()
 
-    def _ended(self) -> None:
+    def ended(self) -> None:
         self._active -= 1
         if self._active == 0:
             self._idle.set()
@@ -52,7 +53,7 @@ class _InFlight:
         self._lifecycle = lifecycle
 
     def __enter__(self) -> None:
-        self._lifecycle._started()
+        self._lifecycle.started()
 
     def __exit__(
         self,
@@ -60,4 +61,4 @@ class _InFlight:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._lifecycle._ended()
+        self._lifecycle.ended()

@@ -63,14 +63,35 @@ class Limiter:
         self._buckets: dict[str, _Bucket] = {}
 
     async def admit(self, who: Principal) -> Lease | Rejection:
+        while True:
+            admitted = self.admit_now(who)
+            if admitted is not None:
+                return admitted
+            # Today's tokens for this key are not known yet: ask the store (which may raise).
+            await self._load_tokens(who, self._buckets[who.bucket])
+
+    def admit_now(self, who: Principal) -> Lease | Rejection | None:
+        """`admit` when it needs no store: None while the key's tokens for today are unknown."""
         limits = who.limits
         if not (limits.rpm or limits.concurrency or limits.daily_tokens):
             return Lease(None)
         bucket = self._buckets.setdefault(who.bucket, _Bucket())
         if limits.daily_tokens:
-            rejection = await self._check_tokens(who, bucket)
-            if rejection is not None:
-                return rejection
+            wall = self._wall()
+            day = math.floor(wall / DAY) * DAY
+            if bucket.day != day:
+                return None
+            if bucket.tokens >= limits.daily_tokens:
+                wait = max(1, math.ceil(day + DAY - wall))
+                return Rejection(
+                    Denied(
+                        429,
+                        "daily_token_limit_exceeded",
+                        f"This key has used its {limits.daily_tokens} tokens for today (UTC)."
+                        f" The limit resets in {wait} s.",
+                    ),
+                    wait,
+                )
         now = self._clock()
         if limits.rpm:
             starts = bucket.starts
@@ -102,25 +123,12 @@ class Limiter:
         bucket.active += 1
         return Lease(bucket)
 
-    async def _check_tokens(self, who: Principal, bucket: _Bucket) -> Rejection | None:
-        wall = self._wall()
-        day = math.floor(wall / DAY) * DAY
-        if bucket.day != day:
-            used = 0
-            if who.key_id is not None and self._tokens_since is not None:
-                used = await self._tokens_since(who.key_id, day)  # may raise: then retried
-            if bucket.day != day:  # another request may have loaded it meanwhile
-                bucket.day = day
-                bucket.tokens = used
-        if bucket.tokens < who.limits.daily_tokens:
-            return None
-        wait = max(1, math.ceil(day + DAY - wall))
-        return Rejection(
-            Denied(
-                429,
-                "daily_token_limit_exceeded",
-                f"This key has used its {who.limits.daily_tokens} tokens for today (UTC)."
-                f" The limit resets in {wait} s.",
-            ),
-            wait,
-        )
+    async def _load_tokens(self, who: Principal, bucket: _Bucket) -> None:
+        """Load the tokens the key has used today (UTC) into its bucket."""
+        day = math.floor(self._wall() / DAY) * DAY
+        used = 0
+        if who.key_id is not None and self._tokens_since is not None:
+            used = await self._tokens_since(who.key_id, day)  # may raise: then retried
+        if bucket.day != day:  # another request may have loaded it meanwhile
+            bucket.day = day
+            bucket.tokens = used

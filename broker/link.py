@@ -15,7 +15,7 @@ import itertools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -82,6 +82,15 @@ class Inbox:
         return self._items.popleft()
 
 
+class Sink(Protocol):
+    """Who takes a stream's events as they come, instead of its inbox (`broker.callbacktrip`)."""
+
+    def event(self, event: StreamEvent) -> None: ...
+
+    def flush(self) -> None:
+        """The relay message that carried the last events is done: write what they gave."""
+
+
 @dataclass(eq=False)
 class Exchange:
     """The broker's end of one stream: events from the connector, in order."""
@@ -92,9 +101,20 @@ class Exchange:
     events: Inbox = field(default_factory=Inbox)
     credit: ReceiveCredit = field(init=False)
     closed: bool = False
+    sink: Sink | None = None
+    """Takes the events as they come, when set; else they wait in `events`."""
 
     def __post_init__(self) -> None:
         self.credit = ReceiveCredit(self.window)
+
+    def deliver(self, event: StreamEvent) -> Sink | None:
+        """Hand an event on; returns the sink that took it, if one did."""
+        sink = self.sink
+        if sink is None:
+            self.events.put_nowait(event)
+        else:
+            sink.event(event)
+        return sink
 
     def delivered(self, n: int) -> None:
         """`n` body bytes reached the client: give the connector credit back."""
@@ -148,6 +168,11 @@ class ConnectorLink:
 
     def __repr__(self) -> str:
         return f"<ConnectorLink {self.name!r} models={sorted(self.models)}>"
+
+    @property
+    def gone(self) -> bool:
+        """The socket has closed (the hub may list the link a moment longer)."""
+        return self._closed
 
     # -- used by API handlers -----------------------------------------------------
 
@@ -213,34 +238,51 @@ class ConnectorLink:
     def receive(self, frames: Iterable[p.Frame]) -> bool:
         """Apply decoded frames; return True when the hub's view of the link changed."""
         changed = False
-        for frame in frames:
-            check_sender(frame, "connector")
-            match frame:
-                case p.ResponseBody(stream_id, data):
-                    exchange = self._streams.get(stream_id)
-                    if exchange is not None:
-                        exchange.credit.received(len(data))
-                        exchange.events.put_nowait(frame)
-                case p.ResponseHead(stream_id) | p.End(stream_id) | p.Error(stream_id):
-                    exchange = self._streams.get(stream_id)
-                    if exchange is not None:
-                        exchange.events.put_nowait(frame)
-                case p.ModelsUpdate(models):
-                    self.models = frozenset(models)
-                    changed = True
-                case p.GoAway(reason):
-                    log.info("connector going away", connector=self.name, reason=reason)
-                    self.draining = True
-                    changed = True
+        sinks: dict[int, Sink] = {}
+        try:
+            for frame in frames:
+                changed = self._apply(frame, sinks) or changed
+        finally:
+            for sink in sinks.values():
+                sink.flush()
+        return changed
+
+    def _apply(self, frame: p.Frame, sinks: dict[int, Sink]) -> bool:
+        check_sender(frame, "connector")
+        changed = False
+        match frame:
+            case p.ResponseBody(stream_id, data):
+                exchange = self._streams.get(stream_id)
+                if exchange is not None:
+                    exchange.credit.received(len(data))
+                    sink = exchange.deliver(frame)
+                    if sink is not None:
+                        sinks[id(sink)] = sink
+            case p.ResponseHead(stream_id) | p.End(stream_id) | p.Error(stream_id):
+                exchange = self._streams.get(stream_id)
+                if exchange is not None:
+                    sink = exchange.deliver(frame)
+                    if sink is not None:
+                        sinks[id(sink)] = sink
+            case p.ModelsUpdate(models):
+                self.models = frozenset(models)
+                changed = True
+            case p.GoAway(reason):
+                log.info("connector going away", connector=self.name, reason=reason)
+                self.draining = True
+                changed = True
         return changed
 
     def lost(self) -> None:
         """The socket is gone: fail every open stream so its handler can retry or report."""
         self._closed = True
-        for exchange in self._streams.values():
-            exchange.closed = True
-            exchange.events.put_nowait(LinkLost(self.name))
+        exchanges = list(self._streams.values())
         self._streams.clear()
+        for exchange in exchanges:
+            exchange.closed = True
+            sink = exchange.deliver(LinkLost(self.name))
+            if sink is not None:
+                sink.flush()
 
     async def go_away(self, reason: str, reconnect_after: float) -> None:
         """Tell the connector to reconnect later, flush briefly, and close the socket.

@@ -89,22 +89,22 @@ class Trip:
         self.framer = EventFramer("")
 
     async def run(self) -> None:
+        self.metrics.in_flight.inc()
+        await self._run([])
+
+    async def _run(self, tried: list[Link]) -> None:
+        """The attempts, within what is left of the request timeout, then the books."""
         metrics = self.metrics
-        metrics.in_flight.inc()
         outcome = "error"
         try:
-            await within(self.settings.request_timeout, self._attempts())
-            outcome = "ok" if self.status < 400 and not self.failed else "error"
+            left = self.settings.request_timeout - (time.perf_counter() - self.started)
+            await within(left, self._attempts(tried))
+            outcome = self._outcome()
         except TimeoutError:
             outcome = "timeout"
             try:
                 async with asyncio.timeout(FAIL_WRITE_TIMEOUT):
-                    await self._fail(
-                        504,
-                        "timeout",
-                        f"The model did not finish within {self.settings.request_timeout:g}"
-                        " seconds.",
-                    )
+                    await self._fail(504, "timeout", self._timeout_message())
             except TimeoutError:
                 self.call.cut()
             except ClientGone:
@@ -122,6 +122,13 @@ class Trip:
         finally:
             metrics.in_flight.dec()
             self._account(outcome)
+
+    def _outcome(self) -> str:
+        """How a trip that ran its course ended, for the books."""
+        return "ok" if self.status < 400 and not self.failed else "error"
+
+    def _timeout_message(self) -> str:
+        return f"The model did not finish within {self.settings.request_timeout:g} seconds."
 
     def _account(self, outcome: str) -> None:
         known = self.connector or self.app[HUB].knows(self.model)
@@ -142,6 +149,7 @@ class Trip:
         principal = self.principal
         log.info(
             "request finished",
+            request_id=self.request_id,  # also when no context carries it (broker.callbacktrip)
             method=self.call.method,
             path=self.call.path,
             model=self.model[:MAX_LOGGED_MODEL],
@@ -169,9 +177,8 @@ class Trip:
             )
         )
 
-    async def _attempts(self) -> None:
+    async def _attempts(self, tried: list[Link]) -> None:
         hub = self.app[HUB]
-        tried: list[Link] = []
         while True:
             try:
                 link = await hub.acquire(
@@ -196,14 +203,21 @@ class Trip:
             except (LinkLost, Refused) as failure:
                 if self.response_started:
                     raise
-                # Nothing reached the client yet: the request can go to another connector.
-                why = "refused" if isinstance(failure, Refused) else "lost"
-                log.warning(f"connector {why} the request; retrying", connector=link.name)
+                self._retrying(failure, link)
                 tried.append(link)
             else:
                 return
             finally:
                 hub.release(link)
+
+    def _retrying(self, failure: Exception, link: ConnectorLink) -> None:
+        # Nothing reached the client yet: the request can go to another connector.
+        why = "refused" if isinstance(failure, Refused) else "lost"
+        log.warning(
+            f"connector {why} the request; retrying",
+            connector=link.name,
+            request_id=self.request_id,
+        )
 
     async def _exchange(self, exchange: Exchange) -> None:
         try:
@@ -261,6 +275,17 @@ class Trip:
                     return await self._fail(502, code, message)
 
     async def _start(self, status: int, headers: p.Headers, *, buffered: bool = False) -> None:
+        relayed, chunked = self._head(status, headers)
+        try:
+            await self._guard(self.call.start(status, relayed, chunked=chunked, buffered=buffered))
+        except ValueError as exc:
+            self._unwritable(exc)
+            raise Cut() from exc
+        self._first_byte()
+
+    def _head(self, status: int, headers: p.Headers) -> tuple[list[tuple[str, str]], bool]:
+        """The response head to write (BadHead if there is none) and whether it is chunked;
+        from here on, errors go in-band."""
         relayed, length, content_type = _relayable(headers)
         relayed.append(("X-Request-ID", self.request_id))
         if content_type.startswith(STREAMING_TYPES):
@@ -273,28 +298,31 @@ class Trip:
         self.tally = TokenTally(content_type)
         self.status = status
         self.response_started = True
-        try:
-            await self._guard(
-                self.call.start(status, relayed, chunked=length is None, buffered=buffered)
-            )
-        except ValueError as exc:
-            # The headers passed the checks above, yet the server refused them: part of the
-            # head may be written, so no error response can follow on this connection.
-            log.error("cannot write the response head", error=str(exc))
-            self.status = 502
-            self.call.cut()
-            raise Cut() from exc
+        return relayed, length is None
+
+    def _unwritable(self, exc: ValueError) -> None:
+        # The headers passed the checks, yet the server refused them: part of the head may be
+        # written, so no error response can follow on this connection.
+        log.error("cannot write the response head", error=str(exc), request_id=self.request_id)
+        self.status = 502
+        self.call.cut()
+
+    def _first_byte(self) -> None:
         self.ttfb = time.perf_counter() - self.started
         self.metrics.first_byte(self.model, self.ttfb)
 
     async def _write(self, data: bytes) -> None:
-        if self.no_body:
-            return
-        if self.tally is not None:
-            self.tally.feed(data)
-        ready = self.framer.feed(data)
+        ready = self._ready(data)
         if ready:
             await self._guard(self.call.write(ready))
+
+    def _ready(self, data: bytes) -> bytes:
+        """Of the body bytes that came, what to write now (the rest of an event waits)."""
+        if self.no_body:
+            return b""
+        if self.tally is not None:
+            self.tally.feed(data)
+        return self.framer.feed(data)
 
     async def _finish(self) -> None:
         tail = self.framer.flush()
@@ -334,23 +362,36 @@ class Trip:
         self, status: int, code: str, message: str, retry_after: int | None = None
     ) -> None:
         """Report an error: as a response if none started, else at the end of the stream."""
-        log.warning("request failed", code=code, error_message=message)
         call = self.call
         if not self.response_started:
-            self.status = status
-            headers, body = error_parts(call.path, status, code, message, retry_after=retry_after)
+            headers, body = self._refusal(status, code, message, retry_after)
             await self._guard(call.reply(status, headers, body))
             return
-        self.failed = True
-        tail = stream_error(self.content_type, dialect_for(call.path), code, message)
+        tail = self._failure(code, message)
         if tail is not None:
-            self.framer.discard()
             await self._guard(call.write(tail))
             await self._guard(call.end())
         else:
             # No in-band way to signal the failure: cut the connection so the client
             # sees an incomplete body rather than a silently truncated one.
             call.cut()
+
+    def _refusal(
+        self, status: int, code: str, message: str, retry_after: int | None
+    ) -> tuple[dict[str, str], bytes]:
+        """The error response for a failure before the response head."""
+        log.warning("request failed", code=code, error_message=message, request_id=self.request_id)
+        self.status = status
+        return error_parts(self.call.path, status, code, message, retry_after=retry_after)
+
+    def _failure(self, code: str, message: str) -> bytes | None:
+        """The error event that ends a started stream (None where the format has none)."""
+        log.warning("request failed", code=code, error_message=message, request_id=self.request_id)
+        self.failed = True
+        tail = stream_error(self.content_type, dialect_for(self.call.path), code, message)
+        if tail is not None:
+            self.framer.discard()
+        return tail
 
 
 def _relayable(headers: p.Headers) -> tuple[list[tuple[str, str]], str | None, str]:

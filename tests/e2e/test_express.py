@@ -15,6 +15,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from broker import callbacktrip
 from broker.server import BrokerServer
 from broker.trip import Trip
 from shared import protocol as p
@@ -312,13 +313,21 @@ async def test_a_refusal_sent_before_the_body_came_still_reads_that_body_past(
 
 
 @pytest.mark.source_only
+@pytest.mark.parametrize("driver", ["task", "callbacks"])
 async def test_a_bug_in_the_request_path_still_answers_500_and_closes(
-    relay: Relay, connect: Any, monkeypatch: pytest.MonkeyPatch
+    relay: Relay, connect: Any, monkeypatch: pytest.MonkeyPatch, driver: str
 ) -> None:
-    async def broken(self: Trip) -> None:
+    def broken(*args: Any) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(Trip, "run", broken)
+    async def broken_run(self: Trip) -> None:
+        raise RuntimeError("a bug")
+
+    if driver == "task":
+        monkeypatch.setattr(callbacktrip, "start", lambda call, owner: None)
+        monkeypatch.setattr(Trip, "run", broken_run)
+    else:  # the bug in the connector's response head, as a callback writes it
+        monkeypatch.setattr(Trip, "_head", broken)
     client = await connect(relay.broker)
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         status, headers, body = await client.ask(

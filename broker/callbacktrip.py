@@ -1,0 +1,276 @@
+"""The express lane's common request, served from the sockets' callbacks with no task.
+
+Most requests the express lane reads are the plain case: the whole body came with the
+head, the key is one from the settings or a cached one, the limits admit it at once and a
+connector serving the model has a free slot. `start` admits such a request and opens its
+stream from the client socket's callback; the link then hands each frame of the answer
+straight to the trip (`broker.link.Sink`), which writes whatever one relay message carried
+to the client in one write. No task, coroutine or future is made for it.
+
+Everything else goes the way of every other request (`broker.api.serve`, in a task):
+`start` returns None before it has changed anything. A stream the connector refuses or
+loses before its response head goes on as a task too (`Trip._run`), which retries it on
+another connector as any trip does. Answers, errors, timeouts and the books (metrics, the
+`request finished` line, the usage row, the lease) are `broker.trip.Trip`'s own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
+
+import structlog
+
+from broker.accounts import Principal
+from broker.api import model_of
+from broker.auth import presented_key
+from broker.errors import error_parts
+from broker.expresscall import ExpressCall
+from broker.headers import request_headers
+from broker.hub import Link
+from broker.keys import ACCOUNTS, HUB, LIFECYCLE, LIMITER
+from broker.limits import Lease
+from broker.link import ConnectorLink, LinkLost, StreamEvent
+from broker.trip import BadHead, Refused, Trip
+from shared import protocol as p
+
+log = structlog.get_logger("remotellm.broker.api")
+
+_BUG = "The broker failed to handle this request; its operator can find why in its log."
+
+
+class Owner(Protocol):
+    """The express lane's connection a callback trip answers on (`broker.express`)."""
+
+    @property
+    def writing_paused(self) -> bool:
+        """The client is not reading: credit goes back to the connector once it does."""
+
+    def trip_done(self, call: ExpressCall) -> None:
+        """The trip is over and counted: the connection may go on to its next request."""
+
+    def go_async(self, call: ExpressCall, work: Coroutine[Any, Any, None]) -> None:
+        """Run the rest of the request as a task, as the lane runs the requests it cannot
+        serve from callbacks."""
+
+
+def start(call: ExpressCall, owner: Owner) -> CallbackTrip | None:
+    """Serve `call` from callbacks if it is the plain case (see above); else None, with
+    nothing changed, for the caller to serve it the usual way."""
+    app = call.app
+    if app[LIFECYCLE].draining or not call.complete:
+        return None
+    principal = app[ACCOUNTS].authenticate_now(presented_key(call.headers))
+    if not isinstance(principal, Principal):
+        return None  # refused, or only the store knows: the usual way says which
+    body = call.body_now()
+    model = model_of(body)
+    allowed = principal.limits.models
+    if model is None or (allowed is not None and model not in allowed):
+        return None
+    hub = app[HUB]
+    link = hub.acquire_now(model)
+    if link is None:
+        return None
+    assert isinstance(link, ConnectorLink)
+    lease = app[LIMITER].admit_now(principal) if not link.gone else None
+    if not isinstance(lease, Lease):
+        hub.release(link)
+        return None
+    return CallbackTrip(call, owner, body, model, principal, lease, link)
+
+
+class CallbackTrip(Trip):
+    """A `Trip` driven by the link's and the client socket's callbacks."""
+
+    def __init__(
+        self,
+        call: ExpressCall,
+        owner: Owner,
+        body: bytes,
+        model: str,
+        principal: Principal,
+        lease: Lease,
+        link: ConnectorLink,
+    ) -> None:
+        super().__init__(call, body, model, principal, lease)
+        self.express = call
+        self.owner = owner
+        self.link = link
+        self.connector = link.name
+        self.undelivered = 0
+        """Body bytes written while the client was not reading: credit owed to the connector."""
+        self.over = False
+        """Answered and counted, or handed to a task (`_retry`): events are no longer ours."""
+        self.app[LIFECYCLE].started()
+        self.metrics.in_flight.inc()
+        headers = request_headers(call.headers, self.request_id)
+        self.exchange = link.open(call.method, call.target, headers, self.request_id, body)
+        self.exchange.sink = self
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(self.settings.request_timeout, self._guarded, self._expired)
+
+    # -- broker.link.Sink ----------------------------------------------------------------
+
+    def event(self, event: StreamEvent) -> None:
+        self._guarded(self._event, event)
+
+    def flush(self) -> None:
+        if self.over:
+            return
+        try:
+            self.express.flush()
+        except ConnectionError:
+            self._client_left()
+            return
+        self._delivered()
+
+    # -- the client's side ----------------------------------------------------------------
+
+    def resumed(self) -> None:
+        """The client reads again: give the connector the credit its bytes had taken."""
+        if not self.over:
+            self._delivered()
+
+    def client_gone(self) -> None:
+        """The client closed its connection (or the broker is stopping): stop the stream."""
+        if not self.over:
+            self._client_left()
+
+    # -- the answer -------------------------------------------------------------------------
+
+    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
+        """Run one step of the answer from a callback: a client gone cancels the stream, and a
+        bug answers 500 (or cuts) rather than reaching the link, which serves other streams."""
+        if self.over:
+            return
+        try:
+            step(*args)
+        except ConnectionError:
+            self._client_left()
+        except Exception as exc:
+            self._bug(exc)
+
+    def _event(self, event: StreamEvent) -> None:
+        call = self.express
+        match event:
+            case LinkLost() if not self.response_started:
+                self._retry(event)
+            case LinkLost():
+                self._fail_now(
+                    502, "connector_disconnected", "The connector serving this model disconnected."
+                )
+            case p.ResponseHead() if self.response_started:
+                self._fail_now(502, "connector_protocol_error", "The connector sent a second head.")
+            case p.ResponseHead(_, status, headers):
+                try:
+                    relayed, chunked = self._head(status, headers)
+                except BadHead as exc:
+                    return self._fail_now(502, "connector_protocol_error", str(exc))
+                try:
+                    call.start_now(status, relayed, chunked=chunked)
+                except ValueError as exc:
+                    self._unwritable(exc)
+                    return self._end("error")
+                self._first_byte()
+            case p.ResponseBody() if not self.response_started:
+                self._fail_now(
+                    502, "connector_protocol_error", "The connector sent a body before a head."
+                )
+            case p.ResponseBody(_, data):
+                call.write_now(self._ready(data))
+                self.undelivered += len(data)
+            case p.End():
+                self.exchange.close(cancel=False)
+                tail = self.framer.flush()
+                if tail and not self.no_body:
+                    call.write_now(tail)
+                call.end_now()
+                self._end(self._outcome())
+            case p.Error(_, code, message):
+                self.exchange.close(cancel=False)
+                if code == "over_capacity" and not self.response_started:
+                    return self._retry(Refused(message))
+                self._fail_now(502, code, message)
+
+    def _fail_now(self, status: int, code: str, message: str, outcome: str = "error") -> None:
+        """`Trip._fail`, written at once: the error response, or the error event that ends the
+        stream (or a cut connection where the format has none); then the books."""
+        self.exchange.close(cancel=True)
+        call = self.express
+        if not self.response_started:
+            headers, body = self._refusal(status, code, message, None)
+            call.send_reply(status, headers, body)
+        else:
+            tail = self._failure(code, message)
+            if tail is None:
+                call.cut()
+            else:
+                call.write_now(tail)
+                call.end_now()
+        self._end(outcome)
+
+    def _expired(self) -> None:
+        # As Trip: 504 before the head, the error event after it. Written at once, the error
+        # cannot wait for a client that stopped reading: its connection closes after it.
+        if self.owner.writing_paused:
+            self.express.close = True
+        self._fail_now(504, "timeout", self._timeout_message(), "timeout")
+
+    def _delivered(self) -> None:
+        if self.undelivered and not self.owner.writing_paused:
+            self.exchange.delivered(self.undelivered)
+            self.undelivered = 0
+
+    def _client_left(self) -> None:
+        self.exchange.close(cancel=True)
+        self.status = 499  # nginx's "client closed request"
+        self._end("cancelled")
+
+    def _bug(self, exc: Exception) -> None:
+        log.error(
+            "request failed with an internal error", error=repr(exc), request_id=self.request_id
+        )
+        self.exchange.close(cancel=True)
+        call = self.express
+        call.close = True
+        if not call.answered:
+            self.status = 500
+            with contextlib.suppress(ConnectionError):  # a client gone is counted all the same
+                call.send_reply(500, *error_parts(call.path, 500, "internal_error", _BUG))
+        else:
+            call.cut()
+        self._end("error")
+
+    def _end(self, outcome: str) -> None:
+        """Give back the slot, count the request once, and let the connection go on."""
+        if self.over:
+            return
+        self.over = True
+        self.timer.cancel()
+        self.exchange.sink = None  # no cycle left for the collector: the trip goes by refcount
+        self.app[HUB].release(self.link)
+        self.metrics.in_flight.dec()
+        try:
+            self._account(outcome)
+        finally:
+            self.app[LIFECYCLE].ended()
+            self.owner.trip_done(self.express)
+
+    def _retry(self, failure: Exception) -> None:
+        """Refused or lost before the head: on to another connector, as a task."""
+        self.over = True  # the task's trip now owns the request
+        self.timer.cancel()
+        self.exchange.sink = None
+        self.exchange.close(cancel=True)
+        self.app[HUB].release(self.link)
+        self._retrying(failure, self.link)
+        self.owner.go_async(self.express, self._resume([self.link]))
+
+    async def _resume(self, tried: list[Link]) -> None:
+        try:
+            await self._run(tried)
+        finally:
+            self.app[LIFECYCLE].ended()

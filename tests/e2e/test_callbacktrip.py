@@ -1,0 +1,253 @@
+"""The express lane's plain request, served from callbacks (broker.callbacktrip), end to end.
+
+Each test drives a connector by hand (`FakeConnector`) and checks that the requests were
+served from callbacks (`served`), and what the client and the connector saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from broker.keys import LIFECYCLE
+from broker.server import BrokerServer
+from shared import protocol as p
+from tests.conftest import USER_KEY, MakeBroker
+from tests.e2e.test_express import post_bytes, read_response
+from tests.e2e.test_hardening import FakeConnector, fakes
+from tests.e2e.test_relay import CHAT
+from tests.stub_llm import CHAT_BODY
+
+__all__ = ["fakes"]  # a fixture, used by name
+
+SSE = (("Content-Type", "text/event-stream"),)
+
+
+def served(broker: BrokerServer) -> tuple[int, int]:
+    """Requests the express lane took, and how many of them were served from callbacks."""
+    assert broker.express is not None
+    return broker.express.served, broker.express.from_callbacks
+
+
+async def attach(broker: BrokerServer, fakes: list[FakeConnector]) -> FakeConnector:
+    fake = await FakeConnector.attach(broker, ("stub-model",))
+    fakes.append(fake)
+    return fake
+
+
+async def frames_until(fake: FakeConnector, kind: type[Any]) -> list[p.Frame]:
+    """Frames from the broker up to the first of `kind`."""
+    seen: list[p.Frame] = []
+    while not any(isinstance(frame, kind) for frame in seen):
+        seen.extend(p.decode(await asyncio.wait_for(fake.ws.recv(), 5)))  # type: ignore[arg-type]
+    return seen
+
+
+async def send(fake: FakeConnector, *frames: p.Frame) -> None:
+    await fake.ws.send(p.encode_many(frames))
+
+
+async def open_client(broker: BrokerServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", broker.port)
+
+
+async def test_a_plain_request_is_answered_unchanged_and_the_connection_kept(
+    make_broker: MakeBroker, fakes: list[FakeConnector]
+) -> None:
+    broker = await make_broker()
+    fake = await attach(broker, fakes)
+    reader, writer = await open_client(broker)
+    try:
+        for n in range(2):
+            writer.write(_post(f"req-cb-{n}"))
+            head = await fake.next_request()
+            assert head.request_id == f"req-cb-{n}"
+            length = (("Content-Length", str(len(CHAT_BODY))), ("Content-Type", "application/json"))
+            with capture_logs() as logs:
+                await send(
+                    fake,
+                    p.ResponseHead(head.stream_id, 200, length),
+                    p.ResponseBody(head.stream_id, CHAT_BODY),
+                    p.End(head.stream_id),
+                )
+                status, headers, body = await read_response(reader)
+            assert (status, body) == (200, CHAT_BODY)
+            assert headers["x-request-id"] == f"req-cb-{n}"
+            finished = [e for e in logs if e["event"] == "request finished"]
+            assert finished[0]["outcome"] == "ok" and finished[0]["request_id"] == f"req-cb-{n}"
+    finally:
+        writer.close()
+    assert served(broker) == (2, 2)
+    assert broker.app[LIFECYCLE].active == 0  # each was counted in flight, then out
+
+
+def _post(request_id: str) -> bytes:
+    return post_bytes(CHAT, "/v1/chat/completions", USER_KEY, f"X-Request-ID: {request_id}")
+
+
+async def test_each_event_reaches_the_client_before_the_next_is_sent(
+    make_broker: MakeBroker, fakes: list[FakeConnector]
+) -> None:
+    broker = await make_broker()
+    fake = await attach(broker, fakes)
+    reader, writer = await open_client(broker)
+    try:
+        writer.write(_post("req-stream"))
+        head = await fake.next_request()
+        await send(fake, p.ResponseHead(head.stream_id, 200, SSE))
+        response_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert b"200 OK" in response_head and b"chunked" in response_head.lower()
+        for n in range(3):
+            event = b'data: {"n": %d}\n\n' % n
+            await send(fake, p.ResponseBody(head.stream_id, event))
+            chunk = await asyncio.wait_for(reader.readuntil(b"\n\n\r\n"), 5)
+            assert chunk.endswith(event + b"\r\n")  # arrived before the next was sent
+        await send(fake, p.End(head.stream_id))
+        assert await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5) == b"0\r\n\r\n"
+    finally:
+        writer.close()
+    assert served(broker) == (1, 1)
+
+
+async def test_a_refusal_before_the_head_goes_to_another_connector(
+    make_broker: MakeBroker, fakes: list[FakeConnector]
+) -> None:
+    broker = await make_broker()
+    refuser = await attach(broker, fakes)
+    answerer = await attach(broker, fakes)
+    reader, writer = await open_client(broker)
+    refused = 0
+    try:
+        for n in range(4):  # the connectors take turns, so the refuser is chosen in time
+            writer.write(_post(f"req-{n}"))
+            fake, head = await asyncio.wait_for(_first_head(refuser, answerer), 5)
+            if fake is refuser:
+                refused += 1
+                await send(fake, p.Error(head.stream_id, "over_capacity", "busy"))
+                head = await answerer.next_request()
+                assert head.request_id == f"req-{n}"
+            await send(
+                answerer,
+                p.ResponseHead(head.stream_id, 200, (("Content-Length", "2"),)),
+                p.ResponseBody(head.stream_id, b"ok"),
+                p.End(head.stream_id),
+            )
+            assert (await read_response(reader))[0::2] == (200, b"ok")
+    finally:
+        writer.close()
+    assert refused, "the refusing connector was never chosen, so nothing was tested"
+    assert served(broker) == (4, 4)
+
+
+async def _first_head(*candidates: FakeConnector) -> tuple[FakeConnector, p.RequestHead]:
+    waits = {asyncio.ensure_future(fake.next_request()): fake for fake in candidates}
+    done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    task = done.pop()
+    return waits[task], task.result()
+
+
+async def test_a_connector_lost_before_the_head_is_retried_on_another(
+    make_broker: MakeBroker, fakes: list[FakeConnector]
+) -> None:
+    broker = await make_broker()
+    leaver = await attach(broker, fakes)
+    answerer = await attach(broker, fakes)
+    reader, writer = await open_client(broker)
+    try:
+        for n in range(4):
+            writer.write(_post(f"req-{n}"))
+            fake, head = await asyncio.wait_for(_first_head(leaver, answerer), 5)
+            if fake is leaver:
+                await leaver.ws.close()
+                head = await answerer.next_request()
+            await send(
+                answerer,
+                p.ResponseHead(head.stream_id, 200, (("Content-Length", "2"),)),
+                p.ResponseBody(head.stream_id, b"ok"),
+                p.End(head.stream_id),
+            )
+            assert (await read_response(reader))[0::2] == (200, b"ok")
+            if fake is leaver:
+                break
+        else:
+            pytest.fail("the leaving connector was never chosen, so nothing was tested")
+    finally:
+        writer.close()
+    lane, callbacks = served(broker)
+    assert lane == callbacks > 0
+
+
+async def test_the_request_timeout_answers_504_before_the_head(
+    make_broker: MakeBroker, fakes: list[FakeConnector]
+) -> None:
+    broker = await make_broker(request_timeout=0.3)
+    fake = await attach(broker, fakes)
+    reader, writer = await open_client(broker)
+    try:
+        writer.write(_post("req-slow"))
+        head = await fake.next_request()
+        status, _, body = await read_response(reader)
+        assert status == 504
+        assert json.loads(body)["error"]["code"] == "timeout"
+        cancels = [f for f in await frames_until(fake, p.Cancel) if isinstance(f, p.Cancel)]
+        assert cancels == [p.Cancel(head.stream_id)]
+        writer.write(_post("req-next"))  # the connection goes on
+        assert (await fake.next_request()).request_id == "req-next"
+    finally:
+        writer.close()
+    assert served(broker) == (2, 2)
+
+
+async def test_the_request_timeout_ends_a_started_stream_with_an_error_event(
+    make_broker: MakeBroker, fakes: list[FakeConnector]
+) -> None:
+    broker = await make_broker(request_timeout=0.5)
+    fake = await attach(broker, fakes)
+    reader, writer = await open_client(broker)
+    try:
+        writer.write(_post("req-stalls"))
+        head = await fake.next_request()
+        await send(
+            fake,
+            p.ResponseHead(head.stream_id, 200, SSE),
+            p.ResponseBody(head.stream_id, b"data: {}\n\n"),
+        )
+        status, _, body = await read_response(reader)  # whole, once the error event ends it
+        assert status == 200
+        assert body.startswith(b"data: {}\n\n")
+        assert b'"timeout"' in body
+        cancels = [f for f in await frames_until(fake, p.Cancel) if isinstance(f, p.Cancel)]
+        assert cancels == [p.Cancel(head.stream_id)]
+    finally:
+        writer.close()
+    assert served(broker) == (1, 1)
+
+
+async def test_a_client_that_hangs_up_cancels_the_stream_and_is_counted(
+    make_broker: MakeBroker, fakes: list[FakeConnector]
+) -> None:
+    broker = await make_broker()
+    fake = await attach(broker, fakes)
+    reader, writer = await open_client(broker)
+    writer.write(_post("req-leaves"))
+    head = await fake.next_request()
+    await send(
+        fake,
+        p.ResponseHead(head.stream_id, 200, SSE),
+        p.ResponseBody(head.stream_id, b"data: {}\n\n"),
+    )
+    await asyncio.wait_for(reader.readuntil(b"data: {}\n\n"), 5)
+    with capture_logs() as logs:
+        writer.close()
+        cancels = [f for f in await frames_until(fake, p.Cancel) if isinstance(f, p.Cancel)]
+    assert cancels == [p.Cancel(head.stream_id)]
+    finished = [e for e in logs if e["event"] == "request finished"]
+    assert [(e["status"], e["outcome"]) for e in finished] == [(499, "cancelled")]
+    assert served(broker) == (1, 1)
