@@ -47,6 +47,11 @@ async def frames_until(fake: FakeConnector, kind: type[Any]) -> list[p.Frame]:
     return seen
 
 
+async def cancels(fake: FakeConnector) -> list[p.Frame]:
+    """The Cancel frames the broker sent, up to the first one."""
+    return [f for f in await frames_until(fake, p.Cancel) if isinstance(f, p.Cancel)]
+
+
 async def send(fake: FakeConnector, *frames: p.Frame) -> None:
     await fake.ws.send(p.encode_many(frames))
 
@@ -55,12 +60,19 @@ async def open_client(broker: BrokerServer) -> tuple[asyncio.StreamReader, async
     return await asyncio.open_connection("127.0.0.1", broker.port)
 
 
+async def one_fake(
+    make_broker: MakeBroker, fakes: list[FakeConnector], **settings: Any
+) -> tuple[BrokerServer, FakeConnector, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A broker with one hand-driven connector, and a client connection to it."""
+    broker = await make_broker(**settings)
+    fake = await attach(broker, fakes)
+    return broker, fake, *await open_client(broker)
+
+
 async def test_a_plain_request_is_answered_unchanged_and_the_connection_kept(
     make_broker: MakeBroker, fakes: list[FakeConnector]
 ) -> None:
-    broker = await make_broker()
-    fake = await attach(broker, fakes)
-    reader, writer = await open_client(broker)
+    broker, fake, reader, writer = await one_fake(make_broker, fakes)
     try:
         for n in range(2):
             writer.write(_post(f"req-cb-{n}"))
@@ -92,9 +104,7 @@ def _post(request_id: str) -> bytes:
 async def test_each_event_reaches_the_client_before_the_next_is_sent(
     make_broker: MakeBroker, fakes: list[FakeConnector]
 ) -> None:
-    broker = await make_broker()
-    fake = await attach(broker, fakes)
-    reader, writer = await open_client(broker)
+    broker, fake, reader, writer = await one_fake(make_broker, fakes)
     try:
         writer.write(_post("req-stream"))
         head = await fake.next_request()
@@ -187,17 +197,14 @@ async def test_a_connector_lost_before_the_head_is_retried_on_another(
 async def test_the_request_timeout_answers_504_before_the_head(
     make_broker: MakeBroker, fakes: list[FakeConnector]
 ) -> None:
-    broker = await make_broker(request_timeout=0.3)
-    fake = await attach(broker, fakes)
-    reader, writer = await open_client(broker)
+    broker, fake, reader, writer = await one_fake(make_broker, fakes, request_timeout=0.3)
     try:
         writer.write(_post("req-slow"))
         head = await fake.next_request()
         status, _, body = await read_response(reader)
         assert status == 504
         assert json.loads(body)["error"]["code"] == "timeout"
-        cancels = [f for f in await frames_until(fake, p.Cancel) if isinstance(f, p.Cancel)]
-        assert cancels == [p.Cancel(head.stream_id)]
+        assert await cancels(fake) == [p.Cancel(head.stream_id)]
         writer.write(_post("req-next"))  # the connection goes on
         assert (await fake.next_request()).request_id == "req-next"
     finally:
@@ -208,9 +215,7 @@ async def test_the_request_timeout_answers_504_before_the_head(
 async def test_the_request_timeout_ends_a_started_stream_with_an_error_event(
     make_broker: MakeBroker, fakes: list[FakeConnector]
 ) -> None:
-    broker = await make_broker(request_timeout=0.5)
-    fake = await attach(broker, fakes)
-    reader, writer = await open_client(broker)
+    broker, fake, reader, writer = await one_fake(make_broker, fakes, request_timeout=0.5)
     try:
         writer.write(_post("req-stalls"))
         head = await fake.next_request()
@@ -223,8 +228,7 @@ async def test_the_request_timeout_ends_a_started_stream_with_an_error_event(
         assert status == 200
         assert body.startswith(b"data: {}\n\n")
         assert b'"timeout"' in body
-        cancels = [f for f in await frames_until(fake, p.Cancel) if isinstance(f, p.Cancel)]
-        assert cancels == [p.Cancel(head.stream_id)]
+        assert await cancels(fake) == [p.Cancel(head.stream_id)]
     finally:
         writer.close()
     assert served(broker) == (1, 1)
@@ -233,9 +237,7 @@ async def test_the_request_timeout_ends_a_started_stream_with_an_error_event(
 async def test_a_client_that_hangs_up_cancels_the_stream_and_is_counted(
     make_broker: MakeBroker, fakes: list[FakeConnector]
 ) -> None:
-    broker = await make_broker()
-    fake = await attach(broker, fakes)
-    reader, writer = await open_client(broker)
+    broker, fake, reader, writer = await one_fake(make_broker, fakes)
     writer.write(_post("req-leaves"))
     head = await fake.next_request()
     await send(
@@ -246,8 +248,8 @@ async def test_a_client_that_hangs_up_cancels_the_stream_and_is_counted(
     await asyncio.wait_for(reader.readuntil(b"data: {}\n\n"), 5)
     with capture_logs() as logs:
         writer.close()
-        cancels = [f for f in await frames_until(fake, p.Cancel) if isinstance(f, p.Cancel)]
-    assert cancels == [p.Cancel(head.stream_id)]
+        cancelled = await cancels(fake)
+    assert cancelled == [p.Cancel(head.stream_id)]
     finished = [e for e in logs if e["event"] == "request finished"]
     assert [(e["status"], e["outcome"]) for e in finished] == [(499, "cancelled")]
     assert served(broker) == (1, 1)
