@@ -51,7 +51,7 @@ class Owner(Protocol):
     def trip_done(self, call: ExpressCall) -> None:
         """The trip is over and counted: the connection may go on to its next request."""
 
-    def go_async(self, call: ExpressCall, work: Coroutine[Any, Any, None]) -> None:
+    def go_async(self, call: ExpressCall, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run the rest of the request as a task, as the lane runs the requests it cannot
         serve from callbacks."""
 
@@ -104,6 +104,8 @@ class CallbackTrip(Trip):
         """Body bytes written while the client was not reading: credit owed to the connector."""
         self.over = False
         """Answered and counted, or handed to a task (`_retry`): events are no longer ours."""
+        self.task_began = True
+        """False from `_retry` until its task takes its first step."""
         self.app[LIFECYCLE].started()
         self.metrics.in_flight.inc()
         headers = request_headers(call.headers, self.request_id)
@@ -118,26 +120,21 @@ class CallbackTrip(Trip):
         self._guarded(self._event, event)
 
     def flush(self) -> None:
-        if self.over:
-            return
-        try:
-            self.express.flush()
-        except ConnectionError:
-            self._client_left()
-            return
+        self._guarded(self._flush)
+
+    def _flush(self) -> None:
+        self.express.flush()
         self._delivered()
 
     # -- the client's side ----------------------------------------------------------------
 
     def resumed(self) -> None:
         """The client reads again: give the connector the credit its bytes had taken."""
-        if not self.over:
-            self._delivered()
+        self._guarded(self._delivered)
 
     def client_gone(self) -> None:
         """The client closed its connection (or the broker is stopping): stop the stream."""
-        if not self.over:
-            self._client_left()
+        self._guarded(self._client_left)
 
     # -- the answer -------------------------------------------------------------------------
 
@@ -148,8 +145,9 @@ class CallbackTrip(Trip):
             return
         try:
             step(*args)
-        except ConnectionError:
-            self._client_left()
+        except ConnectionError:  # the express lane's writes say so when the client has gone
+            if not self.over:
+                self._client_left()
         except Exception as exc:
             self._bug(exc)
 
@@ -206,7 +204,7 @@ class CallbackTrip(Trip):
         else:
             tail = self._failure(code, message)
             if tail is None:
-                call.cut()
+                self._cut()
             else:
                 call.write_now(tail)
                 call.end_now()
@@ -229,10 +227,19 @@ class CallbackTrip(Trip):
         self.status = 499  # nginx's "client closed request"
         self._end("cancelled")
 
+    def _cut(self) -> None:
+        """Close the client's connection after what is written so far (it sees the answer cut
+        short, as the task's trip leaves it)."""
+        with contextlib.suppress(ConnectionError):
+            self.express.flush()
+        self.express.cut()
+
     def _bug(self, exc: Exception) -> None:
         log.error(
             "request failed with an internal error", error=repr(exc), request_id=self.request_id
         )
+        if self.over:
+            return  # counted already (the bug came after, from what ran next): nothing to answer
         self.exchange.close(cancel=True)
         call = self.express
         call.close = True
@@ -241,7 +248,7 @@ class CallbackTrip(Trip):
             with contextlib.suppress(ConnectionError):  # a client gone is counted all the same
                 call.send_reply(500, *error_parts(call.path, 500, "internal_error", _BUG))
         else:
-            call.cut()
+            self._cut()
         self._end("error")
 
     def _end(self, outcome: str) -> None:
@@ -250,6 +257,7 @@ class CallbackTrip(Trip):
             return
         self.over = True
         self.timer.cancel()
+        self.exchange.close(cancel=True)  # when not closed yet: the connector stops its work
         self.exchange.sink = None  # no cycle left for the collector: the trip goes by refcount
         self.app[HUB].release(self.link)
         self.metrics.in_flight.dec()
@@ -267,10 +275,25 @@ class CallbackTrip(Trip):
         self.exchange.close(cancel=True)
         self.app[HUB].release(self.link)
         self._retrying(failure, self.link)
-        self.owner.go_async(self.express, self._resume([self.link]))
+        self.task_began = False
+        task = self.owner.go_async(self.express, self._resume([self.link]))
+        task.add_done_callback(self._never_ran)
 
     async def _resume(self, tried: list[Link]) -> None:
+        self.task_began = True
         try:
             await self._run(tried)
+        finally:
+            self.app[LIFECYCLE].ended()
+
+    def _never_ran(self, task: asyncio.Task[None]) -> None:
+        # A task cancelled before its first step (the client left at once) never enters the
+        # coroutine, so none of its books were kept: keep them here.
+        if self.task_began:
+            return
+        self.status = 499
+        self.metrics.in_flight.dec()
+        try:
+            self._account("cancelled")
         finally:
             self.app[LIFECYCLE].ended()

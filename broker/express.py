@@ -215,7 +215,7 @@ class _Connection(asyncio.Protocol):
         else:
             self._lane.from_callbacks += 1
 
-    def _spawn(self, call: ExpressCall, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, call: ExpressCall, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Serve the request in a task."""
         # The request's log lines carry its id, as the aiohttp middleware binds it.
         context = contextvars.copy_context()
@@ -223,6 +223,7 @@ class _Connection(asyncio.Protocol):
         task = asyncio.get_running_loop().create_task(work, context=context)
         self.task = task
         task.add_done_callback(self._done, context=context)
+        return task
 
     # -- for broker.callbacktrip ------------------------------------------------------
 
@@ -239,10 +240,10 @@ class _Connection(asyncio.Protocol):
         else:
             self._after(call)
 
-    def go_async(self, call: ExpressCall, work: Coroutine[Any, Any, None]) -> None:
+    def go_async(self, call: ExpressCall, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         self._trip = None
         call.began = True
-        self._spawn(call, work)
+        return self._spawn(call, work)
 
     def stop_trip(self) -> None:
         """Stop the request served from callbacks, if one is (the client or the broker left)."""

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from broker.keys import LIFECYCLE
+from broker.keys import LIFECYCLE, LINKS
 from broker.server import BrokerServer
 from shared import protocol as p
 from tests.conftest import USER_KEY, MakeBroker
@@ -252,4 +252,61 @@ async def test_a_client_that_hangs_up_cancels_the_stream_and_is_counted(
     assert cancelled == [p.Cancel(head.stream_id)]
     finished = [e for e in logs if e["event"] == "request finished"]
     assert [(e["status"], e["outcome"]) for e in finished] == [(499, "cancelled")]
+    assert served(broker) == (1, 1)
+
+
+async def test_a_client_gone_as_the_connector_refuses_is_still_counted_once(
+    make_broker: MakeBroker, fakes: list[FakeConnector]
+) -> None:
+    broker, fake, _, writer = await one_fake(make_broker, fakes)
+    writer.write(_post("req-both"))
+    head = await fake.next_request()
+    (link,) = broker.app[LINKS]
+    connection = next(iter(broker.express.connections)) if broker.express else None
+    assert connection is not None and connection.transport is not None
+    with capture_logs() as logs:
+        # In one turn of the loop: the client hangs up, and the connector refuses, so the retry's
+        # task is cancelled before its first step.
+        connection.transport.abort()
+        link.receive([p.Error(head.stream_id, "over_capacity", "busy")])
+        await asyncio.sleep(0.2)
+    finished = [e for e in logs if e["event"] == "request finished"]
+    assert [(e["status"], e["outcome"]) for e in finished] == [(499, "cancelled")]
+    assert broker.app[LIFECYCLE].active == 0  # a drain would not wait for it
+    writer.close()
+
+
+async def test_a_head_the_broker_cannot_write_stops_the_stream(
+    make_broker: MakeBroker, fakes: list[FakeConnector]
+) -> None:
+    broker, fake, reader, writer = await one_fake(make_broker, fakes)
+    writer.write(_post("req-bad-head"))
+    head = await fake.next_request()
+    # A header value with a lone surrogate: valid JSON, but no bytes can carry it.
+    payload = b'{"status": 200, "headers": [["X-Odd", "\\ud800"], ["Content-Length", "2"]]}'
+    await fake.ws.send(
+        p.HEADER.pack(p.FrameType.RESPONSE_HEAD, head.stream_id, len(payload)) + payload
+    )
+    assert await cancels(fake) == [p.Cancel(head.stream_id)]
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # cut: no half-written head
+    writer.close()
+    assert served(broker) == (1, 1)
+
+
+async def test_a_failure_that_cuts_the_answer_keeps_what_was_already_written(
+    make_broker: MakeBroker, fakes: list[FakeConnector]
+) -> None:
+    broker, fake, reader, writer = await one_fake(make_broker, fakes)
+    writer.write(_post("req-cut"))
+    head = await fake.next_request()
+    length = (("Content-Length", "10"), ("Content-Type", "application/json"))
+    await send(  # a body with a length has no error event: the connection is cut
+        fake,
+        p.ResponseHead(head.stream_id, 200, length),
+        p.ResponseBody(head.stream_id, b"12345"),
+        p.Error(head.stream_id, "upstream_failed", "boom"),
+    )
+    got = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"\r\n\r\n12345")
     assert served(broker) == (1, 1)

@@ -339,3 +339,5 @@ async def test_a_bug_in_the_request_path_still_answers_500_and_closes(
     assert await client.closed()
     failed = [e for e in logs if e["event"] == "request failed with an internal error"]
     assert failed and failed[0]["request_id"] == "req-bug-1"  # logged in the request's context
+    assert relay.broker.express is not None
+    assert relay.broker.express.from_callbacks == (driver == "callbacks")
