@@ -28,12 +28,12 @@ from broker.api import model_of
 from broker.auth import presented_key
 from broker.errors import error_parts
 from broker.expresscall import ExpressCall
-from broker.headers import request_headers
+from broker.headers import BadHead, request_headers
 from broker.hub import Link
 from broker.keys import ACCOUNTS, HUB, LIFECYCLE, LIMITER
 from broker.limits import Lease
 from broker.link import ConnectorLink, LinkLost, StreamEvent
-from broker.trip import BadHead, Refused, Trip
+from broker.trip import Refused, Trip
 from shared import protocol as p
 
 log = structlog.get_logger("remotellm.broker.api")
@@ -196,7 +196,6 @@ class CallbackTrip(Trip):
     def _fail_now(self, status: int, code: str, message: str, outcome: str = "error") -> None:
         """`Trip._fail`, written at once: the error response, or the error event that ends the
         stream (or a cut connection where the format has none); then the books."""
-        self.exchange.close(cancel=True)
         call = self.express
         if not self.response_started:
             headers, body = self._refusal(status, code, message, None)
@@ -223,7 +222,6 @@ class CallbackTrip(Trip):
             self.undelivered = 0
 
     def _client_left(self) -> None:
-        self.exchange.close(cancel=True)
         self.status = 499  # nginx's "client closed request"
         self._end("cancelled")
 
@@ -240,7 +238,6 @@ class CallbackTrip(Trip):
         )
         if self.over:
             return  # counted already (the bug came after, from what ran next): nothing to answer
-        self.exchange.close(cancel=True)
         call = self.express
         call.close = True
         if not call.answered:

@@ -73,3 +73,34 @@ def response_headers(upstream: Headers) -> list[tuple[str, str]]:
         if _FORBIDDEN.search(name) or _FORBIDDEN.search(value):
             raise ValueError(f"header {name[:40]!r} holds a control character")
     return kept
+
+
+class BadHead(Exception):
+    """The connector's response head cannot be turned into an HTTP response."""
+
+
+def relayable(headers: Headers) -> tuple[list[tuple[str, str]], str | None, str]:
+    """The response headers to relay, their Content-Length and Content-Type (or BadHead).
+
+    A repeated Content-Length is sent once when every copy agrees; one that is not plain
+    digits, or copies that differ, make the head impossible to relay unambiguously.
+    """
+    try:
+        relayed = response_headers(headers)
+    except ValueError:
+        raise BadHead("The connector sent headers that cannot be relayed.") from None
+    kept: list[tuple[str, str]] = []
+    length: str | None = None
+    content_type: str | None = None
+    for name, value in relayed:
+        lowered = name.lower()
+        if lowered == "content-length":
+            if not (value.isascii() and value.isdigit()) or length not in (None, value):
+                raise BadHead("The connector sent a Content-Length that cannot be relayed.")
+            if length is not None:
+                continue
+            length = value
+        elif lowered == "content-type" and content_type is None:
+            content_type = value
+        kept.append((name, value))
+    return kept, length, content_type or ""

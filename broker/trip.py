@@ -24,7 +24,7 @@ from broker.call import Call, bodiless
 from broker.deadline import within
 from broker.errors import dialect_for, error_parts, stream_error
 from broker.framing import EventFramer
-from broker.headers import request_headers, response_headers
+from broker.headers import BadHead, relayable, request_headers
 from broker.hub import Link, NoConnector
 from broker.keys import HUB, LEDGER, METRICS, SETTINGS
 from broker.limits import Lease
@@ -38,10 +38,6 @@ log = structlog.get_logger("remotellm.broker.api")
 STREAMING_TYPES = ("text/event-stream", "application/x-ndjson")
 MAX_LOGGED_MODEL = 100
 """Characters of a client-chosen model name that reach a log line or an error message."""
-
-
-class BadHead(Exception):
-    """The connector's response head cannot be turned into an HTTP response."""
 
 
 class Refused(Exception):
@@ -286,7 +282,7 @@ class Trip:
     def _head(self, status: int, headers: p.Headers) -> tuple[list[tuple[str, str]], bool]:
         """The response head to write (BadHead if there is none) and whether it is chunked;
         from here on, errors go in-band."""
-        relayed, length, content_type = _relayable(headers)
+        relayed, length, content_type = relayable(headers)
         relayed.append(("X-Request-ID", self.request_id))
         if content_type.startswith(STREAMING_TYPES):
             relayed.append(("Cache-Control", "no-cache"))
@@ -392,30 +388,3 @@ class Trip:
         if tail is not None:
             self.framer.discard()
         return tail
-
-
-def _relayable(headers: p.Headers) -> tuple[list[tuple[str, str]], str | None, str]:
-    """The response headers to relay, their Content-Length and Content-Type (or BadHead).
-
-    A repeated Content-Length is sent once when every copy agrees; one that is not plain
-    digits, or copies that differ, make the head impossible to relay unambiguously.
-    """
-    try:
-        relayed = response_headers(headers)
-    except ValueError:
-        raise BadHead("The connector sent headers that cannot be relayed.") from None
-    kept: list[tuple[str, str]] = []
-    length: str | None = None
-    content_type: str | None = None
-    for name, value in relayed:
-        lowered = name.lower()
-        if lowered == "content-length":
-            if not (value.isascii() and value.isdigit()) or length not in (None, value):
-                raise BadHead("The connector sent a Content-Length that cannot be relayed.")
-            if length is not None:
-                continue
-            length = value
-        elif lowered == "content-type" and content_type is None:
-            content_type = value
-        kept.append((name, value))
-    return kept, length, content_type or ""

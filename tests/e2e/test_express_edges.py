@@ -16,10 +16,10 @@ import pytest
 
 from broker import express, expresscall
 from broker.accounts import Accounts
+from broker.headers import BadHead, relayable
 from broker.keys import LEDGER, LIFECYCLE
 from broker.records import UsageRow
 from broker.server import BrokerServer
-from broker.trip import BadHead, _relayable
 from shared import protocol as p
 from tests.conftest import USER_KEY, MakeBroker, broker_settings
 from tests.e2e.test_express import (
@@ -74,7 +74,7 @@ async def reply(fake: FakeConnector, status: int, headers: p.Headers, body: byte
 
 
 def test_a_connectors_headers_are_relayed_only_when_unambiguous() -> None:
-    kept, length, kind = _relayable(
+    kept, length, kind = relayable(
         (("Content-Type", "application/json"), ("Content-Length", "5"), ("content-length", "5"))
     )
     assert (kept, length, kind) == (
@@ -90,7 +90,7 @@ def test_a_connectors_headers_are_relayed_only_when_unambiguous() -> None:
         (("X-A", "a\x7f"),),
     ):
         with pytest.raises(BadHead):
-            _relayable(bad)
+            relayable(bad)
 
 
 @pytest.mark.parametrize("lane", LANES)
