@@ -7,16 +7,18 @@ served from callbacks (`served`), and what the client and the connector saw.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
-from broker.keys import LIFECYCLE, LINKS
+from broker.keys import LEDGER, LIFECYCLE, LINKS, STORE
 from broker.server import BrokerServer
 from shared import protocol as p
 from tests.conftest import USER_KEY, MakeBroker
+from tests.e2e.test_accounts import store_key
 from tests.e2e.test_express import post_bytes, read_response
 from tests.e2e.test_hardening import FakeConnector, fakes
 from tests.e2e.test_relay import CHAT
@@ -310,3 +312,266 @@ async def test_a_failure_that_cuts_the_answer_keeps_what_was_already_written(
     writer.close()
     assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"\r\n\r\n12345")
     assert served(broker) == (1, 1)
+
+
+async def test_pipelined_requests_are_answered_in_order_each_from_callbacks(
+    make_broker: MakeBroker, fakes: list[FakeConnector]
+) -> None:
+    broker, fake, reader, writer = await one_fake(make_broker, fakes)
+    try:
+        writer.write(_post("req-first") + _post("req-second"))  # in one write
+        for name in ("first", "second"):
+            head = await fake.next_request()
+            assert head.request_id == f"req-{name}"
+            body = name.encode()
+            await send(
+                fake,
+                p.ResponseHead(head.stream_id, 200, (("Content-Length", str(len(body))),)),
+                p.ResponseBody(head.stream_id, body),
+                p.End(head.stream_id),
+            )
+            status, headers, got = await read_response(reader)
+            assert (status, got, headers["x-request-id"]) == (200, body, f"req-{name}")
+    finally:
+        writer.close()
+    assert served(broker) == (2, 2)
+
+
+async def test_a_bodiless_status_keeps_the_connection_for_the_next_request(
+    make_broker: MakeBroker, fakes: list[FakeConnector]
+) -> None:
+    broker, fake, reader, writer = await one_fake(make_broker, fakes)
+    try:
+        for status in (204, 304):
+            writer.write(_post(f"req-{status}"))
+            sid = (await fake.next_request()).stream_id
+            await send(
+                fake, p.ResponseHead(sid, status, ()), p.ResponseBody(sid, b"junk"), p.End(sid)
+            )
+            got, headers, body = await read_response(reader)
+            assert (got, body) == (status, b"")
+            assert "content-length" not in headers and "transfer-encoding" not in headers
+        writer.write(_post("req-after"))  # nothing of the junk is left in the connection
+        sid = (await fake.next_request()).stream_id
+        await send(
+            fake,
+            p.ResponseHead(sid, 200, (("Content-Length", "2"),)),
+            p.ResponseBody(sid, b"ok"),
+            p.End(sid),
+        )
+        assert (await read_response(reader))[0::2] == (200, b"ok")
+    finally:
+        writer.close()
+    assert served(broker) == (3, 3)
+
+
+STARTED = (p.ResponseHead(0, 200, SSE), p.ResponseBody(0, b"data: {}\n\n"))
+
+
+@pytest.mark.parametrize(
+    ("after", "code"),
+    [
+        ((p.ResponseHead(0, 200, SSE),), "connector_protocol_error"),
+        ((p.Error(0, "upstream_failed", "the model crashed"),), "upstream_failed"),
+        ((p.Error(0, "over_capacity", "busy"),), "over_capacity"),  # too late to retry
+        ((), "connector_disconnected"),  # the connector goes away
+    ],
+    ids=["second-head", "error", "refusal-after-head", "link-lost"],
+)
+async def test_a_failure_after_the_head_ends_the_stream_with_an_error_event(
+    make_broker: MakeBroker, fakes: list[FakeConnector], after: tuple[p.Frame, ...], code: str
+) -> None:
+    broker, fake, reader, writer = await one_fake(make_broker, fakes)
+    try:
+        writer.write(_post("req-fails"))
+        sid = (await fake.next_request()).stream_id
+        with capture_logs() as logs:
+            await send(fake, *(_on(sid, frame) for frame in STARTED + after))
+            if not after:
+                await fake.ws.close()
+            status, _, body = await read_response(reader)
+        assert status == 200  # the head was out: the error comes as the stream's last event
+        event = body.removeprefix(b"data: {}\n\n")
+        assert event.startswith(b"data: ") and event.endswith(b"\n\n")
+        assert json.loads(event[6:])["error"]["code"] == code
+        finished = [e for e in logs if e["event"] == "request finished"]
+        assert [e["outcome"] for e in finished] == ["error"]
+        assert broker.app[LIFECYCLE].active == 0
+        writer.write(_post("req-next"))  # the stream ended cleanly: the connection goes on
+        if after:
+            await _answer(fake)
+        assert (await read_response(reader))[0] == (200 if after else 503)
+    finally:
+        writer.close()
+    assert served(broker) == (2, 2 if after else 1)  # with no connector left, the usual way
+
+
+def _on(stream_id: int, frame: Any) -> p.Frame:
+    """`frame`, for the stream `stream_id`."""
+    return dataclasses.replace(frame, stream_id=stream_id)  # type: ignore[no-any-return]
+
+
+async def test_a_body_before_the_head_answers_502(
+    make_broker: MakeBroker, fakes: list[FakeConnector]
+) -> None:
+    broker, fake, reader, writer = await one_fake(make_broker, fakes)
+    try:
+        writer.write(_post("req-no-head"))
+        sid = (await fake.next_request()).stream_id
+        await send(fake, p.ResponseBody(sid, b"data: {}\n\n"))
+        status, _, body = await read_response(reader)
+        assert status == 502
+        assert json.loads(body)["error"]["code"] == "connector_protocol_error"
+        assert await cancels(fake) == [p.Cancel(sid)]
+    finally:
+        writer.close()
+    assert served(broker) == (1, 1)
+
+
+async def _answer(fake: FakeConnector, body: bytes = CHAT_BODY) -> p.RequestHead:
+    """Answer the next request `fake` is sent with `body`, whole."""
+    head = await fake.next_request()
+    sid = head.stream_id
+    length = (("Content-Length", str(len(body))), ("Content-Type", "application/json"))
+    await send(fake, p.ResponseHead(sid, 200, length), p.ResponseBody(sid, body), p.End(sid))
+    return head
+
+
+@pytest.mark.parametrize(
+    ("limit", "code", "from_callbacks"),
+    [
+        ({"key_rpm": 2}, "rate_limit_exceeded", 2),
+        # Each answer used 7 tokens. The first request loads the day's count from the store,
+        # the usual way; the second, from callbacks, adds its 7 to the count.
+        ({"key_daily_tokens": 10}, "daily_token_limit_exceeded", 1),
+    ],
+    ids=["rpm", "daily-tokens"],
+)
+async def test_a_request_served_from_callbacks_counts_against_the_limits(
+    make_broker: MakeBroker,
+    fakes: list[FakeConnector],
+    limit: dict[str, int],
+    code: str,
+    from_callbacks: int,
+) -> None:
+    broker, fake, reader, writer = await one_fake(make_broker, fakes, **limit)
+    try:
+        for n in range(2):
+            writer.write(_post(f"req-allowed-{n}"))
+            await _answer(fake)
+            assert (await read_response(reader))[0] == 200
+        writer.write(_post("req-over"))
+        status, headers, body = await read_response(reader)
+    finally:
+        writer.close()
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    assert json.loads(body)["error"]["code"] == code
+    assert served(broker) == (3, from_callbacks)  # the refusal went the usual way
+
+
+async def test_the_concurrency_limit_holds_while_a_stream_runs_from_callbacks(
+    make_broker: MakeBroker, fakes: list[FakeConnector]
+) -> None:
+    broker, fake, reader, writer = await one_fake(make_broker, fakes, key_concurrency=1)
+    other_reader, other_writer = await open_client(broker)
+    try:
+        writer.write(_post("req-held"))
+        held = await fake.next_request()
+        await send(fake, *(_on(held.stream_id, frame) for frame in STARTED))
+        await asyncio.wait_for(reader.readuntil(b"data: {}\n\n"), 5)
+        other_writer.write(_post("req-refused"))
+        status, _, body = await read_response(other_reader)
+        assert status == 429
+        assert json.loads(body)["error"]["code"] == "concurrency_limit_exceeded"
+        await send(fake, p.End(held.stream_id))
+        await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)
+        other_writer.write(_post("req-after"))  # the lease was given back
+        assert (await _answer(fake)).request_id == "req-after"
+        assert (await read_response(other_reader))[0] == 200
+    finally:
+        writer.close()
+        other_writer.close()
+    assert served(broker) == (3, 2)
+
+
+async def test_a_store_key_is_served_from_callbacks_once_known_and_until_it_expires(
+    make_broker: MakeBroker, fakes: list[FakeConnector]
+) -> None:
+    broker, fake, reader, writer = await one_fake(make_broker, fakes)
+    key = await store_key(broker)
+    request = post_bytes(CHAT, "/v1/chat/completions", key)
+    try:
+        for expected in ((1, 0), (2, 1), (3, 2)):  # looked up in the store, then known
+            writer.write(request)
+            await _answer(fake)
+            assert (await read_response(reader))[0] == 200
+            assert served(broker) == expected
+        user = await broker.app[STORE].find_user("kim")
+        await broker.app[STORE].set_status(user.id, "blocked")
+        async with asyncio.timeout(10):  # once the cached answer expires, the store says no
+            while True:
+                writer.write(request)
+                answered = asyncio.ensure_future(read_response(reader))
+                head = asyncio.ensure_future(fake.next_request())
+                await asyncio.wait((answered, head), return_when=asyncio.FIRST_COMPLETED)
+                if head.done():  # still cached: answer it
+                    sid = head.result().stream_id
+                    await send(fake, p.ResponseHead(sid, 204, ()), p.End(sid))
+                else:
+                    head.cancel()
+                status, _, body = await answered
+                if status == 403:
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        writer.close()
+    assert json.loads(body)["error"]["code"] == "account_blocked"
+    await broker.app[LEDGER].flush()
+    rows = await broker.app[STORE].usage.rows()
+    assert rows[0].user_id == rows[1].user_id == user.id  # each kept its user's books
+    assert (rows[1].prompt_tokens, rows[1].completion_tokens) == (3, 4)
+
+
+async def test_a_stop_lets_a_stream_from_callbacks_finish_then_closes_its_connection(
+    make_broker: MakeBroker, fakes: list[FakeConnector]
+) -> None:
+    broker, fake, reader, writer = await one_fake(make_broker, fakes)
+    try:
+        writer.write(_post("req-drained"))
+        head = await fake.next_request()
+        await send(fake, *(_on(head.stream_id, frame) for frame in STARTED))
+        await asyncio.wait_for(reader.readuntil(b"data: {}\n\n"), 5)
+        stopping = asyncio.create_task(broker.stop())
+        await asyncio.sleep(0.2)
+        assert not stopping.done()  # the drain waits for the stream
+        await send(fake, p.ResponseBody(head.stream_id, b"data: [DONE]\n\n"), p.End(head.stream_id))
+        rest = await asyncio.wait_for(reader.read(), 5)  # to the end: the connection closes
+        assert rest.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+        await asyncio.wait_for(stopping, 10)
+    finally:
+        writer.close()
+    assert served(broker) == (1, 1)
+
+
+async def test_a_stop_past_its_grace_ends_a_stream_from_callbacks_and_counts_it(
+    make_broker: MakeBroker, fakes: list[FakeConnector]
+) -> None:
+    broker, fake, reader, writer = await one_fake(make_broker, fakes, shutdown_grace=0.2)
+    try:
+        writer.write(_post("req-abandoned"))
+        head = await fake.next_request()
+        await send(fake, *(_on(head.stream_id, frame) for frame in STARTED))
+        await asyncio.wait_for(reader.readuntil(b"data: {}\n\n"), 5)
+        with capture_logs() as logs:
+            await asyncio.wait_for(broker.stop(), 10)
+        rest = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    # The connector was sent away with the stream still open: the client is told the answer
+    # stops short, as it is when a connector is lost mid-stream.
+    assert json.loads(rest.split(b"data: ", 1)[1].split(b"\n\n")[0])["error"]["code"] == (
+        "connector_disconnected"
+    )
+    finished = [e for e in logs if e["event"] == "request finished"]
+    assert [e["outcome"] for e in finished] == ["error"]
+    assert broker.app[LIFECYCLE].active == 0
