@@ -157,9 +157,7 @@ class CallbackTrip(Trip):
             case LinkLost() if not self.response_started:
                 self._retry(event)
             case LinkLost():
-                self._fail_now(
-                    502, "connector_disconnected", "The connector serving this model disconnected."
-                )
+                self._fail_now(502, "connector_disconnected", event.message)
             case p.ResponseHead() if self.response_started:
                 self._fail_now(502, "connector_protocol_error", "The connector sent a second head.")
             case p.ResponseHead(_, status, headers):

@@ -37,6 +37,19 @@ GOAWAY_TIMEOUT = 2.0
 class LinkLost(Exception):
     """The connector went away while the stream was open."""
 
+    def __init__(self, connector: str, sent_away: str | None = None) -> None:
+        super().__init__(connector)
+        self.sent_away = sent_away
+        """Why the broker sent the connector away, when it was the broker that closed the link
+        (a shutdown past its grace, a revoked token)."""
+
+    @property
+    def message(self) -> str:
+        """What the client of a stream cut short by it is told."""
+        if self.sent_away is None:
+            return "The connector serving this model disconnected."
+        return f"The broker closed its link to the connector serving this model ({self.sent_away})."
+
 
 StreamEvent = p.ResponseHead | p.ResponseBody | p.End | p.Error | LinkLost
 
@@ -138,6 +151,7 @@ class ConnectorLink:
         "_ids",
         "_outbox",
         "_relay",
+        "_sent_away",
         "_socket",
         "_streams",
         "draining",
@@ -165,6 +179,7 @@ class ConnectorLink:
         self._streams: dict[int, Exchange] = {}
         self._ids = itertools.count(1)
         self._closed = False
+        self._sent_away: str | None = None
 
     def __repr__(self) -> str:
         return f"<ConnectorLink {self.name!r} models={sorted(self.models)}>"
@@ -280,7 +295,7 @@ class ConnectorLink:
         self._streams.clear()
         for exchange in exchanges:
             exchange.closed = True
-            sink = exchange.deliver(LinkLost(self.name))
+            sink = exchange.deliver(LinkLost(self.name, self._sent_away))
             if sink is not None:
                 sink.flush()
 
@@ -291,6 +306,7 @@ class ConnectorLink:
         """
         if self._closed:
             return
+        self._sent_away = reason
         self.send(p.GoAway(reason, reconnect_after))
         try:
             async with asyncio.timeout(GOAWAY_TIMEOUT):

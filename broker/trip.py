@@ -218,12 +218,10 @@ class Trip:
     async def _exchange(self, exchange: Exchange) -> None:
         try:
             await self._pump(exchange)
-        except LinkLost:
+        except LinkLost as lost:
             if not self.response_started:
                 raise
-            await self._fail(
-                502, "connector_disconnected", "The connector serving this model disconnected."
-            )
+            await self._fail(502, "connector_disconnected", lost.message)
         finally:
             exchange.close(cancel=True)
 

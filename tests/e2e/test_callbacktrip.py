@@ -553,12 +553,14 @@ async def test_a_stop_lets_a_stream_from_callbacks_finish_then_closes_its_connec
     assert served(broker) == (1, 1)
 
 
-async def test_a_stop_past_its_grace_ends_a_stream_from_callbacks_and_counts_it(
-    make_broker: MakeBroker, fakes: list[FakeConnector]
+@pytest.mark.parametrize("chunked", [False, True], ids=["from-callbacks", "in-a-task"])
+async def test_a_stop_past_its_grace_ends_a_stream_and_tells_the_client_why(
+    make_broker: MakeBroker, fakes: list[FakeConnector], chunked: bool
 ) -> None:
     broker, fake, reader, writer = await one_fake(make_broker, fakes, shutdown_grace=0.2)
     try:
-        writer.write(_post("req-abandoned"))
+        # A chunked upload is aiohttp's, in a task: both ways end the stream alike.
+        writer.write(post_bytes(CHAT, "/v1/chat/completions", USER_KEY, chunked=chunked))
         head = await fake.next_request()
         await send(fake, *(_on(head.stream_id, frame) for frame in STARTED))
         await asyncio.wait_for(reader.readuntil(b"data: {}\n\n"), 5)
@@ -567,11 +569,12 @@ async def test_a_stop_past_its_grace_ends_a_stream_from_callbacks_and_counts_it(
         rest = await asyncio.wait_for(reader.read(), 5)
     finally:
         writer.close()
-    # The connector was sent away with the stream still open: the client is told the answer
-    # stops short, as it is when a connector is lost mid-stream.
-    assert json.loads(rest.split(b"data: ", 1)[1].split(b"\n\n")[0])["error"]["code"] == (
-        "connector_disconnected"
-    )
+    # The connector was sent away with the stream still open: the client is told why its
+    # answer stops short.
+    error = json.loads(rest.split(b"data: ", 1)[1].split(b"\n\n")[0])["error"]
+    assert error["code"] == "connector_disconnected"
+    assert "broker shutting down" in error["message"]
     finished = [e for e in logs if e["event"] == "request finished"]
     assert [e["outcome"] for e in finished] == ["error"]
     assert broker.app[LIFECYCLE].active == 0
+    assert served(broker) == ((0, 0) if chunked else (1, 1))
