@@ -115,6 +115,10 @@ class Trip:
             outcome = "cancelled"
             self.status = 499
             raise
+        except Exception:
+            if not self.response_started:
+                self.status = 500  # what the client is answered for a bug (the server's 500)
+            raise
         finally:
             metrics.in_flight.dec()
             self._account(outcome)
