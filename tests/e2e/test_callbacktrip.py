@@ -7,8 +7,8 @@ served from callbacks (`served`), and what the client and the connector saw.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -56,6 +56,20 @@ async def cancels(fake: FakeConnector) -> list[p.Frame]:
 
 async def send(fake: FakeConnector, *frames: p.Frame) -> None:
     await fake.ws.send(p.encode_many(frames))
+
+
+def started(stream_id: int) -> tuple[p.Frame, ...]:
+    """The head of an event stream and its first event, `data: {}`."""
+    return p.ResponseHead(stream_id, 200, SSE), p.ResponseBody(stream_id, b"data: {}\n\n")
+
+
+async def answer(fake: FakeConnector, body: bytes = CHAT_BODY) -> p.RequestHead:
+    """Answer the next request `fake` is sent with `body`, whole."""
+    head = await fake.next_request()
+    sid = head.stream_id
+    length = (("Content-Length", str(len(body))), ("Content-Type", "application/json"))
+    await send(fake, p.ResponseHead(sid, 200, length), p.ResponseBody(sid, body), p.End(sid))
+    return head
 
 
 async def open_client(broker: BrokerServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -221,11 +235,7 @@ async def test_the_request_timeout_ends_a_started_stream_with_an_error_event(
     try:
         writer.write(_post("req-stalls"))
         head = await fake.next_request()
-        await send(
-            fake,
-            p.ResponseHead(head.stream_id, 200, SSE),
-            p.ResponseBody(head.stream_id, b"data: {}\n\n"),
-        )
+        await send(fake, *started(head.stream_id))
         status, _, body = await read_response(reader)  # whole, once the error event ends it
         assert status == 200
         assert body.startswith(b"data: {}\n\n")
@@ -242,11 +252,7 @@ async def test_a_client_that_hangs_up_cancels_the_stream_and_is_counted(
     broker, fake, reader, writer = await one_fake(make_broker, fakes)
     writer.write(_post("req-leaves"))
     head = await fake.next_request()
-    await send(
-        fake,
-        p.ResponseHead(head.stream_id, 200, SSE),
-        p.ResponseBody(head.stream_id, b"data: {}\n\n"),
-    )
+    await send(fake, *started(head.stream_id))
     await asyncio.wait_for(reader.readuntil(b"data: {}\n\n"), 5)
     with capture_logs() as logs:
         writer.close()
@@ -321,15 +327,8 @@ async def test_pipelined_requests_are_answered_in_order_each_from_callbacks(
     try:
         writer.write(_post("req-first") + _post("req-second"))  # in one write
         for name in ("first", "second"):
-            head = await fake.next_request()
-            assert head.request_id == f"req-{name}"
             body = name.encode()
-            await send(
-                fake,
-                p.ResponseHead(head.stream_id, 200, (("Content-Length", str(len(body))),)),
-                p.ResponseBody(head.stream_id, body),
-                p.End(head.stream_id),
-            )
+            assert (await answer(fake, body)).request_id == f"req-{name}"
             status, headers, got = await read_response(reader)
             assert (status, got, headers["x-request-id"]) == (200, body, f"req-{name}")
     finally:
@@ -352,42 +351,36 @@ async def test_a_bodiless_status_keeps_the_connection_for_the_next_request(
             assert (got, body) == (status, b"")
             assert "content-length" not in headers and "transfer-encoding" not in headers
         writer.write(_post("req-after"))  # nothing of the junk is left in the connection
-        sid = (await fake.next_request()).stream_id
-        await send(
-            fake,
-            p.ResponseHead(sid, 200, (("Content-Length", "2"),)),
-            p.ResponseBody(sid, b"ok"),
-            p.End(sid),
-        )
+        await answer(fake, b"ok")
         assert (await read_response(reader))[0::2] == (200, b"ok")
     finally:
         writer.close()
     assert served(broker) == (3, 3)
 
 
-STARTED = (p.ResponseHead(0, 200, SSE), p.ResponseBody(0, b"data: {}\n\n"))
-
-
 @pytest.mark.parametrize(
     ("after", "code"),
     [
-        ((p.ResponseHead(0, 200, SSE),), "connector_protocol_error"),
-        ((p.Error(0, "upstream_failed", "the model crashed"),), "upstream_failed"),
-        ((p.Error(0, "over_capacity", "busy"),), "over_capacity"),  # too late to retry
-        ((), "connector_disconnected"),  # the connector goes away
+        (lambda sid: (p.ResponseHead(sid, 200, SSE),), "connector_protocol_error"),
+        (lambda sid: (p.Error(sid, "upstream_failed", "crashed"),), "upstream_failed"),
+        (lambda sid: (p.Error(sid, "over_capacity", "busy"),), "over_capacity"),  # too late
+        (lambda sid: (), "connector_disconnected"),  # the connector goes away
     ],
     ids=["second-head", "error", "refusal-after-head", "link-lost"],
 )
 async def test_a_failure_after_the_head_ends_the_stream_with_an_error_event(
-    make_broker: MakeBroker, fakes: list[FakeConnector], after: tuple[p.Frame, ...], code: str
+    make_broker: MakeBroker,
+    fakes: list[FakeConnector],
+    after: Callable[[int], tuple[p.Frame, ...]],
+    code: str,
 ) -> None:
     broker, fake, reader, writer = await one_fake(make_broker, fakes)
     try:
         writer.write(_post("req-fails"))
         sid = (await fake.next_request()).stream_id
         with capture_logs() as logs:
-            await send(fake, *(_on(sid, frame) for frame in STARTED + after))
-            if not after:
+            await send(fake, *started(sid), *after(sid))
+            if not after(sid):
                 await fake.ws.close()
             status, _, body = await read_response(reader)
         assert status == 200  # the head was out: the error comes as the stream's last event
@@ -398,17 +391,13 @@ async def test_a_failure_after_the_head_ends_the_stream_with_an_error_event(
         assert [e["outcome"] for e in finished] == ["error"]
         assert broker.app[LIFECYCLE].active == 0
         writer.write(_post("req-next"))  # the stream ended cleanly: the connection goes on
-        if after:
-            await _answer(fake)
-        assert (await read_response(reader))[0] == (200 if after else 503)
+        linked = bool(after(sid))
+        if linked:
+            await answer(fake)
+        assert (await read_response(reader))[0] == (200 if linked else 503)
     finally:
         writer.close()
-    assert served(broker) == (2, 2 if after else 1)  # with no connector left, the usual way
-
-
-def _on(stream_id: int, frame: Any) -> p.Frame:
-    """`frame`, for the stream `stream_id`."""
-    return dataclasses.replace(frame, stream_id=stream_id)  # type: ignore[no-any-return]
+    assert served(broker) == (2, 2 if linked else 1)  # with no connector left, the usual way
 
 
 async def test_a_body_before_the_head_answers_502(
@@ -426,15 +415,6 @@ async def test_a_body_before_the_head_answers_502(
     finally:
         writer.close()
     assert served(broker) == (1, 1)
-
-
-async def _answer(fake: FakeConnector, body: bytes = CHAT_BODY) -> p.RequestHead:
-    """Answer the next request `fake` is sent with `body`, whole."""
-    head = await fake.next_request()
-    sid = head.stream_id
-    length = (("Content-Length", str(len(body))), ("Content-Type", "application/json"))
-    await send(fake, p.ResponseHead(sid, 200, length), p.ResponseBody(sid, body), p.End(sid))
-    return head
 
 
 @pytest.mark.parametrize(
@@ -458,7 +438,7 @@ async def test_a_request_served_from_callbacks_counts_against_the_limits(
     try:
         for n in range(2):
             writer.write(_post(f"req-allowed-{n}"))
-            await _answer(fake)
+            await answer(fake)
             assert (await read_response(reader))[0] == 200
         writer.write(_post("req-over"))
         status, headers, body = await read_response(reader)
@@ -477,7 +457,7 @@ async def test_the_concurrency_limit_holds_while_a_stream_runs_from_callbacks(
     try:
         writer.write(_post("req-held"))
         held = await fake.next_request()
-        await send(fake, *(_on(held.stream_id, frame) for frame in STARTED))
+        await send(fake, *started(held.stream_id))
         await asyncio.wait_for(reader.readuntil(b"data: {}\n\n"), 5)
         other_writer.write(_post("req-refused"))
         status, _, body = await read_response(other_reader)
@@ -486,7 +466,7 @@ async def test_the_concurrency_limit_holds_while_a_stream_runs_from_callbacks(
         await send(fake, p.End(held.stream_id))
         await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)
         other_writer.write(_post("req-after"))  # the lease was given back
-        assert (await _answer(fake)).request_id == "req-after"
+        assert (await answer(fake)).request_id == "req-after"
         assert (await read_response(other_reader))[0] == 200
     finally:
         writer.close()
@@ -503,7 +483,7 @@ async def test_a_store_key_is_served_from_callbacks_once_known_and_until_it_expi
     try:
         for expected in ((1, 0), (2, 1), (3, 2)):  # looked up in the store, then known
             writer.write(request)
-            await _answer(fake)
+            await answer(fake)
             assert (await read_response(reader))[0] == 200
             assert served(broker) == expected
         user = await broker.app[STORE].find_user("kim")
@@ -539,7 +519,7 @@ async def test_a_stop_lets_a_stream_from_callbacks_finish_then_closes_its_connec
     try:
         writer.write(_post("req-drained"))
         head = await fake.next_request()
-        await send(fake, *(_on(head.stream_id, frame) for frame in STARTED))
+        await send(fake, *started(head.stream_id))
         await asyncio.wait_for(reader.readuntil(b"data: {}\n\n"), 5)
         stopping = asyncio.create_task(broker.stop())
         await asyncio.sleep(0.2)
@@ -562,7 +542,7 @@ async def test_a_stop_past_its_grace_ends_a_stream_and_tells_the_client_why(
         # A chunked upload is aiohttp's, in a task: both ways end the stream alike.
         writer.write(post_bytes(CHAT, "/v1/chat/completions", USER_KEY, chunked=chunked))
         head = await fake.next_request()
-        await send(fake, *(_on(head.stream_id, frame) for frame in STARTED))
+        await send(fake, *started(head.stream_id))
         await asyncio.wait_for(reader.readuntil(b"data: {}\n\n"), 5)
         with capture_logs() as logs:
             await asyncio.wait_for(broker.stop(), 10)
