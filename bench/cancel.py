@@ -53,11 +53,14 @@ async def w8(ctx: Context) -> WorkloadResult:
     delays: dict[str, list[int]] = {name: [] for name in ctx.targets}
     missed: dict[str, int] = dict.fromkeys(ctx.targets, 0)
     run = uuid.uuid4().hex[:8]
+    meter = ctx.meter()
     for i in range(ctx.plan.w8_cancels):
         for name, target in ctx.rotation(i):
             if name == "litellm" and i >= LITELLM_CANCELS:
                 continue
-            delay = await _one(ctx, target, f"w8-{run}-{name}-{i}")
+            # The segment holds the stream and the wait for the stub's record of its close.
+            with meter.segment(name):
+                delay = await _one(ctx, target, f"w8-{run}-{name}-{i}")
             if delay is None:
                 missed[name] += 1
             else:
@@ -78,5 +81,5 @@ async def w8(ctx: Context) -> WorkloadResult:
     if misses:
         p99.note = f"never seen within {WAIT_S:g} s: {misses}"
     result.rows += [p50, p99]
-    result.detail = {"delay_ms": stats, "missed": missed}
+    result.detail = {"delay_ms": stats, "missed": missed, "cpu_s": meter.report()}
     return result

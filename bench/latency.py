@@ -7,7 +7,14 @@ from typing import Any
 
 from bench.client import fetch, open_loop, timed_fetch
 from bench.context import Context, cpu_per_unit
-from bench.report import Row, WorkloadResult, at_least, at_most
+from bench.report import (
+    Row,
+    WorkloadResult,
+    added_versus_litellm,
+    at_least,
+    at_most,
+    frontier_versus_litellm,
+)
 from bench.stats import summary_ms
 
 W1_BLOCK = 25
@@ -79,6 +86,7 @@ async def w1(ctx: Context) -> WorkloadResult:
         if any(errors.values()):
             p50.note = f"errors {errors}"
         result.rows += [p50, p99]
+        result.rows += [r for r in (added_versus_litellm(x, 0.1) for x in (p50, p99)) if r]
         result.detail[label] = {
             "latency_ms": stats,
             "errors": errors,
@@ -165,5 +173,8 @@ async def w2(ctx: Context) -> WorkloadResult:
             )
     row.note = "; ".join(notes)
     result.rows.append(row)
+    versus = frontier_versus_litellm(row, first, 10.0)
+    if versus is not None:
+        result.rows.append(versus)
     result.detail = {"steps": steps, "frontier": frontier, "p99_limit_ms": W2_P99_LIMIT_MS}
     return result

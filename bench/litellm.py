@@ -2,9 +2,11 @@
 
 LiteLLM is not a project dependency. It is installed on first use into
 bench/.venv-litellm (git-ignored) with `uv venv` and `uv pip install
-'litellm[proxy]'`, and run with one worker, no database, on 127.0.0.1. Any
-failure is reported as `Unavailable` with the reason; the harness then skips
-the path.
+'litellm[proxy]'` (the newest release then; the version that ran is in the results'
+`machine.litellm`), and run with one worker on 127.0.0.1, no database (the
+environment's `DATABASE_URL` and `DIRECT_URL` are not passed on) and no callbacks
+(success, failure and logging callbacks set to none in its config). Any failure is
+reported as `Unavailable` with the reason; the harness then skips the path.
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ def ensure_installed() -> Path:
     return exe
 
 
+def version() -> str | None:
+    """The version of LiteLLM installed in bench/.venv-litellm, or None if there is none."""
+    found = sorted(VENV.glob("lib/python*/site-packages/litellm-*.dist-info"))
+    return found[-1].name.removeprefix("litellm-").removesuffix(".dist-info") if found else None
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -77,6 +85,10 @@ def _config(stub_port: int) -> str:
         "litellm_settings:\n"
         "  telemetry: false\n"
         "  drop_params: true\n"
+        # No callbacks: the proxy does no logging or spend tracking work a request.
+        "  callbacks: []\n"
+        "  success_callback: []\n"
+        "  failure_callback: []\n"
     )
 
 
@@ -90,6 +102,7 @@ async def start(children: Children, stub_port: int) -> tuple[Child, Target]:
     child = children.start(
         "litellm",
         [*argv, "--num_workers", "1"],
+        drop=("DATABASE_URL", "DIRECT_URL"),  # no database, whatever this shell has set
         # Offline: use the bundled model cost map instead of fetching it; quiet logs.
         LITELLM_LOCAL_MODEL_COST_MAP="True",
         LITELLM_LOG="ERROR",

@@ -102,7 +102,10 @@ def machine_busy_seconds() -> float:
 class Child:
     """One process under test, its output going to a log file."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_dir: Path, **env: str) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], log_dir: Path, *, drop: Sequence[str] = (), **env: str
+    ) -> None:
+        """Start `argv`, with the harness's environment plus `env` and without `drop`."""
         self.name = name
         self.argv = list(argv)
         self.log_path = log_dir / f"{name}.log"
@@ -114,7 +117,7 @@ class Child:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
-            env={**os.environ, **env},
+            env={**{k: v for k, v in os.environ.items() if k not in drop}, **env},
         )
         self.pid = self.process.pid
         self.stop_signal = signal.SIGTERM
@@ -193,8 +196,10 @@ class Children:
         argv.insert(python + 1, "-P")
         return self.start(name, argv, PYTHONPATH=str(self.build))
 
-    def start(self, name: str, argv: Sequence[str], **env: str) -> Child:
-        child = Child(name, argv, self.log_dir, **env)
+    def start(
+        self, name: str, argv: Sequence[str], *, drop: Sequence[str] = (), **env: str
+    ) -> Child:
+        child = Child(name, argv, self.log_dir, drop=drop, **env)
         self.started.append(child)
         return child
 

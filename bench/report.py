@@ -100,6 +100,46 @@ def at_least(value: float | None, limit: float) -> bool | None:
     return None if value is None else value >= limit
 
 
+def added_versus_litellm(row: Row, limit: float) -> Row | None:
+    """W1's second target: each relay's added time divided by LiteLLM's, at most `limit`.
+
+    The "vs LiteLLM" column divides whole latencies; the target divides what each adds to
+    the direct path. None when LiteLLM did not run or added nothing to divide by.
+    """
+    litellm = row.added("litellm")
+    if litellm is None or litellm <= 0:
+        return None
+    values: dict[str, float | None] = {}
+    for path in ("remotellm", *LOWER_BOUNDS):
+        added = row.added(path) if path in row.values else None
+        if added is not None:
+            values[path] = added / litellm
+    if "remotellm" not in values:
+        return None
+    metric = row.metric.replace(" latency (ms)", "") + " added, ÷ LiteLLM's added"
+    checked = Row(row.workload, metric, values, compare="none")
+    return checked.check(f"≤ {limit:g}x LiteLLM's", at_most(values["remotellm"], limit))
+
+
+def frontier_versus_litellm(row: Row, first_rate: float | None, limit: float) -> Row | None:
+    """W2's second target: RemoteLLM's frontier divided by LiteLLM's, at least `limit`.
+
+    A LiteLLM that failed the ladder's first step sustained less than that rate, so the
+    ratio is at least RemoteLLM's frontier over the first rate (the row says so).
+    None when LiteLLM did not run.
+    """
+    if "litellm" not in row.values:
+        return None
+    relay, litellm = row.value("remotellm"), row.value("litellm")
+    note = ""
+    if litellm is None and first_rate:
+        litellm, note = first_rate, f"at least: LiteLLM failed the first step ({first_rate:g}/s)"
+    ratio = None if relay is None or not litellm else relay / litellm
+    checked = Row(row.workload, "frontier ÷ LiteLLM's", {"remotellm": ratio}, compare="none")
+    checked.note = note
+    return checked.check(f"≥ {limit:g}x LiteLLM's", at_least(ratio, limit))
+
+
 @dataclass
 class WorkloadResult:
     name: str

@@ -273,6 +273,7 @@ def _document(
             **machine(),
             "background_cpu_cores": round(run.background, 3),
             "python_loop_ms": run.speed,
+            **({"litellm": litellm.version()} if "litellm" in paths else {}),
         },
         "source": run.source,
         "paths": paths,
@@ -337,8 +338,21 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             print(f"python -m bench: error: unknown workload(s) {unknown}", file=sys.stderr)
             return 2
+        outside = [w for w in chosen if w not in plan.workloads]
+        if outside:
+            # The quick plan has no sizes for them (no W2 ladder, no W5 rounds, no W7
+            # connectors): refused, instead of a row that measured nothing.
+            print(
+                f"python -m bench: error: {', '.join(outside)} not in the {plan.mode} plan"
+                f" ({', '.join(plan.workloads)}); run it without --quick",
+                file=sys.stderr,
+            )
+            return 2
         plan = Plan(**{**plan.__dict__, "workloads": chosen})
-    if args.w7_connectors:
+    if args.w7_connectors is not None:
+        if args.w7_connectors < 1:
+            print("python -m bench: error: --w7-connectors must be at least 1", file=sys.stderr)
+            return 2
         plan = Plan(**{**plan.__dict__, "w7_connectors": args.w7_connectors})
     want_litellm = args.litellm or (plan.mode == "full" and not args.no_litellm)
     notes: list[str] = []

@@ -188,12 +188,14 @@ async def w5(ctx: Context) -> WorkloadResult:
     moved: dict[str, float] = dict.fromkeys(ctx.targets, 0.0)
     seconds: dict[str, float] = dict.fromkeys(ctx.targets, 0.0)
     failed: dict[str, int] = dict.fromkeys(ctx.targets, 0)
+    meter = ctx.meter()
     for turn in range(ctx.plan.w5_rounds):
         for name, target in ctx.rotation(turn):
             order = (False, True) if turn % 2 == 0 else (True, False)
             for bulk in order:
                 started = time.monotonic()
-                results, size, failures = await _w5_round(ctx, target, bulk)
+                with meter.segment(name):
+                    results, size, failures = await _w5_round(ctx, target, bulk)
                 runs[name][kinds[bulk]] += results
                 failed[name] += failures
                 if bulk:
@@ -230,6 +232,7 @@ async def w5(ctx: Context) -> WorkloadResult:
         "p99_rise_ms": rise,
         "bulk_mb_per_s": mb_per_s,
         "bulk_failures": failed,
+        "cpu_s": meter.report(),
     }
     return result
 
@@ -239,8 +242,11 @@ async def w6(ctx: Context) -> WorkloadResult:
     result = WorkloadResult("W6")
     spec = f"bench events={ctx.plan.w6_events} interval_ms={W6_INTERVAL_MS} ttft_ms=0"
     names = list(ctx.targets)
+    meter = ctx.meter()
     now = time.monotonic_ns()
-    results = await _all(*(stream(ctx.targets[n], spec, now) for n in names))
+    with meter.segment("all"):  # every path at once: CPU per process, not per path
+        results = await _all(*(stream(ctx.targets[n], spec, now) for n in names))
+    result.detail["cpu_s"] = meter.report().get("all", {})
     within: dict[str, float | None] = {}
     worst: dict[str, float | None] = {}
     for name, res in zip(names, results, strict=True):

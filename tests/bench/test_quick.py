@@ -8,7 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+# The quick run with its three extra paths takes about a minute here; the suite's 120 s
+# default would cut it short on a slow host before its own 240 s limit.
+@pytest.mark.timeout(300)
 def test_quick_benchmark_runs_and_loses_nothing(tmp_path: Path) -> None:
     out = tmp_path / "quick.json"
     done = subprocess.run(

@@ -37,3 +37,40 @@ def test_a_w2_run_whose_harness_stalled_at_a_low_rate_is_flagged() -> None:
     stalled = {"direct": [step(500, 12.0)], "remotellm": [step(800, 27.3), step(1000, 11.0)]}
     note = stall_note(stalled)
     assert note is not None and "in 3 steps" in note and "up to 27 ms" in note and "rerun" in note
+
+
+def test_w1_is_judged_against_what_litellm_adds_not_its_whole_latency() -> None:
+    from bench.report import added_versus_litellm
+
+    p50 = Row(
+        "W1 1 KB",
+        "p50 latency (ms)",
+        {"direct": 1.0, "remotellm": 1.5, "bare": 1.2, "litellm": 11.0},
+    )
+    checked = added_versus_litellm(p50, 0.1)
+    assert checked is not None
+    # 0.5 ms added against LiteLLM's 10: 0.05x (whole latencies would give 1.5 / 11 = 0.14x).
+    assert checked.value("remotellm") == 0.05 and checked.passed is True
+    assert checked.value("bare") is not None and abs(checked.value("bare") - 0.02) < 1e-9
+    assert checked.metric == "p50 added, ÷ LiteLLM's added" and checked.target == "≤ 0.1x LiteLLM's"
+    slow = Row("W1 1 KB", "p50 latency (ms)", {"direct": 1.0, "remotellm": 3.0, "litellm": 11.0})
+    assert added_versus_litellm(slow, 0.1).passed is False  # type: ignore[union-attr]
+    alone = Row("W1 1 KB", "p50 latency (ms)", {"direct": 1.0, "remotellm": 3.0})
+    assert added_versus_litellm(alone, 0.1) is None  # no LiteLLM in the run: no row
+
+
+def test_w2_against_a_litellm_that_failed_the_first_step_is_a_lower_bound() -> None:
+    from bench.report import frontier_versus_litellm
+
+    def frontier(relay: float | None, litellm: float | None) -> Row:
+        values = {"direct": 6000.0, "remotellm": relay, "litellm": litellm}
+        return Row("W2 1 KB", "frontier (req/s)", values, compare="ratio")
+
+    failed_first = frontier_versus_litellm(frontier(2000.0, None), 25.0, 10.0)
+    assert failed_first is not None
+    assert failed_first.value("remotellm") == 80.0 and failed_first.passed is True
+    assert "at least" in failed_first.note
+    assert frontier_versus_litellm(frontier(2000.0, 400.0), 25.0, 10.0).passed is False  # type: ignore[union-attr]
+    assert frontier_versus_litellm(frontier(None, None), 25.0, 10.0).passed is None  # type: ignore[union-attr]
+    no_litellm = Row("W2 1 KB", "frontier (req/s)", {"direct": 6000.0, "remotellm": 2000.0})
+    assert frontier_versus_litellm(no_litellm, 25.0, 10.0) is None
