@@ -55,6 +55,10 @@ def test_w1_is_judged_against_what_litellm_adds_not_its_whole_latency() -> None:
     assert checked.metric == "p50 added, ÷ LiteLLM's added" and checked.target == "≤ 0.1x LiteLLM's"
     slow = Row("W1 1 KB", "p50 latency (ms)", {"direct": 1.0, "remotellm": 3.0, "litellm": 11.0})
     assert added_versus_litellm(slow, 0.1).passed is False  # type: ignore[union-attr]
+    failed = Row("W1 1 KB", "p50 latency (ms)", {"direct": 1.0, "remotellm": None, "litellm": 9.0})
+    unknown = added_versus_litellm(failed, 0.1)  # RemoteLLM's requests all failed: n/a, not hidden
+    assert unknown is not None and unknown.passed is None and unknown.target
+    assert "| n/a" in markdown([unknown], with_litellm=True).splitlines()[-1]
     alone = Row("W1 1 KB", "p50 latency (ms)", {"direct": 1.0, "remotellm": 3.0})
     assert added_versus_litellm(alone, 0.1) is None  # no LiteLLM in the run: no row
 
