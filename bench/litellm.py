@@ -4,9 +4,10 @@ LiteLLM is not a project dependency. It is installed on first use into
 bench/.venv-litellm (git-ignored) with `uv venv` and `uv pip install
 'litellm[proxy]'` (the newest release then; the version that ran is in the results'
 `machine.litellm`), and run with one worker on 127.0.0.1, no database (the
-environment's `DATABASE_URL` and `DIRECT_URL` are not passed on) and no callbacks
-(success, failure and logging callbacks set to none in its config). Any failure is
-reported as `Unavailable` with the reason; the harness then skips the path.
+environment's database variables, `DATABASE_ENV`, are not passed on) and no callbacks
+(success, failure and logging callbacks stated as none in its config, LiteLLM's
+default). Any failure is reported as `Unavailable` with the reason; the harness then
+skips the path.
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ from bench.procs import MODEL, USER_KEY, Child, Children
 VENV = Path(__file__).resolve().parent / ".venv-litellm"
 INSTALL_TIMEOUT = 900
 START_TIMEOUT = 120.0
+DATABASE_ENV = (
+    "DATABASE_URL",
+    "DIRECT_URL",
+    "DATABASE_HOST",
+    "DATABASE_USERNAME",
+    "DATABASE_PASSWORD",
+    "DATABASE_NAME",
+)
+"""Not passed on to the proxy: with any of them set, LiteLLM would use a database (it builds
+`DATABASE_URL` from the host, user and name when they are set)."""
 
 
 class Unavailable(Exception):
@@ -85,7 +96,7 @@ def _config(stub_port: int) -> str:
         "litellm_settings:\n"
         "  telemetry: false\n"
         "  drop_params: true\n"
-        # No callbacks: the proxy does no logging or spend tracking work a request.
+        # No callbacks (LiteLLM's default, stated so a changed default cannot add any).
         "  callbacks: []\n"
         "  success_callback: []\n"
         "  failure_callback: []\n"
@@ -102,7 +113,7 @@ async def start(children: Children, stub_port: int) -> tuple[Child, Target]:
     child = children.start(
         "litellm",
         [*argv, "--num_workers", "1"],
-        drop=("DATABASE_URL", "DIRECT_URL"),  # no database, whatever this shell has set
+        drop=DATABASE_ENV,
         # Offline: use the bundled model cost map instead of fetching it; quiet logs.
         LITELLM_LOCAL_MODEL_COST_MAP="True",
         LITELLM_LOG="ERROR",

@@ -74,6 +74,10 @@ def test_w2_against_a_litellm_that_failed_the_first_step_is_a_lower_bound() -> N
     assert failed_first is not None
     assert failed_first.value("remotellm") == 80.0 and failed_first.passed is True
     assert "at least" in failed_first.note
+    # A lower bound under the limit says nothing of the true ratio: no verdict, not a fail.
+    bound = frontier_versus_litellm(frontier(200.0, None), 25.0, 10.0)
+    assert bound is not None and bound.value("remotellm") == 8.0 and bound.passed is None
+    assert "no verdict" in bound.note and "≥ 8x" in bound.note
     assert frontier_versus_litellm(frontier(2000.0, 400.0), 25.0, 10.0).passed is False  # type: ignore[union-attr]
     assert frontier_versus_litellm(frontier(None, None), 25.0, 10.0).passed is None  # type: ignore[union-attr]
     no_litellm = Row("W2 1 KB", "frontier (req/s)", {"direct": 6000.0, "remotellm": 2000.0})
