@@ -111,7 +111,7 @@ def added_versus_litellm(row: Row, limit: float) -> Row | None:
         return None
     values: dict[str, float | None] = {}
     for path in ("remotellm", *LOWER_BOUNDS):
-        added = row.added(path) if path in row.values else None
+        added = row.added(path)
         if added is not None:
             values[path] = added / litellm
     relay = values.setdefault("remotellm", None)  # no number of RemoteLLM's: no verdict (n/a)

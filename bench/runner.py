@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import importlib.metadata
 import json
 import os
-import platform
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -18,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from bench import bare, build, floor, litellm, profile
 from bench.cancel import w8
 from bench.client import Target, get_json, wait_until
 from bench.context import FULL, QUICK, Context, Plan
 from bench.latency import w1, w2
+from bench.machine import machine, python_speed_ms, source
 from bench.memory import w7
 from bench.procs import (
     MODEL,
@@ -51,77 +46,6 @@ WORKLOADS: dict[str, Callable[[Context], Awaitable[WorkloadResult]]] = {
     "W7": w7,
     "W8": w8,
 }
-
-
-def source() -> dict[str, Any]:
-    """Which code was measured: the commit, and the files changed on top of it."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(
-                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return done.stdout.rstrip()  # keep the leading space of a porcelain status line
-
-    changed = [
-        line[3:]
-        for line in git("status", "--porcelain").splitlines()
-        if not line[3:].startswith("bench/")
-    ]
-    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "uncommitted_changes": changed}
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory = 0
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        memory = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu,
-        "memory_mib": memory,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "aiohttp": aiohttp.__version__,
-        "websockets": importlib.metadata.version("websockets"),
-        "event_loop": type(asyncio.get_running_loop()).__module__,
-        "uvloop": _version("uvloop"),
-    }
-
-
-SPEED_LOOP = 1_000_000
-
-
-def python_speed_ms() -> float:
-    """Milliseconds this machine's Python takes for a fixed loop, best of five.
-
-    A yardstick for runs made on different days: the host may run every process at
-    half speed one day, which moves every absolute figure but no ratio within a run.
-    """
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        total = 0
-        for i in range(SPEED_LOOP):
-            total += i & 7
-        best = min(best, time.perf_counter() - start)
-    return round(best * 1000, 1)
 
 
 def _log(message: str) -> None:
