@@ -27,6 +27,8 @@ from broker.limits import Lease, Rejection
 from broker.records import UsageRow
 from broker.trip import MAX_LOGGED_MODEL, Trip
 from shared import jsoncodec
+from shared.endpoints import is_relayable
+from shared.text import shown
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -89,6 +91,13 @@ async def ollama_tags_endpoint(request: web.Request) -> web.Response:
 
 async def proxy_endpoint(request: web.Request) -> web.StreamResponse:
     """POST to a model endpoint that aiohttp read (the express lane serves the others)."""
+    target = request.path_qs
+    if not is_relayable(request.method, target):
+        # aiohttp routes on the decoded path (`/v1/chat/completion%73` is `.../completions`
+        # to it), but the target goes on as sent and the connector judges that: only a path
+        # that is an endpoint as sent is routed, so both ends agree on every request.
+        path = shown(target.partition("?")[0], 100)
+        return error_response(request, 404, "not_found", f"There is no endpoint at {path}.")
     call = AiohttpCall(request)
     await serve(call)
     return call.response or web.Response(status=499)

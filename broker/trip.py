@@ -81,6 +81,8 @@ class Trip:
         self.connector = ""
         self.failed = False
         self.no_body = False
+        self.sized = False
+        """The response head announced a Content-Length: its body cannot carry an error."""
         self.content_type = ""
         self.framer = EventFramer("")
 
@@ -291,6 +293,7 @@ class Trip:
             relayed.append(("X-Accel-Buffering", "no"))
         # A bodiless status must not carry bytes onto the client's keep-alive connection.
         self.no_body = bodiless(self.call.method, status)
+        self.sized = length is not None
         self.content_type = content_type
         self.framer = EventFramer(content_type)
         self.tally = TokenTally(content_type)
@@ -383,9 +386,13 @@ class Trip:
         return error_parts(self.call.path, status, code, message, retry_after=retry_after)
 
     def _failure(self, code: str, message: str) -> bytes | None:
-        """The error event that ends a started stream (None where the format has none)."""
+        """The error event that ends a started stream (None where the body cannot carry one)."""
         log.warning("request failed", code=code, error_message=message, request_id=self.request_id)
         self.failed = True
+        if self.sized:
+            # The client reads exactly Content-Length bytes: an error event would be cut to
+            # fit and the body would look complete. Only a closed connection says it is not.
+            return None
         tail = stream_error(self.content_type, dialect_for(self.call.path), code, message)
         if tail is not None:
             self.framer.discard()

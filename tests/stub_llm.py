@@ -33,6 +33,9 @@ ECHOED = (
 """Endpoints where the stub answers with the path and body it received."""
 
 
+SSE_DONE = b"data: [DONE]\n\n"
+
+
 def sse_event(i: int) -> bytes:
     chunk = {
         "id": "chatcmpl-stub",
@@ -129,6 +132,15 @@ class StubLLM:
                 response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
                 await response.prepare(request)
                 await response.write(sse_event(0) + b'data: {"id":"chatcmpl-stub","obj')
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            if mode == "sized_partial":
+                # An SSE answer that announces its length, then dies one event in.
+                response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+                response.content_length = len(sse_event(0) + SSE_DONE)
+                await response.prepare(request)
+                await response.write(sse_event(0))
                 assert request.transport is not None
                 request.transport.close()
                 return response
