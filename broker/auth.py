@@ -31,10 +31,15 @@ class Credentials:
         return found
 
 
-def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The secret a client sent: `Authorization: Bearer …`, else `x-api-key` (Anthropic SDK)."""
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The secret in `Authorization: Bearer …`, the only place a connector sends its token."""
     auth = headers.get("Authorization", "")
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return headers.get("x-api-key") or None
+    return None
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The secret a client sent: `Authorization: Bearer …`, else `x-api-key` (Anthropic SDK)."""
+    return bearer_token(headers) or headers.get("x-api-key") or None

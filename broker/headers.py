@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
+from shared.credentials import CREDENTIAL_HEADERS
 from shared.protocol import Headers
 
 _FORBIDDEN: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -29,16 +30,18 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# The user's secrets, and what the connector's HTTP client sets itself.
-_REQUEST_DROP = HOP_BY_HOP | {
-    "authorization",
-    "x-api-key",
-    "cookie",
-    "host",
-    "content-length",
-    "accept-encoding",
-    "x-request-id",
-}
+# The user's secrets (in any header an SDK sends one in), and what the connector's HTTP
+# client sets itself.
+_REQUEST_DROP = (
+    HOP_BY_HOP
+    | CREDENTIAL_HEADERS
+    | {
+        "host",
+        "content-length",
+        "accept-encoding",
+        "x-request-id",
+    }
+)
 
 # What the broker's own HTTP server sets.
 _RESPONSE_DROP = HOP_BY_HOP | {"date", "server", "x-request-id", "set-cookie"}

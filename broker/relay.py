@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from broker import keyformat
-from broker.auth import presented_key
+from broker.auth import bearer_token
 from broker.errors import error_bytes
 from broker.hub import Hub
 from broker.keys import CONNECTOR_TOKENS, HUB, LINKS, METRICS, SETTINGS, STORE
@@ -143,7 +143,7 @@ class _Opening:
         self._timer = loop.call_later(HANDSHAKE_TIMEOUT, self._expired)
 
     def upgrade(self, head: upgrade.RequestHead) -> None:
-        presented = presented_key(CIMultiDict(head.headers))
+        presented = bearer_token(CIMultiDict(head.headers))
         self._admitting = asyncio.get_running_loop().create_task(self._admit(presented))
 
     async def _admit(self, presented: str | None) -> None:

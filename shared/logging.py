@@ -25,6 +25,9 @@ import orjson
 import structlog
 from structlog.contextvars import merge_contextvars
 
+from shared.credentials import scrub
+from shared.logrecords import ConsoleRecords, JsonRecords
+
 LogFormat = Literal["json", "console"]
 
 _SECRET_HINTS = ("token", "key", "secret", "password", "authorization", "cookie")
@@ -91,6 +94,10 @@ class JsonLine:
         redact_secrets(logger, name, event)
         if "exc_info" in event or "exception" in event:
             event = structlog.processors.format_exc_info(logger, name, event)
+            # An exception's message may quote what a client sent (a header line with its key).
+            exception = event.get("exception")
+            if isinstance(exception, str):
+                event["exception"] = scrub(exception)
         try:
             line = orjson.dumps(event, default=_fallback, option=_OPTIONS).decode()
         except TypeError:
@@ -110,9 +117,13 @@ def configure_logging(
     # Neither exists under pythonw or in a windowed build.
     out: TextIO | None = stream or sys.stderr or sys.stdout
     processors: list[Any]
+    records: logging.Formatter
     if fmt == "json":
-        processors = [JsonLine()]
+        json_line = JsonLine()
+        processors = [json_line]
+        records = JsonRecords(json_line)
     else:
+        records = ConsoleRecords()
         processors = [
             merge_contextvars,
             structlog.processors.add_log_level,
@@ -133,11 +144,14 @@ def configure_logging(
         logger_factory=lambda *_args: printer,
         cache_logger_on_first_use=False,
     )
-    # aiohttp and websockets log through the stdlib; keep their warnings, drop the chatter.
+    # aiohttp, asyncio's loop and websockets log through the stdlib; keep their warnings, drop
+    # the chatter. Their lines go through the same renderer as ours (shared.logrecords), as
+    # do Python's warnings, which would otherwise be printed to stderr as they are.
     handler: logging.Handler = logging.NullHandler()
     if out is not None:
         handler = logging.StreamHandler(out)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(records)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING))
+    logging.captureWarnings(True)

@@ -1,0 +1,73 @@
+"""The standard library's log records (aiohttp's, asyncio's, warnings) as our own log lines.
+
+aiohttp logs a request it cannot parse with the exception, whose message quotes the raw
+request line or header line it refused (a valid API key included), and asyncio's loop
+reports what escapes a callback with a multi-line traceback. `shared.logging` sends every
+such record through the same renderer as our own lines: one JSON object per line in the
+JSON format, credentials scrubbed (`shared.credentials.scrub`) in both formats.
+
+Not compiled with the hot path (bench/build.py): a class compiled by mypyc must not
+subclass `logging.Formatter`, and these records are rare.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, MutableMapping
+from typing import Any, Final
+
+from shared.credentials import scrub
+
+Render = Callable[[Any, str, MutableMapping[str, Any]], str]
+"""A structlog processor that turns an event dict into the line to write (`JsonLine`)."""
+
+
+def _is_parse_error(exc: BaseException) -> bool:
+    # aiohttp's HttpProcessingError, named rather than imported: shared/ does not need aiohttp.
+    return any(cls.__name__ == "HttpProcessingError" for cls in type(exc).__mro__)
+
+
+_WORDS: Final = re.compile(r"[A-Za-z][A-Za-z ]{0,60}")
+
+
+def _reason(exc: BaseException) -> str:
+    """What a parse error says, without any of the request it quotes (`Invalid header value
+    char`); its messages put the client's bytes after the words, or are only those bytes."""
+    words = _WORDS.match(str(getattr(exc, "message", "") or ""))
+    reason = words.group().strip() if words else ""
+    return reason if " " in reason else "the request is malformed"
+
+
+class JsonRecords(logging.Formatter):
+    """Renders a stdlib log record as one line through `render`, like any structlog event."""
+
+    def __init__(self, render: Render) -> None:
+        super().__init__()
+        self._render = render
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = record.levelname.lower()
+        event: dict[str, Any] = {"event": scrub(record.getMessage()), "logger": record.name}
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _is_parse_error(exc):
+            # A client's malformed request, answered 400: not the broker's fault, and its
+            # traceback is only aiohttp's parser. The reason is enough, never the bytes.
+            event["error"] = f"{type(exc).__name__}: {_reason(exc)}"
+            if level in ("error", "critical"):
+                level = "warning"
+        elif record.exc_info:
+            event["exception"] = scrub(self.formatException(record.exc_info))
+        if record.stack_info:
+            event["stack"] = scrub(self.formatStack(record.stack_info))
+        return self._render(None, level, event)
+
+
+class ConsoleRecords(logging.Formatter):
+    """The console format's stdlib lines (tracebacks kept, for people), credentials scrubbed."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
