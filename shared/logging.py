@@ -26,7 +26,7 @@ import structlog
 from structlog.contextvars import merge_contextvars
 
 from shared.credentials import scrub
-from shared.logrecords import ConsoleRecords, JsonRecords
+from shared.logrecords import ConsoleRecords, JsonRecords, log_uncaught
 
 LogFormat = Literal["json", "console"]
 
@@ -122,6 +122,7 @@ def configure_logging(
         json_line = JsonLine()
         processors = [json_line]
         records = JsonRecords(json_line)
+        log_uncaught()  # a crash, too, is one JSON line rather than a bare traceback
     else:
         records = ConsoleRecords()
         processors = [

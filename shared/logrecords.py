@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
+import threading
 from collections.abc import Callable, MutableMapping
+from types import TracebackType
 from typing import Any, Final
 
 from shared.credentials import scrub
@@ -71,3 +74,23 @@ class ConsoleRecords(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return scrub(super().format(record))
+
+
+def log_uncaught() -> None:
+    """Send an exception nothing caught (in the main thread or another) to the log as a record,
+    instead of the traceback Python prints to stderr by itself."""
+    logger = logging.getLogger("remotellm")
+
+    def main_thread(
+        kind: type[BaseException], exc: BaseException, tb: TracebackType | None
+    ) -> None:
+        logger.critical("uncaught exception", exc_info=(kind, exc, tb))
+
+    def other_thread(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is not None and not isinstance(args.exc_value, SystemExit):
+            thread = args.thread.name if args.thread else "?"
+            exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+            logger.critical("uncaught exception in thread %s", thread, exc_info=exc_info)
+
+    sys.excepthook = main_thread
+    threading.excepthook = other_thread

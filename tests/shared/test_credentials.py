@@ -6,14 +6,17 @@ import asyncio
 import io
 import json
 import logging
+import subprocess
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import structlog
 from aiohttp.http_exceptions import BadHttpMessage, InvalidHeader
 
 from shared.credentials import CREDENTIAL_HEADERS, scrub
+from shared.eventloop import loop_factory
 from shared.logging import configure_logging
 
 KEY = "sk-scrub-test-0123456789abcdef"
@@ -68,8 +71,14 @@ def test_aiohttps_parse_error_is_one_json_line_without_the_bytes_it_quotes(
     assert {line["logger"] for line in lines} == {"aiohttp.server"}
 
 
-def test_a_traceback_from_asyncios_loop_is_one_json_line_scrubbed(out: io.StringIO) -> None:
-    loop = asyncio.new_event_loop()
+# asyncio's loop, and the one the processes run on (uvloop's, where it is installed).
+@pytest.mark.parametrize(
+    "make_loop", [asyncio.new_event_loop, loop_factory() or asyncio.new_event_loop]
+)
+def test_a_traceback_from_the_loop_is_one_json_line_scrubbed(
+    out: io.StringIO, make_loop: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
+    loop = make_loop()
     try:
         exc = ValueError(f"cannot use header line 'x-api-key: {KEY}'")
         loop.call_exception_handler({"message": "Exception in callback", "exception": exc})
@@ -115,3 +124,19 @@ def test_the_console_format_scrubs_the_stdlib_lines_too() -> None:
         configure_logging("warning", "console", io.StringIO())
     assert "Error handling request" in stream.getvalue()
     assert KEY not in stream.getvalue()
+
+
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_an_uncaught_exception_is_one_json_line_scrubbed(where: str) -> None:
+    crash = f"raise ValueError('Authorization: Bearer {KEY}')"
+    if where == "thread":
+        crash = f"import threading\nt = threading.Thread(target=lambda: exec({crash!r}))\n"
+        crash += "t.start()\nt.join()"
+    code = f"from shared.logging import configure_logging\nconfigure_logging()\n{crash}\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout == ""
+    [line] = [json.loads(text) for text in done.stderr.splitlines()]
+    assert line["level"] == "critical" and "ValueError" in line["exception"]
+    assert KEY not in done.stderr
