@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Relay
+from shared import protocol as p
+from tests.conftest import MakeBroker, Relay
 from tests.e2e.test_express import connect, post_bytes
+from tests.e2e.test_hardening import FakeConnector, fakes
 from tests.stub_llm import sse_event
 
-__all__ = ["connect"]  # a fixture, used by name
+__all__ = ["connect", "fakes"]  # fixtures, used by name
 
 LANES = ["express", "aiohttp"]
 
@@ -100,3 +102,38 @@ async def test_an_absolute_form_target_is_forwarded_as_its_path_and_query(
     status, _, answer = await client.ask(raw)
     assert status == 200
     assert json.loads(answer)["path"] == "/v1/completions?x=1"
+
+
+@pytest.mark.parametrize("lane", LANES)
+@pytest.mark.parametrize("failure", ["timeout", "connector_error"])
+async def test_a_sized_stream_cut_short_by_the_broker_carries_no_error_bytes(
+    make_broker: MakeBroker, fakes: list[FakeConnector], connect: Any, lane: str, failure: str
+) -> None:
+    broker = await make_broker(request_timeout=1.0)
+    fake = await FakeConnector.attach(broker, ("m",))
+    fakes.append(fake)
+    event = sse_event(0)
+
+    async def answer() -> None:
+        sid = (await fake.next_request()).stream_id
+        head = (("Content-Type", "text/event-stream"), ("Content-Length", "1000"))
+        frames: list[p.Frame] = [p.ResponseHead(sid, 200, head), p.ResponseBody(sid, event)]
+        if failure == "connector_error":
+            frames.append(p.Error(sid, "llm_stream_failed", "the LLM server went away"))
+        await fake.ws.send(p.encode_many(frames))  # a timeout: nothing more, ever
+
+    answering = asyncio.create_task(answer())
+    client = await connect(broker)
+    client.writer.write(post_bytes({"model": "m"}, chunked=lane == "aiohttp"))
+    status, headers = await _head(client.reader)
+    await answering
+    assert status == 200 and headers["content-length"] == "1000"
+    with pytest.raises(asyncio.IncompleteReadError) as caught:
+        await asyncio.wait_for(client.reader.readexactly(1000), 10)
+    assert caught.value.partial == event
+    # The express lane's request was served from the sockets' callbacks (broker.callbacktrip),
+    # aiohttp's by a task (broker.trip): each driver is covered.
+    assert broker.express is not None
+    assert (broker.express.served, broker.express.from_callbacks) == (
+        (1, 1) if lane == "express" else (0, 0)
+    )
