@@ -30,18 +30,11 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# The user's secrets (in any header an SDK sends one in), and what the connector's HTTP
-# client sets itself.
-_REQUEST_DROP = (
-    HOP_BY_HOP
-    | CREDENTIAL_HEADERS
-    | {
-        "host",
-        "content-length",
-        "accept-encoding",
-        "x-request-id",
-    }
-)
+# What the connector's HTTP client sets itself.
+_SET_BY_CONNECTOR = frozenset({"host", "content-length", "accept-encoding", "x-request-id"})
+
+# The user's secrets (in any header an SDK sends one in), hop-by-hop headers, and the above.
+_REQUEST_DROP = HOP_BY_HOP | CREDENTIAL_HEADERS | _SET_BY_CONNECTOR
 
 # What the broker's own HTTP server sets.
 _RESPONSE_DROP = HOP_BY_HOP | {"date", "server", "x-request-id", "set-cookie"}
