@@ -100,3 +100,8 @@ class Link:
 def test_models_are_counted_once_across_connectors() -> None:
     assert model_count([]) == 0
     assert model_count([Link("a", "b"), Link("b", "c"), Link()]) == 3  # type: ignore[list-item]
+
+
+def test_models_of_the_largest_connector_and_the_others_add_up() -> None:
+    links = [Link("a"), Link("a", "b", "c", "d"), Link("d", "e"), Link("e", "f")]
+    assert model_count(links) == 6  # type: ignore[arg-type]
