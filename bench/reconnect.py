@@ -20,9 +20,9 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -94,7 +94,7 @@ class Watched:
         return self.board.status.state is LinkState.CONNECTED
 
 
-async def _until(check: Any, timeout: float, what: str) -> None:
+async def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
@@ -146,27 +146,30 @@ async def one_restart(children: Children, schedule: str, count: int) -> Outcome:
         broker = await _start_broker(children, port, f"broker-{schedule}-{count}-again")
         answered = await answering
         await _until(lambda: all(w.up for w in watched), 90, f"{count} connectors returning")
-        back = sorted(w.connected[-1] - answered for w in watched)
-        dials = sum(1 for w in watched for t in w.dials if killed < t < answered)
-        tenths: dict[int, int] = {}
-        for t in back:
-            tenths[int(t * 10)] = tenths.get(int(t * 10), 0) + 1
-        return Outcome(
-            schedule=schedule,
-            connectors=count,
-            answered_after_kill=round(answered - killed, 3),
-            first=round(back[0], 3),
-            median=round(statistics.median(back), 3),
-            p90=round(back[int(0.9 * (len(back) - 1))], 3),
-            last=round(back[-1], 3),
-            dials_while_down=dials,
-            peak_tenth=max(tenths.values()),
-        )
+        return _outcome(schedule, watched, killed, answered)
     finally:
         await asyncio.gather(*(w.client.stop(0) for w in watched))
         await asyncio.gather(*(w.task for w in watched), return_exceptions=True)
         await llm.close()
         broker.stop()
+
+
+def _outcome(schedule: str, watched: list[Watched], killed: float, answered: float) -> Outcome:
+    back = sorted(w.connected[-1] - answered for w in watched)
+    tenths: dict[int, int] = {}
+    for t in back:
+        tenths[int(t * 10)] = tenths.get(int(t * 10), 0) + 1
+    return Outcome(
+        schedule=schedule,
+        connectors=len(watched),
+        answered_after_kill=round(answered - killed, 3),
+        first=round(back[0], 3),
+        median=round(statistics.median(back), 3),
+        p90=round(back[int(0.9 * (len(back) - 1))], 3),
+        last=round(back[-1], 3),
+        dials_while_down=sum(1 for w in watched for t in w.dials if killed < t < answered),
+        peak_tenth=max(tenths.values()),
+    )
 
 
 def summary(outcomes: list[Outcome]) -> str:
