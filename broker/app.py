@@ -16,6 +16,7 @@ from broker.api import models_endpoint, ollama_tags_endpoint, proxy_endpoint
 from broker.auth import Credentials
 from broker.call import request_id_of
 from broker.errors import error_response
+from broker.health import add_health_routes
 from broker.hub import Hub
 from broker.keys import (
     ACCOUNTS,
@@ -78,19 +79,6 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
             else f"{request.method} is not allowed on {request.path}."
         )
         return error_response(request, exc.status, code, message)
-
-
-async def health_endpoint(request: web.Request) -> web.Response:
-    app = request.app
-    hub = app[HUB]
-    return web.json_response(
-        {
-            "status": "draining" if app[LIFECYCLE].draining else "ok",
-            "connectors": len(hub.links),
-            "models": list(hub.models()),
-            "in_flight": app[LIFECYCLE].active,
-        }
-    )
 
 
 async def relay_later(request: web.Request) -> web.StreamResponse:
@@ -201,7 +189,7 @@ def create_app(settings: BrokerSettings) -> web.Application:
     app.router.add_get("/v1/models", models_endpoint)
     app.router.add_get("/api/tags", ollama_tags_endpoint)
     app.router.add_get("/relay", relay_later)
-    app.router.add_get("/health", health_endpoint)
+    add_health_routes(app)
     app.router.add_get("/metrics", metrics_endpoint)
     setup_portal(app, settings)
     return app

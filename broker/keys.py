@@ -17,6 +17,7 @@ from broker.settings import BrokerSettings
 from broker.store import Store
 
 if TYPE_CHECKING:
+    from broker.health import StoreProbe
     from broker.link import ConnectorLink
     from broker.relay import Relay
 
@@ -33,6 +34,8 @@ STORE = web.AppKey("store", Store)
 ACCOUNTS = web.AppKey("accounts", Accounts)
 LIMITER = web.AppKey("limiter", Limiter)
 LEDGER = web.AppKey("ledger", UsageLedger)
+STORE_PROBE: web.AppKey[StoreProbe] = web.AppKey("store_probe")
+"""Whether the store answers, for /readyz (broker.health)."""
 
 REQUEST_ID = web.RequestKey("request_id", str)
 """The correlation id of each request."""

@@ -103,6 +103,12 @@ class Store:
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
 
+    async def ping(self) -> None:
+        """Read one small row: the cheapest question that takes a pooled connection and
+        reads the database itself, as a key look-up does."""
+        async with self.engine.connect() as conn:
+            await conn.scalar(sa.select(meta.c.value).where(meta.c.name == "schema"))
+
     async def _migrate(self) -> None:
         async with self.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)

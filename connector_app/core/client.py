@@ -3,8 +3,9 @@
 It connects, says hello, and pumps frames between the socket and the streams it
 serves (`connector_app.core.streams`): each request the broker sends becomes a
 task that calls the local LLM and streams the answer back within the stream's
-flow-control window. A lost link is dialled again after a backoff with jitter;
-a broker's going-away says when.
+flow-control window. A lost link is dialled again after a backoff with jitter,
+at most `backoff.RECONNECT_WINDOW` seconds apart unless retrying cannot help; a
+broker's going-away says when.
 """
 
 from __future__ import annotations
@@ -117,7 +118,9 @@ class RelayClient:
                 self._goaway_after = None
                 error = error or "the broker asked us to reconnect"
             else:
-                delay = self._backoff.next()
+                # A refused token or TLS failure waits for a person (the slow ceiling); a
+                # lost link waits for the broker, which may be back any second.
+                delay = self._backoff.next(fatal)
                 error = error or "the broker closed the connection"
             self._board.update(
                 state=LinkState.RECONNECTING,

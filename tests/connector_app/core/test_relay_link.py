@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -110,3 +111,59 @@ async def test_a_refused_token_is_shown_as_fatal(llm: LocalLLM) -> None:
         await client.stop(0)
         await asyncio.wait_for(task, 10)
         await refusing.stop()
+
+
+class Ceilings:
+    """Stands in for random.uniform: records each ceiling and returns 0, so redials are at once."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def __call__(self, low: float, high: float) -> float:
+        self.seen.append(high)
+        return low
+
+
+async def ceilings_while_failing(url: str, llm: LocalLLM, dials: int) -> list[float]:
+    """The backoff ceilings a client draws from over its first `dials` failed dials to `url`."""
+    ceilings = Ceilings()
+    client = RelayClient(
+        url=url,
+        token="t",
+        name="link-test",
+        max_concurrency=1,
+        llm=llm,
+        board=StatusBoard(),
+        backoff=Backoff(rand=ceilings),
+    )
+    task = asyncio.create_task(client.run())
+    try:
+        async with asyncio.timeout(10):
+            while len(ceilings.seen) < dials:
+                await asyncio.sleep(0.01)
+    finally:
+        await client.stop(0)
+        await asyncio.wait_for(task, 10)
+    return ceilings.seen[:dials]
+
+
+async def test_a_broker_that_is_down_is_redialled_within_the_reconnect_window(
+    llm: LocalLLM,
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Nothing listens on the port now: each dial is refused, a failure the broker's
+    # return fixes, so the ceiling stops at the window instead of doubling to 30 s.
+    seen = await ceilings_while_failing(f"ws://127.0.0.1:{port}/relay", llm, dials=8)
+    assert seen == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0]
+
+
+async def test_a_refused_token_is_retried_at_the_slow_ceiling(llm: LocalLLM) -> None:
+    refusing = WsServer(status=401)
+    await refusing.start()
+    try:
+        seen = await ceilings_while_failing(refusing.url, llm, dials=8)
+    finally:
+        await refusing.stop()
+    assert seen == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
