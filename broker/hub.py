@@ -101,6 +101,7 @@ class Hub:
     def _announce(self, link: Link, models: frozenset[str]) -> None:
         """Count `link` as serving `models` from now on, and nothing else."""
         now = self._clock()
+        self._forget(now)  # a model back after the window is seen anew
         before = self._announced.pop(link, frozenset())
         if link in self._load:
             self._announced[link] = models
