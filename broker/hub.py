@@ -11,7 +11,7 @@ import itertools
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 
 class Link(Protocol):
@@ -46,12 +46,34 @@ class NoConnector(Exception):
         self.model = model
 
 
+FORGET_AFTER: Final = 3600.0
+"""Seconds the hub remembers a model no connector serves any more (404 vs 503, see `knows`)."""
+
+REMEMBER_AT_MOST: Final = 10_000
+"""Models no connector serves that the hub remembers at most; the oldest are forgotten first."""
+
+
 class Hub:
     """The registry of connected connectors and their load."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        *,
+        forget_after: float = FORGET_AFTER,
+        remember_at_most: int = REMEMBER_AT_MOST,
+    ) -> None:
         self._load: dict[Link, int] = {}
+        self._announced: dict[Link, frozenset[str]] = {}
+        """What each registered link served when the hub last looked (its models may change)."""
+        self._served: dict[str, int] = {}
+        """Each model served right now, with how many links serve it."""
         self._first_seen: dict[str, float] = {}
+        """Every model remembered (served, or left less than `forget_after` ago): first seen."""
+        self._left: dict[str, float] = {}
+        """Models no link serves, with when the last one stopped: oldest first."""
+        self._forget_after = forget_after
+        self._remember_at_most = remember_at_most
         self._changed = asyncio.Event()
         self._clock = clock
         self._turn = itertools.count()
@@ -66,14 +88,48 @@ class Hub:
         self.models_changed(link)
 
     def unregister(self, link: Link) -> None:
-        self._load.pop(link, None)
+        if self._load.pop(link, None) is not None:
+            self._announce(link, frozenset())
         self._notify()
 
     def models_changed(self, link: Link) -> None:
-        now = self._clock()
-        for model in link.models:
-            self._first_seen.setdefault(model, now)
+        """`link.models` may have changed: serve what it announces now."""
+        if link in self._load:
+            self._announce(link, link.models)
         self._notify()
+
+    def _announce(self, link: Link, models: frozenset[str]) -> None:
+        """Count `link` as serving `models` from now on, and nothing else."""
+        now = self._clock()
+        self._forget(now)  # a model back after the window is seen anew
+        before = self._announced.pop(link, frozenset())
+        if link in self._load:
+            self._announced[link] = models
+        served, left = self._served, self._left
+        for model in models - before:
+            count = served.get(model, 0)
+            served[model] = count + 1
+            if not count:
+                left.pop(model, None)
+                self._first_seen.setdefault(model, now)
+        for model in before - models:
+            count = served[model] - 1
+            if count:
+                served[model] = count
+            else:
+                del served[model]
+                left[model] = now
+        self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        """Forget models nobody served for `forget_after` s, and the oldest past the cap."""
+        left = self._left
+        while left:
+            model, since = next(iter(left.items()))
+            if now - since < self._forget_after and len(left) <= self._remember_at_most:
+                return
+            del left[model]
+            del self._first_seen[model]
 
     @property
     def links(self) -> list[Link]:
@@ -84,12 +140,23 @@ class Hub:
 
     def models(self) -> dict[str, float]:
         """Models served right now, with the time each was first seen."""
-        served = {m for link in self._load for m in link.models}
-        return {m: self._first_seen[m] for m in sorted(served)}
+        first_seen = self._first_seen
+        return {m: first_seen[m] for m in sorted(self._served)}
 
     def knows(self, model: str) -> bool:
-        """Whether some connector has served `model` since the hub started."""
+        """Whether some connector serves `model`, or served it less than `forget_after` s ago.
+
+        A model the hub knows is worth waiting for (its connector may be reconnecting: 503
+        after the wait); one it does not know is answered 404 while other connectors are online.
+        """
+        if model in self._served:
+            return True
+        self._forget(self._clock())
         return model in self._first_seen
+
+    def remembered(self) -> int:
+        """How many model names the hub holds: served ones and those it still remembers."""
+        return len(self._first_seen)
 
     def in_flight(self) -> int:
         return sum(self._load.values())
@@ -171,7 +238,7 @@ class Hub:
                 if chosen is not None and not self._owed_to_earlier(line, me, chosen):
                     self._load[chosen] += 1
                     return chosen
-                if not candidates and model not in self._first_seen and self._load:
+                if not candidates and self._load and not self.knows(model):
                     raise NoConnector("unknown", model)
                 limit = wait_busy if candidates else wait_offline
                 remaining = start + limit - loop.time()

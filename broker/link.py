@@ -23,8 +23,9 @@ from broker.websocket import RelaySocket
 from shared import protocol as p
 from shared import websocket as ws
 from shared.flow import ReceiveCredit
-from shared.handshake import check_sender
+from shared.handshake import Refused, check_models, check_sender, servable
 from shared.outbox import Outbox
+from shared.text import shown
 
 if TYPE_CHECKING:
     from broker.relay import Relay
@@ -149,6 +150,7 @@ class ConnectorLink:
     __slots__ = (
         "_closed",
         "_ids",
+        "_left_out",
         "_outbox",
         "_relay",
         "_sent_away",
@@ -171,7 +173,8 @@ class ConnectorLink:
         self.name = hello.name
         self.token_id = token_id  # the store's connector token, if it used one
         self.since = time.time()
-        self.models: frozenset[str] = frozenset(hello.models)
+        self._left_out: frozenset[str] = frozenset()
+        self.models: frozenset[str] = self._servable(hello.models)
         self.max_concurrency = hello.max_concurrency
         self.draining = False
         self.window = window
@@ -227,6 +230,10 @@ class ConnectorLink:
             if message.text:
                 raise p.ProtocolError("only binary messages are allowed")
             changed = self.receive(p.decode(message.data))
+        except Refused as refusal:
+            log.warning("connector refused", connector=self.name, reason=refusal.reason)
+            self._socket.close(refusal.code, refusal.reason, refusal.reason)
+            return
         except p.ProtocolError as exc:
             log.warning("connector protocol error", connector=self.name, error=str(exc))
             reason = p.close_reason(str(exc))
@@ -280,13 +287,31 @@ class ConnectorLink:
                     if sink is not None:
                         sinks[id(sink)] = sink
             case p.ModelsUpdate(models):
-                self.models = frozenset(models)
+                check_models(models)
+                self.models = self._servable(models)
                 changed = True
             case p.GoAway(reason):
                 log.info("connector going away", connector=self.name, reason=reason)
                 self.draining = True
                 changed = True
         return changed
+
+    def _servable(self, announced: tuple[str, ...]) -> frozenset[str]:
+        """The announced models the broker serves; names that are not clean text are left out.
+
+        Such a name could not be encoded in a JSON answer, a metric label or a log line. It is
+        logged once (until the connector announces another set of such names).
+        """
+        kept, left_out = servable(announced)
+        if left_out and left_out != self._left_out:
+            log.warning(
+                "connector announced model names that are not clean text; left them out",
+                connector=self.name,
+                count=len(left_out),
+                models=sorted(shown(model) for model in left_out)[:10],
+            )
+        self._left_out = left_out
+        return kept
 
     def lost(self) -> None:
         """The socket is gone: fail every open stream so its handler can retry or report."""

@@ -1,14 +1,21 @@
 """Prometheus metrics of one broker, in a registry of its own (no global state).
 
 Labels never hold a key, a user or a free-form string a client chose: a model
-label is only ever a model some connector served, or "unknown".
+label is only ever a model some connector served, or "unknown". Each distinct label value
+is a time series kept for the broker's life, so the model label takes at most
+MAX_MODEL_LABELS distinct models; requests for any further model count under "other".
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shared.text import is_clean
+
+MAX_MODEL_LABELS: Final = 100
+"""Distinct values of the `model` label, besides "unknown" and "other"."""
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -43,6 +50,24 @@ class Metrics:
             "remotellm_connectors_connected", "Connectors connected.", registry=self.registry
         )
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._models: set[str] = set()
+        """The model label values handed out so far (at most MAX_MODEL_LABELS)."""
+
+    def model_label(self, model: str) -> str:
+        """The `model` label for `model`: itself while under the cap, else "other".
+
+        A label must encode as UTF-8 on a line of its own, or every later scrape fails:
+        a model that is not clean text counts as "unknown" (the hub never serves one).
+        """
+        models = self._models
+        if model in models or model in ("unknown", "other"):
+            return model
+        if not is_clean(model):
+            return "unknown"
+        if len(models) >= MAX_MODEL_LABELS:
+            return "other"
+        models.add(model)
+        return model
 
     def _child(self, metric: Any, *labels: str) -> Any:
         # `labels()` validates and locks on every call; a request needs the same few children.
@@ -54,9 +79,11 @@ class Metrics:
 
     def finished(self, model: str, status: int, seconds: float | None = None) -> None:
         """Count a finished request; with `seconds`, record its duration too."""
-        self._child(self.requests, model, str(status)).inc()
+        label = self.model_label(model)
+        self._child(self.requests, label, str(status)).inc()
         if seconds is not None:
-            self._child(self.duration, model).observe(seconds)
+            self._child(self.duration, label).observe(seconds)
 
     def first_byte(self, model: str, seconds: float) -> None:
-        self._child(self.ttfb, model).observe(seconds)
+        """Record the time to the response head of a request for `model`."""
+        self._child(self.ttfb, self.model_label(model)).observe(seconds)

@@ -32,6 +32,9 @@ from shared.handshake import HANDSHAKE_TIMEOUT, Refused, accept_hello
 
 log = structlog.get_logger("remotellm.broker.relay")
 
+LOGGED_MODELS = 50
+"""Models named in a connector's "connected" line; up to MAX_MODELS would make it huge."""
+
 
 class Relay:
     """What every relay connection of one broker shares; the front hands connections to it."""
@@ -191,7 +194,8 @@ class _Opening:
             "connector connected",
             connector=link.name,
             peer=socket.peer,
-            models=sorted(link.models),
+            models=sorted(link.models)[:LOGGED_MODELS],
+            model_count=len(link.models),
             max_concurrency=link.max_concurrency,
         )
 

@@ -33,6 +33,8 @@ HEADER: Final = struct.Struct(">BII")
 # WebSocket close codes used by the relay (4000-4999 is the application range).
 CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_GOING_AWAY: Final = 1001
+CLOSE_POLICY_VIOLATION: Final = 1008
+"""A well-formed frame the broker will not take (a hello or models update over its bounds)."""
 CLOSE_UNSUPPORTED_VERSION: Final = 4001
 CLOSE_HANDSHAKE_TIMEOUT: Final = 4002
 

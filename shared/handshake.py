@@ -9,12 +9,19 @@ from __future__ import annotations
 from typing import Final, Literal
 
 from shared import protocol as p
+from shared.text import MAX_NAME_LENGTH, is_clean
 
 HANDSHAKE_TIMEOUT: Final = 10.0
 """Seconds each side waits for the other's first frame."""
 
 MAX_MESSAGE: Final = 4 * 1024 * 1024
 """Largest WebSocket message either side accepts (the outbox builds 256 KiB ones)."""
+
+MAX_MODELS: Final = 1000
+"""Most distinct model names one connector may announce, in its hello or a models update.
+
+Every name a connector announces is kept by the broker, listed by `/v1/models` and may
+become a metric label: without a bound, one connector could grow state every user shares."""
 
 FROM_CONNECTOR: Final = (
     p.ModelsUpdate,
@@ -59,7 +66,43 @@ def accept_hello(message: str | bytes) -> p.Hello:
             f"unsupported protocol version {hello.version}; "
             f"this broker speaks version {p.PROTOCOL_VERSION}",
         )
+    if not is_clean(hello.name):
+        # The name is in every log line about the connector's requests: it stays short and plain.
+        raise Refused(
+            p.CLOSE_POLICY_VIOLATION,
+            f"the connector name must be 1 to {MAX_NAME_LENGTH} printable characters; "
+            "set another name",
+        )
+    check_models(hello.models)
     return hello
+
+
+def check_models(models: tuple[str, ...]) -> None:
+    """Refuse a model list over the bounds: more than MAX_MODELS names, or a name too long.
+
+    A name that is merely not clean text is no reason to refuse the connector: `servable`
+    leaves it out and the connector serves the rest.
+    """
+    count = len(set(models))
+    if count > MAX_MODELS:
+        raise Refused(
+            p.CLOSE_POLICY_VIOLATION,
+            f"the connector announced {count} models, over the broker's limit of {MAX_MODELS}; "
+            "choose some with --model",
+        )
+    for model in models:
+        if len(model) > MAX_NAME_LENGTH:
+            raise Refused(
+                p.CLOSE_POLICY_VIOLATION,
+                f"a model name is {len(model)} characters long; "
+                f"a broker takes at most {MAX_NAME_LENGTH}",
+            )
+
+
+def servable(models: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]]:
+    """The announced names the broker serves, and those it leaves out (not clean text)."""
+    kept = frozenset(model for model in models if is_clean(model))
+    return kept, frozenset(models) - kept
 
 
 def accept_welcome(message: str | bytes) -> p.Welcome:

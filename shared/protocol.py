@@ -26,6 +26,7 @@ from shared import jsoncodec
 from shared.frames import (
     CLOSE_GOING_AWAY,
     CLOSE_HANDSHAKE_TIMEOUT,
+    CLOSE_POLICY_VIOLATION,
     CLOSE_PROTOCOL_ERROR,
     CLOSE_UNSUPPORTED_VERSION,
     DEFAULT_WINDOW,
@@ -56,6 +57,7 @@ from shared.frames import (
 __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_HANDSHAKE_TIMEOUT",
+    "CLOSE_POLICY_VIOLATION",
     "CLOSE_PROTOCOL_ERROR",
     "CLOSE_UNSUPPORTED_VERSION",
     "DEFAULT_WINDOW",

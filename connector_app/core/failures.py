@@ -12,6 +12,9 @@ from shared.handshake import Refused
 from shared.upgrade import HandshakeError
 from shared.websocket import WebSocketError
 
+_REFUSALS = (p.CLOSE_UNSUPPORTED_VERSION, p.CLOSE_POLICY_VIOLATION)
+"""Close codes with which the broker refuses this connector as it is: retrying cannot help."""
+
 
 def describe_failure(exc: BaseException) -> str:
     """One line saying why the link failed, with what to do where we can tell."""
@@ -29,7 +32,7 @@ def describe_failure(exc: BaseException) -> str:
         if exc.code is None:
             detail = f" ({exc.reason})" if exc.reason else ""
             return f"the connection to the broker was lost{detail}"
-        if exc.code == p.CLOSE_UNSUPPORTED_VERSION:
+        if exc.code in _REFUSALS:
             return f"the broker refused this connector: {exc.reason}"
         return f"the broker closed the connection ({exc.code} {exc.reason})".rstrip()
     if isinstance(exc, ProxyError):
@@ -48,11 +51,12 @@ def describe_failure(exc: BaseException) -> str:
 
 
 def is_fatal(exc: BaseException) -> bool:
-    """True for failures that retrying cannot fix: a refused token, TLS, a refused version."""
+    """True for failures that retrying cannot fix: a refused token, TLS, a refused version,
+    a hello or models update over the broker's bounds (a name or a model list)."""
     if isinstance(exc, HandshakeError):
         return exc.status in (401, 403)
     if isinstance(exc, LinkClosed):
-        return exc.code == p.CLOSE_UNSUPPORTED_VERSION
+        return exc.code in _REFUSALS
     if isinstance(exc, ProxyError):
         return exc.fatal
     return isinstance(exc, ssl.SSLError)

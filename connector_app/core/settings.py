@@ -18,6 +18,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.settings import split_list
+from shared.text import MAX_NAME_LENGTH, is_clean
 
 StrList = Annotated[list[str], NoDecode, BeforeValidator(split_list)]
 
@@ -99,6 +100,14 @@ class ConnectorSettings(BaseSettings):
     @classmethod
     def _llm_url(cls, value: str) -> str:
         return normalise_llm_url(value)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # The broker refuses any other name at the hello; say so before connecting.
+        if not is_clean(value):
+            raise ValueError(f"name must be 1 to {MAX_NAME_LENGTH} printable characters")
+        return value
 
     @model_validator(mode="after")
     def _tls(self) -> ConnectorSettings:

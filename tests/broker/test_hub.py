@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from broker.hub import Hub, Link, NoConnector
+from broker.hub import FORGET_AFTER, Hub, Link, NoConnector
 
 # Hang guard for awaits that must finish promptly; never a timing assertion.
 GUARD = 10.0
@@ -432,3 +432,117 @@ async def test_an_older_waiter_that_cannot_use_a_link_does_not_block_it() -> Non
     assert await other is a
     assert not picky.done()
     picky.cancel()
+
+
+# ---------------------------------------------------------------------------
+# Forgetting models nobody serves
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_model_nobody_serves_is_waited_for_then_forgotten_after_an_hour() -> None:
+    clock = Clock()
+    hub = Hub(clock=clock)
+    gone, other = link("gone", "m"), link("other", "x")
+    hub.register(gone)
+    hub.register(other)
+    hub.unregister(gone)
+    # Its connector may be reconnecting: worth a wait, then 503 ("offline").
+    assert hub.knows("m")
+    assert await reason(hub, "m") == "offline"
+    clock.now += FORGET_AFTER - 1
+    assert await reason(hub, "m") == "offline"
+    clock.now += 1
+    # An hour later it is a model like any other nobody ever served: 404 ("unknown").
+    assert not hub.knows("m")
+    assert await reason(hub, "m") == "unknown"
+    assert hub.remembered() == 1  # only x, which is still served
+    assert hub.knows("x")
+
+
+async def test_a_model_served_by_two_connectors_is_served_until_both_leave() -> None:
+    clock = Clock()
+    hub = Hub(clock=clock, forget_after=10)
+    a, b = link("a", "m"), link("b", "m")
+    hub.register(a)
+    hub.register(b)
+    hub.unregister(a)
+    clock.now += 100
+    assert hub.knows("m") and list(hub.models()) == ["m"]
+    assert await acquire(hub) is b
+    hub.unregister(b)
+    assert hub.knows("m") and not hub.models()
+    clock.now += 10
+    assert not hub.knows("m")
+    assert hub.remembered() == 0
+
+
+async def test_a_model_dropped_by_a_models_update_is_remembered_then_forgotten() -> None:
+    clock = Clock()
+    hub = Hub(clock=clock, forget_after=10)
+    a = link("a", "m", "n")
+    hub.register(a)
+    a.models = frozenset({"n"})
+    hub.models_changed(a)
+    assert list(hub.models()) == ["n"] and hub.knows("m")
+    clock.now += 10
+    assert not hub.knows("m") and hub.knows("n")
+
+
+async def test_the_oldest_models_nobody_serves_are_forgotten_past_the_cap() -> None:
+    clock = Clock()
+    hub = Hub(clock=clock, remember_at_most=3)
+    a = link("a", *(f"m{i}" for i in range(6)))
+    hub.register(a)
+    for i in range(6):
+        clock.now += 1
+        a.models = a.models - {f"m{i}"}
+        hub.models_changed(a)
+    assert hub.remembered() == 3
+    assert [hub.knows(f"m{i}") for i in range(6)] == [False] * 3 + [True] * 3
+
+
+async def test_a_model_back_within_the_window_keeps_its_first_seen_time() -> None:
+    clock = Clock(100.0)
+    hub = Hub(clock=clock, forget_after=10)
+    a = link("a", "m")
+    hub.register(a)
+    hub.unregister(a)
+    clock.now = 105.0
+    hub.register(a)
+    assert hub.models() == {"m": 100.0}
+    hub.unregister(a)
+    clock.now = 200.0
+    hub.register(a)
+    assert hub.models() == {"m": 200.0}  # forgotten in between: seen anew
+
+
+async def test_models_of_a_link_not_registered_are_not_taken() -> None:
+    hub = Hub()
+    stray = link("stray", "m")
+    hub.models_changed(stray)
+    assert not hub.models() and not hub.knows("m") and hub.remembered() == 0
+
+
+async def test_the_hubs_memory_of_models_stays_bounded_under_churn() -> None:
+    clock = Clock()
+    hub = Hub(clock=clock, remember_at_most=500)
+    for round_ in range(50):
+        clock.now += 1
+        churn = link(f"c{round_}", *(f"r{round_}-m{i}" for i in range(100)))
+        hub.register(churn)
+        assert hub.remembered() <= 500 + 100
+        hub.unregister(churn)
+        assert hub.remembered() <= 500
+    assert not hub.models()
+    clock.now += FORGET_AFTER
+    hub.knows("anything")
+    assert hub.remembered() == 0

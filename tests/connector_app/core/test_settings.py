@@ -57,3 +57,10 @@ def test_plain_ws_to_loopback_is_fine(url: str) -> None:
 def test_models_from_the_environment_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REMOTELLM_CONNECTOR_MODEL", "llama3:8b,qwen2.5")
     assert make().model == ["llama3:8b", "qwen2.5"]
+
+
+@pytest.mark.parametrize("name", ["", "two\nlines", "x" * 257, "tab\there"])
+def test_a_name_the_broker_would_refuse_is_refused_here_first(name: str) -> None:
+    with pytest.raises(ValidationError, match="name must be 1 to 256 printable characters"):
+        make(name=name)
+    assert make(name="box-1 (GPU)").name == "box-1 (GPU)"
