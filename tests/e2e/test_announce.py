@@ -240,7 +240,8 @@ async def test_a_connector_refused_for_its_models_says_so_plainly_and_backs_off(
     broker = await make_broker()
     running = await make_connector(broker, stub.url)
     async with asyncio.timeout(10):
-        while running.connector.status.last_error is None:
+        # The error is shown first, the retry scheduled just after: wait for both.
+        while running.connector.status.retry_in is None:
             await asyncio.sleep(0.01)
     status = running.connector.status
     assert status.last_error == (
