@@ -10,7 +10,7 @@ from pydantic import BeforeValidator, Field, FilePath, SecretStr, model_validato
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.protocol import MAX_REQUEST_BODY
-from shared.settings import split_list
+from shared.settings import LogLevel, split_list
 
 SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(split_list)]
 StrList = Annotated[list[str], NoDecode, BeforeValidator(split_list)]
@@ -29,9 +29,7 @@ class BrokerSettings(BaseSettings):
     connector_token: SecretList = Field(
         default_factory=list, description="Token accepted from connectors (repeatable)."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="Log level."
-    )
+    log_level: LogLevel = Field("info", description="Log level.")
     log_format: Literal["json", "console"] = Field("json", description="Log line format.")
     max_body_size: int = Field(
         32 * 1024 * 1024,

@@ -57,3 +57,12 @@ def test_plain_ws_to_loopback_is_fine(url: str) -> None:
 def test_models_from_the_environment_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REMOTELLM_CONNECTOR_MODEL", "llama3:8b,qwen2.5")
     assert make().model == ["llama3:8b", "qwen2.5"]
+
+
+@pytest.mark.parametrize("given", ["WARNING", "Error", "debug"])
+def test_log_level_is_accepted_in_any_case(given: str) -> None:
+    from connector_app.cli import build_parser
+
+    assert make(log_level=given).log_level == given.lower()
+    args = build_parser().parse_args(["--headless", "--log-level", given])
+    assert args.log_level == given.lower()
