@@ -12,7 +12,13 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from broker.accounts import Accounts, Limits
-from broker.api import models_endpoint, ollama_tags_endpoint, proxy_endpoint
+from broker.api import (
+    model_endpoint,
+    models_endpoint,
+    ollama_tags_endpoint,
+    ollama_version_endpoint,
+    proxy_endpoint,
+)
 from broker.auth import Credentials
 from broker.call import request_id_of
 from broker.errors import error_response
@@ -199,7 +205,10 @@ def create_app(settings: BrokerSettings) -> web.Application:
     for path in MODEL_ENDPOINTS:
         app.router.add_post(path, proxy_endpoint)
     app.router.add_get("/v1/models", models_endpoint)
+    # Model ids may hold '/' and ':' (`org/model:tag`): the id is the rest of the path.
+    app.router.add_get("/v1/models/{model:.+}", model_endpoint)
     app.router.add_get("/api/tags", ollama_tags_endpoint)
+    app.router.add_get("/api/version", ollama_version_endpoint)
     app.router.add_get("/relay", relay_later)
     app.router.add_get("/health", health_endpoint)
     app.router.add_get("/metrics", metrics_endpoint)
