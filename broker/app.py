@@ -21,6 +21,7 @@ from broker.api import (
 )
 from broker.auth import Credentials
 from broker.call import request_id_of
+from broker.cors import setup_cors
 from broker.errors import error_response
 from broker.hub import Hub
 from broker.keys import (
@@ -213,4 +214,5 @@ def create_app(settings: BrokerSettings) -> web.Application:
     app.router.add_get("/health", health_endpoint)
     app.router.add_get("/metrics", metrics_endpoint)
     setup_portal(app, settings)
+    setup_cors(app, settings.cors_origin)
     return app

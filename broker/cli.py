@@ -57,6 +57,11 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     add("--key-rpm", type=int, help="requests per minute per API key (default 0: unlimited)")
     add("--key-concurrency", type=int, help="concurrent requests per API key (0: unlimited)")
     add("--key-daily-tokens", type=int, help="tokens per API key per UTC day (0: unlimited)")
+    add(
+        "--cors-origin",
+        action="append",
+        help="let browser pages from this origin call the API (repeatable; * for any)",
+    )
 
 
 def _store_options(parser: argparse.ArgumentParser) -> None:
