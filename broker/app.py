@@ -51,6 +51,7 @@ from broker.store import Store, database_url
 from broker.websocket import UPGRADE_HINT
 from shared.endpoints import MODEL_ENDPOINTS
 from shared.settings import secret_values
+from shared.tracecontext import trace_fields
 
 log = structlog.get_logger("remotellm.broker")
 
@@ -64,7 +65,8 @@ async def correlate(request: web.Request, handler: Handler) -> web.StreamRespons
         # A connector's link lives for hours: its log lines are not about one request.
         response = await _json_errors(request, handler)
     else:
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
+        trace = trace_fields(request.headers.get("traceparent"))
+        with structlog.contextvars.bound_contextvars(request_id=request_id, **trace):
             response = await _json_errors(request, handler)
     if not response.prepared:
         response.headers["X-Request-ID"] = request_id

@@ -231,9 +231,7 @@ class CallbackTrip(Trip):
         self.express.cut()
 
     def _bug(self, exc: Exception) -> None:
-        log.error(
-            "request failed with an internal error", error=repr(exc), request_id=self.request_id
-        )
+        log.error("request failed with an internal error", error=repr(exc), **self.ids)
         if self.over:
             return  # counted already (the bug came after, from what ran next): nothing to answer
         call = self.express
