@@ -40,10 +40,17 @@ async def test_traceparent_reaches_the_llm_unchanged_and_both_logs_carry_its_tra
         stream=True,
         x_stub={"mode": "events", "events": 3},
     )
+    # A browser's request (it has an Origin) is served by aiohttp rather than the express lane.
+    await chat(
+        url, {**auth, **trace, "X-Request-ID": "trace-aiohttp", "Origin": "https://a.example"}
+    )
+    origin = {"Origin": "https://a.example"}
+    await chat(url, {**trace, **origin, "X-Request-ID": "trace-aiohttp-refused"})
     bad = "00-not-a-trace"
     await chat(url, {**auth, "traceparent": bad, "X-Request-ID": "trace-invalid"})
     await chat(url, {**trace, "X-Request-ID": "trace-refused"})  # no key: the broker's 401
     assert [(s.headers.get("traceparent"), s.headers.get("tracestate")) for s in stub.seen] == [
+        (TRACEPARENT, TRACESTATE),
         (TRACEPARENT, TRACESTATE),
         (TRACEPARENT, TRACESTATE),
         (bad, None),
@@ -55,12 +62,13 @@ async def test_traceparent_reaches_the_llm_unchanged_and_both_logs_carry_its_tra
     def lines(proc: Proc, request_id: str) -> list[dict[str, Any]]:
         return [line for line in proc.json_lines() if line.get("request_id") == request_id]
 
-    for request_id in ("trace-plain", "trace-stream"):
+    for request_id in ("trace-plain", "trace-stream", "trace-aiohttp"):
         for proc, event in ((broker, "request finished"), (connector, "request served")):
             found = lines(proc, request_id)
             assert event in {line["event"] for line in found}
             assert all(line.get("trace_id") == TRACE for line in found), found
-    refused = lines(broker, "trace-refused")
-    assert refused and all(line.get("trace_id") == TRACE for line in refused)
+    for request_id in ("trace-refused", "trace-aiohttp-refused"):
+        refused = lines(broker, request_id)
+        assert refused and all(line.get("trace_id") == TRACE for line in refused)
     invalid = lines(broker, "trace-invalid") + lines(connector, "trace-invalid")
     assert len(invalid) >= 2 and not any("trace_id" in line for line in invalid)
