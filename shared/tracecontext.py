@@ -9,6 +9,7 @@ so a request can be followed from a client that uses OpenTelemetry through both 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Final
 
 _TRACEPARENT: Final = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
@@ -42,3 +43,12 @@ def trace_fields(traceparent: str | None) -> dict[str, str]:
     """The log fields of a request's trace: `{"trace_id": ...}`, or none for no valid one."""
     found = trace_id(traceparent)
     return {"trace_id": found} if found is not None else {}
+
+
+def traceparent_of(headers: Iterable[tuple[str, str]]) -> str | None:
+    """The first `traceparent` of a list of header pairs (the relay's request head), if any."""
+    for name, value in headers:
+        # Most names are not 11 long: one comparison each, no lower-casing per request.
+        if len(name) == 11 and name.lower() == "traceparent":
+            return value
+    return None

@@ -25,7 +25,7 @@ from connector_app.core.http1 import HTTPError
 from connector_app.core.pool import Connection
 from shared import protocol as p
 from shared.flow import SendCredit
-from shared.tracecontext import trace_fields
+from shared.tracecontext import trace_fields, traceparent_of
 
 log = structlog.get_logger("remotellm.connector")
 
@@ -60,8 +60,7 @@ class Stream:
     def __post_init__(self) -> None:
         self.credit = SendCredit(self.window)
         head = self.head
-        traceparent = next((v for k, v in head.headers if k.lower() == "traceparent"), None)
-        self.ids = {"request_id": head.request_id, **trace_fields(traceparent)}
+        self.ids = {"request_id": head.request_id, **trace_fields(traceparent_of(head.headers))}
 
     def announce(self, events: RequestEvents) -> None:
         """The request starts now: tell the app's request log, if anyone is watching."""

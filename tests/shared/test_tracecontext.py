@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.tracecontext import trace_fields, trace_id
+from shared.tracecontext import trace_fields, trace_id, traceparent_of
 
 VALID = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -47,3 +47,9 @@ def test_anything_else_gives_none(value: str | None) -> None:
 def test_a_trace_id_is_always_32_lower_hex_from_the_header(value: str) -> None:
     found = trace_id(value)
     assert found is None or (len(found) == 32 and found in value and int(found, 16) > 0)
+
+
+def test_the_traceparent_of_header_pairs_is_found_in_any_case() -> None:
+    pairs = [("Host", "b"), ("TraceParent", VALID), ("traceparent", "second")]
+    assert traceparent_of(pairs) == VALID
+    assert traceparent_of([("Host", "b"), ("tracestate", "a=b")]) is None
