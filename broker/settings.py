@@ -27,7 +27,7 @@ def normalise_origin(value: str) -> str:
     if value == "*":
         return value
     text = value.strip().rstrip("/").lower()
-    if not is_clean(text, 200):
+    if not is_clean(text, 200) or any(char.isspace() for char in text):
         raise ValueError(f"{shown(value[:200])} is not an origin")
     parts = urlsplit(text)
     if (

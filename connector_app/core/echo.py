@@ -2,7 +2,8 @@
 
 The demo serves it when no local LLM server answers, so the whole path can be tried on
 any machine, with any client: it answers every endpoint the broker relays, each in its
-own family's shape (`connector_app.core.echoformats`): OpenAI's chat completions,
+own family's shape (`connector_app.core.echoformats`, `connector_app.core.echoollama`):
+OpenAI's chat completions,
 completions, responses and embeddings, Anthropic's messages, and Ollama's chat,
 generate, embed, embeddings and show; streamed word by word (SSE or NDJSON) or whole.
 """
@@ -12,11 +13,35 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
-from connector_app.core.echoformats import FAMILIES, OTHERS, Ask, Family
+from connector_app.core import echoformats as f
+from connector_app.core import echoollama as ollama
+from connector_app.core.echoformats import Ask, Family, Other
+
+FAMILIES: Final = {
+    "/v1/chat/completions": Family(
+        "chatcmpl-", False, f.messages_text, f.chat_whole, f.chat_stream
+    ),
+    "/v1/completions": Family(
+        "cmpl-", False, f.prompt_text, f.completion_whole, f.completion_stream
+    ),
+    "/v1/responses": Family("resp_", False, f.input_text, f.responses_whole, f.responses_stream),
+    "/v1/messages": Family("msg_", False, f.messages_text, f.messages_whole, f.messages_stream),
+    "/api/chat": Family("", True, f.messages_text, ollama.chat_whole, ollama.chat_stream),
+    "/api/generate": Family("", True, f.prompt_text, ollama.generate_whole, ollama.generate_stream),
+}
+"""The text-generating endpoints, by path."""
+
+OTHERS: Final[dict[str, Other]] = {
+    "/v1/embeddings": f.openai_embeddings,
+    "/api/embed": ollama.embed,
+    "/api/embeddings": ollama.embeddings,
+    "/api/show": ollama.show,
+}
+"""The endpoints answered with one JSON object, by path."""
 
 MODEL = "echo"
 DELAY = web.AppKey("delay", float)

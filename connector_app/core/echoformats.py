@@ -1,10 +1,11 @@
-"""What the built-in `echo` model answers, in the shape of each API family the broker relays.
+"""What the built-in `echo` model answers to OpenAI's and Anthropic's clients, and the shapes
+every family shares (Ollama's answers are `connector_app.core.echoollama`).
 
 Pure functions, no I/O: `connector_app.core.echo` serves them. Each family reads the text
 to echo from its own request shape, and answers it whole (one JSON object) or streamed
-(SSE events for OpenAI's chat, completions and responses and Anthropic's messages,
-NDJSON lines for Ollama), one word per event, with the usage fields real servers send
-so that the broker's usage ledger counts the echo's tokens too.
+(SSE events for OpenAI's chat, completions and responses and Anthropic's messages), one
+word per event, with the usage fields real servers send so that the broker's usage ledger
+counts the echo's tokens too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 DIMENSIONS: Final = 32
@@ -92,18 +92,18 @@ def last_user_text(messages: Any) -> str:
     return ""
 
 
-def _messages_text(body: dict[str, Any]) -> str:
+def messages_text(body: dict[str, Any]) -> str:
     return last_user_text(body.get("messages"))
 
 
-def _prompt_text(body: dict[str, Any]) -> str:
+def prompt_text(body: dict[str, Any]) -> str:
     prompt = body.get("prompt")
     if isinstance(prompt, list):
         prompt = next((item for item in prompt if isinstance(item, str)), "")
     return prompt if isinstance(prompt, str) else ""
 
 
-def _input_text(body: dict[str, Any]) -> str:
+def input_text(body: dict[str, Any]) -> str:
     given = body.get("input")
     return given if isinstance(given, str) else last_user_text(given)
 
@@ -111,12 +111,12 @@ def _input_text(body: dict[str, Any]) -> str:
 # -- shared pieces ----------------------------------------------------------------
 
 
-def _json(value: Any) -> bytes:
+def json_bytes(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _data(value: Any) -> bytes:
-    return b"data: " + _json(value) + b"\n\n"
+    return b"data: " + json_bytes(value) + b"\n\n"
 
 
 def _event(kind: str, value: dict[str, Any]) -> bytes:
@@ -136,7 +136,7 @@ def _include_usage(ask: Ask) -> bool:
 # -- OpenAI chat completions and completions -----------------------------------------
 
 
-def _chat_whole(ask: Ask) -> dict[str, Any]:
+def chat_whole(ask: Ask) -> dict[str, Any]:
     message = {"role": "assistant", "content": ask.text}
     return {
         "id": ask.ident,
@@ -166,7 +166,7 @@ def _openai_stream(ask: Ask, kind: str, choice: Callable[[str | None], dict[str,
     return Streamed(SSE, [], pieces, tail)
 
 
-def _chat_stream(ask: Ask) -> Streamed:
+def chat_stream(ask: Ask) -> Streamed:
     def choice(text: str | None) -> dict[str, Any]:
         delta = {"content": text} if text is not None else {}
         return {"index": 0, "delta": delta, "finish_reason": None}
@@ -174,7 +174,7 @@ def _chat_stream(ask: Ask) -> Streamed:
     return _openai_stream(ask, "chat.completion.chunk", choice)
 
 
-def _completion_whole(ask: Ask) -> dict[str, Any]:
+def completion_whole(ask: Ask) -> dict[str, Any]:
     choice = {"text": ask.text, "index": 0, "logprobs": None, "finish_reason": "stop"}
     return {
         "id": ask.ident,
@@ -186,7 +186,7 @@ def _completion_whole(ask: Ask) -> dict[str, Any]:
     }
 
 
-def _completion_stream(ask: Ask) -> Streamed:
+def completion_stream(ask: Ask) -> Streamed:
     def choice(text: str | None) -> dict[str, Any]:
         return {"text": text or "", "index": 0, "logprobs": None, "finish_reason": None}
 
@@ -241,11 +241,11 @@ def _message_item(ask: Ask, status: str, content: list[dict[str, Any]]) -> dict[
     }
 
 
-def _responses_whole(ask: Ask) -> dict[str, Any]:
+def responses_whole(ask: Ask) -> dict[str, Any]:
     return _response(ask, "completed", [_message_item(ask, "completed", [_output_text(ask)])])
 
 
-def _responses_stream(ask: Ask) -> Streamed:
+def responses_stream(ask: Ask) -> Streamed:
     """The Responses API's typed events, numbered in order (`sequence_number`)."""
     item = _message_item(ask, "in_progress", [])
     at = {"item_id": item["id"], "output_index": 0, "content_index": 0}
@@ -291,11 +291,11 @@ def _message(ask: Ask, content: list[dict[str, Any]], stop: str | None, out: int
     }
 
 
-def _messages_whole(ask: Ask) -> dict[str, Any]:
+def messages_whole(ask: Ask) -> dict[str, Any]:
     return _message(ask, [{"type": "text", "text": ask.text}], "end_turn", len(ask.words))
 
 
-def _messages_stream(ask: Ask) -> Streamed:
+def messages_stream(ask: Ask) -> Streamed:
     """Anthropic's events: message_start, one text block of deltas, message_delta, stop."""
     head = [
         _event("message_start", {"message": _message(ask, [], None, 1)}),
@@ -323,82 +323,6 @@ def _messages_stream(ask: Ask) -> Streamed:
     return Streamed(SSE, head, pieces, tail)
 
 
-# -- Ollama chat and generate -------------------------------------------------------------
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _ollama_done(ask: Ask) -> dict[str, Any]:
-    n = len(ask.words)
-    return {
-        "done": True,
-        "done_reason": "stop",
-        "total_duration": 0,
-        "load_duration": 0,
-        "prompt_eval_count": n,
-        "prompt_eval_duration": 0,
-        "eval_count": n,
-        "eval_duration": 0,
-    }
-
-
-def _ollama_line(value: dict[str, Any]) -> bytes:
-    return _json(value) + b"\n"
-
-
-def _ollama_chat_part(ask: Ask, text: str) -> dict[str, Any]:
-    return {
-        "model": ask.model,
-        "created_at": _now(),
-        "message": {"role": "assistant", "content": text},
-    }
-
-
-def _ollama_chat_whole(ask: Ask) -> dict[str, Any]:
-    return {**_ollama_chat_part(ask, ask.text), **_ollama_done(ask)}
-
-
-def _ollama_chat_stream(ask: Ask) -> Streamed:
-    pieces = [
-        _ollama_line({**_ollama_chat_part(ask, ask.piece(i)), "done": False})
-        for i in range(len(ask.words))
-    ]
-    last = _ollama_line({**_ollama_chat_part(ask, ""), **_ollama_done(ask)})
-    return Streamed(NDJSON, [], pieces, [last])
-
-
-def _ollama_generate_part(ask: Ask, text: str) -> dict[str, Any]:
-    return {"model": ask.model, "created_at": _now(), "response": text}
-
-
-def _ollama_generate_whole(ask: Ask) -> dict[str, Any]:
-    return {**_ollama_generate_part(ask, ask.text), **_ollama_done(ask), "context": []}
-
-
-def _ollama_generate_stream(ask: Ask) -> Streamed:
-    pieces = [
-        _ollama_line({**_ollama_generate_part(ask, ask.piece(i)), "done": False})
-        for i in range(len(ask.words))
-    ]
-    last = _ollama_line({**_ollama_generate_part(ask, ""), **_ollama_done(ask), "context": []})
-    return Streamed(NDJSON, [], pieces, [last])
-
-
-FAMILIES: Final = {
-    "/v1/chat/completions": Family("chatcmpl-", False, _messages_text, _chat_whole, _chat_stream),
-    "/v1/completions": Family("cmpl-", False, _prompt_text, _completion_whole, _completion_stream),
-    "/v1/responses": Family("resp_", False, _input_text, _responses_whole, _responses_stream),
-    "/v1/messages": Family("msg_", False, _messages_text, _messages_whole, _messages_stream),
-    "/api/chat": Family("", True, _messages_text, _ollama_chat_whole, _ollama_chat_stream),
-    "/api/generate": Family(
-        "", True, _prompt_text, _ollama_generate_whole, _ollama_generate_stream
-    ),
-}
-"""The text-generating endpoints, by path."""
-
-
 # -- embeddings and model details ------------------------------------------------------------
 
 
@@ -410,7 +334,7 @@ def vector(text: str) -> list[float]:
     return [round(x / norm, 6) for x in raw]
 
 
-def _inputs(given: Any) -> list[str]:
+def inputs(given: Any) -> list[str]:
     """The texts to embed: a string, or a list of strings (token arrays become their text)."""
     items = given if isinstance(given, list) else [given]
     return [item if isinstance(item, str) else json.dumps(item) for item in items]
@@ -418,7 +342,7 @@ def _inputs(given: Any) -> list[str]:
 
 def openai_embeddings(body: dict[str, Any], model: str) -> dict[str, Any]:
     """POST /v1/embeddings; `encoding_format: base64` as the OpenAI SDK asks by default."""
-    texts = _inputs(body.get("input"))
+    texts = inputs(body.get("input"))
     as_base64 = body.get("encoding_format") == "base64"
     data = []
     for index, text in enumerate(texts):
@@ -432,47 +356,5 @@ def openai_embeddings(body: dict[str, Any], model: str) -> dict[str, Any]:
     return {"object": "list", "data": data, "model": model, "usage": usage}
 
 
-def ollama_embed(body: dict[str, Any], model: str) -> dict[str, Any]:
-    """POST /api/embed: one vector per input."""
-    texts = _inputs(body.get("input"))
-    return {
-        "model": model,
-        "embeddings": [vector(text) for text in texts],
-        "total_duration": 0,
-        "load_duration": 0,
-        "prompt_eval_count": sum(len(text.split()) for text in texts),
-    }
-
-
-def ollama_embeddings(body: dict[str, Any], model: str) -> dict[str, Any]:
-    """POST /api/embeddings (Ollama's older endpoint): one vector for `prompt`."""
-    return {"embedding": vector(_prompt_text(body))}
-
-
-def ollama_show(body: dict[str, Any], model: str) -> dict[str, Any]:
-    """POST /api/show: the echo model's details, in Ollama's shape."""
-    return {
-        "modelfile": f"# {model}: RemoteLLM's built-in echo model\n",
-        "parameters": "",
-        "template": "{{ .Prompt }}",
-        "details": {
-            "parent_model": "",
-            "format": "builtin",
-            "family": "echo",
-            "families": ["echo"],
-            "parameter_size": "0",
-            "quantization_level": "none",
-        },
-        "model_info": {"general.architecture": "echo", "general.parameter_count": 0},
-        "capabilities": ["completion", "embedding"],
-        "modified_at": "2026-01-01T00:00:00Z",
-    }
-
-
-OTHERS: Final[dict[str, Callable[[dict[str, Any], str], dict[str, Any]]]] = {
-    "/v1/embeddings": openai_embeddings,
-    "/api/embed": ollama_embed,
-    "/api/embeddings": ollama_embeddings,
-    "/api/show": ollama_show,
-}
-"""The endpoints answered with one JSON object, by path."""
+Other = Callable[[dict[str, Any], str], dict[str, Any]]
+"""An endpoint answered with one JSON object: from the body and the model's name."""

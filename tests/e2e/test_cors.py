@@ -199,7 +199,8 @@ def test_origins_are_kept_as_browsers_send_them(given: str, expected: str) -> No
 
 
 @pytest.mark.parametrize(
-    "given", ["https://app.example.com/path", "app.example.com", "null", "https://u@h", ""]
+    "given",
+    ["https://app.example.com/path", "app.example.com", "null", "https://u@h", "", "https://a b"],
 )
 def test_what_is_not_an_origin_is_refused_at_start(
     given: str, capsys: pytest.CaptureFixture[str]
