@@ -46,13 +46,20 @@ def _visible(principal: Principal, models: dict[str, float]) -> dict[str, float]
     return {model: seen for model, seen in models.items() if model in allowed}
 
 
-def model_of(body: bytes) -> str | None:
-    """The request's `model`: a non-empty string field of a JSON object body, else None."""
+def model_of(body: bytes, path: str = "") -> str | None:
+    """The request's `model`: a non-empty string field of a JSON object body, else None.
+
+    On /api/show an older client's `name` counts too, as Ollama reads it there.
+    """
     try:
         parsed: Any = jsoncodec.loads(body)
     except (ValueError, RecursionError):
         return None
-    model = parsed.get("model") if isinstance(parsed, dict) else None
+    if not isinstance(parsed, dict):
+        return None
+    model = parsed.get("model")
+    if model is None and path == "/api/show":
+        model = parsed.get("name")
     return model if isinstance(model, str) and model else None
 
 
@@ -229,7 +236,7 @@ async def _admit(
         message = f"The request body is larger than this broker's limit of {limit} bytes."
         await _reject(call, started, principal, 413, "request_too_large", message)
         return None
-    model = model_of(body)
+    model = model_of(body, call.path)
     if model is None:
         message = "The request body must be a JSON object with a string 'model' field."
         await _reject(call, started, principal, 400, "invalid_request", message, param="model")

@@ -66,7 +66,7 @@ def start(call: ExpressCall, owner: Owner) -> CallbackTrip | None:
     if not isinstance(principal, Principal):
         return None  # refused, or only the store knows: the usual way says which
     body = call.body_now()
-    model = model_of(body)
+    model = model_of(body, call.path)
     allowed = principal.limits.models
     if model is None or (allowed is not None and model not in allowed):
         return None

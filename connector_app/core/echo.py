@@ -74,6 +74,8 @@ async def _body(request: web.Request) -> dict[str, Any] | web.Response:
         body = await request.json()
     except ValueError:
         return _error(request.path, 400, "The body must be JSON.")
+    if isinstance(body, dict) and request.path == "/api/show" and "model" not in body:
+        body["model"] = body.get("name")  # an older Ollama client's spelling
     if not isinstance(body, dict) or body.get("model") != MODEL:
         return _error(request.path, 404, f"This server only has the model '{MODEL}'.")
     return body

@@ -34,6 +34,11 @@ async def test_api_show_is_routed_by_its_model_to_the_connector(relay: Relay) ->
     status, _, relayed = await post(f"{relay.broker.base_url}/api/show", body)
     assert status == 200
     assert json.loads(relayed) == {"path": "/api/show", "body": body}
+    older = {"name": "stub-model"}  # the older name of the field, which Ollama still reads
+    status, _, relayed = await post(f"{relay.broker.base_url}/api/show", older)
+    assert status == 200 and json.loads(relayed) == {"path": "/api/show", "body": older}
+    status, _, refused = await post(f"{relay.broker.base_url}/api/chat", older)
+    assert status == 400  # elsewhere a body names its model in `model` only
     status, _, refused = await post(f"{relay.broker.base_url}/api/show", body, {})
     assert status == 401 and "error" in json.loads(refused)
 

@@ -175,9 +175,10 @@ async def test_ollama_embed_embeddings_and_show(demo: Demo) -> None:
     assert status == 200 and json.loads(raw)["embeddings"] == [vector("a"), vector("b")]
     status, _, raw = await demo.post("/api/embeddings", {"model": "echo", "prompt": "a"})
     assert status == 200 and json.loads(raw) == {"embedding": vector("a")}
-    status, _, raw = await demo.post("/api/show", {"model": "echo"})
-    shown = json.loads(raw)
-    assert status == 200 and shown["details"]["family"] == "echo" and shown["capabilities"]
+    for body in ({"model": "echo"}, {"name": "echo"}):
+        status, _, raw = await demo.post("/api/show", body)
+        shown = json.loads(raw)
+        assert status == 200 and shown["details"]["family"] == "echo" and shown["capabilities"]
 
 
 @pytest.mark.parametrize(
