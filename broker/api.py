@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
@@ -48,14 +48,30 @@ def _visible(principal: Principal, models: dict[str, float]) -> dict[str, float]
     return {model: seen for model, seen in models.items() if model in allowed}
 
 
-def model_of(body: bytes) -> str | None:
-    """The request's `model`: a non-empty string field of a JSON object body, else None."""
+def model_of(body: bytes, path: str = "") -> str | None:
+    """The request's `model`: a non-empty string field of a JSON object body, else None.
+
+    On /api/show an older client's `name` counts too, as Ollama reads it there.
+    """
     try:
         parsed: Any = jsoncodec.loads(body)
     except (ValueError, RecursionError):
         return None
-    model = parsed.get("model") if isinstance(parsed, dict) else None
+    if not isinstance(parsed, dict):
+        return None
+    model = parsed.get("model")
+    if model is None and path == "/api/show":
+        model = parsed.get("name")
     return model if isinstance(model, str) and model else None
+
+
+OLLAMA_VERSION: Final = "0.12.6"
+"""The Ollama version whose API the broker's /api/* endpoints follow (the version in Ollama's own
+API reference for GET /api/version), for clients that check it before they connect."""
+
+
+def _model_object(model: str, first_seen: float) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": int(first_seen), "owned_by": "remotellm"}
 
 
 async def models_endpoint(request: web.Request) -> web.Response:
@@ -64,10 +80,31 @@ async def models_endpoint(request: web.Request) -> web.Response:
     if isinstance(principal, web.Response):
         return principal
     data = [
-        {"id": model, "object": "model", "created": int(first_seen), "owned_by": "remotellm"}
+        _model_object(model, first_seen)
         for model, first_seen in _visible(principal, request.app[HUB].models()).items()
     ]
     return web.json_response({"object": "list", "data": data})
+
+
+async def model_endpoint(request: web.Request) -> web.Response:
+    """GET /v1/models/{id}: one model of the list, or 404 `model_not_found`."""
+    principal = await _authenticate(request)
+    if isinstance(principal, web.Response):
+        return principal
+    model = request.match_info["model"]
+    first_seen = _visible(principal, request.app[HUB].models()).get(model)
+    if first_seen is None:
+        message = (
+            f"The model '{model[:MAX_LOGGED_MODEL]}' is not served here right now."
+            " GET /v1/models lists the models available now."
+        )
+        return error_response(request, 404, "model_not_found", message, param="model")
+    return web.json_response(_model_object(model, first_seen))
+
+
+async def ollama_version_endpoint(_request: web.Request) -> web.Response:
+    """GET /api/version: the Ollama API version the /api/* endpoints follow (no key, as Ollama)."""
+    return web.json_response({"version": OLLAMA_VERSION})
 
 
 async def ollama_tags_endpoint(request: web.Request) -> web.Response:
@@ -208,7 +245,7 @@ async def _admit(
         message = f"The request body is larger than this broker's limit of {limit} bytes."
         await _reject(call, started, principal, 413, "request_too_large", message)
         return None
-    model = model_of(body)
+    model = model_of(body, call.path)
     if model is None:
         message = "The request body must be a JSON object with a string 'model' field."
         await _reject(call, started, principal, 400, "invalid_request", message, param="model")

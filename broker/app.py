@@ -12,9 +12,16 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from broker.accounts import Accounts, Limits
-from broker.api import models_endpoint, ollama_tags_endpoint, proxy_endpoint
+from broker.api import (
+    model_endpoint,
+    models_endpoint,
+    ollama_tags_endpoint,
+    ollama_version_endpoint,
+    proxy_endpoint,
+)
 from broker.auth import Credentials
 from broker.call import request_id_of
+from broker.cors import setup_cors
 from broker.errors import error_response
 from broker.health import add_health_routes
 from broker.hub import Hub
@@ -45,6 +52,7 @@ from broker.store import Store, database_url
 from broker.websocket import UPGRADE_HINT
 from shared.endpoints import MODEL_ENDPOINTS
 from shared.settings import secret_values
+from shared.tracecontext import trace_fields
 
 log = structlog.get_logger("remotellm.broker")
 
@@ -58,7 +66,8 @@ async def correlate(request: web.Request, handler: Handler) -> web.StreamRespons
         # A connector's link lives for hours: its log lines are not about one request.
         response = await _json_errors(request, handler)
     else:
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
+        trace = trace_fields(request.headers.get("traceparent"))
+        with structlog.contextvars.bound_contextvars(request_id=request_id, **trace):
             response = await _json_errors(request, handler)
     if not response.prepared:
         response.headers["X-Request-ID"] = request_id
@@ -187,9 +196,13 @@ def create_app(settings: BrokerSettings) -> web.Application:
     for path in MODEL_ENDPOINTS:
         app.router.add_post(path, proxy_endpoint)
     app.router.add_get("/v1/models", models_endpoint)
+    # Model ids may hold '/' and ':' (`org/model:tag`): the id is the rest of the path.
+    app.router.add_get("/v1/models/{model:.+}", model_endpoint)
     app.router.add_get("/api/tags", ollama_tags_endpoint)
+    app.router.add_get("/api/version", ollama_version_endpoint)
     app.router.add_get("/relay", relay_later)
     add_health_routes(app)
     app.router.add_get("/metrics", metrics_endpoint)
     setup_portal(app, settings)
+    setup_cors(app, settings.cors_origin)
     return app

@@ -66,7 +66,7 @@ def start(call: ExpressCall, owner: Owner) -> CallbackTrip | None:
     if not isinstance(principal, Principal):
         return None  # refused, or only the store knows: the usual way says which
     body = call.body_now()
-    model = model_of(body)
+    model = model_of(body, call.path)
     allowed = principal.limits.models
     if model is None or (allowed is not None and model not in allowed):
         return None
@@ -231,9 +231,7 @@ class CallbackTrip(Trip):
         self.express.cut()
 
     def _bug(self, exc: Exception) -> None:
-        log.error(
-            "request failed with an internal error", error=repr(exc), request_id=self.request_id
-        )
+        log.error("request failed with an internal error", error=repr(exc), **self.ids)
         if self.over:
             return  # counted already (the bug came after, from what ran next): nothing to answer
         call = self.express

@@ -18,7 +18,7 @@ from broker.server import BrokerServer
 from broker.settings import BrokerSettings
 from shared import eventloop
 from shared.logging import configure_logging
-from shared.settings import ConfigError, load
+from shared.settings import LOG_LEVELS, ConfigError, load
 from shared.signals import shutdown_signals
 
 PROG = "remotellm-broker"
@@ -33,7 +33,7 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     add("--port", type=int, help="TCP port (default 8443; 0 picks a free one)")
     add("--user-api-key", action="append", help="accept this user API key (repeatable)")
     add("--connector-token", action="append", help="accept this connector token (repeatable)")
-    add("--log-level", choices=["debug", "info", "warning", "error"])
+    add("--log-level", type=str.lower, choices=LOG_LEVELS)
     add("--log-format", choices=["json", "console"])
     add("--max-body-size", type=int, help="largest request body in bytes (default 32 MiB)")
     add("--request-timeout", type=float, help="seconds per request end to end (default 600)")
@@ -57,6 +57,11 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     add("--key-rpm", type=int, help="requests per minute per API key (default 0: unlimited)")
     add("--key-concurrency", type=int, help="concurrent requests per API key (0: unlimited)")
     add("--key-daily-tokens", type=int, help="tokens per API key per UTC day (0: unlimited)")
+    add(
+        "--cors-origin",
+        action="append",
+        help="let browser pages from this origin call the API (repeatable; * for any)",
+    )
 
 
 def _store_options(parser: argparse.ArgumentParser) -> None:
@@ -83,9 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--echo", action="store_true", help="serve the built-in echo model, skip detection"
     )
-    demo.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], default="warning"
-    )
+    demo.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="warning")
     return parser
 
 

@@ -70,7 +70,11 @@ async def _local_llm(force_echo: bool) -> tuple[str, web.AppRunner | None]:
     if not force_echo:
         ports = ", ".join(f"{name} {p}" for name, p in KNOWN_SERVERS)
         print(f"No local LLM server answered on the usual ports ({ports}).", flush=True)
-    print("Serving the built-in 'echo' model, which streams your message back.", flush=True)
+    print(
+        "Serving the built-in 'echo' model, which streams your message back"
+        " (OpenAI, Anthropic /v1/messages and Ollama /api/* clients alike).",
+        flush=True,
+    )
     return llm_url, echo
 
 

@@ -44,6 +44,7 @@ from broker.api import count_rejected, serve
 from broker.errors import error_parts
 from broker.expresscall import ExpressCall
 from broker.keys import SETTINGS
+from shared.tracecontext import trace_fields
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -219,7 +220,8 @@ class _Connection(asyncio.Protocol):
         """Serve the request in a task."""
         # The request's log lines carry its id, as the aiohttp middleware binds it.
         context = contextvars.copy_context()
-        context.run(structlog.contextvars.bind_contextvars, request_id=call.request_id)
+        trace = trace_fields(call.headers.get("traceparent"))
+        context.run(structlog.contextvars.bind_contextvars, request_id=call.request_id, **trace)
         task = asyncio.get_running_loop().create_task(work, context=context)
         self.task = task
         task.add_done_callback(self._done, context=context)

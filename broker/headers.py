@@ -36,8 +36,20 @@ _SET_BY_CONNECTOR = frozenset({"host", "content-length", "accept-encoding", "x-r
 # The user's secrets (in any header an SDK sends one in), hop-by-hop headers, and the above.
 _REQUEST_DROP = HOP_BY_HOP | CREDENTIAL_HEADERS | _SET_BY_CONNECTOR
 
-# What the broker's own HTTP server sets.
-_RESPONSE_DROP = HOP_BY_HOP | {"date", "server", "x-request-id", "set-cookie"}
+# What the broker's own HTTP server sets; CORS is the broker's to grant (`broker.cors`), not the
+# local server's (an Ollama with OLLAMA_ORIGINS=* would otherwise open the broker to any page).
+_RESPONSE_DROP = HOP_BY_HOP | {
+    "date",
+    "server",
+    "x-request-id",
+    "set-cookie",
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-expose-headers",
+    "access-control-max-age",
+}
 
 
 def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:

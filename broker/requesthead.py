@@ -3,7 +3,7 @@
 The express lane (`broker.express`) serves only the plainest API request: a
 `POST` over HTTP/1.1 to one of the model endpoints, with one valid
 `Content-Length` within the body limit, printable ASCII throughout, and no
-`Transfer-Encoding`, `Expect`, `Upgrade` or unusual `Connection`. Anything else,
+`Transfer-Encoding`, `Expect`, `Upgrade`, `Origin` or unusual `Connection`. Anything else,
 or anything in doubt, is None: that request, and the rest of its connection, go
 to aiohttp, whose tested parser and limits answer it. So this parser only has to
 be right about what it accepts; it never has to reject well.
@@ -35,7 +35,9 @@ _FIELDS: Final = re.compile(rf"(?:{_TOKEN}:[\t -~]*\r\n)*")
 # RFC 3986's path and query characters, percent-escapes well formed: nothing that aiohttp's
 # URL parsing would refuse, repair or read differently.
 _TARGET: Final = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
-_LEFT_TO_AIOHTTP: Final = ("transfer-encoding", "expect", "upgrade")
+_LEFT_TO_AIOHTTP: Final = ("transfer-encoding", "expect", "upgrade", "origin")
+"""Headers that send a request to aiohttp: its tested handling, and for `Origin` (a browser's,
+rare) the CORS answer (`broker.cors`), which only aiohttp's responses carry."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,18 +2,48 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import BeforeValidator, Field, FilePath, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.protocol import MAX_REQUEST_BODY
-from shared.settings import split_list
+from shared.settings import LogLevel, split_list
+from shared.text import is_clean, shown
 
 SecretList = Annotated[list[SecretStr], NoDecode, BeforeValidator(split_list)]
 StrList = Annotated[list[str], NoDecode, BeforeValidator(split_list)]
+
+
+_SCHEME: Final = re.compile(r"[a-z][a-z0-9+.-]*")
+
+
+def normalise_origin(value: str) -> str:
+    """An origin as browsers send it (`https://app.example.com[:port]`, lower case), or `*`."""
+    if value == "*":
+        return value
+    text = value.strip().rstrip("/").lower()
+    if not is_clean(text, 200) or any(char.isspace() for char in text):
+        raise ValueError(f"{shown(value[:200])} is not an origin")
+    parts = urlsplit(text)
+    if (
+        not _SCHEME.fullmatch(parts.scheme)
+        or not parts.netloc
+        or "@" in parts.netloc
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or "://" not in text
+    ):
+        raise ValueError(
+            f"{shown(value[:200])} is not an origin; give scheme://host[:port], such as"
+            " https://app.example.com, without a path (or * for any origin)"
+        )
+    return text
 
 
 class BrokerSettings(BaseSettings):
@@ -29,9 +59,7 @@ class BrokerSettings(BaseSettings):
     connector_token: SecretList = Field(
         default_factory=list, description="Token accepted from connectors (repeatable)."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="Log level."
-    )
+    log_level: LogLevel = Field("info", description="Log level.")
     log_format: Literal["json", "console"] = Field("json", description="Log line format.")
     max_body_size: int = Field(
         32 * 1024 * 1024,
@@ -94,6 +122,15 @@ class BrokerSettings(BaseSettings):
     key_daily_tokens: int = Field(
         0, ge=0, description="Tokens per API key per UTC day (0: unlimited)."
     )
+    cors_origin: StrList = Field(
+        default_factory=list,
+        description="Origins whose browser pages may call the API (repeatable; * for any).",
+    )
+
+    @field_validator("cors_origin")
+    @classmethod
+    def _origins(cls, values: list[str]) -> list[str]:
+        return [normalise_origin(value) for value in values]
 
     @model_validator(mode="after")
     def _tls_pair(self) -> BrokerSettings:

@@ -32,6 +32,7 @@ from broker.link import ConnectorLink, Exchange, LinkLost, StreamEvent
 from broker.records import UsageRow
 from broker.tally import TokenTally
 from shared import protocol as p
+from shared.tracecontext import trace_fields
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -74,6 +75,8 @@ class Trip:
         self.settings = self.app[SETTINGS]
         self.metrics = self.app[METRICS]
         self.request_id = call.request_id
+        self.ids = {"request_id": self.request_id, **trace_fields(call.headers.get("traceparent"))}
+        """The fields that name the request in its log lines: its id, and its trace's."""
         self.started = time.perf_counter()
         self.response_started = False
         """The response head was handed to the client's side (errors now go in-band)."""
@@ -151,7 +154,7 @@ class Trip:
         principal = self.principal
         log.info(
             "request finished",
-            request_id=self.request_id,  # also when no context carries it (broker.callbacktrip)
+            **self.ids,  # also when no context carries them (broker.callbacktrip)
             method=self.call.method,
             path=self.call.path,
             model=self.model[:MAX_LOGGED_MODEL],
@@ -218,7 +221,7 @@ class Trip:
         log.warning(
             f"connector {why} the request; retrying",
             connector=link.name,
-            request_id=self.request_id,
+            **self.ids,
         )
 
     async def _exchange(self, exchange: Exchange) -> None:
@@ -304,7 +307,7 @@ class Trip:
     def _unwritable(self, exc: ValueError) -> None:
         # The headers passed the checks, yet the server refused them: part of the head may be
         # written, so no error response can follow on this connection.
-        log.error("cannot write the response head", error=str(exc), request_id=self.request_id)
+        log.error("cannot write the response head", error=str(exc), **self.ids)
         self.status = 502
         self.call.cut()
 
@@ -381,13 +384,13 @@ class Trip:
         self, status: int, code: str, message: str, retry_after: int | None
     ) -> tuple[dict[str, str], bytes]:
         """The error response for a failure before the response head."""
-        log.warning("request failed", code=code, error_message=message, request_id=self.request_id)
+        log.warning("request failed", code=code, error_message=message, **self.ids)
         self.status = status
         return error_parts(self.call.path, status, code, message, retry_after=retry_after)
 
     def _failure(self, code: str, message: str) -> bytes | None:
         """The error event that ends a started stream (None where the body cannot carry one)."""
-        log.warning("request failed", code=code, error_message=message, request_id=self.request_id)
+        log.warning("request failed", code=code, error_message=message, **self.ids)
         self.failed = True
         if self.sized:
             # The client reads exactly Content-Length bytes: an error event would be cut to

@@ -16,7 +16,7 @@ from connector_app.core.connector import Connector
 from connector_app.core.settings import ConnectorSettings
 from shared import eventloop
 from shared.logging import configure_logging
-from shared.settings import ConfigError, load
+from shared.settings import LOG_LEVELS, ConfigError, load
 from shared.signals import shutdown_signals
 
 PROG = "remotellm-connector"
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--discovery-interval", type=float, help="seconds between model discoveries (30)")
     add("--heartbeat", type=float, help="seconds between pings to the broker (10)")
     add("--shutdown-grace", type=float, help="seconds to finish requests on shutdown (30)")
-    add("--log-level", choices=["debug", "info", "warning", "error"])
+    add("--log-level", type=str.lower, choices=LOG_LEVELS)
     add("--log-format", choices=["json", "console"])
     return parser
 

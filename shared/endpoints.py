@@ -19,6 +19,7 @@ MODEL_ENDPOINTS: Final = (
     "/api/generate",
     "/api/embed",
     "/api/embeddings",
+    "/api/show",
 )
 
 

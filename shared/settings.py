@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Annotated, Any, Final, Literal, TypeVar, cast
 
 import yaml
-from pydantic import SecretStr, ValidationError
+from pydantic import BeforeValidator, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -14,6 +14,17 @@ from pydantic_settings import (
 )
 
 S = TypeVar("S", bound=BaseSettings)
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+
+def lowered(value: Any) -> Any:
+    """A string in lower case (`WARNING` as most tools accept it); anything else unchanged."""
+    return value.lower() if isinstance(value, str) else value
+
+
+LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(lowered)]
+"""A log level setting, in any case."""
 
 
 class ConfigError(Exception):

@@ -29,6 +29,7 @@ ECHOED = (
     "/api/generate",
     "/api/embed",
     "/api/embeddings",
+    "/api/show",
 )
 """Endpoints where the stub answers with the path and body it received."""
 

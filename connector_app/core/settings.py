@@ -17,7 +17,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.settings import split_list
+from shared.settings import LogLevel, split_list
 from shared.text import MAX_NAME_LENGTH, is_clean
 
 StrList = Annotated[list[str], NoDecode, BeforeValidator(split_list)]
@@ -86,9 +86,7 @@ class ConnectorSettings(BaseSettings):
     shutdown_grace: float = Field(
         30.0, ge=0, description="Seconds in-flight requests get to finish on shutdown."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="Log level."
-    )
+    log_level: LogLevel = Field("info", description="Log level.")
     log_format: Literal["json", "console"] = Field("json", description="Log line format.")
 
     @field_validator("broker_url")

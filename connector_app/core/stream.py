@@ -25,6 +25,7 @@ from connector_app.core.http1 import HTTPError
 from connector_app.core.pool import Connection
 from shared import protocol as p
 from shared.flow import SendCredit
+from shared.tracecontext import trace_fields, traceparent_of
 
 log = structlog.get_logger("remotellm.connector")
 
@@ -53,8 +54,13 @@ class Stream:
     ended: bool = False
     """Its end was logged (and told to the app's request log)."""
 
+    ids: dict[str, str] = field(init=False)
+    """The fields that name the request in its log lines: its id, and its trace's."""
+
     def __post_init__(self) -> None:
         self.credit = SendCredit(self.window)
+        head = self.head
+        self.ids = {"request_id": head.request_id, **trace_fields(traceparent_of(head.headers))}
 
     def announce(self, events: RequestEvents) -> None:
         """The request starts now: tell the app's request log, if anyone is watching."""
@@ -72,7 +78,7 @@ class Stream:
         if isinstance(exc, HTTPError | OSError | TimeoutError):
             # Details (the local URL, the socket error) stay in this machine's log.
             error = str(exc) or type(exc).__name__
-            log.warning("local LLM request failed", error=error, request_id=self.head.request_id)
+            log.warning("local LLM request failed", error=error, **self.ids)
             if self.status is None:
                 return p.Error(sid, "llm_unreachable", "The local LLM server is unreachable.")
             return p.Error(sid, "llm_stream_failed", "The local LLM server failed mid-response.")
@@ -89,7 +95,7 @@ class Stream:
         duration = time.perf_counter() - self.started
         log.info(
             "request served",
-            request_id=head.request_id,
+            **self.ids,
             method=head.method,
             path=head.path,
             status=self.status,

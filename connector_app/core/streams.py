@@ -229,7 +229,7 @@ class Streams:
 
     def _fast_bug(self, stream: Stream) -> None:
         """A callback failed (called while handling it): end the stream as `_serve` would."""
-        log.exception("request handling failed", request_id=stream.head.request_id)
+        log.exception("request handling failed", **stream.ids)
         self._release(stream, hang_up=True)
         if self._table.get(stream.head.stream_id) is stream:
             message = "The connector failed while relaying the response."
@@ -239,7 +239,7 @@ class Streams:
     async def _finish_slowly(self, stream: Stream, connection: Connection) -> None:
         """The rest of a response that ran out of credit, from a task (as `_relay` does)."""
         outcome = "ok"
-        with structlog.contextvars.bound_contextvars(request_id=stream.head.request_id):
+        with structlog.contextvars.bound_contextvars(**stream.ids):
             try:
                 await self._pump(stream, connection.read)
                 self._send(p.End(stream.head.stream_id))
@@ -258,9 +258,8 @@ class Streams:
 
     async def _serve(self, stream: Stream) -> None:
         """Serve one stream from a task; whatever happens, the broker hears how it ended."""
-        head = stream.head
         outcome = "ok"
-        with structlog.contextvars.bound_contextvars(request_id=head.request_id):
+        with structlog.contextvars.bound_contextvars(**stream.ids):
             try:
                 outcome = await self._answer(stream)
             except asyncio.CancelledError:

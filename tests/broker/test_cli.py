@@ -120,3 +120,23 @@ def test_tls_cert_without_key_is_a_config_error(
     code, err = run(["--tls-cert", str(cert)], capsys)
     assert code == 2
     assert "tls_cert and tls_key must be given together" in err
+
+
+@pytest.mark.parametrize("given", ["WARNING", "Warning", "warning"])
+def test_log_level_is_accepted_in_any_case(
+    given: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from broker.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--log-level", given])
+    assert args.log_level == "warning"
+    assert load(BrokerSettings, {"log_level": given}, None).log_level == "warning"
+    monkeypatch.setenv("REMOTELLM_BROKER_LOG_LEVEL", given)
+    assert load(BrokerSettings, {}, None).log_level == "warning"
+    demo = build_parser().parse_args(["demo", "--log-level", given])
+    assert demo.log_level == "warning"
+
+
+def test_an_unknown_log_level_is_still_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(["--log-level", "LOUD"], capsys)
+    assert code == 2 and "invalid choice" in err

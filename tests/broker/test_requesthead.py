@@ -124,6 +124,9 @@ LEFT_TO_AIOHTTP = {
     "chunked": head("Host: b", "Transfer-Encoding: chunked"),
     "chunked and a length": head("Host: b", "Content-Length: 2", "Transfer-Encoding: chunked"),
     "Expect": head("Host: b", "Content-Length: 2", "Expect: 100-continue"),
+    "a browser's Origin (CORS)": head(
+        "Host: b", "Content-Length: 2", "Origin: https://app.example.com"
+    ),
     "Upgrade": head("Host: b", "Content-Length: 2", "Upgrade: h2c", "Connection: Upgrade"),
     "another Connection token": head("Host: b", "Content-Length: 2", "Connection: Upgrade"),
     "a Connection list": head("Host: b", "Content-Length: 2", "Connection: keep-alive, x"),

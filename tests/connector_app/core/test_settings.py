@@ -64,3 +64,12 @@ def test_a_name_the_broker_would_refuse_is_refused_here_first(name: str) -> None
     with pytest.raises(ValidationError, match="name must be 1 to 256 printable characters"):
         make(name=name)
     assert make(name="box-1 (GPU)").name == "box-1 (GPU)"
+
+
+@pytest.mark.parametrize("given", ["WARNING", "Error", "debug"])
+def test_log_level_is_accepted_in_any_case(given: str) -> None:
+    from connector_app.cli import build_parser
+
+    assert make(log_level=given).log_level == given.lower()
+    args = build_parser().parse_args(["--headless", "--log-level", given])
+    assert args.log_level == given.lower()
