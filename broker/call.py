@@ -13,7 +13,7 @@ import asyncio
 import os
 import re
 from collections.abc import Coroutine, Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final, NoReturn, Protocol
 
 import structlog
 from aiohttp import web
@@ -35,6 +35,17 @@ def request_id_of(headers: Mapping[str, str]) -> str:
 def bodiless(method: str, status: int) -> bool:
     """Whether an answer carries no body whatever its headers say (RFC 9112 6.3, as aiohttp)."""
     return status < 200 or status in (204, 304) or method == "HEAD"
+
+
+async def hang_up(request: web.Request, why: str) -> NoReturn:
+    """Close a request's connection at once and end the request as one whose client left:
+    the lost connection cancels the handler (or fails the read, where handlers are not
+    cancelled)."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    await request.content.readany()
+    raise ConnectionResetError(why)
 
 
 class Call(Protocol):
@@ -137,11 +148,7 @@ class AiohttpCall:
             except TimeoutError:
                 pass
             if chunk is None:
-                # Nothing came for the body timeout: hang up, and end as for a client that left
-                # (the lost connection cancels the handler, or fails the read).
-                self._drop()
-                await content.readany()
-                raise ConnectionResetError("the request body stopped arriving")
+                await hang_up(request, "the request body stopped arriving")
             if not chunk:
                 return b"".join(chunks)
             size += len(chunk)
