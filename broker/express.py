@@ -328,6 +328,7 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None and self._call is None
         self._stop_timer()
+        self._stop_stall_timer()  # aiohttp bounds its own writes from here on
         self._lane.connections.discard(self)
         self.resume_reading()
         self.transport = None
