@@ -9,14 +9,19 @@ the client has gone.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
-from collections.abc import Mapping
-from typing import Final, Protocol
+from collections.abc import Coroutine, Mapping
+from typing import Any, Final, NoReturn, Protocol
 
+import structlog
 from aiohttp import web
 
-from broker.keys import REQUEST_ID
+from broker.deadline import within
+from broker.keys import REQUEST_ID, SETTINGS
+
+log = structlog.get_logger("remotellm.broker.api")
 
 _SAFE_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -30,6 +35,17 @@ def request_id_of(headers: Mapping[str, str]) -> str:
 def bodiless(method: str, status: int) -> bool:
     """Whether an answer carries no body whatever its headers say (RFC 9112 6.3, as aiohttp)."""
     return status < 200 or status in (204, 304) or method == "HEAD"
+
+
+async def hang_up(request: web.Request, why: str) -> NoReturn:
+    """Close a request's connection at once and end the request as one whose client left:
+    the lost connection cancels the handler (or fails the read, where handlers are not
+    cancelled)."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    await request.content.readany()
+    raise ConnectionResetError(why)
 
 
 class Call(Protocol):
@@ -120,14 +136,25 @@ class AiohttpCall:
         request = self.request
         if request.content_length is not None and request.content_length > limit:
             return None
+        content = request.content
+        body_timeout = request.app[SETTINGS].body_timeout
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.content.iter_any():
+        while True:
+            chunk = None
+            try:
+                async with asyncio.timeout(body_timeout):
+                    chunk = await content.readany()
+            except TimeoutError:
+                pass
+            if chunk is None:
+                await hang_up(request, "the request body stopped arriving")
+            if not chunk:
+                return b"".join(chunks)
             size += len(chunk)
             if size > limit:
                 return None
             chunks.append(chunk)
-        return b"".join(chunks)
 
     async def reply(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
         response = web.Response(status=status, body=body, headers=headers)
@@ -152,16 +179,36 @@ class AiohttpCall:
         assert self.response is not None
         if self._left is not None:
             self._left = max(self._left - len(data), 0)
-        await self.response.write(data)
+        await self._taken(self.response.write(data))
 
     async def end(self) -> None:
         assert self.response is not None
         if self._left:
             # Shorter than announced: only a closed connection tells the client so.
             self.response.force_close()
-        await self.response.write_eof()
+        await self._taken(self.response.write_eof())
+
+    async def _taken(self, write: Coroutine[Any, Any, None]) -> None:
+        """Await a write (which waits while the client reads nothing): a client that takes none
+        of its answer for the stall timeout is cut off, as the express lane cuts it."""
+        timeout = self.request.app[SETTINGS].stall_timeout
+        stalled = False
+        try:
+            await within(timeout, write)
+        except TimeoutError:
+            stalled = True
+        if stalled:
+            log.warning("client took none of its answer; connection cut", stall_timeout_s=timeout)
+            self._drop()
+            raise ConnectionResetError("the client took none of its answer")
 
     def cut(self) -> None:
         transport = self.request.transport
         if transport is not None:
             transport.close()
+
+    def _drop(self) -> None:
+        """Close the connection at once, with whatever the client has not taken."""
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()

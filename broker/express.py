@@ -25,6 +25,13 @@ of the request path (while the key is checked, say), as aiohttp's flow control
 allows, and a closing connection whose client reads nothing is dropped after
 `LINGER_TIMEOUT`. A client that goes away cancels its request, as aiohttp's
 `handler_cancellation` does; every request is counted once, however it ends.
+
+Every wait on the client is bounded (the settings `head_timeout`, `body_timeout`,
+`idle_timeout` and `stall_timeout`): for the next request to begin, for its head to be
+complete once it began (more bytes do not extend it), for each next piece of its body
+(while the lane reads it), and for the client to take any of what is written to it.
+The first three close the connection; a client that takes nothing for the stall timeout
+is cut off at once, which cancels its request as a client that left does.
 """
 
 from __future__ import annotations
@@ -48,9 +55,6 @@ from shared.tracecontext import trace_fields
 
 log = structlog.get_logger("remotellm.broker.api")
 
-KEEPALIVE_TIMEOUT: Final = 3630.0
-"""Seconds a connection may wait for its next request head in full (aiohttp's own default)."""
-
 PIPELINE_LIMIT: Final = 64 * 1024
 """Bytes of later requests kept while one is answered; past this, reading pauses."""
 
@@ -58,6 +62,12 @@ LINGER_TIMEOUT: Final = 10.0
 """Seconds the rest of a refused request's body may take to arrive (aiohttp's lingering time)."""
 
 _BUG: Final = "The broker failed to handle this request; its operator can find why in its log."
+
+# What the connection's one timer is waiting for (a timer of another kind replaces it).
+_IDLE: Final = 1
+_HEAD: Final = 2
+_BODY: Final = 3
+_LINGER: Final = 4
 
 
 class Express:
@@ -67,13 +77,15 @@ class Express:
         self,
         app: web.Application,
         http: Callable[[], asyncio.Protocol],
-        *,
-        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
     ) -> None:
         self.app = app
         self.http = http
-        self.keepalive_timeout = keepalive_timeout
-        self.max_body = app[SETTINGS].max_body_size
+        settings = app[SETTINGS]
+        self.max_body = settings.max_body_size
+        self.head_timeout = settings.head_timeout
+        self.body_timeout = settings.body_timeout
+        self.idle_timeout = settings.idle_timeout
+        self.stall_timeout = settings.stall_timeout
         self.connections: set[_Connection] = set()
         self.served = 0
         """Requests this lane has taken (the rest went to aiohttp): for tests and the curious."""
@@ -117,7 +129,9 @@ class _Connection(asyncio.Protocol):
         "_paused_reading",
         "_paused_writing",
         "_resume_next",
+        "_stall_timer",
         "_timer",
+        "_timer_kind",
         "_trip",
         "_waiters",
         "task",
@@ -133,6 +147,9 @@ class _Connection(asyncio.Protocol):
         self._trip: callbacktrip.CallbackTrip | None = None
         """The request being served from callbacks (`broker.callbacktrip`), when it is."""
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_kind = 0
+        self._stall_timer: asyncio.TimerHandle | None = None
+        """Runs while writing is paused: the client is taking none of its answer."""
         self._paused_reading = False
         self._paused_writing = False
         self._resume_next = False
@@ -152,6 +169,8 @@ class _Connection(asyncio.Protocol):
             if call.complete and self.task is None:
                 self._stop_timer()  # the lingering body of a request already answered is in
                 self._after(call)
+            else:
+                self._watch_body()
         elif len(self._buffer) > PIPELINE_LIMIT:
             self.pause_reading()
 
@@ -162,6 +181,7 @@ class _Connection(asyncio.Protocol):
         self.transport = None
         self._lane.connections.discard(self)
         self._stop_timer()
+        self._stop_stall_timer()
         self._wake(ConnectionResetError("the client closed the connection"))
         self.stop_trip()
         task = self.task
@@ -170,9 +190,13 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._paused_writing = True
+        if self._stall_timer is None:
+            loop = asyncio.get_running_loop()
+            self._stall_timer = loop.call_later(self._lane.stall_timeout, self._stalled)
 
     def resume_writing(self) -> None:
         self._paused_writing = False
+        self._stop_stall_timer()
         self._wake(None)
         if self._trip is not None:
             self._trip.resumed()
@@ -191,14 +215,14 @@ class _Connection(asyncio.Protocol):
             return
         buffer = self._buffer
         if not buffer:
-            self._start_timer(self._lane.keepalive_timeout)
+            self._arm(_IDLE, self._lane.idle_timeout)
             return
         end = buffer.find(b"\r\n\r\n", 0, requesthead.MAX_HEAD + 4)
         if end < 0:
             if len(buffer) > requesthead.MAX_HEAD or _stray_line_end(buffer):
                 self._to_aiohttp()
             else:
-                self._start_timer(self._lane.keepalive_timeout)
+                self._arm(_HEAD, self._lane.head_timeout)  # from its first byte, not its last
             return
         head = requesthead.parse(bytes(buffer[:end]), self._lane.max_body)
         if head is None:
@@ -213,6 +237,7 @@ class _Connection(asyncio.Protocol):
         self._trip = callbacktrip.start(call, self)
         if self._trip is None:
             self._spawn(call, _serve(call))
+            self._watch_body()
         else:
             self._lane.from_callbacks += 1
 
@@ -273,7 +298,7 @@ class _Connection(asyncio.Protocol):
             # client sees the answer rather than a reset, and the next request starts in step.
             call.discard()
             self.resume_reading()
-            self._start_timer(LINGER_TIMEOUT)
+            self._arm(_LINGER, LINGER_TIMEOUT)
         else:
             self._after(call)
 
@@ -284,10 +309,9 @@ class _Connection(asyncio.Protocol):
             self.close()
         elif self._paused_writing:
             # The client is not reading its answers: read no more requests until it does
-            # (or until the keep-alive timeout, as for any idle connection).
+            # (or until the stall timeout, which runs while writing is paused).
             self._resume_next = True
             self.pause_reading()
-            self._start_timer(self._lane.keepalive_timeout)
         else:
             self.resume_reading()
             self._next()
@@ -306,6 +330,7 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None and self._call is None
         self._stop_timer()
+        self._stop_stall_timer()  # aiohttp bounds its own writes from here on
         self._lane.connections.discard(self)
         self.resume_reading()
         self.transport = None
@@ -321,20 +346,58 @@ class _Connection(asyncio.Protocol):
         if not self._paused_reading and self.transport is not None:
             self._paused_reading = True
             self.transport.pause_reading()
+            self._watch_body()
 
     def resume_reading(self) -> None:
         if self._paused_reading and self.transport is not None:
             self._paused_reading = False
             self.transport.resume_reading()
+            self._watch_body()
 
-    def _start_timer(self, seconds: float) -> None:
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(seconds, self.close)
+    def _watch_body(self) -> None:
+        """Give the rest of the request's body `body_timeout` from now, while the lane reads
+        it; no timer while reading is paused (the request path has not asked for it yet)."""
+        call = self._call
+        if call is None or call.complete or self.task is None or self._paused_reading:
+            if self._timer_kind == _BODY:
+                self._stop_timer()
+            return
+        self._stop_timer()
+        self._arm(_BODY, self._lane.body_timeout)
+
+    def _arm(self, kind: int, seconds: float) -> None:
+        """Close the connection in `seconds`, unless a timer of this kind already runs."""
+        if self._timer is not None:
+            if self._timer_kind == kind:
+                return
+            self._timer.cancel()
+        self._timer_kind = kind
+        self._timer = asyncio.get_running_loop().call_later(seconds, self.close)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self._timer_kind = 0
+
+    def _stop_stall_timer(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    def _stalled(self) -> None:
+        """The client took none of what was written to it for the stall timeout: cut it off,
+        which ends its request as a client that left does (the connector stops, the slot and
+        the key's concurrency are given back)."""
+        self._stall_timer = None
+        call = self._call
+        log.warning(
+            "client took none of its answer; connection cut",
+            stall_timeout_s=self._lane.stall_timeout,
+            request_id=call.request_id if call is not None else None,
+        )
+        if self.transport is not None:
+            self.transport.abort()
 
     # -- for ExpressCall -------------------------------------------------------------
 

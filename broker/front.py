@@ -17,8 +17,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Final, cast
 
-FIRST_LINE_TIMEOUT: Final = 10.0
-"""Seconds a new connection gets to send its first request line."""
+FIRST_LINE_TIMEOUT: Final = 30.0
+"""Seconds a new connection gets to send its first request line (the broker passes its
+--head-timeout; the lane the line chooses bounds the rest of the head)."""
 
 MAX_FIRST_LINE: Final = 8 * 1024
 """Bytes a first request line may take (aiohttp's own limit is about the same)."""

@@ -8,8 +8,8 @@ import ssl
 from aiohttp import web
 
 from broker.app import create_app, drain
-from broker.express import KEEPALIVE_TIMEOUT, Express
-from broker.front import FIRST_LINE_TIMEOUT, Front
+from broker.express import Express
+from broker.front import Front
 from broker.hub import Hub
 from broker.keys import HUB, RELAY
 from broker.relay import Relay
@@ -26,13 +26,7 @@ retransmit."""
 class BrokerServer:
     """One running broker. Used by the CLI, the demo and the tests."""
 
-    def __init__(
-        self,
-        settings: BrokerSettings,
-        *,
-        first_line_timeout: float = FIRST_LINE_TIMEOUT,
-        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
-    ) -> None:
+    def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings
         self.app = create_app(settings)
         self._runner = web.AppRunner(
@@ -42,9 +36,11 @@ class BrokerServer:
             handler_cancellation=True,
             # drain() already gave handlers their grace; this bounds what is left after.
             shutdown_timeout=5.0,
+            # aiohttp closes a connection whose next request head is not complete this long
+            # after its hand-over or its last answer (its one timer bounds idle and partial
+            # heads alike; see broker.front for the lanes).
+            keepalive_timeout=settings.idle_timeout,
         )
-        self._first_line_timeout = first_line_timeout
-        self._keepalive_timeout = keepalive_timeout
         self._listener: asyncio.Server | None = None
         self._front: Front | None = None
         self._relay: Relay | None = None
@@ -62,12 +58,12 @@ class BrokerServer:
         http = self._runner.server
         assert http is not None
         self._relay = self.app[RELAY]
-        self.express = Express(self.app, http, keepalive_timeout=self._keepalive_timeout)
+        self.express = Express(self.app, http)
         self._front = Front(
             http,
             self._relay.connection,
             express=self.express.connection,
-            first_line_timeout=self._first_line_timeout,
+            first_line_timeout=self.settings.head_timeout,
         )
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(

@@ -80,6 +80,27 @@ class BrokerSettings(BaseSettings):
         ge=0,
         description="Seconds to wait for a free slot when every connector of a model is busy.",
     )
+    head_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a client gets to send a whole request head once it has begun.",
+    )
+    body_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request body may go without a byte arriving before the broker"
+        " hangs up.",
+    )
+    idle_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a kept-alive connection may wait for its next request.",
+    )
+    stall_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a client may take none of its answer before the broker cuts it off.",
+    )
     shutdown_grace: float = Field(
         30.0, ge=0, description="Seconds in-flight requests get to finish on SIGTERM."
     )

@@ -8,6 +8,7 @@ format of the pages.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import secrets
 import time
@@ -17,6 +18,7 @@ import jinja2
 from aiohttp import web
 from aiohttp_session import Session, get_session
 
+from broker.call import hang_up
 from broker.keys import SETTINGS, STORE
 from broker.portal.gitlab import GitLab
 from broker.records import User
@@ -65,7 +67,15 @@ async def session_of(request: web.Request) -> Session:
 
 async def check_csrf(request: web.Request, session: Session) -> web.Response | None:
     """None when the posted form carries the session's CSRF token, else the error page."""
-    form = await request.post()
+    form = None
+    try:
+        # A form is small: all of it must come within the body timeout.
+        async with asyncio.timeout(request.app[SETTINGS].body_timeout):
+            form = await request.post()
+    except TimeoutError:
+        pass
+    if form is None:
+        await hang_up(request, "the form stopped arriving")
     given = form.get("csrf")
     expected = session.get("csrf")
     if isinstance(given, str) and expected and same(given, str(expected)):

@@ -211,7 +211,7 @@ async def test_a_wrong_token_gets_401_with_the_json_error(make_broker: MakeBroke
 @pytest.fixture
 async def impatient_broker() -> AsyncIterator[BrokerServer]:
     """A broker whose front waits only briefly for a first request line."""
-    server = BrokerServer(broker_settings(), first_line_timeout=0.2)
+    server = BrokerServer(broker_settings(head_timeout=0.2))
     await server.start()
     yield server
     await server.stop()

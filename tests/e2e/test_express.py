@@ -224,7 +224,7 @@ async def test_connection_close_is_answered_and_honoured(relay: Relay, connect: 
 async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(
     stub: Any, connect: Any
 ) -> None:
-    broker = BrokerServer(broker_settings(), keepalive_timeout=0.2)
+    broker = BrokerServer(broker_settings(idle_timeout=0.2, head_timeout=0.2))
     await broker.start()
     try:
         client = await connect(broker)

@@ -385,7 +385,7 @@ async def test_a_client_that_reads_none_of_its_answers_is_dropped_in_the_end(
     connect: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(express, "LINGER_TIMEOUT", 0.3)
-    broker = BrokerServer(broker_settings(), keepalive_timeout=0.3)
+    broker = BrokerServer(broker_settings(stall_timeout=0.3))
     await broker.start()
     loop = asyncio.get_running_loop()
     sock = await raw_socket(broker, receive_buffer=4096)

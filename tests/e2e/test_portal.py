@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import html as html_lib
 import json
 import re
@@ -416,3 +417,23 @@ def test_a_revealed_key_is_given_once_to_its_owner_only() -> None:
     nonce = reveals.put(1, "sk-secret")
     assert reveals.take(nonce, 1) == "sk-secret"
     assert reveals.take(nonce, 1) is None
+
+
+async def test_a_form_that_stops_midway_is_closed(
+    make_broker: MakeBroker, gitlab: FakeGitLab
+) -> None:
+    portal = await make_portal(make_broker, gitlab, body_timeout=0.3)
+    async with browser() as session:
+        await sign_in(session, portal)
+        cookies = "; ".join(f"{c.key}={c.value}" for c in session.cookie_jar)
+    reader, writer = await asyncio.open_connection("127.0.0.1", portal.broker.port)
+    try:
+        head = (
+            "POST /portal/keys HTTP/1.1\r\nHost: b\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\n"
+            f"Cookie: {cookies}\r\nContent-Length: 100\r\n\r\nname=half"
+        )
+        writer.write(head.encode())  # 9 of the 100 bytes, then nothing
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
