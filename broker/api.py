@@ -27,6 +27,7 @@ from broker.limits import Lease, Rejection
 from broker.records import UsageRow
 from broker.trip import MAX_LOGGED_MODEL, Trip
 from shared import jsoncodec
+from shared.text import MAX_NAME_LENGTH, is_clean
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -46,14 +47,33 @@ def _visible(principal: Principal, models: dict[str, float]) -> dict[str, float]
     return {model: seen for model, seen in models.items() if model in allowed}
 
 
-def model_of(body: bytes) -> str | None:
-    """The request's `model`: a non-empty string field of a JSON object body, else None."""
+def _model_field(body: bytes) -> object:
+    """The `model` field of a JSON object body, whatever its type; None when there is none."""
     try:
         parsed: Any = jsoncodec.loads(body)
     except (ValueError, RecursionError):
         return None
-    model = parsed.get("model") if isinstance(parsed, dict) else None
-    return model if isinstance(model, str) and model else None
+    return parsed.get("model") if isinstance(parsed, dict) else None
+
+
+def model_of(body: bytes) -> str | None:
+    """The request's `model` when it is clean text (`shared.text.is_clean`), else None.
+
+    Every lane reads the model here, so a name that could not be logged, counted or stored
+    (a lone surrogate, a control character, an endless string) never gets past the edge.
+    """
+    model = _model_field(body)
+    return model if isinstance(model, str) and is_clean(model) else None
+
+
+def model_refusal(body: bytes) -> str:
+    """Why `model_of(body)` is None, in one sentence for the client."""
+    if isinstance(_model_field(body), str):
+        return (
+            f"The 'model' field must be 1 to {MAX_NAME_LENGTH} printable characters"
+            " (no control characters or unpaired surrogates)."
+        )
+    return "The request body must be a JSON object with a string 'model' field."
 
 
 async def models_endpoint(request: web.Request) -> web.Response:
@@ -201,7 +221,7 @@ async def _admit(
         return None
     model = model_of(body)
     if model is None:
-        message = "The request body must be a JSON object with a string 'model' field."
+        message = model_refusal(body)
         await _reject(call, started, principal, 400, "invalid_request", message, param="model")
         return None
     allowed = principal.limits.models
