@@ -12,16 +12,20 @@ import json
 from typing import Any
 
 import aiohttp
+from structlog.testing import capture_logs
 
 from broker.keys import STORE
 from broker.link import ConnectorLink
 from broker.server import BrokerServer
+from connector_app.core.failures import describe_failure
 from shared import protocol as p
-from tests.conftest import USER_KEY, MakeBroker, Relay
+from shared.text import shown
+from tests.conftest import USER_KEY, MakeBroker, MakeConnector, Relay, wait_models
 from tests.e2e.test_express import post_bytes
 from tests.e2e.test_hardening import FakeConnector, fakes
 from tests.e2e.test_relay import CHAT
 from tests.raw_connector import http_exchange
+from tests.stub_llm import StubLLM
 
 __all__ = ["fakes"]  # a fixture, used by name
 
@@ -179,3 +183,44 @@ async def test_a_response_header_that_is_not_utf8_is_refused_alike_on_both_lanes
     finally:
         answering.cancel()
     await settled(broker)
+
+
+ODD_NAMES = ["bad\udcffname", "bell\x07", "x" * 300, "line\nbreak", ""]
+
+
+async def test_a_local_server_listing_names_that_cannot_be_announced_still_gets_served(
+    stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector
+) -> None:
+    stub.models = ["stub-model", *ODD_NAMES, "café ☕"]
+    broker = await make_broker()
+    with capture_logs() as logs:
+        running = await make_connector(broker, stub.url)
+        await wait_models(broker, {"stub-model", "café ☕"})
+        await running.connector.refresh_models()  # a later discovery lists them again
+    status, _, _ = await raw_post(broker, CHAT)
+    assert status == 200
+    skipped = [e for e in logs if e["event"].startswith("skipping a model")]
+    assert sorted(e["model"] for e in skipped) == sorted(shown(name) for name in ODD_NAMES)
+    assert running.connector.status.available == ("café ☕", "stub-model")
+    assert not [e for e in logs if "cannot reach the broker" in str(e)]
+
+
+async def test_models_given_in_the_settings_are_skipped_alike(
+    stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector
+) -> None:
+    broker = await make_broker()
+    with capture_logs() as logs:
+        await make_connector(broker, stub.url, model=["stub-model", "bad\udcffname"])
+        await wait_models(broker, {"stub-model"})
+    skipped = [e["model"] for e in logs if e["event"].startswith("skipping a model")]
+    assert skipped == ["bad\\udcffname"]
+
+
+def test_a_failure_that_is_not_the_network_is_not_called_unreachable() -> None:
+    error = UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
+    described = describe_failure(error)
+    assert "cannot reach the broker" not in described
+    assert "UnicodeEncodeError" in described
+    assert describe_failure(ConnectionRefusedError(111, "refused")).startswith(
+        "cannot reach the broker"
+    )
