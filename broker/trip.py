@@ -209,8 +209,8 @@ class Trip:
                     self.body,
                 )
                 await self._exchange(exchange)
-            except Unsendable as exc:
-                return await self._unsendable(exc)
+            except Unsendable as unsendable:  # not `exc`: compiled, a name keeps its first type
+                return await self._unsendable(unsendable)
             except (LinkLost, Refused) as failure:
                 if self.response_started:
                     raise
