@@ -28,7 +28,7 @@ from broker.records import UsageRow
 from broker.trip import MAX_LOGGED_MODEL, Trip
 from shared import jsoncodec
 from shared.endpoints import is_relayable
-from shared.text import shown
+from shared.text import MAX_NAME_LENGTH, is_clean, shown
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -48,8 +48,8 @@ def _visible(principal: Principal, models: dict[str, float]) -> dict[str, float]
     return {model: seen for model, seen in models.items() if model in allowed}
 
 
-def model_of(body: bytes, path: str = "") -> str | None:
-    """The request's `model`: a non-empty string field of a JSON object body, else None.
+def _model_field(body: bytes, path: str = "") -> object:
+    """The `model` field of a JSON object body, whatever its type; None when there is none.
 
     On /api/show an older client's `name` counts too, as Ollama reads it there.
     """
@@ -62,7 +62,27 @@ def model_of(body: bytes, path: str = "") -> str | None:
     model = parsed.get("model")
     if model is None and path == "/api/show":
         model = parsed.get("name")
-    return model if isinstance(model, str) and model else None
+    return model
+
+
+def model_of(body: bytes, path: str = "") -> str | None:
+    """The request's `model` when it is clean text (`shared.text.is_clean`), else None.
+
+    Every lane reads the model here, so a name that could not be logged, counted or stored
+    (a lone surrogate, a control character, an endless string) never gets past the edge.
+    """
+    model = _model_field(body, path)
+    return model if isinstance(model, str) and is_clean(model) else None
+
+
+def model_refusal(body: bytes, path: str = "") -> str:
+    """Why `model_of(body, path)` is None, in one sentence for the client."""
+    if isinstance(_model_field(body, path), str):
+        return (
+            f"The 'model' field must be 1 to {MAX_NAME_LENGTH} printable characters"
+            " (no control characters or unpaired surrogates)."
+        )
+    return "The request body must be a JSON object with a string 'model' field."
 
 
 OLLAMA_VERSION: Final = "0.12.6"
@@ -247,7 +267,7 @@ async def _admit(
         return None
     model = model_of(body, call.path)
     if model is None:
-        message = "The request body must be a JSON object with a string 'model' field."
+        message = model_refusal(body, call.path)
         await _reject(call, started, principal, 400, "invalid_request", message, param="model")
         return None
     allowed = principal.limits.models

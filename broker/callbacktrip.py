@@ -32,7 +32,7 @@ from broker.headers import BadHead, request_headers
 from broker.hub import Link
 from broker.keys import ACCOUNTS, HUB, LIFECYCLE, LIMITER
 from broker.limits import Lease
-from broker.link import ConnectorLink, LinkLost, StreamEvent
+from broker.link import ConnectorLink, Exchange, LinkLost, StreamEvent, Unsendable
 from broker.trip import Refused, Trip
 from shared import protocol as p
 
@@ -79,7 +79,15 @@ def start(call: ExpressCall, owner: Owner) -> CallbackTrip | None:
     if not isinstance(lease, Lease):
         hub.release(link)
         return None
-    return CallbackTrip(call, owner, body, model, principal, lease, link)
+    try:
+        headers = request_headers(call.headers, call.request_id)
+        exchange = link.open(call.method, call.target, headers, call.request_id, body)
+    except Unsendable:
+        # Nothing is counted yet: the usual way meets the same refusal and answers it.
+        lease.release()
+        hub.release(link)
+        return None
+    return CallbackTrip(call, owner, body, model, principal, lease, link, exchange)
 
 
 class CallbackTrip(Trip):
@@ -94,6 +102,7 @@ class CallbackTrip(Trip):
         principal: Principal,
         lease: Lease,
         link: ConnectorLink,
+        exchange: Exchange,
     ) -> None:
         super().__init__(call, body, model, principal, lease)
         self.express = call
@@ -108,9 +117,8 @@ class CallbackTrip(Trip):
         """False from `_retry` until its task takes its first step."""
         self.app[LIFECYCLE].started()
         self.metrics.in_flight.inc()
-        headers = request_headers(call.headers, self.request_id)
-        self.exchange = link.open(call.method, call.target, headers, self.request_id, body)
-        self.exchange.sink = self
+        self.exchange = exchange
+        exchange.sink = self
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(self.settings.request_timeout, self._guarded, self._expired)
 

@@ -13,8 +13,10 @@ from typing import Final
 from shared.credentials import CREDENTIAL_HEADERS
 from shared.protocol import Headers
 
-_FORBIDDEN: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-"""Control characters no header may carry (aiohttp's rule, so both servers refuse the same)."""
+_FORBIDDEN: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
+"""Control characters no header may carry (aiohttp's rule, so both servers refuse the same),
+and the lone surrogates that stand for bytes that are not UTF-8: aiohttp would leave them
+out of the head it writes, so neither server relays them."""
 
 HOP_BY_HOP = frozenset(
     {
@@ -73,13 +75,14 @@ def request_headers(incoming: Mapping[str, str], request_id: str) -> Headers:
 def response_headers(upstream: Headers) -> list[tuple[str, str]]:
     """Headers of an upstream response as sent on to the client.
 
-    Raises ValueError when a name or value holds a control character (a tab aside).
+    Raises ValueError when a name or value holds a control character (a tab aside) or a byte
+    that is not UTF-8.
     """
     drop = _RESPONSE_DROP | _connection_tokens(upstream)
     kept = [(k, v) for k, v in upstream if k.lower() not in drop]
     for name, value in kept:
         if _FORBIDDEN.search(name) or _FORBIDDEN.search(value):
-            raise ValueError(f"header {name[:40]!r} holds a control character")
+            raise ValueError(f"header {name[:40]!r} holds a control character or a non-UTF-8 byte")
     return kept
 
 

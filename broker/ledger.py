@@ -2,7 +2,11 @@
 
 `record` never waits. A background task writes what has gathered every `interval`
 seconds in one transaction; `close` writes everything still queued, so a clean
-shutdown loses no row. If the store fails, rows stay queued and the write is retried.
+shutdown loses no row. If the store fails (down, locked, its connection lost), rows
+stay queued and the write is retried. A batch the store refuses for any other reason
+holds a row it cannot take: the batch is split until that row is found, the row is set
+aside and logged once, and every other row is written. One bad row never stalls the
+ledger for everyone.
 
 A write in progress is never cancelled: `close` waits for it, and cancelling `close`
 itself only ends the caller's wait. Cancelling a transaction
@@ -14,16 +18,43 @@ would be written twice.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 
+import sqlalchemy.exc as sa_exc
 import structlog
 
 from broker.records import UsageRow
 from broker.store import Store
+from shared.text import shown
 
 log = structlog.get_logger("remotellm.broker.ledger")
 
 MAX_QUEUED = 1_000_000
+MAX_SET_ASIDE = 1000
+"""Refused rows kept in memory for a look (the log line of each is the record)."""
+
+_STORE_DOWN = (
+    sa_exc.OperationalError,  # SQLite busy or locked, a server gone, a disk error
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,  # no pooled connection in time
+    OSError,  # ConnectionError and TimeoutError among them
+)
+
+
+def store_down(exc: BaseException) -> bool:
+    """Whether a failed write says the store cannot write now (retry it), rather than that it
+    refuses what it was given (a value it cannot hold, a broken constraint)."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, _STORE_DOWN)
+
+
+def refusal(exc: BaseException) -> str:
+    """Why the store refused a row, for the log: the driver's error, without the SQL."""
+    cause = exc.orig if isinstance(exc, sa_exc.StatementError) and exc.orig else exc
+    return f"{type(cause).__name__}: {shown(str(cause), 200)}"
 
 
 class UsageLedger:
@@ -37,6 +68,8 @@ class UsageLedger:
         self._round: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self.written = 0
+        self.set_aside: collections.deque[UsageRow] = collections.deque(maxlen=MAX_SET_ASIDE)
+        """The latest rows the store refused, each logged once when it was set aside."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-ledger")
@@ -83,10 +116,39 @@ class UsageLedger:
         due = len(self._queue)
         while due > 0 and self._queue:
             batch = self._queue[: min(5000, due)]
-            await self.store.usage.add(batch)
-            del self._queue[: len(batch)]
+            await self._write(batch)
             due -= len(batch)
-            self.written += len(batch)
+
+    async def _write(self, rows: list[UsageRow]) -> None:
+        """Write `rows`, the front of the queue, taking each off the queue once it is written
+        or set aside; raises when the store cannot write (what is left stays queued)."""
+        try:
+            await self.store.usage.add(rows)
+        except Exception as exc:
+            if store_down(exc):
+                raise
+            refused = exc
+        else:
+            del self._queue[: len(rows)]
+            self.written += len(rows)
+            return
+        if len(rows) == 1:
+            self._set_aside(rows[0], refused)
+            return
+        # Halves, in order: the good rows go in a few batches, and the rows written or set
+        # aside always form the front of the queue.
+        half = len(rows) // 2
+        await self._write(rows[:half])
+        await self._write(rows[half:])
+
+    def _set_aside(self, row: UsageRow, exc: BaseException) -> None:
+        del self._queue[0]
+        self.set_aside.append(row)
+        log.error(
+            "the store refused a usage row; it is set aside",
+            request_id=shown(row.request_id),
+            reason=refusal(exc),
+        )
 
     async def close(self) -> None:
         """Write everything queued, then stop. Safe to call again, or from several tasks.

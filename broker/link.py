@@ -52,6 +52,10 @@ class LinkLost(Exception):
         return f"The broker closed its link to the connector serving this model ({self.sent_away})."
 
 
+class Unsendable(Exception):
+    """The request cannot be put on the relay (its head is more than a frame may carry)."""
+
+
 StreamEvent = p.ResponseHead | p.ResponseBody | p.End | p.Error | LinkLost
 
 
@@ -188,6 +192,11 @@ class ConnectorLink:
         return f"<ConnectorLink {self.name!r} models={sorted(self.models)}>"
 
     @property
+    def open_streams(self) -> int:
+        """Streams opened on the link and not yet over."""
+        return len(self._streams)
+
+    @property
     def gone(self) -> bool:
         """The socket has closed (the hub may list the link a moment longer)."""
         return self._closed
@@ -197,16 +206,27 @@ class ConnectorLink:
     def open(
         self, method: str, path: str, headers: p.Headers, request_id: str, body: bytes
     ) -> Exchange:
-        """Start a stream carrying one request; the reply arrives on the Exchange."""
+        """Start a stream carrying one request; the reply arrives on the Exchange.
+
+        Raises LinkLost when the link has closed, and Unsendable (with nothing left behind)
+        when the request cannot be encoded.
+        """
         if self._closed:
             raise LinkLost(self.name)
         stream_id = next(self._ids)
         exchange = Exchange(stream_id, self, self.window)
         self._streams[stream_id] = exchange
-        self._outbox.put(p.RequestHead(stream_id, method, path, headers, request_id))
-        for frame in p.split_body(stream_id, body, response=False):
-            self._outbox.put(frame)
-        self._outbox.put(p.End(stream_id))
+        try:
+            self._outbox.put(p.RequestHead(stream_id, method, path, headers, request_id))
+            for frame in p.split_body(stream_id, body, response=False):
+                self._outbox.put(frame)
+            self._outbox.put(p.End(stream_id))
+        except Exception as exc:
+            # Nothing of a stream that was never sent may stay: neither its entry, which
+            # only a disconnect would free, nor the frames queued before the failure.
+            del self._streams[stream_id]
+            self._outbox.discard(stream_id)
+            raise Unsendable(f"{type(exc).__name__}: {exc}") from exc
         self._socket.want_write()
         return exchange
 

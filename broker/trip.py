@@ -28,10 +28,11 @@ from broker.headers import BadHead, relayable, request_headers
 from broker.hub import Link, NoConnector
 from broker.keys import HUB, LEDGER, METRICS, SETTINGS
 from broker.limits import Lease
-from broker.link import ConnectorLink, Exchange, LinkLost, StreamEvent
+from broker.link import ConnectorLink, Exchange, LinkLost, StreamEvent, Unsendable
 from broker.records import UsageRow
 from broker.tally import TokenTally
 from shared import protocol as p
+from shared.text import is_clean, shown
 from shared.tracecontext import trace_fields
 
 log = structlog.get_logger("remotellm.broker.api")
@@ -39,6 +40,14 @@ log = structlog.get_logger("remotellm.broker.api")
 STREAMING_TYPES = ("text/event-stream", "application/x-ndjson")
 MAX_LOGGED_MODEL = 100
 """Characters of a client-chosen model name that reach a log line or an error message."""
+
+
+def _storable(name: str) -> str | None:
+    """A connector's name as a usage row holds it: None when empty, escaped when not clean
+    (the relay's hello checks names; this keeps a row from ever holding what a store refuses)."""
+    if not name:
+        return None
+    return name if is_clean(name) else shown(name)
 
 
 class Refused(Exception):
@@ -174,7 +183,7 @@ class Trip:
                 user_id=principal.user_id,
                 key_id=principal.key_id,
                 model=self.model[:255],
-                connector=self.connector or None,
+                connector=_storable(self.connector),
                 prompt_tokens=prompt,
                 completion_tokens=completion,
                 ttfb_ms=round(self.ttfb * 1000, 3) if self.ttfb is not None else None,
@@ -205,6 +214,8 @@ class Trip:
                     self.body,
                 )
                 await self._exchange(exchange)
+            except Unsendable as unsendable:  # not `exc`: compiled, a name keeps its first type
+                return await self._unsendable(unsendable)
             except (LinkLost, Refused) as failure:
                 if self.response_started:
                     raise
@@ -214,6 +225,11 @@ class Trip:
                 return
             finally:
                 hub.release(link)
+
+    async def _unsendable(self, exc: Unsendable) -> None:
+        log.warning("cannot relay the request", error=str(exc), request_id=self.request_id)
+        message = "The request's headers cannot be relayed (more than the relay carries)."
+        await self._fail(400, "invalid_request", message)
 
     def _retrying(self, failure: Exception, link: ConnectorLink) -> None:
         # Nothing reached the client yet: the request can go to another connector.

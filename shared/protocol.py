@@ -115,8 +115,18 @@ def _json(obj: Mapping[str, Any]) -> bytes:
     return jsoncodec.dumps(obj, _json_slow)
 
 
+_ASCII_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def _json_slow(obj: Mapping[str, Any]) -> bytes:
-    return _ENCODER.encode(obj).encode()
+    text = _ENCODER.encode(obj)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate: a header byte that is not UTF-8, as both ends' HTTP parsers
+        # decode it (surrogateescape). It travels as a \udcXX escape, which JSON allows and
+        # the decoder reads back, so the receiver writes the very byte the client sent.
+        return _ASCII_ENCODER.encode(obj).encode()
 
 
 def _pack(kind: FrameType, stream_id: int, payload: bytes) -> bytes:

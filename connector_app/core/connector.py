@@ -14,10 +14,11 @@ import structlog
 from connector_app.core.activity import RequestEvents
 from connector_app.core.backoff import Backoff
 from connector_app.core.client import RelayClient
-from connector_app.core.discovery import DiscoveryError, discover_models
+from connector_app.core.discovery import DiscoveryError, announceable, discover_models
 from connector_app.core.llm import LocalLLM
 from connector_app.core.settings import ConnectorSettings
 from connector_app.core.status import Status, StatusBoard
+from shared.text import MAX_NAME_LENGTH, shown
 
 log = structlog.get_logger("remotellm.connector")
 
@@ -64,6 +65,8 @@ class Connector:
             events=self.events,
         )
         self._discovery_ok: bool | None = None
+        self._skipped: set[str] = set()
+        """Models left out for their names: each is logged the first time it is seen."""
         self._stopped = asyncio.Event()
 
     @property
@@ -85,6 +88,15 @@ class Connector:
         self._publish_models(self.board.status.available)
 
     def _publish_models(self, available: tuple[str, ...]) -> None:
+        available, skipped = announceable(available)
+        for name in skipped:
+            if name not in self._skipped:
+                log.warning(
+                    "skipping a model whose name cannot be announced to the broker",
+                    model=shown(name),
+                    why=f"not 1 to {MAX_NAME_LENGTH} printable characters",
+                )
+        self._skipped.update(skipped)
         self.board.update(available=available)
         self.client.set_models(tuple(m for m in available if m not in self._excluded))
 

@@ -47,7 +47,10 @@ def describe_failure(exc: BaseException) -> str:
         return f"protocol error: {exc.reason}"
     if isinstance(exc, Refused):
         return f"the handshake failed: {exc.reason}"
-    return f"cannot reach the broker: {exc or type(exc).__name__}"
+    if isinstance(exc, OSError):  # refused, unreachable, reset, no such host
+        return f"cannot reach the broker: {exc or type(exc).__name__}"
+    # Anything else is the connector's own failure, not the network's: say so.
+    return f"the connector failed on its side of the link ({type(exc).__name__}: {exc})"
 
 
 def is_fatal(exc: BaseException) -> bool:
