@@ -15,10 +15,14 @@ from collections.abc import Mapping
 from typing import Final, Protocol
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from broker.keys import REQUEST_ID
 
 _SAFE_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+_DECODED: Final = frozenset({"gzip", "deflate", "br", "zstd"})
+"""The request content codings aiohttp's server removes from a body itself (the first one)."""
 
 
 def request_id_of(headers: Mapping[str, str]) -> str:
@@ -110,7 +114,16 @@ class AiohttpCall:
 
     @property
     def headers(self) -> Mapping[str, str]:
-        return self.request.headers
+        headers = self.request.headers
+        coding = headers.get("Content-Encoding", "")
+        if not (coding.isascii() and coding.lower() in _DECODED):
+            return headers
+        # aiohttp hands the body over decoded: its label goes too, or the local LLM decodes
+        # it again (the express lane leaves such requests to aiohttp).
+        kept = list(headers.items())
+        names = [name.lower() for name, _ in kept]
+        del kept[names.index("content-encoding")]
+        return CIMultiDict(kept)
 
     @property
     def request_id(self) -> str:
