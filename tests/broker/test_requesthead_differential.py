@@ -21,7 +21,7 @@ from aiohttp.web_exceptions import HTTPException
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from broker.requesthead import Head, parse
+from broker.requesthead import MAX_LINE, Head, parse
 from shared.endpoints import MODEL_ENDPOINTS
 
 MAX_BODY = 1024
@@ -330,7 +330,9 @@ def test_every_head_the_express_lane_takes_aiohttp_reads_the_same(data: bytes) -
 
 @pytest.mark.parametrize("parser", PARSERS)
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd", "GZip"])
-def test_a_compressed_body_is_left_to_aiohttp_which_decodes_it(parser: str, encoding: str) -> None:
+def test_a_compressed_body_is_left_to_aiohttp_which_decodes_or_refuses_it(
+    parser: str, encoding: str
+) -> None:
     data = (
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: b\r\nContent-Encoding: %b\r\n"
         % (encoding.encode())
@@ -349,3 +351,18 @@ def test_an_empty_query_is_left_to_aiohttp_which_forwards_the_target_without_it(
     assert express_takes(data) is None
     read = aiohttp_reads(parser, data)
     assert isinstance(read, Read) and read.forwarded == "/v1/chat/completions"
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+@pytest.mark.parametrize("where", ["request line", "field line"])
+def test_lines_at_the_express_lanes_limit_are_read_the_same(parser: str, where: str) -> None:
+    line = "POST /v1/chat/completions?q= HTTP/1.1"
+    field = "X-Big: "
+    if where == "request line":
+        line = line.replace("q=", "q=" + "a" * (MAX_LINE - len(line)))
+    else:
+        field += "b" * (MAX_LINE - len(field))
+    data = f"{line}\r\nHost: b\r\n{field}\r\nContent-Length: 0\r\n\r\n".encode()
+    head = express_takes(data)
+    assert head is not None
+    assert aiohttp_reads(parser, data) == as_express_served(head, b"")

@@ -1,0 +1,493 @@
+"""`python -m bench.fuzz [--inputs N] [--seed S] [--timeout SECONDS]`: fuzz the relay's decoders.
+
+Each input is a valid relay message or WebSocket byte stream, built from every frame type,
+then mutated (bits, bytes, slices, lengths, frame types, stream ids, JSON values, text
+encodings). It goes through what each side does with bytes from its peer: the WebSocket
+frame reader (`shared.websocket.FrameReader`, as the broker reads a connector and as the
+connector reads the broker), the relay decoder (`shared.protocol.decode`), the handshake
+checks and the sender check (`shared.handshake`). Every frame decoded is encoded again and
+must decode to itself.
+
+The invariants: no exception other than the protocol's own (ProtocolError, WebSocketError,
+Refused), no input taking longer than `--timeout` (a watchdog thread interrupts it, and
+ends the process if it cannot), and valid frames round-trip. The command prints inputs per
+second and every distinct refusal seen, and exits 1 on any failure (each printed with its
+input), 0 otherwise. tests/shared/test_fuzz.py runs a slice of the same inputs.
+"""
+
+from __future__ import annotations
+
+import _thread
+import argparse
+import os
+import random
+import re
+import sys
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+from shared import handshake
+from shared import protocol as p
+from shared import websocket as ws
+
+EXPECTED: Final = (p.ProtocolError, ws.WebSocketError, handshake.Refused)
+"""The protocol's own errors: a peer's bad bytes may raise these and nothing else."""
+
+SIDES: Final = ("broker", "connector")
+"""Which side reads: the broker reads a connector's messages, masked; the connector, unmasked."""
+
+
+def seed_frames() -> list[p.Frame]:
+    """One or more valid frames of every type, the mutations' starting points."""
+    headers = (("Content-Type", "application/json"), ("X-Tricky", "a\tb é ☃"))
+    return [
+        p.Hello(p.PROTOCOL_VERSION, "conn-1", ("llama3", "qwen:7b", "ünï"), 4),
+        p.Welcome(p.PROTOCOL_VERSION, p.DEFAULT_WINDOW),
+        p.ModelsUpdate(("a", "b/c:latest")),
+        p.ModelsUpdate(()),
+        p.GoAway("restart", 2.5),
+        p.RequestHead(1, "POST", "/v1/chat/completions?x=1", headers, "req_1"),
+        p.RequestBody(1, b'{"model":"llama3","stream":true}'),
+        p.ResponseHead(1, 200, headers),
+        p.ResponseBody(1, b"data: {}\n\n"),
+        p.ResponseBody(7, bytes(range(256))),
+        p.End(1),
+        p.Error(2, "upstream_timeout", "the local LLM did not answer"),
+        p.Cancel(3),
+        p.WindowUpdate(1, 65536),
+    ]
+
+
+def seed_messages() -> list[bytes]:
+    """Valid relay messages: each frame alone, and a few as the outboxes batch them."""
+    frames = seed_frames()
+    messages = [p.encode(f) for f in frames]
+    messages.append(p.encode_many(frames[5:11]))
+    messages.append(p.encode_many([frames[8], frames[10], frames[12], frames[13]]))
+    return messages
+
+
+# ---------------------------------------------------------------------------
+# Mutations
+
+_JSON_TOKEN: Final = re.compile(rb'"(?:[^"\\]|\\.)*"|-?[0-9][0-9.eE+-]*|true|false|null|[\[\]{}]')
+_ODD_JSON: Final = (
+    b"1e400",
+    b"-1e400",
+    b"9" * 400,
+    b"-" + b"9" * 400,
+    b"9" * 5000,
+    b"18446744073709551616",
+    b"4294967296",
+    b"0",
+    b"-1",
+    b"-0",
+    b"1.5",
+    b"true",
+    b"null",
+    b'""',
+    b'"\\udcff"',
+    b'"\\ud800\\udc00"',
+    b'"\\u0000\\r\\n"',
+    b'"' + b"x" * 2000 + b'"',
+    b"[]",
+    b"{}",
+    b'[["a","b"]]',
+    b'[["a"]]',
+    b'[["a\\r","b"]]',
+    b'[["a","b\\u0000"]]',
+    b"[1,2]",
+    b"[" * 5000 + b"]" * 5000,
+    b"NaN",
+    b"Infinity",
+    b"\xff\xfe",
+)
+_ODD_INTS: Final = (0, 1, 2, 8, 9, 125, 126, 127, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF)
+_ODD_BYTES: Final = (0x00, 0x01, 0x7E, 0x7F, 0x80, 0x81, 0x88, 0x89, 0x8A, 0xFE, 0xFF)
+_KINDS: Final = (*(int(t) for t in p.FrameType), 0x00, 0x05, 0x12, 0x34, 0xFF)
+
+Part = tuple[int, int, bytes]
+"""One relay frame as bytes: its type, its stream id, its payload."""
+
+
+def parts_of(message: bytes) -> list[Part]:
+    """The frames of a valid message, as (type, stream id, payload)."""
+    parts: list[Part] = []
+    offset = 0
+    while offset < len(message):
+        kind, stream_id, length = p.HEADER.unpack_from(message, offset)
+        offset += p.HEADER.size
+        parts.append((kind, stream_id, message[offset : offset + length]))
+        offset += length
+    return parts
+
+
+def join(parts: list[Part]) -> bytes:
+    """A message of these frames, each header's length its payload's."""
+    return b"".join(p.HEADER.pack(k, s & 0xFFFFFFFF, len(d)) + d for k, s, d in parts)
+
+
+class Mutator:
+    """Turns valid messages and streams into damaged ones, reproducibly from one seed."""
+
+    def __init__(self, rng: random.Random, messages: list[bytes]) -> None:
+        self.rng = rng
+        self.messages = messages
+        self.parts = [parts_of(m) for m in messages]
+
+    def message(self) -> bytes:
+        """A relay message: a seed's frames changed where they matter, then maybe its bytes."""
+        rng = self.rng
+        parts = list(rng.choice(self.parts))
+        for _ in range(rng.randint(0, 3)):
+            parts = self._frames(parts)
+        data = join(parts)
+        if rng.random() < 0.4:
+            for _ in range(rng.randint(1, 3)):
+                data = self.raw(data)
+        return data
+
+    def _frames(self, parts: list[Part]) -> list[Part]:
+        rng = self.rng
+        i = rng.randrange(len(parts))
+        kind, stream_id, payload = parts[i]
+        match rng.randrange(7):
+            case 0:
+                parts[i] = (rng.choice(_KINDS), stream_id, payload)
+            case 1:
+                parts[i] = (kind, rng.choice(_ODD_INTS), payload)
+            case 2 | 3:
+                parts[i] = (kind, stream_id, self.json(payload))
+            case 4:
+                parts[i] = (kind, stream_id, self.text(payload))
+            case 5:
+                parts.insert(rng.randrange(len(parts) + 1), rng.choice(rng.choice(self.parts)))
+            case _:
+                parts[i] = (kind, stream_id, self.raw(payload))
+        return parts
+
+    def json(self, payload: bytes) -> bytes:
+        """One JSON value or bracket replaced by an odd one."""
+        tokens = list(_JSON_TOKEN.finditer(payload))
+        if not tokens:
+            return self.rng.choice(_ODD_JSON)
+        token = self.rng.choice(tokens)
+        return payload[: token.start()] + self.rng.choice(_ODD_JSON) + payload[token.end() :]
+
+    def text(self, payload: bytes) -> bytes:
+        """The payload in another Unicode encoding, or with a byte-order mark (JSON allows them)."""
+        rng = self.rng
+        try:
+            text = payload.decode()
+        except UnicodeDecodeError:
+            return payload
+        encoding = rng.choice(("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be", "utf-8-sig"))
+        return text.encode(encoding, "surrogatepass")
+
+    def raw(self, data: bytes) -> bytes:
+        """A byte-level change: a bit, a byte, a slice, a 32-bit field, a cut or a splice."""
+        rng = self.rng
+        n = len(data)
+        at = rng.randrange(n + 1)
+        match rng.randrange(8):
+            case 0 if n:
+                at = min(at, n - 1)
+                return data[:at] + bytes((data[at] ^ (1 << rng.randrange(8)),)) + data[at + 1 :]
+            case 1 if n:
+                at = min(at, n - 1)
+                return data[:at] + bytes((rng.choice(_ODD_BYTES),)) + data[at + 1 :]
+            case 2:
+                return data[:at] + rng.randbytes(rng.randint(1, 16)) + data[at:]
+            case 3:
+                return data[:at] + data[at + rng.randint(1, 32) :]
+            case 4:
+                end = min(n, at + rng.randint(1, 64))
+                return data[:end] + data[at:end] * rng.randint(1, 8) + data[end:]
+            case 5:
+                field = rng.choice(_ODD_INTS).to_bytes(4, "big")
+                return data[:at] + field + data[at + 4 :]
+            case 6:
+                return data[:at]
+            case _:
+                other = rng.choice(self.messages)
+                return data[:at] + other[rng.randrange(len(other) + 1) :]
+
+    def stream(self, side: str) -> bytes:
+        """WebSocket bytes as `side` receives them: messages framed, maybe split, then damaged."""
+        rng = self.rng
+        masked = side == "broker"
+        chunks: list[bytes] = []
+        for _ in range(rng.randint(1, 3)):
+            chunks.extend(self._framed(self.message(), masked=masked))
+        if rng.random() < 0.3:
+            chunks.insert(rng.randrange(len(chunks) + 1), self._control(masked=masked))
+        data = b"".join(chunks)
+        for _ in range(rng.randint(0, 3)):
+            data = self.raw(data)
+        return data
+
+    def _framed(self, message: bytes, *, masked: bool) -> list[bytes]:
+        """One message as WebSocket frames: usually whole, sometimes in fragments."""
+        rng = self.rng
+        if rng.random() < 0.7 or len(message) < 2:
+            return [self.frame(ws.OP_BINARY, message, masked=masked)]
+        cut = rng.randrange(1, len(message))
+        return [
+            self.frame(ws.OP_BINARY, message[:cut], masked=masked, fin=False),
+            self.frame(ws.OP_CONTINUATION, message[cut:], masked=masked),
+        ]
+
+    def _control(self, *, masked: bool) -> bytes:
+        rng = self.rng
+        if rng.random() < 0.5:
+            op = rng.choice((ws.OP_PING, ws.OP_PONG))
+            return self.frame(op, rng.randbytes(rng.randint(0, 125)), masked=masked)
+        code = rng.choice((1000, 1001, 1002, 1005, 4001, 999)).to_bytes(2, "big")
+        return self.frame(ws.OP_CLOSE, code + "bye ☃".encode(), masked=masked)
+
+    def frame(self, opcode: int, payload: bytes, *, masked: bool, fin: bool = True) -> bytes:
+        """A WebSocket frame, masked with a key from the seed (so a run repeats exactly)."""
+        whole = ws.encode_frame(opcode, payload, mask=False)
+        head = bytearray(whole[: len(whole) - len(payload)])
+        if not fin:
+            head[0] &= 0x7F
+        if not masked:
+            return bytes(head) + payload
+        head[1] |= 0x80
+        key = self.rng.randbytes(4)
+        return bytes(head) + key + ws.apply_mask(payload, key)
+
+
+# ---------------------------------------------------------------------------
+# What each side does with the bytes
+
+
+class Violation(AssertionError):
+    """An invariant broke (a frame that does not round-trip)."""
+
+
+def read_message(message: bytes, side: str, first: bool, seen: Counter[str]) -> None:
+    """Decode a relay message as `side` does: the handshake's first frame, or any other."""
+    if first:
+        if side == "broker":
+            round_trip(handshake.accept_hello(message), seen)
+        else:
+            round_trip(handshake.accept_welcome(message), seen)
+        return
+    for frame in p.decode(message):
+        handshake.check_sender(frame, "connector" if side == "broker" else "broker")
+        round_trip(frame, seen)
+
+
+def round_trip(frame: p.Frame, seen: Counter[str]) -> None:
+    """A decoded frame encodes to bytes that decode to itself (lone surrogates aside)."""
+    seen["frames decoded"] += 1
+    try:
+        again = p.encode(frame)
+    except UnicodeEncodeError:
+        if _has_lone_surrogate(frame):
+            # A valid JSON escape that is no Unicode text: see bench/README.md, "Fuzzing".
+            seen["frames holding a lone surrogate (not re-encoded)"] += 1
+            return
+        raise
+    if p.decode(again) != [frame]:
+        raise Violation(f"{frame!r} came back as {p.decode(again)!r}")
+
+
+def _has_lone_surrogate(frame: p.Frame) -> bool:
+    fields = tuple(getattr(frame, name) for name in frame.__slots__)
+    return any(not _encodable(text) for text in _strings(fields))
+
+
+def _strings(value: object) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def read_stream(data: bytes, side: str, rng: random.Random, seen: Counter[str]) -> None:
+    """Feed WebSocket bytes to `side`'s frame reader in pieces; decode each message it yields."""
+    reader = ws.FrameReader(masked=side == "broker", max_message=handshake.MAX_MESSAGE)
+    first = rng.random() < 0.2
+    at = 0
+    while at < len(data):
+        step = rng.randint(1, len(data) - at) if rng.random() < 0.5 else len(data) - at
+        for event in reader.feed(data[at : at + step]):
+            if isinstance(event, ws.Message) and not event.text:
+                read_message(event.data, side, first, seen)
+                first = False
+        at += step
+
+
+def one(mutator: Mutator, seen: Counter[str]) -> tuple[bytes, Callable[[], None]]:
+    """The next input and the call that reads it (counting what it decodes in `seen`)."""
+    rng = mutator.rng
+    side = rng.choice(SIDES)
+    if rng.random() < 0.5:
+        data = mutator.message()
+        first = rng.random() < 0.2
+        return data, lambda: read_message(data, side, first, seen)
+    data = mutator.stream(side)
+    return data, lambda: read_stream(data, side, rng, seen)
+
+
+# ---------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class Report:
+    """What a run saw."""
+
+    inputs: int = 0
+    seconds: float = 0.0
+    refusals: Counter[str] = field(default_factory=Counter)
+    """Each distinct expected error (particulars blanked, see `_kind`), and how often."""
+    seen: Counter[str] = field(default_factory=Counter)
+    """Inputs read without a refusal, frames decoded, and frames not re-encoded."""
+    failures: list[str] = field(default_factory=list)
+    """Each unexpected exception, broken invariant or hang, with its input."""
+
+
+class Watchdog:
+    """Interrupts the main thread when one input runs longer than `timeout`; ends the process
+    when even that does not stop it (a hang inside C code)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self.busy = False
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="fuzz-watchdog", daemon=True)
+
+    def __enter__(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(self.timeout / 4, 0.25)):
+            if not self.busy or time.monotonic() - self.started < self.timeout:
+                continue
+            self.fired = True
+            started = self.started
+            _thread.interrupt_main()
+            if self._stop.wait(self.timeout) or self.started != started:
+                continue
+            sys.stderr.write(f"fuzz: an input ran {2 * self.timeout:.0f} s and would not stop\n")
+            os._exit(3)
+
+
+Source = Callable[[Mutator, Counter[str]], tuple[bytes, Callable[[], None]]]
+"""Where inputs come from: `one`, or a test's own."""
+
+
+def run(inputs: int, seed: int, timeout: float = 2.0, source: Source = one) -> Report:
+    """Read `inputs` mutated inputs from seed `seed`; what was refused and what failed."""
+    report = Report()
+    check_seeds(report)
+    mutator = Mutator(random.Random(seed), seed_messages())
+    begin = time.perf_counter()
+    data = b""
+    with Watchdog(timeout) as dog:
+        try:
+            for _ in range(inputs):
+                data, read = source(mutator, report.seen)
+                dog.started = time.monotonic()
+                dog.busy = True
+                _read_one(data, read, report)
+                dog.busy = False
+                report.inputs += 1
+        except KeyboardInterrupt:
+            # The watchdog's interrupt may land just after the slow input returned: still it.
+            if not dog.fired:
+                raise
+            report.failures.append(f"hang (over {timeout} s) on {_shown(data)}")
+    report.seconds = time.perf_counter() - begin
+    return report
+
+
+def _read_one(data: bytes, read: Callable[[], None], report: Report) -> None:
+    try:
+        read()
+    except EXPECTED as exc:
+        report.refusals[_kind(exc)] += 1
+    except Exception:
+        report.failures.append(f"{traceback.format_exc()}input: {_shown(data)}")
+    else:
+        report.seen["inputs read without a refusal"] += 1
+
+
+def check_seeds(report: Report) -> None:
+    """Every seed frame round-trips through the codec and through WebSocket framing."""
+    for frame in seed_frames():
+        for masked in (True, False):
+            data = p.encode(frame)
+            reader = ws.FrameReader(masked=masked, max_message=handshake.MAX_MESSAGE)
+            wire = ws.encode_frame(ws.OP_BINARY, data, mask=masked)
+            events = [e for b in _bytes_of(wire) for e in reader.feed(b)]
+            if events != [ws.Message(data)] or p.decode(data) != [frame]:
+                report.failures.append(f"seed {frame!r} did not round-trip: {events!r}")
+
+
+def _bytes_of(data: bytes) -> Iterator[bytes]:
+    """The data one byte at a time, the hardest split for a reader."""
+    for i in range(len(data)):
+        yield data[i : i + 1]
+
+
+def _kind(exc: BaseException) -> str:
+    """The error's type and text with its particulars (numbers, bytes, names) blanked."""
+    text = re.sub(r"0x[0-9a-fA-F]+|[0-9]+", "N", str(exc))
+    text = re.sub(r"header '.*' is", "header '...' is", text)
+    text = re.sub(r"codec can't decode.*", "codec can't decode", text)
+    return f"{type(exc).__name__}: {text[:90]}"
+
+
+def _shown(data: bytes) -> str:
+    return data[:512].hex() + ("..." if len(data) > 512 else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the fuzzer from the command line; exit 1 on any failure."""
+    parser = argparse.ArgumentParser(prog="python -m bench.fuzz", description=__doc__)
+    parser.add_argument("--inputs", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=2.0, help="seconds one input may take")
+    args = parser.parse_args(argv)
+    report = run(args.inputs, args.seed, args.timeout)
+    rate = report.inputs / report.seconds if report.seconds else 0.0
+    took = f"{report.seconds:.1f} s ({rate:,.0f} inputs/s)"
+    print(f"{report.inputs} inputs in {took}, seed {args.seed}")
+    for what, count in sorted(report.seen.items()):
+        print(f"{count:>11}  {what}")
+    print(f"{len(report.refusals)} distinct refusals (the protocol's own errors):")
+    for kind, count in report.refusals.most_common():
+        print(f"  {count:>9}  {kind}")
+    for failure in report.failures:
+        print(f"FAILURE: {failure}")
+    print(f"{len(report.failures)} failures")
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
