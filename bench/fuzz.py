@@ -10,9 +10,10 @@ must decode to itself.
 
 The invariants: no exception other than the protocol's own (ProtocolError, WebSocketError,
 Refused), no input taking longer than `--timeout` (a watchdog thread interrupts it, and
-ends the process with exit code 3 if it cannot), and valid frames round-trip. The command prints inputs per
-second and every distinct refusal seen, and exits 1 on any failure (each printed with its
-input), 0 otherwise. tests/shared/test_fuzz.py runs a slice of the same inputs.
+ends the process with exit code 3 if it cannot), and valid frames round-trip. The command
+prints inputs per second and every distinct refusal seen, and exits 1 on any failure (each
+printed with its input), 0 otherwise. tests/shared/test_fuzz.py runs a slice of the same
+inputs.
 """
 
 from __future__ import annotations
