@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench import fuzz
+from bench.mutator import Mutator
 from shared import handshake
 from shared import protocol as p
 from shared import websocket as ws
@@ -36,7 +37,7 @@ def test_the_same_seed_gives_the_same_run() -> None:
 
 
 def test_an_input_that_hangs_is_a_failure_and_ends_the_run() -> None:
-    def hanging(mutator: fuzz.Mutator, seen: Counter[str]) -> tuple[bytes, Callable[[], None]]:
+    def hanging(mutator: Mutator, seen: Counter[str]) -> tuple[bytes, Callable[[], None]]:
         def spin() -> None:
             while True:
                 pass
@@ -49,7 +50,7 @@ def test_an_input_that_hangs_is_a_failure_and_ends_the_run() -> None:
 
 
 def test_an_unexpected_exception_is_a_failure_with_its_input() -> None:
-    def crashing(mutator: fuzz.Mutator, seen: Counter[str]) -> tuple[bytes, Callable[[], None]]:
+    def crashing(mutator: Mutator, seen: Counter[str]) -> tuple[bytes, Callable[[], None]]:
         return b"\xab\xcd", lambda: [][0]
 
     report = fuzz.run(2, seed=0, source=crashing)
