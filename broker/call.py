@@ -17,6 +17,7 @@ from typing import Any, Final, NoReturn, Protocol
 
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict
 
 from broker.deadline import within
 from broker.keys import REQUEST_ID, SETTINGS
@@ -24,6 +25,9 @@ from broker.keys import REQUEST_ID, SETTINGS
 log = structlog.get_logger("remotellm.broker.api")
 
 _SAFE_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+_DECODED: Final = frozenset({"gzip", "deflate", "br", "zstd"})
+"""The request content codings aiohttp's server removes from a body itself (the first one)."""
 
 
 def request_id_of(headers: Mapping[str, str]) -> str:
@@ -126,7 +130,16 @@ class AiohttpCall:
 
     @property
     def headers(self) -> Mapping[str, str]:
-        return self.request.headers
+        headers = self.request.headers
+        coding = headers.get("Content-Encoding", "")
+        if not (coding.isascii() and coding.lower() in _DECODED):
+            return headers
+        # aiohttp hands the body over decoded: its label goes too, or the local LLM decodes
+        # it again (the express lane leaves such requests to aiohttp).
+        kept = list(headers.items())
+        names = [name.lower() for name, _ in kept]
+        del kept[names.index("content-encoding")]
+        return CIMultiDict(kept)
 
     @property
     def request_id(self) -> str:

@@ -3,10 +3,10 @@
 The express lane (`broker.express`) serves only the plainest API request: a
 `POST` over HTTP/1.1 to one of the model endpoints, with one valid
 `Content-Length` within the body limit, printable ASCII throughout, and no
-`Transfer-Encoding`, `Expect`, `Upgrade`, `Origin` or unusual `Connection`. Anything else,
-or anything in doubt, is None: that request, and the rest of its connection, go
-to aiohttp, whose tested parser and limits answer it. So this parser only has to
-be right about what it accepts; it never has to reject well.
+`Transfer-Encoding`, `Content-Encoding`, `Expect`, `Upgrade`, `Origin` or unusual
+`Connection`. Anything else, or anything in doubt, is None: that request, and the rest of its
+connection, go to aiohttp, whose tested parser and limits answer it. So this parser only has
+to be right about what it accepts; it never has to reject well.
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ _FIELDS: Final = re.compile(rf"(?:{_TOKEN}:[\t -~]*\r\n)*")
 # RFC 3986's path and query characters, percent-escapes well formed: nothing that aiohttp's
 # URL parsing would refuse, repair or read differently.
 _TARGET: Final = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
-_LEFT_TO_AIOHTTP: Final = ("transfer-encoding", "expect", "upgrade", "origin")
-"""Headers that send a request to aiohttp: its tested handling, and for `Origin` (a browser's,
-rare) the CORS answer (`broker.cors`), which only aiohttp's responses carry."""
+_LEFT_TO_AIOHTTP: Final = ("transfer-encoding", "content-encoding", "expect", "upgrade", "origin")
+"""Headers that send a request to aiohttp: its tested handling (it decompresses a body it has a
+`Content-Encoding` for, which this lane does not), and for `Origin` (a browser's, rare) the CORS
+answer (`broker.cors`), which only aiohttp's responses carry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +66,11 @@ def parse(head: bytes, max_body: int) -> Head | None:
     if len(parts) != 3 or parts[0] != "POST" or parts[2] != "HTTP/1.1":
         return None
     target = parts[1]
-    path = target.partition("?")[0]
+    path, mark, query = target.partition("?")
     if path not in _ENDPOINTS or not _TARGET.fullmatch(target) or "#" in target:
         return None
+    if mark and not query:
+        return None  # aiohttp forwards "/p?" as "/p": one lane, one target
     if not block or not _FIELDS.fullmatch(block + "\r\n"):
         return None
     lines = block.split("\r\n")

@@ -347,8 +347,9 @@ def _json_frame(ftype: FrameType, stream_id: int, obj: Mapping[str, Any]) -> Fra
         case FrameType.MODELS:
             return ModelsUpdate(_str_list(obj, "models"))
         case FrameType.GOAWAY:
-            after = float(_get(obj, "reconnect_after", (int, float)))
-            return GoAway(_get(obj, "reason", str), min(max(after, 0.0), MAX_RECONNECT_AFTER))
+            # Clamped before float(): an integer of hundreds of digits has no float.
+            after = min(max(_get(obj, "reconnect_after", (int, float)), 0.0), MAX_RECONNECT_AFTER)
+            return GoAway(_get(obj, "reason", str), float(after))
         case FrameType.REQUEST_HEAD:
             return RequestHead(
                 stream_id,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gzip
+import json
 import socket
 from typing import Any
 
@@ -407,3 +409,50 @@ async def test_a_client_that_reads_none_of_its_answers_is_dropped_in_the_end(
     finally:
         sock.close()
         await broker.stop()
+
+
+async def body_of_next_request(fake: FakeConnector) -> tuple[p.RequestHead, bytes]:
+    """The next request's head and its whole body, as the connector receives them."""
+    head: p.RequestHead | None = None
+    body = b""
+    while True:
+        for frame in p.decode(await fake.ws.recv()):  # type: ignore[arg-type]
+            if isinstance(frame, p.RequestHead):
+                head = frame
+            elif isinstance(frame, p.RequestBody):
+                body += frame.data
+            elif isinstance(frame, p.End) and head is not None:
+                return head, body
+
+
+@pytest.mark.parametrize("lane", LANES)
+async def test_a_gzip_encoded_body_reaches_the_connector_decoded_and_labelled_so(
+    make_broker: MakeBroker, fakes: list[FakeConnector], connect: Any, lane: str
+) -> None:
+    broker, fake = await broker_with_fake(make_broker, fakes)
+    plain = json.dumps({"model": "m", "messages": []}).encode()
+    request = post_bytes(
+        gzip.compress(plain),
+        "/v1/chat/completions",
+        USER_KEY,
+        "Content-Encoding: gzip",
+        chunked=lane == "aiohttp",
+    )
+
+    async def answer() -> tuple[p.RequestHead, bytes]:
+        head, body = await body_of_next_request(fake)
+        frames: list[p.Frame] = [p.ResponseHead(head.stream_id, 200, ()), p.End(head.stream_id)]
+        await fake.ws.send(p.encode_many(frames))
+        return head, body
+
+    answering = asyncio.create_task(answer())
+    try:
+        client = await connect(broker)
+        status, _, answered = await client.ask(request)
+        assert status == 200, answered  # the express lane took it once, and answered 400
+        head, body = await asyncio.wait_for(answering, 10)
+    finally:
+        answering.cancel()
+    assert body == plain
+    assert "content-encoding" not in {name.lower() for name, _ in head.headers}
+    assert broker.express is not None and broker.express.served == 0

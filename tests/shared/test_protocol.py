@@ -604,6 +604,13 @@ def test_reconnect_hint_is_capped_at_an_hour() -> None:
     assert decode(message) == [GoAway("x", 3600.0)]
 
 
+@pytest.mark.parametrize(("digits", "after"), [(b"9" * 400, 3600.0), (b"-" + b"9" * 400, 0.0)])
+def test_a_reconnect_hint_beyond_any_float_is_clamped_too(digits: bytes, after: float) -> None:
+    # Found by bench.fuzz: float() of a 400-digit integer raised OverflowError.
+    payload = b'{"reason":"x","reconnect_after":' + digits + b"}"
+    assert decode(raw(0x04, 0, payload)) == [GoAway("x", after)]
+
+
 def test_encoding_a_non_finite_hint_fails_loudly() -> None:
     with pytest.raises(ValueError):
         encode(GoAway("x", float("nan")))
