@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 
 import pytest
 from websockets.asyncio.client import connect as ws_connect
@@ -122,14 +121,6 @@ def _malformed() -> list[tuple[bytes, bytes]]:
         raw = f"{upgrade}{bad}\r\n\r\n".encode("latin-1")
         cases += [(b"", raw), (good_get, raw)]
     return cases
-
-
-@pytest.fixture
-async def procs() -> AsyncIterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        await proc.kill()
 
 
 async def _start_broker(procs: list[Proc], pure_python_parser: bool) -> tuple[Proc, int]:

@@ -7,12 +7,11 @@ import json
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import openai
-import pytest
 
 from tests.stub_llm import StubLLM, sse_event
 
@@ -95,14 +94,6 @@ def event_named(name: str) -> Callable[[str], bool]:
             return False
 
     return match
-
-
-@pytest.fixture
-async def procs() -> AsyncIterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for proc in started:
-        await proc.kill()
 
 
 async def start_pair(stub: StubLLM, procs: list[Proc]) -> tuple[Proc, Proc, str]:
