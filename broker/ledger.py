@@ -2,9 +2,10 @@
 
 `record` never waits. A background task writes what has gathered every `interval`
 seconds in one transaction; `close` writes everything still queued, so a clean
-shutdown loses no row. If the store fails (down, locked, its connection lost), rows
-stay queued and the write is retried. A batch the store refuses for any other reason
-holds a row it cannot take: the batch is split until that row is found, the row is set
+shutdown loses no row. If the store fails (down, locked, its connection lost, a
+permission or a table missing), rows stay queued and the write is retried. A batch
+the store refuses for a value it cannot hold or a broken constraint holds a row it
+cannot take: the batch is split until that row is found, the row is set
 aside and logged once, and every other row is written. One bad row never stalls the
 ledger for everyone.
 
@@ -34,21 +35,29 @@ MAX_QUEUED = 1_000_000
 MAX_SET_ASIDE = 1000
 """Refused rows kept in memory for a look (the log line of each is the record)."""
 
-_STORE_DOWN = (
-    sa_exc.OperationalError,  # SQLite busy or locked, a server gone, a disk error
-    sa_exc.InterfaceError,
-    sa_exc.DisconnectionError,
-    sa_exc.TimeoutError,  # no pooled connection in time
-    OSError,  # ConnectionError and TimeoutError among them
-)
 
+def row_refused(exc: BaseException) -> bool:
+    """Whether a failed write says the store refuses what it was given (a value it cannot
+    hold, a broken constraint), rather than that it cannot write now.
 
-def store_down(exc: BaseException) -> bool:
-    """Whether a failed write says the store cannot write now (retry it), rather than that it
-    refuses what it was given (a value it cannot hold, a broken constraint)."""
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+    Only such refusals are pinned on a row. Anything else (a store that is down, locked,
+    read-only, missing a table or a permission) would refuse every row alike: the rows
+    stay queued and the write is retried, rather than all set aside one by one.
+    """
+    if isinstance(exc, (sa_exc.DataError, sa_exc.IntegrityError)):
         return True
-    return isinstance(exc, _STORE_DOWN)
+    # Raised while the driver converts the row's values (an unencodable string, an integer
+    # beyond the column's range, a value of the wrong type), perhaps wrapped by the driver
+    # and by SQLAlchemy: asyncpg's DataError is a ValueError.
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            break
+        if isinstance(seen, (ValueError, TypeError, ArithmeticError)):
+            return True
+        orig = seen.orig if isinstance(seen, sa_exc.StatementError) else None
+        seen = orig if isinstance(orig, BaseException) else (seen.__cause__ or seen.__context__)
+    return False
 
 
 def refusal(exc: BaseException) -> str:
@@ -125,7 +134,7 @@ class UsageLedger:
         try:
             await self.store.usage.add(rows)
         except Exception as exc:
-            if store_down(exc):
+            if not row_refused(exc):
                 raise
             refused = exc
         else:

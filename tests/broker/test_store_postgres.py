@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 
 from broker import keyformat
+from broker.ledger import UsageLedger
 from broker.records import StoreError, UsageRow
 from broker.store import Store
-from tests.broker.test_store import full_rows
+from tests.broker.test_ledger import BAD_ROWS
+from tests.broker.test_store import full_rows, row
 
 
 def _bin(name: str) -> str:
@@ -165,3 +167,39 @@ async def test_usage_rows_come_back_exactly_as_written_on_postgres(
     written = full_rows(user.id, key.id)
     assert await store.usage.add(written) == len(written)
     assert await store.usage.rows() == written
+
+
+async def test_the_ledger_sets_aside_only_rows_postgres_refuses_for_their_values(
+    store: Store, postgres: str
+) -> None:
+    """On PostgreSQL too a row the store cannot hold is set aside and the rest written, while a
+    refusal of every row alike (here a permission the server denies) keeps them all queued."""
+    ledger = UsageLedger(store, interval=3600)
+    for i in range(3):
+        ledger.record(row(i))
+    for bad in BAD_ROWS:
+        ledger.record(bad)
+    await ledger.flush()
+    assert list(ledger.set_aside) == list(BAD_ROWS)
+    assert ledger.queued == 0
+    async with store.engine.begin() as conn:
+        await conn.exec_driver_sql(
+            "CREATE FUNCTION deny() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " RAISE EXCEPTION 'permission denied for table usage' USING ERRCODE = '42501';"
+            " END $$"
+        )
+        await conn.exec_driver_sql(
+            "CREATE TRIGGER deny BEFORE INSERT ON usage FOR EACH ROW EXECUTE FUNCTION deny()"
+        )
+    try:
+        for i in range(3, 6):
+            ledger.record(row(i))
+        with pytest.raises(Exception, match="permission denied"):
+            await ledger.flush()
+        assert ledger.queued == 3 and list(ledger.set_aside) == list(BAD_ROWS)
+    finally:
+        async with store.engine.begin() as conn:
+            await conn.exec_driver_sql("DROP TRIGGER deny ON usage")
+            await conn.exec_driver_sql("DROP FUNCTION deny()")
+    await ledger.close()
+    assert sorted(r.request_id for r in await store.usage.rows()) == [f"req_{i}" for i in range(6)]
