@@ -168,8 +168,9 @@ def run(inputs: int, seed: int, timeout: float = 2.0, source: Source = one) -> R
     mutator = Mutator(random.Random(seed), seed_messages())
     begin = time.perf_counter()
     data = b""
-    with Watchdog(timeout) as dog:
-        try:
+    dog = Watchdog(timeout)
+    try:
+        with dog:
             for _ in range(inputs):
                 data, read = source(mutator, report.seen)
                 dog.started = time.monotonic()
@@ -177,11 +178,12 @@ def run(inputs: int, seed: int, timeout: float = 2.0, source: Source = one) -> R
                 _read_one(data, read, report)
                 dog.busy = False
                 report.inputs += 1
-        except KeyboardInterrupt:
-            # The watchdog's interrupt may land just after the slow input returned: still it.
-            if not dog.fired:
-                raise
-            report.failures.append(f"hang (over {timeout} s) on {_shown(data)}")
+    except KeyboardInterrupt:
+        # The watchdog's interrupt may land just after the slow input returned, even while
+        # the watchdog is being stopped: still it, wherever it lands in this block.
+        if not dog.fired:
+            raise
+        report.failures.append(f"hang (over {timeout} s) on {_shown(data)}")
     report.seconds = time.perf_counter() - begin
     return report
 

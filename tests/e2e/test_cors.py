@@ -224,8 +224,17 @@ async def test_a_page_in_a_real_browser_streams_a_chat_only_from_an_allowed_orig
     page_app.router.add_get("/", index)
     runner = web.AppRunner(page_app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    origin = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        await _a_page_calls_the_broker(
+            served, chromium, f"http://127.0.0.1:{runner.addresses[0][1]}"
+        )
+    finally:
+        await runner.cleanup()
+
+
+async def _a_page_calls_the_broker(served: Any, chromium: Browser, origin: str) -> None:
+    """From a page at `origin`, a streamed chat from a broker that allows it, none from another."""
     broker = await served(origin)
     other = await served("https://elsewhere.example")
     script = """async ([url, key]) => {
@@ -255,4 +264,3 @@ async def test_a_page_in_a_real_browser_streams_a_chat_only_from_an_allowed_orig
         assert "error" in refused  # the browser keeps the answer from the page
     finally:
         await context.close()
-        await runner.cleanup()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -51,6 +53,24 @@ async def sees_eof(client: Client, timeout: float = 30) -> bool:
     return True
 
 
+@pytest.fixture
+def room_for_2000_sockets() -> Iterator[None]:
+    """Both ends of a thousand connections live in this process: raise the soft limit on open
+    files if it is below what they need (1,024 on many systems), and put it back after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 4096
+    if soft != resource.RLIM_INFINITY and soft < need:
+        assert hard == resource.RLIM_INFINITY or hard >= need, (
+            f"this test needs {need} open files; the hard limit here is {hard} (ulimit -Hn)"
+        )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.usefixtures("room_for_2000_sockets")
 async def test_a_thousand_half_open_connections_do_not_stop_requests_and_are_each_closed(
     stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector, connect: Any
 ) -> None:

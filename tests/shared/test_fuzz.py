@@ -125,7 +125,11 @@ def test_any_first_message_is_a_handshake_or_refused(data: bytes, side: str) -> 
     try:
         first = handshake.accept_hello(data) if side == "broker" else handshake.accept_welcome(data)
     except handshake.Refused as refused:
-        assert refused.code in (p.CLOSE_PROTOCOL_ERROR, p.CLOSE_UNSUPPORTED_VERSION)
+        assert refused.code in (
+            p.CLOSE_PROTOCOL_ERROR,
+            p.CLOSE_UNSUPPORTED_VERSION,
+            p.CLOSE_POLICY_VIOLATION,
+        )
         return
     assert isinstance(first, p.Hello | p.Welcome)
 
