@@ -1,9 +1,10 @@
 """A lean HTTP/1.1 client for the hop from the connector to its local LLM server.
 
 Measured, aiohttp's client machinery was the largest single cost of the connector
-per request (docs/performance.md). This client does only what that hop needs:
-one request at a time per connection, a keep-alive pool, bodies streamed as they
-arrive, and status, headers and body bytes passed on unchanged.
+per request (issue 3's profile, in `git log -p docs/performance.md`). This client
+does only what that hop needs: one request at a time per connection, a keep-alive
+pool, bodies streamed as they arrive, and status, headers and body bytes passed on
+unchanged.
 
 `Connection` is the asyncio protocol that pumps a socket through the sans-I/O
 `ResponseParser` (`connector_app.core.http1`); `Pool` keeps connections.
