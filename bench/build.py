@@ -12,8 +12,9 @@ interpreter and mypy's version, so an edit rebuilds and a rerun does not. The st
 and the bare relays always run the checkout.
 
 It is not how RemoteLLM ships (bench/README.md, "The compiled build", says why), so wheels stay
-pure Python and every run measures the checkout unless asked; tests/test_compiled.py keeps the
-compiled build passing the suites.
+pure Python and every run measures the checkout unless asked. `python -m bench.compiled`
+(bench/compiled.py) checks the compiled build: made, loaded, and passing the suites. It is not
+part of the test run, which builds and tests only what users receive.
 """
 
 from __future__ import annotations

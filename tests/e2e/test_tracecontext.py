@@ -8,10 +8,8 @@ from typing import Any
 
 import aiohttp
 
-from tests.e2e.test_processes import KEY, Proc, procs, start_pair
+from tests.e2e.test_processes import KEY, Proc, start_pair
 from tests.stub_llm import StubLLM
-
-__all__ = ["procs"]  # a fixture, used by name
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
