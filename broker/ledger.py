@@ -5,15 +5,16 @@ seconds in one transaction; `close` writes everything still queued, so a clean
 shutdown loses no row. If the store fails (down, locked, its connection lost, a
 permission or a table missing), rows stay queued and the write is retried. A batch
 the store refuses for a value it cannot hold or a broken constraint holds a row it
-cannot take: the batch is split until that row is found, the row is set
-aside and logged once, and every other row is written. One bad row never stalls the
-ledger for everyone.
+cannot take: the batch is split until that row is found, the row is set aside and
+logged once, and every other row is written. One bad row never stalls the ledger for
+everyone; and a store that refuses every row alike is not taken for a store of bad
+rows: they wait in the queue until it takes them.
 
 A write in progress is never cancelled: `close` waits for it, and cancelling `close`
 itself only ends the caller's wait. Cancelling a transaction
 between its statements could leave its connection holding SQLite's write lock until
-the garbage collector found it, and rows written but not yet taken off the queue
-would be written twice.
+the garbage collector found it, and the rows taken off the queue for the write would
+be lost or written twice.
 """
 
 from __future__ import annotations
@@ -47,16 +48,17 @@ def row_refused(exc: BaseException) -> bool:
     if isinstance(exc, (sa_exc.DataError, sa_exc.IntegrityError)):
         return True
     # Raised while the driver converts the row's values (an unencodable string, an integer
-    # beyond the column's range, a value of the wrong type), perhaps wrapped by the driver
-    # and by SQLAlchemy: asyncpg's DataError is a ValueError.
+    # beyond the column's range), perhaps wrapped by the driver and by SQLAlchemy: asyncpg's
+    # DataError is a ValueError. Only the causes are followed, not an exception that merely
+    # was in flight; a TypeError is a bug of ours, not a row the store refuses.
     seen: BaseException | None = exc
     for _ in range(4):
         if seen is None:
             break
-        if isinstance(seen, (ValueError, TypeError, ArithmeticError)):
+        if isinstance(seen, (ValueError, ArithmeticError)):
             return True
         orig = seen.orig if isinstance(seen, sa_exc.StatementError) else None
-        seen = orig if isinstance(orig, BaseException) else (seen.__cause__ or seen.__context__)
+        seen = orig if isinstance(orig, BaseException) else seen.__cause__
     return False
 
 
@@ -111,47 +113,69 @@ class UsageLedger:
                 self._wake.set()
                 await asyncio.sleep(min(30.0, 2.0**failures))
 
-    async def flush(self) -> None:
+    async def flush(self, final: bool = False) -> None:
         """Write the rows queued when called (rows stay queued if the write fails).
 
         Rows that arrive while it writes wait for the next round: under steady traffic,
         looping until the queue is empty would write a handful of rows at a time, back
-        to back, and cost a database round trip every few requests.
+        to back, and cost a database round trip every few requests. `final` (at shutdown)
+        sets aside a refused row even when no other row could show the store takes rows.
         """
         async with self._writing:  # one write at a time, or two would take the same rows
-            await self._flush()
+            due = len(self._queue)
+            while due > 0 and self._queue:
+                batch = self._queue[: min(5000, due)]
+                del self._queue[: len(batch)]
+                due -= len(batch)
+                await self._write(batch, final)
 
-    async def _flush(self) -> None:
-        due = len(self._queue)
-        while due > 0 and self._queue:
-            batch = self._queue[: min(5000, due)]
-            await self._write(batch)
-            due -= len(batch)
+    async def _write(self, batch: list[UsageRow], final: bool) -> None:
+        """Write `batch`, taken off the front of the queue; raises when the store cannot write,
+        with every row not written back at the front of the queue, in order.
 
-    async def _write(self, rows: list[UsageRow]) -> None:
-        """Write `rows`, the front of the queue, taking each off the queue once it is written
-        or set aside; raises when the store cannot write (what is left stays queued)."""
-        try:
-            await self.store.usage.add(rows)
-        except Exception as exc:
-            if not row_refused(exc):
-                raise
-            refused = exc
-        else:
-            del self._queue[: len(rows)]
-            self.written += len(rows)
-            return
-        if len(rows) == 1:
-            self._set_aside(rows[0], refused)
-            return
-        # Halves, in order: the good rows go in a few batches, and the rows written or set
-        # aside always form the front of the queue.
-        half = len(rows) // 2
-        await self._write(rows[:half])
-        await self._write(rows[half:])
+        A batch the store refuses for a value is split in halves until the rows it refuses
+        are found. They are set aside only if the store took some other row (or `final`):
+        when it refuses every row alike, the fault is the store's, and the rows wait.
+        """
+        parts = [batch]
+        refused: list[tuple[UsageRow, BaseException]] = []
+        wrote = False
+        while parts:
+            rows = parts.pop(0)
+            try:
+                await self.store.usage.add(rows)
+            except Exception as exc:
+                if not row_refused(exc):
+                    self._requeue(refused, rows, parts)
+                    raise
+                if len(rows) == 1:
+                    refused.append((rows[0], exc))
+                else:
+                    half = len(rows) // 2
+                    parts[0:0] = [rows[:half], rows[half:]]
+            else:
+                wrote = True
+                self.written += len(rows)
+        if refused and not (wrote or final):
+            self._requeue(refused, [], [])
+            raise refused[0][1]
+        for row, why in refused:
+            self._set_aside(row, why)
+
+    def _requeue(
+        self,
+        refused: list[tuple[UsageRow, BaseException]],
+        rows: list[UsageRow],
+        parts: list[list[UsageRow]],
+    ) -> None:
+        """Put what was not written back at the front of the queue, in its order."""
+        back = [row for row, _ in refused]
+        back.extend(rows)
+        for part in parts:
+            back.extend(part)
+        self._queue[0:0] = back
 
     def _set_aside(self, row: UsageRow, exc: BaseException) -> None:
-        del self._queue[0]
         self.set_aside.append(row)
         log.error(
             "the store refused a usage row; it is set aside",
@@ -182,7 +206,9 @@ class UsageLedger:
         for attempt in range(3):
             try:
                 while self._queue:
-                    await self.flush()
+                    # The last attempt sets a refused row aside: no later row will come to
+                    # show whether the store takes rows at all.
+                    await self.flush(final=attempt == 2)
                 return
             except Exception as exc:
                 log.error("cannot write usage at shutdown", error=str(exc), attempt=attempt + 1)

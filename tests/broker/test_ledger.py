@@ -11,7 +11,7 @@ import sqlalchemy.exc as sa_exc
 from structlog.testing import capture_logs
 
 from broker import trip
-from broker.ledger import UsageLedger
+from broker.ledger import UsageLedger, row_refused
 from broker.records import UsageRow
 from broker.store import Store
 from tests.broker.test_store import row, url
@@ -146,3 +146,60 @@ async def test_a_connector_name_that_is_not_clean_text_reaches_the_store_escaped
     stored = [r.connector for r in await store.usage.rows()]
     assert stored == ["gpu\\udcffbox", "tab\\there", None, "gpu-box ☕"]
     assert not ledger.set_aside
+
+
+async def test_a_store_that_refuses_every_row_alike_keeps_them_queued(store: Store) -> None:
+    """A refusal of every row (here a constraint the store applies to any insert) is the
+    store's fault, not the rows': none is set aside, and they land once it is lifted."""
+    async with store.engine.begin() as conn:
+        await conn.exec_driver_sql(
+            "CREATE TRIGGER deny BEFORE INSERT ON usage BEGIN"
+            " SELECT RAISE(ABORT, 'inserts are refused'); END"
+        )
+    ledger = UsageLedger(store, interval=3600)
+    for i in range(5):
+        ledger.record(row(i))
+    with pytest.raises(sa_exc.IntegrityError):
+        await ledger.flush()
+    assert ledger.queued == 5 and not ledger.set_aside
+    async with store.engine.begin() as conn:
+        await conn.exec_driver_sql("DROP TRIGGER deny")
+    await ledger.flush()
+    assert await stored_ids(store) == [f"req_{i}" for i in range(5)]
+    assert not ledger.set_aside
+
+
+async def test_a_lone_bad_row_waits_for_a_good_one_or_the_shutdown(store: Store) -> None:
+    """With nothing else to write, the store's refusal of one row does not show whether it
+    takes rows at all: the row waits, and is set aside beside the next row that lands, or at
+    shutdown, with a log line rather than counted lost."""
+    ledger = UsageLedger(store, interval=3600)
+    ledger.record(BAD_ROWS[0])
+    with pytest.raises(UnicodeEncodeError):
+        await ledger.flush()
+    assert ledger.queued == 1 and not ledger.set_aside
+    ledger.record(row(0))
+    await ledger.flush()
+    assert list(ledger.set_aside) == [BAD_ROWS[0]] and ledger.queued == 0
+    ledger.record(BAD_ROWS[1])
+    with capture_logs() as logs:
+        await ledger.close()
+    assert list(ledger.set_aside) == list(BAD_ROWS) and ledger.queued == 0
+    assert not [e for e in logs if "lost" in e["event"]]
+    assert await stored_ids(store) == ["req_0"]
+
+
+def test_a_bug_of_ours_is_not_taken_for_a_row_the_store_refuses() -> None:
+    assert not row_refused(TypeError("unsupported operand"))
+    assert not row_refused(sa_exc.StatementError("INSERT", "INSERT", {}, TypeError("x")))
+    assert row_refused(
+        sa_exc.StatementError(
+            "INSERT",
+            "INSERT",
+            {},
+            UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed"),
+        )
+    )
+    in_flight = RuntimeError("pool closed")
+    in_flight.__context__ = ValueError("an unrelated value error being handled")
+    assert not row_refused(in_flight)
