@@ -112,8 +112,9 @@ async def model_endpoint(request: web.Request) -> web.Response:
     if isinstance(principal, web.Response):
         return principal
     model = request.match_info["model"]
-    first_seen = _visible(principal, request.app[HUB].models()).get(model)
-    if first_seen is None:
+    allowed = principal.limits.models
+    first_seen = request.app[HUB].first_seen(model)
+    if first_seen is None or (allowed is not None and model not in allowed):
         message = (
             f"The model '{model[:MAX_LOGGED_MODEL]}' is not served here right now."
             " GET /v1/models lists the models available now."

@@ -185,9 +185,10 @@ def create_app(settings: BrokerSettings) -> web.Application:
     """Build a broker application from its settings. Nothing runs until it is started."""
     app = web.Application(middlewares=[correlate], client_max_size=settings.max_body_size)
     app[SETTINGS] = settings
-    app[HUB] = Hub()
+    metrics = Metrics()
+    app[METRICS] = metrics
+    app[HUB] = Hub(on_forget=metrics.forget)
     app[RELAY] = Relay(app)
-    app[METRICS] = Metrics()
     app[LIFECYCLE] = Lifecycle()
     app[USER_KEYS] = Credentials(secret_values(settings.user_api_key))
     app[CONNECTOR_TOKENS] = Credentials(secret_values(settings.connector_token))

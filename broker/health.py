@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 
-from broker.hub import Link
 from broker.keys import HUB, LIFECYCLE, STORE, STORE_PROBE
 
 log = structlog.get_logger("remotellm.broker.health")
@@ -77,21 +76,6 @@ class StoreProbe:
         return ok
 
 
-def model_count(links: Iterable[Link]) -> int:
-    """How many distinct models the links serve, without listing or sorting them."""
-    sets = [link.models for link in links]
-    if not sets:
-        return 0
-    # The largest set is counted as it is, not copied: one connector with every model
-    # (the usual shape) costs nothing, however many models it serves.
-    largest = max(sets, key=len)
-    others: set[str] = set()
-    for models in sets:
-        if models is not largest:
-            others.update(m for m in models if m not in largest)
-    return len(largest) + len(others)
-
-
 async def livez_endpoint(request: web.Request) -> web.Response:
     """GET /livez: 200 while the process serves HTTP at all, draining or not."""
     return web.json_response({"status": "alive"}, headers=NO_STORE)
@@ -114,12 +98,11 @@ async def health_endpoint(request: web.Request) -> web.Response:
     """GET /health: counts only, for anyone; the model list is at /v1/models, behind a key."""
     app = request.app
     hub = app[HUB]
-    links = hub.links
     return web.json_response(
         {
             "status": "draining" if app[LIFECYCLE].draining else "ok",
-            "connectors": len(links),
-            "models": model_count(links),
+            "connectors": len(hub.links),
+            "models": hub.served_count(),
             "in_flight": app[LIFECYCLE].active,
         },
         headers=NO_STORE,

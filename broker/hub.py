@@ -62,6 +62,7 @@ class Hub:
         *,
         forget_after: float = FORGET_AFTER,
         remember_at_most: int = REMEMBER_AT_MOST,
+        on_forget: Callable[[str], None] | None = None,
     ) -> None:
         self._load: dict[Link, int] = {}
         self._announced: dict[Link, frozenset[str]] = {}
@@ -74,6 +75,8 @@ class Hub:
         """Models no link serves, with when the last one stopped: oldest first."""
         self._forget_after = forget_after
         self._remember_at_most = remember_at_most
+        self._on_forget = on_forget
+        """Told each model the hub forgets (the metrics free its label)."""
         self._changed = asyncio.Event()
         self._clock = clock
         self._turn = itertools.count()
@@ -130,6 +133,8 @@ class Hub:
                 return
             del left[model]
             del self._first_seen[model]
+            if self._on_forget is not None:
+                self._on_forget(model)
 
     @property
     def links(self) -> list[Link]:
@@ -142,6 +147,14 @@ class Hub:
         """Models served right now, with the time each was first seen."""
         first_seen = self._first_seen
         return {m: first_seen[m] for m in sorted(self._served)}
+
+    def served_count(self) -> int:
+        """How many distinct models are served right now (kept, not counted, per call)."""
+        return len(self._served)
+
+    def first_seen(self, model: str) -> float | None:
+        """When `model`, served right now, was first seen; None when no connector serves it."""
+        return self._first_seen.get(model) if model in self._served else None
 
     def knows(self, model: str) -> bool:
         """Whether some connector serves `model`, or served it less than `forget_after` s ago.

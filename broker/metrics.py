@@ -2,8 +2,9 @@
 
 Labels never hold a key, a user or a free-form string a client chose: a model
 label is only ever a model some connector served, or "unknown". Each distinct label value
-is a time series kept for the broker's life, so the model label takes at most
-MAX_MODEL_LABELS distinct models; requests for any further model count under "other".
+is a time series, so the model label takes at most MAX_MODEL_LABELS distinct models;
+requests for any further model count under "other". A model the hub forgets (no connector
+served it for an hour) gives its label back, series and all, for a model served since.
 """
 
 from __future__ import annotations
@@ -68,6 +69,16 @@ class Metrics:
             return "other"
         models.add(model)
         return model
+
+    def forget(self, model: str) -> None:
+        """Drop `model`'s label and its series (the hub forgot it), freeing its place."""
+        if model not in self._models:
+            return
+        self._models.discard(model)
+        for key in [key for key in self._children if model in key[1:2]]:
+            metric, *labels = key
+            del self._children[key]
+            metric.remove(*labels)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         # `labels()` validates and locks on every call; a request needs the same few children.

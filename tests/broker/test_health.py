@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from broker.health import StoreProbe, model_count
+from broker.health import StoreProbe
 
 
 class Store:
@@ -90,18 +90,3 @@ async def test_a_caller_that_leaves_does_not_cancel_the_question_others_wait_on(
     with pytest.raises(asyncio.CancelledError):
         await leaving
     assert store.asked == 1
-
-
-class Link:
-    def __init__(self, *models: str) -> None:
-        self.models = frozenset(models)
-
-
-def test_models_are_counted_once_across_connectors() -> None:
-    assert model_count([]) == 0
-    assert model_count([Link("a", "b"), Link("b", "c"), Link()]) == 3  # type: ignore[list-item]
-
-
-def test_models_of_the_largest_connector_and_the_others_add_up() -> None:
-    links = [Link("a"), Link("a", "b", "c", "d"), Link("d", "e"), Link("e", "f")]
-    assert model_count(links) == 6  # type: ignore[arg-type]

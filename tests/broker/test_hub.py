@@ -546,3 +546,26 @@ async def test_the_hubs_memory_of_models_stays_bounded_under_churn() -> None:
     clock.now += FORGET_AFTER
     hub.knows("anything")
     assert hub.remembered() == 0
+
+
+def test_models_served_are_counted_once_across_connectors() -> None:
+    hub = Hub()
+    assert hub.served_count() == 0
+    for each in (link("a", "x", "y"), link("b", "y", "z"), link("c")):
+        hub.register(each)
+    assert hub.served_count() == 3
+    assert hub.first_seen("y") is not None and hub.first_seen("nope") is None
+
+
+def test_a_forgotten_model_is_told_to_whoever_keeps_something_for_it() -> None:
+    clock = Clock()
+    forgotten: list[str] = []
+    hub = Hub(clock=clock, forget_after=10, on_forget=forgotten.append)
+    gone = link("a", "old", "kept")
+    hub.register(gone)
+    hub.register(link("b", "kept"))
+    hub.unregister(gone)
+    assert hub.first_seen("old") is None  # no longer served: not listed, only remembered
+    clock.now += 10
+    assert not hub.knows("old")
+    assert forgotten == ["old"]

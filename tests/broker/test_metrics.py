@@ -39,3 +39,18 @@ def test_a_model_that_is_not_clean_text_counts_as_unknown_and_scrapes_still_work
     metrics.first_byte(lone_surrogate, 0.05)
     metrics.finished("two\nlines", 200)
     assert model_labels(metrics) == {"unknown"}
+
+
+def test_a_forgotten_model_gives_its_label_back_for_a_model_served_since() -> None:
+    metrics = Metrics()
+    for i in range(MAX_MODEL_LABELS):
+        metrics.finished(f"m{i}", 200, 0.1)
+        metrics.first_byte(f"m{i}", 0.05)
+    assert metrics.model_label("new") == "other"
+    metrics.forget("m0")
+    metrics.forget("never-labelled")  # nothing to give back: no harm
+    assert "m0" not in model_labels(metrics)
+    assert 'model="m0"' not in generate_latest(metrics.registry).decode()  # every series
+    assert metrics.model_label("new") == "new"
+    metrics.finished("new", 200, 0.1)
+    assert "new" in model_labels(metrics)
