@@ -322,7 +322,8 @@ class ConnectorLink:
         Such a name could not be encoded in a JSON answer, a metric label or a log line. It is
         logged once (until the connector announces another set of such names).
         """
-        kept, left_out = servable(announced)
+        kept, unclean = servable(announced)
+        left_out = frozenset(unclean)
         if left_out and left_out != self._left_out:
             log.warning(
                 "connector announced model names that are not clean text; left them out",
@@ -331,7 +332,7 @@ class ConnectorLink:
                 models=sorted(shown(model) for model in left_out)[:10],
             )
         self._left_out = left_out
-        return kept
+        return frozenset(kept)
 
     def lost(self) -> None:
         """The socket is gone: fail every open stream so its handler can retry or report."""

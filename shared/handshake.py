@@ -6,6 +6,7 @@ and only carry out the verdict (send, close with the given code).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final, Literal
 
 from shared import protocol as p
@@ -99,10 +100,15 @@ def check_models(models: tuple[str, ...]) -> None:
             )
 
 
-def servable(models: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]]:
-    """The announced names the broker serves, and those it leaves out (not clean text)."""
-    kept = frozenset(model for model in models if is_clean(model))
-    return kept, frozenset(models) - kept
+def servable(models: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The model names that can be announced and served, and the others (not clean text),
+    each in their order: the connector announces only the first, and the broker serves only
+    those, since any other would break what it is logged, counted or stored in."""
+    kept: list[str] = []
+    left_out: list[str] = []
+    for model in models:
+        (kept if is_clean(model) else left_out).append(model)
+    return tuple(kept), tuple(left_out)
 
 
 def accept_welcome(message: str | bytes) -> p.Welcome:

@@ -14,10 +14,11 @@ import structlog
 from connector_app.core.activity import RequestEvents
 from connector_app.core.backoff import Backoff
 from connector_app.core.client import RelayClient
-from connector_app.core.discovery import DiscoveryError, announceable, discover_models
+from connector_app.core.discovery import DiscoveryError, discover_models
 from connector_app.core.llm import LocalLLM
 from connector_app.core.settings import ConnectorSettings
 from connector_app.core.status import Status, StatusBoard
+from shared.handshake import servable
 from shared.text import MAX_NAME_LENGTH, shown
 
 log = structlog.get_logger("remotellm.connector")
@@ -88,7 +89,7 @@ class Connector:
         self._publish_models(self.board.status.available)
 
     def _publish_models(self, available: tuple[str, ...]) -> None:
-        available, skipped = announceable(available)
+        available, skipped = servable(available)
         for name in skipped:
             if name not in self._skipped:
                 log.warning(

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 from connector_app.core.llm import LocalLLM
-from shared.text import is_clean
 
 KNOWN_SERVERS: Final = (
     ("Ollama", 11434),
@@ -30,17 +29,6 @@ def _ids(document: Any, list_key: str, id_key: str) -> list[str] | None:
         if isinstance(item, dict) and isinstance(item.get(id_key), str)
     ]
     return sorted(set(ids))
-
-
-def announceable(models: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The names the broker can be told about, and the others (`shared.text.is_clean`).
-
-    A name with a control character or a byte that is not text, or an endless one, would
-    be refused by the broker or break what it is logged, counted and stored in; such a
-    model is left out, and the rest are served.
-    """
-    names = list(models)
-    return tuple(m for m in names if is_clean(m)), tuple(m for m in names if not is_clean(m))
 
 
 async def discover_models(llm: LocalLLM, timeout: float = 5.0) -> list[str]:
