@@ -85,14 +85,17 @@ class Cors:
 
     async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         """aiohttp's response signal: the CORS headers of an API answer to an allowed origin."""
-        origin = request.headers.get("Origin")
-        if origin is None or not is_api_path(request.path) or not self.allows(origin):
+        if not is_api_path(request.path):
             return
         headers = response.headers
+        if not self.any:
+            # The answer depends on who asks, allowed or not (or no one): caches must know.
+            headers.add("Vary", "Origin")
+        origin = request.headers.get("Origin")
+        if origin is None or not self.allows(origin):
+            return
         headers["Access-Control-Allow-Origin"] = "*" if self.any else origin
         headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
-        if not self.any:
-            headers.add("Vary", "Origin")  # the answer depends on who asks: caches must know
 
     async def preflight(self, request: web.Request) -> web.StreamResponse:
         """OPTIONS on an API path: a browser's preflight, answered for an allowed origin."""

@@ -111,6 +111,18 @@ async def test_answers_and_errors_carry_the_origin_on_an_aiohttp_connection(
     assert status == 200 and "Access-Control-Allow-Origin" not in answer  # not an API path
 
 
+async def test_a_cacheable_answer_says_it_varies_by_origin_whoever_asks(served: Any) -> None:
+    """With a list of origins, a GET's answer differs by Origin (CORS headers or none): a cache
+    between the broker and browsers must key on it, even when this request had no Origin."""
+    broker = await served(APP)
+    for headers in ({}, {"Origin": OTHER}, {"Origin": APP}):
+        status, answer = await request(broker, "GET", "/api/version", headers)
+        assert status == 200 and "Origin" in answer.getall("Vary", [])
+    anyone = await served("*")
+    status, answer = await request(anyone, "GET", "/api/version", {"Origin": OTHER})
+    assert answer["Access-Control-Allow-Origin"] == "*" and "Vary" not in answer
+
+
 def _events(n: int) -> dict[str, Any]:
     return {"messages": [], "x_stub": {"mode": "events", "events": n}}
 
