@@ -33,7 +33,7 @@ async def llm() -> AsyncIterator[LocalLLM]:
 
 
 async def run_client(
-    url: str, board: StatusBoard, llm: LocalLLM
+    url: str, board: StatusBoard, llm: LocalLLM, backoff: Backoff | None = None
 ) -> tuple[RelayClient, asyncio.Task[None]]:
     client = RelayClient(
         url=url,
@@ -42,7 +42,7 @@ async def run_client(
         max_concurrency=1,
         llm=llm,
         board=board,
-        backoff=Backoff(base=5, cap=5),
+        backoff=backoff or Backoff(base=5, cap=5),
     )
     return client, asyncio.create_task(client.run())
 
@@ -127,16 +127,7 @@ class Ceilings:
 async def ceilings_while_failing(url: str, llm: LocalLLM, dials: int) -> list[float]:
     """The backoff ceilings a client draws from over its first `dials` failed dials to `url`."""
     ceilings = Ceilings()
-    client = RelayClient(
-        url=url,
-        token="t",
-        name="link-test",
-        max_concurrency=1,
-        llm=llm,
-        board=StatusBoard(),
-        backoff=Backoff(rand=ceilings),
-    )
-    task = asyncio.create_task(client.run())
+    client, task = await run_client(url, StatusBoard(), llm, Backoff(rand=ceilings))
     try:
         async with asyncio.timeout(10):
             while len(ceilings.seen) < dials:
