@@ -22,6 +22,15 @@ from shared.endpoints import MODEL_ENDPOINTS
 MAX_HEAD: Final = 16 * 1024
 """Bytes of a head the express lane looks at; a longer one is aiohttp's to judge."""
 
+
+def stray_line_end(buffer: bytearray) -> bool:
+    """Whether an incomplete head holds a CR or an LF that is not part of a CRLF: no head the
+    express lane takes, so aiohttp answers it at once rather than after the head timeout."""
+    pairs = buffer.count(b"\r\n")
+    carriage_returns = buffer.count(b"\r") - buffer.endswith(b"\r")  # the last may await its LF
+    return buffer.count(b"\n") != pairs or carriage_returns != pairs
+
+
 MAX_FIELDS: Final = 100
 
 MAX_LINE: Final = 8190
