@@ -11,7 +11,7 @@ Everything else goes the way of every other request (`broker.api.serve`, in a ta
 `start` returns None before it has changed anything. A stream the connector refuses or
 loses before its response head goes on as a task too (`Trip._run`), which retries it on
 another connector as any trip does. Answers, errors, timeouts and the books (metrics, the
-`request finished` line, the usage row, the lease) are `broker.trip.Trip`'s own.
+`request finished` line, the usage row: `broker.books`; the lease) are `broker.trip.Trip`'s own.
 """
 
 from __future__ import annotations

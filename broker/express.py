@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final
 
 import structlog
@@ -48,7 +48,6 @@ from broker.errors import error_parts
 from broker.expresscall import ExpressCall
 from broker.expresstimers import BODY, HEAD, IDLE, LINGER, LINGER_TIMEOUT, ConnectionTimers
 from broker.keys import SETTINGS
-from shared.tracecontext import trace_fields
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -226,8 +225,7 @@ class _Connection(asyncio.Protocol):
         """Serve the request in a task."""
         # The request's log lines carry its id, as the aiohttp middleware binds it.
         context = contextvars.copy_context()
-        trace = trace_fields(call.headers.get("traceparent"))
-        context.run(structlog.contextvars.bind_contextvars, request_id=call.request_id, **trace)
+        context.run(structlog.contextvars.bind_contextvars, **call.ids)
         task = asyncio.get_running_loop().create_task(work, context=context)
         self.task = task
         task.add_done_callback(self._done, context=context)
@@ -350,10 +348,11 @@ class _Connection(asyncio.Protocol):
         which ends its request as a client that left does (the connector stops, the slot and
         the key's concurrency are given back)."""
         call = self._call
+        ids: Mapping[str, str | None] = call.ids if call is not None else {"request_id": None}
         log.warning(
             "client took none of its answer; connection cut",
             stall_timeout_s=self._lane.stall_timeout,
-            request_id=call.request_id if call is not None else None,
+            **ids,
         )
         if self.transport is not None:
             self.transport.abort()
