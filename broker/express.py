@@ -214,7 +214,12 @@ class _Connection(asyncio.Protocol):
         call.take(buffer)
         self._call = call
         self._lane.served += 1
-        self._trip = callbacktrip.start(call, self)
+        try:
+            self._trip = callbacktrip.start(call, self)
+        except Exception as exc:  # a bug: answered and counted as one in a request's task is
+            count_rejected(call, 500, time.perf_counter())
+            self._bug(call, exc)
+            return
         if self._trip is None:
             self._spawn(call, _serve(call))
             self._watch_body()
@@ -297,7 +302,7 @@ class _Connection(asyncio.Protocol):
 
     def _bug(self, call: ExpressCall, exc: BaseException | None) -> None:
         """A bug: say so to the client if nothing was sent yet, as aiohttp's 500 would."""
-        log.error("request failed with an internal error", error=repr(exc))
+        log.error("request failed with an internal error", error=repr(exc), **call.ids)
         if not call.answered:
             call.close = True
             with contextlib.suppress(ConnectionError):

@@ -6,7 +6,8 @@ The express lane (`broker.express`) serves only the plainest API request: a
 `Transfer-Encoding`, `Content-Encoding`, `Expect`, `Upgrade`, `Origin` or unusual
 `Connection`. Anything else, or anything in doubt, is None: that request, and the rest of its
 connection, go to aiohttp, whose tested parser and limits answer it. So this parser only has
-to be right about what it accepts; it never has to reject well.
+to be right about what it accepts; it never has to reject well. `stray_line_end` tells, before
+a head is complete, that it will be None (a lone CR or LF), so aiohttp gets it at once.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from broker.call import Call, bodiless
 from broker.deadline import within
 from broker.errors import dialect_for, error_parts, stream_error
 from broker.framing import EventFramer
-from broker.headers import BadHead, relayable, request_headers
+from broker.headers import BadHead, relayable
 from broker.hub import Link, NoConnector
 from broker.keys import HUB, METRICS, SETTINGS
 from broker.limits import Lease
@@ -176,13 +176,7 @@ class Trip:
             assert isinstance(link, ConnectorLink)
             self.connector = link.name
             try:
-                exchange = link.open(
-                    self.call.method,
-                    self.call.target,
-                    request_headers(self.call.headers, self.request_id),
-                    self.request_id,
-                    self.body,
-                )
+                exchange = link.open(self.call, self.body)
                 await self._exchange(exchange)
             except Unsendable as unsendable:  # not `exc`: compiled, a name keeps its first type
                 return await self._unsendable(unsendable)
