@@ -20,12 +20,12 @@ from aiohttp import web
 
 from broker.accounts import Denied, Principal
 from broker.auth import presented_key
+from broker.books import MAX_LOGGED_MODEL, close_books
 from broker.call import AiohttpCall, Call
 from broker.errors import error_parts, error_response
-from broker.keys import ACCOUNTS, HUB, LEDGER, LIFECYCLE, LIMITER, METRICS, SETTINGS
+from broker.keys import ACCOUNTS, HUB, LIFECYCLE, LIMITER, SETTINGS
 from broker.limits import Lease, Rejection
-from broker.records import UsageRow
-from broker.trip import MAX_LOGGED_MODEL, Trip
+from broker.trip import Trip
 from shared import jsoncodec
 from shared.endpoints import is_relayable
 from shared.text import MAX_NAME_LENGTH, is_clean, shown
@@ -231,28 +231,8 @@ def count_rejected(
     cancelled: bool = False,
 ) -> None:
     """Account a request answered before routing (no model label: it was not read or checked)."""
-    app = call.app
-    app[METRICS].finished("unknown", status)
-    elapsed = time.perf_counter() - started
-    log.info(
-        "request finished",
-        method=call.method,
-        path=call.path,
-        status=status,
-        user=principal.username if principal else None,
-    )
-    app[LEDGER].record(
-        UsageRow(
-            time=time.time(),
-            request_id=call.request_id,
-            endpoint=call.path[:64],
-            status=status,
-            duration_ms=round(elapsed * 1000, 3),
-            user_id=principal.user_id if principal else None,
-            key_id=principal.key_id if principal else None,
-            cancelled=cancelled,
-        )
-    )
+    outcome = "cancelled" if cancelled else "error"
+    close_books(call, principal, status, outcome, time.perf_counter() - started)
 
 
 async def _admit(

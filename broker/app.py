@@ -35,7 +35,7 @@ from broker.keys import (
     LINKS,
     METRICS,
     RELAY,
-    REQUEST_ID,
+    REQUEST_IDS,
     SETTINGS,
     STORE,
     USER_KEYS,
@@ -61,13 +61,15 @@ log = structlog.get_logger("remotellm.broker")
 async def correlate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request a correlation id, in its logs and its response; errors as JSON."""
     request_id = request_id_of(request.headers)
-    request[REQUEST_ID] = request_id
     if request.path == "/relay":
         # A connector's link lives for hours: its log lines are not about one request.
+        request[REQUEST_IDS] = {"request_id": request_id}
         response = await _json_errors(request, handler)
     else:
-        trace = trace_fields(request.headers.get("traceparent"))
-        with structlog.contextvars.bound_contextvars(request_id=request_id, **trace):
+        # Computed once: the request path names the request with these too (`Call.ids`).
+        ids = {"request_id": request_id, **trace_fields(request.headers.get("traceparent"))}
+        request[REQUEST_IDS] = ids
+        with structlog.contextvars.bound_contextvars(**ids):
             response = await _json_errors(request, handler)
     if not response.prepared:
         response.headers["X-Request-ID"] = request_id

@@ -9,7 +9,6 @@ the client has gone.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from collections.abc import Coroutine, Mapping
@@ -20,14 +19,14 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from broker.deadline import within
-from broker.keys import REQUEST_ID, SETTINGS
+from broker.keys import REQUEST_IDS, SETTINGS
+
+_DECODED: Final = frozenset({"gzip", "deflate", "br", "zstd"})
+"""The request content codings aiohttp's server removes from a body itself (one of them)."""
 
 log = structlog.get_logger("remotellm.broker.api")
 
 _SAFE_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-
-_DECODED: Final = frozenset({"gzip", "deflate", "br", "zstd"})
-"""The request content codings aiohttp's server removes from a body itself (the first one)."""
 
 
 def request_id_of(headers: Mapping[str, str]) -> str:
@@ -76,6 +75,11 @@ class Call(Protocol):
     @property
     def request_id(self) -> str: ...
 
+    @property
+    def ids(self) -> dict[str, str]:
+        """The fields that name the request in its log lines: `request_id`, and `trace_id`
+        when its `traceparent` is valid (computed once per request)."""
+
     async def read(self, limit: int) -> bytes | None:
         """The whole request body, or None when it is larger than `limit` bytes."""
 
@@ -101,13 +105,29 @@ class Call(Protocol):
         """Close the client's connection: a started body cannot be completed."""
 
 
+def _passed_on(request: web.Request) -> Mapping[str, str]:
+    """The request's headers as the connector gets them: without a Content-Encoding label once
+    aiohttp has decoded the body (or the local LLM would decode it again)."""
+    headers = request.headers
+    codings = headers.getall("Content-Encoding", ())
+    if not any(coding.isascii() and coding.lower() in _DECODED for coding in codings):
+        return headers
+    # aiohttp decodes one coding (its C parser the last label's, its Python parser the
+    # first's), and the broker reads the model from the body: a body that is passed on is
+    # plain, so no label describes it (the express lane leaves such requests to aiohttp).
+    kept = CIMultiDict(headers)
+    kept.popall("Content-Encoding")
+    return kept
+
+
 class AiohttpCall:
     """A `Call` on an aiohttp request; `response` is what its handler returns."""
 
-    __slots__ = ("_left", "request", "response")
+    __slots__ = ("_headers", "_left", "request", "response")
 
     def __init__(self, request: web.Request) -> None:
         self.request = request
+        self._headers = _passed_on(request)
         self.response: web.StreamResponse | None = None
         self._left: int | None = None
         """Body bytes the answer's Content-Length still owes, when it has one."""
@@ -130,20 +150,15 @@ class AiohttpCall:
 
     @property
     def headers(self) -> Mapping[str, str]:
-        headers = self.request.headers
-        coding = headers.get("Content-Encoding", "")
-        if not (coding.isascii() and coding.lower() in _DECODED):
-            return headers
-        # aiohttp hands the body over decoded: its label goes too, or the local LLM decodes
-        # it again (the express lane leaves such requests to aiohttp).
-        kept = list(headers.items())
-        names = [name.lower() for name, _ in kept]
-        del kept[names.index("content-encoding")]
-        return CIMultiDict(kept)
+        return self._headers
 
     @property
     def request_id(self) -> str:
-        return self.request[REQUEST_ID]
+        return self.request[REQUEST_IDS]["request_id"]
+
+    @property
+    def ids(self) -> dict[str, str]:
+        return self.request[REQUEST_IDS]
 
     async def read(self, limit: int) -> bytes | None:
         request = self.request
@@ -154,12 +169,10 @@ class AiohttpCall:
         chunks: list[bytes] = []
         size = 0
         while True:
-            chunk = None
             try:
-                async with asyncio.timeout(body_timeout):
-                    chunk = await content.readany()
+                chunk: bytes | None = await within(body_timeout, content.readany())
             except TimeoutError:
-                pass
+                chunk = None  # hung up outside the handler: it would chain the TimeoutError
             if chunk is None:
                 await hang_up(request, "the request body stopped arriving")
             if not chunk:
@@ -212,16 +225,9 @@ class AiohttpCall:
             stalled = True
         if stalled:
             log.warning("client took none of its answer; connection cut", stall_timeout_s=timeout)
-            self._drop()
-            raise ConnectionResetError("the client took none of its answer")
+            await hang_up(self.request, "the client took none of its answer")
 
     def cut(self) -> None:
         transport = self.request.transport
         if transport is not None:
             transport.close()
-
-    def _drop(self) -> None:
-        """Close the connection at once, with whatever the client has not taken."""
-        transport = self.request.transport
-        if transport is not None:
-            transport.abort()

@@ -11,7 +11,7 @@ Everything else goes the way of every other request (`broker.api.serve`, in a ta
 `start` returns None before it has changed anything. A stream the connector refuses or
 loses before its response head goes on as a task too (`Trip._run`), which retries it on
 another connector as any trip does. Answers, errors, timeouts and the books (metrics, the
-`request finished` line, the usage row, the lease) are `broker.trip.Trip`'s own.
+`request finished` line, the usage row: `broker.books`; the lease) are `broker.trip.Trip`'s own.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from broker.api import model_of
 from broker.auth import presented_key
 from broker.errors import error_parts
 from broker.expresscall import ExpressCall
-from broker.headers import BadHead, request_headers
+from broker.headers import BadHead
 from broker.hub import Link
 from broker.keys import ACCOUNTS, HUB, LIFECYCLE, LIMITER
 from broker.limits import Lease
@@ -79,13 +79,16 @@ def start(call: ExpressCall, owner: Owner) -> CallbackTrip | None:
     if not isinstance(lease, Lease):
         hub.release(link)
         return None
+    exchange = None
     try:
-        headers = request_headers(call.headers, call.request_id)
-        exchange = link.open(call.method, call.target, headers, call.request_id, body)
+        exchange = link.open(call, body)
     except Unsendable:
-        # Nothing is counted yet: the usual way meets the same refusal and answers it.
-        lease.release()
-        hub.release(link)
+        pass  # nothing is counted yet: the usual way meets the same refusal and answers it
+    finally:
+        if exchange is None:  # refused, or a bug (which the lane answers): nothing is held
+            lease.release()
+            hub.release(link)
+    if exchange is None:
         return None
     return CallbackTrip(call, owner, body, model, principal, lease, link, exchange)
 

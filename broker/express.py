@@ -26,12 +26,8 @@ allows, and a closing connection whose client reads nothing is dropped after
 `LINGER_TIMEOUT`. A client that goes away cancels its request, as aiohttp's
 `handler_cancellation` does; every request is counted once, however it ends.
 
-Every wait on the client is bounded (the settings `head_timeout`, `body_timeout`,
-`idle_timeout` and `stall_timeout`): for the next request to begin, for its head to be
-complete once it began (more bytes do not extend it), for each next piece of its body
-(while the lane reads it), and for the client to take any of what is written to it.
-The first three close the connection; a client that takes nothing for the stall timeout
-is cut off at once, which cancels its request as a client that left does.
+Every wait on the client is bounded: the connection's timers are
+`broker.expresstimers.ConnectionTimers`.
 """
 
 from __future__ import annotations
@@ -40,7 +36,7 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Final
 
 import structlog
@@ -50,24 +46,15 @@ from broker import callbacktrip, requesthead
 from broker.api import count_rejected, serve
 from broker.errors import error_parts
 from broker.expresscall import ExpressCall
+from broker.expresstimers import BODY, HEAD, IDLE, LINGER, LINGER_TIMEOUT, ConnectionTimers
 from broker.keys import SETTINGS
-from shared.tracecontext import trace_fields
 
 log = structlog.get_logger("remotellm.broker.api")
 
 PIPELINE_LIMIT: Final = 64 * 1024
 """Bytes of later requests kept while one is answered; past this, reading pauses."""
 
-LINGER_TIMEOUT: Final = 10.0
-"""Seconds the rest of a refused request's body may take to arrive (aiohttp's lingering time)."""
-
 _BUG: Final = "The broker failed to handle this request; its operator can find why in its log."
-
-# What the connection's one timer is waiting for (a timer of another kind replaces it).
-_IDLE: Final = 1
-_HEAD: Final = 2
-_BODY: Final = 3
-_LINGER: Final = 4
 
 
 class Express:
@@ -129,9 +116,7 @@ class _Connection(asyncio.Protocol):
         "_paused_reading",
         "_paused_writing",
         "_resume_next",
-        "_stall_timer",
-        "_timer",
-        "_timer_kind",
+        "_timers",
         "_trip",
         "_waiters",
         "task",
@@ -146,10 +131,8 @@ class _Connection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self._trip: callbacktrip.CallbackTrip | None = None
         """The request being served from callbacks (`broker.callbacktrip`), when it is."""
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_kind = 0
-        self._stall_timer: asyncio.TimerHandle | None = None
-        """Runs while writing is paused: the client is taking none of its answer."""
+        self._timers = ConnectionTimers(self.close, self._stalled)
+        """Its closing timer, and the stall timer that runs while writing is paused."""
         self._paused_reading = False
         self._paused_writing = False
         self._resume_next = False
@@ -167,7 +150,7 @@ class _Connection(asyncio.Protocol):
         elif not call.complete:
             call.take(self._buffer)
             if call.complete and self.task is None:
-                self._stop_timer()  # the lingering body of a request already answered is in
+                self._timers.stop()  # the lingering body of a request already answered is in
                 self._after(call)
             else:
                 self._watch_body()
@@ -180,8 +163,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._lane.connections.discard(self)
-        self._stop_timer()
-        self._stop_stall_timer()
+        self._timers.stop_all()
         self._wake(ConnectionResetError("the client closed the connection"))
         self.stop_trip()
         task = self.task
@@ -190,19 +172,17 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._paused_writing = True
-        if self._stall_timer is None:
-            loop = asyncio.get_running_loop()
-            self._stall_timer = loop.call_later(self._lane.stall_timeout, self._stalled)
+        self._timers.start_stall(self._lane.stall_timeout)
 
     def resume_writing(self) -> None:
         self._paused_writing = False
-        self._stop_stall_timer()
+        self._timers.stop_stall()
         self._wake(None)
         if self._trip is not None:
             self._trip.resumed()
         if self._resume_next and self.transport is not None:
             self._resume_next = False
-            self._stop_timer()
+            self._timers.stop()
             self.resume_reading()
             self._next()
 
@@ -215,26 +195,31 @@ class _Connection(asyncio.Protocol):
             return
         buffer = self._buffer
         if not buffer:
-            self._arm(_IDLE, self._lane.idle_timeout)
+            self._timers.arm(IDLE, self._lane.idle_timeout)
             return
         end = buffer.find(b"\r\n\r\n", 0, requesthead.MAX_HEAD + 4)
         if end < 0:
-            if len(buffer) > requesthead.MAX_HEAD or _stray_line_end(buffer):
+            if len(buffer) > requesthead.MAX_HEAD or requesthead.stray_line_end(buffer):
                 self._to_aiohttp()
             else:
-                self._arm(_HEAD, self._lane.head_timeout)  # from its first byte, not its last
+                self._timers.arm(HEAD, self._lane.head_timeout)  # from the first byte
             return
         head = requesthead.parse(bytes(buffer[:end]), self._lane.max_body)
         if head is None:
             self._to_aiohttp()
             return
         del buffer[: end + 4]
-        self._stop_timer()
+        self._timers.stop()
         call = ExpressCall(self, head)
         call.take(buffer)
         self._call = call
         self._lane.served += 1
-        self._trip = callbacktrip.start(call, self)
+        try:
+            self._trip = callbacktrip.start(call, self)
+        except Exception as exc:  # a bug: answered and counted as one in a request's task is
+            count_rejected(call, 500, time.perf_counter())
+            self._bug(call, exc)
+            return
         if self._trip is None:
             self._spawn(call, _serve(call))
             self._watch_body()
@@ -245,8 +230,7 @@ class _Connection(asyncio.Protocol):
         """Serve the request in a task."""
         # The request's log lines carry its id, as the aiohttp middleware binds it.
         context = contextvars.copy_context()
-        trace = trace_fields(call.headers.get("traceparent"))
-        context.run(structlog.contextvars.bind_contextvars, request_id=call.request_id, **trace)
+        context.run(structlog.contextvars.bind_contextvars, **call.ids)
         task = asyncio.get_running_loop().create_task(work, context=context)
         self.task = task
         task.add_done_callback(self._done, context=context)
@@ -298,7 +282,7 @@ class _Connection(asyncio.Protocol):
             # client sees the answer rather than a reset, and the next request starts in step.
             call.discard()
             self.resume_reading()
-            self._arm(_LINGER, LINGER_TIMEOUT)
+            self._timers.arm(LINGER, LINGER_TIMEOUT)
         else:
             self._after(call)
 
@@ -318,7 +302,7 @@ class _Connection(asyncio.Protocol):
 
     def _bug(self, call: ExpressCall, exc: BaseException | None) -> None:
         """A bug: say so to the client if nothing was sent yet, as aiohttp's 500 would."""
-        log.error("request failed with an internal error", error=repr(exc))
+        log.error("request failed with an internal error", error=repr(exc), **call.ids)
         if not call.answered:
             call.close = True
             with contextlib.suppress(ConnectionError):
@@ -329,8 +313,7 @@ class _Connection(asyncio.Protocol):
         """Hand the connection to aiohttp for good, with the bytes of its next request."""
         transport = self.transport
         assert transport is not None and self._call is None
-        self._stop_timer()
-        self._stop_stall_timer()  # aiohttp bounds its own writes from here on
+        self._timers.stop_all()  # aiohttp bounds its own waits from here on
         self._lane.connections.discard(self)
         self.resume_reading()
         self.transport = None
@@ -359,42 +342,22 @@ class _Connection(asyncio.Protocol):
         it; no timer while reading is paused (the request path has not asked for it yet)."""
         call = self._call
         if call is None or call.complete or self.task is None or self._paused_reading:
-            if self._timer_kind == _BODY:
-                self._stop_timer()
+            if self._timers.kind == BODY:
+                self._timers.stop()
             return
-        self._stop_timer()
-        self._arm(_BODY, self._lane.body_timeout)
-
-    def _arm(self, kind: int, seconds: float) -> None:
-        """Close the connection in `seconds`, unless a timer of this kind already runs."""
-        if self._timer is not None:
-            if self._timer_kind == kind:
-                return
-            self._timer.cancel()
-        self._timer_kind = kind
-        self._timer = asyncio.get_running_loop().call_later(seconds, self.close)
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-            self._timer_kind = 0
-
-    def _stop_stall_timer(self) -> None:
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
+        self._timers.stop()
+        self._timers.arm(BODY, self._lane.body_timeout)
 
     def _stalled(self) -> None:
         """The client took none of what was written to it for the stall timeout: cut it off,
         which ends its request as a client that left does (the connector stops, the slot and
         the key's concurrency are given back)."""
-        self._stall_timer = None
         call = self._call
+        ids: Mapping[str, str | None] = call.ids if call is not None else {"request_id": None}
         log.warning(
             "client took none of its answer; connection cut",
             stall_timeout_s=self._lane.stall_timeout,
-            request_id=call.request_id if call is not None else None,
+            **ids,
         )
         if self.transport is not None:
             self.transport.abort()
@@ -443,13 +406,6 @@ class _Connection(asyncio.Protocol):
 def _abort_if_open(transport: asyncio.Transport) -> None:
     if transport.get_write_buffer_size():
         transport.abort()  # still closing: the client has read none of it for LINGER_TIMEOUT
-
-
-def _stray_line_end(buffer: bytearray) -> bool:
-    """A CR or an LF that is not part of a CRLF: no head the lane takes; aiohttp answers it."""
-    pairs = buffer.count(b"\r\n")
-    carriage_returns = buffer.count(b"\r") - buffer.endswith(b"\r")  # the last may await its LF
-    return buffer.count(b"\n") != pairs or carriage_returns != pairs
 
 
 async def _serve(call: ExpressCall) -> None:

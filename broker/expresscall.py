@@ -19,6 +19,7 @@ from aiohttp.web_response import REASON_PHRASES
 
 from broker.call import bodiless, request_id_of
 from broker.requesthead import Head
+from shared.tracecontext import trace_fields
 
 BODY_AHEAD: Final = 128 * 1024
 """Bytes of a body read before the request path asks for it (while the key is checked, say);
@@ -62,6 +63,7 @@ class ExpressCall:
         "began",
         "close",
         "finished",
+        "ids",
         "request_id",
     )
 
@@ -69,6 +71,8 @@ class ExpressCall:
         self._connection = connection
         self._head = head
         self.request_id = request_id_of(head.headers)
+        self.ids = {"request_id": self.request_id, **trace_fields(head.headers.get("traceparent"))}
+        """The fields that name the request in its log lines (`broker.call.Call.ids`)."""
         self._body = bytearray()
         self._received = 0
         self._discarding = False

@@ -37,5 +37,6 @@ LEDGER = web.AppKey("ledger", UsageLedger)
 STORE_PROBE: web.AppKey[StoreProbe] = web.AppKey("store_probe")
 """Whether the store answers, for /readyz (broker.health)."""
 
-REQUEST_ID = web.RequestKey("request_id", str)
-"""The correlation id of each request."""
+REQUEST_IDS: web.RequestKey[dict[str, str]] = web.RequestKey("request_ids")
+"""The fields that name each request in its log lines: its correlation id (`request_id`), and
+its trace's (`trace_id`, when it has a valid `traceparent`)."""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
+from broker.headers import request_headers
 from broker.websocket import RelaySocket
 from shared import protocol as p
 from shared import websocket as ws
@@ -28,6 +29,7 @@ from shared.outbox import Outbox
 from shared.text import shown
 
 if TYPE_CHECKING:
+    from broker.call import Call
     from broker.relay import Relay
 
 log = structlog.get_logger("remotellm.broker.relay")
@@ -203,25 +205,28 @@ class ConnectorLink:
 
     # -- used by API handlers -----------------------------------------------------
 
-    def open(
-        self, method: str, path: str, headers: p.Headers, request_id: str, body: bytes
-    ) -> Exchange:
-        """Start a stream carrying one request; the reply arrives on the Exchange.
+    def open(self, call: Call, body: bytes) -> Exchange:
+        """Start a stream carrying one request (`call`'s head, its headers as they are passed
+        on, and `body`); the reply arrives on the Exchange.
 
         Raises LinkLost when the link has closed, and Unsendable (with nothing left behind)
         when the request cannot be encoded.
         """
         if self._closed:
             raise LinkLost(self.name)
+        request_id = call.request_id
+        headers = request_headers(call.headers, request_id)
         stream_id = next(self._ids)
         exchange = Exchange(stream_id, self, self.window)
         self._streams[stream_id] = exchange
         try:
-            self._outbox.put(p.RequestHead(stream_id, method, path, headers, request_id))
+            self._outbox.put(
+                p.RequestHead(stream_id, call.method, call.target, headers, request_id)
+            )
             for frame in p.split_body(stream_id, body, response=False):
                 self._outbox.put(frame)
             self._outbox.put(p.End(stream_id))
-        except Exception as exc:
+        except ValueError as exc:  # what the encoder raises for a frame too large; else a bug
             # Nothing of a stream that was never sent may stay: neither its entry, which
             # only a disconnect would free, nor the frames queued before the failure.
             del self._streams[stream_id]

@@ -6,7 +6,8 @@ The express lane (`broker.express`) serves only the plainest API request: a
 `Transfer-Encoding`, `Content-Encoding`, `Expect`, `Upgrade`, `Origin` or unusual
 `Connection`. Anything else, or anything in doubt, is None: that request, and the rest of its
 connection, go to aiohttp, whose tested parser and limits answer it. So this parser only has
-to be right about what it accepts; it never has to reject well.
+to be right about what it accepts; it never has to reject well. `stray_line_end` tells, before
+a head is complete, that it will be None (a lone CR or LF), so aiohttp gets it at once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ from shared.endpoints import MODEL_ENDPOINTS
 
 MAX_HEAD: Final = 16 * 1024
 """Bytes of a head the express lane looks at; a longer one is aiohttp's to judge."""
+
+
+def stray_line_end(buffer: bytearray) -> bool:
+    """Whether an incomplete head holds a CR or an LF that is not part of a CRLF: no head the
+    express lane takes, so aiohttp answers it at once rather than after the head timeout."""
+    pairs = buffer.count(b"\r\n")
+    carriage_returns = buffer.count(b"\r") - buffer.endswith(b"\r")  # the last may await its LF
+    return buffer.count(b"\n") != pairs or carriage_returns != pairs
+
 
 MAX_FIELDS: Final = 100
 

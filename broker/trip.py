@@ -6,7 +6,7 @@ answering), send the request over its link, and write the connector's response
 to the client as it arrives, unbuffered. A failure before the response head
 becomes an error response; after it, an error event at the end of the stream (or
 a cut connection where the format has no error event). Whatever happens, the trip
-is counted once: metrics, the log line, the usage row and the lease given back.
+is counted once: the books (`broker.books`) and the lease given back.
 The client's side is a `broker.call.Call`, so the same trip runs whichever server
 read the request.
 """
@@ -20,34 +20,22 @@ from collections.abc import Awaitable
 import structlog
 
 from broker.accounts import Principal
+from broker.books import close_books
 from broker.call import Call, bodiless
 from broker.deadline import within
 from broker.errors import dialect_for, error_parts, stream_error
 from broker.framing import EventFramer
-from broker.headers import BadHead, relayable, request_headers
+from broker.headers import BadHead, relayable
 from broker.hub import Link, NoConnector
-from broker.keys import HUB, LEDGER, METRICS, SETTINGS
+from broker.keys import HUB, METRICS, SETTINGS
 from broker.limits import Lease
 from broker.link import ConnectorLink, Exchange, LinkLost, StreamEvent, Unsendable
-from broker.records import UsageRow
 from broker.tally import TokenTally
 from shared import protocol as p
-from shared.text import is_clean, shown
-from shared.tracecontext import trace_fields
 
 log = structlog.get_logger("remotellm.broker.api")
 
 STREAMING_TYPES = ("text/event-stream", "application/x-ndjson")
-MAX_LOGGED_MODEL = 100
-"""Characters of a client-chosen model name that reach a log line or an error message."""
-
-
-def _storable(name: str) -> str | None:
-    """A connector's name as a usage row holds it: None when empty, escaped when not clean
-    (the relay's hello checks names; this keeps a row from ever holding what a store refuses)."""
-    if not name:
-        return None
-    return name if is_clean(name) else shown(name)
 
 
 class Refused(Exception):
@@ -84,7 +72,7 @@ class Trip:
         self.settings = self.app[SETTINGS]
         self.metrics = self.app[METRICS]
         self.request_id = call.request_id
-        self.ids = {"request_id": self.request_id, **trace_fields(call.headers.get("traceparent"))}
+        self.ids = call.ids
         """The fields that name the request in its log lines: its id, and its trace's."""
         self.started = time.perf_counter()
         self.response_started = False
@@ -145,10 +133,9 @@ class Trip:
         return f"The model did not finish within {self.settings.request_timeout:g} seconds."
 
     def _account(self, outcome: str) -> None:
+        """The books (`broker.books`), with the tokens counted; the lease is given back."""
         known = self.connector or self.app[HUB].knows(self.model)
-        label = self.model if known else "unknown"
         elapsed = time.perf_counter() - self.started
-        self.metrics.finished(label, self.status, elapsed)
         prompt = completion = None
         charged = 0
         try:
@@ -160,35 +147,18 @@ class Trip:
         finally:
             # Whatever happened above, the request's slot is given back.
             self.lease.release(charged)
-        principal = self.principal
-        log.info(
-            "request finished",
-            **self.ids,  # also when no context carries them (broker.callbacktrip)
-            method=self.call.method,
-            path=self.call.path,
-            model=self.model[:MAX_LOGGED_MODEL],
-            status=self.status,
-            outcome=outcome,
-            connector=self.connector or None,
-            user=principal.username,
-            duration_ms=round(elapsed * 1000, 1),
-        )
-        self.app[LEDGER].record(
-            UsageRow(
-                time=time.time(),
-                request_id=self.request_id,
-                endpoint=self.call.path[:64],
-                status=self.status,
-                duration_ms=round(elapsed * 1000, 3),
-                user_id=principal.user_id,
-                key_id=principal.key_id,
-                model=self.model[:255],
-                connector=_storable(self.connector),
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                ttfb_ms=round(self.ttfb * 1000, 3) if self.ttfb is not None else None,
-                cancelled=outcome == "cancelled",
-            )
+        close_books(
+            self.call,
+            self.principal,
+            self.status,
+            outcome,
+            elapsed,
+            model=self.model,
+            label=self.model if known else "unknown",
+            connector=self.connector,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            ttfb=self.ttfb,
         )
 
     async def _attempts(self, tried: list[Link]) -> None:
@@ -206,13 +176,7 @@ class Trip:
             assert isinstance(link, ConnectorLink)
             self.connector = link.name
             try:
-                exchange = link.open(
-                    self.call.method,
-                    self.call.target,
-                    request_headers(self.call.headers, self.request_id),
-                    self.request_id,
-                    self.body,
-                )
+                exchange = link.open(self.call, self.body)
                 await self._exchange(exchange)
             except Unsendable as unsendable:  # not `exc`: compiled, a name keeps its first type
                 return await self._unsendable(unsendable)
@@ -227,7 +191,7 @@ class Trip:
                 hub.release(link)
 
     async def _unsendable(self, exc: Unsendable) -> None:
-        log.warning("cannot relay the request", error=str(exc), request_id=self.request_id)
+        log.warning("cannot relay the request", error=str(exc), **self.ids)
         message = "The request's headers cannot be relayed (more than the relay carries)."
         await self._fail(400, "invalid_request", message)
 

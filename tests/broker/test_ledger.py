@@ -10,7 +10,6 @@ import pytest
 import sqlalchemy.exc as sa_exc
 from structlog.testing import capture_logs
 
-from broker import trip
 from broker.ledger import UsageLedger, row_refused
 from broker.records import UsageRow
 from broker.store import Store
@@ -131,21 +130,6 @@ async def test_a_store_that_is_down_keeps_every_row_queued_for_the_next_round(st
     store.usage.add = real  # type: ignore[method-assign]
     await ledger.close()
     assert await stored_ids(store) == ["req_0", "req_1", "req_2"]
-
-
-async def test_a_connector_name_that_is_not_clean_text_reaches_the_store_escaped(
-    store: Store,
-) -> None:
-    """The relay's hello checks names; whatever gets past it still goes into a row the store
-    takes (the trip writes the name escaped), rather than one it refuses."""
-    ledger = UsageLedger(store, interval=3600)
-    names = ["gpu\udcffbox", "tab\there", "", "gpu-box ☕"]
-    for i, name in enumerate(names):
-        ledger.record(row(i, connector=trip._storable(name)))
-    await ledger.close()
-    stored = [r.connector for r in await store.usage.rows()]
-    assert stored == ["gpu\\udcffbox", "tab\\there", None, "gpu-box ☕"]
-    assert not ledger.set_aside
 
 
 async def test_a_store_that_refuses_every_row_alike_keeps_them_queued(store: Store) -> None:

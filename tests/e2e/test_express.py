@@ -339,3 +339,40 @@ async def test_a_bug_in_the_request_path_still_answers_500_and_closes(
     assert [(e["status"], e["outcome"]) for e in finished] == [(500, "error")]  # as answered
     assert relay.broker.express is not None
     assert relay.broker.express.from_callbacks == (driver == "callbacks")
+
+
+@pytest.mark.source_only
+@pytest.mark.parametrize("driver", ["task", "callbacks"])
+@pytest.mark.parametrize(
+    ("raised", "answer"),
+    [(ValueError("frame too large"), (400, "invalid_request")), (RuntimeError("a bug"), None)],
+)
+async def test_only_a_request_the_relay_cannot_encode_is_refused_as_unrelayable(
+    relay: Relay,
+    connect: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    driver: str,
+    raised: Exception,
+    answer: tuple[int, str] | None,
+) -> None:
+    """The encoder's ValueError is the client's request (400); anything else is a bug (500)."""
+
+    def failing(*args: Any, **kwargs: Any) -> list[p.Frame]:
+        raise raised
+
+    if driver == "task":
+        monkeypatch.setattr(callbacktrip, "start", lambda call, owner: None)
+    monkeypatch.setattr(p, "split_body", failing)
+    client = await connect(relay.broker)
+    with capture_logs() as logs:
+        status, _, body = await client.ask(post_bytes())
+    if answer is not None:
+        assert (status, json.loads(body)["error"]["code"]) == answer
+    else:
+        assert (status, json.loads(body)["error"]["code"]) == (500, "internal_error")
+        assert "request failed with an internal error" in [e["event"] for e in logs]
+    finished = [e["status"] for e in logs if e["event"] == "request finished"]
+    assert finished == [status]  # counted once
+    monkeypatch.undo()
+    status, _, body = await (await connect(relay.broker)).ask(post_bytes())
+    assert (status, body) == (200, CHAT_BODY)  # the connector's slot and the lease came back

@@ -456,3 +456,31 @@ async def test_a_gzip_encoded_body_reaches_the_connector_decoded_and_labelled_so
     assert body == plain
     assert "content-encoding" not in {name.lower() for name, _ in head.headers}
     assert broker.express is not None and broker.express.served == 0
+
+
+async def test_every_content_encoding_label_goes_once_aiohttp_decoded_the_body(
+    make_broker: MakeBroker, fakes: list[FakeConnector], connect: Any
+) -> None:
+    """aiohttp decodes one coding (with its C parser, the last label's). The broker then reads
+    the model from the body, so a body passed on is plain: no label describes it any more."""
+    broker, fake = await broker_with_fake(make_broker, fakes)
+    plain = json.dumps({"model": "m", "messages": []}).encode()
+    labels = ["Content-Encoding: identity", "Content-Encoding: gzip"]
+    request = post_bytes(gzip.compress(plain), "/v1/chat/completions", USER_KEY, *labels)
+
+    async def answer() -> tuple[p.RequestHead, bytes]:
+        head, body = await body_of_next_request(fake)
+        frames: list[p.Frame] = [p.ResponseHead(head.stream_id, 200, ()), p.End(head.stream_id)]
+        await fake.ws.send(p.encode_many(frames))
+        return head, body
+
+    answering = asyncio.create_task(answer())
+    try:
+        client = await connect(broker)
+        status, _, answered = await client.ask(request)
+        assert status == 200, answered
+        head, body = await asyncio.wait_for(answering, 10)
+    finally:
+        answering.cancel()
+    assert body == plain
+    assert "content-encoding" not in {name.lower() for name, _ in head.headers}
