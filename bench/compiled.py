@@ -73,7 +73,7 @@ def suite_command(paths: Sequence[str]) -> list[str]:
         "-q",
         "-rfE",
         "-m",
-        "not source_only",
+        "not source_only and not compiled_crash",
         *paths,
     ]
 
