@@ -13,18 +13,14 @@ HTTP/1.0, anything odd) hands the connection to aiohttp for good, at that reques
 boundary, with every byte read so far: every unusual case keeps aiohttp's tested
 behaviour.
 
-Answers are written as aiohttp writes them (its Date, Server and reason phrases,
-chunked when the length is unknown, nothing on 204 and 304, the connection closed
-after an answer shorter than its Content-Length). One request at a time per
-connection; pipelined requests wait in the buffer (reading pauses past
-`PIPELINE_LIMIT`, and while the client is not reading its answers). A request
-refused before its body arrived has the rest of its body read and dropped for up to
-`LINGER_TIMEOUT`, as aiohttp lingers, so the client sees the refusal and the next
-request starts in step. A body is read at most `broker.expresscall.BODY_AHEAD` ahead
-of the request path (while the key is checked, say), as aiohttp's flow control
-allows, and a closing connection whose client reads nothing is dropped after
-`LINGER_TIMEOUT`. A client that goes away cancels its request, as aiohttp's
-`handler_cancellation` does; every request is counted once, however it ends.
+Answers are written as aiohttp writes them (its Date, Server and reason phrases, chunked
+when the length is unknown, nothing on 204 and 304, closed after an answer shorter than its
+Content-Length). One request at a time per connection; pipelined ones wait in the buffer
+(reading pauses past `PIPELINE_LIMIT`, and while the client reads none of its answers). A
+request refused before its body arrived has the rest of its body read and dropped for up to
+`LINGER_TIMEOUT`, as aiohttp lingers; a body is read at most `BODY_AHEAD` ahead of the
+request path, as aiohttp's flow control allows. A client that goes away cancels its request,
+as aiohttp's `handler_cancellation` does; every request is counted once, however it ends.
 
 Every wait on the client is bounded: the connection's timers are
 `broker.expresstimers.ConnectionTimers`.
@@ -42,7 +38,7 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 
-from broker import callbacktrip, requesthead
+from broker import callbacktrip, expresstimers, requesthead
 from broker.api import count_rejected, serve
 from broker.errors import error_parts
 from broker.expresscall import ExpressCall
@@ -60,11 +56,7 @@ _BUG: Final = "The broker failed to handle this request; its operator can find w
 class Express:
     """The express lane of one broker: its connections and the requests in flight on them."""
 
-    def __init__(
-        self,
-        app: web.Application,
-        http: Callable[[], asyncio.Protocol],
-    ) -> None:
+    def __init__(self, app: web.Application, http: Callable[[], asyncio.Protocol]) -> None:
         self.app = app
         self.http = http
         settings = app[SETTINGS]
@@ -400,12 +392,7 @@ class _Connection(asyncio.Protocol):
             transport.close()
             if transport.get_write_buffer_size():
                 loop = asyncio.get_running_loop()
-                loop.call_later(LINGER_TIMEOUT, _abort_if_open, transport)
-
-
-def _abort_if_open(transport: asyncio.Transport) -> None:
-    if transport.get_write_buffer_size():
-        transport.abort()  # still closing: the client has read none of it for LINGER_TIMEOUT
+                loop.call_later(LINGER_TIMEOUT, expresstimers.abort_if_unread, transport)
 
 
 async def _serve(call: ExpressCall) -> None:

@@ -85,3 +85,9 @@ class ConnectionTimers:
     def _stalled(self) -> None:
         self._stall = None
         self._on_stall()
+
+
+def abort_if_unread(transport: asyncio.Transport) -> None:
+    """Drop a closing connection whose client has taken none of its last answer since."""
+    if transport.get_write_buffer_size():
+        transport.abort()
