@@ -425,6 +425,27 @@ async def body_of_next_request(fake: FakeConnector) -> tuple[p.RequestHead, byte
                 return head, body
 
 
+async def relayed_with_200(
+    broker: BrokerServer, fake: FakeConnector, connect: Any, request: bytes
+) -> tuple[p.RequestHead, bytes]:
+    """Send `request`, answer it 200 from the fake connector; the head and body it got."""
+
+    async def answer() -> tuple[p.RequestHead, bytes]:
+        head, body = await body_of_next_request(fake)
+        frames: list[p.Frame] = [p.ResponseHead(head.stream_id, 200, ()), p.End(head.stream_id)]
+        await fake.ws.send(p.encode_many(frames))
+        return head, body
+
+    answering = asyncio.create_task(answer())
+    try:
+        client = await connect(broker)
+        status, _, answered = await client.ask(request)
+        assert status == 200, answered
+        return await asyncio.wait_for(answering, 10)
+    finally:
+        answering.cancel()
+
+
 @pytest.mark.parametrize("lane", LANES)
 async def test_a_gzip_encoded_body_reaches_the_connector_decoded_and_labelled_so(
     make_broker: MakeBroker, fakes: list[FakeConnector], connect: Any, lane: str
@@ -439,20 +460,8 @@ async def test_a_gzip_encoded_body_reaches_the_connector_decoded_and_labelled_so
         chunked=lane == "aiohttp",
     )
 
-    async def answer() -> tuple[p.RequestHead, bytes]:
-        head, body = await body_of_next_request(fake)
-        frames: list[p.Frame] = [p.ResponseHead(head.stream_id, 200, ()), p.End(head.stream_id)]
-        await fake.ws.send(p.encode_many(frames))
-        return head, body
-
-    answering = asyncio.create_task(answer())
-    try:
-        client = await connect(broker)
-        status, _, answered = await client.ask(request)
-        assert status == 200, answered  # the express lane took it once, and answered 400
-        head, body = await asyncio.wait_for(answering, 10)
-    finally:
-        answering.cancel()
+    # The express lane took it once, and answered 400: now the connector gets it.
+    head, body = await relayed_with_200(broker, fake, connect, request)
     assert body == plain
     assert "content-encoding" not in {name.lower() for name, _ in head.headers}
     assert broker.express is not None and broker.express.served == 0
@@ -468,19 +477,6 @@ async def test_every_content_encoding_label_goes_once_aiohttp_decoded_the_body(
     labels = ["Content-Encoding: identity", "Content-Encoding: gzip"]
     request = post_bytes(gzip.compress(plain), "/v1/chat/completions", USER_KEY, *labels)
 
-    async def answer() -> tuple[p.RequestHead, bytes]:
-        head, body = await body_of_next_request(fake)
-        frames: list[p.Frame] = [p.ResponseHead(head.stream_id, 200, ()), p.End(head.stream_id)]
-        await fake.ws.send(p.encode_many(frames))
-        return head, body
-
-    answering = asyncio.create_task(answer())
-    try:
-        client = await connect(broker)
-        status, _, answered = await client.ask(request)
-        assert status == 200, answered
-        head, body = await asyncio.wait_for(answering, 10)
-    finally:
-        answering.cancel()
+    head, body = await relayed_with_200(broker, fake, connect, request)
     assert body == plain
     assert "content-encoding" not in {name.lower() for name, _ in head.headers}
