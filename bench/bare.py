@@ -12,7 +12,7 @@ design cannot skip, done with the project's own code for it:
 
 - bare broker: split and parse the client's HTTP/1.1 request head
   (`shared.websocket.parse_request_head`), check the bearer key's fingerprint against a
-  set, read the model from the JSON body, rewrite the headers (`broker.headers`), encode
+  set, read the model from the JSON body, rewrite the headers (`broker.stream.headers`), encode
   head, body and end frames (`shared.protocol`) into one WebSocket message, write it; on
   the way back, read the connector's WebSocket messages (`shared.websocket.FrameReader`),
   decode their frames and write the HTTP response (chunked when it has no length, one

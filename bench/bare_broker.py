@@ -19,14 +19,14 @@ import time
 import structlog
 
 from bench.procs import LISTEN_BACKLOG, USER_KEY
-from broker.api import model_of
-from broker.headers import request_headers, response_headers
-from broker.keyformat import fingerprint
-from broker.ledger import UsageLedger
+from broker.accounts.keyformat import fingerprint
+from broker.accounts.ledger import UsageLedger
+from broker.accounts.records import UsageRow
+from broker.accounts.store import Store
+from broker.api.endpoints import model_of
 from broker.metrics import Metrics
-from broker.records import UsageRow
-from broker.store import Store
-from broker.tally import TokenTally
+from broker.stream.headers import request_headers, response_headers
+from broker.stream.tally import TokenTally
 from shared import protocol as p
 from shared import upgrade
 from shared import websocket as ws
@@ -49,8 +49,8 @@ class _Duties:
     """The broker's per-request bookkeeping, with the product's own pieces.
 
     Prometheus counters and histograms (`broker.metrics`), the token tally of the answer
-    (`broker.tally`), a usage row queued on the ledger and written in rounds to SQLite
-    (`broker.ledger`, `broker.store`), and the JSON `request finished` log line
+    (`broker.stream.tally`), a usage row queued on the ledger and written in rounds to SQLite
+    (`broker.accounts.ledger`, `broker.accounts.store`), and the JSON `request finished` log line
     (structlog, configured as the broker configures it).
     """
 

@@ -35,8 +35,9 @@ TAIL = 30  # lines of the child's output repeated when it fails
 
 # Imports four compiled modules and prints where each came from.
 PROBE = (
-    "import broker.express, broker.trip, shared.protocol, connector_app.core.streams as s;"
-    "print(broker.express.__file__, broker.trip.__file__, shared.protocol.__file__,"
+    "import broker.edge.express, broker.stream.trip, shared.protocol,"
+    " connector_app.core.streams as s;"
+    "print(broker.edge.express.__file__, broker.stream.trip.__file__, shared.protocol.__file__,"
     " s.__file__)"
 )
 

@@ -11,20 +11,22 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from broker.accounts import Accounts, Limits
-from broker.api import (
+from broker.accounts.credentials import Credentials
+from broker.accounts.ledger import UsageLedger
+from broker.accounts.limits import Limiter
+from broker.accounts.principals import Accounts, Limits
+from broker.accounts.store import Store, database_url
+from broker.api.cors import setup_cors
+from broker.api.endpoints import (
     model_endpoint,
     models_endpoint,
     ollama_tags_endpoint,
     ollama_version_endpoint,
     proxy_endpoint,
 )
-from broker.auth import Credentials
-from broker.call import request_id_of
-from broker.cors import setup_cors
-from broker.errors import error_response
-from broker.health import add_health_routes
-from broker.hub import Hub
+from broker.api.errors import error_response
+from broker.api.health import add_health_routes
+from broker.edge.call import request_id_of
 from broker.keys import (
     ACCOUNTS,
     CONNECTOR_TOKENS,
@@ -40,16 +42,14 @@ from broker.keys import (
     STORE,
     USER_KEYS,
 )
-from broker.ledger import UsageLedger
 from broker.lifecycle import Lifecycle
-from broker.limits import Limiter
-from broker.link import go_away_all
 from broker.metrics import Metrics
 from broker.portal.views import setup_portal
-from broker.relay import Relay
+from broker.relay.admission import Relay
+from broker.relay.hub import Hub
+from broker.relay.link import go_away_all
+from broker.relay.socket import UPGRADE_HINT
 from broker.settings import BrokerSettings
-from broker.store import Store, database_url
-from broker.websocket import UPGRADE_HINT
 from shared.endpoints import MODEL_ENDPOINTS
 from shared.settings import secret_values
 from shared.tracecontext import trace_fields

@@ -12,8 +12,8 @@ from typing import Any
 
 import structlog
 
-from broker.admin import add_commands
-from broker.admin import run as run_admin
+from broker.accounts.admin import add_commands
+from broker.accounts.admin import run as run_admin
 from broker.server import BrokerServer
 from broker.settings import BrokerSettings
 from shared import eventloop

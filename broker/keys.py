@@ -6,20 +6,20 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from broker.accounts import Accounts
-from broker.auth import Credentials
-from broker.hub import Hub
-from broker.ledger import UsageLedger
+from broker.accounts.credentials import Credentials
+from broker.accounts.ledger import UsageLedger
+from broker.accounts.limits import Limiter
+from broker.accounts.principals import Accounts
+from broker.accounts.store import Store
 from broker.lifecycle import Lifecycle
-from broker.limits import Limiter
 from broker.metrics import Metrics
+from broker.relay.hub import Hub
 from broker.settings import BrokerSettings
-from broker.store import Store
 
 if TYPE_CHECKING:
-    from broker.health import StoreProbe
-    from broker.link import ConnectorLink
-    from broker.relay import Relay
+    from broker.api.health import StoreProbe
+    from broker.relay.admission import Relay
+    from broker.relay.link import ConnectorLink
 
 SETTINGS = web.AppKey("settings", BrokerSettings)
 HUB = web.AppKey("hub", Hub)
@@ -35,7 +35,7 @@ ACCOUNTS = web.AppKey("accounts", Accounts)
 LIMITER = web.AppKey("limiter", Limiter)
 LEDGER = web.AppKey("ledger", UsageLedger)
 STORE_PROBE: web.AppKey[StoreProbe] = web.AppKey("store_probe")
-"""Whether the store answers, for /readyz (broker.health)."""
+"""Whether the store answers, for /readyz (broker.api.health)."""
 
 REQUEST_IDS: web.RequestKey[dict[str, str]] = web.RequestKey("request_ids")
 """The fields that name each request in its log lines: its correlation id (`request_id`), and

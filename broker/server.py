@@ -8,11 +8,11 @@ import ssl
 from aiohttp import web
 
 from broker.app import create_app, drain
-from broker.express import Express
-from broker.front import Front
-from broker.hub import Hub
+from broker.edge.express import Express
+from broker.edge.listener import Front
 from broker.keys import HUB, RELAY
-from broker.relay import Relay
+from broker.relay.admission import Relay
+from broker.relay.hub import Hub
 from broker.settings import BrokerSettings
 
 LISTEN_BACKLOG = 1024
@@ -38,7 +38,7 @@ class BrokerServer:
             shutdown_timeout=5.0,
             # aiohttp closes a connection whose next request head is not complete this long
             # after its hand-over or its last answer (its one timer bounds idle and partial
-            # heads alike; see broker.front for the lanes).
+            # heads alike; see broker.edge.listener for the lanes).
             keepalive_timeout=settings.idle_timeout,
         )
         self._listener: asyncio.Server | None = None

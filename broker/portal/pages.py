@@ -18,10 +18,10 @@ import jinja2
 from aiohttp import web
 from aiohttp_session import Session, get_session
 
-from broker.call import hang_up
+from broker.accounts.records import User
+from broker.edge.call import hang_up
 from broker.keys import SETTINGS, STORE
 from broker.portal.gitlab import GitLab
-from broker.records import User
 
 GITLAB = web.AppKey("gitlab", GitLab)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)

@@ -25,8 +25,8 @@ from aiohttp_session import Session, session_middleware
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
+from broker.accounts.records import User
 from broker.keys import ACCOUNTS, HUB, STORE
-from broker.link import ConnectorLink
 from broker.portal.cookies import SESSION_COOKIE, SESSION_MAX_AGE, session_key
 from broker.portal.gitlab import GitLab
 from broker.portal.pages import (
@@ -42,7 +42,7 @@ from broker.portal.pages import (
 )
 from broker.portal.reveals import REVEALS, Reveals
 from broker.portal.signin import callback, landing, login, logout
-from broker.records import User
+from broker.relay.link import ConnectorLink
 from broker.settings import BrokerSettings
 
 log = structlog.get_logger("remotellm.broker.portal")

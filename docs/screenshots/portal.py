@@ -21,10 +21,10 @@ sys.path.insert(
 from playwright.async_api import Browser, Page, async_playwright  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
+from broker.accounts.records import UsageRow  # noqa: E402
+from broker.accounts.store import Store  # noqa: E402
 from broker.keys import STORE  # noqa: E402
-from broker.records import UsageRow  # noqa: E402
 from broker.server import BrokerServer  # noqa: E402
-from broker.store import Store  # noqa: E402
 from connector_app.core.backoff import Backoff  # noqa: E402
 from connector_app.core.connector import Connector  # noqa: E402
 from tests.conftest import broker_settings, connector_settings, wait_models  # noqa: E402

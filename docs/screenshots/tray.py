@@ -87,7 +87,7 @@ def inner() -> int:
         bridge = Bridge(store, profile)
         tray = TrayApp(bridge, Autostart(home, command=["remotellm-connector"]))
         tray.launch()
-        await until(lambda: set(broker.hub.models()) == {"llama3.1:8b", "qwen2.5-coder:14b"})
+        await until(lambda: set(broker.relay.hub.models()) == {"llama3.1:8b", "qwen2.5-coder:14b"})
         headers = {"Authorization": f"Bearer {USER_KEY}"}
         async with aiohttp.ClientSession() as session:
             for i, model in enumerate(["llama3.1:8b", "qwen2.5-coder:14b", "llama3.1:8b"] * 3):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from broker.admin import run as run_admin
+from broker.accounts.admin import run as run_admin
 from broker.cli import _settings_from, build_parser
 from broker.keys import LEDGER
 from broker.server import BrokerServer

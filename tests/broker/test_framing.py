@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.framing import MAX_HELD, EventFramer
+from broker.stream.eventframer import MAX_HELD, EventFramer
 
 
 @pytest.mark.parametrize("end", [b"\n\n", b"\r\n\r\n", b"\r\r"])

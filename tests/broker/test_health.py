@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from broker.health import StoreProbe
+from broker.api.health import StoreProbe
 
 
 class Store:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from broker.hub import FORGET_AFTER, Hub, Link, NoConnector
+from broker.relay.hub import FORGET_AFTER, Hub, Link, NoConnector
 
 # Hang guard for awaits that must finish promptly; never a timing assertion.
 GUARD = 10.0

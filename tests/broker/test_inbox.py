@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from broker.link import Inbox, LinkLost
+from broker.relay.link import Inbox, LinkLost
 from shared import protocol as p
 
 

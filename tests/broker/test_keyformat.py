@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import re
 
-from broker import keyformat
+from broker.accounts import keyformat
 
 
 def test_generated_keys_are_well_formed_and_distinct() -> None:

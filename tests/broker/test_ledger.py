@@ -10,9 +10,9 @@ import pytest
 import sqlalchemy.exc as sa_exc
 from structlog.testing import capture_logs
 
-from broker.ledger import UsageLedger, row_refused
-from broker.records import UsageRow
-from broker.store import Store
+from broker.accounts.ledger import UsageLedger, row_refused
+from broker.accounts.records import UsageRow
+from broker.accounts.store import Store
 from tests.broker.test_store import row, url
 
 BAD_ROWS = (

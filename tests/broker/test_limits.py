@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from broker.accounts import Limits, Principal
-from broker.limits import DAY, Lease, Limiter, Rejection
+from broker.accounts.limits import DAY, Lease, Limiter, Rejection
+from broker.accounts.principals import Limits, Principal
 
 
 class Clock:

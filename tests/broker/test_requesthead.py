@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.requesthead import MAX_FIELDS, MAX_LINE, parse
+from broker.edge.requesthead import MAX_FIELDS, MAX_LINE, parse
 from shared.endpoints import MODEL_ENDPOINTS
 
 LIMIT = 1024

@@ -1,6 +1,6 @@
 """The express lane's request heads against aiohttp's parsers, on generated heads.
 
-Every head the express lane takes (`broker.requesthead.parse` gives a Head) must be read
+Every head the express lane takes (`broker.edge.requesthead.parse` gives a Head) must be read
 the same by aiohttp: method, target, path, version, headers (names, values, order),
 body length, keep-alive, and a body neither chunked nor compressed nor an upgrade. Every
 other head is left to aiohttp, whose answer is then the only one. Both of aiohttp's
@@ -21,7 +21,7 @@ from aiohttp.web_exceptions import HTTPException
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from broker.requesthead import MAX_LINE, Head, parse
+from broker.edge.requesthead import MAX_LINE, Head, parse
 from shared.endpoints import MODEL_ENDPOINTS
 
 MAX_BODY = 1024

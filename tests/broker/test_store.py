@@ -17,12 +17,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from broker import keyformat
-from broker.ledger import UsageLedger
-from broker.records import StoreError, UsageRow
-from broker.schema import meta
-from broker.store import Store, database_url
-from broker.usage import USAGE_COLUMNS, driver_insert
+from broker.accounts import keyformat
+from broker.accounts.ledger import UsageLedger
+from broker.accounts.records import StoreError, UsageRow
+from broker.accounts.schema import meta
+from broker.accounts.store import Store, database_url
+from broker.accounts.usage import USAGE_COLUMNS, driver_insert
 
 
 def url(tmp_path: Path) -> str:
@@ -251,8 +251,8 @@ async def test_a_process_killed_mid_write_leaves_a_consistent_store(tmp_path: Pa
     writer = textwrap.dedent(
         f"""
         import asyncio, sys, time
-        from broker.records import UsageRow
-        from broker.store import Store
+        from broker.accounts.records import UsageRow
+        from broker.accounts.store import Store
 
         async def main():
             store = await Store.open({db_url!r})
@@ -369,7 +369,7 @@ async def test_usage_totals(tmp_path: Path) -> None:
 
 
 async def test_a_large_usage_batch_lets_requests_run_between_its_slices(tmp_path: Path) -> None:
-    from broker.usage import USAGE_SLICE
+    from broker.accounts.usage import USAGE_SLICE
 
     store = await Store.open(url(tmp_path))
     seen: list[str] = []

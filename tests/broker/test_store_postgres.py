@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from broker import keyformat
-from broker.ledger import UsageLedger
-from broker.records import StoreError, UsageRow
-from broker.store import Store
+from broker.accounts import keyformat
+from broker.accounts.ledger import UsageLedger
+from broker.accounts.records import StoreError, UsageRow
+from broker.accounts.store import Store
 from tests.broker.test_ledger import BAD_ROWS
 from tests.broker.test_store import full_rows, row
 

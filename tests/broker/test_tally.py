@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from broker.tally import TokenTally
+from broker.stream.tally import TokenTally
 
 
 def feed_in_pieces(tally: TokenTally, data: bytes, size: int = 7) -> None:

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from broker.keys import RELAY
-from broker.link import ConnectorLink
+from broker.relay.link import ConnectorLink
 from broker.server import BrokerServer
 from shared import protocol as p
 from shared import upgrade
@@ -200,7 +200,7 @@ async def test_a_fragmented_hello_with_a_ping_between_is_understood(
 async def test_no_hello_in_time_closes_with_4002(
     make_broker: MakeBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("broker.relay.HANDSHAKE_TIMEOUT", 0.2)
+    monkeypatch.setattr("broker.relay.admission.HANDSHAKE_TIMEOUT", 0.2)
     broker = await make_broker()
     raw = await RawConnector.upgrade(broker.port)
     try:

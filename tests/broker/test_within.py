@@ -1,4 +1,4 @@
-"""The request timeout (`broker.deadline.within`) behaves as `asyncio.timeout` does.
+"""The request timeout (`broker.stream.deadline.within`) behaves as `asyncio.timeout` does.
 
 Every case runs against both, on both event loops (`BOTH_LOOPS` in conftest.py).
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from broker.deadline import within
+from broker.stream.deadline import within
 
 Limit = Callable[[float, Coroutine[Any, Any, None]], Awaitable[None]]
 

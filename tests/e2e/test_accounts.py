@@ -10,10 +10,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from broker.accounts.store import Store, database_url
 from broker.app import _watch_revoked_connectors
 from broker.keys import ACCOUNTS, LEDGER, LIFECYCLE, STORE
 from broker.server import BrokerServer
-from broker.store import Store, database_url
 from connector_app.core.status import LinkState
 from tests.conftest import USER_KEY, MakeBroker, MakeConnector, wait_models
 from tests.stub_llm import StubLLM

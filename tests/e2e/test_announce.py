@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.hub import REMEMBER_AT_MOST
 from broker.keys import LIFECYCLE
 from broker.metrics import MAX_MODEL_LABELS
+from broker.relay.hub import REMEMBER_AT_MOST
 from broker.server import BrokerServer
 from connector_app.core.status import LinkState
 from shared import protocol as p

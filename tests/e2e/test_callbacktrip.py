@@ -1,4 +1,4 @@
-"""The express lane's plain request, served from callbacks (broker.callbacktrip), end to end.
+"""The express lane's plain request, served from callbacks (broker.stream.callbacktrip), end to end.
 
 Each test drives a connector by hand (`FakeConnector`) and checks that the requests were
 served from callbacks (`served`), and what the client and the connector saw.

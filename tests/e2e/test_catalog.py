@@ -9,8 +9,8 @@ import aiohttp
 import openai
 import pytest
 
-from broker.api import OLLAMA_VERSION
-from broker.store import database_url
+from broker.accounts.store import database_url
+from broker.api.endpoints import OLLAMA_VERSION
 from tests.conftest import USER_KEY, MakeBroker, MakeConnector, Relay, wait_models
 from tests.e2e.test_accounts import store_key
 from tests.e2e.test_relay import AUTH, post, sdk

@@ -12,9 +12,9 @@ from aiohttp import web
 from playwright.async_api import Browser
 
 from broker.cli import main
-from broker.headers import response_headers
 from broker.server import BrokerServer
 from broker.settings import normalise_origin
+from broker.stream.headers import response_headers
 from tests.conftest import USER_KEY, MakeBroker, MakeConnector, wait_models
 from tests.e2e.test_express import Client, post_bytes
 from tests.e2e.test_portal_browser import chromium

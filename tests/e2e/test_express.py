@@ -15,9 +15,9 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from broker import callbacktrip
 from broker.server import BrokerServer
-from broker.trip import Trip
+from broker.stream import callbacktrip
+from broker.stream.trip import Trip
 from shared import protocol as p
 from tests.conftest import USER_KEY, MakeBroker, Relay, broker_settings
 from tests.e2e.test_hardening import FakeConnector, fakes

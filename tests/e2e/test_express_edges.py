@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from broker import express, expresscall
-from broker.accounts import Accounts
-from broker.headers import BadHead, relayable
+from broker.accounts.principals import Accounts
+from broker.accounts.records import UsageRow
+from broker.edge import express, expresscall
 from broker.keys import LEDGER, LIFECYCLE
-from broker.records import UsageRow
 from broker.server import BrokerServer
+from broker.stream.headers import BadHead, relayable
 from shared import protocol as p
 from tests.conftest import USER_KEY, MakeBroker, broker_settings
 from tests.e2e.test_express import (

@@ -131,8 +131,9 @@ async def test_a_sized_stream_cut_short_by_the_broker_carries_no_error_bytes(
     with pytest.raises(asyncio.IncompleteReadError) as caught:
         await asyncio.wait_for(client.reader.readexactly(1000), 10)
     assert caught.value.partial == event
-    # The express lane's request was served from the sockets' callbacks (broker.callbacktrip),
-    # aiohttp's by a task (broker.trip): each driver is covered.
+    # The express lane's request was served from the sockets' callbacks
+    # (broker.stream.callbacktrip),
+    # aiohttp's by a task (broker.stream.trip): each driver is covered.
     assert broker.express is not None
     assert (broker.express.served, broker.express.from_callbacks) == (
         (1, 1) if lane == "express" else (0, 0)

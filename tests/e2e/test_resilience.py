@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from broker.link import ConnectorLink
+from broker.relay.link import ConnectorLink
 from connector_app.core.status import LinkState, Status
 from shared import protocol as p
 from tests.conftest import CONNECTOR_TOKEN, MakeBroker, MakeConnector, Relay, wait_models

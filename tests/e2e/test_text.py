@@ -15,7 +15,7 @@ import aiohttp
 from structlog.testing import capture_logs
 
 from broker.keys import STORE
-from broker.link import ConnectorLink
+from broker.relay.link import ConnectorLink
 from broker.server import BrokerServer
 from connector_app.core.failures import describe_failure
 from shared import protocol as p

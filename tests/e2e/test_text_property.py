@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.keys import LEDGER, STORE
-from broker.link import ConnectorLink
+from broker.relay.link import ConnectorLink
 from broker.server import BrokerServer
 from connector_app.core.backoff import Backoff
 from connector_app.core.connector import Connector

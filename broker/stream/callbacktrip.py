@@ -4,14 +4,15 @@ Most requests the express lane reads are the plain case: the whole body came wit
 head, the key is one from the settings or a cached one, the limits admit it at once and a
 connector serving the model has a free slot. `start` admits such a request and opens its
 stream from the client socket's callback; the link then hands each frame of the answer
-straight to the trip (`broker.link.Sink`), which writes whatever one relay message carried
+straight to the trip (`broker.relay.link.Sink`), which writes whatever one relay message carried
 to the client in one write. No task, coroutine or future is made for it.
 
-Everything else goes the way of every other request (`broker.api.serve`, in a task):
+Everything else goes the way of every other request (`broker.api.endpoints.serve`, in a task):
 `start` returns None before it has changed anything. A stream the connector refuses or
 loses before its response head goes on as a task too (`Trip._run`), which retries it on
 another connector as any trip does. Answers, errors, timeouts and the books (metrics, the
-`request finished` line, the usage row: `broker.books`; the lease) are `broker.trip.Trip`'s own.
+`request finished` line, the usage row: `broker.stream.books`; the lease) are
+`broker.stream.trip.Trip`'s own.
 """
 
 from __future__ import annotations
@@ -23,17 +24,17 @@ from typing import Any, Protocol
 
 import structlog
 
-from broker.accounts import Principal
-from broker.api import model_of
-from broker.auth import presented_key
-from broker.errors import error_parts
-from broker.expresscall import ExpressCall
-from broker.headers import BadHead
-from broker.hub import Link
+from broker.accounts.credentials import presented_key
+from broker.accounts.limits import Lease
+from broker.accounts.principals import Principal
+from broker.api.endpoints import model_of
+from broker.api.errors import error_parts
+from broker.edge.expresscall import ExpressCall
 from broker.keys import ACCOUNTS, HUB, LIFECYCLE, LIMITER
-from broker.limits import Lease
-from broker.link import ConnectorLink, Exchange, LinkLost, StreamEvent, Unsendable
-from broker.trip import Refused, Trip
+from broker.relay.hub import Link
+from broker.relay.link import ConnectorLink, Exchange, LinkLost, StreamEvent, Unsendable
+from broker.stream.headers import BadHead
+from broker.stream.trip import Refused, Trip
 from shared import protocol as p
 
 log = structlog.get_logger("remotellm.broker.api")
@@ -42,7 +43,7 @@ _BUG = "The broker failed to handle this request; its operator can find why in i
 
 
 class Owner(Protocol):
-    """The express lane's connection a callback trip answers on (`broker.express`)."""
+    """The express lane's connection a callback trip answers on (`broker.edge.express`)."""
 
     @property
     def writing_paused(self) -> bool:
@@ -125,7 +126,7 @@ class CallbackTrip(Trip):
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(self.settings.request_timeout, self._guarded, self._expired)
 
-    # -- broker.link.Sink ----------------------------------------------------------------
+    # -- broker.relay.link.Sink ----------------------------------------------------------------
 
     def event(self, event: StreamEvent) -> None:
         self._guarded(self._event, event)

@@ -7,10 +7,10 @@ a cookie, so the broker never sends `Access-Control-Allow-Credentials`: with `*`
 with a list alike, no origin can make a browser attach its cookies for the broker.
 
 Requests that carry an `Origin` are rare and are all served by aiohttp (the express
-lane leaves them to it, `broker.requesthead`), so the common request pays nothing for
+lane leaves them to it, `broker.edge.requesthead`), so the common request pays nothing for
 this: one hook on aiohttp's responses adds the headers, whether the answer is the
 broker's own (errors included) or relayed from the LLM. The LLM server's own CORS
-headers never pass the relay (`broker.headers`): this broker's list decides.
+headers never pass the relay (`broker.stream.headers`): this broker's list decides.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Final
 
 from aiohttp import web
 
-from broker.errors import error_response
+from broker.api.errors import error_response
 from shared.endpoints import MODEL_ENDPOINTS
 
 ALLOW_METHODS: Final = "GET, POST, OPTIONS"

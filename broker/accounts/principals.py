@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from broker import keyformat
-from broker.auth import Credentials
-from broker.store import Store
+from broker.accounts import keyformat
+from broker.accounts.credentials import Credentials
+from broker.accounts.store import Store
 
 
 @dataclass(frozen=True)

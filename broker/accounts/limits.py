@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from broker.accounts import Denied, Principal
+from broker.accounts.principals import Denied, Principal
 
 DAY = 86400.0
 WINDOW = 60.0

@@ -8,7 +8,7 @@ The first three close the connection; a client that takes nothing for the stall 
 is cut off at once, which cancels its request as a client that left does. A request
 refused before its body arrived has the rest of its body read for up to `LINGER_TIMEOUT`.
 
-`ConnectionTimers` holds the two timers of a connection (`broker.express`): one that
+`ConnectionTimers` holds the two timers of a connection (`broker.edge.express`): one that
 closes it (idle, head, body or linger: a timer of another kind replaces it) and one that
 runs while writing is paused (the stall). The connection decides when each runs; it
 calls `stop_all` once it is lost or handed to aiohttp, so no timer outlives it.

@@ -1,9 +1,9 @@
 """One API call as the broker's request path sees it: what the client asked, and the answer.
 
-`broker.api` admits a call and `broker.trip` answers it through a connector; both
+`broker.api.endpoints` admits a call and `broker.stream.trip` answers it through a connector; both
 work against `Call`, so the same code serves a request whichever server read it:
 aiohttp (`AiohttpCall`, for every request the express lane leaves alone) or the
-express lane's bare protocol (`broker.express`). Writes raise ConnectionError once
+express lane's bare protocol (`broker.edge.express`). Writes raise ConnectionError once
 the client has gone.
 """
 
@@ -18,8 +18,8 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from broker.deadline import within
 from broker.keys import REQUEST_IDS, SETTINGS
+from broker.stream.deadline import within
 
 _DECODED: Final = frozenset({"gzip", "deflate", "br", "zstd"})
 """The request content codings aiohttp's server removes from a body itself (one of them)."""

@@ -1,6 +1,6 @@
 """The heads of the requests the express lane serves, sans-I/O: bytes in, a head or None out.
 
-The express lane (`broker.express`) serves only the plainest API request: a
+The express lane (`broker.edge.express`) serves only the plainest API request: a
 `POST` over HTTP/1.1 to one of the model endpoints, with one valid
 `Content-Length` within the body limit, printable ASCII throughout, and no
 `Transfer-Encoding`, `Content-Encoding`, `Expect`, `Upgrade`, `Origin` or unusual
@@ -48,7 +48,7 @@ _TARGET: Final = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2
 _LEFT_TO_AIOHTTP: Final = ("transfer-encoding", "content-encoding", "expect", "upgrade", "origin")
 """Headers that send a request to aiohttp: its tested handling (it decompresses a body it has a
 `Content-Encoding` for, which this lane does not), and for `Origin` (a browser's, rare) the CORS
-answer (`broker.cors`), which only aiohttp's responses carry."""
+answer (`broker.api.cors`), which only aiohttp's responses carry."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from broker.records import GroupBy, StoreError, User
+from broker.accounts.records import GroupBy, StoreError, User
+from broker.accounts.store import Store, database_url
 from broker.settings import BrokerSettings
-from broker.store import Store, database_url
 
 
 class AdminError(Exception):

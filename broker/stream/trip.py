@@ -1,13 +1,13 @@
 """One API request's trip: through a connector and back to its client.
 
-`broker.api` authenticates and admits a request, then hands it to a `Trip`: pick a
+`broker.api.endpoints` authenticates and admits a request, then hands it to a `Trip`: pick a
 connector for the model (another one if the first refuses or disconnects before
 answering), send the request over its link, and write the connector's response
 to the client as it arrives, unbuffered. A failure before the response head
 becomes an error response; after it, an error event at the end of the stream (or
 a cut connection where the format has no error event). Whatever happens, the trip
-is counted once: the books (`broker.books`) and the lease given back.
-The client's side is a `broker.call.Call`, so the same trip runs whichever server
+is counted once: the books (`broker.stream.books`) and the lease given back.
+The client's side is a `broker.edge.call.Call`, so the same trip runs whichever server
 read the request.
 """
 
@@ -19,18 +19,18 @@ from collections.abc import Awaitable
 
 import structlog
 
-from broker.accounts import Principal
-from broker.books import close_books
-from broker.call import Call, bodiless
-from broker.deadline import within
-from broker.errors import dialect_for, error_parts, stream_error
-from broker.framing import EventFramer
-from broker.headers import BadHead, relayable
-from broker.hub import Link, NoConnector
+from broker.accounts.limits import Lease
+from broker.accounts.principals import Principal
+from broker.api.errors import dialect_for, error_parts, stream_error
+from broker.edge.call import Call, bodiless
 from broker.keys import HUB, METRICS, SETTINGS
-from broker.limits import Lease
-from broker.link import ConnectorLink, Exchange, LinkLost, StreamEvent, Unsendable
-from broker.tally import TokenTally
+from broker.relay.hub import Link, NoConnector
+from broker.relay.link import ConnectorLink, Exchange, LinkLost, StreamEvent, Unsendable
+from broker.stream.books import close_books
+from broker.stream.deadline import within
+from broker.stream.eventframer import EventFramer
+from broker.stream.headers import BadHead, relayable
+from broker.stream.tally import TokenTally
 from shared import protocol as p
 
 log = structlog.get_logger("remotellm.broker.api")
@@ -133,7 +133,7 @@ class Trip:
         return f"The model did not finish within {self.settings.request_timeout:g} seconds."
 
     def _account(self, outcome: str) -> None:
-        """The books (`broker.books`), with the tokens counted; the lease is given back."""
+        """The books (`broker.stream.books`), with the tokens counted; the lease is given back."""
         known = self.connector or self.app[HUB].knows(self.model)
         elapsed = time.perf_counter() - self.started
         prompt = completion = None

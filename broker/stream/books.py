@@ -1,10 +1,10 @@
 """The books of a finished request: its metrics, its `request finished` line, its usage row.
 
 Every API request is counted once, whichever way it ends, by `close_books`: a trip
-(`broker.trip.Trip`, which also gives the lease back) and a request answered before
-routing (`broker.api.count_rejected`: refused, or its client gone before it was admitted)
+(`broker.stream.trip.Trip`, which also gives the lease back) and a request answered before
+routing (`broker.api.endpoints.count_rejected`: refused, or its client gone before it was admitted)
 alike. So the log line has one shape for every request, and a row the ledger writes holds
-only what the store takes: the model was checked at the edge (`broker.api.model_of`), the
+only what the store takes: the model was checked at the edge (`broker.api.endpoints.model_of`), the
 connector's name by the relay's hello (`shared.handshake.accept_hello`).
 """
 
@@ -15,10 +15,10 @@ from typing import Final
 
 import structlog
 
-from broker.accounts import Principal
-from broker.call import Call
+from broker.accounts.principals import Principal
+from broker.accounts.records import UsageRow
+from broker.edge.call import Call
 from broker.keys import LEDGER, METRICS
-from broker.records import UsageRow
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -50,7 +50,7 @@ def close_books(
     app[METRICS].finished(label, status, elapsed if model is not None else None)
     log.info(
         "request finished",
-        **call.ids,  # also when no context carries them (broker.callbacktrip)
+        **call.ids,  # also when no context carries them (broker.stream.callbacktrip)
         method=call.method,
         path=call.path,
         model=model[:MAX_LOGGED_MODEL] if model is not None else None,

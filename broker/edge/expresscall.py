@@ -1,7 +1,7 @@
 """The client's side of one request on the express lane: its head, its body, its answer.
 
-`ExpressCall` is the `broker.call.Call` that `broker.express` hands to
-`broker.api.serve`: the body as it arrives (read at most `BODY_AHEAD` ahead of the
+`ExpressCall` is the `broker.edge.call.Call` that `broker.edge.express` hands to
+`broker.api.endpoints.serve`: the body as it arrives (read at most `BODY_AHEAD` ahead of the
 request path), and the answer written as aiohttp writes one, on the connection it
 came from (`Socket`).
 """
@@ -17,8 +17,8 @@ from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_response import REASON_PHRASES
 
-from broker.call import bodiless, request_id_of
-from broker.requesthead import Head
+from broker.edge.call import bodiless, request_id_of
+from broker.edge.requesthead import Head
 from shared.tracecontext import trace_fields
 
 BODY_AHEAD: Final = 128 * 1024
@@ -27,7 +27,7 @@ past this, reading pauses, as aiohttp's flow control does."""
 
 
 class Socket(Protocol):
-    """What a call needs of its connection (`broker.express`)."""
+    """What a call needs of its connection (`broker.edge.express`)."""
 
     @property
     def app(self) -> web.Application: ...
@@ -45,7 +45,7 @@ class Socket(Protocol):
 
 
 class ExpressCall:
-    """A `broker.call.Call` on the express lane: the parsed head, the body, the answer."""
+    """A `broker.edge.call.Call` on the express lane: the parsed head, the body, the answer."""
 
     __slots__ = (
         "_bodiless",
@@ -72,7 +72,7 @@ class ExpressCall:
         self._head = head
         self.request_id = request_id_of(head.headers)
         self.ids = {"request_id": self.request_id, **trace_fields(head.headers.get("traceparent"))}
-        """The fields that name the request in its log lines (`broker.call.Call.ids`)."""
+        """The fields that name the request in its log lines (`broker.edge.call.Call.ids`)."""
         self._body = bytearray()
         self._received = 0
         self._discarding = False
@@ -90,7 +90,7 @@ class ExpressCall:
         self.close = head.close
         """Close the connection after the answer."""
         self.began = False
-        """`broker.api.serve` started on this request."""
+        """`broker.api.endpoints.serve` started on this request."""
         self.answered = False
         """Some of the answer was written (or is held to leave with the body)."""
         self.finished = False
@@ -187,7 +187,7 @@ class ExpressCall:
         self.end_now()
         await self._connection.drained()
 
-    # The same answer without waiting (`broker.callbacktrip`): what is written waits for
+    # The same answer without waiting (`broker.stream.callbacktrip`): what is written waits for
     # `flush`, so whatever one message of the relay carried leaves in one write.
 
     def start_now(self, status: int, headers: list[tuple[str, str]], *, chunked: bool) -> None:
@@ -206,7 +206,7 @@ class ExpressCall:
             fields = [*headers, ("Transfer-Encoding", "chunked")]
             self._chunked = True
         else:
-            # broker.trip relays one Content-Length, and only of plain digits.
+            # broker.stream.trip relays one Content-Length, and only of plain digits.
             length = next(value for name, value in headers if name.lower() == "content-length")
             self._left = int(length)
         empty = no_body or self._left == 0

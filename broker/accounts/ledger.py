@@ -26,8 +26,8 @@ import contextlib
 import sqlalchemy.exc as sa_exc
 import structlog
 
-from broker.records import UsageRow
-from broker.store import Store
+from broker.accounts.records import UsageRow
+from broker.accounts.store import Store
 from shared.text import shown
 
 log = structlog.get_logger("remotellm.broker.ledger")

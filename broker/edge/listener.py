@@ -3,7 +3,7 @@ express lane, everything else to aiohttp.
 
 Each connection starts as a `_Sniffer` that keeps the bytes until the first
 request line. `GET /relay` makes it a relay connection (`Relay.connection`); a
-first request that starts `POST /` goes to the express lane (`broker.express`),
+first request that starts `POST /` goes to the express lane (`broker.edge.express`),
 which serves the plain API requests itself and hands the connection to aiohttp at
 the first request it does not take; anything else goes to aiohttp's own protocol
 for good, with the bytes read so far, as soon as the bytes cannot become either

@@ -1,6 +1,6 @@
 """What the store hands out: users, keys, connector tokens and usage, as plain values.
 
-The `*_from_row` functions turn the rows of `broker.schema` into them.
+The `*_from_row` functions turn the rows of `broker.accounts.schema` into them.
 """
 
 from __future__ import annotations

@@ -3,11 +3,11 @@
 Most of what the broker serves is one kind of request: a `POST` of a small JSON body
 to a model endpoint, on a kept-alive HTTP/1.1 connection. aiohttp's request,
 middleware and response objects cost more CPU per request than the rest of the
-broker's work together, so the front (`broker.front`) gives a connection whose first
+broker's work together, so the front (`broker.edge.listener`) gives a connection whose first
 request line starts with `POST /` to this lane. Each request head is parsed by
-`broker.requesthead`; a head it accepts is served here through the same
-`broker.api.serve` and `broker.trip.Trip` as aiohttp's requests, with a
-`broker.expresscall.ExpressCall` as the client's side. The first head it does not
+`broker.edge.requesthead`; a head it accepts is served here through the same
+`broker.api.endpoints.serve` and `broker.stream.trip.Trip` as aiohttp's requests, with a
+`broker.edge.expresscall.ExpressCall` as the client's side. The first head it does not
 accept (any other method or path, chunked uploads, `Expect`, oversized bodies,
 HTTP/1.0, anything odd) hands the connection to aiohttp for good, at that request
 boundary, with every byte read so far: every unusual case keeps aiohttp's tested
@@ -23,7 +23,7 @@ request path, as aiohttp's flow control allows. A client that goes away cancels 
 as aiohttp's `handler_cancellation` does; every request is counted once, however it ends.
 
 Every wait on the client is bounded: the connection's timers are
-`broker.expresstimers.ConnectionTimers`.
+`broker.edge.timers.ConnectionTimers`.
 """
 
 from __future__ import annotations
@@ -38,12 +38,13 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 
-from broker import callbacktrip, expresstimers, requesthead
-from broker.api import count_rejected, serve
-from broker.errors import error_parts
-from broker.expresscall import ExpressCall
-from broker.expresstimers import BODY, HEAD, IDLE, LINGER, LINGER_TIMEOUT, ConnectionTimers
+from broker.api.endpoints import count_rejected, serve
+from broker.api.errors import error_parts
+from broker.edge import requesthead, timers
+from broker.edge.expresscall import ExpressCall
+from broker.edge.timers import BODY, HEAD, IDLE, LINGER, LINGER_TIMEOUT, ConnectionTimers
 from broker.keys import SETTINGS
+from broker.stream import callbacktrip
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -69,7 +70,7 @@ class Express:
         self.served = 0
         """Requests this lane has taken (the rest went to aiohttp): for tests and the curious."""
         self.from_callbacks = 0
-        """Of those, the requests served from callbacks (`broker.callbacktrip`)."""
+        """Of those, the requests served from callbacks (`broker.stream.callbacktrip`)."""
         self.closing = False
         """The broker is stopping: no further request starts on these connections."""
 
@@ -122,7 +123,7 @@ class _Connection(asyncio.Protocol):
         self._call: ExpressCall | None = None
         self.task: asyncio.Task[None] | None = None
         self._trip: callbacktrip.CallbackTrip | None = None
-        """The request being served from callbacks (`broker.callbacktrip`), when it is."""
+        """The request being served from callbacks (`broker.stream.callbacktrip`), when it is."""
         self._timers = ConnectionTimers(self.close, self._stalled)
         """Its closing timer, and the stall timer that runs while writing is paused."""
         self._paused_reading = False
@@ -228,7 +229,7 @@ class _Connection(asyncio.Protocol):
         task.add_done_callback(self._done, context=context)
         return task
 
-    # -- for broker.callbacktrip ------------------------------------------------------
+    # -- for broker.stream.callbacktrip ------------------------------------------------------
 
     @property
     def writing_paused(self) -> bool:
@@ -392,7 +393,7 @@ class _Connection(asyncio.Protocol):
             transport.close()
             if transport.get_write_buffer_size():
                 loop = asyncio.get_running_loop()
-                loop.call_later(LINGER_TIMEOUT, expresstimers.abort_if_unread, transport)
+                loop.call_later(LINGER_TIMEOUT, timers.abort_if_unread, transport)
 
 
 async def _serve(call: ExpressCall) -> None:

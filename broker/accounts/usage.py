@@ -1,7 +1,7 @@
 """The usage ledger's table: writing request rows in batches, and the totals read back.
 
 `Store.usage` is the one `UsageBook` of a store, on the store's engine. The ledger
-(`broker.ledger`) writes through `add`; the limiter reads `tokens_since`; the admin
+(`broker.accounts.ledger`) writes through `add`; the limiter reads `tokens_since`; the admin
 CLI and the portal read the totals.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.records import GroupBy, UsageRow, UsageTotal
-from broker.schema import api_keys, usage, users
+from broker.accounts.records import GroupBy, UsageRow, UsageTotal
+from broker.accounts.schema import api_keys, usage, users
 
 USAGE_SLICE = 100
 """Usage rows per INSERT statement within one batch's transaction."""

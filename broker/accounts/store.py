@@ -2,9 +2,9 @@
 
 SQLAlchemy 2 Core on an async engine. The default is an SQLite file in the data
 directory (aiosqlite); any other SQLAlchemy async URL (`postgresql+asyncpg://…`)
-uses the same schema (`broker.schema`) and the same queries. `Store.open` creates
+uses the same schema (`broker.accounts.schema`) and the same queries. `Store.open` creates
 and migrates the schema on start. Queries hand out the plain values of
-`broker.records`; the usage table's queries are `Store.usage` (`broker.usage`).
+`broker.accounts.records`; the usage table's queries are `Store.usage` (`broker.accounts.usage`).
 Times are UNIX seconds (floats).
 """
 
@@ -22,8 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from broker import keyformat
-from broker.records import (
+from broker.accounts import keyformat
+from broker.accounts.records import (
     ApiKey,
     ConnectorToken,
     Role,
@@ -34,8 +34,8 @@ from broker.records import (
     token_from_row,
     user_from_row,
 )
-from broker.schema import SCHEMA_VERSION, api_keys, connector_tokens, meta, metadata, users
-from broker.usage import UsageBook
+from broker.accounts.schema import SCHEMA_VERSION, api_keys, connector_tokens, meta, metadata, users
+from broker.accounts.usage import UsageBook
 
 MAX_NAME = 255
 

@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Final, Protocol
 
-from broker.errors import error_bytes
+from broker.api.errors import error_bytes
 from shared import upgrade
 from shared import websocket as ws
 from shared.handshake import MAX_MESSAGE

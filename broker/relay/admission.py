@@ -3,7 +3,7 @@
 The front hands every `GET /relay` connection to `Relay.connection`. `_Opening` is
 such a connection before it is a link: the upgrade request and its connector
 token, then the hello/welcome handshake. After the hello it becomes a
-`ConnectorLink` (`broker.link`), registered with the hub until it closes.
+`ConnectorLink` (`broker.relay.link`), registered with the hub until it closes.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from broker import keyformat
-from broker.auth import bearer_token
-from broker.errors import error_bytes
-from broker.hub import Hub
+from broker.accounts import keyformat
+from broker.accounts.credentials import bearer_token
+from broker.api.errors import error_bytes
 from broker.keys import CONNECTOR_TOKENS, HUB, LINKS, METRICS, SETTINGS, STORE
-from broker.link import ConnectorLink
-from broker.websocket import RelaySocket
+from broker.relay.hub import Hub
+from broker.relay.link import ConnectorLink
+from broker.relay.socket import RelaySocket
 from shared import protocol as p
 from shared import upgrade
 from shared import websocket as ws

@@ -38,7 +38,7 @@ _SET_BY_CONNECTOR = frozenset({"host", "content-length", "accept-encoding", "x-r
 # The user's secrets (in any header an SDK sends one in), hop-by-hop headers, and the above.
 _REQUEST_DROP = HOP_BY_HOP | CREDENTIAL_HEADERS | _SET_BY_CONNECTOR
 
-# What the broker's own HTTP server sets; CORS is the broker's to grant (`broker.cors`), not the
+# What the broker's own HTTP server sets; CORS is the broker's to grant (`broker.api.cors`), not the
 # local server's (an Ollama with OLLAMA_ORIGINS=* would otherwise open the broker to any page).
 _RESPONSE_DROP = HOP_BY_HOP | {
     "date",

@@ -4,7 +4,7 @@ One `ConnectorLink` per connected connector. It decodes the messages its
 `RelaySocket` hands over and gives each stream frame to the `Exchange` waiting
 for it; what it sends waits in its `Outbox` until the socket's next flush, which
 batches whatever is ready into one message. The links are made and kept by
-`broker.relay.Relay`.
+`broker.relay.admission.Relay`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
-from broker.headers import request_headers
-from broker.websocket import RelaySocket
+from broker.relay.socket import RelaySocket
+from broker.stream.headers import request_headers
 from shared import protocol as p
 from shared import websocket as ws
 from shared.flow import ReceiveCredit
@@ -29,8 +29,8 @@ from shared.outbox import Outbox
 from shared.text import shown
 
 if TYPE_CHECKING:
-    from broker.call import Call
-    from broker.relay import Relay
+    from broker.edge.call import Call
+    from broker.relay.admission import Relay
 
 log = structlog.get_logger("remotellm.broker.relay")
 
@@ -103,7 +103,8 @@ class Inbox:
 
 
 class Sink(Protocol):
-    """Who takes a stream's events as they come, instead of its inbox (`broker.callbacktrip`)."""
+    """Who takes a stream's events as they come, instead of its inbox
+    (`broker.stream.callbacktrip`)."""
 
     def event(self, event: StreamEvent) -> None: ...
 

@@ -4,7 +4,7 @@ Requests are forwarded unchanged to a connector serving their `model`; the
 upstream's status, headers and body come back unchanged and unbuffered. Only
 routing and auth headers change. This module authenticates, admits (body size,
 model, limits) and lists models; the trip itself (routing, relaying, streaming
-back) is `broker.trip`.
+back) is `broker.stream.trip`.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 
-from broker.accounts import Denied, Principal
-from broker.auth import presented_key
-from broker.books import MAX_LOGGED_MODEL, close_books
-from broker.call import AiohttpCall, Call
-from broker.errors import error_parts, error_response
+from broker.accounts.credentials import presented_key
+from broker.accounts.limits import Lease, Rejection
+from broker.accounts.principals import Denied, Principal
+from broker.api.errors import error_parts, error_response
+from broker.edge.call import AiohttpCall, Call
 from broker.keys import ACCOUNTS, HUB, LIFECYCLE, LIMITER, SETTINGS
-from broker.limits import Lease, Rejection
-from broker.trip import Trip
+from broker.stream.books import MAX_LOGGED_MODEL, close_books
+from broker.stream.trip import Trip
 from shared import jsoncodec
 from shared.endpoints import is_relayable
 from shared.text import MAX_NAME_LENGTH, is_clean, shown
