@@ -24,8 +24,8 @@ from broker.api.endpoints import (
     ollama_version_endpoint,
     proxy_endpoint,
 )
-from broker.api.errors import error_response
 from broker.api.health import add_health_routes
+from broker.api.responses import error_response
 from broker.edge.call import request_id_of
 from broker.keys import (
     ACCOUNTS,

@@ -20,7 +20,7 @@ from typing import Final
 
 from aiohttp import web
 
-from broker.api.errors import error_response
+from broker.api.responses import error_response
 from shared.endpoints import MODEL_ENDPOINTS
 
 ALLOW_METHODS: Final = "GET, POST, OPTIONS"

@@ -21,7 +21,8 @@ from aiohttp import web
 from broker.accounts.credentials import presented_key
 from broker.accounts.limits import Lease, Rejection
 from broker.accounts.principals import Denied, Principal
-from broker.api.errors import error_parts, error_response
+from broker.api.errors import error_parts
+from broker.api.responses import error_response
 from broker.edge.call import AiohttpCall, Call
 from broker.keys import ACCOUNTS, HUB, LIFECYCLE, LIMITER, SETTINGS
 from broker.stream.books import MAX_LOGGED_MODEL, close_books

@@ -3,6 +3,8 @@
 OpenAI-style endpoints get `{"error": {"message", "type", "param", "code"}}`;
 the Anthropic Messages endpoint gets `{"type": "error", "error": {"type", "message"}}`;
 Ollama's native endpoints get `{"error": "message"}`. Status codes are the same for all.
+Plain values, no server: the stream's rules (`broker.stream.machine`) write errors with
+these too; `broker.api.responses` makes aiohttp responses of them.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import json
 from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any, Literal
-
-from aiohttp import web
 
 Dialect = Literal["openai", "anthropic", "ollama"]
 
@@ -77,22 +77,6 @@ def error_parts(
         headers["x-should-retry"] = "false"
     body = json.dumps(error_body(dialect_for(path), status, code, message, param)).encode()
     return headers, body
-
-
-def error_response(
-    request: web.Request,
-    status: int,
-    code: str,
-    message: str,
-    *,
-    retry_after: int | None = None,
-    param: str | None = None,
-) -> web.Response:
-    """A complete error response in the dialect of the request's endpoint."""
-    headers, body = error_parts(
-        request.path, status, code, message, retry_after=retry_after, param=param
-    )
-    return web.Response(status=status, body=body, headers=headers)
 
 
 def error_bytes(status: int, code: str, message: str, headers: Iterable[str] = ()) -> bytes:
