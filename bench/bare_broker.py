@@ -23,7 +23,7 @@ from broker.accounts.keyformat import fingerprint
 from broker.accounts.ledger import UsageLedger
 from broker.accounts.records import UsageRow
 from broker.accounts.store import Store
-from broker.api.endpoints import model_of
+from broker.api.admission import model_of
 from broker.metrics import Metrics
 from broker.stream.headers import request_headers, response_headers
 from broker.stream.tally import TokenTally

@@ -26,7 +26,6 @@ from broker.api.endpoints import (
 )
 from broker.api.health import add_health_routes
 from broker.api.responses import error_response
-from broker.edge.call import request_id_of
 from broker.keys import (
     ACCOUNTS,
     CONNECTOR_TOKENS,
@@ -50,6 +49,7 @@ from broker.relay.hub import Hub
 from broker.relay.link import go_away_all
 from broker.relay.socket import UPGRADE_HINT
 from broker.settings import BrokerSettings
+from broker.stream.call import request_id_of
 from shared.endpoints import MODEL_ENDPOINTS
 from shared.settings import secret_values
 from shared.tracecontext import trace_fields

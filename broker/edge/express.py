@@ -38,7 +38,7 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 
-from broker.api.endpoints import count_rejected, serve
+from broker.api.admission import count_rejected, serve
 from broker.api.errors import error_parts
 from broker.edge import requesthead, timers
 from broker.edge.expresscall import ExpressCall

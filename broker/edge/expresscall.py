@@ -1,6 +1,6 @@
 """The client's side of one request on the express lane: its head, its body, its answer.
 
-`ExpressCall` is the `broker.edge.call.Call` that `broker.edge.express` hands to
+`ExpressCall` is the `broker.stream.call.Call` that `broker.edge.express` hands to
 `broker.api.endpoints.serve`: the body as it arrives (read at most `BODY_AHEAD` ahead of the
 request path), and the answer written as aiohttp writes one, on the connection it
 came from (`Socket`).
@@ -17,8 +17,9 @@ from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_response import REASON_PHRASES
 
-from broker.edge.call import bodiless, request_id_of
 from broker.edge.requesthead import Head
+from broker.stream.call import request_id_of
+from broker.stream.machine import bodiless
 from shared.tracecontext import trace_fields
 
 BODY_AHEAD: Final = 128 * 1024
@@ -45,7 +46,7 @@ class Socket(Protocol):
 
 
 class ExpressCall:
-    """A `broker.edge.call.Call` on the express lane: the parsed head, the body, the answer."""
+    """A `broker.stream.call.Call` on the express lane: the parsed head, the body, the answer."""
 
     __slots__ = (
         "_bodiless",
@@ -72,7 +73,7 @@ class ExpressCall:
         self._head = head
         self.request_id = request_id_of(head.headers)
         self.ids = {"request_id": self.request_id, **trace_fields(head.headers.get("traceparent"))}
-        """The fields that name the request in its log lines (`broker.edge.call.Call.ids`)."""
+        """The fields that name the request in its log lines (`broker.stream.call.Call.ids`)."""
         self._body = bytearray()
         self._received = 0
         self._discarding = False

@@ -19,7 +19,7 @@ from aiohttp import web
 from aiohttp_session import Session, get_session
 
 from broker.accounts.records import User
-from broker.edge.call import hang_up
+from broker.edge.aiohttpcall import hang_up
 from broker.keys import SETTINGS, STORE
 from broker.portal.gitlab import GitLab
 

@@ -21,6 +21,7 @@ import structlog
 
 from broker.relay.socket import RelaySocket
 from broker.stream.headers import request_headers
+from broker.stream.machine import LinkLost, StreamEvent
 from shared import protocol as p
 from shared import websocket as ws
 from shared.flow import ReceiveCredit
@@ -29,36 +30,16 @@ from shared.outbox import Outbox
 from shared.text import shown
 
 if TYPE_CHECKING:
-    from broker.edge.call import Call
     from broker.relay.admission import Relay
+    from broker.stream.call import Call
 
 log = structlog.get_logger("remotellm.broker.relay")
 
 GOAWAY_TIMEOUT = 2.0
 
 
-class LinkLost(Exception):
-    """The connector went away while the stream was open."""
-
-    def __init__(self, connector: str, sent_away: str | None = None) -> None:
-        super().__init__(connector)
-        self.sent_away = sent_away
-        """Why the broker sent the connector away, when it was the broker that closed the link
-        (a shutdown past its grace, a revoked token)."""
-
-    @property
-    def message(self) -> str:
-        """What the client of a stream cut short by it is told."""
-        if self.sent_away is None:
-            return "The connector serving this model disconnected."
-        return f"The broker closed its link to the connector serving this model ({self.sent_away})."
-
-
 class Unsendable(Exception):
     """The request cannot be put on the relay (its head is more than a frame may carry)."""
-
-
-StreamEvent = p.ResponseHead | p.ResponseBody | p.End | p.Error | LinkLost
 
 
 class Inbox:

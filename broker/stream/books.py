@@ -1,11 +1,13 @@
-"""The books of a finished request: its metrics, its `request finished` line, its usage row.
+"""The books of a request: its metrics, its log lines, its usage row, its key's slot.
 
-Every API request is counted once, whichever way it ends, by `close_books`: a trip
-(`broker.stream.trip.Trip`, which also gives the lease back) and a request answered before
-routing (`broker.api.endpoints.count_rejected`: refused, or its client gone before it was admitted)
-alike. So the log line has one shape for every request, and a row the ledger writes holds
-only what the store takes: the model was checked at the edge (`broker.api.endpoints.model_of`), the
-connector's name by the relay's hello (`shared.handshake.accept_hello`).
+Every API request is counted once, whichever way it ends, by `close_books`: a stream that
+ended (`settle`, from either of its drivers, which also gives the key's slot back with the
+tokens to charge) and a request answered before routing (`broker.api.admission`: refused,
+or its client gone before it was admitted) alike. So the log line has one shape for every
+request, and a row the ledger writes holds only what the store takes: the model was checked
+at the edge (`broker.api.admission.model_of`), the connector's name by the relay's hello
+(`shared.handshake.accept_hello`). Along the way, `first_byte` and `failed` keep the time
+to first byte and the `request failed` line, the same for both drivers.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import structlog
 
 from broker.accounts.principals import Principal
 from broker.accounts.records import UsageRow
-from broker.edge.call import Call
 from broker.keys import LEDGER, METRICS
+from broker.stream.call import Call
+from broker.stream.machine import Failure, StreamMachine
+from broker.stream.ticket import Ticket
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -76,4 +80,43 @@ def close_books(
             ttfb_ms=round(ttfb * 1000, 3) if ttfb is not None else None,
             cancelled=outcome == "cancelled",
         )
+    )
+
+
+def first_byte(call: Call, model: str, ttfb: float) -> None:
+    """The response head left for the client, `ttfb` seconds after the request arrived."""
+    call.app[METRICS].first_byte(model, ttfb)
+
+
+def failed(call: Call, failure: Failure) -> None:
+    """Log why a request failed (the client's answer says it too)."""
+    log.warning("request failed", code=failure.code, error_message=failure.message, **call.ids)
+
+
+def settle(call: Call, ticket: Ticket, machine: StreamMachine, *, known: bool) -> None:
+    """Count a stream that ended, and give its key's slot back with the tokens it charges.
+
+    `known`: a connector took it, or the hub knows the model (else it is counted under
+    `unknown`).
+    """
+    charged = 0
+    try:
+        outcome = machine.outcome(time.perf_counter())
+        charged = outcome.charged
+    finally:
+        # Whatever happened above, the request's slot is given back.
+        ticket.lease.release(charged)
+    model = ticket.model
+    close_books(
+        call,
+        ticket.principal,
+        outcome.status,
+        outcome.outcome,
+        outcome.elapsed,
+        model=model,
+        label=model if known else "unknown",
+        connector=machine.connector,
+        prompt_tokens=outcome.prompt_tokens,
+        completion_tokens=outcome.completion_tokens,
+        ttfb=outcome.ttfb,
     )

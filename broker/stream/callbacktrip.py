@@ -1,45 +1,48 @@
-"""The express lane's common request, served from the sockets' callbacks with no task.
+"""The stream's callback driver: runs one request's `StreamMachine` from the sockets' callbacks.
 
-Most requests the express lane reads are the plain case: the whole body came with the
-head, the key is one from the settings or a cached one, the limits admit it at once and a
-connector serving the model has a free slot. `start` admits such a request and opens its
-stream from the client socket's callback; the link then hands each frame of the answer
-straight to the trip (`broker.relay.link.Sink`), which writes whatever one relay message carried
-to the client in one write. No task, coroutine or future is made for it.
+Most requests the express lane reads are the plain case, which admission
+(`broker.api.admission.admit_now`) settles without waiting: the whole body came with the
+head, the key is known, the limits admit it at once and a connector serving the model has
+a free slot. `start` opens such a request's stream from the client socket's callback; the
+link then hands each event of the answer straight to the `CallbackTrip` (`broker.relay.link.Sink`),
+which feeds the machine and writes what it asks at once: whatever one relay message carried
+leaves in one write. No task, coroutine or future is made for it.
 
-Everything else goes the way of every other request (`broker.api.endpoints.serve`, in a task):
-`start` returns None before it has changed anything. A stream the connector refuses or
-loses before its response head goes on as a task too (`Trip._run`), which retries it on
-another connector as any trip does. Answers, errors, timeouts and the books (metrics, the
-`request finished` line, the usage row: `broker.stream.books`; the lease) are
-`broker.stream.trip.Trip`'s own.
+A stream the machine wants retried (refused or lost before its head) goes on from a task
+(`broker.stream.trip.Trip.resume`) with the same machine, as every other request does. The
+rules are the machine's; the books are `broker.stream.books`'.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 import structlog
 
-from broker.accounts.credentials import presented_key
-from broker.accounts.limits import Lease
-from broker.accounts.principals import Principal
-from broker.api.endpoints import model_of
-from broker.api.errors import error_parts
+from broker.api.admission import admit_now
 from broker.edge.expresscall import ExpressCall
-from broker.keys import ACCOUNTS, HUB, LIFECYCLE, LIMITER
-from broker.relay.hub import Link
-from broker.relay.link import ConnectorLink, Exchange, LinkLost, StreamEvent, Unsendable
-from broker.stream.headers import BadHead
-from broker.stream.trip import Refused, Trip
+from broker.keys import HUB, LIFECYCLE, METRICS, SETTINGS
+from broker.relay.link import ConnectorLink, Exchange, Unsendable
+from broker.stream import books
+from broker.stream.machine import (
+    DONE,
+    Action,
+    Failure,
+    Finish,
+    Retry,
+    Start,
+    StreamEvent,
+    StreamMachine,
+)
+from broker.stream.ticket import Ticket
+from broker.stream.trip import Trip
 from shared import protocol as p
 
 log = structlog.get_logger("remotellm.broker.api")
-
-_BUG = "The broker failed to handle this request; its operator can find why in its log."
 
 
 class Owner(Protocol):
@@ -58,75 +61,75 @@ class Owner(Protocol):
 
 
 def start(call: ExpressCall, owner: Owner) -> CallbackTrip | None:
-    """Serve `call` from callbacks if it is the plain case (see above); else None, with
-    nothing changed, for the caller to serve it the usual way."""
-    app = call.app
-    if app[LIFECYCLE].draining or not call.complete:
+    """Serve `call` from callbacks if admission settles it at once (see above); else None,
+    with nothing changed, for the caller to serve it the usual way."""
+    if not call.complete:
         return None
-    principal = app[ACCOUNTS].authenticate_now(presented_key(call.headers))
-    if not isinstance(principal, Principal):
-        return None  # refused, or only the store knows: the usual way says which
-    body = call.body_now()
-    model = model_of(body, call.path)
-    allowed = principal.limits.models
-    if model is None or (allowed is not None and model not in allowed):
+    admitted = admit_now(call, call.body_now())
+    if admitted is None:
         return None
-    hub = app[HUB]
-    link = hub.acquire_now(model)
-    if link is None:
-        return None
-    assert isinstance(link, ConnectorLink)
-    lease = app[LIMITER].admit_now(principal) if not link.gone else None
-    if not isinstance(lease, Lease):
-        hub.release(link)
-        return None
+    ticket, link = admitted
     exchange = None
     try:
-        exchange = link.open(call, body)
+        exchange = link.open(call, ticket.body)
     except Unsendable:
         pass  # nothing is counted yet: the usual way meets the same refusal and answers it
     finally:
         if exchange is None:  # refused, or a bug (which the lane answers): nothing is held
-            lease.release()
-            hub.release(link)
+            ticket.lease.release()
+            call.app[HUB].release(link)
     if exchange is None:
         return None
-    return CallbackTrip(call, owner, body, model, principal, lease, link, exchange)
+    return CallbackTrip(call, owner, ticket, link, exchange)
 
 
-class CallbackTrip(Trip):
-    """A `Trip` driven by the link's and the client socket's callbacks."""
+class CallbackTrip:
+    """One request's stream, driven by the link's and the client socket's callbacks."""
+
+    __slots__ = (
+        "app",
+        "call",
+        "exchange",
+        "link",
+        "machine",
+        "over",
+        "owner",
+        "task_began",
+        "ticket",
+        "timer",
+        "undelivered",
+    )
 
     def __init__(
         self,
         call: ExpressCall,
         owner: Owner,
-        body: bytes,
-        model: str,
-        principal: Principal,
-        lease: Lease,
+        ticket: Ticket,
         link: ConnectorLink,
         exchange: Exchange,
     ) -> None:
-        super().__init__(call, body, model, principal, lease)
-        self.express = call
+        self.call = call
         self.owner = owner
+        self.ticket = ticket
         self.link = link
-        self.connector = link.name
+        self.app = app = call.app
+        self.machine = StreamMachine(call.method, call.path, call.request_id, time.perf_counter())
+        self.machine.routed(link.name)
         self.undelivered = 0
         """Body bytes written while the client was not reading: credit owed to the connector."""
         self.over = False
         """Answered and counted, or handed to a task (`_retry`): events are no longer ours."""
         self.task_began = True
         """False from `_retry` until its task takes its first step."""
-        self.app[LIFECYCLE].started()
-        self.metrics.in_flight.inc()
+        app[LIFECYCLE].started()
+        app[METRICS].in_flight.inc()
         self.exchange = exchange
         exchange.sink = self
         loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(self.settings.request_timeout, self._guarded, self._expired)
+        limit = app[SETTINGS].request_timeout
+        self.timer = loop.call_later(limit, self._guarded, self._expired)
 
-    # -- broker.relay.link.Sink ----------------------------------------------------------------
+    # -- broker.relay.link.Sink ------------------------------------------------------------
 
     def event(self, event: StreamEvent) -> None:
         self._guarded(self._event, event)
@@ -135,10 +138,10 @@ class CallbackTrip(Trip):
         self._guarded(self._flush)
 
     def _flush(self) -> None:
-        self.express.flush()
+        self.call.flush()
         self._delivered()
 
-    # -- the client's side ----------------------------------------------------------------
+    # -- the client's side ------------------------------------------------------------------
 
     def resumed(self) -> None:
         """The client reads again: give the connector the credit its bytes had taken."""
@@ -148,11 +151,11 @@ class CallbackTrip(Trip):
         """The client closed its connection (or the broker is stopping): stop the stream."""
         self._guarded(self._client_left)
 
-    # -- the answer -------------------------------------------------------------------------
+    # -- performing what the machine asks ---------------------------------------------------
 
     def _guarded(self, step: Callable[..., None], *args: Any) -> None:
-        """Run one step of the answer from a callback: a client gone cancels the stream, and a
-        bug answers 500 (or cuts) rather than reaching the link, which serves other streams."""
+        """Run one step from a callback: a client gone cancels the stream, and a bug answers
+        500 (or cuts) rather than reaching the link, which serves other streams."""
         if self.over:
             return
         try:
@@ -164,67 +167,62 @@ class CallbackTrip(Trip):
             self._bug(exc)
 
     def _event(self, event: StreamEvent) -> None:
-        call = self.express
-        match event:
-            case LinkLost() if not self.response_started:
-                self._retry(event)
-            case LinkLost():
-                self._fail_now(502, "connector_disconnected", event.message)
-            case p.ResponseHead() if self.response_started:
-                self._fail_now(502, "connector_protocol_error", "The connector sent a second head.")
-            case p.ResponseHead(_, status, headers):
-                try:
-                    relayed, chunked = self._head(status, headers)
-                except BadHead as exc:
-                    return self._fail_now(502, "connector_protocol_error", str(exc))
-                try:
-                    call.start_now(status, relayed, chunked=chunked)
-                except ValueError as exc:
-                    self._unwritable(exc)
-                    return self._end("error")
-                self._first_byte()
-            case p.ResponseBody() if not self.response_started:
-                self._fail_now(
-                    502, "connector_protocol_error", "The connector sent a body before a head."
-                )
-            case p.ResponseBody(_, data):
-                call.write_now(self._ready(data))
-                self.undelivered += len(data)
-            case p.End():
-                self.exchange.close(cancel=False)
-                tail = self.framer.flush()
-                if tail and not self.no_body:
-                    call.write_now(tail)
-                call.end_now()
-                self._end(self._outcome())
-            case p.Error(_, code, message):
-                self.exchange.close(cancel=False)
-                if code == "over_capacity" and not self.response_started:
-                    return self._retry(Refused(message))
-                self._fail_now(502, code, message)
-
-    def _fail_now(self, status: int, code: str, message: str, outcome: str = "error") -> None:
-        """`Trip._fail`, written at once: the error response, or the error event that ends the
-        stream (or a cut connection where the format has none); then the books."""
-        call = self.express
-        if not self.response_started:
-            headers, body = self._refusal(status, code, message, None)
-            call.send_reply(status, headers, body)
+        action = self.machine.feed(event)
+        if type(action) is bytes:
+            assert isinstance(event, p.ResponseBody)
+            self.call.write_now(action)
+            self.undelivered += len(event.data)
         else:
-            tail = self._failure(code, message)
-            if tail is None:
-                self._cut()
-            else:
-                call.write_now(tail)
-                call.end_now()
-        self._end(outcome)
+            self._perform(action)
+
+    def _perform(self, action: Action) -> None:
+        if type(action) is Start:
+            return self._start(action)
+        if self.machine.connector_done:
+            self.exchange.close(cancel=False)  # the connector ended its side
+        if type(action) is Finish:
+            if action.tail:
+                self.call.write_now(action.tail)
+            self.call.end_now()
+            return self._end()
+        if type(action) is Retry:
+            return self._retry(action)
+        assert type(action) is Failure
+        self._fail(action)
+
+    def _start(self, start: Start) -> None:
+        try:
+            self.call.start_now(start.status, start.headers, chunked=start.chunked)
+        except ValueError as exc:
+            # As the task driver: part of the head may be out, so the connection is cut.
+            log.error("cannot write the response head", error=str(exc), **self.call.ids)
+            self.machine.unwritable()
+            self.call.cut()
+            return self._end()
+        books.first_byte(
+            self.call, self.ticket.model, self.machine.head_written(time.perf_counter())
+        )
+
+    def _fail(self, failure: Failure) -> None:
+        """The error response, or the error event that ends the stream (or a cut connection
+        where the format has none), written at once; then the books."""
+        books.failed(self.call, failure)
+        call = self.call
+        if failure.reply is not None:
+            call.send_reply(failure.status, *failure.reply)
+        elif failure.tail is not None:
+            call.write_now(failure.tail)
+            call.end_now()
+        else:
+            self._cut()
+        self._end()
 
     def _expired(self) -> None:
-        # As Trip: 504 before the head, the error event after it. Written at once, the error
-        # cannot wait for a client that stopped reading: its connection closes after it.
+        # Written at once, the error cannot wait for a client that stopped reading: its
+        # connection closes after it.
         if self.owner.writing_paused:
-            self.express.close = True
-        self._fail_now(504, "timeout", self._timeout_message(), "timeout")
+            self.call.close = True
+        self._fail(self.machine.timeout(self.app[SETTINGS].request_timeout))
 
     def _delivered(self) -> None:
         if self.undelivered and not self.owner.writing_paused:
@@ -232,62 +230,69 @@ class CallbackTrip(Trip):
             self.undelivered = 0
 
     def _client_left(self) -> None:
-        self.status = 499  # nginx's "client closed request"
-        self._end("cancelled")
+        self.machine.client_gone()
+        self._end()
 
     def _cut(self) -> None:
         """Close the client's connection after what is written so far (it sees the answer cut
-        short, as the task's trip leaves it)."""
+        short, as the task driver leaves it)."""
         with contextlib.suppress(ConnectionError):
-            self.express.flush()
-        self.express.cut()
+            self.call.flush()
+        self.call.cut()
 
     def _bug(self, exc: Exception) -> None:
-        log.error("request failed with an internal error", error=repr(exc), **self.ids)
+        log.error("request failed with an internal error", error=repr(exc), **self.call.ids)
         if self.over:
             return  # counted already (the bug came after, from what ran next): nothing to answer
-        call = self.express
+        call = self.call
         call.close = True
-        if not call.answered:
-            self.status = 500
+        failure = self.machine.crashed() if self.machine.state != DONE else None
+        if failure is not None and failure.reply is not None:
             with contextlib.suppress(ConnectionError):  # a client gone is counted all the same
-                call.send_reply(500, *error_parts(call.path, 500, "internal_error", _BUG))
+                call.send_reply(500, *failure.reply)
         else:
             self._cut()
-        self._end("error")
+        self._end()
 
-    def _end(self, outcome: str) -> None:
+    # -- the end --------------------------------------------------------------------------------
+
+    def _end(self) -> None:
         """Give back the slot, count the request once, and let the connection go on."""
         if self.over:
             return
         self.over = True
-        self.timer.cancel()
-        self.exchange.close(cancel=True)  # when not closed yet: the connector stops its work
-        self.exchange.sink = None  # no cycle left for the collector: the trip goes by refcount
-        self.app[HUB].release(self.link)
-        self.metrics.in_flight.dec()
+        self._let_go()
+        self.app[METRICS].in_flight.dec()
         try:
-            self._account(outcome)
+            books.settle(self.call, self.ticket, self.machine, known=True)
         finally:
             self.app[LIFECYCLE].ended()
-            self.owner.trip_done(self.express)
+            self.owner.trip_done(self.call)
 
-    def _retry(self, failure: Exception) -> None:
-        """Refused or lost before the head: on to another connector, as a task."""
-        self.over = True  # the task's trip now owns the request
+    def _let_go(self) -> None:
+        """Stop the timer, and hand the link back (the connector stops unless it ended)."""
         self.timer.cancel()
-        self.exchange.sink = None
-        self.exchange.close(cancel=True)
+        self.exchange.close(cancel=not self.machine.connector_done)
+        self.exchange.sink = None  # no cycle left for the collector: the trip goes by refcount
         self.app[HUB].release(self.link)
-        self._retrying(failure, self.link)
+
+    def _retry(self, retry: Retry) -> None:
+        """Refused or lost before the head: on to another connector, from a task."""
+        self.over = True  # the task's trip now owns the request
+        self._let_go()
+        log.warning(
+            f"connector {retry.why} the request; retrying",
+            connector=self.link.name,
+            **self.call.ids,
+        )
         self.task_began = False
-        task = self.owner.go_async(self.express, self._resume([self.link]))
+        task = self.owner.go_async(self.call, self._resume([self.link]))
         task.add_done_callback(self._never_ran)
 
-    async def _resume(self, tried: list[Link]) -> None:
+    async def _resume(self, tried: list[ConnectorLink]) -> None:
         self.task_began = True
         try:
-            await self._run(tried)
+            await Trip(self.call, self.ticket, self.machine).resume([*tried])
         finally:
             self.app[LIFECYCLE].ended()
 
@@ -296,9 +301,9 @@ class CallbackTrip(Trip):
         # coroutine, so none of its books were kept: keep them here.
         if self.task_began:
             return
-        self.status = 499
-        self.metrics.in_flight.dec()
+        self.machine.client_gone()
+        self.app[METRICS].in_flight.dec()
         try:
-            self._account("cancelled")
+            books.settle(self.call, self.ticket, self.machine, known=True)
         finally:
             self.app[LIFECYCLE].ended()

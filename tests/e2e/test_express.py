@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from broker.server import BrokerServer
 from broker.stream import callbacktrip
-from broker.stream.trip import Trip
+from broker.stream.machine import StreamMachine
 from shared import protocol as p
 from tests.conftest import USER_KEY, MakeBroker, Relay, broker_settings
 from tests.e2e.test_hardening import FakeConnector, fakes
@@ -323,7 +323,7 @@ async def test_a_bug_in_the_request_path_still_answers_500_and_closes(
     if driver == "task":
         monkeypatch.setattr(callbacktrip, "start", lambda call, owner: None)
     # The bug in the connector's response head, as the task or a callback writes it.
-    monkeypatch.setattr(Trip, "_head", broken)
+    monkeypatch.setattr(StreamMachine, "_head", broken)
     client = await connect(relay.broker)
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         status, headers, body = await client.ask(

@@ -274,7 +274,7 @@ def test_routing_is_refused_after_the_head() -> None:
         stream.routed("c2")
 
 
-# -- bodiless answers, charges and times ------------------------------------------------------------
+# -- bodiless answers, charges and times ------------------------------------------------------
 
 
 @pytest.mark.parametrize(("method", "status"), [("HEAD", 200), ("POST", 204), ("POST", 304)])

@@ -1,18 +1,13 @@
-"""One API call as the broker's request path sees it: what the client asked, and the answer.
+"""The aiohttp adapter of the request path: an aiohttp request as a `broker.stream.call.Call`.
 
-`broker.api.endpoints` admits a call and `broker.stream.trip` answers it through a connector; both
-work against `Call`, so the same code serves a request whichever server read it:
-aiohttp (`AiohttpCall`, for every request the express lane leaves alone) or the
-express lane's bare protocol (`broker.edge.express`). Writes raise ConnectionError once
-the client has gone.
+Every API request the express lane leaves alone (`broker.edge.express`) is read by aiohttp
+and served through `AiohttpCall`, by the same admission and drivers as the lane's.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Coroutine, Mapping
-from typing import Any, Final, NoReturn, Protocol
+from typing import Any, Final, NoReturn
 
 import structlog
 from aiohttp import web
@@ -20,24 +15,12 @@ from multidict import CIMultiDict
 
 from broker.keys import REQUEST_IDS, SETTINGS
 from broker.stream.deadline import within
+from broker.stream.machine import bodiless
 
 _DECODED: Final = frozenset({"gzip", "deflate", "br", "zstd"})
 """The request content codings aiohttp's server removes from a body itself (one of them)."""
 
 log = structlog.get_logger("remotellm.broker.api")
-
-_SAFE_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-
-
-def request_id_of(headers: Mapping[str, str]) -> str:
-    """The client's X-Request-ID when it is a sane token, else a fresh one."""
-    given = headers.get("X-Request-ID", "")
-    return given if _SAFE_REQUEST_ID.match(given) else f"req_{os.urandom(16).hex()}"
-
-
-def bodiless(method: str, status: int) -> bool:
-    """Whether an answer carries no body whatever its headers say (RFC 9112 6.3, as aiohttp)."""
-    return status < 200 or status in (204, 304) or method == "HEAD"
 
 
 async def hang_up(request: web.Request, why: str) -> NoReturn:
@@ -49,60 +32,6 @@ async def hang_up(request: web.Request, why: str) -> NoReturn:
         transport.abort()
     await request.content.readany()
     raise ConnectionResetError(why)
-
-
-class Call(Protocol):
-    """One API request and the means to answer it (once: a reply, or start, writes and end)."""
-
-    @property
-    def app(self) -> web.Application: ...
-
-    @property
-    def method(self) -> str: ...
-
-    @property
-    def path(self) -> str:
-        """The path, without the query."""
-
-    @property
-    def target(self) -> str:
-        """The path and the query, as forwarded to the connector."""
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        """The request's headers, looked up without regard to case."""
-
-    @property
-    def request_id(self) -> str: ...
-
-    @property
-    def ids(self) -> dict[str, str]:
-        """The fields that name the request in its log lines: `request_id`, and `trace_id`
-        when its `traceparent` is valid (computed once per request)."""
-
-    async def read(self, limit: int) -> bytes | None:
-        """The whole request body, or None when it is larger than `limit` bytes."""
-
-    async def reply(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
-        """Answer with a complete response (an error, before anything else was sent)."""
-
-    async def start(
-        self, status: int, headers: list[tuple[str, str]], *, chunked: bool, buffered: bool
-    ) -> None:
-        """Send the head of a relayed response.
-
-        `chunked`: the body's length is not known, so it goes in chunks. `buffered`: more
-        is already here, so the head may wait to leave with the first body bytes.
-        """
-
-    async def write(self, data: bytes) -> None:
-        """Send body bytes; returns once the client's connection can take more."""
-
-    async def end(self) -> None:
-        """The body is complete."""
-
-    def cut(self) -> None:
-        """Close the client's connection: a started body cannot be completed."""
 
 
 def _passed_on(request: web.Request) -> Mapping[str, str]:
