@@ -178,7 +178,7 @@ class Trip:
             try:
                 exchange = link.open(self.call, self.body)
                 await self._exchange(exchange)
-            except Unsendable as unsendable:  # not `exc`: compiled, a name keeps its first type
+            except Unsendable as unsendable:
                 return await self._unsendable(unsendable)
             except (LinkLost, Refused) as failure:
                 if self.response_started:
