@@ -1,7 +1,7 @@
 """Instructions per request and per streamed event, counted by valgrind's callgrind.
 
     uv run python -m bench.instructions [--requests N] [--events N] [--only broker|connector]
-        [--path remotellm|bare|duties] [--build source|compiled]
+        [--path remotellm|bare|duties]
 
 CPU seconds on a shared two-core VM move by ±15% between identical runs; instruction
 counts do not (the same total for the same code and inputs, whatever else the machine
@@ -29,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import build
 from bench.bare import start_bare
 from bench.client import Target, stream, timed_fetch
 from bench.procs import (
@@ -70,11 +69,10 @@ async def _count(
     events: int,
     work_dir: Path,
     path: str = "remotellm",
-    compiled: Path | None = None,
 ) -> dict[str, float]:
     out = work_dir / which
     valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"]
-    children = Children(work_dir / "logs", build=compiled)
+    children = Children(work_dir / "logs")
     try:
         _, stub_port = await start_stub(children)
         if path == "remotellm":
@@ -113,11 +111,9 @@ async def _count(
 async def _start_remotellm(
     children: Children, stub_port: int, which: str, valgrind: list[str]
 ) -> tuple[Child, Child, Target]:
-    broker = children.start_remotellm(
-        "broker", [*(valgrind if which == "broker" else []), *broker_argv()]
-    )
+    broker = children.start("broker", [*(valgrind if which == "broker" else []), *broker_argv()])
     broker_port = int(await broker.wait_for(broker_port_of, timeout=300))
-    connector = children.start_remotellm(
+    connector = children.start(
         "connector",
         [
             *(valgrind if which == "connector" else []),
@@ -150,26 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         help="whose broker and connector: RemoteLLM's (the default), or the bare relay's"
         " (bench.bare), with the broker's books (duties) or without",
     )
-    build.add_option(parser)
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
-    compiled = None
-    if args.path == "remotellm" and args.build == "compiled":
-        try:
-            compiled = build.compiled()
-        except build.Unavailable as exc:
-            print(f"cannot count the compiled build: {exc}", file=sys.stderr)
-            return 2
     with tempfile.TemporaryDirectory(prefix="remotellm-instr-") as tmp:
         for which in (args.only,) if args.only else ("broker", "connector"):
-            counts = asyncio.run(
-                _count(which, args.requests, args.events, Path(tmp), args.path, compiled)
-            )
+            counts = asyncio.run(_count(which, args.requests, args.events, Path(tmp), args.path))
             label = which if args.path == "remotellm" else f"{args.path} {which}"
-            if compiled is not None:
-                label += " (compiled)"
             print(
                 f"{label}: {counts['request'] / 1000:,.1f}k instructions per request,"
                 f" {counts['event'] / 1000:,.1f}k per streamed event"

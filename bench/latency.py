@@ -33,8 +33,8 @@ def stall_note(steps: dict[str, list[dict[str, Any]]]) -> str | None:
 
     At a thousand requests a second or fewer the client is idle most of the time; when
     its loop still runs `STALL_MS` late in `STALLS` steps or more, the host kept pausing
-    this machine and every path's frontier in that run is suspect (two such runs are
-    described in docs/performance.md). One late step is noise every run can have.
+    this machine and every path's frontier in that run is suspect (docs/performance.md,
+    "The machine"). One late step is noise every run can have.
     """
     lags = [
         step.get("client_lag_max_ms", 0.0)

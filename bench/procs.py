@@ -179,22 +179,9 @@ class Child:
 class Children:
     """Every child the harness started, so that all of them are stopped at the end."""
 
-    def __init__(self, log_dir: Path, build: Path | None = None) -> None:
+    def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
-        self.build = build
-        """The compiled copy RemoteLLM's broker and connector run from (bench.build), or None."""
         self.started: list[Child] = []
-
-    def start_remotellm(self, name: str, argv: Sequence[str]) -> Child:
-        """Start a broker or connector command line (`broker_argv`, `connector_argv`) from the
-        compiled copy when there is one: `-P` keeps the checkout in the current directory off
-        the front of the path, and PYTHONPATH puts the copy there instead."""
-        if self.build is None:
-            return self.start(name, argv)
-        argv = list(argv)
-        python = argv.index(sys.executable)
-        argv.insert(python + 1, "-P")
-        return self.start(name, argv, PYTHONPATH=str(self.build))
 
     def start(
         self, name: str, argv: Sequence[str], *, drop: Sequence[str] = (), **env: str
@@ -292,7 +279,7 @@ def broker_port_of(obj: dict[str, Any]) -> Any:
 
 async def start_broker(children: Children, name: str = "broker") -> tuple[Child, int]:
     """A broker process on 127.0.0.1 at a free port; info-level logs, as deployed."""
-    child = children.start_remotellm(name, broker_argv())
+    child = children.start(name, broker_argv())
     port = await child.wait_for(broker_port_of, timeout=30)
     return child, int(port)
 
@@ -304,4 +291,4 @@ def start_connector(
     max_concurrency: int = 1024,
     name: str = "connector",
 ) -> Child:
-    return children.start_remotellm(name, connector_argv(broker_port, stub_port, max_concurrency))
+    return children.start(name, connector_argv(broker_port, stub_port, max_concurrency))

@@ -105,7 +105,7 @@ async def _until(check: Callable[[], bool], timeout: float, what: str) -> None:
 async def _start_broker(children: Children, port: int, name: str) -> Child:
     argv = broker_argv()
     argv[argv.index("--port") + 1] = str(port)
-    child = children.start_remotellm(name, argv)
+    child = children.start(name, argv)
     await child.wait_for(broker_port_of, timeout=30)
     return child
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import bare, build, floor, litellm, profile
+from bench import bare, floor, litellm, profile
 from bench.cancel import w8
 from bench.client import Target, get_json, wait_until
 from bench.context import FULL, QUICK, Context, Plan
@@ -103,22 +103,17 @@ async def run(
     want_floor: bool = False,
     want_bare: bool = False,
     want_duties: bool = False,
-    compiled: Path | None = None,
     notes: list[str] | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """Run the plan; the results document and its Markdown table.
-
-    `compiled` is the compiled copy of the packages RemoteLLM runs from (`bench.build`), or
-    None to run the checkout's Python."""
+    """Run the plan; the results document and its Markdown table."""
     started = time.time()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    children = Children(RESULTS / "logs" / stamp, build=compiled)
+    children = Children(RESULTS / "logs" / stamp)
     targets: dict[str, Target] = {}
     notes = [] if notes is None else notes
     results: list[WorkloadResult] = []
     profiles: dict[str, Path] = {}
     measured = source()  # before the processes start: the code they load
-    measured["build"] = "compiled" if compiled is not None else "source"
     speed = {"start": python_speed_ms()}
     busy0, own0, wall0 = machine_busy_seconds(), sum(cpu_times(os.getpid())), time.monotonic()
     background = 0.0
@@ -249,7 +244,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also measure the bare relay keeping the broker's per-request books",
     )
-    build.add_option(parser)
     return parser
 
 
@@ -280,7 +274,6 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan(**{**plan.__dict__, "w7_connectors": args.w7_connectors})
     want_litellm = args.litellm or (plan.mode == "full" and not args.no_litellm)
     notes: list[str] = []
-    compiled = build.chosen(args.build, notes)
     out = args.out or RESULTS / f"bench-{plan.mode}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
     async def main_task() -> tuple[dict[str, Any], str]:
@@ -295,7 +288,6 @@ def main(argv: list[str] | None = None) -> int:
             args.floor,
             args.bare,
             args.duties,
-            compiled,
             notes,
         )
 

@@ -5,9 +5,6 @@ request line or header line it refused (a valid API key included), and asyncio's
 reports what escapes a callback with a multi-line traceback. `shared.logging` sends every
 such record through the same renderer as our own lines: one JSON object per line in the
 JSON format, credentials scrubbed (`shared.credentials.scrub`) in both formats.
-
-Not compiled with the hot path (bench/build.py): a class compiled by mypyc must not
-subclass `logging.Formatter`, and these records are rare.
 """
 
 from __future__ import annotations

@@ -65,7 +65,6 @@ async def within(delay: float, work: Coroutine[Any, Any, T]) -> T:
             and type(exc) is asyncio.CancelledError
         ):
             timeout = TimeoutError()
-            timeout.__cause__ = exc  # as well: compiled by mypyc, `from exc` alone is dropped
             raise timeout from exc
         raise
     finally:

@@ -97,9 +97,6 @@ class RelayClient:
             started = loop.time()
             error: str | None = None
             fatal = False
-            # No `finally` here: compiled by mypyc, a handled exception escapes again when a
-            # `finally` after it awaits something that does not suspend (abort() with nothing
-            # to stop), so each way out aborts the streams itself (bench/README.md).
             try:
                 await self._connection()
             except Exception as exc:

@@ -63,8 +63,6 @@ async def detect_local_server(
     async def probe(kind: str, port: int) -> tuple[str, str] | None:
         llm = LocalLLM(f"http://{host}:{port}", connect_timeout=timeout)
         try:
-            # The handled DiscoveryError stays in lists_models: a `finally` that awaits after a
-            # handled exception in the same coroutine is miscompiled by mypyc (bench/README.md).
             found = await lists_models(llm)
         finally:
             await llm.close()

@@ -77,7 +77,6 @@ async def test_shutdown_writes_every_queued_row_around_a_refused_one(store: Stor
     assert not [e for e in logs if "lost" in e["event"]]
 
 
-@pytest.mark.source_only
 async def test_a_store_that_goes_down_while_a_bad_row_is_looked_for_loses_and_repeats_nothing(
     store: Store,
 ) -> None:
@@ -113,7 +112,6 @@ async def test_a_store_that_goes_down_while_a_bad_row_is_looked_for_loses_and_re
     assert list(ledger.set_aside) == [BAD_ROWS[0]]
 
 
-@pytest.mark.source_only
 async def test_a_store_that_is_down_keeps_every_row_queued_for_the_next_round(store: Store) -> None:
     ledger = UsageLedger(store, interval=3600)
     real = store.usage.add

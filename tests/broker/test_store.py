@@ -106,7 +106,6 @@ async def test_many_concurrent_writers(tmp_path: Path) -> None:
         await admin.close()
 
 
-@pytest.mark.source_only
 async def test_ledger_keeps_rows_while_the_store_fails_and_writes_them_later(
     tmp_path: Path,
 ) -> None:
@@ -133,7 +132,6 @@ async def test_ledger_keeps_rows_while_the_store_fails_and_writes_them_later(
     await store.close()
 
 
-@pytest.mark.source_only
 async def test_rows_that_arrive_during_a_write_wait_for_the_next_round(tmp_path: Path) -> None:
     """Under steady traffic the ledger writes in rounds, not a few rows at a time back to back."""
     store = await Store.open(url(tmp_path))
@@ -208,7 +206,6 @@ class HeldWrite:
         return sorted(r.request_id for r in await self.store.usage.rows())
 
 
-@pytest.mark.source_only
 async def test_close_waits_for_the_write_in_progress_instead_of_cancelling_it(
     tmp_path: Path,
 ) -> None:
@@ -225,7 +222,6 @@ async def test_close_waits_for_the_write_in_progress_instead_of_cancelling_it(
         assert await held.written_ids() == [f"req_{i}" for i in range(5)]
 
 
-@pytest.mark.source_only
 async def test_a_cancelled_close_leaves_the_write_running_and_a_second_close_waits_for_it(
     tmp_path: Path,
 ) -> None:
@@ -245,7 +241,6 @@ async def test_a_cancelled_close_leaves_the_write_running_and_a_second_close_wai
         assert await held.written_ids() == [f"req_{i}" for i in range(5)]
 
 
-@pytest.mark.source_only
 async def test_a_process_killed_mid_write_leaves_a_consistent_store(tmp_path: Path) -> None:
     db_url = url(tmp_path)
     writer = textwrap.dedent(
@@ -425,9 +420,7 @@ def full_rows(user_id: int, key_id: int) -> list[UsageRow]:
     ] + [row(9, endpoint="/api/chat", model=None, cancelled=True)]
 
 
-@pytest.mark.parametrize(
-    "path", ["driver", pytest.param("sqlalchemy", marks=pytest.mark.source_only)]
-)
+@pytest.mark.parametrize("path", ["driver", "sqlalchemy"])
 async def test_usage_rows_come_back_exactly_as_written(tmp_path: Path, path: str) -> None:
     store = await Store.open(url(tmp_path))
     try:
@@ -456,7 +449,6 @@ def test_the_driver_insert_is_positional_and_returns_nothing() -> None:
     assert driver_insert(postgresql.psycopg.dialect()) is None
 
 
-@pytest.mark.source_only
 async def test_flushes_at_once_write_each_row_once(tmp_path: Path) -> None:
     """A flush called while another writes (a test flushing by hand) takes no row twice."""
     store = await Store.open(url(tmp_path))

@@ -169,7 +169,6 @@ async def test_usage_rows_come_back_exactly_as_written_on_postgres(
     assert await store.usage.rows() == written
 
 
-@pytest.mark.compiled_crash  # the compiled ledger crashes on asyncpg's refusal: bench/README.md
 async def test_the_ledger_sets_aside_only_rows_postgres_refuses_for_their_values(
     store: Store, postgres: str
 ) -> None:

@@ -196,7 +196,6 @@ async def test_a_fragmented_hello_with_a_ping_between_is_understood(
         raw.close()
 
 
-@pytest.mark.source_only
 async def test_no_hello_in_time_closes_with_4002(
     make_broker: MakeBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:

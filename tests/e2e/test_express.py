@@ -312,7 +312,6 @@ async def test_a_refusal_sent_before_the_body_came_still_reads_that_body_past(
     assert relay.broker.express is not None and relay.broker.express.served == 2
 
 
-@pytest.mark.source_only
 @pytest.mark.parametrize("driver", ["task", "callbacks"])
 async def test_a_bug_in_the_request_path_still_answers_500_and_closes(
     relay: Relay, connect: Any, monkeypatch: pytest.MonkeyPatch, driver: str
@@ -341,7 +340,6 @@ async def test_a_bug_in_the_request_path_still_answers_500_and_closes(
     assert relay.broker.express.from_callbacks == (driver == "callbacks")
 
 
-@pytest.mark.source_only
 @pytest.mark.parametrize("driver", ["task", "callbacks"])
 @pytest.mark.parametrize(
     ("raised", "answer"),

@@ -133,7 +133,6 @@ async def test_an_answer_shorter_than_its_length_closes_the_connection_on_both(
     assert await asyncio.wait_for(client.reader.read(), 5) == b"short"  # then EOF
 
 
-@pytest.mark.source_only
 async def test_refusals_to_a_client_that_does_not_read_are_counted_once(
     make_broker: MakeBroker,
 ) -> None:
@@ -166,7 +165,6 @@ async def test_refusals_to_a_client_that_does_not_read_are_counted_once(
     assert broker.app[LIFECYCLE].active == 0
 
 
-@pytest.mark.source_only
 async def test_a_request_cancelled_before_its_first_step_is_still_counted(
     make_broker: MakeBroker,
 ) -> None:
@@ -186,7 +184,6 @@ async def test_a_request_cancelled_before_its_first_step_is_still_counted(
     sock.close()
 
 
-@pytest.mark.source_only
 async def test_the_body_of_a_refused_request_is_dropped_and_waited_for_only_a_while(
     make_broker: MakeBroker, connect: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -241,7 +238,6 @@ async def test_a_head_with_stray_line_ends_goes_to_aiohttp_at_once(
 
 
 @pytest.mark.parametrize("lane", LANES)
-@pytest.mark.source_only
 async def test_a_client_that_never_reads_a_stream_is_let_go_after_the_request_timeout(
     make_broker: MakeBroker, fakes: list[FakeConnector], lane: str
 ) -> None:
@@ -278,7 +274,6 @@ async def test_a_client_that_never_reads_a_stream_is_let_go_after_the_request_ti
         sock.close()
 
 
-@pytest.mark.source_only
 async def test_a_body_waits_in_the_socket_while_the_key_is_checked(
     make_broker: MakeBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -382,7 +377,6 @@ async def test_bodiless_and_empty_answers_read_the_same_on_both_and_keep_the_con
     assert on_express[3] == answer[0]  # the connection carried the next request
 
 
-@pytest.mark.source_only
 async def test_a_client_that_reads_none_of_its_answers_is_dropped_in_the_end(
     connect: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 import aiohttp
-import pytest
 
 from broker.keys import STORE
 from broker.server import BrokerServer
@@ -48,7 +47,6 @@ async def test_health_holds_counts_and_names_no_model(
     assert "stub-model" not in text and "secret-model" not in text
 
 
-@pytest.mark.source_only
 async def test_a_store_that_does_not_answer_makes_the_broker_unready(
     make_broker: MakeBroker,
 ) -> None:

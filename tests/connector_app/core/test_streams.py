@@ -63,7 +63,6 @@ async def serve_one(streams: Streams, path: str = "/v1/chat/completions") -> Non
         (RuntimeError("a bug in the connector"), "connector_error"),
     ],
 )
-@pytest.mark.source_only
 async def test_a_request_that_fails_before_an_answer_ends_in_one_error_frame(
     error: BaseException, code: str
 ) -> None:
@@ -80,7 +79,6 @@ async def test_a_request_that_fails_before_an_answer_ends_in_one_error_frame(
     assert len(streams) == 0
 
 
-@pytest.mark.source_only
 async def test_a_bug_is_logged_with_its_traceback(capsys: pytest.CaptureFixture[str]) -> None:
     sent: list[p.Frame] = []
     streams = table(FailingLLM(RuntimeError("a bug in the connector")), sent)
@@ -92,7 +90,6 @@ async def test_a_bug_is_logged_with_its_traceback(capsys: pytest.CaptureFixture[
     assert "request served" in output
 
 
-@pytest.mark.source_only
 async def test_a_path_outside_the_model_endpoints_is_refused_without_calling_the_llm() -> None:
     sent: list[p.Frame] = []
     llm = FailingLLM(RuntimeError("must not be called"))
@@ -102,7 +99,6 @@ async def test_a_path_outside_the_model_endpoints_is_refused_without_calling_the
     assert [(type(f), getattr(f, "code", None)) for f in sent] == [(p.Error, "forbidden")]
 
 
-@pytest.mark.source_only
 async def test_a_draining_table_refuses_new_requests_as_over_capacity() -> None:
     sent: list[p.Frame] = []
     llm = FailingLLM(RuntimeError("must not be called"))
@@ -327,7 +323,6 @@ def free_slots(served: Served) -> int:
     return served.llm._pool._slots.free
 
 
-@pytest.mark.source_only
 async def test_a_cancel_in_the_same_pass_as_running_out_of_credit_frees_everything() -> None:
     async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8192\r\n\r\n" + b"x" * 8192)
