@@ -40,7 +40,6 @@ from broker.stream.machine import (
 )
 from broker.stream.ticket import Ticket
 from broker.stream.trip import Trip
-from shared import protocol as p
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -168,10 +167,9 @@ class CallbackTrip:
 
     def _event(self, event: StreamEvent) -> None:
         action = self.machine.feed(event)
-        if type(action) is bytes:
-            assert isinstance(event, p.ResponseBody)
+        if type(action) is bytes:  # the event was body bytes
             self.call.write_now(action)
-            self.undelivered += len(event.data)
+            self.undelivered += len(event.data)  # type: ignore[union-attr]
         else:
             self._perform(action)
 

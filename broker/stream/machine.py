@@ -73,7 +73,7 @@ class MachineError(Exception):
     """A driver fed the machine something its state does not allow (a bug in the driver)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Start:
     """Write the response head. `chunked`: its length is not known."""
 
@@ -82,14 +82,14 @@ class Start:
     chunked: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Finish:
     """Write `tail` (when there is one), then end the response."""
 
     tail: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Failure:
     """End the request with an error: `reply` before the head (a complete response), else
     `tail` (the error event, then the end), else cut the client's connection."""
@@ -101,7 +101,7 @@ class Failure:
     tail: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Retry:
     """Send the request to another connector: `why` this one did not answer."""
 
@@ -113,7 +113,7 @@ Action = bytes | Start | Finish | Failure | Retry
 """What `StreamMachine.feed` asks for. Bytes: body bytes to write now (maybe none)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     """How the request ended, for the books (`broker.stream.books`)."""
 
@@ -212,7 +212,14 @@ class StreamMachine:
         """The next event of the stream, and what to do about it."""
         state = self.state
         if type(event) is p.ResponseBody and state == STREAMING:
-            return self._body(event.data)  # the common case first
+            # The common case first, inline: of the body bytes that came, what to write now
+            # (the rest of an event waits).
+            if self._no_body:
+                return b""
+            tally = self._tally
+            if tally is not None:
+                tally.feed(event.data)
+            return self._framer.feed(event.data)
         if state == DONE:
             raise MachineError(f"{type(event).__name__} after the stream ended")
         if type(event) is p.ResponseBody:
@@ -255,15 +262,6 @@ class StreamMachine:
         self.status = status
         self.state = STREAMING
         return Start(status, relayed, length is None)
-
-    def _body(self, data: bytes) -> bytes:
-        """Of the body bytes that came, what to write now (the rest of an event waits)."""
-        if self._no_body:
-            return b""
-        tally = self._tally
-        if tally is not None:
-            tally.feed(data)
-        return self._framer.feed(data)
 
     def _protocol_error(self, message: str) -> Failure:
         return self._fail(502, "connector_protocol_error", message)
