@@ -18,8 +18,8 @@ from connector_app.core.llm import LocalLLM
 from connector_app.core.status import LinkState
 from shared import protocol as p
 from shared.endpoints import MODEL_ENDPOINTS
+from tests.broker.api.test_errors import free_port
 from tests.conftest import CONNECTOR_TOKEN, MakeBroker, MakeConnector, Relay, wait_models
-from tests.e2e.test_errors import free_port
 from tests.e2e.test_relay import AUTH, CHAT, post, sdk
 from tests.stub_llm import ECHOED, StubLLM
 

@@ -15,8 +15,8 @@ from websockets.exceptions import ConnectionClosed
 from broker.relay.link import ConnectorLink
 from connector_app.core.status import LinkState, Status
 from shared import protocol as p
+from tests.broker.api.test_errors import free_port
 from tests.conftest import CONNECTOR_TOKEN, MakeBroker, MakeConnector, Relay, wait_models
-from tests.e2e.test_errors import free_port
 from tests.e2e.test_relay import AUTH, CHAT, post
 from tests.stub_llm import StubLLM
 

@@ -20,8 +20,8 @@ from broker.server import BrokerServer
 from connector_app.core.failures import describe_failure
 from shared import protocol as p
 from shared.text import shown
+from tests.broker.edge.test_express import post_bytes
 from tests.conftest import USER_KEY, MakeBroker, MakeConnector, Relay, wait_models
-from tests.e2e.test_express import post_bytes
 from tests.e2e.test_hardening import FakeConnector, fakes
 from tests.e2e.test_relay import CHAT
 from tests.raw_connector import http_exchange

@@ -23,13 +23,13 @@ from broker.keys import LEDGER, LIFECYCLE
 from broker.server import BrokerServer
 from broker.stream.headers import BadHead, relayable
 from shared import protocol as p
-from tests.conftest import USER_KEY, MakeBroker, broker_settings
-from tests.e2e.test_express import (
+from tests.broker.edge.test_express import (
     broker_with_fake,
     connect,
     post_bytes,
     read_response,
 )
+from tests.conftest import USER_KEY, MakeBroker, broker_settings
 from tests.e2e.test_hardening import FakeConnector, fakes
 
 __all__ = ["connect", "fakes"]  # fixtures, used by name

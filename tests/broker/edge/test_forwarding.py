@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from shared import protocol as p
+from tests.broker.edge.test_express import connect, post_bytes
 from tests.conftest import MakeBroker, Relay
-from tests.e2e.test_express import connect, post_bytes
 from tests.e2e.test_hardening import FakeConnector, fakes
 from tests.stub_llm import sse_event
 
