@@ -29,8 +29,8 @@ from tests.broker.edge.test_express import (
     post_bytes,
     read_response,
 )
+from tests.broker.relay.test_misbehaving_connectors import FakeConnector, fakes
 from tests.conftest import USER_KEY, MakeBroker, broker_settings
-from tests.e2e.test_hardening import FakeConnector, fakes
 
 __all__ = ["connect", "fakes"]  # fixtures, used by name
 
