@@ -1,4 +1,4 @@
-"""Connectors that misbehave on purpose: refusals, junk, an injected header, silence."""
+"""Connectors that misbehave: a wrong token or version, garbage, refusals, junk, silence."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from broker.server import BrokerServer
 from shared import protocol as p
@@ -129,3 +130,47 @@ async def test_the_broker_drops_a_connector_that_stops_answering_pings(
     assert len(broker.hub.links) == 1
     fake.ws.transport.pause_reading()  # a half-open link: nothing comes back
     await wait_models(broker, set())
+
+
+async def test_wrong_connector_token_is_refused_before_the_upgrade(relay: Relay) -> None:
+    url = f"{relay.broker.base_url}/relay"
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await session.ws_connect(url, headers={"Authorization": "Bearer wrong"})
+    assert caught.value.status == 401
+
+
+def raw_link(relay: Relay) -> connect:
+    url = f"ws://127.0.0.1:{relay.broker.port}/relay"
+    return connect(url, additional_headers={"Authorization": f"Bearer {CONNECTOR_TOKEN}"})
+
+
+async def test_incompatible_protocol_version_is_refused_with_a_reason(relay: Relay) -> None:
+    async with raw_link(relay) as ws:
+        await ws.send(p.encode(p.Hello(99, "future", ("m",), 1)))
+        with pytest.raises(ConnectionClosed) as caught:
+            await ws.recv()
+    assert caught.value.rcvd is not None
+    assert caught.value.rcvd.code == p.CLOSE_UNSUPPORTED_VERSION
+    assert "version 99" in caught.value.rcvd.reason
+    assert set(relay.broker.hub.models()) == {"stub-model"}
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"\x01\x00", b"\xff\x00\x00\x00\x01\x00\x00\x00\x00", p.encode(p.Cancel(1)), b"text"],
+    ids=["truncated", "unknown-type", "wrong-direction", "text-message"],
+)
+async def test_malformed_input_closes_the_link_cleanly(relay: Relay, garbage: bytes) -> None:
+    async with raw_link(relay) as ws:
+        await ws.send(p.encode(p.Hello(p.PROTOCOL_VERSION, "bad", ("evil",), 1)))
+        assert isinstance(p.decode(await ws.recv())[0], p.Welcome)
+        await ws.send(garbage.decode() if garbage == b"text" else garbage)
+        with pytest.raises(ConnectionClosed) as caught:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert caught.value.rcvd is not None
+    assert caught.value.rcvd.code == p.CLOSE_PROTOCOL_ERROR
+    # The broker is unharmed and still serves the honest connector.
+    await wait_models(relay.broker, {"stub-model"})
+    status, _, _ = await post(f"{relay.base_url}/chat/completions", CHAT)
+    assert status == 200
