@@ -2,7 +2,7 @@
 
 Every API request runs inside one, so its cost counts: `async with asyncio.timeout()`
 takes about 30 k instructions on uvloop, this a third of that, with the same semantics
-(`tests/broker/test_within.py` runs each case against both).
+(`tests/broker/stream/test_deadline.py` runs each case against both).
 """
 
 from __future__ import annotations

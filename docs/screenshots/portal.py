@@ -27,8 +27,8 @@ from broker.keys import STORE  # noqa: E402
 from broker.server import BrokerServer  # noqa: E402
 from connector_app.core.backoff import Backoff  # noqa: E402
 from connector_app.core.connector import Connector  # noqa: E402
+from tests.broker.portal.test_portal import make_portal  # noqa: E402
 from tests.conftest import broker_settings, connector_settings, wait_models  # noqa: E402
-from tests.e2e.test_portal import make_portal  # noqa: E402
 from tests.e2e.test_portal_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from tests.fake_gitlab import FakeGitLab, FakeUser  # noqa: E402
 from tests.stub_llm import StubLLM  # noqa: E402

@@ -8,7 +8,7 @@ from bench.client import Target
 from bench.context import QUICK, Context
 from bench.procs import Children
 from bench.streams import _w5_round
-from tests.e2e.test_errors import free_port
+from tests.broker.api.test_errors import free_port
 
 
 async def test_a_bulk_request_that_fails_is_counted_and_the_round_completes(

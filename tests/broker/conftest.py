@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
-BOTH_LOOPS = ("test_front.py", "test_websocket.py", "test_within.py", "test_inbox.py")
+BOTH_LOOPS = ("test_listener.py", "test_socket.py", "test_deadline.py", "test_inbox.py")
 
 
 def pytest_asyncio_loop_factories(

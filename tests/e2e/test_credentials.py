@@ -13,8 +13,8 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
 from shared.credentials import CREDENTIAL_HEADERS
+from tests.broker.edge.test_express import post_bytes, read_response
 from tests.conftest import CONNECTOR_TOKEN, USER_KEY, MakeBroker, Relay
-from tests.e2e.test_express import post_bytes, read_response
 from tests.e2e.test_processes import Proc, event_named
 from tests.e2e.test_relay import CHAT, post
 

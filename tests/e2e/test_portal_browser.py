@@ -24,8 +24,8 @@ from playwright.async_api import (
 )
 
 from broker.keys import STORE
+from tests.broker.portal.test_portal import KEY_PATTERN, Portal, make_portal
 from tests.conftest import MakeBroker, MakeConnector, wait_models
-from tests.e2e.test_portal import KEY_PATTERN, Portal, make_portal
 from tests.fake_gitlab import FakeGitLab
 from tests.stub_llm import StubLLM
 

@@ -9,14 +9,12 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from broker.relay.link import ConnectorLink
 from connector_app.core.status import LinkState, Status
 from shared import protocol as p
-from tests.conftest import CONNECTOR_TOKEN, MakeBroker, MakeConnector, Relay, wait_models
-from tests.e2e.test_errors import free_port
+from tests.broker.api.test_errors import free_port
+from tests.conftest import MakeBroker, MakeConnector, Relay, wait_models
 from tests.e2e.test_relay import AUTH, CHAT, post
 from tests.stub_llm import StubLLM
 
@@ -149,14 +147,6 @@ async def test_half_open_link_is_detected_by_the_heartbeat(
         await proxy.stop()
 
 
-async def test_wrong_connector_token_is_refused_before_the_upgrade(relay: Relay) -> None:
-    url = f"{relay.broker.base_url}/relay"
-    async with aiohttp.ClientSession() as session:
-        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
-            await session.ws_connect(url, headers={"Authorization": "Bearer wrong"})
-    assert caught.value.status == 401
-
-
 async def test_connector_with_a_wrong_token_says_so(
     stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector
 ) -> None:
@@ -164,42 +154,6 @@ async def test_connector_with_a_wrong_token_says_so(
     connector = await make_connector(broker, stub.url, broker_token="not-the-token")
     await connector.wait_state(LinkState.RECONNECTING)
     assert "rejected the connector token" in (connector.connector.status.last_error or "")
-
-
-def raw_link(relay: Relay) -> connect:
-    url = f"ws://127.0.0.1:{relay.broker.port}/relay"
-    return connect(url, additional_headers={"Authorization": f"Bearer {CONNECTOR_TOKEN}"})
-
-
-async def test_incompatible_protocol_version_is_refused_with_a_reason(relay: Relay) -> None:
-    async with raw_link(relay) as ws:
-        await ws.send(p.encode(p.Hello(99, "future", ("m",), 1)))
-        with pytest.raises(ConnectionClosed) as caught:
-            await ws.recv()
-    assert caught.value.rcvd is not None
-    assert caught.value.rcvd.code == p.CLOSE_UNSUPPORTED_VERSION
-    assert "version 99" in caught.value.rcvd.reason
-    assert set(relay.broker.hub.models()) == {"stub-model"}
-
-
-@pytest.mark.parametrize(
-    "garbage",
-    [b"\x01\x00", b"\xff\x00\x00\x00\x01\x00\x00\x00\x00", p.encode(p.Cancel(1)), b"text"],
-    ids=["truncated", "unknown-type", "wrong-direction", "text-message"],
-)
-async def test_malformed_input_closes_the_link_cleanly(relay: Relay, garbage: bytes) -> None:
-    async with raw_link(relay) as ws:
-        await ws.send(p.encode(p.Hello(p.PROTOCOL_VERSION, "bad", ("evil",), 1)))
-        assert isinstance(p.decode(await ws.recv())[0], p.Welcome)
-        await ws.send(garbage.decode() if garbage == b"text" else garbage)
-        with pytest.raises(ConnectionClosed) as caught:
-            await asyncio.wait_for(ws.recv(), 10)
-    assert caught.value.rcvd is not None
-    assert caught.value.rcvd.code == p.CLOSE_PROTOCOL_ERROR
-    # The broker is unharmed and still serves the honest connector.
-    await wait_models(relay.broker, {"stub-model"})
-    status, _, _ = await post(f"{relay.base_url}/chat/completions", CHAT)
-    assert status == 200
 
 
 async def test_slow_client_is_held_to_one_window_and_does_not_stall_others(relay: Relay) -> None:

@@ -17,12 +17,11 @@ from structlog.testing import capture_logs
 from broker.keys import STORE
 from broker.relay.link import ConnectorLink
 from broker.server import BrokerServer
-from connector_app.core.failures import describe_failure
 from shared import protocol as p
 from shared.text import shown
+from tests.broker.edge.test_express import post_bytes
+from tests.broker.relay.test_misbehaving_connectors import FakeConnector, fakes
 from tests.conftest import USER_KEY, MakeBroker, MakeConnector, Relay, wait_models
-from tests.e2e.test_express import post_bytes
-from tests.e2e.test_hardening import FakeConnector, fakes
 from tests.e2e.test_relay import CHAT
 from tests.raw_connector import http_exchange
 from tests.stub_llm import StubLLM
@@ -214,13 +213,3 @@ async def test_models_given_in_the_settings_are_skipped_alike(
         await wait_models(broker, {"stub-model"})
     skipped = [e["model"] for e in logs if e["event"].startswith("skipping a model")]
     assert skipped == ["bad\\udcffname"]
-
-
-def test_a_failure_that_is_not_the_network_is_not_called_unreachable() -> None:
-    error = UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
-    described = describe_failure(error)
-    assert "cannot reach the broker" not in described
-    assert "UnicodeEncodeError" in described
-    assert describe_failure(ConnectionRefusedError(111, "refused")).startswith(
-        "cannot reach the broker"
-    )

@@ -15,8 +15,8 @@ from broker.cli import main
 from broker.server import BrokerServer
 from broker.settings import normalise_origin
 from broker.stream.headers import response_headers
+from tests.broker.edge.test_express import Client, post_bytes
 from tests.conftest import USER_KEY, MakeBroker, MakeConnector, wait_models
-from tests.e2e.test_express import Client, post_bytes
 from tests.e2e.test_portal_browser import chromium
 from tests.e2e.test_relay import AUTH, CHAT
 from tests.stub_llm import StubLLM

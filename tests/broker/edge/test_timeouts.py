@@ -18,8 +18,8 @@ import pytest
 
 from broker.keys import LIFECYCLE
 from broker.server import BrokerServer
+from tests.broker.edge.test_express import CHAT, CHAT_BODY, Client, connect, post_bytes
 from tests.conftest import MakeBroker, MakeConnector, wait_models
-from tests.e2e.test_express import CHAT, CHAT_BODY, Client, connect, post_bytes
 from tests.stub_llm import StubLLM
 
 __all__ = ["connect"]  # a fixture, used by name

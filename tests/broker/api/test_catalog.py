@@ -11,8 +11,8 @@ import pytest
 
 from broker.accounts.store import database_url
 from broker.api.endpoints import OLLAMA_VERSION
+from tests.broker.accounts.test_accounts import store_key
 from tests.conftest import USER_KEY, MakeBroker, MakeConnector, Relay, wait_models
-from tests.e2e.test_accounts import store_key
 from tests.e2e.test_relay import AUTH, post, sdk
 from tests.stub_llm import StubLLM
 

@@ -23,8 +23,8 @@ from broker.accounts import keyformat
 from broker.accounts.ledger import UsageLedger
 from broker.accounts.records import StoreError, UsageRow
 from broker.accounts.store import Store
-from tests.broker.test_ledger import BAD_ROWS
-from tests.broker.test_store import full_rows, row
+from tests.broker.accounts.test_ledger import BAD_ROWS
+from tests.broker.accounts.test_store import full_rows, row
 
 
 def _bin(name: str) -> str:

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from shared import protocol as p
+from tests.broker.edge.test_express import connect, post_bytes
+from tests.broker.relay.test_misbehaving_connectors import FakeConnector, fakes
 from tests.conftest import MakeBroker, Relay
-from tests.e2e.test_express import connect, post_bytes
-from tests.e2e.test_hardening import FakeConnector, fakes
 from tests.stub_llm import sse_event
 
 __all__ = ["connect", "fakes"]  # fixtures, used by name

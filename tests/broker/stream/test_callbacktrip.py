@@ -17,10 +17,10 @@ from structlog.testing import capture_logs
 from broker.keys import LEDGER, LIFECYCLE, LINKS, STORE
 from broker.server import BrokerServer
 from shared import protocol as p
+from tests.broker.accounts.test_accounts import store_key
+from tests.broker.edge.test_express import post_bytes, read_response
+from tests.broker.relay.test_misbehaving_connectors import FakeConnector, fakes
 from tests.conftest import USER_KEY, MakeBroker
-from tests.e2e.test_accounts import store_key
-from tests.e2e.test_express import post_bytes, read_response
-from tests.e2e.test_hardening import FakeConnector, fakes
 from tests.e2e.test_relay import CHAT
 from tests.stub_llm import CHAT_BODY
 

@@ -11,10 +11,10 @@ import aiohttp
 from broker.keys import STORE
 from broker.server import BrokerServer
 from shared import protocol as p
+from tests.broker.edge.test_express import post_bytes, read_response
+from tests.broker.relay.test_misbehaving_connectors import FakeConnector, fakes
+from tests.broker.stream.test_callbacktrip import one_fake, send, started
 from tests.conftest import MakeBroker, Relay
-from tests.e2e.test_callbacktrip import one_fake, send, started
-from tests.e2e.test_express import post_bytes, read_response
-from tests.e2e.test_hardening import FakeConnector, fakes
 
 __all__ = ["fakes"]
 

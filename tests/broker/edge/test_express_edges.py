@@ -23,14 +23,14 @@ from broker.keys import LEDGER, LIFECYCLE
 from broker.server import BrokerServer
 from broker.stream.headers import BadHead, relayable
 from shared import protocol as p
-from tests.conftest import USER_KEY, MakeBroker, broker_settings
-from tests.e2e.test_express import (
+from tests.broker.edge.test_express import (
     broker_with_fake,
     connect,
     post_bytes,
     read_response,
 )
-from tests.e2e.test_hardening import FakeConnector, fakes
+from tests.broker.relay.test_misbehaving_connectors import FakeConnector, fakes
+from tests.conftest import USER_KEY, MakeBroker, broker_settings
 
 __all__ = ["connect", "fakes"]  # fixtures, used by name
 

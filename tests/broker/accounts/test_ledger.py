@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from broker.accounts.ledger import UsageLedger, row_refused
 from broker.accounts.records import UsageRow
 from broker.accounts.store import Store
-from tests.broker.test_store import row, url
+from tests.broker.accounts.test_store import row, url
 
 BAD_ROWS = (
     row(900, model="\udcff"),  # a lone surrogate: SQLite's driver cannot encode it

@@ -19,8 +19,8 @@ from broker.server import BrokerServer
 from broker.stream import callbacktrip
 from broker.stream.machine import StreamMachine
 from shared import protocol as p
+from tests.broker.relay.test_misbehaving_connectors import FakeConnector, fakes
 from tests.conftest import USER_KEY, MakeBroker, Relay, broker_settings
-from tests.e2e.test_hardening import FakeConnector, fakes
 from tests.e2e.test_relay import CHAT, sdk
 from tests.stub_llm import CHAT_BODY
 
