@@ -70,6 +70,7 @@ COMPILED = (
     "broker/api/errors.py",
     "broker/edge/express.py",
     "broker/edge/expresscall.py",
+    "broker/edge/handover.py",
     "broker/edge/timers.py",
     "broker/stream/eventframer.py",
     "broker/edge/listener.py",

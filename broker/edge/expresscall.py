@@ -2,8 +2,8 @@
 
 `ExpressCall` is the `broker.edge.call.Call` that `broker.edge.express` hands to
 `broker.api.endpoints.serve`: the body as it arrives (read at most `BODY_AHEAD` ahead of the
-request path), and the answer written as aiohttp writes one, on the connection it
-came from (`Socket`).
+request path), and the answer written as aiohttp writes one (`broker.edge.handover.ResponseHead`),
+on the connection it came from (`Socket`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ from collections.abc import Mapping
 from typing import Final, Protocol
 
 from aiohttp import web
-from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import SERVER_SOFTWARE
-from aiohttp.web_response import REASON_PHRASES
 
 from broker.edge.call import bodiless, request_id_of
+from broker.edge.handover import ResponseHead
 from broker.edge.requesthead import Head
 from shared.tracecontext import trace_fields
 
@@ -31,6 +29,10 @@ class Socket(Protocol):
 
     @property
     def app(self) -> web.Application: ...
+
+    @property
+    def heads(self) -> ResponseHead:
+        """Writes the status line, Date and Server as aiohttp does."""
 
     def write(self, data: bytes) -> None:
         """Raises ConnectionError once the client has gone."""
@@ -252,10 +254,10 @@ class ExpressCall:
         self._connection.close()
 
     def _head_bytes(self, status: int, fields: list[tuple[str, str]]) -> bytes:
-        lines = [f"HTTP/1.1 {status} {REASON_PHRASES.get(status, '')}"]
+        heads = self._connection.heads
+        lines = [heads.status_line(status)]
         lines.extend(f"{name}: {value}" for name, value in fields)
-        lines.append(f"Date: {rfc822_formatted_time()}")
-        lines.append(f"Server: {SERVER_SOFTWARE}")
+        lines.append(heads.stamp())
         if self.close:
             lines.append("Connection: close")
         lines.append("\r\n")
