@@ -95,7 +95,7 @@ def parser_tail(protocol: web.RequestHandler) -> bytes:
     """The bytes aiohttp's protocol holds behind an upgrade head; AiohttpMoved if it no longer
     keeps them where this reads them (loudly: silence would stall every such handshake)."""
     tail = getattr(protocol, _TAIL, None)
-    if not isinstance(tail, bytes | bytearray):
+    if not isinstance(tail, (bytes, bytearray)):
         raise AiohttpMoved(
             f"aiohttp {aiohttp.__version__} no longer keeps the bytes behind an upgrade in "
             f"RequestHandler.{_TAIL}; broker/edge/handover.py must learn where they went "
