@@ -13,14 +13,15 @@ HTTP/1.0, anything odd) hands the connection to aiohttp for good, at that reques
 boundary, with every byte read so far: every unusual case keeps aiohttp's tested
 behaviour.
 
-Answers are written as aiohttp writes them (its Date, Server and reason phrases, chunked
-when the length is unknown, nothing on 204 and 304, closed after an answer shorter than its
-Content-Length). One request at a time per connection; pipelined ones wait in the buffer
-(reading pauses past `PIPELINE_LIMIT`, and while the client reads none of its answers). A
-request refused before its body arrived has the rest of its body read and dropped for up to
-`LINGER_TIMEOUT`, as aiohttp lingers; a body is read at most `BODY_AHEAD` ahead of the
-request path, as aiohttp's flow control allows. A client that goes away cancels its request,
-as aiohttp's `handler_cancellation` does; every request is counted once, however it ends.
+Answers are written as aiohttp writes them (its Date, Server and reason phrases, by
+`broker.edge.handover`; chunked when the length is unknown, nothing on 204 and 304, closed
+after an answer shorter than its Content-Length). One request at a time per connection;
+pipelined ones wait in the buffer (reading pauses past `PIPELINE_LIMIT`, and while the client
+reads none of its answers). A request refused before its body arrived has the rest of its
+body read and dropped for up to `LINGER_TIMEOUT`, as aiohttp lingers; a body is read at most
+`BODY_AHEAD` ahead of the request path, as aiohttp's flow control allows. A client that goes
+away cancels its request, as aiohttp's `handler_cancellation` does; every request is counted
+once, however it ends.
 
 Every wait on the client is bounded: the connection's timers are
 `broker.edge.timers.ConnectionTimers`.
@@ -40,7 +41,7 @@ from aiohttp import web
 
 from broker.api.admission import count_rejected, serve
 from broker.api.errors import error_parts
-from broker.edge import requesthead, timers
+from broker.edge import handover, requesthead, timers
 from broker.edge.expresscall import ExpressCall
 from broker.edge.timers import BODY, HEAD, IDLE, LINGER, LINGER_TIMEOUT, ConnectionTimers
 from broker.keys import SETTINGS
@@ -66,6 +67,7 @@ class Express:
         self.body_timeout = settings.body_timeout
         self.idle_timeout = settings.idle_timeout
         self.stall_timeout = settings.stall_timeout
+        self.heads = handover.ResponseHead()
         self.connections: set[_Connection] = set()
         self.served = 0
         """Requests this lane has taken (the rest went to aiohttp): for tests and the curious."""
@@ -112,12 +114,14 @@ class _Connection(asyncio.Protocol):
         "_timers",
         "_trip",
         "_waiters",
+        "heads",
         "task",
         "transport",
     )
 
     def __init__(self, lane: Express, transport: asyncio.Transport) -> None:
         self._lane = lane
+        self.heads = lane.heads
         self.transport: asyncio.Transport | None = transport
         self._buffer = bytearray()
         self._call: ExpressCall | None = None
@@ -310,12 +314,7 @@ class _Connection(asyncio.Protocol):
         self._lane.connections.discard(self)
         self.resume_reading()
         self.transport = None
-        protocol = self._lane.http()
-        transport.set_protocol(protocol)
-        # In a context of its own: this may run in a request's, whose id must not stick.
-        context = contextvars.Context()
-        context.run(protocol.connection_made, transport)
-        context.run(protocol.data_received, bytes(self._buffer))
+        handover.to_aiohttp(transport, self._lane.http, bytes(self._buffer))
         self._buffer.clear()
 
     def pause_reading(self) -> None:

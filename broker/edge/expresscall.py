@@ -1,9 +1,9 @@
 """The client's side of one request on the express lane: its head, its body, its answer.
 
 `ExpressCall` is the `broker.stream.call.Call` that `broker.edge.express` hands to
-`broker.api.endpoints.serve`: the body as it arrives (read at most `BODY_AHEAD` ahead of the
-request path), and the answer written as aiohttp writes one, on the connection it
-came from (`Socket`).
+`broker.api.admission.serve`: the body as it arrives (read at most `BODY_AHEAD` ahead of the
+request path), and the answer written as aiohttp writes one (`broker.edge.handover.ResponseHead`),
+on the connection it came from (`Socket`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ from collections.abc import Mapping
 from typing import Final, Protocol
 
 from aiohttp import web
-from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import SERVER_SOFTWARE
-from aiohttp.web_response import REASON_PHRASES
 
+from broker.edge.handover import ResponseHead
 from broker.edge.requesthead import Head
 from broker.stream.call import request_id_of
 from broker.stream.machine import bodiless
@@ -32,6 +30,10 @@ class Socket(Protocol):
 
     @property
     def app(self) -> web.Application: ...
+
+    @property
+    def heads(self) -> ResponseHead:
+        """Writes the status line, Date and Server as aiohttp does."""
 
     def write(self, data: bytes) -> None:
         """Raises ConnectionError once the client has gone."""
@@ -91,7 +93,7 @@ class ExpressCall:
         self.close = head.close
         """Close the connection after the answer."""
         self.began = False
-        """`broker.api.endpoints.serve` started on this request."""
+        """`broker.api.admission.serve` started on this request."""
         self.answered = False
         """Some of the answer was written (or is held to leave with the body)."""
         self.finished = False
@@ -253,10 +255,10 @@ class ExpressCall:
         self._connection.close()
 
     def _head_bytes(self, status: int, fields: list[tuple[str, str]]) -> bytes:
-        lines = [f"HTTP/1.1 {status} {REASON_PHRASES.get(status, '')}"]
+        heads = self._connection.heads
+        lines = [heads.status_line(status)]
         lines.extend(f"{name}: {value}" for name, value in fields)
-        lines.append(f"Date: {rfc822_formatted_time()}")
-        lines.append(f"Server: {SERVER_SOFTWARE}")
+        lines.append(heads.stamp())
         if self.close:
             lines.append("Connection: close")
         lines.append("\r\n")

@@ -6,8 +6,8 @@ request line. `GET /relay` makes it a relay connection (`Relay.connection`); a
 first request that starts `POST /` goes to the express lane (`broker.edge.express`),
 which serves the plain API requests itself and hands the connection to aiohttp at
 the first request it does not take; anything else goes to aiohttp's own protocol
-for good, with the bytes read so far, as soon as the bytes cannot become either
-(so a TLS hello sent to a plain port still gets aiohttp's 400 at once), and costs
+for good, with the bytes read so far (`broker.edge.handover`), as soon as the bytes cannot
+become either (so a TLS hello sent to a plain port still gets aiohttp's 400 at once), and costs
 nothing more per request after that.
 """
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from typing import Final, cast
+
+from broker.edge import handover
 
 FIRST_LINE_TIMEOUT: Final = 30.0
 """Seconds a new connection gets to send its first request line (the broker passes its
@@ -113,10 +115,7 @@ class _Sniffer(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         self._settle()
-        protocol = self._front.http()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        protocol.data_received(bytes(self._buffer))
+        handover.to_aiohttp(transport, self._front.http, bytes(self._buffer))
 
     def eof_received(self) -> bool:
         self.drop()

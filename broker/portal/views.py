@@ -20,7 +20,6 @@ import jinja2
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from aiohttp.web_exceptions import NotAppKeyWarning
 from aiohttp_session import Session, session_middleware
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
@@ -76,7 +75,7 @@ def setup_portal(app: web.Application, settings: BrokerSettings) -> None:
     sessions = session_middleware(storage)
     # aiohttp-session stores its state under plain string request keys, which aiohttp
     # warns about on every portal request; the warning is about that library, not us.
-    warnings.filterwarnings("ignore", category=NotAppKeyWarning, module="aiohttp_session")
+    warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module="aiohttp_session")
 
     @web.middleware
     async def portal_sessions(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 from broker.accounts import keyformat
 from broker.accounts.credentials import bearer_token
 from broker.api.errors import error_bytes
+from broker.edge import handover
 from broker.keys import CONNECTOR_TOKENS, HUB, LINKS, METRICS, SETTINGS, STORE
 from broker.relay.hub import Hub
 from broker.relay.link import ConnectorLink
@@ -65,32 +66,21 @@ class Relay:
     async def take_over(self, request: web.Request) -> web.StreamResponse:
         """An upgrade on a connection aiohttp already served (a proxy reusing a pooled one).
 
-        The connection leaves aiohttp for the same lean link as a first request gets: the
-        upgrade head is rebuilt from the request and the socket's protocol swapped. The
-        handler then only waits for the link to end, and hands the end to aiohttp's own
-        protocol, which no longer sees the socket, so it forgets the connection too.
+        The connection leaves aiohttp for the same lean link as a first request gets
+        (`broker.edge.handover` rebuilds the upgrade head and takes the bytes behind it),
+        and the socket's protocol is swapped. The handler then only waits for the link to
+        end, and hands the end back to aiohttp's protocol, so it forgets the connection too.
         """
-        transport = request.transport
-        if transport is None or transport.is_closing():
+        taken = handover.from_aiohttp(request)
+        if taken is None:
             return web.Response(status=499)
-        head = b"".join(
-            (
-                f"{request.method} {request.raw_path} HTTP/1.1\r\n".encode("latin-1"),
-                *(name + b": " + value + b"\r\n" for name, value in request.raw_headers),
-                b"\r\n",
-            )
-        )
-        # Bytes a client sent right behind the upgrade (its hello, say) are still in aiohttp's
-        # parser; without them the handshake would wait for a hello that already came.
-        tail = getattr(request.protocol, "_message_tail", b"")
-        socket = self.connection(transport, head + bytes(tail or b""))
+        socket = self.connection(taken.transport, taken.received)
         try:
             await socket.wait_closed()
         except asyncio.CancelledError:
             socket.abort("broker stopping")
             raise
-        # What aiohttp writes now goes nowhere: the socket is closed and no longer its own.
-        request.protocol.connection_lost(None)
+        handover.back_to_aiohttp(request)
         return web.Response(status=101)
 
     def attach(self, link: ConnectorLink) -> None:
