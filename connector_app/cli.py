@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from connector_app import demo
 from connector_app.core.connector import Connector
 from connector_app.core.settings import ConnectorSettings
 from shared import eventloop
@@ -118,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["autostart"]:
         return autostart_main(argv[1:])
+    if argv[:1] == ["demo"]:
+        return demo.main(PROG, argv[1:])
     args = build_parser().parse_args(argv)
     if not args.headless:
         given = [k for k, v in vars(args).items() if v not in (None, False) and k not in TRAY_FLAGS]

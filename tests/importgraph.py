@@ -16,7 +16,9 @@ from pathlib import Path
 
 # Calls on an event loop (or the asyncio module) that open a listening server; they arrive
 # through an object, not an import, so the graph records each use as an import of `asyncio.NAME`.
-SERVER_CALLS = frozenset({"create_server", "create_unix_server", "start_server", "start_unix_server"})
+SERVER_CALLS = frozenset(
+    {"create_server", "create_unix_server", "start_server", "start_unix_server"}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,9 +115,7 @@ def test_contract(graph: Graph, who: str, forbidden: tuple[str, ...], why: str) 
     if who not in graph.files:  # a contract on a module that moved would hold for nothing
         pytest.fail(f"the contract names {who}, which is no module of {', '.join(PACKAGES)}")
     found = breaches(graph, who, forbidden)
-    assert not found, f"{who} must not import {', '.join(forbidden)} ({why}):\n" + "\n".join(
-        found
-    )
+    assert not found, f"{who} must not import {', '.join(forbidden)} ({why}):\n" + "\n".join(found)
 
 
 def test_no_import_cycles(graph: Graph) -> None:
@@ -198,7 +196,9 @@ def test_a_cycle_is_found_through_type_checking_and_relative_imports(tmp_path: P
         {
             "pkg/__init__.py": "",
             "pkg/keys.py": (
-                "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.sub.link import L\n"
+                "from typing import TYPE_CHECKING\n"
+                "if TYPE_CHECKING:\n"
+                "    from pkg.sub.link import L\n"
             ),
             "pkg/sub/__init__.py": "",
             "pkg/sub/link.py": "from .. import keys\n",

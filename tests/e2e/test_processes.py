@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -75,8 +76,13 @@ class Proc:
     async def signal_and_wait(self, sig: int, timeout: float = 20) -> int:
         if self.process.returncode is None:
             self.process.send_signal(sig)
+        return await self.ended(timeout)
+
+    async def ended(self, timeout: float = 20) -> int:
+        """The exit status, once the process has exited and its output has reached its end
+        (which a child process it left running would hold open)."""
         code = await asyncio.wait_for(self.process.wait(), timeout)
-        await asyncio.gather(*self._readers)
+        await asyncio.wait_for(asyncio.gather(*self._readers), timeout)
         return code
 
     async def kill(self) -> None:
@@ -210,3 +216,27 @@ async def test_demo_answers_requests_and_stops_cleanly(procs: list[Proc]) -> Non
         assert "".join(words) == "one two three"
     assert await demo.signal_and_wait(signal.SIGINT) == 0
     assert demo.lines[-1] == "Stopped."
+
+
+async def test_a_killed_demo_leaves_no_connector_running(procs: list[Proc]) -> None:
+    # The demo's connector is a child process holding the same output pipes: they reach their
+    # end only once it has exited too, which it does when the broker's end of its stdin closes.
+    demo = await Proc.start("broker.cli", "demo", "--echo", "--port=0")
+    procs.append(demo)
+    await demo.wait_line(lambda line: "Press Ctrl-C" in line)
+    assert await demo.signal_and_wait(signal.SIGKILL) == -signal.SIGKILL
+
+
+async def test_a_demo_that_cannot_listen_says_so_and_starts_no_connector(
+    procs: list[Proc],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        demo = await Proc.start("broker.cli", "demo", "--echo", f"--port={port}")
+        procs.append(demo)
+        assert await demo.ended() == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in demo.lines[-1]
+    assert "--port 0" in demo.lines[-1]
+    assert not any("echo" in line for line in demo.lines)
