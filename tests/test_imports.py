@@ -8,9 +8,10 @@ followed through the project's own modules, so an import made on a module's beha
 of ours counts as its own.
 
 The rules:
-- `connector_app.core` never imports Qt: PySide6, qasync or `connector_app.qt`.
-- `broker` never imports `connector_app`, and neither package is imported by `shared`; the
-  connector does not import the broker.
+- `connector_app.core` never imports Qt: PySide6 (or another Qt binding), qasync or
+  `connector_app.qt`; neither do `broker` and `shared`.
+- `broker` never imports `connector_app` (its demo runs the connector as a child process),
+  and neither package is imported by `shared`; the connector does not import the broker.
 - `shared` and the broker's stream machine hold no server. Neither imports aiohttp (client
   or server: the one HTTP stack the project has is a server's), websockets' server modules
   (`websockets.server` and `websockets.{asyncio,sync,legacy}.server`), nor the standard
@@ -37,7 +38,8 @@ from tests.importgraph import Graph
 ROOT = Path(__file__).parents[1]
 PACKAGES = ("shared", "broker", "connector_app")
 
-QT = ("PySide6", "qasync", "connector_app.qt")
+QT_LIBRARIES = ("PySide6", "PyQt5", "PyQt6", "shiboken6", "qasync")
+QT = (*QT_LIBRARIES, "connector_app.qt")
 SERVERS = (
     "aiohttp",
     "websockets.server",
@@ -62,8 +64,8 @@ CONTRACTS = [
     ),
     pytest.param(
         "broker",
-        ("connector_app",),
-        "the broker is deployed without the connector",
+        ("connector_app", *QT_LIBRARIES),
+        "the broker is a headless service, deployed without the connector",
         id="broker-without-connector",
     ),
     pytest.param(
@@ -74,7 +76,7 @@ CONTRACTS = [
     ),
     pytest.param(
         "shared",
-        ("broker", "connector_app"),
+        ("broker", "connector_app", *QT_LIBRARIES),
         "shared is the layer both sides stand on",
         id="shared-below-both",
     ),

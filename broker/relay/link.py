@@ -13,9 +13,9 @@ import asyncio
 import collections
 import itertools
 import time
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -27,6 +27,10 @@ from shared.flow import ReceiveCredit
 from shared.handshake import Refused, check_models, check_sender, servable
 from shared.outbox import Outbox
 from shared.text import shown
+
+if TYPE_CHECKING:
+    from broker.edge.call import Call
+    from broker.relay.admission import Relay
 
 log = structlog.get_logger("remotellm.broker.relay")
 
@@ -147,36 +151,6 @@ class Exchange:
         self.link.forget(self.stream_id, cancel=cancel)
 
 
-class Carried(Protocol):
-    """The request a stream carries, as a link sends it (the edge's `Call` is one)."""
-
-    @property
-    def method(self) -> str: ...
-    @property
-    def target(self) -> str: ...
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-    @property
-    def request_id(self) -> str: ...
-
-
-class Models(Protocol):
-    """Who serves the models a link announces: the hub."""
-
-    def models_changed(self, link: ConnectorLink) -> None: ...
-
-
-class Keeper(Protocol):
-    """What a link needs of `broker.relay.admission.Relay`, which keeps it (named here, as
-    `Carried` is, so that the relay's modules and the edge do not import each other)."""
-
-    @property
-    def hub(self) -> Models: ...
-    def detach(self, link: ConnectorLink) -> None: ...
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
-    async def seen(self, token_id: int) -> None: ...
-
-
 class ConnectorLink:
     """One connected connector, as the hub and the API handlers see it."""
 
@@ -199,7 +173,7 @@ class ConnectorLink:
     )
 
     def __init__(
-        self, relay: Keeper, socket: RelaySocket, hello: p.Hello, window: int, token_id: int | None
+        self, relay: Relay, socket: RelaySocket, hello: p.Hello, window: int, token_id: int | None
     ) -> None:
         self._relay = relay
         self._socket = socket
@@ -232,7 +206,7 @@ class ConnectorLink:
 
     # -- used by API handlers -----------------------------------------------------
 
-    def open(self, call: Carried, body: bytes) -> Exchange:
+    def open(self, call: Call, body: bytes) -> Exchange:
         """Start a stream carrying one request (`call`'s head, its headers as they are passed
         on, and `body`); the reply arrives on the Exchange.
 
