@@ -26,7 +26,10 @@ log = structlog.get_logger("remotellm.connector")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="RemoteLLM connector: share a local LLM server through a broker."
+        prog=PROG,
+        description="RemoteLLM connector: share a local LLM server through a broker.",
+        epilog=f"other commands: `{PROG} autostart --help` (launch at login), `{PROG} demo "
+        "--help` (the connector that `remotellm-broker demo` starts)",
     )
     add = parser.add_argument
     add("--headless", action="store_true", help="run without the tray app (servers, services)")

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from connector_app.core.connector import Connector
 from connector_app.core.discovery import KNOWN_SERVERS, detect_local_server
@@ -26,7 +26,7 @@ from connector_app.core.echo import create_echo_app
 from connector_app.core.settings import ConnectorSettings
 from shared import eventloop
 from shared.logging import configure_logging
-from shared.settings import LOG_LEVELS
+from shared.settings import LOG_LEVELS, describe
 from shared.signals import shutdown_signals
 
 TOKEN_VARIABLE = "REMOTELLM_CONNECTOR_BROKER_TOKEN"
@@ -86,20 +86,11 @@ def _when_stdin_closes(then: Callable[[], None]) -> None:
     threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
 
 
-async def run_demo(broker_url: str, token: str, *, force_echo: bool = False) -> int:
-    """Serve the demo's connector until told to stop; 0 on a clean stop."""
+async def run_demo(settings: ConnectorSettings, *, force_echo: bool = False) -> int:
+    """Serve the demo's connector (`settings` with the LLM server it finds) until told to
+    stop; 0 on a clean stop."""
     llm_url, echo = await _local_llm(force_echo)
-    connector = Connector(
-        ConnectorSettings(
-            broker_url=broker_url,
-            broker_token=SecretStr(token),
-            llm_url=llm_url,
-            name="demo",
-            max_concurrency=8,
-            model=[],
-            llm_api_key=None,
-        )
-    )
+    connector = Connector(settings.model_copy(update={"llm_url": llm_url}))
     stopping: list[asyncio.Task[None]] = []
 
     def stop() -> None:
@@ -127,5 +118,18 @@ def main(prog: str, argv: Sequence[str]) -> int:
             f"{prog}: error: set {TOKEN_VARIABLE} to the broker's connector token", file=sys.stderr
         )
         return 2
+    try:  # the other settings may come from REMOTELLM_CONNECTOR_* variables, as for --headless
+        settings = ConnectorSettings(
+            broker_url=args.broker_url,
+            broker_token=SecretStr(token),
+            llm_url="http://127.0.0.1",  # replaced by the server found (or the echo server)
+            name="demo",
+            max_concurrency=8,
+            model=[],
+            llm_api_key=None,
+        )
+    except ValidationError as exc:
+        print(f"{prog}: error: {describe(exc)}", file=sys.stderr)
+        return 2
     configure_logging(args.log_level, "console")
-    return eventloop.run(run_demo(args.broker_url, token, force_echo=args.echo))
+    return eventloop.run(run_demo(settings, force_echo=args.echo))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -34,7 +35,7 @@ class Proc:
         ]
 
     @classmethod
-    async def start(cls, module: str, *args: str) -> Proc:
+    async def start(cls, module: str, *args: str, env: dict[str, str] | None = None) -> Proc:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -43,6 +44,7 @@ class Proc:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             stdin=asyncio.subprocess.DEVNULL,
+            env=None if env is None else {**os.environ, **env},
         )
         return cls(process)
 
@@ -240,3 +242,14 @@ async def test_a_demo_that_cannot_listen_says_so_and_starts_no_connector(
     assert f"cannot listen on 127.0.0.1:{port}" in demo.lines[-1]
     assert "--port 0" in demo.lines[-1]
     assert not any("echo" in line for line in demo.lines)
+
+
+async def test_a_demo_whose_connector_fails_stops_and_says_why(procs: list[Proc]) -> None:
+    bad = {"REMOTELLM_CONNECTOR_HEARTBEAT": "0"}  # the child reads its settings' variables
+    demo = await Proc.start("broker.cli", "demo", "--echo", "--port=0", env=bad)
+    procs.append(demo)
+    assert await demo.ended() == 1
+    output = "\n".join(demo.lines)
+    assert "remotellm-connector: error: invalid setting 'heartbeat'" in output
+    assert "the demo's connector stopped (exit status 2)" in demo.lines[-1]
+    assert "Press Ctrl-C" not in output
