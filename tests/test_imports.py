@@ -5,15 +5,17 @@ Every import counts wherever it stands: at module level, under `if TYPE_CHECKING
 there still makes the types circular, and turns into a real one the day the import is needed
 at run time) and inside a function (it still loads the module, only later). A chain is
 followed through the project's own modules, so an import made on a module's behalf by another
-of ours counts as its own.
+of ours counts as its own. Not imports, and so not checked: a module named in a string
+(`importlib.import_module`) and a process started with `python -m` (the broker's demo starts
+the connector that way, which is the point: the two never share an interpreter).
 
 The rules:
 - `connector_app.core` never imports Qt: PySide6 (or another Qt binding), qasync or
   `connector_app.qt`; neither do `broker` and `shared`.
 - `broker` never imports `connector_app` (its demo runs the connector as a child process),
   and neither package is imported by `shared`; the connector does not import the broker.
-- `shared` and the broker's stream machine hold no server. Neither imports aiohttp (client
-  or server: the one HTTP stack the project has is a server's), websockets' server modules
+- `shared` and the broker's stream machine hold no server. Neither imports aiohttp at all (its
+  client comes in the package of its server; shared needs neither), websockets' server modules
   (`websockets.server` and `websockets.{asyncio,sync,legacy}.server`), nor the standard
   library's servers (`http.server`, `socketserver`, `asyncio.Server`), nor names the calls
   that open a listening socket (`create_server`, `create_unix_server`, `start_server`,
@@ -22,7 +24,8 @@ The rules:
 - The stream machine is sans-I/O besides: no asyncio, sockets, ssl, selectors or clock
   (`time`) at all; its caller passes time in.
 - No cycles among the modules of shared, broker and connector_app.
-Each failure names the import chain that breaks the rule, with the line of each import.
+Each failure names the import chain that breaks the rule, as `a:3 -> b:9 (in a function) -> c`:
+module a imports b at its line 3, and b imports c at its line 9, inside a function.
 """
 
 from __future__ import annotations
