@@ -14,6 +14,7 @@ import structlog
 
 from broker.accounts.admin import add_commands
 from broker.accounts.admin import run as run_admin
+from broker.demo import DemoError, run_demo
 from broker.server import BrokerServer
 from broker.settings import BrokerSettings
 from shared import eventloop
@@ -150,11 +151,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
     if args.command == "demo":
-        from broker.demo import run_demo
-
         configure_logging(args.log_level, "console")
         with contextlib.suppress(KeyboardInterrupt):
-            return eventloop.run(run_demo(args.port, force_echo=args.echo))
+            try:
+                return eventloop.run(
+                    run_demo(args.port, force_echo=args.echo, log_level=args.log_level)
+                )
+            except DemoError as exc:
+                print(f"{PROG}: error: {exc}", file=sys.stderr)
+                return 1
         return 0
     try:
         settings = _settings_from(args)

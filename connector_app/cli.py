@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from connector_app import demo
 from connector_app.core.connector import Connector
 from connector_app.core.settings import ConnectorSettings
 from shared import eventloop
@@ -25,7 +26,10 @@ log = structlog.get_logger("remotellm.connector")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="RemoteLLM connector: share a local LLM server through a broker."
+        prog=PROG,
+        description="RemoteLLM connector: share a local LLM server through a broker.",
+        epilog=f"other commands: `{PROG} autostart --help` (launch at login), `{PROG} demo "
+        "--help` (the connector that `remotellm-broker demo` starts)",
     )
     add = parser.add_argument
     add("--headless", action="store_true", help="run without the tray app (servers, services)")
@@ -118,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["autostart"]:
         return autostart_main(argv[1:])
+    if argv[:1] == ["demo"]:
+        return demo.main(PROG, argv[1:])
     args = build_parser().parse_args(argv)
     if not args.headless:
         given = [k for k, v in vars(args).items() if v not in (None, False) and k not in TRAY_FLAGS]

@@ -74,6 +74,20 @@ def test_autostart_command_writes_and_removes_the_entry(
     assert not entry.exists()
 
 
+def test_demo_command_takes_its_token_from_the_environment_only(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("REMOTELLM_CONNECTOR_BROKER_TOKEN", raising=False)
+    code, err = run(["demo", "--broker-url", "ws://127.0.0.1:1/relay"], capsys)
+    assert code == 2
+    assert "set REMOTELLM_CONNECTOR_BROKER_TOKEN" in err
+    code, err = run(
+        ["demo", "--broker-url", "ws://127.0.0.1:1/relay", "--broker-token", "t"], capsys
+    )
+    assert code == 2
+    assert "unrecognized arguments: --broker-token" in err
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 def test_no_flags_starts_the_tray_app_one_instance_per_user_and_a_signal_exits_0(
     tmp_path: Path, stop_signal: signal.Signals

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -33,7 +35,7 @@ class Proc:
         ]
 
     @classmethod
-    async def start(cls, module: str, *args: str) -> Proc:
+    async def start(cls, module: str, *args: str, env: dict[str, str] | None = None) -> Proc:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -42,6 +44,7 @@ class Proc:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             stdin=asyncio.subprocess.DEVNULL,
+            env=None if env is None else {**os.environ, **env},
         )
         return cls(process)
 
@@ -75,8 +78,13 @@ class Proc:
     async def signal_and_wait(self, sig: int, timeout: float = 20) -> int:
         if self.process.returncode is None:
             self.process.send_signal(sig)
+        return await self.ended(timeout)
+
+    async def ended(self, timeout: float = 20) -> int:
+        """The exit status, once the process has exited and its output has reached its end
+        (which a child process it left running would hold open)."""
         code = await asyncio.wait_for(self.process.wait(), timeout)
-        await asyncio.gather(*self._readers)
+        await asyncio.wait_for(asyncio.gather(*self._readers), timeout)
         return code
 
     async def kill(self) -> None:
@@ -210,3 +218,38 @@ async def test_demo_answers_requests_and_stops_cleanly(procs: list[Proc]) -> Non
         assert "".join(words) == "one two three"
     assert await demo.signal_and_wait(signal.SIGINT) == 0
     assert demo.lines[-1] == "Stopped."
+
+
+async def test_a_killed_demo_leaves_no_connector_running(procs: list[Proc]) -> None:
+    # The demo's connector is a child process holding the same output pipes: they reach their
+    # end only once it has exited too, which it does when the broker's end of its stdin closes.
+    demo = await Proc.start("broker.cli", "demo", "--echo", "--port=0")
+    procs.append(demo)
+    await demo.wait_line(lambda line: "Press Ctrl-C" in line)
+    assert await demo.signal_and_wait(signal.SIGKILL) == -signal.SIGKILL
+
+
+async def test_a_demo_that_cannot_listen_says_so_and_starts_no_connector(
+    procs: list[Proc],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        demo = await Proc.start("broker.cli", "demo", "--echo", f"--port={port}")
+        procs.append(demo)
+        assert await demo.ended() == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in demo.lines[-1]
+    assert "--port 0" in demo.lines[-1]
+    assert not any("echo" in line for line in demo.lines)
+
+
+async def test_a_demo_whose_connector_fails_stops_and_says_why(procs: list[Proc]) -> None:
+    bad = {"REMOTELLM_CONNECTOR_HEARTBEAT": "0"}  # the child reads its settings' variables
+    demo = await Proc.start("broker.cli", "demo", "--echo", "--port=0", env=bad)
+    procs.append(demo)
+    assert await demo.ended() == 1
+    output = "\n".join(demo.lines)
+    assert "remotellm-connector: error: invalid setting 'heartbeat'" in output
+    assert "the demo's connector stopped (exit status 2)" in demo.lines[-1]
+    assert "Press Ctrl-C" not in output
