@@ -76,7 +76,7 @@ COMPILED = (
     "broker/stream/headers.py",
     "broker/relay/hub.py",
     "broker/accounts/keyformat.py",
-    "broker/keys.py",
+    "broker/services.py",
     "broker/accounts/ledger.py",
     "broker/lifecycle.py",
     "broker/accounts/limits.py",

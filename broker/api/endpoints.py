@@ -23,7 +23,7 @@ from broker.accounts.limits import Lease, Rejection
 from broker.accounts.principals import Denied, Principal
 from broker.api.errors import error_parts, error_response
 from broker.edge.call import AiohttpCall, Call
-from broker.keys import ACCOUNTS, HUB, LIFECYCLE, LIMITER, SETTINGS
+from broker.services import SERVICES, Services
 from broker.stream.books import MAX_LOGGED_MODEL, close_books
 from broker.stream.trip import Trip
 from shared import jsoncodec
@@ -33,9 +33,9 @@ from shared.text import MAX_NAME_LENGTH, is_clean, shown
 log = structlog.get_logger("remotellm.broker.api")
 
 
-async def _authenticate(request: web.Request) -> Principal | web.Response:
+async def _authenticate(request: web.Request, services: Services) -> Principal | web.Response:
     """The caller behind the request's API key, or the error response to send."""
-    found = await request.app[ACCOUNTS].authenticate(presented_key(request.headers))
+    found = await services.accounts.authenticate(presented_key(request.headers))
     if isinstance(found, Denied):
         return error_response(request, found.status, found.code, found.message)
     return found
@@ -96,24 +96,26 @@ def _model_object(model: str, first_seen: float) -> dict[str, Any]:
 
 async def models_endpoint(request: web.Request) -> web.Response:
     """GET /v1/models: every model a connected connector serves right now (that the key may use)."""
-    principal = await _authenticate(request)
+    services = request.app[SERVICES]
+    principal = await _authenticate(request, services)
     if isinstance(principal, web.Response):
         return principal
     data = [
         _model_object(model, first_seen)
-        for model, first_seen in _visible(principal, request.app[HUB].models()).items()
+        for model, first_seen in _visible(principal, services.hub.models()).items()
     ]
     return web.json_response({"object": "list", "data": data})
 
 
 async def model_endpoint(request: web.Request) -> web.Response:
     """GET /v1/models/{id}: one model of the list, or 404 `model_not_found`."""
-    principal = await _authenticate(request)
+    services = request.app[SERVICES]
+    principal = await _authenticate(request, services)
     if isinstance(principal, web.Response):
         return principal
     model = request.match_info["model"]
     allowed = principal.limits.models
-    first_seen = request.app[HUB].first_seen(model)
+    first_seen = services.hub.first_seen(model)
     if first_seen is None or (allowed is not None and model not in allowed):
         message = (
             f"The model '{model[:MAX_LOGGED_MODEL]}' is not served here right now."
@@ -130,7 +132,8 @@ async def ollama_version_endpoint(_request: web.Request) -> web.Response:
 
 async def ollama_tags_endpoint(request: web.Request) -> web.Response:
     """GET /api/tags: the same models in Ollama's shape, for Ollama clients."""
-    principal = await _authenticate(request)
+    services = request.app[SERVICES]
+    principal = await _authenticate(request, services)
     if isinstance(principal, web.Response):
         return principal
     models = [
@@ -142,7 +145,7 @@ async def ollama_tags_endpoint(request: web.Request) -> web.Response:
             "digest": "",
             "details": {},
         }
-        for model, first_seen in _visible(principal, request.app[HUB].models()).items()
+        for model, first_seen in _visible(principal, services.hub.models()).items()
     ]
     return web.json_response({"models": models})
 
@@ -156,49 +159,52 @@ async def proxy_endpoint(request: web.Request) -> web.StreamResponse:
         # that is an endpoint as sent is routed, so both ends agree on every request.
         path = shown(target.partition("?")[0], 100)
         return error_response(request, 404, "not_found", f"There is no endpoint at {path}.")
-    call = AiohttpCall(request)
-    await serve(call)
+    services = request.app[SERVICES]
+    settings = services.settings
+    call = AiohttpCall(request, settings.body_timeout, settings.stall_timeout)
+    await serve(services, call)
     return call.response or web.Response(status=499)
 
 
-async def serve(call: Call) -> None:
+async def serve(services: Services, call: Call) -> None:
     """Answer one API call: authenticate, admit, route by model, relay, stream the answer."""
-    app = call.app
-    lifecycle = app[LIFECYCLE]
+    lifecycle = services.lifecycle
     started = time.perf_counter()
     if lifecycle.draining:
-        await _reject(
-            call, started, None, 503, "shutting_down", "The broker is restarting; retry shortly.", 5
-        )
+        message = "The broker is restarting; retry shortly."
+        await _reject(services, call, started, None, 503, "shutting_down", message, 5)
         return
     # Counted from the first byte, so a drain waits for an upload that is still arriving.
     with lifecycle.request():
         principal: Principal | None = None
         try:
-            found = await app[ACCOUNTS].authenticate(presented_key(call.headers))
+            found = await services.accounts.authenticate(presented_key(call.headers))
             if isinstance(found, Denied):
-                await _reject(call, started, None, found.status, found.code, found.message)
+                await _reject(
+                    services, call, started, None, found.status, found.code, found.message
+                )
                 return
             principal = found
-            admitted = await _admit(call, principal, started)
+            admitted = await _admit(services, call, principal, started)
         except (ConnectionError, asyncio.CancelledError):
             # The client went away while its request was still arriving.
-            count_rejected(call, 499, started, principal, cancelled=True)
+            count_rejected(services, call, 499, started, principal, cancelled=True)
             raise
         except Exception as exc:
             # The store failed to answer a key look-up (or today's tokens): say so, in the
             # client's dialect, without the exception text (it may quote the key's hash).
             log.error("cannot check the API key", error=type(exc).__name__)
             message = "The broker cannot check API keys right now; retry shortly."
-            await _reject(call, started, principal, 503, "store_unavailable", message, 5)
+            await _reject(services, call, started, principal, 503, "store_unavailable", message, 5)
             return
         if admitted is None:
             return
         body, model, lease = admitted
-        await Trip(call, body, model, principal, lease).run()
+        await Trip(services, call, body, model, principal, lease).run()
 
 
 async def _reject(
+    services: Services,
     call: Call,
     started: float,
     principal: Principal | None,
@@ -217,12 +223,13 @@ async def _reject(
     if final:
         # Hours away: an SDK's automatic retries (which cap the wait at a minute) cannot help.
         headers["x-should-retry"] = "false"
-    count_rejected(call, status, started, principal)
+    count_rejected(services, call, status, started, principal)
     with contextlib.suppress(ConnectionError):  # a client gone is counted all the same
         await call.reply(status, headers, body)
 
 
 def count_rejected(
+    services: Services,
     call: Call,
     status: int,
     started: float,
@@ -232,24 +239,25 @@ def count_rejected(
 ) -> None:
     """Account a request answered before routing (no model label: it was not read or checked)."""
     outcome = "cancelled" if cancelled else "error"
-    close_books(call, principal, status, outcome, time.perf_counter() - started)
+    close_books(services, call, principal, status, outcome, time.perf_counter() - started)
 
 
 async def _admit(
-    call: Call, principal: Principal, started: float
+    services: Services, call: Call, principal: Principal, started: float
 ) -> tuple[bytes, str, Lease] | None:
     """Read and check the request: the body, its model and a lease, or None once refused."""
-    app = call.app
-    limit = app[SETTINGS].max_body_size
+    limit = services.settings.max_body_size
     body = await call.read(limit)
     if body is None:
         message = f"The request body is larger than this broker's limit of {limit} bytes."
-        await _reject(call, started, principal, 413, "request_too_large", message)
+        await _reject(services, call, started, principal, 413, "request_too_large", message)
         return None
     model = model_of(body, call.path)
     if model is None:
         message = model_refusal(body, call.path)
-        await _reject(call, started, principal, 400, "invalid_request", message, param="model")
+        await _reject(
+            services, call, started, principal, 400, "invalid_request", message, param="model"
+        )
         return None
     allowed = principal.limits.models
     if allowed is not None and model not in allowed:
@@ -257,13 +265,15 @@ async def _admit(
             f"This key may not use the model '{model[:MAX_LOGGED_MODEL]}'."
             " GET /v1/models lists the models it may use."
         )
-        await _reject(call, started, principal, 403, "model_not_allowed", message, param="model")
+        code = "model_not_allowed"
+        await _reject(services, call, started, principal, 403, code, message, param="model")
         return None
-    lease = await app[LIMITER].admit(principal)
+    lease = await services.limiter.admit(principal)
     if isinstance(lease, Rejection):
         denied = lease.denied
         final = denied.code == "daily_token_limit_exceeded"
         await _reject(
+            services,
             call,
             started,
             principal,

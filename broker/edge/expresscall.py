@@ -12,7 +12,6 @@ import asyncio
 from collections.abc import Mapping
 from typing import Final, Protocol
 
-from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_response import REASON_PHRASES
@@ -28,9 +27,6 @@ past this, reading pauses, as aiohttp's flow control does."""
 
 class Socket(Protocol):
     """What a call needs of its connection (`broker.edge.express`)."""
-
-    @property
-    def app(self) -> web.Application: ...
 
     def write(self, data: bytes) -> None:
         """Raises ConnectionError once the client has gone."""
@@ -120,10 +116,6 @@ class ExpressCall:
         self._body = bytearray()
 
     # -- what the request says --------------------------------------------------------
-
-    @property
-    def app(self) -> web.Application:
-        return self._connection.app
 
     @property
     def method(self) -> str:

@@ -13,9 +13,9 @@ import asyncio
 import collections
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -30,11 +30,27 @@ from shared.text import shown
 
 if TYPE_CHECKING:
     from broker.edge.call import Call
-    from broker.relay.admission import Relay
+    from broker.relay.hub import Hub
 
 log = structlog.get_logger("remotellm.broker.relay")
 
 GOAWAY_TIMEOUT = 2.0
+
+
+class Keeper(Protocol):
+    """What keeps the links (`broker.relay.admission.Relay`), told when one changes or ends."""
+
+    @property
+    def hub(self) -> Hub: ...
+
+    def detach(self, link: ConnectorLink) -> None:
+        """The link has closed: it serves nothing from now on."""
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a short background step (a store update)."""
+
+    async def seen(self, token_id: int) -> None:
+        """Note when a connector token was last used."""
 
 
 class LinkLost(Exception):
@@ -173,7 +189,7 @@ class ConnectorLink:
     )
 
     def __init__(
-        self, relay: Relay, socket: RelaySocket, hello: p.Hello, window: int, token_id: int | None
+        self, relay: Keeper, socket: RelaySocket, hello: p.Hello, window: int, token_id: int | None
     ) -> None:
         self._relay = relay
         self._socket = socket

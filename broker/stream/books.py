@@ -11,14 +11,16 @@ connector's name by the relay's hello (`shared.handshake.accept_hello`).
 from __future__ import annotations
 
 import time
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
 from broker.accounts.principals import Principal
 from broker.accounts.records import UsageRow
 from broker.edge.call import Call
-from broker.keys import LEDGER, METRICS
+
+if TYPE_CHECKING:
+    from broker.services import Services
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -27,6 +29,7 @@ MAX_LOGGED_MODEL: Final = 100
 
 
 def close_books(
+    services: Services,
     call: Call,
     principal: Principal | None,
     status: int,
@@ -46,8 +49,7 @@ def close_books(
     checked, and its duration (mostly its client's upload) stays out of the histogram.
     `outcome` is `ok`, `error`, `timeout` or `cancelled` (the usage row's `cancelled`).
     """
-    app = call.app
-    app[METRICS].finished(label, status, elapsed if model is not None else None)
+    services.metrics.finished(label, status, elapsed if model is not None else None)
     log.info(
         "request finished",
         **call.ids,  # also when no context carries them (broker.stream.callbacktrip)
@@ -60,7 +62,7 @@ def close_books(
         user=principal.username if principal is not None else None,
         duration_ms=round(elapsed * 1000, 1),
     )
-    app[LEDGER].record(
+    services.ledger.record(
         UsageRow(
             time=time.time(),
             request_id=call.request_id,

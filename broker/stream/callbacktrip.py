@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -30,12 +30,14 @@ from broker.accounts.principals import Principal
 from broker.api.endpoints import model_of
 from broker.api.errors import error_parts
 from broker.edge.expresscall import ExpressCall
-from broker.keys import ACCOUNTS, HUB, LIFECYCLE, LIMITER
 from broker.relay.hub import Link
 from broker.relay.link import ConnectorLink, Exchange, LinkLost, StreamEvent, Unsendable
 from broker.stream.headers import BadHead
 from broker.stream.trip import Refused, Trip
 from shared import protocol as p
+
+if TYPE_CHECKING:
+    from broker.services import Services
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -57,13 +59,12 @@ class Owner(Protocol):
         serve from callbacks."""
 
 
-def start(call: ExpressCall, owner: Owner) -> CallbackTrip | None:
+def start(services: Services, call: ExpressCall, owner: Owner) -> CallbackTrip | None:
     """Serve `call` from callbacks if it is the plain case (see above); else None, with
     nothing changed, for the caller to serve it the usual way."""
-    app = call.app
-    if app[LIFECYCLE].draining or not call.complete:
+    if services.lifecycle.draining or not call.complete:
         return None
-    principal = app[ACCOUNTS].authenticate_now(presented_key(call.headers))
+    principal = services.accounts.authenticate_now(presented_key(call.headers))
     if not isinstance(principal, Principal):
         return None  # refused, or only the store knows: the usual way says which
     body = call.body_now()
@@ -71,12 +72,12 @@ def start(call: ExpressCall, owner: Owner) -> CallbackTrip | None:
     allowed = principal.limits.models
     if model is None or (allowed is not None and model not in allowed):
         return None
-    hub = app[HUB]
+    hub = services.hub
     link = hub.acquire_now(model)
     if link is None:
         return None
     assert isinstance(link, ConnectorLink)
-    lease = app[LIMITER].admit_now(principal) if not link.gone else None
+    lease = services.limiter.admit_now(principal) if not link.gone else None
     if not isinstance(lease, Lease):
         hub.release(link)
         return None
@@ -91,7 +92,7 @@ def start(call: ExpressCall, owner: Owner) -> CallbackTrip | None:
             hub.release(link)
     if exchange is None:
         return None
-    return CallbackTrip(call, owner, body, model, principal, lease, link, exchange)
+    return CallbackTrip(services, call, owner, body, model, principal, lease, link, exchange)
 
 
 class CallbackTrip(Trip):
@@ -99,6 +100,7 @@ class CallbackTrip(Trip):
 
     def __init__(
         self,
+        services: Services,
         call: ExpressCall,
         owner: Owner,
         body: bytes,
@@ -108,7 +110,7 @@ class CallbackTrip(Trip):
         link: ConnectorLink,
         exchange: Exchange,
     ) -> None:
-        super().__init__(call, body, model, principal, lease)
+        super().__init__(services, call, body, model, principal, lease)
         self.express = call
         self.owner = owner
         self.link = link
@@ -119,7 +121,7 @@ class CallbackTrip(Trip):
         """Answered and counted, or handed to a task (`_retry`): events are no longer ours."""
         self.task_began = True
         """False from `_retry` until its task takes its first step."""
-        self.app[LIFECYCLE].started()
+        services.lifecycle.started()
         self.metrics.in_flight.inc()
         self.exchange = exchange
         exchange.sink = self
@@ -264,12 +266,12 @@ class CallbackTrip(Trip):
         self.timer.cancel()
         self.exchange.close(cancel=True)  # when not closed yet: the connector stops its work
         self.exchange.sink = None  # no cycle left for the collector: the trip goes by refcount
-        self.app[HUB].release(self.link)
+        self.services.hub.release(self.link)
         self.metrics.in_flight.dec()
         try:
             self._account(outcome)
         finally:
-            self.app[LIFECYCLE].ended()
+            self.services.lifecycle.ended()
             self.owner.trip_done(self.express)
 
     def _retry(self, failure: Exception) -> None:
@@ -278,7 +280,7 @@ class CallbackTrip(Trip):
         self.timer.cancel()
         self.exchange.sink = None
         self.exchange.close(cancel=True)
-        self.app[HUB].release(self.link)
+        self.services.hub.release(self.link)
         self._retrying(failure, self.link)
         self.task_began = False
         task = self.owner.go_async(self.express, self._resume([self.link]))
@@ -289,7 +291,7 @@ class CallbackTrip(Trip):
         try:
             await self._run(tried)
         finally:
-            self.app[LIFECYCLE].ended()
+            self.services.lifecycle.ended()
 
     def _never_ran(self, task: asyncio.Task[None]) -> None:
         # A task cancelled before its first step (the client left at once) never enters the
@@ -301,4 +303,4 @@ class CallbackTrip(Trip):
         try:
             self._account("cancelled")
         finally:
-            self.app[LIFECYCLE].ended()
+            self.services.lifecycle.ended()

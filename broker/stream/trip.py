@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -23,7 +24,6 @@ from broker.accounts.limits import Lease
 from broker.accounts.principals import Principal
 from broker.api.errors import dialect_for, error_parts, stream_error
 from broker.edge.call import Call, bodiless
-from broker.keys import HUB, METRICS, SETTINGS
 from broker.relay.hub import Link, NoConnector
 from broker.relay.link import ConnectorLink, Exchange, LinkLost, StreamEvent, Unsendable
 from broker.stream.books import close_books
@@ -32,6 +32,9 @@ from broker.stream.eventframer import EventFramer
 from broker.stream.headers import BadHead, relayable
 from broker.stream.tally import TokenTally
 from shared import protocol as p
+
+if TYPE_CHECKING:
+    from broker.services import Services
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -59,8 +62,15 @@ class Trip:
     """One API request's trip through a connector and back."""
 
     def __init__(
-        self, call: Call, body: bytes, model: str, principal: Principal, lease: Lease
+        self,
+        services: Services,
+        call: Call,
+        body: bytes,
+        model: str,
+        principal: Principal,
+        lease: Lease,
     ) -> None:
+        self.services = services
         self.call = call
         self.body = body
         self.model = model
@@ -68,9 +78,8 @@ class Trip:
         self.lease = lease
         self.ttfb: float | None = None
         self.tally: TokenTally | None = None
-        self.app = call.app
-        self.settings = self.app[SETTINGS]
-        self.metrics = self.app[METRICS]
+        self.settings = services.settings
+        self.metrics = services.metrics
         self.request_id = call.request_id
         self.ids = call.ids
         """The fields that name the request in its log lines: its id, and its trace's."""
@@ -134,7 +143,7 @@ class Trip:
 
     def _account(self, outcome: str) -> None:
         """The books (`broker.stream.books`), with the tokens counted; the lease is given back."""
-        known = self.connector or self.app[HUB].knows(self.model)
+        known = self.connector or self.services.hub.knows(self.model)
         elapsed = time.perf_counter() - self.started
         prompt = completion = None
         charged = 0
@@ -148,6 +157,7 @@ class Trip:
             # Whatever happened above, the request's slot is given back.
             self.lease.release(charged)
         close_books(
+            self.services,
             self.call,
             self.principal,
             self.status,
@@ -162,7 +172,7 @@ class Trip:
         )
 
     async def _attempts(self, tried: list[Link]) -> None:
-        hub = self.app[HUB]
+        hub = self.services.hub
         while True:
             try:
                 link = await hub.acquire(
