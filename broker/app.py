@@ -16,6 +16,7 @@ from broker.accounts.ledger import UsageLedger
 from broker.accounts.limits import Limiter
 from broker.accounts.principals import Accounts, Limits
 from broker.accounts.store import Store, database_url
+from broker.accounts.storeprobe import StoreProbe
 from broker.api.cors import setup_cors
 from broker.api.endpoints import (
     model_endpoint,
@@ -26,21 +27,7 @@ from broker.api.endpoints import (
 )
 from broker.api.health import add_health_routes
 from broker.api.responses import error_response
-from broker.keys import (
-    ACCOUNTS,
-    CONNECTOR_TOKENS,
-    HUB,
-    LEDGER,
-    LIFECYCLE,
-    LIMITER,
-    LINKS,
-    METRICS,
-    RELAY,
-    REQUEST_IDS,
-    SETTINGS,
-    STORE,
-    USER_KEYS,
-)
+from broker.edge.aiohttpcall import REQUEST_IDS
 from broker.lifecycle import Lifecycle
 from broker.metrics import Metrics
 from broker.portal.views import setup_portal
@@ -48,6 +35,7 @@ from broker.relay.admission import Relay
 from broker.relay.hub import Hub
 from broker.relay.link import go_away_all
 from broker.relay.socket import UPGRADE_HINT
+from broker.services import SERVICES, Services
 from broker.settings import BrokerSettings
 from broker.stream.call import request_id_of
 from shared.endpoints import MODEL_ENDPOINTS
@@ -100,36 +88,35 @@ async def relay_later(request: web.Request) -> web.StreamResponse:
     the relay takes the connection over. Anything else (a browser) is told what this is.
     """
     if "websocket" in request.headers.get("Upgrade", "").lower():
-        return await request.app[RELAY].take_over(request)
+        return await request.app[SERVICES].relay.take_over(request)
     return error_response(request, 426, "upgrade_required", f"{UPGRADE_HINT}.")
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    body = generate_latest(request.app[SERVICES].metrics.registry)
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
 
 
 async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[LINKS] = set()
     yield
     # Any connector still attached at cleanup is told to come back later, not dropped.
-    await go_away_all([*app[LINKS]], "broker stopping")
+    await go_away_all([*app[SERVICES].relay.links], "broker stopping")
 
 
 REVOCATION_CHECK = 5.0
 
 
-async def _watch_revoked_connectors(app: web.Application, every: float = REVOCATION_CHECK) -> None:
+async def _watch_revoked_connectors(services: Services, every: float = REVOCATION_CHECK) -> None:
     """Send away connectors whose token was revoked (by the admin CLI, say) while connected."""
     while True:
         await asyncio.sleep(every)
-        links = [link for link in app.get(LINKS, ()) if link.token_id is not None]
+        links = [link for link in services.relay.links if link.token_id is not None]
         if not links:
             continue
         try:
-            live = await app[STORE].live_connector_ids(
+            live = await services.store.live_connector_ids(
                 {link.token_id for link in links if link.token_id}
             )
         except Exception as exc:
@@ -143,7 +130,8 @@ async def _watch_revoked_connectors(app: web.Application, every: float = REVOCAT
 
 async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
     """Open the store (creating and migrating it), and the ledger that writes usage to it."""
-    settings = app[SETTINGS]
+    services = app[SERVICES]
+    settings = services.settings
     store = await Store.open(database_url(settings.data_dir, settings.database_url))
     defaults = Limits(
         rpm=settings.key_rpm,
@@ -151,12 +139,16 @@ async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
         daily_tokens=settings.key_daily_tokens,
     )
     ledger = UsageLedger(store)
-    app[STORE] = store
-    app[ACCOUNTS] = Accounts(store, app[USER_KEYS], defaults)
-    app[LIMITER] = Limiter(store.usage.tokens_since)
-    app[LEDGER] = ledger
+    services.opened(
+        store=store,
+        accounts=Accounts(store, services.user_keys, defaults),
+        limiter=Limiter(store.usage.tokens_since),
+        ledger=ledger,
+        # Looked up on each probe, not bound now: a test may stand in for the store's ping.
+        store_probe=StoreProbe(lambda: store.ping()),
+    )
     ledger.start()
-    watcher = asyncio.create_task(_watch_revoked_connectors(app), name="revoked-connectors")
+    watcher = asyncio.create_task(_watch_revoked_connectors(services), name="revoked-connectors")
     try:
         yield
     finally:
@@ -176,24 +168,40 @@ async def drain(app: web.Application) -> None:
     Runs before aiohttp's own shutdown: once that starts, upgraded connections stop
     reading, so the connectors' responses could no longer arrive.
     """
-    lifecycle, settings = app[LIFECYCLE], app[SETTINGS]
-    log.info("draining", in_flight=lifecycle.active, grace_s=settings.shutdown_grace)
-    if not await lifecycle.drain(settings.shutdown_grace):
+    services = app[SERVICES]
+    lifecycle, grace = services.lifecycle, services.settings.shutdown_grace
+    log.info("draining", in_flight=lifecycle.active, grace_s=grace)
+    if not await lifecycle.drain(grace):
         log.warning("grace period over; abandoning requests", in_flight=lifecycle.active)
-    await go_away_all([*app[LINKS]], "broker shutting down")
+    await go_away_all([*services.relay.links], "broker shutting down")
+
+
+def build_services(settings: BrokerSettings) -> Services:
+    """Every dependency of a broker with these settings; the store's parts open at start-up."""
+    metrics = Metrics()
+    hub = Hub(on_forget=metrics.forget)
+    connector_tokens = Credentials(secret_values(settings.connector_token))
+
+    def store() -> Store:
+        return services.store  # opened at start-up, long after the relay is made
+
+    relay = Relay(hub, metrics, connector_tokens, store, settings.heartbeat)
+    services = Services(
+        settings=settings,
+        metrics=metrics,
+        hub=hub,
+        relay=relay,
+        lifecycle=Lifecycle(),
+        user_keys=Credentials(secret_values(settings.user_api_key)),
+        connector_tokens=connector_tokens,
+    )
+    return services
 
 
 def create_app(settings: BrokerSettings) -> web.Application:
     """Build a broker application from its settings. Nothing runs until it is started."""
     app = web.Application(middlewares=[correlate], client_max_size=settings.max_body_size)
-    app[SETTINGS] = settings
-    metrics = Metrics()
-    app[METRICS] = metrics
-    app[HUB] = Hub(on_forget=metrics.forget)
-    app[RELAY] = Relay(app)
-    app[LIFECYCLE] = Lifecycle()
-    app[USER_KEYS] = Credentials(secret_values(settings.user_api_key))
-    app[CONNECTOR_TOKENS] = Credentials(secret_values(settings.connector_token))
+    app[SERVICES] = build_services(settings)
     app.cleanup_ctx.append(_accounts_ctx)
     app.cleanup_ctx.append(_connectors_ctx)
     for path in MODEL_ENDPOINTS:

@@ -10,9 +10,9 @@ from aiohttp import web
 from broker.app import create_app, drain
 from broker.edge.express import Express
 from broker.edge.listener import Front
-from broker.keys import HUB, RELAY
 from broker.relay.admission import Relay
 from broker.relay.hub import Hub
+from broker.services import SERVICES, Services
 from broker.settings import BrokerSettings
 
 LISTEN_BACKLOG = 1024
@@ -29,6 +29,7 @@ class BrokerServer:
     def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings
         self.app = create_app(settings)
+        self.services: Services = self.app[SERVICES]
         self._runner = web.AppRunner(
             self.app,
             handle_signals=False,
@@ -57,8 +58,8 @@ class BrokerServer:
             context.load_cert_chain(cert, key)
         http = self._runner.server
         assert http is not None
-        self._relay = self.app[RELAY]
-        self.express = Express(self.app, http)
+        self._relay = self.services.relay
+        self.express = Express(self.services, http)
         self._front = Front(
             http,
             self._relay.connection,
@@ -74,7 +75,7 @@ class BrokerServer:
 
     @property
     def hub(self) -> Hub:
-        return self.app[HUB]
+        return self.services.hub
 
     @property
     def base_url(self) -> str:

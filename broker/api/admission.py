@@ -24,8 +24,8 @@ from broker.accounts.credentials import presented_key
 from broker.accounts.limits import Lease, Rejection
 from broker.accounts.principals import Denied, Principal
 from broker.api.errors import error_parts
-from broker.keys import ACCOUNTS, HUB, LIFECYCLE, LIMITER, SETTINGS
 from broker.relay.link import ConnectorLink
+from broker.services import Services
 from broker.stream.books import MAX_LOGGED_MODEL, close_books
 from broker.stream.call import Call
 from broker.stream.machine import StreamMachine
@@ -80,68 +80,68 @@ def permitted(principal: Principal, model: str) -> bool:
     return allowed is None or model in allowed
 
 
-def admit_now(call: Call, body: bytes) -> tuple[Ticket, ConnectorLink] | None:
+def admit_now(services: Services, call: Call, body: bytes) -> tuple[Ticket, ConnectorLink] | None:
     """Admit `call`, whose whole `body` is here, and pick its connector without waiting; or
     None with nothing changed (then `serve` takes it, and says why it is refused if it is)."""
-    app = call.app
-    if app[LIFECYCLE].draining:
+    if services.lifecycle.draining:
         return None
-    principal = app[ACCOUNTS].authenticate_now(presented_key(call.headers))
+    principal = services.accounts.authenticate_now(presented_key(call.headers))
     if not isinstance(principal, Principal):
         return None  # refused, or only the store knows: `serve` says which
     model = model_of(body, call.path)
     if model is None or not permitted(principal, model):
         return None
-    hub = app[HUB]
+    hub = services.hub
     link = hub.acquire_now(model)
     if link is None:
         return None
     assert isinstance(link, ConnectorLink)
-    lease = app[LIMITER].admit_now(principal) if not link.gone else None
+    lease = services.limiter.admit_now(principal) if not link.gone else None
     if not isinstance(lease, Lease):
         hub.release(link)
         return None
     return Ticket(principal, body, model, lease), link
 
 
-async def serve(call: Call) -> None:
+async def serve(services: Services, call: Call) -> None:
     """Answer one API call: authenticate, admit, route by model, relay, stream the answer."""
-    app = call.app
-    lifecycle = app[LIFECYCLE]
+    lifecycle = services.lifecycle
     started = time.perf_counter()
     if lifecycle.draining:
-        await _reject(
-            call, started, None, 503, "shutting_down", "The broker is restarting; retry shortly.", 5
-        )
+        message = "The broker is restarting; retry shortly."
+        await _reject(services, call, started, None, 503, "shutting_down", message, 5)
         return
     # Counted from the first byte, so a drain waits for an upload that is still arriving.
     with lifecycle.request():
         principal: Principal | None = None
         try:
-            found = await app[ACCOUNTS].authenticate(presented_key(call.headers))
+            found = await services.accounts.authenticate(presented_key(call.headers))
             if isinstance(found, Denied):
-                await _reject(call, started, None, found.status, found.code, found.message)
+                await _reject(
+                    services, call, started, None, found.status, found.code, found.message
+                )
                 return
             principal = found
-            admitted = await _admit(call, principal, started)
+            admitted = await _admit(services, call, principal, started)
         except (ConnectionError, asyncio.CancelledError):
             # The client went away while its request was still arriving.
-            count_rejected(call, 499, started, principal, cancelled=True)
+            count_rejected(services, call, 499, started, principal, cancelled=True)
             raise
         except Exception as exc:
             # The store failed to answer a key look-up (or today's tokens): say so, in the
             # client's dialect, without the exception text (it may quote the key's hash).
             log.error("cannot check the API key", error=type(exc).__name__)
             message = "The broker cannot check API keys right now; retry shortly."
-            await _reject(call, started, principal, 503, "store_unavailable", message, 5)
+            await _reject(services, call, started, principal, 503, "store_unavailable", message, 5)
             return
         if admitted is None:
             return
         machine = StreamMachine(call.method, call.path, call.request_id, time.perf_counter())
-        await Trip(call, admitted, machine).run()
+        await Trip(services, call, admitted, machine).run()
 
 
 async def _reject(
+    services: Services,
     call: Call,
     started: float,
     principal: Principal | None,
@@ -160,12 +160,13 @@ async def _reject(
     if final:
         # Hours away: an SDK's automatic retries (which cap the wait at a minute) cannot help.
         headers["x-should-retry"] = "false"
-    count_rejected(call, status, started, principal)
+    count_rejected(services, call, status, started, principal)
     with contextlib.suppress(ConnectionError):  # a client gone is counted all the same
         await call.reply(status, headers, body)
 
 
 def count_rejected(
+    services: Services,
     call: Call,
     status: int,
     started: float,
@@ -175,35 +176,41 @@ def count_rejected(
 ) -> None:
     """Account a request answered before routing (no model label: it was not read or checked)."""
     outcome = "cancelled" if cancelled else "error"
-    close_books(call, principal, status, outcome, time.perf_counter() - started)
+    close_books(services, call, principal, status, outcome, time.perf_counter() - started)
 
 
-async def _admit(call: Call, principal: Principal, started: float) -> Ticket | None:
+async def _admit(
+    services: Services, call: Call, principal: Principal, started: float
+) -> Ticket | None:
     """Read and check the request: the body, its model and a lease, or None once refused."""
-    app = call.app
-    limit = app[SETTINGS].max_body_size
+    limit = services.settings.max_body_size
     body = await call.read(limit)
     if body is None:
         message = f"The request body is larger than this broker's limit of {limit} bytes."
-        await _reject(call, started, principal, 413, "request_too_large", message)
+        await _reject(services, call, started, principal, 413, "request_too_large", message)
         return None
     model = model_of(body, call.path)
     if model is None:
         message = model_refusal(body, call.path)
-        await _reject(call, started, principal, 400, "invalid_request", message, param="model")
+        await _reject(
+            services, call, started, principal, 400, "invalid_request", message, param="model"
+        )
         return None
     if not permitted(principal, model):
         message = (
             f"This key may not use the model '{model[:MAX_LOGGED_MODEL]}'."
             " GET /v1/models lists the models it may use."
         )
-        await _reject(call, started, principal, 403, "model_not_allowed", message, param="model")
+        await _reject(
+            services, call, started, principal, 403, "model_not_allowed", message, param="model"
+        )
         return None
-    lease = await app[LIMITER].admit(principal)
+    lease = await services.limiter.admit(principal)
     if isinstance(lease, Rejection):
         denied = lease.denied
         final = denied.code == "daily_token_limit_exceeded"
         await _reject(
+            services,
             call,
             started,
             principal,

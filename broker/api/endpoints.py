@@ -20,7 +20,7 @@ from broker.accounts.principals import Denied, Principal
 from broker.api import admission
 from broker.api.responses import error_response
 from broker.edge.aiohttpcall import AiohttpCall
-from broker.keys import ACCOUNTS, HUB
+from broker.services import SERVICES, Services
 from broker.stream.books import MAX_LOGGED_MODEL
 from shared.endpoints import is_relayable
 from shared.text import shown
@@ -28,9 +28,9 @@ from shared.text import shown
 log = structlog.get_logger("remotellm.broker.api")
 
 
-async def _authenticate(request: web.Request) -> Principal | web.Response:
+async def _authenticate(request: web.Request, services: Services) -> Principal | web.Response:
     """The caller behind the request's API key, or the error response to send."""
-    found = await request.app[ACCOUNTS].authenticate(presented_key(request.headers))
+    found = await services.accounts.authenticate(presented_key(request.headers))
     if isinstance(found, Denied):
         return error_response(request, found.status, found.code, found.message)
     return found
@@ -54,24 +54,26 @@ def _model_object(model: str, first_seen: float) -> dict[str, Any]:
 
 async def models_endpoint(request: web.Request) -> web.Response:
     """GET /v1/models: every model a connected connector serves right now (that the key may use)."""
-    principal = await _authenticate(request)
+    services = request.app[SERVICES]
+    principal = await _authenticate(request, services)
     if isinstance(principal, web.Response):
         return principal
     data = [
         _model_object(model, first_seen)
-        for model, first_seen in _visible(principal, request.app[HUB].models()).items()
+        for model, first_seen in _visible(principal, services.hub.models()).items()
     ]
     return web.json_response({"object": "list", "data": data})
 
 
 async def model_endpoint(request: web.Request) -> web.Response:
     """GET /v1/models/{id}: one model of the list, or 404 `model_not_found`."""
-    principal = await _authenticate(request)
+    services = request.app[SERVICES]
+    principal = await _authenticate(request, services)
     if isinstance(principal, web.Response):
         return principal
     model = request.match_info["model"]
     allowed = principal.limits.models
-    first_seen = request.app[HUB].first_seen(model)
+    first_seen = services.hub.first_seen(model)
     if first_seen is None or (allowed is not None and model not in allowed):
         message = (
             f"The model '{model[:MAX_LOGGED_MODEL]}' is not served here right now."
@@ -88,7 +90,8 @@ async def ollama_version_endpoint(_request: web.Request) -> web.Response:
 
 async def ollama_tags_endpoint(request: web.Request) -> web.Response:
     """GET /api/tags: the same models in Ollama's shape, for Ollama clients."""
-    principal = await _authenticate(request)
+    services = request.app[SERVICES]
+    principal = await _authenticate(request, services)
     if isinstance(principal, web.Response):
         return principal
     models = [
@@ -100,7 +103,7 @@ async def ollama_tags_endpoint(request: web.Request) -> web.Response:
             "digest": "",
             "details": {},
         }
-        for model, first_seen in _visible(principal, request.app[HUB].models()).items()
+        for model, first_seen in _visible(principal, services.hub.models()).items()
     ]
     return web.json_response({"models": models})
 
@@ -114,6 +117,8 @@ async def proxy_endpoint(request: web.Request) -> web.StreamResponse:
         # that is an endpoint as sent is routed, so both ends agree on every request.
         path = shown(target.partition("?")[0], 100)
         return error_response(request, 404, "not_found", f"There is no endpoint at {path}.")
-    call = AiohttpCall(request)
-    await admission.serve(call)
+    services = request.app[SERVICES]
+    settings = services.settings
+    call = AiohttpCall(request, settings.body_timeout, settings.stall_timeout)
+    await admission.serve(services, call)
     return call.response or web.Response(status=499)

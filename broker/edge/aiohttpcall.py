@@ -13,7 +13,6 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from broker.keys import REQUEST_IDS, SETTINGS
 from broker.stream.deadline import within
 from broker.stream.machine import bodiless
 
@@ -21,6 +20,10 @@ _DECODED: Final = frozenset({"gzip", "deflate", "br", "zstd"})
 """The request content codings aiohttp's server removes from a body itself (one of them)."""
 
 log = structlog.get_logger("remotellm.broker.api")
+
+REQUEST_IDS: web.RequestKey[dict[str, str]] = web.RequestKey("request_ids")
+"""The fields that name each request in its log lines (set by `broker.app.correlate`): its
+correlation id (`request_id`), and its trace's (`trace_id`, when it has a valid `traceparent`)."""
 
 
 async def hang_up(request: web.Request, why: str) -> NoReturn:
@@ -50,20 +53,21 @@ def _passed_on(request: web.Request) -> Mapping[str, str]:
 
 
 class AiohttpCall:
-    """A `Call` on an aiohttp request; `response` is what its handler returns."""
+    """A `Call` on an aiohttp request; `response` is what its handler returns.
 
-    __slots__ = ("_headers", "_left", "request", "response")
+    `body_timeout` bounds each wait for the request body, `stall_timeout` each wait for the
+    client to take some of its answer (the broker's settings of those names)."""
 
-    def __init__(self, request: web.Request) -> None:
+    __slots__ = ("_body_timeout", "_headers", "_left", "_stall_timeout", "request", "response")
+
+    def __init__(self, request: web.Request, body_timeout: float, stall_timeout: float) -> None:
         self.request = request
+        self._body_timeout = body_timeout
+        self._stall_timeout = stall_timeout
         self._headers = _passed_on(request)
         self.response: web.StreamResponse | None = None
         self._left: int | None = None
         """Body bytes the answer's Content-Length still owes, when it has one."""
-
-    @property
-    def app(self) -> web.Application:
-        return self.request.app
 
     @property
     def method(self) -> str:
@@ -94,7 +98,7 @@ class AiohttpCall:
         if request.content_length is not None and request.content_length > limit:
             return None
         content = request.content
-        body_timeout = request.app[SETTINGS].body_timeout
+        body_timeout = self._body_timeout
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -146,7 +150,7 @@ class AiohttpCall:
     async def _taken(self, write: Coroutine[Any, Any, None]) -> None:
         """Await a write (which waits while the client reads nothing): a client that takes none
         of its answer for the stall timeout is cut off, as the express lane cuts it."""
-        timeout = self.request.app[SETTINGS].stall_timeout
+        timeout = self._stall_timeout
         stalled = False
         try:
             await within(timeout, write)

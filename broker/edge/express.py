@@ -34,18 +34,19 @@ import contextlib
 import contextvars
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
-from aiohttp import web
 
 from broker.api.admission import count_rejected, serve
 from broker.api.errors import error_parts
 from broker.edge import handover, requesthead, timers
 from broker.edge.expresscall import ExpressCall
 from broker.edge.timers import BODY, HEAD, IDLE, LINGER, LINGER_TIMEOUT, ConnectionTimers
-from broker.keys import SETTINGS
 from broker.stream import callbacktrip
+
+if TYPE_CHECKING:
+    from broker.services import Services
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -58,10 +59,10 @@ _BUG: Final = "The broker failed to handle this request; its operator can find w
 class Express:
     """The express lane of one broker: its connections and the requests in flight on them."""
 
-    def __init__(self, app: web.Application, http: Callable[[], asyncio.Protocol]) -> None:
-        self.app = app
+    def __init__(self, services: Services, http: Callable[[], asyncio.Protocol]) -> None:
+        self.services = services
         self.http = http
-        settings = app[SETTINGS]
+        settings = services.settings
         self.max_body = settings.max_body_size
         self.head_timeout = settings.head_timeout
         self.body_timeout = settings.body_timeout
@@ -210,18 +211,20 @@ class _Connection(asyncio.Protocol):
         call = ExpressCall(self, head)
         call.take(buffer)
         self._call = call
-        self._lane.served += 1
+        lane = self._lane
+        lane.served += 1
+        services = lane.services
         try:
-            self._trip = callbacktrip.start(call, self)
+            self._trip = callbacktrip.start(services, call, self)
         except Exception as exc:  # a bug: answered and counted as one in a request's task is
-            count_rejected(call, 500, time.perf_counter())
+            count_rejected(services, call, 500, time.perf_counter())
             self._bug(call, exc)
             return
         if self._trip is None:
-            self._spawn(call, _serve(call))
+            self._spawn(call, _serve(services, call))
             self._watch_body()
         else:
-            self._lane.from_callbacks += 1
+            lane.from_callbacks += 1
 
     def _spawn(self, call: ExpressCall, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Serve the request in a task."""
@@ -266,7 +269,7 @@ class _Connection(asyncio.Protocol):
         if task.cancelled():
             if not call.began:
                 # Cancelled before its first step (the client left at once): still counted.
-                count_rejected(call, 499, time.perf_counter(), cancelled=True)
+                count_rejected(self._lane.services, call, 499, time.perf_counter(), cancelled=True)
         elif task.exception() is not None:
             self._bug(call, task.exception())
             return
@@ -356,10 +359,6 @@ class _Connection(asyncio.Protocol):
 
     # -- for ExpressCall -------------------------------------------------------------
 
-    @property
-    def app(self) -> web.Application:
-        return self._lane.app
-
     def write(self, data: bytes) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -395,6 +394,6 @@ class _Connection(asyncio.Protocol):
                 loop.call_later(LINGER_TIMEOUT, timers.abort_if_unread, transport)
 
 
-async def _serve(call: ExpressCall) -> None:
+async def _serve(services: Services, call: ExpressCall) -> None:
     call.began = True
-    await serve(call)
+    await serve(services, call)

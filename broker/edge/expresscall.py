@@ -12,8 +12,6 @@ import asyncio
 from collections.abc import Mapping
 from typing import Final, Protocol
 
-from aiohttp import web
-
 from broker.edge.handover import ResponseHead
 from broker.edge.requesthead import Head
 from broker.stream.call import request_id_of
@@ -27,9 +25,6 @@ past this, reading pauses, as aiohttp's flow control does."""
 
 class Socket(Protocol):
     """What a call needs of its connection (`broker.edge.express`)."""
-
-    @property
-    def app(self) -> web.Application: ...
 
     @property
     def heads(self) -> ResponseHead:
@@ -123,10 +118,6 @@ class ExpressCall:
         self._body = bytearray()
 
     # -- what the request says --------------------------------------------------------
-
-    @property
-    def app(self) -> web.Application:
-        return self._connection.app
 
     @property
     def method(self) -> str:

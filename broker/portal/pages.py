@@ -20,15 +20,15 @@ from aiohttp_session import Session, get_session
 
 from broker.accounts.records import User
 from broker.edge.aiohttpcall import hang_up
-from broker.keys import SETTINGS, STORE
 from broker.portal.gitlab import GitLab
+from broker.services import SERVICES
 
 GITLAB = web.AppKey("gitlab", GitLab)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 
 
 def public_url(request: web.Request) -> str:
-    configured = request.app[SETTINGS].public_url
+    configured = request.app[SERVICES].settings.public_url
     if configured:
         return configured.rstrip("/")
     return f"{request.scheme}://{request.host}"
@@ -70,7 +70,7 @@ async def check_csrf(request: web.Request, session: Session) -> web.Response | N
     form = None
     try:
         # A form is small: all of it must come within the body timeout.
-        async with asyncio.timeout(request.app[SETTINGS].body_timeout):
+        async with asyncio.timeout(request.app[SERVICES].settings.body_timeout):
             form = await request.post()
     except TimeoutError:
         pass
@@ -97,7 +97,7 @@ async def signed_in(request: web.Request) -> tuple[Session, User] | web.Response
     """The session and its active user, or where to send the browser instead."""
     session = await session_of(request)
     user_id = session.get("uid")
-    user = await request.app[STORE].user(user_id) if isinstance(user_id, int) else None
+    user = await request.app[SERVICES].store.user(user_id) if isinstance(user_id, int) else None
     if user is None:
         session.pop("uid", None)  # a session of a user the store no longer has: start over
         raise web.HTTPFound("/")

@@ -16,7 +16,6 @@ import structlog
 from aiohttp import web
 from aiohttp_session import new_session
 
-from broker.keys import STORE
 from broker.portal.gitlab import GitLabError, GitLabUser, NotInGroup, SignInRefused
 from broker.portal.pages import (
     GITLAB,
@@ -28,6 +27,7 @@ from broker.portal.pages import (
     session_of,
 )
 from broker.portal.reveals import REVEALS
+from broker.services import SERVICES
 
 log = structlog.get_logger("remotellm.broker.portal")
 
@@ -140,7 +140,7 @@ async def _gitlab_user(request: web.Request, verifier: str) -> GitLabUser | web.
 
 async def _start_session(request: web.Request, found: GitLabUser) -> web.Response:
     """Sign the GitLab user in: a fresh session, and a first key if they have none that works."""
-    store = request.app[STORE]
+    store = request.app[SERVICES].store
     user, new = await store.sign_in(found.id, found.username, found.name)
     log.info("signed in", username=user.username, new_user=new)
     if user.blocked:

@@ -25,7 +25,6 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
 from broker.accounts.records import User
-from broker.keys import ACCOUNTS, HUB, STORE
 from broker.portal.cookies import SESSION_COOKIE, SESSION_MAX_AGE, session_key
 from broker.portal.gitlab import GitLab
 from broker.portal.pages import (
@@ -42,6 +41,7 @@ from broker.portal.pages import (
 from broker.portal.reveals import REVEALS, Reveals
 from broker.portal.signin import callback, landing, login, logout
 from broker.relay.link import ConnectorLink
+from broker.services import SERVICES
 from broker.settings import BrokerSettings
 
 log = structlog.get_logger("remotellm.broker.portal")
@@ -138,7 +138,7 @@ async def static(request: web.Request) -> web.Response:
 
 
 def _models_for(request: web.Request, user: User) -> list[str]:
-    models = sorted(request.app[HUB].models())
+    models = sorted(request.app[SERVICES].hub.models())
     if user.models is not None:
         models = [m for m in models if m in user.models]
     return models
@@ -210,7 +210,7 @@ async def keys_page(request: web.Request) -> web.Response:
         "keys.html",
         session=session,
         user=user,
-        keys=await request.app[STORE].keys(user.id),
+        keys=await request.app[SERVICES].store.keys(user.id),
         now=time.time(),
         fmt=when,
         max_keys=MAX_KEYS,
@@ -226,7 +226,7 @@ async def create_key(request: web.Request) -> web.Response:
     session, user = signed
     form = await request.post()
     name = str(form.get("name") or "").strip()[:100] or "unnamed"
-    store = request.app[STORE]
+    store = request.app[SERVICES].store
     live = [k for k in await store.keys(user.id) if k.usable(time.time())]
     if len(live) >= MAX_KEYS:
         return error_page(
@@ -247,11 +247,12 @@ async def revoke_key(request: web.Request) -> web.Response:
         return signed
     _, user = signed
     key_id = int(request.match_info["key_id"])
-    if not await request.app[STORE].revoke_key(key_id, user_id=user.id):
+    services = request.app[SERVICES]
+    if not await services.store.revoke_key(key_id, user_id=user.id):
         return error_page(
             request, 404, "No such key", "This key does not exist or is already revoked."
         )
-    request.app[ACCOUNTS].forget()
+    services.accounts.forget()
     log.info("key revoked", username=user.username, record=key_id)
     raise web.HTTPFound("/portal/keys")
 
@@ -262,7 +263,7 @@ async def usage_page(request: web.Request) -> web.Response:
         return signed
     session, user = signed
     since = (time.time() // 86400 - USAGE_DAYS + 1) * 86400
-    rows = await request.app[STORE].usage.by_day_and_model(user.id, since)
+    rows = await request.app[SERVICES].store.usage.by_day_and_model(user.id, since)
     return render(request, "usage.html", session=session, user=user, rows=rows, days=USAGE_DAYS)
 
 
@@ -274,7 +275,8 @@ async def admin_page(request: web.Request) -> web.Response:
     if isinstance(signed, web.Response):
         return signed
     session, user = signed
-    store, hub = request.app[STORE], request.app[HUB]
+    services = request.app[SERVICES]
+    store, hub = services.store, services.hub
     tokens = {t.id: t for t in await store.connector_tokens()}
     online = []
     for link in hub.links:
@@ -315,10 +317,11 @@ async def admin_user(request: web.Request) -> web.Response:
     action = request.match_info["action"]
     if user_id == admin.id:
         return error_page(request, 400, "Not yourself", "An admin cannot block their own account.")
-    store = request.app[STORE]
+    services = request.app[SERVICES]
+    store = services.store
     if await store.user(user_id) is None:
         return error_page(request, 404, "No such user", "This user does not exist.")
     await store.set_status(user_id, "blocked" if action == "block" else "active")
-    request.app[ACCOUNTS].forget()
+    services.accounts.forget()
     log.info(f"user {action}ed", by=admin.username, user_id=user_id)
     raise web.HTTPFound("/admin")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +19,11 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from broker.accounts import keyformat
-from broker.accounts.credentials import bearer_token
+from broker.accounts.credentials import Credentials, bearer_token
+from broker.accounts.store import Store
 from broker.api.errors import error_bytes
 from broker.edge import handover
-from broker.keys import CONNECTOR_TOKENS, HUB, LINKS, METRICS, SETTINGS, STORE
+from broker.metrics import Metrics
 from broker.relay.hub import Hub
 from broker.relay.link import ConnectorLink
 from broker.relay.socket import RelaySocket
@@ -40,11 +41,35 @@ LOGGED_MODELS = 50
 class Relay:
     """What every relay connection of one broker shares; the front hands connections to it."""
 
-    __slots__ = ("_opening", "_tasks", "app", "hub", "stopping")
+    __slots__ = (
+        "_opening",
+        "_store",
+        "_tasks",
+        "heartbeat",
+        "hub",
+        "links",
+        "metrics",
+        "stopping",
+        "tokens",
+    )
 
-    def __init__(self, app: web.Application) -> None:
-        self.app = app
-        self.hub: Hub = app[HUB]
+    def __init__(
+        self,
+        hub: Hub,
+        metrics: Metrics,
+        tokens: Credentials,
+        store: Callable[[], Store],
+        heartbeat: float,
+    ) -> None:
+        self.hub = hub
+        self.metrics = metrics
+        self.tokens = tokens
+        """The connector tokens given in the settings (the store holds the others)."""
+        self._store = store
+        """The broker's store, which opens at start-up: asked for when a token needs it."""
+        self.heartbeat = heartbeat
+        self.links: set[ConnectorLink] = set()
+        """The connectors attached now."""
         self._opening: set[_Opening] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stopping = False
@@ -53,7 +78,7 @@ class Relay:
     def connection(self, transport: asyncio.Transport, received: bytes) -> RelaySocket:
         """Serve a connection whose next bytes (`received` so far) are a `GET /relay`."""
         opening = _Opening(self)
-        socket = RelaySocket(transport, opening, self.app[SETTINGS].heartbeat, opening.upgrade)
+        socket = RelaySocket(transport, opening, self.heartbeat, opening.upgrade)
         opening.socket = socket
         self._opening.add(opening)
         transport.set_protocol(socket)
@@ -84,16 +109,14 @@ class Relay:
         return web.Response(status=101)
 
     def attach(self, link: ConnectorLink) -> None:
-        app = self.app
-        app[LINKS].add(link)
+        self.links.add(link)
         self.hub.register(link)
-        app[METRICS].connectors.set(len(self.hub.links))
+        self.metrics.connectors.set(len(self.hub.links))
 
     def detach(self, link: ConnectorLink) -> None:
-        app = self.app
         self.hub.unregister(link)
-        app[LINKS].discard(link)
-        app[METRICS].connectors.set(len(self.hub.links))
+        self.links.discard(link)
+        self.metrics.connectors.set(len(self.hub.links))
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a short background step, held until it ends (and awaited by settle())."""
@@ -104,9 +127,20 @@ class Relay:
     async def seen(self, token_id: int) -> None:
         """Note when a connector token was last used; a store failure is logged, never fatal."""
         try:
-            await self.app[STORE].connector_seen(token_id, time.time())
+            await self._store().connector_seen(token_id, time.time())
         except Exception as exc:  # the store may be busy or down; the link must not care
             log.warning("cannot note the connector's last-seen time", error=str(exc))
+
+    async def connector_token(self, presented: str | None) -> _Admitted | None:
+        """The connector token `presented`, when it admits a connector; None when it does not."""
+        if not presented:
+            return None
+        if self.tokens.accepts(presented):
+            return _Admitted(None)
+        if not keyformat.well_formed(presented, keyformat.CONNECTOR_TOKEN_PREFIX):
+            return None
+        found = await self._store().connector_for(keyformat.fingerprint(presented))
+        return _Admitted(found.id) if found is not None else None
 
     def close_opening(self) -> None:
         """Drop every connection still in its handshake, and any that comes later."""
@@ -142,7 +176,7 @@ class _Opening:
     async def _admit(self, presented: str | None) -> None:
         socket = self.socket
         try:
-            token = await _connector_token(self._relay.app, presented)
+            token = await self._relay.connector_token(presented)
         except Exception as exc:  # the store is down: the connector retries later
             log.error("cannot check a connector token", error=str(exc))
             message = "The broker cannot check the connector token right now; try again later."
@@ -205,14 +239,3 @@ class _Opening:
 @dataclass(frozen=True)
 class _Admitted:
     id: int | None  # None: a token from the settings, not the store
-
-
-async def _connector_token(app: web.Application, presented: str | None) -> _Admitted | None:
-    if not presented:
-        return None
-    if app[CONNECTOR_TOKENS].accepts(presented):
-        return _Admitted(None)
-    if not keyformat.well_formed(presented, keyformat.CONNECTOR_TOKEN_PREFIX):
-        return None
-    found = await app[STORE].connector_for(keyformat.fingerprint(presented))
-    return _Admitted(found.id) if found is not None else None

@@ -13,9 +13,9 @@ import asyncio
 import collections
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -30,12 +30,28 @@ from shared.outbox import Outbox
 from shared.text import shown
 
 if TYPE_CHECKING:
-    from broker.relay.admission import Relay
+    from broker.relay.hub import Hub
     from broker.stream.call import Call
 
 log = structlog.get_logger("remotellm.broker.relay")
 
 GOAWAY_TIMEOUT = 2.0
+
+
+class Keeper(Protocol):
+    """What keeps the links (`broker.relay.admission.Relay`), told when one changes or ends."""
+
+    @property
+    def hub(self) -> Hub: ...
+
+    def detach(self, link: ConnectorLink) -> None:
+        """The link has closed: it serves nothing from now on."""
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a short background step (a store update)."""
+
+    async def seen(self, token_id: int) -> None:
+        """Note when a connector token was last used."""
 
 
 class Unsendable(Exception):
@@ -154,7 +170,7 @@ class ConnectorLink:
     )
 
     def __init__(
-        self, relay: Relay, socket: RelaySocket, hello: p.Hello, window: int, token_id: int | None
+        self, relay: Keeper, socket: RelaySocket, hello: p.Hello, window: int, token_id: int | None
     ) -> None:
         self._relay = relay
         self._socket = socket

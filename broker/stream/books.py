@@ -13,16 +13,18 @@ to first byte and the `request failed` line, the same for both drivers.
 from __future__ import annotations
 
 import time
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
 
 from broker.accounts.principals import Principal
 from broker.accounts.records import UsageRow
-from broker.keys import LEDGER, METRICS
 from broker.stream.call import Call
 from broker.stream.machine import Failure, StreamMachine
 from broker.stream.ticket import Ticket
+
+if TYPE_CHECKING:
+    from broker.services import Services
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -31,6 +33,7 @@ MAX_LOGGED_MODEL: Final = 100
 
 
 def close_books(
+    services: Services,
     call: Call,
     principal: Principal | None,
     status: int,
@@ -50,8 +53,7 @@ def close_books(
     checked, and its duration (mostly its client's upload) stays out of the histogram.
     `outcome` is `ok`, `error`, `timeout` or `cancelled` (the usage row's `cancelled`).
     """
-    app = call.app
-    app[METRICS].finished(label, status, elapsed if model is not None else None)
+    services.metrics.finished(label, status, elapsed if model is not None else None)
     log.info(
         "request finished",
         **call.ids,  # also when no context carries them (broker.stream.callbacktrip)
@@ -64,7 +66,7 @@ def close_books(
         user=principal.username if principal is not None else None,
         duration_ms=round(elapsed * 1000, 1),
     )
-    app[LEDGER].record(
+    services.ledger.record(
         UsageRow(
             time=time.time(),
             request_id=call.request_id,
@@ -83,9 +85,9 @@ def close_books(
     )
 
 
-def first_byte(call: Call, model: str, ttfb: float) -> None:
+def first_byte(services: Services, model: str, ttfb: float) -> None:
     """The response head left for the client, `ttfb` seconds after the request arrived."""
-    call.app[METRICS].first_byte(model, ttfb)
+    services.metrics.first_byte(model, ttfb)
 
 
 def failed(call: Call, failure: Failure) -> None:
@@ -93,7 +95,9 @@ def failed(call: Call, failure: Failure) -> None:
     log.warning("request failed", code=failure.code, error_message=failure.message, **call.ids)
 
 
-def settle(call: Call, ticket: Ticket, machine: StreamMachine, *, known: bool) -> None:
+def settle(
+    services: Services, call: Call, ticket: Ticket, machine: StreamMachine, *, known: bool
+) -> None:
     """Count a stream that ended, and give its key's slot back with the tokens it charges.
 
     `known`: a connector took it, or the hub knows the model (else it is counted under
@@ -108,6 +112,7 @@ def settle(call: Call, ticket: Ticket, machine: StreamMachine, *, known: bool) -
         ticket.lease.release(charged)
     model = ticket.model
     close_books(
+        services,
         call,
         ticket.principal,
         outcome.status,

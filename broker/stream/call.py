@@ -13,8 +13,6 @@ import re
 from collections.abc import Mapping
 from typing import Final, Protocol
 
-from aiohttp import web
-
 _SAFE_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -26,9 +24,6 @@ def request_id_of(headers: Mapping[str, str]) -> str:
 
 class Call(Protocol):
     """One API request and the means to answer it (once: a reply, or start, writes and end)."""
-
-    @property
-    def app(self) -> web.Application: ...
 
     @property
     def method(self) -> str: ...

@@ -19,13 +19,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from broker.api.admission import admit_now
 from broker.edge.expresscall import ExpressCall
-from broker.keys import HUB, LIFECYCLE, METRICS, SETTINGS
 from broker.relay.link import ConnectorLink, Exchange, Unsendable
 from broker.stream import books
 from broker.stream.machine import (
@@ -40,6 +39,12 @@ from broker.stream.machine import (
 )
 from broker.stream.ticket import Ticket
 from broker.stream.trip import Trip
+
+if TYPE_CHECKING:
+    from broker.services import Services
+
+if TYPE_CHECKING:
+    from broker.services import Services
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -59,12 +64,12 @@ class Owner(Protocol):
         serve from callbacks."""
 
 
-def start(call: ExpressCall, owner: Owner) -> CallbackTrip | None:
+def start(services: Services, call: ExpressCall, owner: Owner) -> CallbackTrip | None:
     """Serve `call` from callbacks if admission settles it at once (see above); else None,
     with nothing changed, for the caller to serve it the usual way."""
     if not call.complete:
         return None
-    admitted = admit_now(call, call.body_now())
+    admitted = admit_now(services, call, call.body_now())
     if admitted is None:
         return None
     ticket, link = admitted
@@ -76,23 +81,23 @@ def start(call: ExpressCall, owner: Owner) -> CallbackTrip | None:
     finally:
         if exchange is None:  # refused, or a bug (which the lane answers): nothing is held
             ticket.lease.release()
-            call.app[HUB].release(link)
+            services.hub.release(link)
     if exchange is None:
         return None
-    return CallbackTrip(call, owner, ticket, link, exchange)
+    return CallbackTrip(services, call, owner, ticket, link, exchange)
 
 
 class CallbackTrip:
     """One request's stream, driven by the link's and the client socket's callbacks."""
 
     __slots__ = (
-        "app",
         "call",
         "exchange",
         "link",
         "machine",
         "over",
         "owner",
+        "services",
         "task_began",
         "ticket",
         "timer",
@@ -101,6 +106,7 @@ class CallbackTrip:
 
     def __init__(
         self,
+        services: Services,
         call: ExpressCall,
         owner: Owner,
         ticket: Ticket,
@@ -111,7 +117,7 @@ class CallbackTrip:
         self.owner = owner
         self.ticket = ticket
         self.link = link
-        self.app = app = call.app
+        self.services = services
         self.machine = StreamMachine(call.method, call.path, call.request_id, time.perf_counter())
         self.machine.routed(link.name)
         self.undelivered = 0
@@ -120,12 +126,12 @@ class CallbackTrip:
         """Answered and counted, or handed to a task (`_retry`): events are no longer ours."""
         self.task_began = True
         """False from `_retry` until its task takes its first step."""
-        app[LIFECYCLE].started()
-        app[METRICS].in_flight.inc()
+        services.lifecycle.started()
+        services.metrics.in_flight.inc()
         self.exchange = exchange
         exchange.sink = self
         loop = asyncio.get_running_loop()
-        limit = app[SETTINGS].request_timeout
+        limit = services.settings.request_timeout
         self.timer = loop.call_later(limit, self._guarded, self._expired)
 
     # -- broker.relay.link.Sink ------------------------------------------------------------
@@ -198,7 +204,7 @@ class CallbackTrip:
             self.call.cut()
             return self._end()
         books.first_byte(
-            self.call, self.ticket.model, self.machine.head_written(time.perf_counter())
+            self.services, self.ticket.model, self.machine.head_written(time.perf_counter())
         )
 
     def _fail(self, failure: Failure) -> None:
@@ -220,7 +226,7 @@ class CallbackTrip:
         # connection closes after it.
         if self.owner.writing_paused:
             self.call.close = True
-        self._fail(self.machine.timeout(self.app[SETTINGS].request_timeout))
+        self._fail(self.machine.timeout(self.services.settings.request_timeout))
 
     def _delivered(self) -> None:
         if self.undelivered and not self.owner.writing_paused:
@@ -260,11 +266,11 @@ class CallbackTrip:
             return
         self.over = True
         self._let_go()
-        self.app[METRICS].in_flight.dec()
+        self.services.metrics.in_flight.dec()
         try:
-            books.settle(self.call, self.ticket, self.machine, known=True)
+            books.settle(self.services, self.call, self.ticket, self.machine, known=True)
         finally:
-            self.app[LIFECYCLE].ended()
+            self.services.lifecycle.ended()
             self.owner.trip_done(self.call)
 
     def _let_go(self) -> None:
@@ -272,7 +278,7 @@ class CallbackTrip:
         self.timer.cancel()
         self.exchange.close(cancel=not self.machine.connector_done)
         self.exchange.sink = None  # no cycle left for the collector: the trip goes by refcount
-        self.app[HUB].release(self.link)
+        self.services.hub.release(self.link)
 
     def _retry(self, retry: Retry) -> None:
         """Refused or lost before the head: on to another connector, from a task."""
@@ -290,9 +296,9 @@ class CallbackTrip:
     async def _resume(self, tried: list[ConnectorLink]) -> None:
         self.task_began = True
         try:
-            await Trip(self.call, self.ticket, self.machine).resume([*tried])
+            await Trip(self.services, self.call, self.ticket, self.machine).resume([*tried])
         finally:
-            self.app[LIFECYCLE].ended()
+            self.services.lifecycle.ended()
 
     def _never_ran(self, task: asyncio.Task[None]) -> None:
         # A task cancelled before its first step (the client left at once) never enters the
@@ -300,8 +306,8 @@ class CallbackTrip:
         if self.task_began:
             return
         self.machine.client_gone()
-        self.app[METRICS].in_flight.dec()
+        self.services.metrics.in_flight.dec()
         try:
-            books.settle(self.call, self.ticket, self.machine, known=True)
+            books.settle(self.services, self.call, self.ticket, self.machine, known=True)
         finally:
-            self.app[LIFECYCLE].ended()
+            self.services.lifecycle.ended()

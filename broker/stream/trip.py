@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 import structlog
 
-from broker.keys import HUB, METRICS, SETTINGS
 from broker.relay.hub import Link, NoConnector
 from broker.relay.link import ConnectorLink, Exchange, Unsendable
 from broker.stream import books
@@ -25,7 +25,13 @@ from broker.stream.call import Call
 from broker.stream.deadline import within
 from broker.stream.machine import DONE, Action, Failure, Finish, Retry, Start, StreamMachine
 from broker.stream.ticket import Ticket
+
+if TYPE_CHECKING:
+    from broker.services import Services
 from shared import protocol as p
+
+if TYPE_CHECKING:
+    from broker.services import Services
 
 log = structlog.get_logger("remotellm.broker.api")
 
@@ -42,14 +48,16 @@ FAIL_WRITE_TIMEOUT = 2.0
 class Trip:
     """One request's stream, driven from a task."""
 
-    def __init__(self, call: Call, ticket: Ticket, machine: StreamMachine) -> None:
+    def __init__(
+        self, services: Services, call: Call, ticket: Ticket, machine: StreamMachine
+    ) -> None:
+        self.services = services
         self.call = call
         self.ticket = ticket
         self.machine = machine
-        app = call.app
-        self.settings = app[SETTINGS]
-        self.metrics = app[METRICS]
-        self.hub = app[HUB]
+        self.settings = services.settings
+        self.metrics = services.metrics
+        self.hub = services.hub
 
     async def run(self) -> None:
         """Serve the stream to its end, and count it."""
@@ -76,7 +84,7 @@ class Trip:
         finally:
             self.metrics.in_flight.dec()
             known = bool(machine.connector) or self.hub.knows(self.ticket.model)
-            books.settle(self.call, self.ticket, machine, known=known)
+            books.settle(self.services, self.call, self.ticket, machine, known=known)
 
     async def _time_out(self) -> None:
         machine = self.machine
@@ -197,7 +205,7 @@ class Trip:
             call.cut()
             return
         ttfb = self.machine.head_written(time.perf_counter())
-        books.first_byte(call, self.ticket.model, ttfb)
+        books.first_byte(self.services, self.ticket.model, ttfb)
 
     async def _finish(self, finish: Finish) -> None:
         if finish.tail:

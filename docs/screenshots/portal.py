@@ -23,7 +23,6 @@ from pydantic import SecretStr  # noqa: E402
 
 from broker.accounts.records import UsageRow  # noqa: E402
 from broker.accounts.store import Store  # noqa: E402
-from broker.keys import STORE  # noqa: E402
 from broker.server import BrokerServer  # noqa: E402
 from connector_app.core.backoff import Backoff  # noqa: E402
 from connector_app.core.connector import Connector  # noqa: E402
@@ -132,7 +131,7 @@ async def main() -> int:
         portal = await make_portal(
             make_broker, gitlab, user_api_key=[], gitlab_allowed_group=["team"]
         )
-        store = portal.broker.app[STORE]
+        store = portal.broker.services.store
         raw, _ = await store.create_connector_token("gpu-box")
         connector = Connector(
             connector_settings(

@@ -23,7 +23,6 @@ from playwright.async_api import (
     expect,
 )
 
-from broker.keys import STORE
 from tests.broker.portal.test_portal import KEY_PATTERN, Portal, make_portal
 from tests.conftest import MakeBroker, MakeConnector, wait_models
 from tests.fake_gitlab import FakeGitLab
@@ -224,7 +223,7 @@ async def test_the_keyboard_reaches_and_works_the_copy_button(tab: Tab) -> None:
 async def test_no_page_scrolls_sideways_on_a_phone(tab: Tab) -> None:
     await tab.page.set_viewport_size({"width": 390, "height": 844})
     await tab.sign_in()
-    store = tab.portal.broker.app[STORE]
+    store = tab.portal.broker.services.store
     alice = await store.find_user("alice")
     await store.create_key(alice.id, "a key with a long name for the laptop at home")
     await store.set_role(alice.id, "admin")

@@ -14,7 +14,6 @@ from typing import Any
 import aiohttp
 from structlog.testing import capture_logs
 
-from broker.keys import STORE
 from broker.relay.link import ConnectorLink
 from broker.server import BrokerServer
 from shared import protocol as p
@@ -47,7 +46,7 @@ async def raw_post(
 
 async def usage_of(broker: BrokerServer, request_id: str) -> None:
     """Return once the usage row of `request_id` is in the store."""
-    store = broker.app[STORE]
+    store = broker.services.store
     async with asyncio.timeout(10):
         while request_id not in {row.request_id for row in await store.usage.rows()}:
             await asyncio.sleep(0.02)

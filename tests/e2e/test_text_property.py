@@ -26,7 +26,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.keys import LEDGER, STORE
 from broker.relay.link import ConnectorLink
 from broker.server import BrokerServer
 from connector_app.core.backoff import Backoff
@@ -132,9 +131,9 @@ class Rig:
         request_id = f"normal-{next(self.ids)}"
         normal = json.dumps({"model": "stub-model", "messages": []}).encode()
         assert await self.post(normal, f"X-Request-ID: {request_id}".encode()) == 200
-        app = self.server.app
-        await app[LEDGER].flush()
-        rows = await app[STORE].usage.rows()
+        services = self.server.services
+        await services.ledger.flush()
+        rows = await services.store.usage.rows()
         assert request_id in {row.request_id for row in rows}
         async with aiohttp.ClientSession() as session:
             for path in ("/health", "/metrics"):

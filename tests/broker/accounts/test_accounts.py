@@ -12,7 +12,6 @@ import pytest
 
 from broker.accounts.store import Store, database_url
 from broker.app import _watch_revoked_connectors
-from broker.keys import ACCOUNTS, LEDGER, LIFECYCLE, STORE
 from broker.server import BrokerServer
 from connector_app.core.status import LinkState
 from tests.conftest import USER_KEY, MakeBroker, MakeConnector, wait_models
@@ -20,7 +19,7 @@ from tests.stub_llm import StubLLM
 
 
 async def store_key(broker: BrokerServer, username: str = "kim", **limits: Any) -> str:
-    store = broker.app[STORE]
+    store = broker.services.store
     user = await store.create_user(username)
     if limits:
         await store.set_limits(
@@ -61,8 +60,8 @@ async def served(
 
 
 async def rows_after_flush(broker: BrokerServer) -> list[Any]:
-    await broker.app[LEDGER].flush()
-    return await broker.app[STORE].usage.rows()
+    await broker.services.ledger.flush()
+    return await broker.services.store.usage.rows()
 
 
 async def test_a_store_key_works_and_every_request_leaves_a_usage_row(
@@ -88,13 +87,13 @@ async def test_a_store_key_works_and_every_request_leaves_a_usage_row(
     rows = await rows_after_flush(served)
     assert [r.status for r in rows][:3] == [200, 200, 401]
     plain, streamed, rejected = rows[:3]
-    user = await served.app[STORE].find_user("kim")
+    user = await served.services.store.find_user("kim")
     assert (plain.user_id, plain.prompt_tokens, plain.completion_tokens) == (user.id, 3, 4)
     assert plain.connector == "test-connector" and plain.ttfb_ms is not None
     assert (streamed.prompt_tokens, streamed.completion_tokens) == (11, 6)
     assert rejected.user_id is None and rejected.key_id is None and rejected.model is None
     assert rows[3].model == "no-such-model" and rows[3].user_id == user.id
-    (record,) = await served.app[STORE].keys(user.id)
+    (record,) = await served.services.store.keys(user.id)
     assert record.last_used is not None
 
 
@@ -118,7 +117,7 @@ async def test_a_cancelled_request_is_recorded_as_cancelled(
 async def test_revoking_a_key_or_blocking_its_user_stops_it_without_a_restart(
     served: BrokerServer,
 ) -> None:
-    store = served.app[STORE]
+    store = served.services.store
     key = await store_key(served)
     async with aiohttp.ClientSession() as http:
         assert (await chat(http, served, key))[0] == 200
@@ -130,7 +129,7 @@ async def test_revoking_a_key_or_blocking_its_user_stops_it_without_a_restart(
         _, _, body = await chat(http, served, key)
         assert body["error"]["code"] == "account_blocked"
         await store.set_status(user.id, "active")
-        served.app[ACCOUNTS].forget()
+        served.services.accounts.forget()
         assert (await chat(http, served, key))[0] == 200
         (record,) = await store.keys(user.id)
         await store.revoke_key(record.id)
@@ -214,13 +213,13 @@ async def test_connector_tokens_from_the_store(
     stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector
 ) -> None:
     broker = await make_broker(connector_token=[])
-    raw, _ = await broker.app[STORE].create_connector_token("gpu-box")
+    raw, _ = await broker.services.store.create_connector_token("gpu-box")
     connector = await make_connector(broker, stub.url, broker_token=raw)
     await wait_models(broker, {"stub-model"})
-    (seen,) = await broker.app[STORE].connector_tokens()
+    (seen,) = await broker.services.store.connector_tokens()
     assert seen.last_seen is not None
     await connector.stop()
-    await broker.app[STORE].revoke_connector_token("gpu-box")
+    await broker.services.store.revoke_connector_token("gpu-box")
     refused = await make_connector(broker, stub.url, broker_token=raw)
     await refused.wait_state(LinkState.RECONNECTING)
     error = refused.connector.status.last_error or ""
@@ -235,7 +234,7 @@ async def test_a_clean_shutdown_writes_every_usage_row(
     broker = await make_broker(database_url=url)
     await make_connector(broker, stub.url)
     await wait_models(broker, {"stub-model"})
-    broker.app[LEDGER].interval = 3600  # nothing is written until shutdown
+    broker.services.ledger.interval = 3600  # nothing is written until shutdown
     async with aiohttp.ClientSession() as http:
         for _ in range(20):
             assert (await chat(http, broker, USER_KEY))[0] == 200
@@ -251,12 +250,12 @@ async def test_a_connected_connector_is_sent_away_when_its_token_is_revoked(
     stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector
 ) -> None:
     broker = await make_broker(connector_token=[])
-    raw, _ = await broker.app[STORE].create_connector_token("gpu-box")
+    raw, _ = await broker.services.store.create_connector_token("gpu-box")
     connector = await make_connector(broker, stub.url, broker_token=raw)
     await wait_models(broker, {"stub-model"})
-    watcher = asyncio.create_task(_watch_revoked_connectors(broker.app, every=0.05))
+    watcher = asyncio.create_task(_watch_revoked_connectors(broker.services, every=0.05))
     try:
-        assert await broker.app[STORE].revoke_connector_token("gpu-box")
+        assert await broker.services.store.revoke_connector_token("gpu-box")
         await wait_models(broker, set())
         await connector.wait_state(LinkState.RECONNECTING)
         assert broker.hub.links == []
@@ -270,7 +269,7 @@ async def test_a_failing_store_never_leaves_a_ghost_connector(
     stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector
 ) -> None:
     broker = await make_broker(connector_token=[])
-    store = broker.app[STORE]
+    store = broker.services.store
     raw, _ = await store.create_connector_token("gpu-box")
 
     async def locked(token_id: int, when: float) -> None:
@@ -299,7 +298,7 @@ async def test_many_concurrent_requests_each_leave_one_row(served: BrokerServer)
 
 async def test_a_failing_store_answers_503_in_the_clients_dialect(served: BrokerServer) -> None:
     key = await store_key(served)
-    store = served.app[STORE]
+    store = served.services.store
 
     async def down(fingerprint: str) -> None:
         raise OSError("database is locked")
@@ -326,7 +325,7 @@ async def test_a_client_gone_during_upload_leaves_a_cancelled_row(served: Broker
     async with asyncio.timeout(10):  # the handler is reading the body
         # Once the key is looked up (and cached), the same step goes on to wait for the body;
         # a hang-up before that would be a request gone during the key check instead.
-        while served.app[LIFECYCLE].active == 0 or not served.app[ACCOUNTS]._cache:
+        while served.services.lifecycle.active == 0 or not served.services.accounts._cache:
             await asyncio.sleep(0.01)
     writer.close()
     await writer.wait_closed()

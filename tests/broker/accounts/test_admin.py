@@ -17,7 +17,6 @@ import aiohttp
 
 from broker.accounts.admin import run as run_admin
 from broker.cli import _settings_from, build_parser
-from broker.keys import LEDGER
 from broker.server import BrokerServer
 from tests.conftest import MakeBroker, MakeConnector, wait_models
 from tests.stub_llm import StubLLM
@@ -118,7 +117,7 @@ async def test_admin_commands_against_a_running_broker(
         assert code == 0
         await eventually(http, broker, key, 401)
 
-    await broker.app[LEDGER].flush()
+    await broker.services.ledger.flush()
     code, out, _ = await admin(data, "usage", "--by", "model")
     assert code == 0
     row = re.search(r"^stub-model\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", out, re.MULTILINE)

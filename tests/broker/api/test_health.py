@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from broker.api.health import StoreProbe
+from broker.accounts.storeprobe import StoreProbe
 
 
 class Store:

@@ -8,7 +8,6 @@ from typing import Any
 
 import aiohttp
 
-from broker.keys import STORE
 from broker.server import BrokerServer
 from shared import protocol as p
 from tests.broker.edge.test_express import post_bytes, read_response
@@ -55,7 +54,7 @@ async def test_a_store_that_does_not_answer_makes_the_broker_unready(
     async def down() -> None:
         raise OSError("database is locked")
 
-    broker.app[STORE].ping = down  # type: ignore[method-assign]
+    broker.services.store.ping = down  # type: ignore[method-assign]
     assert (await get(broker, "/readyz"))[::2] == (503, {"status": "store_unavailable"})
     assert (await get(broker, "/livez"))[0] == 200
 

@@ -320,7 +320,7 @@ async def test_a_bug_in_the_request_path_still_answers_500_and_closes(
         raise RuntimeError("a bug")
 
     if driver == "task":
-        monkeypatch.setattr(callbacktrip, "start", lambda call, owner: None)
+        monkeypatch.setattr(callbacktrip, "start", lambda services, call, owner: None)
     # The bug in the connector's response head, as the task or a callback writes it.
     monkeypatch.setattr(StreamMachine, "_head", broken)
     client = await connect(relay.broker)
@@ -359,7 +359,7 @@ async def test_only_a_request_the_relay_cannot_encode_is_refused_as_unrelayable(
         raise raised
 
     if driver == "task":
-        monkeypatch.setattr(callbacktrip, "start", lambda call, owner: None)
+        monkeypatch.setattr(callbacktrip, "start", lambda services, call, owner: None)
     monkeypatch.setattr(p, "split_body", failing)
     client = await connect(relay.broker)
     with capture_logs() as logs:

@@ -19,7 +19,6 @@ import pytest
 from broker.accounts.principals import Accounts
 from broker.accounts.records import UsageRow
 from broker.edge import express, expresscall
-from broker.keys import LEDGER, LIFECYCLE
 from broker.server import BrokerServer
 from broker.stream.headers import BadHead, relayable
 from shared import protocol as p
@@ -40,7 +39,7 @@ LANES = ["express", "aiohttp"]
 def recorded(broker: BrokerServer) -> list[UsageRow]:
     """Every usage row the broker's ledger is given from now on."""
     rows: list[UsageRow] = []
-    ledger = broker.app[LEDGER]
+    ledger = broker.services.ledger
     record = ledger.record
 
     def keep(row: UsageRow) -> None:
@@ -162,7 +161,7 @@ async def test_refusals_to_a_client_that_does_not_read_are_counted_once(
     counts = collections.Counter(row.request_id for row in rows)
     assert counts and max(counts.values()) == 1
     assert {row.status for row in rows} == {401}
-    assert broker.app[LIFECYCLE].active == 0
+    assert broker.services.lifecycle.active == 0
 
 
 async def test_a_request_cancelled_before_its_first_step_is_still_counted(
@@ -267,7 +266,7 @@ async def test_a_client_that_never_reads_a_stream_is_let_go_after_the_request_ti
         request = post_bytes({"model": "m"}, chunked=lane == "aiohttp")
         await asyncio.get_running_loop().sock_sendall(sock, request)
         await until(lambda: rows, timeout=10)
-        assert broker.app[LIFECYCLE].active == 0
+        assert broker.services.lifecycle.active == 0
         assert rows[0].status == 200  # the head went out; the timeout ended the stream
     finally:
         answering.cancel()

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from broker.keys import LIFECYCLE
 from broker.server import BrokerServer
 from tests.broker.edge.test_express import CHAT, CHAT_BODY, Client, connect, post_bytes
 from tests.conftest import MakeBroker, MakeConnector, wait_models
@@ -137,7 +136,7 @@ async def test_a_body_that_stops_midway_is_closed_and_counted(
         raw = post_bytes(body, chunked=True)
         client.writer.write(raw[: raw.index(b"\r\n\r\n") + 4 + 10])  # part of the first chunk
     assert await sees_eof(client, 10)
-    await until(lambda: broker.app[LIFECYCLE].active == 0)
+    await until(lambda: broker.services.lifecycle.active == 0)
     again = await connect(broker)
     status, _, answer = await again.ask(post_bytes(CHAT, chunked=lane == "aiohttp"))
     assert (status, answer) == (200, CHAT_BODY)
@@ -171,7 +170,7 @@ async def test_a_client_that_reads_nothing_is_cut_and_frees_its_slot(
     try:
         # The connector cancels the call to the model: the stub sees its client go.
         await asyncio.wait_for(stub.disconnected.wait(), 30)
-        await until(lambda: broker.app[LIFECYCLE].active == 0)
+        await until(lambda: broker.services.lifecycle.active == 0)
         client = await connect(broker)
         status, _, answer = await client.ask(post_bytes(CHAT, chunked=lane == "aiohttp"))
         assert (status, answer) == (200, CHAT_BODY)  # the connector's slot and the key's are free

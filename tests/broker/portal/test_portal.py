@@ -18,7 +18,6 @@ import pytest
 from openai import AsyncOpenAI
 from pydantic import SecretStr
 
-from broker.keys import ACCOUNTS, STORE
 from broker.portal.reveals import Reveals
 from broker.server import BrokerServer
 from tests.conftest import MakeBroker, MakeConnector, wait_models
@@ -106,7 +105,7 @@ async def test_sign_in_shows_a_key_once_that_works_through_the_relay(
     assert reply.choices[0].message.content == "Hello from the stub."
     await client.close()
     # The raw key is not in the store: only its SHA-256.
-    store = portal.broker.app[STORE]
+    store = portal.broker.services.store
     user = await store.find_user("alice")
     assert user.gitlab_id == 4242
     (record,) = await store.keys(user.id)
@@ -120,8 +119,8 @@ async def test_second_sign_in_does_not_make_another_key(portal: Portal) -> None:
     async with browser() as session:
         status, second = await sign_in(session, portal)
         assert status == 200 and KEY_PATTERN.search(second) is None
-    user = await portal.broker.app[STORE].find_user("alice")
-    assert len(await portal.broker.app[STORE].keys(user.id)) == 1
+    user = await portal.broker.services.store.find_user("alice")
+    assert len(await portal.broker.services.store.keys(user.id)) == 1
 
 
 async def test_tampered_state_is_refused(portal: Portal) -> None:
@@ -171,7 +170,7 @@ async def test_group_restriction(make_broker: MakeBroker, gitlab: FakeGitLab) ->
         assert status == 403
         assert "team" in html
     assert gitlab.authorize_params[-1]["scope"] == "read_user read_api"
-    assert await portal.broker.app[STORE].list_users() == []
+    assert await portal.broker.services.store.list_users() == []
     gitlab.current = FakeUser(8, "bob", "Bob", {"team"})
     async with browser() as session:
         status, html = await sign_in(session, portal)
@@ -186,7 +185,7 @@ async def test_blocked_user_is_shown_the_blocked_page_and_their_key_stops(
     async with browser() as session:
         _, html = await sign_in(session, portal)
         key = KEY_PATTERN.findall(html)[0]
-    store = portal.broker.app[STORE]
+    store = portal.broker.services.store
     user = await store.find_user("alice")
     await store.set_status(user.id, "blocked")
     async with browser() as session:
@@ -195,7 +194,7 @@ async def test_blocked_user_is_shown_the_blocked_page_and_their_key_stops(
     async with aiohttp.ClientSession() as http:
         # The block went straight to the store (as the admin CLI does): drop the cached key
         # rather than wait out the cache's second.
-        portal.broker.app[ACCOUNTS].forget()
+        portal.broker.services.accounts.forget()
         async with http.post(
             f"{portal.url}/v1/chat/completions",
             json={"model": "stub-model", "messages": []},
@@ -299,7 +298,7 @@ async def test_keys_page_creates_and_revokes_with_csrf(
             html = await made.text()
             new_key = KEY_PATTERN.findall(html)[0]
             assert "laptop" in html
-        store = portal.broker.app[STORE]
+        store = portal.broker.services.store
         user = await store.find_user("alice")
         laptop = next(k for k in await store.keys(user.id) if k.name == "laptop")
         async with aiohttp.ClientSession() as http:
@@ -320,7 +319,7 @@ async def test_keys_page_creates_and_revokes_with_csrf(
 
 
 async def test_someone_elses_key_cannot_be_revoked(portal: Portal) -> None:
-    store = portal.broker.app[STORE]
+    store = portal.broker.services.store
     other = await store.create_user("carol")
     _, carol_key = await store.create_key(other.id, "carol's")
     async with browser() as session:
@@ -341,7 +340,7 @@ async def test_pages_need_a_session_and_admin_pages_need_an_admin(portal: Portal
         await sign_in(session, portal)
         async with session.get(portal.url + "/admin") as not_admin:
             assert not_admin.status == 403
-        store = portal.broker.app[STORE]
+        store = portal.broker.services.store
         alice = await store.find_user("alice")
         await store.set_role(alice.id, "admin")
         bob = await store.create_user("bob")
@@ -401,8 +400,8 @@ async def test_a_user_cannot_make_more_than_ten_live_keys(portal: Portal) -> Non
             portal.url + "/portal/keys", data={"name": "one too many", "csrf": token}
         ) as refused:
             assert refused.status == 400 and "revoke one" in await refused.text()
-    user = await portal.broker.app[STORE].find_user("alice")
-    assert len(await portal.broker.app[STORE].keys(user.id)) == 10
+    user = await portal.broker.services.store.find_user("alice")
+    assert len(await portal.broker.services.store.keys(user.id)) == 10
 
 
 async def test_a_short_session_secret_is_refused(make_broker: MakeBroker) -> None:

@@ -18,7 +18,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.keys import LIFECYCLE
 from broker.metrics import MAX_MODEL_LABELS
 from broker.relay.hub import REMEMBER_AT_MOST
 from broker.server import BrokerServer
@@ -307,7 +306,7 @@ async def one_announcement(
     hub = broker.hub
     assert hub.remembered() <= REMEMBER_AT_MOST
     assert not hub.models()
-    assert hub.in_flight() == 0 and broker.app[LIFECYCLE].active == 0
+    assert hub.in_flight() == 0 and broker.services.lifecycle.active == 0
 
 
 def test_whatever_a_connector_announces_the_broker_keeps_answering() -> None:

@@ -9,7 +9,6 @@ import struct
 import aiohttp
 import pytest
 
-from broker.keys import RELAY
 from broker.relay.link import ConnectorLink
 from broker.server import BrokerServer
 from shared import protocol as p
@@ -268,7 +267,7 @@ async def test_a_hello_sent_behind_an_upgrade_on_a_used_connection_counts(
 
 async def test_a_broker_that_is_stopping_admits_no_new_connector(make_broker: MakeBroker) -> None:
     broker = await make_broker()
-    relay = broker.app[RELAY]
+    relay = broker.services.relay
     relay.close_opening()  # what stop() does first
     reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
     try:

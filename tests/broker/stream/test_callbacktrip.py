@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from broker.keys import LEDGER, LIFECYCLE, LINKS, STORE
 from broker.server import BrokerServer
 from shared import protocol as p
 from tests.broker.accounts.test_accounts import store_key
@@ -110,7 +109,7 @@ async def test_a_plain_request_is_answered_unchanged_and_the_connection_kept(
     finally:
         writer.close()
     assert served(broker) == (2, 2)
-    assert broker.app[LIFECYCLE].active == 0  # each was counted in flight, then out
+    assert broker.services.lifecycle.active == 0  # each was counted in flight, then out
 
 
 def _post(request_id: str) -> bytes:
@@ -269,7 +268,7 @@ async def test_a_client_gone_as_the_connector_refuses_is_still_counted_once(
     broker, fake, _, writer = await one_fake(make_broker, fakes)
     writer.write(_post("req-both"))
     head = await fake.next_request()
-    (link,) = broker.app[LINKS]
+    (link,) = broker.services.relay.links
     connection = next(iter(broker.express.connections)) if broker.express else None
     assert connection is not None and connection.transport is not None
     with capture_logs() as logs:
@@ -280,7 +279,7 @@ async def test_a_client_gone_as_the_connector_refuses_is_still_counted_once(
         await asyncio.sleep(0.2)
     finished = [e for e in logs if e["event"] == "request finished"]
     assert [(e["status"], e["outcome"]) for e in finished] == [(499, "cancelled")]
-    assert broker.app[LIFECYCLE].active == 0  # a drain would not wait for it
+    assert broker.services.lifecycle.active == 0  # a drain would not wait for it
     writer.close()
 
 
@@ -392,7 +391,7 @@ async def test_a_failure_after_the_head_ends_the_stream_with_an_error_event(
         assert json.loads(event[6:])["error"]["code"] == code
         finished = [e for e in logs if e["event"] == "request finished"]
         assert [e["outcome"] for e in finished] == ["error"]
-        assert broker.app[LIFECYCLE].active == 0
+        assert broker.services.lifecycle.active == 0
         writer.write(_post("req-next"))  # the stream ended cleanly: the connection goes on
         linked = bool(after(sid))
         if linked:
@@ -489,8 +488,8 @@ async def test_a_store_key_is_served_from_callbacks_once_known_and_until_it_expi
             await answer(fake)
             assert (await read_response(reader))[0] == 200
             assert served(broker) == expected
-        user = await broker.app[STORE].find_user("kim")
-        await broker.app[STORE].set_status(user.id, "blocked")
+        user = await broker.services.store.find_user("kim")
+        await broker.services.store.set_status(user.id, "blocked")
         async with asyncio.timeout(10):  # once the cached answer expires, the store says no
             while True:
                 writer.write(request)
@@ -509,8 +508,8 @@ async def test_a_store_key_is_served_from_callbacks_once_known_and_until_it_expi
     finally:
         writer.close()
     assert json.loads(body)["error"]["code"] == "account_blocked"
-    await broker.app[LEDGER].flush()
-    rows = await broker.app[STORE].usage.rows()
+    await broker.services.ledger.flush()
+    rows = await broker.services.store.usage.rows()
     assert rows[0].user_id == rows[1].user_id == user.id  # each kept its user's books
     assert (rows[1].prompt_tokens, rows[1].completion_tokens) == (3, 4)
 
@@ -559,5 +558,5 @@ async def test_a_stop_past_its_grace_ends_a_stream_and_tells_the_client_why(
     assert "broker shutting down" in error["message"]
     finished = [e for e in logs if e["event"] == "request finished"]
     assert [e["outcome"] for e in finished] == ["error"]
-    assert broker.app[LIFECYCLE].active == 0
+    assert broker.services.lifecycle.active == 0
     assert served(broker) == ((0, 0) if chunked else (1, 1))
