@@ -236,7 +236,7 @@ class StreamMachine:
         n = credit.take(total)
         if n == total:
             # The common case (a chunk that fits) goes as it is, without a copy.
-            return (p.ResponseBody(self.stream_id, data),)
+            return (p.ResponseBody(self.stream_id, data),) if n else _NO_FRAMES
         frames: list[p.ResponseBody] = []
         offset = 0
         while n:
