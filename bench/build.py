@@ -103,6 +103,7 @@ COMPILED = (
     "connector_app/core/status.py",
     "connector_app/core/stream.py",
     "connector_app/core/streams.py",
+    "connector_app/core/streammachine.py",
     "connector_app/core/target.py",
     "connector_app/core/wakeup.py",
     "connector_app/core/wire.py",

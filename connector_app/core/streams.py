@@ -23,7 +23,12 @@ from connector_app.core.llm import LocalLLM
 from connector_app.core.pool import Connection
 from connector_app.core.status import StatusBoard
 from connector_app.core.stream import Stream
-from connector_app.core.streammachine import RETRYING, already_open, on_closed_stream
+from connector_app.core.streammachine import (
+    RETRYING,
+    already_open,
+    is_llm_failure,
+    on_closed_stream,
+)
 from shared import protocol as p
 from shared.protocol import Headers
 
@@ -185,17 +190,16 @@ class Streams:
     def _report(
         self, stream: Stream, exc: BaseException, *, kept_alive: bool = False, received: bool = True
     ) -> None:
-        """Serving failed: send (and log) the error the machine makes of it, if any."""
+        """Serving failed: send the error the machine makes of it, if any, and log why."""
         error = stream.rules.failed(exc, kept_alive=kept_alive, received=received)
-        if error is None:
-            return  # over already, or the request goes out again
-        if error.code == "connector_error":
+        if not is_llm_failure(exc):
             log.exception("request handling failed", exc_info=exc, **stream.ids)
-        else:
+        elif error is not None:  # else over already, or the request goes out again
             # Details (the local URL, the socket error) stay in this machine's log.
             reason = str(exc) or type(exc).__name__
             log.warning("local LLM request failed", error=reason, **stream.ids)
-        self._send(error)
+        if error is not None:
+            self._send(error)
 
     # -- what both drivers relay -------------------------------------------------
 
