@@ -161,7 +161,7 @@ class StreamMachine:
         if not self.held or self.phase != RELAYING:
             return _NO_FRAMES
         held, self.held = self.held, b""
-        return self._within_credit(held)
+        return self._frames(held, self._credit.take(len(held)))
 
     # -- from the local LLM ----------------------------------------------------
 
@@ -184,7 +184,12 @@ class StreamMachine:
         if self.held:
             self.held += data
             return _NO_FRAMES
-        return self._within_credit(data)
+        total = len(data)
+        n = self._credit.take(total)
+        if n == total:
+            # The common case (a chunk that fits) goes as it is, without a copy.
+            return (p.ResponseBody(self.stream_id, data),) if n else _NO_FRAMES
+        return self._frames(data, n)
 
     def complete(self) -> p.End | None:
         """The answer ended: the End to send (the driver waits until nothing is held)."""
@@ -229,14 +234,11 @@ class StreamMachine:
 
     # -- helpers ---------------------------------------------------------------
 
-    def _within_credit(self, data: bytes) -> tuple[p.ResponseBody, ...]:
-        """Frames for as much of `data` as the credit covers; the rest becomes `held`."""
+    def _frames(self, data: bytes, n: int) -> tuple[p.ResponseBody, ...]:
+        """Frames for as much of `data` as the credit covers, `n` bytes of it taken already;
+        the rest becomes `held`."""
         credit = self._credit
         total = len(data)
-        n = credit.take(total)
-        if n == total:
-            # The common case (a chunk that fits) goes as it is, without a copy.
-            return (p.ResponseBody(self.stream_id, data),) if n else _NO_FRAMES
         frames: list[p.ResponseBody] = []
         offset = 0
         while n:
