@@ -217,11 +217,8 @@ class Streams:
             self._send(frame)
 
     def _offer(self, stream: Stream, data: bytes) -> bool:
-        """A task's sink: take body bytes in the socket's callback unless some wait for credit.
-
-        Bytes refused stay with the connection (which stops reading past its limit) until
-        the task reads them, in order.
-        """
+        """A task's sink: body bytes from the socket's callback, refused while some wait for
+        credit (the connection keeps them, in order, and stops reading past its limit)."""
         if stream.rules.held:
             return False
         self._relay_body(stream, data)
@@ -238,9 +235,8 @@ class Streams:
         """Serve the request without a task, when a kept-alive connection is free for it.
 
         The head, the body and the end are relayed from the connection's callbacks
-        (`_FastCall`). Body bytes that do not fit the stream's credit hand the rest of the
-        response to a task (`_out_of_credit`); a connection that turns out to have been
-        closed by the server before it saw the request sends it again from a task.
+        (`_FastCall`); bytes beyond the credit hand the rest to a task (`_out_of_credit`),
+        and so does a retry the machine allows.
         """
         rules = stream.rules
         head = rules.head
@@ -249,9 +245,9 @@ class Streams:
             connection = self._llm.start_nowait(
                 head.method, head.path, head.headers, bytes(rules.body), call
             )
-        except Exception as exc:  # the request cannot be written: no connection helps
-            self._report(stream, exc)
-            self._end(stream)
+        except Exception as exc:  # the request was not written: nothing came back
+            self._report(stream, exc, kept_alive=True, received=False)
+            self._retry_or_end(stream)
             return True
         if connection is None:
             return False
@@ -281,6 +277,10 @@ class Streams:
         if connection is None:
             return  # stopped already
         self._report(stream, exc, kept_alive=True, received=connection.received)
+        self._retry_or_end(stream)
+
+    def _retry_or_end(self, stream: Stream) -> None:
+        """After a failure: send the request again from a task if the machine allows it."""
         if stream.rules.phase == RETRYING:
             self._spawn(stream, self._serve(stream))
         else:
