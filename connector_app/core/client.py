@@ -1,11 +1,11 @@
 """The relay client: one outbound WebSocket to the broker, kept up with backoff.
 
 It connects, says hello, and pumps frames between the socket and the streams it
-serves (`connector_app.core.streams`): each request the broker sends becomes a
-task that calls the local LLM and streams the answer back within the stream's
-flow-control window. A lost link is dialled again after a backoff with jitter,
-at most `backoff.RECONNECT_WINDOW` seconds apart unless retrying cannot help; a
-broker's going-away says when.
+serves (`connector_app.core.streams`): each request the broker sends goes to the
+local LLM, and its answer streams back within the stream's flow-control window.
+A lost link is dialled again after a backoff with jitter, at most
+`backoff.RECONNECT_WINDOW` seconds apart unless retrying cannot help; a broker's
+going-away says when.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """The streams one relay connection carries: requests from the broker, served to the LLM.
 
-`Streams` takes the broker's stream frames (a request's head, body and end; cancels;
-window updates), sends each complete request to the local LLM, and streams the
-answer back within the stream's flow-control window. When a kept-alive connection
-to the LLM is free, the request goes out from the End frame's callback and the
-answer is relayed from the connection's callbacks, with no task (`_fast`); otherwise,
-and for the rest of an answer that runs out of credit, a task serves it (`_serve`).
-What it sends goes through the `send` it is given; the connection is `RelayClient`'s.
+`Streams` keeps the table of open streams and drives each one's `StreamMachine`
+(`connector_app.core.streammachine`, where the rules are): it feeds the machine the
+broker's frames and the local LLM's answer, and sends the frames the machine returns
+through the `send` it is given (the connection is `RelayClient`'s). Two drivers feed the
+same machine. When a kept-alive connection to the LLM is free, the request goes out from
+the End frame's callback and the answer is relayed from the connection's callbacks, with
+no task (`_fast`, `_FastCall`); otherwise, for the one retry a kept-alive connection may
+need, and for the rest of an answer that ran out of credit, a task serves it (`_serve`).
 """
 
 from __future__ import annotations
@@ -22,19 +23,20 @@ from connector_app.core.llm import LocalLLM
 from connector_app.core.pool import Connection
 from connector_app.core.status import StatusBoard
 from connector_app.core.stream import Stream
+from connector_app.core.streammachine import (
+    RETRYING,
+    already_open,
+    is_llm_failure,
+    on_closed_stream,
+)
 from shared import protocol as p
-from shared.endpoints import is_relayable
 from shared.protocol import Headers
 
 log = structlog.get_logger("remotellm.connector")
 
-_HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
-)
-
 
 class Streams:
-    """The table of open streams, and the tasks serving them."""
+    """The table of open streams, and the drivers serving them."""
 
     def __init__(
         self,
@@ -55,7 +57,7 @@ class Streams:
         """Drops what the outbox still holds of a stream (it was cancelled)."""
         self._table: dict[int, Stream] = {}
         self._running = 0
-        """Streams in `_table` being served: counted, not summed, at a thousand streams."""
+        """Streams in `_table` admitted to be served: counted, not summed, at a thousand."""
         self._tasks: set[asyncio.Task[None]] = set()
         self.idle = asyncio.Event()
         """Set while no stream is open."""
@@ -76,9 +78,10 @@ class Streams:
 
     def forget(self, stream: Stream) -> None:
         """Drop a stream from the table and publish the new in-flight count."""
-        if self._table.get(stream.head.stream_id) is stream:
-            del self._table[stream.head.stream_id]
-            if stream.running:
+        sid = stream.rules.stream_id
+        if self._table.get(sid) is stream:
+            del self._table[sid]
+            if stream.rules.admitted:
                 self._running -= 1
         self._board.update(in_flight=self._running)
         if not self._table:
@@ -89,21 +92,21 @@ class Streams:
         match frame:
             case p.RequestHead(stream_id):
                 if stream_id in self._table:
-                    raise p.ProtocolError(f"stream {stream_id} is already open")
+                    raise already_open(stream_id)
                 self._table[stream_id] = Stream(frame, self.window)
                 self.idle.clear()
             case p.RequestBody(stream_id, data):
                 stream = self._table.get(stream_id)
-                if stream is None or stream.running:
-                    raise p.ProtocolError(f"request body on stream {stream_id} that is not open")
-                if len(stream.body) + len(data) > p.MAX_REQUEST_BODY:
-                    raise p.ProtocolError(f"request body on stream {stream_id} is too large")
-                stream.body += data
+                if stream is None:
+                    on_closed_stream(frame)
+                else:
+                    stream.rules.request_body(data)
             case p.End(stream_id):
                 stream = self._table.get(stream_id)
-                if stream is None or stream.running:
-                    raise p.ProtocolError(f"end of stream {stream_id} that is not open")
-                self._start(stream)
+                if stream is None:
+                    on_closed_stream(frame)
+                else:
+                    self._start(stream)
             case p.Cancel(stream_id):
                 cancelled = self._table.get(stream_id)
                 self._discard(stream_id)
@@ -112,23 +115,35 @@ class Streams:
             case p.WindowUpdate(stream_id, increment):
                 credited = self._table.get(stream_id)
                 if credited is not None:
-                    credited.credit.add(increment)
-                    credited.credited.set()
+                    self._credit(credited, increment)
 
     def _start(self, stream: Stream) -> None:
-        sid = stream.head.stream_id
-        busy = self._running
-        if self.draining or busy >= self._max_concurrency:
-            self.forget(stream)
-            reason = "shutting down" if self.draining else "at its concurrency limit"
-            self._send(p.Error(sid, "over_capacity", f"The connector is {reason}."))
+        """The request is whole: refuse it, or serve it (from callbacks when it can)."""
+        rules = stream.rules
+        refusal = rules.request_end(self._running, self._max_concurrency, self.draining)
+        if rules.admitted:
+            self._running += 1
+            self._board.update(in_flight=self._running)
+            stream.announce(self._events)
+        if refusal is None:
+            if not self._fast(stream):
+                self._spawn(stream, self._serve(stream))
             return
-        stream.running = True
-        self._running += 1
-        self._board.update(in_flight=busy + 1)
-        stream.announce(self._events)
-        if not self._fast(stream):
-            self._spawn(stream, self._serve(stream))
+        self._send(refusal)
+        if not rules.admitted:
+            self.forget(stream)  # over capacity: neither served nor reported
+            return
+        log.warning("refused a request", reason=refusal.message, path=rules.head.path)
+        self._end(stream)
+
+    def _credit(self, stream: Stream, increment: int) -> None:
+        """A window update: send the held bytes it covers; a task waiting for it goes on."""
+        rules = stream.rules
+        for frame in rules.window_update(increment):
+            self._send(frame)
+        credited = stream.credited
+        if credited is not None and not rules.held:
+            credited.set()
 
     def _spawn(self, stream: Stream, work: Coroutine[Any, Any, None]) -> None:
         stream.task = task = asyncio.create_task(work)
@@ -140,12 +155,13 @@ class Streams:
         """A task cancelled before its first step never ran its `finally`: end the stream here."""
         if not stream.ended:
             self._release(stream, hang_up=True)
-            self._end(stream, "cancelled")
+            stream.rules.cancel()
+            self._end(stream)
 
-    def _end(self, stream: Stream, outcome: str) -> None:
+    def _end(self, stream: Stream) -> None:
         """The stream is over: out of the table, and its end logged (once)."""
         self.forget(stream)
-        stream.finished(outcome)
+        stream.finished()
 
     def _release(self, stream: Stream, *, hang_up: bool = False) -> Connection | None:
         """Hand the stream's LLM connection back to the pool; with `hang_up`, closed first.
@@ -165,177 +181,175 @@ class Streams:
         """Stop serving a stream the broker cancelled or lost; the LLM sees the hang-up."""
         self.forget(stream)
         connection = self._release(stream, hang_up=True)
+        stream.rules.cancel()
         if stream.task is not None:
             stream.task.cancel()  # the task, or `_task_done`, logs how it ended
         elif connection is not None:
-            self._end(stream, "cancelled")
+            self._end(stream)
 
-    # -- serving one request from the LLM socket's callbacks -------------------
+    def _report(
+        self, stream: Stream, exc: BaseException, *, kept_alive: bool = False, received: bool = True
+    ) -> None:
+        """Serving failed: send the error the machine makes of it, if any, and log why."""
+        error = stream.rules.failed(exc, kept_alive=kept_alive, received=received)
+        if not is_llm_failure(exc):
+            log.exception("request handling failed", exc_info=exc, **stream.ids)
+        elif error is not None:  # else over already, or the request goes out again
+            # Details (the local URL, the socket error) stay in this machine's log.
+            reason = str(exc) or type(exc).__name__
+            log.warning("local LLM request failed", error=reason, **stream.ids)
+        if error is not None:
+            self._send(error)
+
+    # -- what both drivers relay -------------------------------------------------
+
+    def _head(self, stream: Stream, status: int, headers: Headers) -> None:
+        head = stream.rules.response_head(status, headers)
+        if head is not None:
+            self._send(head)
+
+    def _relay_body(self, stream: Stream, data: bytes) -> None:
+        """Send the body frames the stream's credit covers; the machine holds the rest."""
+        usage = stream.usage
+        if usage is not None:
+            usage.feed(data)
+        for frame in stream.rules.response_body(data):
+            self._send(frame)
+
+    def _offer(self, stream: Stream, data: bytes) -> bool:
+        """A task's sink: body bytes from the socket's callback, refused while some wait for
+        credit (the connection keeps them, in order, and stops reading past its limit)."""
+        if stream.rules.held:
+            return False
+        self._relay_body(stream, data)
+        return True
+
+    def _complete(self, stream: Stream) -> None:
+        end = stream.rules.complete()
+        if end is not None:
+            self._send(end)
+
+    # -- the callback driver: one request from the LLM socket's callbacks ---------
 
     def _fast(self, stream: Stream) -> bool:
         """Serve the request without a task, when a kept-alive connection is free for it.
 
-        The head, the body and the end are relayed from the connection's callbacks. The
-        first body bytes that do not fit the stream's credit hand the rest of the
-        response to a task (`_finish_slowly`); a connection that turns out to have been
-        closed by the server before it saw the request sends it again through the task
-        path, on a fresh connection.
+        The head, the body and the end are relayed from the connection's callbacks
+        (`_FastCall`); bytes beyond the credit hand the rest to a task (`_out_of_credit`),
+        and so does a retry the machine allows.
         """
-        head = stream.head
-        if not is_relayable(head.method, head.path):
-            return False  # the task path refuses it, with its log line
+        rules = stream.rules
+        head = rules.head
+        call = _FastCall(self, stream)
         try:
             connection = self._llm.start_nowait(
-                head.method, head.path, head.headers, bytes(stream.body), _FastCall(self, stream)
+                head.method, head.path, head.headers, bytes(rules.body), call
             )
-        except Exception:
-            return False  # the task path meets the same error and reports it
+        except Exception as exc:  # the request was not written: nothing came back
+            self._report(stream, exc, kept_alive=True, received=False)
+            self._retry_or_end(stream)
+            return True
         if connection is None:
             return False
         stream.connection = connection
         return True
 
-    def _send_head(self, stream: Stream, status: int, headers: Headers) -> Connection | None:
-        """Relay the LLM's response head, without its hop-by-hop headers."""
-        stream.status = status
-        relayed = tuple((k, v) for k, v in headers if k.lower() not in _HOP_BY_HOP)
-        self._send(p.ResponseHead(stream.head.stream_id, status, relayed))
-        return stream.connection
+    def _fast_body(self, stream: Stream, data: bytes) -> bool:
+        self._relay_body(stream, data)
+        return not stream.rules.held or self._out_of_credit(stream)
 
     def _out_of_credit(self, stream: Stream) -> bool:
-        """Body bytes did not fit the credit: a task takes the rest of the response, in order."""
+        """Body bytes wait for credit: a task takes the rest of the response, in order."""
         connection = stream.connection
         if connection is not None:
             connection.listener = None
             connection.sink = lambda data: self._offer(stream, data)
-            self._spawn(stream, self._finish_slowly(stream, connection))
-        return False
+            self._spawn(stream, self._serve(stream, connection))
+        return True  # the machine holds the bytes
 
     def _fast_end(self, stream: Stream) -> None:
         self._release(stream)
-        self._send(p.End(stream.head.stream_id))
-        self._end(stream, "ok")
+        self._complete(stream)
+        self._end(stream)
 
     def _fast_failed(self, stream: Stream, exc: BaseException) -> None:
         connection = self._release(stream)
         if connection is None:
-            return
-        if not connection.received:
-            # The server had closed this kept-alive connection: the request never reached it.
+            return  # stopped already
+        self._report(stream, exc, kept_alive=True, received=connection.received)
+        self._retry_or_end(stream)
+
+    def _retry_or_end(self, stream: Stream) -> None:
+        """After a failure: send the request again from a task if the machine allows it."""
+        if stream.rules.phase == RETRYING:
             self._spawn(stream, self._serve(stream))
-            return
-        self._send(stream.failure(exc))
-        self._end(stream, "failed")
+        else:
+            self._end(stream)
 
-    def _fast_bug(self, stream: Stream) -> None:
-        """A callback failed (called while handling it): end the stream as `_serve` would."""
-        log.exception("request handling failed", **stream.ids)
+    def _fast_bug(self, stream: Stream, exc: BaseException) -> None:
+        """A callback failed: end the stream as the task driver would, and hang up."""
         self._release(stream, hang_up=True)
-        if self._table.get(stream.head.stream_id) is stream:
-            message = "The connector failed while relaying the response."
-            self._send(p.Error(stream.head.stream_id, "connector_error", message))
-            self._end(stream, "failed")
+        if stream.task is not None:
+            stream.task.cancel()
+        self._report(stream, exc)
+        self._end(stream)
 
-    async def _finish_slowly(self, stream: Stream, connection: Connection) -> None:
-        """The rest of a response that ran out of credit, from a task (as `_relay` does)."""
-        outcome = "ok"
+    # -- the task driver ---------------------------------------------------------
+
+    async def _serve(self, stream: Stream, connection: Connection | None = None) -> None:
+        """Serve a stream from a task: the whole request, or (given the connection the
+        callbacks started on) the rest of its answer. The broker hears how it ended."""
+        rules = stream.rules
         with structlog.contextvars.bound_contextvars(**stream.ids):
             try:
-                await self._pump(stream, connection.read)
-                self._send(p.End(stream.head.stream_id))
-            except asyncio.CancelledError:
-                outcome = "cancelled"
-                raise
-            except Exception as exc:
-                outcome = "failed"
-                self._send(stream.failure(exc))
-            finally:
-                if stream.connection is connection:  # else `_stop` has handed it back already
+                if connection is None:
+                    await self._relay(stream)
+                else:
+                    await self._pump(stream, connection.read)
                     self._release(stream)
-                self._end(stream, outcome)
-
-    # -- serving one request ---------------------------------------------------
-
-    async def _serve(self, stream: Stream) -> None:
-        """Serve one stream from a task; whatever happens, the broker hears how it ended."""
-        outcome = "ok"
-        with structlog.contextvars.bound_contextvars(**stream.ids):
-            try:
-                outcome = await self._answer(stream)
+                self._complete(stream)
             except asyncio.CancelledError:
-                outcome = "cancelled"
+                rules.cancel()
                 raise
             except Exception as exc:
-                outcome = "failed"
-                self._send(stream.failure(exc))
+                self._report(stream, exc)
             finally:
-                self._end(stream, outcome)
-
-    async def _answer(self, stream: Stream) -> str:
-        """Relay the request to the local LLM and its answer back; the outcome to log."""
-        head = stream.head
-        if not is_relayable(head.method, head.path):
-            log.warning("refused a request outside the model endpoints", path=head.path)
-            message = "The connector serves model endpoints only."
-            self._send(p.Error(head.stream_id, "forbidden", message))
-            return "refused"
-        await self._relay(stream)
-        self._send(p.End(head.stream_id))
-        return "ok"
+                self._release(stream)  # a connection `_stop` has not handed back already
+                self._end(stream)
 
     async def _relay(self, stream: Stream) -> None:
         """Call the local LLM and stream its response back, within the stream's credit."""
-        head = stream.head
+        head = stream.rules.head
         async with self._llm.request(
-            head.method, head.path, head.headers, bytes(stream.body)
+            head.method, head.path, head.headers, bytes(stream.rules.body)
         ) as response:
-            self._send_head(stream, response.status, response.headers)
+            self._head(stream, response.status, response.headers)
             # Events that fit the credit leave from the socket's callback, without waking
             # this task for each one; the loop handles what had to wait, and the end.
             response.on_data(lambda data: self._offer(stream, data))
             await self._pump(stream, response.read)
 
     async def _pump(self, stream: Stream, read: Callable[[], Awaitable[bytes]]) -> None:
-        """Send what `read` returns (the bytes the callbacks could not) until it ends."""
-        usage = stream.usage
-        while chunk := await read():
-            if usage is not None:
-                usage.feed(chunk)
-            stream.slow = True
-            try:
-                await self._send_body(stream, chunk)
-            finally:
-                stream.slow = False
+        """Relay what `read` returns (the bytes the callbacks could not) until it ends."""
+        rules = stream.rules
+        while True:
+            if rules.held:
+                await self._credited(stream)
+            chunk = await read()
+            if not chunk:
+                break
+            self._relay_body(stream, chunk)
+        if rules.held:  # the sink took bytes the credit did not cover
+            await self._credited(stream)
 
-    def _offer(self, stream: Stream, data: bytes) -> bool:
-        """Send `data` now if the stream has the credit for all of it; else leave it."""
-        if stream.slow or stream.credit.available < len(data):
-            return False
-        if self._table.get(stream.head.stream_id) is not stream:
-            return True  # cancelled: its task is being stopped, the bytes have nowhere to go
-        if stream.usage is not None:
-            stream.usage.feed(data)
-        self._send_chunks(stream, data)
-        return True
-
-    async def _send_body(self, stream: Stream, data: bytes) -> None:
-        while data:
-            if stream.credit.available == 0:
-                stream.credited.clear()
-                await stream.credited.wait()
-                continue
-            data = self._send_chunks(stream, data)
-
-    def _send_chunks(self, stream: Stream, data: bytes) -> bytes:
-        """Send as much of `data` as the credit allows, in body frames; return the rest."""
-        sid = stream.head.stream_id
-        offset, total = 0, len(data)
-        while offset < total and (n := stream.credit.take(total - offset)):
-            # The common case (a chunk that fits) is sent as it is, without a copy.
-            chunk = data if n == total else data[offset : offset + n]
-            self._send(p.ResponseBody(sid, chunk))
-            offset += n
-        return data[offset:] if offset else data
+    async def _credited(self, stream: Stream) -> None:
+        """Wait until the window updates have covered the held bytes (`_credit` sends them)."""
+        credited = stream.credited
+        if credited is None:
+            credited = stream.credited = asyncio.Event()
+        while stream.rules.held:
+            credited.clear()
+            await credited.wait()
 
 
 class _FastCall:
@@ -347,33 +361,34 @@ class _FastCall:
         self._streams = streams
         self._stream = stream
 
-    # A bug in these must not leave the broker's client waiting for its timeout (as in `_serve`).
+    # A bug in these must not leave the broker's client waiting for its timeout.
 
     def on_head(self, status: int, headers: Headers) -> None:
+        stream = self._stream
         try:
-            connection = self._streams._send_head(self._stream, status, headers)
+            self._streams._head(stream, status, headers)
+            connection = stream.connection
             if connection is not None:
                 connection.sink = self.on_data
-        except Exception:
-            self._streams._fast_bug(self._stream)
+        except Exception as exc:
+            self._streams._fast_bug(stream, exc)
 
     def on_data(self, data: bytes) -> bool:
-        """Body bytes from the socket: sent at once when the stream's credit allows."""
-        streams = self._streams
+        """Body bytes from the socket: sent at once within the stream's credit."""
         try:
-            return streams._offer(self._stream, data) or streams._out_of_credit(self._stream)
-        except Exception:
-            streams._fast_bug(self._stream)
+            return self._streams._fast_body(self._stream, data)
+        except Exception as exc:
+            self._streams._fast_bug(self._stream, exc)
             return True  # the connection is closed; the bytes have nowhere to go
 
     def on_complete(self) -> None:
         try:
             self._streams._fast_end(self._stream)
-        except Exception:
-            self._streams._fast_bug(self._stream)
+        except Exception as exc:
+            self._streams._fast_bug(self._stream, exc)
 
     def on_failure(self, exc: BaseException) -> None:
         try:
             self._streams._fast_failed(self._stream, exc)
-        except Exception:
-            self._streams._fast_bug(self._stream)
+        except Exception as bug:
+            self._streams._fast_bug(self._stream, bug)

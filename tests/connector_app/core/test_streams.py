@@ -94,7 +94,10 @@ async def test_a_path_outside_the_model_endpoints_is_refused_without_calling_the
     sent: list[p.Frame] = []
     llm = FailingLLM(RuntimeError("must not be called"))
     streams = table(llm, sent)
-    await serve_one(streams, path="/admin/users")
+    streams.on_frame(p.RequestHead(1, "POST", "/admin/users", (), "r1"))
+    streams.on_frame(p.RequestBody(1, b'{"model": "m"}'))
+    streams.on_frame(p.End(1))  # refused from the End frame's callback, with no task
+    assert len(streams) == 0 and streams.idle.is_set()
     assert llm.calls == 0
     assert [(type(f), getattr(f, "code", None)) for f in sent] == [(p.Error, "forbidden")]
 
