@@ -100,7 +100,6 @@ def test_a_request_body_over_the_limit_is_a_protocol_error_and_is_not_kept() -> 
     assert bytes(m.body) == b"0123456789"
 
 
-@pytest.mark.source_only
 def test_a_request_body_exactly_at_the_limit_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(p, "MAX_REQUEST_BODY", 16)
     m = machine()
