@@ -28,10 +28,10 @@ from broker.edge.expresscall import ExpressCall
 from broker.relay.link import ConnectorLink, Exchange, Unsendable
 from broker.stream import books
 from broker.stream.machine import (
-    DONE,
     Action,
     Failure,
     Finish,
+    LinkLost,
     Retry,
     Start,
     StreamEvent,
@@ -76,7 +76,7 @@ def start(services: Services, call: ExpressCall, owner: Owner) -> CallbackTrip |
     exchange = None
     try:
         exchange = link.open(call, ticket.body)
-    except Unsendable:
+    except (Unsendable, LinkLost):
         pass  # nothing is counted yet: the usual way meets the same refusal and answers it
     finally:
         if exchange is None:  # refused, or a bug (which the lane answers): nothing is held
@@ -250,8 +250,8 @@ class CallbackTrip:
             return  # counted already (the bug came after, from what ran next): nothing to answer
         call = self.call
         call.close = True
-        failure = self.machine.crashed() if self.machine.state != DONE else None
-        if failure is not None and failure.reply is not None:
+        failure = self.machine.crashed()
+        if failure.reply is not None and not call.answered:
             with contextlib.suppress(ConnectionError):  # a client gone is counted all the same
                 call.send_reply(500, *failure.reply)
         else:

@@ -282,8 +282,14 @@ class StreamMachine:
         self._ending = "error"
 
     def timeout(self, limit: float) -> Failure:
-        """The request timeout (`limit` seconds) passed before the stream ended."""
-        failure = self._fail(504, "timeout", f"The model did not finish within {limit:g} seconds.")
+        """The request timeout (`limit` seconds) passed before the stream ended, or before the
+        end the machine gave (a `Finish`, a `Failure`) was written: then only a cut is left."""
+        message = f"The model did not finish within {limit:g} seconds."
+        if self.state == DONE and not self._ending:
+            self.failed = True
+            failure = Failure(self.status, "timeout", message)
+        else:
+            failure = self._fail(504, "timeout", message)
         self._ending = "timeout"
         return failure
 
@@ -294,12 +300,13 @@ class StreamMachine:
         self._ending = "cancelled"
 
     def crashed(self) -> Failure:
-        """A bug in the broker ended the request: a 500 if nothing was sent, else a cut."""
-        answered = self.state != WAITING
+        """A bug in the broker ended the request (at any point): a 500 if no response head
+        went out, else a cut."""
+        head_sent = self._tally is not None
         self.state = DONE
         self.failed = True
         self._ending = "error"
-        if answered:
+        if head_sent:
             return Failure(self.status, "internal_error", BUG)
         self.status = 500  # what the client is answered for a bug (the server's 500)
         return Failure(

@@ -23,7 +23,16 @@ from broker.relay.link import ConnectorLink, Exchange, Unsendable
 from broker.stream import books
 from broker.stream.call import Call
 from broker.stream.deadline import within
-from broker.stream.machine import DONE, Action, Failure, Finish, Retry, Start, StreamMachine
+from broker.stream.machine import (
+    DONE,
+    Action,
+    Failure,
+    Finish,
+    LinkLost,
+    Retry,
+    Start,
+    StreamMachine,
+)
 from broker.stream.ticket import Ticket
 
 if TYPE_CHECKING:
@@ -78,8 +87,7 @@ class Trip:
             machine.client_gone()
             raise
         except Exception:
-            if machine.state != DONE:
-                machine.crashed()  # the server answers the bug itself (a 500, or a cut)
+            machine.crashed()  # the server answers the bug itself (a 500, or a cut)
             raise
         finally:
             self.metrics.in_flight.dec()
@@ -87,18 +95,14 @@ class Trip:
             books.settle(self.services, self.call, self.ticket, machine, known=known)
 
     async def _time_out(self) -> None:
-        machine = self.machine
-        if machine.state == DONE:  # the timeout came while the end was being written
-            self.call.cut()
-            return
-        failure = machine.timeout(self.settings.request_timeout)
+        failure = self.machine.timeout(self.settings.request_timeout)
         try:
             async with asyncio.timeout(FAIL_WRITE_TIMEOUT):
                 await self._fail(failure)
         except TimeoutError:
             self.call.cut()
         except ClientGone:
-            machine.client_gone()
+            self.machine.client_gone()
 
     async def _attempts(self, tried: list[Link]) -> None:
         """A connector for the model, then the exchange; again on another one for a retry."""
@@ -114,8 +118,8 @@ class Trip:
             except NoConnector as exc:
                 return await self._fail(self.machine.no_connector(exc.reason, model))
             assert isinstance(link, ConnectorLink)
-            self.machine.routed(link.name)
             try:
+                self.machine.routed(link.name)
                 retry = await self._exchange(link)
             finally:
                 hub.release(link)
@@ -133,6 +137,10 @@ class Trip:
             log.warning("cannot relay the request", error=str(unsendable), **self.call.ids)
             await self._fail(self.machine.unsendable())
             return None
+        except LinkLost as lost:  # the hub still listed a link that had just closed
+            retry = self.machine.feed(lost)
+            assert type(retry) is Retry  # nothing reached the client yet
+            return retry
         try:
             return await self._pump(exchange)
         finally:

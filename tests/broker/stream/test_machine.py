@@ -134,8 +134,31 @@ def test_nothing_is_accepted_after_the_stream_ended(event: StreamEvent, ending: 
         stream.crashed()
     with pytest.raises(MachineError):
         stream.feed(event)
+
+
+@pytest.mark.parametrize("ending", ["client", "timeout", "crash"])
+def test_a_request_that_ended_otherwise_does_not_time_out(ending: str) -> None:
+    stream = machine()
+    stream.feed(head())
+    if ending == "client":
+        stream.client_gone()
+    elif ending == "timeout":
+        stream.timeout(30.0)
+    else:
+        stream.crashed()
     with pytest.raises(MachineError):
         stream.timeout(30.0)
+
+
+@pytest.mark.parametrize("end", [p.End(1), p.Error(1, "llm_error", "boom")], ids=["end", "error"])
+def test_the_timeout_while_the_end_is_written_cuts_and_counts_a_timeout(end: StreamEvent) -> None:
+    stream = machine()
+    stream.feed(head())
+    stream.feed(end)  # its Finish or Failure is still being written to a slow client
+    failure = stream.timeout(30.0)
+    assert failure.reply is None and failure.tail is None  # only a cut is left
+    outcome = stream.outcome(41.0)
+    assert (outcome.status, outcome.outcome) == (200, "timeout")
 
 
 # -- retries ---------------------------------------------------------------------------------
@@ -257,6 +280,15 @@ def test_a_bug_before_the_head_is_a_500_and_after_it_a_cut() -> None:
     assert failure.reply is None and failure.tail is None
     assert after.outcome(11.0).status == 200  # the status the client got
     assert before.outcome(11.0).outcome == after.outcome(11.0).outcome == "error"
+
+
+def test_a_bug_while_an_error_response_is_written_is_a_500() -> None:
+    stream = machine()
+    stream.feed(p.Error(1, "llm_error", "boom"))  # its 502 reply is being written
+    failure = stream.crashed()
+    assert failure.status == 500 and failure.reply is not None
+    outcome = stream.outcome(11.0)
+    assert (outcome.status, outcome.outcome) == (500, "error")
 
 
 def test_an_unwritable_head_counts_as_a_502() -> None:
