@@ -20,7 +20,7 @@ import structlog
 from broker.accounts.principals import Principal
 from broker.accounts.records import UsageRow
 from broker.stream.call import Call
-from broker.stream.machine import Failure, StreamMachine
+from broker.stream.machine import Failure, Retry, StreamMachine
 from broker.stream.ticket import Ticket
 
 if TYPE_CHECKING:
@@ -95,13 +95,21 @@ def failed(call: Call, failure: Failure) -> None:
     log.warning("request failed", code=failure.code, error_message=failure.message, **call.ids)
 
 
-def settle(
-    services: Services, call: Call, ticket: Ticket, machine: StreamMachine, *, known: bool
-) -> None:
+def unwritable(call: Call, exc: ValueError) -> None:
+    """Log that the server refused to write a response head the checks had passed."""
+    log.error("cannot write the response head", error=str(exc), **call.ids)
+
+
+def retrying(call: Call, retry: Retry, connector: str) -> None:
+    """Log that `connector` did not answer and the stream goes to another one."""
+    log.warning(f"connector {retry.why} the request; retrying", connector=connector, **call.ids)
+
+
+def settle(services: Services, call: Call, ticket: Ticket, machine: StreamMachine) -> None:
     """Count a stream that ended, and give its key's slot back with the tokens it charges.
 
-    `known`: a connector took it, or the hub knows the model (else it is counted under
-    `unknown`).
+    Its metrics go under its model's label when a connector took it or the hub knows the model,
+    else under `unknown` (a client must not grow the label set with names nobody serves).
     """
     charged = 0
     try:
@@ -119,7 +127,7 @@ def settle(
         outcome.outcome,
         outcome.elapsed,
         model=model,
-        label=model if known else "unknown",
+        label=model if machine.connector or services.hub.knows(model) else "unknown",
         connector=machine.connector,
         prompt_tokens=outcome.prompt_tokens,
         completion_tokens=outcome.completion_tokens,

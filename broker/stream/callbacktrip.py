@@ -199,7 +199,7 @@ class CallbackTrip:
             self.call.start_now(start.status, start.headers, chunked=start.chunked)
         except ValueError as exc:
             # As the task driver: part of the head may be out, so the connection is cut.
-            log.error("cannot write the response head", error=str(exc), **self.call.ids)
+            books.unwritable(self.call, exc)
             self.machine.unwritable()
             self.call.cut()
             return self._end()
@@ -268,7 +268,7 @@ class CallbackTrip:
         self._let_go()
         self.services.metrics.in_flight.dec()
         try:
-            books.settle(self.services, self.call, self.ticket, self.machine, known=True)
+            books.settle(self.services, self.call, self.ticket, self.machine)
         finally:
             self.services.lifecycle.ended()
             self.owner.trip_done(self.call)
@@ -284,11 +284,7 @@ class CallbackTrip:
         """Refused or lost before the head: on to another connector, from a task."""
         self.over = True  # the task's trip now owns the request
         self._let_go()
-        log.warning(
-            f"connector {retry.why} the request; retrying",
-            connector=self.link.name,
-            **self.call.ids,
-        )
+        books.retrying(self.call, retry, self.link.name)
         self.task_began = False
         task = self.owner.go_async(self.call, self._resume([self.link]))
         task.add_done_callback(self._never_ran)
@@ -308,6 +304,6 @@ class CallbackTrip:
         self.machine.client_gone()
         self.services.metrics.in_flight.dec()
         try:
-            books.settle(self.services, self.call, self.ticket, self.machine, known=True)
+            books.settle(self.services, self.call, self.ticket, self.machine)
         finally:
             self.services.lifecycle.ended()

@@ -34,9 +34,6 @@ from broker.stream.machine import (
     StreamMachine,
 )
 from broker.stream.ticket import Ticket
-
-if TYPE_CHECKING:
-    from broker.services import Services
 from shared import protocol as p
 
 if TYPE_CHECKING:
@@ -91,8 +88,7 @@ class Trip:
             raise
         finally:
             self.metrics.in_flight.dec()
-            known = bool(machine.connector) or self.hub.knows(self.ticket.model)
-            books.settle(self.services, self.call, self.ticket, machine, known=known)
+            books.settle(self.services, self.call, self.ticket, machine)
 
     async def _time_out(self) -> None:
         failure = self.machine.timeout(self.settings.request_timeout)
@@ -125,9 +121,7 @@ class Trip:
                 hub.release(link)
             if retry is None:
                 return
-            log.warning(
-                f"connector {retry.why} the request; retrying", connector=link.name, **self.call.ids
-            )
+            books.retrying(self.call, retry, link.name)
             tried.append(link)
 
     async def _exchange(self, link: ConnectorLink) -> Retry | None:
@@ -208,7 +202,7 @@ class Trip:
         except ValueError as exc:
             # The headers passed the checks, yet the server refused them: part of the head
             # may be written, so no error response can follow on this connection.
-            log.error("cannot write the response head", error=str(exc), **call.ids)
+            books.unwritable(call, exc)
             self.machine.unwritable()
             call.cut()
             return
