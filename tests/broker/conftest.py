@@ -7,7 +7,13 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
-BOTH_LOOPS = ("test_listener.py", "test_socket.py", "test_deadline.py", "test_inbox.py")
+BOTH_LOOPS = (
+    "test_listener.py",
+    "test_socket.py",
+    "test_deadline.py",
+    "test_inbox.py",
+    "test_handover.py",
+)
 
 
 def pytest_asyncio_loop_factories(

@@ -10,6 +10,7 @@ import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 import aiohttp.typedefs
@@ -107,14 +108,14 @@ class _Giver(asyncio.Protocol):
         self.recorder = recorder
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         # As the express lane does it: from a request's task, in that request's context.
         contextvars.copy_context().run(self._give, data)
 
     def _give(self, data: bytes) -> None:
-        assert isinstance(self.transport, asyncio.Transport)
         _REQUEST.set("req-1")
         handover.to_aiohttp(self.transport, lambda: self.recorder, data)
 
