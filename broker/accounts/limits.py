@@ -93,21 +93,8 @@ class Limiter:
                     wait,
                 )
         now = self._clock()
-        if limits.rpm:
-            starts = bucket.starts
-            while starts and starts[0] <= now - WINDOW:
-                starts.popleft()
-            if len(starts) >= limits.rpm:
-                wait = max(1, math.ceil(starts[0] + WINDOW - now))
-                return Rejection(
-                    Denied(
-                        429,
-                        "rate_limit_exceeded",
-                        f"Rate limit reached: {limits.rpm} requests per minute for this key."
-                        f" Retry in {wait} s.",
-                    ),
-                    wait,
-                )
+        if limits.rpm and (rejection := _over_rate(limits.rpm, bucket, now)) is not None:
+            return rejection
         if limits.concurrency and bucket.active >= limits.concurrency:
             return Rejection(
                 Denied(
@@ -132,3 +119,15 @@ class Limiter:
         if bucket.day != day:  # another request may have loaded it meanwhile
             bucket.day = day
             bucket.tokens = used
+
+
+def _over_rate(rpm: int, bucket: _Bucket, now: float) -> Rejection | None:
+    """The refusal of one more request in the key's sliding minute, if it has had `rpm`."""
+    starts = bucket.starts
+    while starts and starts[0] <= now - WINDOW:
+        starts.popleft()
+    if len(starts) < rpm:
+        return None
+    wait = max(1, math.ceil(starts[0] + WINDOW - now))
+    message = f"Rate limit reached: {rpm} requests per minute for this key. Retry in {wait} s."
+    return Rejection(Denied(429, "rate_limit_exceeded", message), wait)
