@@ -21,6 +21,7 @@ from shared import eventloop
 from shared.logging import configure_logging
 from shared.settings import LOG_LEVELS, ConfigError, load
 from shared.signals import shutdown_signals
+from shared.version import package_version
 
 PROG = "remotellm-broker"
 COMMANDS = ("serve", "demo", "users", "keys", "connectors", "usage")
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="RemoteLLM broker: an OpenAI-compatible API in front of connected local LLMs.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="run the broker (default)")
     _serve_options(serve)
@@ -147,7 +149,7 @@ async def serve(settings: BrokerSettings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help"):
+    if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help", "--version"):
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
     if args.command == "demo":
