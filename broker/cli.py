@@ -14,6 +14,7 @@ import structlog
 
 from broker.accounts.admin import add_commands
 from broker.accounts.admin import run as run_admin
+from broker.accounts.records import StoreError
 from broker.demo import DemoError, run_demo
 from broker.server import BrokerServer
 from broker.settings import BrokerSettings
@@ -117,6 +118,9 @@ async def serve(settings: BrokerSettings) -> int:
     except ssl.SSLError as exc:
         await server.stop()
         return _fail(f"cannot use --tls-cert/--tls-key: {exc.reason or exc}")
+    except StoreError as exc:
+        await server.stop()
+        return _fail(str(exc))
     except OSError as exc:
         await server.stop()
         where = f"{settings.host}:{settings.port}"
@@ -169,7 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     if args.command != "serve":
         configure_logging("warning", "console")
-        return eventloop.run(run_admin(args, settings))
+        try:
+            return eventloop.run(run_admin(args, settings))
+        except StoreError as exc:  # the store could not be opened
+            return _fail(str(exc))
     configure_logging(settings.log_level, settings.log_format)
     return eventloop.run(serve(settings))
 
