@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -29,6 +30,14 @@ def test_the_wheel_installs_and_runs_both_commands(tmp_path: Path) -> None:
     assert UV is not None, "uv is not on PATH"
     uv("build", "--wheel", "--out-dir", str(tmp_path / "dist"), str(ROOT))
     (wheel,) = (tmp_path / "dist").glob("remotellm-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        requires = archive.read(metadata).decode().splitlines()
+    # `pip install 'remotellm[postgres]'` brings the PostgreSQL driver.
+    assert "Provides-Extra: postgres" in requires
+    assert any(
+        r.startswith("Requires-Dist: asyncpg") and "extra == 'postgres'" in r for r in requires
+    )
     # A fresh environment gets the lock file's dependencies from uv's cache (`uv sync` filled
     # it; an offline `uv pip install` would need the index pages, which the cache lacks), then
     # the wheel alone; `uv pip check` then proves the wheel's own requirements are met.
