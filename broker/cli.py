@@ -14,6 +14,7 @@ import structlog
 
 from broker.accounts.admin import add_commands
 from broker.accounts.admin import run as run_admin
+from broker.accounts.records import StoreError
 from broker.demo import DemoError, run_demo
 from broker.server import BrokerServer
 from broker.settings import BrokerSettings
@@ -21,6 +22,7 @@ from shared import eventloop
 from shared.logging import configure_logging
 from shared.settings import LOG_LEVELS, ConfigError, load
 from shared.signals import shutdown_signals
+from shared.version import package_version
 
 PROG = "remotellm-broker"
 COMMANDS = ("serve", "demo", "users", "keys", "connectors", "usage")
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="RemoteLLM broker: an OpenAI-compatible API in front of connected local LLMs.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="run the broker (default)")
     _serve_options(serve)
@@ -115,6 +118,9 @@ async def serve(settings: BrokerSettings) -> int:
     except ssl.SSLError as exc:
         await server.stop()
         return _fail(f"cannot use --tls-cert/--tls-key: {exc.reason or exc}")
+    except StoreError as exc:
+        await server.stop()
+        return _fail(str(exc))
     except OSError as exc:
         await server.stop()
         where = f"{settings.host}:{settings.port}"
@@ -147,7 +153,7 @@ async def serve(settings: BrokerSettings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help"):
+    if not args_list or args_list[0] not in (*COMMANDS, "-h", "--help", "--version"):
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
     if args.command == "demo":
@@ -167,7 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     if args.command != "serve":
         configure_logging("warning", "console")
-        return eventloop.run(run_admin(args, settings))
+        try:
+            return eventloop.run(run_admin(args, settings))
+        except StoreError as exc:  # the store could not be opened
+            return _fail(str(exc))
     configure_logging(settings.log_level, settings.log_format)
     return eventloop.run(serve(settings))
 

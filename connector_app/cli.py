@@ -19,6 +19,7 @@ from shared import eventloop
 from shared.logging import configure_logging
 from shared.settings import LOG_LEVELS, ConfigError, load
 from shared.signals import shutdown_signals
+from shared.version import package_version
 
 PROG = "remotellm-connector"
 log = structlog.get_logger("remotellm.connector")
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--help` (the connector that `remotellm-broker demo` starts)",
     )
     add = parser.add_argument
+    add("--version", action="version", version=f"{PROG} {package_version()}")
     add("--headless", action="store_true", help="run without the tray app (servers, services)")
     add(
         "--config",

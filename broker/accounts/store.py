@@ -87,7 +87,11 @@ class Store:
         if is_sqlite:
             assert sa_url.database is not None
             Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(sa_url)
+        try:
+            engine = create_async_engine(sa_url)
+        except ModuleNotFoundError as exc:  # the driver is an optional extra
+            extra = " (pip install 'remotellm[postgres]')" if "postgresql" in url else ""
+            raise StoreError(f"the database driver {exc.name} is not installed{extra}") from exc
         if is_sqlite:
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         store = cls(engine, scratch)

@@ -477,3 +477,9 @@ async def test_flushes_at_once_write_each_row_once(tmp_path: Path) -> None:
         assert sorted(ids) == sorted(f"req_{i}" for i in range(15))
     finally:
         await store.close()
+
+
+async def test_a_missing_postgresql_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # as if it were not installed
+    with pytest.raises(StoreError, match=r"asyncpg is not installed.*remotellm\[postgres\]"):
+        await Store.open("postgresql+asyncpg://user:pass@127.0.0.1:1/remotellm")
