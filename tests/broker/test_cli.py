@@ -140,16 +140,3 @@ def test_log_level_is_accepted_in_any_case(
 def test_an_unknown_log_level_is_still_refused(capsys: pytest.CaptureFixture[str]) -> None:
     code, err = run(["--log-level", "LOUD"], capsys)
     assert code == 2 and "invalid choice" in err
-
-
-def test_version_prints_the_installed_package_version() -> None:
-    from importlib.metadata import version
-
-    done = subprocess.run(
-        [sys.executable, "-m", "broker.cli", "--version"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"remotellm-broker {version('remotellm')}"

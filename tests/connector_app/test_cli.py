@@ -149,16 +149,3 @@ def test_the_tray_app_without_a_display_says_so_and_exits_2(tmp_path: Path) -> N
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "no display" in lines[0] and "--headless" in lines[0]
-
-
-def test_version_prints_the_installed_package_version() -> None:
-    from importlib.metadata import version
-
-    done = subprocess.run(
-        [sys.executable, "-m", "connector_app.cli", "--version"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"remotellm-connector {version('remotellm')}"
