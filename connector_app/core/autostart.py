@@ -31,7 +31,14 @@ def run_command(argv: Sequence[str]) -> int:
 
 
 def connector_command() -> list[str]:
-    """How to start this connector again: the console script if installed, else `python -m`."""
+    """How to start this connector again.
+
+    A bundle (PyInstaller's one-folder build, or the executable inside RemoteLLM.app) is
+    started as itself, never through a Python interpreter; an installed package by its
+    console script; a source tree with `python -m`.
+    """
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
     script = shutil.which("remotellm-connector")
     if script:
         return [str(Path(script).resolve())]

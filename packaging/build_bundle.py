@@ -1,0 +1,193 @@
+"""Build the connector bundle for the platform this runs on, and its archive.
+
+    uv run --group packaging python packaging/build_bundle.py [--dist DIR] [--work DIR]
+
+Linux: `dist/remotellm-connector/` (one folder: the executable and `_internal/`) and
+`dist/remotellm-connector-<version>-linux-<arch>.tar.gz`, which holds that folder with a
+`.desktop` file, the icon, an install script, the licences and a short install note.
+macOS: `dist/RemoteLLM.app` and `dist/RemoteLLM-<version>-macos-<arch>.zip` (sign and
+notarize it with `packaging/macos/sign_and_notarize.sh`).
+
+A script, not a module of an importable package: `packaging/` would shadow the `packaging`
+library that pip and PyInstaller import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, distribution, requires, version
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT / "packaging" / "pyinstaller" / "remotellm-connector.spec"
+LINUX = ROOT / "packaging" / "linux"
+NAME = "remotellm-connector"
+APP = "RemoteLLM.app"
+LICENCE_FILE = re.compile(r"(LICEN[CS]E|COPYING|NOTICE|AUTHORS)", re.IGNORECASE)
+
+
+def archive_name(ver: str, system: str = sys.platform, machine: str = "") -> str:
+    """`remotellm-connector-0.1.0-linux-x86_64.tar.gz` or `RemoteLLM-0.1.0-macos-arm64.zip`."""
+    arch = machine or platform.machine()
+    if system == "darwin":
+        return f"RemoteLLM-{ver}-macos-{arch}.zip"
+    return f"{NAME}-{ver}-linux-{arch}.tar.gz"
+
+
+def tree_size(path: Path) -> int:
+    """Bytes on disk a folder's files take (symbolic links count as links, not targets)."""
+    return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_dir() or p.is_symlink())
+
+
+def runtime_distributions(root: str = "remotellm") -> list[str]:
+    """`root` and every distribution it needs at run time (no extras), sorted by name."""
+    seen: dict[str, str] = {}
+    todo = [root]
+    while todo:
+        name = todo.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in seen:
+            continue
+        try:
+            seen[key] = distribution(name).metadata["Name"]
+        except PackageNotFoundError:
+            continue  # a requirement for another platform
+        for line in requires(name) or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return sorted(seen.values(), key=str.lower)
+
+
+def third_party_licences(distributions: list[str]) -> str:
+    """Every bundled distribution's licence: its licence files, else its metadata's words."""
+    parts = [
+        "Licences of the software in this bundle.\n\n"
+        f"Python {platform.python_version()}:\n\n"
+        + Path(sys.base_prefix, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}")
+        .joinpath("LICENSE.txt")
+        .read_text(errors="replace")
+    ]
+    for name in distributions:
+        if name.lower() == "remotellm":
+            continue
+        dist = distribution(name)
+        meta = dist.metadata
+        header = (
+            f"{name} {dist.version}: {meta.get('License-Expression') or meta.get('License') or ''}"
+        )
+        texts = [
+            Path(f.locate()).read_text(errors="replace")
+            for f in dist.files or []
+            if LICENCE_FILE.search(f.name) and f.suffix not in (".py", ".pyc")
+        ]
+        if name.lower().startswith(("pyside6", "shiboken6")):
+            texts.append(
+                "Qt and Qt for Python are used under the GNU LGPL version 3. The Qt libraries "
+                "are the unmodified shared libraries in _internal/PySide6/Qt/lib and may be "
+                "replaced by compatible builds. Source: the Qt Project (qt.io)."
+            )
+        parts.append("\n\n".join([header.strip(" :"), *texts]))
+    return ("\n\n" + "=" * 78 + "\n\n").join(parts) + "\n"
+
+
+def build(dist: Path, work: Path) -> Path:
+    """Run PyInstaller on the spec; returns the one-folder build (or the .app on macOS)."""
+    import PyInstaller.__main__
+
+    PyInstaller.__main__.run(
+        [
+            str(SPEC),
+            "--noconfirm",
+            "--clean",
+            "--log-level",
+            "WARN",
+            "--distpath",
+            str(dist),
+            "--workpath",
+            str(work),
+        ]
+    )
+    return dist / (APP if sys.platform == "darwin" else NAME)
+
+
+def linux_archive(folder: Path, dist: Path, ver: str) -> Path:
+    """The .tar.gz: the one-folder build plus what a desktop needs to list and start it."""
+    target = dist / archive_name(ver)
+    top = target.name.removesuffix(".tar.gz")
+    extras = {
+        f"{NAME}.desktop": (LINUX / f"{NAME}.desktop").read_bytes(),
+        "remotellm.svg": (ROOT / "assets" / "remotellm.svg").read_bytes(),
+        "install.sh": (LINUX / "install.sh").read_bytes(),
+        "INSTALL.txt": (LINUX / "INSTALL.txt").read_bytes(),
+        "LICENSE": (ROOT / "LICENSE").read_bytes(),
+        "THIRD-PARTY-LICENSES.txt": third_party_licences(runtime_distributions()).encode(),
+    }
+    staging = dist / top
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(folder, staging, symlinks=True)
+    for name, data in extras.items():
+        (staging / name).write_bytes(data)
+    (staging / "install.sh").chmod(0o755)
+    with tarfile.open(target, "w:gz", compresslevel=9) as tar:
+        tar.add(staging, arcname=top, filter=_normalised)
+    shutil.rmtree(staging)
+    return target
+
+
+def _normalised(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Files owned by nobody in particular, so unpacking as root does not keep the builder's ids."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def macos_archive(app: Path, dist: Path, ver: str) -> Path:
+    """The .zip of the .app, made with `ditto` to keep its symbolic links and signatures."""
+    target = dist / archive_name(ver)
+    subprocess.run(["ditto", "-c", "-k", "--keepParent", str(app), str(target)], check=True)
+    return target
+
+
+def _lines(folder: Path, archive: Path | None) -> Iterator[str]:
+    yield f"built {folder} ({tree_size(folder) / 1e6:.1f} MB unpacked)"
+    if archive is not None:
+        yield f"archive {archive} ({archive.stat().st_size / 1e6:.1f} MB)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dist", type=Path, default=ROOT / "dist", help="output folder (dist/)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=ROOT / "build" / "pyinstaller",
+        help="PyInstaller's work folder",
+    )
+    parser.add_argument("--no-archive", action="store_true", help="only the folder or the .app")
+    args = parser.parse_args(argv)
+    if sys.platform not in ("darwin", "linux"):
+        parser.error(f"bundles are built on Linux and macOS, not {sys.platform}")
+    ver = version("remotellm")
+    folder = build(args.dist.resolve(), args.work.resolve())
+    archive = None
+    if not args.no_archive:
+        make = macos_archive if sys.platform == "darwin" else linux_archive
+        archive = make(folder, args.dist.resolve(), ver)
+    for line in _lines(folder, archive):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
