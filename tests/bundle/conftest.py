@@ -1,0 +1,76 @@
+"""The Linux bundle, built once per test run from this checkout and unpacked from its archive.
+
+Every test here runs what users download: the `.tar.gz` that `packaging/build_bundle.py`
+makes, unpacked into a fresh folder, started with an environment that has no Python on
+PATH and no virtual environment.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+BUILD = ROOT / "packaging" / "build_bundle.py"
+
+# Building takes a minute or two on the 2-core machine; the first test to ask pays for it.
+pytestmark = pytest.mark.timeout(900)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    archive: Path
+    folder: Path  # the unpacked top-level folder
+    build_seconds: float
+    build_output: str
+
+    @property
+    def exe(self) -> Path:
+        return self.folder / "remotellm-connector"
+
+    def env(self, home: Path, **extra: str) -> dict[str, str]:
+        """A user's environment without Python: an empty PATH folder, HOME and XDG in `home`."""
+        bare = home / "bin"
+        bare.mkdir(parents=True, exist_ok=True)
+        runtime = home / "run"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        return {
+            "PATH": str(bare),
+            "HOME": str(home),
+            "TMPDIR": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_DATA_HOME": str(home / ".local" / "share"),
+            "XDG_RUNTIME_DIR": str(runtime),
+            "LANG": "C.UTF-8",
+            **extra,
+        }
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bundle]:
+    """Build the bundle with the documented command, then unpack the archive it made."""
+    work = tmp_path_factory.mktemp("bundle-build")
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(BUILD), "--dist", str(work / "dist"), "--work", str(work / "work")],
+        capture_output=True,
+        text=True,
+        timeout=840,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    seconds = time.monotonic() - started
+    assert done.returncode == 0, done.stdout + done.stderr
+    (archive,) = (work / "dist").glob("remotellm-connector-*-linux-*.tar.gz")
+    unpacked = tmp_path_factory.mktemp("bundle-unpacked")
+    with tarfile.open(archive) as tar:
+        tar.extractall(unpacked, filter="tar")
+    (folder,) = unpacked.iterdir()
+    yield Bundle(archive, folder, seconds, done.stdout)
