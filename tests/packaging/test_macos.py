@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from platformdirs.macos import MacOS
 from PySide6.QtGui import QImage
 
 from connector_app.core.autostart import LABEL, Autostart
+from connector_app.core.secrets import SECRET_FIELDS, SERVICE
 
 ROOT = Path(__file__).parents[2]
 MACOS = ROOT / "packaging" / "macos"
@@ -339,3 +341,29 @@ def test_sign_script_signs_inside_out_with_the_hardened_runtime() -> None:
         "ditto -c -k --keepParent",
     ):
         assert step in script
+
+
+INSTALL_GUIDE = ROOT / "docs" / "install-macos.md"
+
+
+def test_the_install_guide_names_the_paths_the_app_uses(settings: dict[str, Any]) -> None:
+    guide = INSTALL_GUIDE.read_text()
+    config = MacOS("remotellm").user_config_path.relative_to(Path.home())
+    for text in (
+        f"~/{config.as_posix()}/",
+        f"~/Library/LaunchAgents/{LABEL}.plist",
+        f"{LABEL}.headless.plist",
+        f"launchctl bootout gui/$(id -u)/{LABEL}",
+        f"service `{SERVICE}`",
+        f"macOS {settings['MINIMUM_MACOS'].removesuffix('.0')} ",
+        settings["executable_path"](),
+        "xattr -dr com.apple.quarantine /Applications/RemoteLLM.app",
+        "uv run --group packaging python packaging/build_bundle.py",
+    ):
+        assert text in guide, text
+    for name in SECRET_FIELDS:
+        assert f"security delete-generic-password -s {SERVICE} -a {name}" in guide
+    # Every option the signing script takes is in the guide.
+    options = set(re.findall(r"^  (--[a-z-]+)", run_sign("--help").stdout, re.MULTILINE))
+    assert options == {"--identity", "--keychain-profile", "--entitlements", "--output"}
+    assert all(option in guide for option in options)
