@@ -97,7 +97,7 @@ sign_nested_code() {
     main="$APP/Contents/MacOS/$(plist_value CFBundleExecutable)"
     # Loose Mach-O files (.so, .dylib, the Python library): everything outside frameworks.
     while IFS= read -r -d '' path; do
-        if [[ $path != "$main" ]] && file -b "$path" | grep -q '^Mach-O'; then
+        if [[ $path != "$main" && $(file -b "$path") == Mach-O* ]]; then
             sign "$path"
         fi
     done < <(find "$APP/Contents" -type f ! -path '*.framework/*' -print0)
