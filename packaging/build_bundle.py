@@ -5,8 +5,8 @@
 Linux: `dist/remotellm-connector/` (one folder: the executable and `_internal/`) and
 `dist/remotellm-connector-<version>-linux-<arch>.tar.gz`, which holds that folder with a
 `.desktop` file, the icon, an install script, the licences and a short install note.
-macOS: `dist/RemoteLLM.app` and `dist/RemoteLLM-<version>-macos-<arch>.zip` (sign and
-notarize it with `packaging/macos/sign_and_notarize.sh`).
+macOS: `dist/RemoteLLM.app` and `dist/remotellm-connector-<version>-macos-<arch>.zip` (ad hoc
+signed; `packaging/macos/sign_and_notarize.sh` signs, notarizes and zips it for distribution).
 
 A script, not a module of an importable package: `packaging/` would shadow the `packaging`
 library that pip and PyInstaller import.
@@ -22,10 +22,8 @@ import subprocess
 import sys
 import tarfile
 from collections.abc import Iterator
-from importlib.metadata import PackageNotFoundError, distribution, requires, version
+from importlib.metadata import distribution, packages_distributions, version
 from pathlib import Path
-
-from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "packaging" / "pyinstaller" / "remotellm-connector.spec"
@@ -36,10 +34,10 @@ LICENCE_FILE = re.compile(r"(LICEN[CS]E|COPYING|NOTICE|AUTHORS)", re.IGNORECASE)
 
 
 def archive_name(ver: str, system: str = sys.platform, machine: str = "") -> str:
-    """`remotellm-connector-0.1.0-linux-x86_64.tar.gz` or `RemoteLLM-0.1.0-macos-arm64.zip`."""
+    """`remotellm-connector-0.1.0-linux-x86_64.tar.gz`, or `-macos-arm64.zip` for the .app."""
     arch = machine or platform.machine()
     if system == "darwin":
-        return f"RemoteLLM-{ver}-macos-{arch}.zip"
+        return f"{NAME}-{ver}-macos-{arch}.zip"
     return f"{NAME}-{ver}-linux-{arch}.tar.gz"
 
 
@@ -48,24 +46,17 @@ def tree_size(path: Path) -> int:
     return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_dir() or p.is_symlink())
 
 
-def runtime_distributions(root: str = "remotellm") -> list[str]:
-    """`root` and every distribution it needs at run time (no extras), sorted by name."""
-    seen: dict[str, str] = {}
-    todo = [root]
-    while todo:
-        name = todo.pop()
-        key = re.sub(r"[-_.]+", "-", name).lower()
-        if key in seen:
-            continue
-        try:
-            seen[key] = distribution(name).metadata["Name"]
-        except PackageNotFoundError:
-            continue  # a requirement for another platform
-        for line in requires(name) or []:
-            req = Requirement(line)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                todo.append(req.name)
-    return sorted(seen.values(), key=str.lower)
+def bundled_distributions(folder: Path) -> list[str]:
+    """The installed distributions whose modules the one-folder build holds, sorted by name."""
+    from PyInstaller.archive.readers import CArchiveReader
+
+    exe = CArchiveReader(str(folder / NAME))
+    modules = set(exe.open_embedded_archive("PYZ.pyz").toc)
+    internal = folder / "_internal"
+    modules |= {p.name.split(".", 1)[0] for p in internal.iterdir()}
+    owners = packages_distributions()
+    found = {dist for top in {m.split(".", 1)[0] for m in modules} for dist in owners.get(top, [])}
+    return sorted(found, key=str.lower)
 
 
 def third_party_licences(distributions: list[str]) -> str:
@@ -130,7 +121,7 @@ def linux_archive(folder: Path, dist: Path, ver: str) -> Path:
         "install.sh": (LINUX / "install.sh").read_bytes(),
         "INSTALL.txt": (LINUX / "INSTALL.txt").read_bytes(),
         "LICENSE": (ROOT / "LICENSE").read_bytes(),
-        "THIRD-PARTY-LICENSES.txt": third_party_licences(runtime_distributions()).encode(),
+        "THIRD-PARTY-LICENSES.txt": third_party_licences(bundled_distributions(folder)).encode(),
     }
     staging = dist / top
     if staging.exists():
