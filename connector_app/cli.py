@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--model", action="append", help="serve this model (repeatable; default: discover)")
     add("--max-concurrency", type=int, help="requests served at once (default 4)")
     add("--name", help="name shown to the broker operator (default: host name)")
-    add("--ca-file", type=Path, help="PEM CA bundle to trust for the broker's certificate")
+    add(
+        "--ca-file",
+        type=Path,
+        help="PEM CA bundle to trust for the broker instead of the system's store",
+    )
     add("--insecure", action="store_true", default=None, help="allow ws:// to a remote host")
     add("--discovery-interval", type=float, help="seconds between model discoveries (30)")
     add("--heartbeat", type=float, help="seconds between pings to the broker (10)")

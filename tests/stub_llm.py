@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,8 @@ class StubLLM:
     """Options applied to every chat request, over the request's own `x_stub`."""
     openai_models: bool = True
     """False makes GET /v1/models a 404, as on an Ollama without the OpenAI layer."""
+    tls: ssl.SSLContext | None = None
+    """A server context: the stub then serves https://."""
     runner: web.AppRunner | None = None
     url: str = ""
 
@@ -86,9 +89,10 @@ class StubLLM:
         app.router.add_post("/v1/messages", self._messages)
         self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=self.tls)
         await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        scheme = "https" if self.tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.runner.addresses[0][1]}"
 
     async def stop(self) -> None:
         if self.runner is not None:

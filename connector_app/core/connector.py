@@ -18,6 +18,7 @@ from connector_app.core.discovery import DiscoveryError, discover_models
 from connector_app.core.llm import LocalLLM
 from connector_app.core.settings import ConnectorSettings
 from connector_app.core.status import Status, StatusBoard
+from connector_app.core.trust import client_context
 from shared.handshake import servable
 from shared.text import MAX_NAME_LENGTH, shown
 
@@ -25,10 +26,10 @@ log = structlog.get_logger("remotellm.connector")
 
 
 def _trust(settings: ConnectorSettings) -> ssl.SSLContext | None:
-    """The TLS context for the broker link: system CAs, or the configured CA bundle."""
-    if settings.ca_file is None or not settings.broker_url.startswith("wss://"):
+    """The TLS context for the broker link: the system's store, or the configured CA file."""
+    if not settings.broker_url.startswith("wss://"):
         return None
-    return ssl.create_default_context(cafile=str(settings.ca_file))
+    return client_context(settings.ca_file)
 
 
 class Connector:

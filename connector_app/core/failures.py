@@ -37,6 +37,8 @@ def describe_failure(exc: BaseException) -> str:
         return f"the broker closed the connection ({exc.code} {exc.reason})".rstrip()
     if isinstance(exc, ProxyError):
         return f"proxy problem: {exc}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS handshake with the broker failed: {untrusted_certificate(exc)}"
     if isinstance(exc, ssl.SSLError):
         return f"TLS handshake with the broker failed: {exc}"
     if isinstance(exc, TimeoutError):
@@ -51,6 +53,17 @@ def describe_failure(exc: BaseException) -> str:
         return f"cannot reach the broker: {exc or type(exc).__name__}"
     # Anything else is the connector's own failure, not the network's: say so.
     return f"the connector failed on its side of the link ({type(exc).__name__}: {exc})"
+
+
+def untrusted_certificate(exc: ssl.SSLCertVerificationError) -> str:
+    """Why the broker's certificate was refused, and what to do about it."""
+    # OpenSSL and truststore's macOS and Windows verifiers all set verify_message; an
+    # error raised elsewhere may not have it.
+    why = getattr(exc, "verify_message", None) or str(exc)
+    return (
+        f"the broker's certificate is not trusted ({why}); if a private CA issued it, add that "
+        "CA to the system's trust store or point --ca-file (ca_file in connector.yaml) at it"
+    )
 
 
 def is_fatal(exc: BaseException) -> bool:

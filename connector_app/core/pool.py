@@ -22,6 +22,7 @@ from typing import Final, Protocol, cast
 from urllib.parse import urlsplit
 
 from connector_app.core.http1 import Headers, HTTPError, ResponseParser, request_bytes
+from connector_app.core.trust import client_context
 from connector_app.core.wakeup import Wakeup
 
 HIGH_WATER: Final = 256 * 1024
@@ -268,9 +269,11 @@ class Pool:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http:// or https:// URL: {base_url!r}")
         self._host = parts.hostname
-        self._tls = parts.scheme == "https"
-        self._port = parts.port or (443 if self._tls else 80)
-        default_port = self._port == (443 if self._tls else 80)
+        secure = parts.scheme == "https"
+        # One context per pool: the server's certificate is checked against the system's store.
+        self._tls: ssl.SSLContext | None = client_context() if secure else None
+        self._port = parts.port or (443 if secure else 80)
+        default_port = self._port == (443 if secure else 80)
         host = f"[{self._host}]" if ":" in self._host else self._host
         self.host_header = host if default_port else f"{host}:{self._port}"
         self._prefix = parts.path.rstrip("/")
@@ -371,10 +374,9 @@ class Pool:
 
     async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
-        tls: ssl.SSLContext | None = ssl.create_default_context() if self._tls else None
         async with asyncio.timeout(self._connect_timeout):
             _, connection = await loop.create_connection(
-                Connection, self._host, self._port, ssl=tls
+                Connection, self._host, self._port, ssl=self._tls
             )
         return connection
 

@@ -14,9 +14,11 @@ from pathlib import Path
 import aiohttp
 
 from connector_app.core.discovery import discover_models
+from connector_app.core.failures import untrusted_certificate
 from connector_app.core.llm import LocalLLM
 from connector_app.core.proxy import ProxyError
 from connector_app.core.settings import normalise_broker_url, normalise_llm_url
+from connector_app.core.trust import client_context
 from connector_app.core.wire import USER_AGENT, LinkClosed, open_wire
 from shared import protocol as p
 from shared.handshake import Refused, accept_welcome
@@ -36,6 +38,12 @@ def _local_failure(url: str, exc: BaseException) -> str:
         if exc.status in (401, 403):
             return f"The local LLM server at {url} refused the API key (HTTP {exc.status})."
         return f"The local LLM server at {url} answered HTTP {exc.status} to the model list."
+    if isinstance(exc, ssl.SSLCertVerificationError):  # before OSError, which it is too
+        why = getattr(exc, "verify_message", None) or str(exc)
+        return (
+            f"The local LLM server at {url} has a certificate this machine does not trust "
+            f"({why}); add the CA that issued it to the system's trust store."
+        )
     if isinstance(exc, aiohttp.ClientConnectorError | OSError):
         return f"Cannot reach the local LLM server at {url}; is it running on that port?"
     if isinstance(exc, TimeoutError):
@@ -60,7 +68,7 @@ async def check_local(url: str, api_key: str | None, timeout: float = 5.0) -> Ch
                 models = await discover_models(llm, timeout) if listed else None
             except Exception as exc:
                 problems.append(exc)
-                if isinstance(exc, aiohttp.ClientConnectorError | TimeoutError):
+                if isinstance(exc, aiohttp.ClientConnectorError | TimeoutError | ssl.SSLError):
                     break  # the other dialect will not answer either
                 continue
             if models is not None:
@@ -88,10 +96,7 @@ def _broker_failure(exc: BaseException) -> str:
             return "The broker has no relay at this URL (HTTP 404); check the path (/relay)."
         return f"The broker refused the connection with HTTP {status}."
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return (
-            f"TLS problem: the broker's certificate is not trusted ({exc.verify_message}); "
-            "fix the certificate or set a CA file."
-        )
+        return f"TLS problem: {untrusted_certificate(exc)}."
     if isinstance(exc, ssl.SSLError):
         return f"TLS problem talking to the broker ({exc.reason or exc}); is it serving wss://?"
     if isinstance(exc, TimeoutError):
@@ -124,10 +129,8 @@ async def check_broker(
         return Check(
             False, "The connector token is empty; paste the one from the broker's operator."
         )
-    context = None
-    if target.startswith("wss://") and ca_file is not None:
-        context = ssl.create_default_context(cafile=str(ca_file))
     try:
+        context = client_context(ca_file) if target.startswith("wss://") else None
         async with asyncio.timeout(timeout):
             wire = await open_wire(
                 target,

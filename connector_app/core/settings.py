@@ -74,7 +74,9 @@ class ConnectorSettings(BaseSettings):
         default_factory=socket.gethostname, description="Name shown to the broker's operator."
     )
     ca_file: FilePath | None = Field(
-        None, description="PEM CA bundle to trust for a wss:// broker with a private certificate."
+        None,
+        description="PEM CA bundle to trust, instead of the system's store, for a wss:// broker "
+        "whose certificate a private CA issued.",
     )
     insecure: bool = Field(False, description="Allow ws:// to a host that is not loopback.")
     discovery_interval: float = Field(

@@ -21,6 +21,7 @@ from typing import Final, cast
 
 from connector_app.core.proxy import ProxyError, check_connect_answer, connect_request, proxy_for
 from connector_app.core.target import Target, parse_ws_url
+from connector_app.core.trust import client_context
 from connector_app.core.wakeup import Wakeup
 from shared import upgrade
 from shared import websocket as ws
@@ -67,13 +68,14 @@ async def open_wire(
 ) -> Wire:
     """Connect (through the environment's proxy, if any), upgrade, and return the open link.
 
+    A `wss://` link without `ssl_context` trusts the system's store (`core.trust`).
     Everything up to the broker's 101 happens within `timeout` (TimeoutError). A refused
     upgrade raises `HandshakeError` with the HTTP status; TLS failures `ssl.SSLError`;
     an unusable proxy `ProxyError`; an unreachable broker `OSError`.
     """
     target = parse_ws_url(url)
     if ssl_context is None and target.secure:
-        ssl_context = ssl.create_default_context()
+        ssl_context = client_context()
     wire = Wire(outbox if outbox is not None else Outbox(), heartbeat)
     headers = {"Authorization": f"Bearer {token}", "User-Agent": user_agent}
     try:

@@ -1,4 +1,8 @@
-"""The broker serving HTTPS/WSS itself, and a connector trusting a private CA."""
+"""The broker serving HTTPS/WSS itself, and a connector trusting a private CA.
+
+The connector trusts it through `--ca-file`, or through the system's store when the CA is
+in it (on Linux, the bundle `SSL_CERT_FILE` names), and refuses it otherwise.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,19 @@ import ssl
 from pathlib import Path
 
 import aiohttp
-import trustme
+import pytest
 
 from connector_app.core.status import LinkState
 from tests.conftest import MakeBroker, MakeConnector, wait_models
 from tests.e2e.test_relay import AUTH, CHAT
 from tests.stub_llm import StubLLM
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A throwaway CA-issued certificate for 127.0.0.1; returns (CA cert, chain+key file)."""
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    ca_file, chain = directory / "ca.pem", directory / "server.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    server.private_key_and_cert_chain_pem.write_to_path(str(chain))
-    return ca_file, chain
+from tests.tlsca import use_system_store, write_private_ca
 
 
 async def test_tls_end_to_end_with_a_private_ca(
     tmp_path: Path, stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector
 ) -> None:
-    ca_file, chain = self_signed(tmp_path)
+    ca_file, chain = write_private_ca(tmp_path)
     broker = await make_broker(tls_cert=chain, tls_key=chain)
     assert broker.base_url.startswith("https://")
     url = f"wss://127.0.0.1:{broker.port}/relay"
@@ -44,13 +39,37 @@ async def test_tls_end_to_end_with_a_private_ca(
     assert broker.express is not None and broker.express.served == 1  # TLS takes it too
 
 
-async def test_connector_refuses_an_untrusted_certificate_and_says_why(
-    tmp_path: Path, stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector
+async def test_a_connector_trusts_a_ca_in_the_system_store(
+    tmp_path: Path,
+    stub: StubLLM,
+    make_broker: MakeBroker,
+    make_connector: MakeConnector,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _, chain = self_signed(tmp_path)
+    ca_file, chain = write_private_ca(tmp_path)
+    use_system_store(monkeypatch, ca_file)
+    broker = await make_broker(tls_cert=chain, tls_key=chain)
+    url = f"wss://127.0.0.1:{broker.port}/relay"
+    connector = await make_connector(broker, stub.url, broker_url=url)
+    assert connector.connector.settings.ca_file is None
+    await wait_models(broker, {"stub-model"})
+    await connector.wait_state(LinkState.CONNECTED)
+
+
+async def test_connector_refuses_an_untrusted_certificate_and_says_why(
+    tmp_path: Path,
+    stub: StubLLM,
+    make_broker: MakeBroker,
+    make_connector: MakeConnector,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, chain = write_private_ca(tmp_path)
+    use_system_store(monkeypatch, None)
     broker = await make_broker(tls_cert=chain, tls_key=chain)
     url = f"wss://127.0.0.1:{broker.port}/relay"
     connector = await make_connector(broker, stub.url, broker_url=url)
     await connector.wait_state(LinkState.RECONNECTING)
-    assert "TLS" in (connector.connector.status.last_error or "")
+    error = connector.connector.status.last_error or ""
+    assert "the broker's certificate is not trusted" in error
+    assert "--ca-file" in error
     assert broker.hub.links == []

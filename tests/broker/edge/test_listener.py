@@ -19,7 +19,6 @@ from shared import protocol as p
 from shared import upgrade
 from shared import websocket as ws
 from tests.conftest import MakeBroker, broker_settings
-from tests.e2e.test_tls import self_signed
 from tests.raw_connector import (
     RawConnector,
     http_exchange,
@@ -27,6 +26,7 @@ from tests.raw_connector import (
     parse_response,
     upgrade_request,
 )
+from tests.tlsca import write_private_ca
 
 HINT = "This endpoint takes a WebSocket upgrade from a RemoteLLM connector"
 
@@ -75,7 +75,7 @@ async def test_an_upgrade_on_a_connection_already_used_becomes_a_relay_link(
     """A proxy may send the upgrade over a pooled connection it used for other requests."""
     context = None
     if tls:
-        ca_file, chain = self_signed(tmp_path)
+        ca_file, chain = write_private_ca(tmp_path)
         broker = await make_broker(tls_cert=chain, tls_key=chain)
         context = ssl.create_default_context(cafile=str(ca_file))
     else:
@@ -257,7 +257,7 @@ async def test_stopping_closes_connections_still_opening(make_broker: MakeBroker
 
 
 async def test_relay_and_https_share_a_tls_port(tmp_path: Path, make_broker: MakeBroker) -> None:
-    ca_file, chain = self_signed(tmp_path)
+    ca_file, chain = write_private_ca(tmp_path)
     broker = await make_broker(tls_cert=chain, tls_key=chain)
     trust = ssl.create_default_context(cafile=str(ca_file))
     raw = await RawConnector.attach(broker.port, context=trust)

@@ -10,8 +10,8 @@ import pytest
 from connector_app.core.probe import check_broker, check_local
 from tests.conftest import CONNECTOR_TOKEN, MakeBroker
 from tests.connector_app.core.wsserver import ConnectProxy
-from tests.e2e.test_tls import self_signed
 from tests.stub_llm import StubLLM
+from tests.tlsca import use_system_store, write_private_ca
 
 
 def free_port() -> int:
@@ -67,16 +67,20 @@ async def test_broker_unreachable() -> None:
 
 
 async def test_broker_with_an_untrusted_certificate_is_a_tls_problem(
-    tmp_path: Path, make_broker: MakeBroker
+    tmp_path: Path, make_broker: MakeBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ca_file, chain = self_signed(tmp_path)
+    ca_file, chain = write_private_ca(tmp_path)
     broker = await make_broker(tls_cert=chain, tls_key=chain)
     url = f"wss://127.0.0.1:{broker.port}/relay"
+    use_system_store(monkeypatch, None)
     untrusted = await check_broker(url, CONNECTOR_TOKEN)
     assert not untrusted.ok
-    assert untrusted.message.startswith("TLS problem")
+    assert untrusted.message.startswith("TLS problem: the broker's certificate is not trusted")
     trusted = await check_broker(url, CONNECTOR_TOKEN, ca_file=ca_file)
     assert trusted.ok, trusted.message
+    use_system_store(monkeypatch, ca_file)
+    in_the_store = await check_broker(url, CONNECTOR_TOKEN)
+    assert in_the_store.ok, in_the_store.message
 
 
 async def test_wss_to_a_plain_broker_is_a_tls_problem(make_broker: MakeBroker) -> None:
