@@ -17,7 +17,7 @@ from broker.server import BrokerServer
 from tests.bundle.conftest import Bundle
 from tests.conftest import CONNECTOR_TOKEN, USER_KEY, MakeBroker, logged_events, wait_models
 from tests.connector_app.qt.test_desktop import poll, process, read
-from tests.e2e.test_tls import self_signed
+from tests.tlsca import write_private_ca
 from tests.stub_llm import CHAT_BODY, SSE_DONE, StubLLM, sse_event
 
 CHAT = {"model": "stub-model", "messages": [{"role": "user", "content": "Hi"}]}
@@ -90,7 +90,7 @@ async def test_headless_serves_byte_identical_answers_from_the_bundle_alone(
 async def test_a_private_ca_is_trusted_through_ca_file_or_the_system_store(
     bundle: Bundle, tmp_path: Path, stub: StubLLM, make_broker: MakeBroker, trust: str
 ) -> None:
-    ca_file, chain = self_signed(tmp_path)
+    ca_file, chain = write_private_ca(tmp_path)
     broker: BrokerServer = await make_broker(tls_cert=chain, tls_key=chain)
     url = f"wss://127.0.0.1:{broker.port}/relay"
     flags = ["--ca-file", str(ca_file)] if trust == "ca-file" else []
