@@ -38,7 +38,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 def read_value(label: str, stdin: TextIO) -> str:
     """A hidden prompt on a terminal; otherwise stdin's first line without its line ending."""
     if stdin.isatty():
-        return getpass.getpass(f"{label}: ")
+        try:
+            return getpass.getpass(f"{label}: ")
+        except EOFError:  # Ctrl-D at the prompt: nothing typed
+            return ""
     return stdin.readline().rstrip("\r\n")
 
 
@@ -48,7 +51,8 @@ def main(
     store: KeyringStore | None = None,
     stdin: TextIO | None = None,
 ) -> int:
-    """Run one `secrets` action; 0 on success, 1 when the keyring or the value fails."""
+    """Run one `secrets` action; 0 on success, 1 when the keyring or the value fails, 130 on
+    Ctrl-C (and 2 on a usage error, through argparse)."""
     parser = build_parser(prog)
     args, extra = parser.parse_known_args(argv)
     if extra:  # argparse would repeat them, and one may be a secret typed in the wrong place
@@ -71,6 +75,9 @@ def main(
     except (KeyringUnavailable, ValueError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C at the prompt: a new line, not a traceback
+        print(file=sys.stderr)
+        return 130
     return 0
 
 

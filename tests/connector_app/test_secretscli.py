@@ -67,39 +67,63 @@ def test_set_status_and_delete_go_through_the_secret_service(
 def test_on_a_terminal_set_prompts_without_echoing_the_value(
     secret_service: SecretService,
 ) -> None:
-    """stdin is a real pseudo-terminal, the child's controlling terminal, so getpass
-    switches echo off on it."""
+    code, screen = type_at_prompt(secret_service, "llm-api-key", f"{TOKEN}\n".encode())
+    assert code == 0, screen
+    assert "llm-api-key stored in the keyring" in screen
+    assert TOKEN not in screen
+    assert secret_service.lookup("llm_api_key") == TOKEN
+
+
+@pytest.mark.parametrize(
+    ("typed", "code", "shown"),
+    [
+        (b"\x04", 1, "error: the broker-token is empty; nothing was stored"),
+        (b"\x03", 130, ""),
+    ],
+    ids=["ctrl-d", "ctrl-c"],
+)
+def test_on_a_terminal_ctrl_d_or_ctrl_c_at_the_prompt_stores_nothing(
+    secret_service: SecretService, typed: bytes, code: int, shown: str
+) -> None:
+    exit_code, screen = type_at_prompt(secret_service, "broker-token", typed)
+    assert exit_code == code, screen
+    assert shown in screen
+    assert "Traceback" not in screen
+    assert secret_service.lookup("broker_token") is None
+
+
+def type_at_prompt(service: SecretService, name: str, typed: bytes) -> tuple[int, str]:
+    """Run `secrets set NAME` on a real pseudo-terminal, its controlling terminal (so getpass
+    switches echo off and Ctrl-C interrupts it), type at the prompt; the exit code and what
+    the terminal showed."""
     master, slave = os.openpty()
-    # The child takes the terminal on its stdin as its controlling terminal, then runs the
-    # command; that is what a login shell does for the commands typed in it.
+    # The child makes the terminal on its stdin its controlling terminal, then runs the
+    # command, as a login shell does for the commands typed in it.
     take_tty = (
         "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
         "os.execv(sys.executable, sys.argv[1:])"
     )
-    argv = [sys.executable, "-c", take_tty, *COMMAND, "set", "llm-api-key"]
+    argv = [sys.executable, "-c", take_tty, *COMMAND, "set", name]
     child = subprocess.Popen(
         argv,
         stdin=slave,
         stdout=slave,
         stderr=slave,
-        env=secret_service.child_env(),
+        env=service.child_env(),
         cwd=ROOT,
         start_new_session=True,
     )
     os.close(slave)
     try:
-        screen = read_until(master, b"llm-api-key: ")
-        os.write(master, f"{TOKEN}\n".encode())
-        assert child.wait(timeout=60) == 0, screen + read_all(master)
-        screen += read_all(master)
+        screen = read_until(master, f"{name}: ".encode())
+        os.write(master, typed)
+        code = child.wait(timeout=60)
+        return code, screen + read_all(master)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
         os.close(master)
-    assert "llm-api-key stored in the keyring" in screen
-    assert TOKEN not in screen
-    assert secret_service.lookup("llm_api_key") == TOKEN
 
 
 def read_until(fd: int, wanted: bytes, timeout: float = 60.0) -> str:
