@@ -29,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="RemoteLLM connector: share a local LLM server through a broker.",
-        epilog=f"other commands: `{PROG} autostart --help` (launch at login), `{PROG} demo "
-        "--help` (the connector that `remotellm-broker demo` starts)",
+        epilog=f"other commands: `{PROG} autostart --help` (launch at login), `{PROG} secrets "
+        f"--help` (the token and LLM key in the OS keyring), `{PROG} demo --help` (the connector "
+        "that `remotellm-broker demo` starts)",
     )
     add = parser.add_argument
     add("--version", action="version", version=f"{PROG} {package_version()}")
@@ -128,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["autostart"]:
         return autostart_main(argv[1:])
+    if argv[:1] == ["secrets"]:
+        from connector_app import secretscli
+
+        return secretscli.main(PROG, argv[1:])
     if argv[:1] == ["demo"]:
         return demo.main(PROG, argv[1:])
     args = build_parser().parse_args(argv)

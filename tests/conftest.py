@@ -8,6 +8,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from connector_app.core.backoff import Backoff
 from connector_app.core.connector import Connector
 from connector_app.core.settings import ConnectorSettings
 from connector_app.core.status import LinkState
+from tests.secretservice import SecretService, running_secret_service
 from tests.stub_llm import StubLLM
 
 USER_KEY = "sk-test-user-key-0123456789"
@@ -120,6 +122,16 @@ def _private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
         os.environ.pop("XDG_DATA_HOME", None)
     else:
         os.environ["XDG_DATA_HOME"] = saved
+
+
+@pytest.fixture
+def secret_service(tmp_path: Path) -> Iterator[SecretService]:
+    """A private D-Bus bus with an unlocked gnome-keyring-daemon, stopped after the test.
+    Run a child with `secret_service.child_env()` to give it this keyring and no other."""
+    root = tmp_path / "secret-service"
+    root.mkdir()
+    with running_secret_service(root) as service:
+        yield service
 
 
 @pytest.fixture

@@ -70,8 +70,12 @@ class KeyringStore:
         return backend_works(self.backend)
 
     def describe(self) -> str:
-        """The backend's name, for the settings dialog."""
-        return getattr(self.backend, "name", type(self.backend).__name__)
+        """The backend's name, e.g. "SecretService Keyring". When keyring chains several
+        backends, the first one, which is where new secrets go."""
+        backend = self.backend
+        if isinstance(backend, chainer.ChainerBackend) and backend.backends:
+            backend = backend.backends[0]
+        return getattr(backend, "name", type(backend).__name__)
 
     def _check(self) -> None:
         if not self.available:
