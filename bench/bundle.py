@@ -27,14 +27,9 @@ from typing import Any
 import aiohttp
 
 from broker.server import BrokerServer
+from tests.bundle.conftest import desktop
 from tests.conftest import CONNECTOR_TOKEN, USER_KEY, broker_settings
-from tests.connector_app.qt.test_desktop import (
-    display_ready,
-    poll,
-    process,
-    start_display,
-    xdotool,
-)
+from tests.connector_app.qt.test_desktop import process
 from tests.stub_llm import StubLLM
 
 ROOT = Path(__file__).parents[1]
@@ -86,7 +81,7 @@ async def one_launch(
         memory = rss_mb(app.pid)
         app.send_signal(signal.SIGTERM)
         await asyncio.wait_for(app.wait(), 30)
-    while broker.hub.models():  # the link is gone before the next launch
+    while broker.hub.models():  # noqa: ASYNC110 (the link is gone before the next launch)
         await asyncio.sleep(0.01)
     return serving, memory
 
@@ -96,11 +91,7 @@ async def launches(folder: Path, runs: int, work: Path) -> dict[str, dict[str, f
     await stub.start()
     broker = BrokerServer(broker_settings())
     await broker.start()
-    xvfb, display = await start_display(work)
     base = {
-        "PATH": "/usr/bin:/bin",
-        "DISPLAY": display,
-        "QT_QPA_PLATFORM": "xcb",
         "LANG": "C.UTF-8",
         "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
         "REMOTELLM_CONNECTOR_BROKER_URL": f"ws://127.0.0.1:{broker.port}/relay",
@@ -112,27 +103,20 @@ async def launches(folder: Path, runs: int, work: Path) -> dict[str, dict[str, f
         "installed": [sys.executable, "-m", "connector_app.cli"],
     }
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
-    trayer = ["trayer", "--edge", "top", "--align", "right", "--widthtype", "request",
-              "--height", "32", "--SetDockType", "true"]  # fmt: skip
     try:
-        await poll(lambda: display_ready(base), "Xvfb")
-        async with process(trayer, base, work / "trayer.log"):
-            await poll(
-                lambda: _has_panel(base), "trayer's panel"
-            )  # the app falls back to a window without a tray
+        async with desktop(work) as screen:
             for i in range(runs):
                 for name, argv in variants.items():
                     home = work / f"{name}-{i}"
                     (home / "run").mkdir(parents=True, mode=0o700)
-                    env = {**base, "HOME": str(home), "TMPDIR": str(home),
+                    env = {**base, **screen, "HOME": str(home), "TMPDIR": str(home),
                            "XDG_CONFIG_HOME": str(home / "config"),
-                           "XDG_RUNTIME_DIR": str(home / "run"),
-                           "PYTHONPATH": str(ROOT) if name == "installed" else ""}  # fmt: skip
+                           "XDG_RUNTIME_DIR": str(home / "run")}  # fmt: skip
+                    if name == "installed":
+                        env["PYTHONPATH"] = str(ROOT)
                     log = home / "app.log"
                     samples[name].append(await one_launch(argv, env, broker, log))
     finally:
-        xvfb.terminate()
-        await xvfb.wait()
         await broker.stop()
         await stub.stop()
     return {
@@ -143,10 +127,6 @@ async def launches(folder: Path, runs: int, work: Path) -> dict[str, dict[str, f
         }
         for name, rows in samples.items()
     }
-
-
-async def _has_panel(env: dict[str, str]) -> bool:
-    return bool(await xdotool(env, "search", "--name", "^panel$"))
 
 
 def main() -> None:
@@ -187,8 +167,11 @@ def report(result: dict[str, Any]) -> str:
     ]  # fmt: skip
     lines = ["| Figure | Bundle | Installed app | Budget |", "| --- | --- | --- | --- |"]
     for name, bundle, installed, budget, unit in rows:
-        fmt = (lambda v: f"{v:.2f} {unit}") if unit == "s" else (lambda v: f"{v:.1f} {unit}")
-        cells = [fmt(v) if isinstance(v, float) else str(v) for v in (bundle, installed)]
+        digits = 2 if unit == "s" else 1
+        cells = [
+            f"{v:.{digits}f} {unit}" if isinstance(v, float) else str(v)
+            for v in (bundle, installed)
+        ]
         lines.append(f"| {name} | {cells[0]} | {cells[1]} | ≤ {budget} {unit} |")
     return "\n".join(lines)
 

@@ -7,16 +7,27 @@ PATH and no virtual environment.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.connector_app.qt.test_desktop import (
+    display_ready,
+    poll,
+    process,
+    require_tools,
+    start_display,
+    xdotool,
+)
 
 ROOT = Path(__file__).parents[2]
 BUILD = ROOT / "packaging" / "build_bundle.py"
@@ -74,3 +85,28 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bundle]:
         tar.extractall(unpacked, filter="tar")
     (folder,) = unpacked.iterdir()
     yield Bundle(archive, folder, seconds, done.stdout)
+
+
+TRAYER = ["trayer", "--edge", "top", "--align", "right", "--widthtype", "request",
+          "--height", "32", "--SetDockType", "true"]  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def desktop(work: Path) -> AsyncIterator[dict[str, str]]:
+    """An X desktop (Xvfb) with a system tray (trayer); yields the environment to reach it
+    (`DISPLAY`, and a PATH with xdotool for the test's hand). Both stop on the way out."""
+    require_tools()
+    xvfb, display = await start_display(work)
+    env = {"PATH": "/usr/bin:/bin", "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+    try:
+        await poll(lambda: display_ready(env), f"the X server on {display}")
+        async with process(TRAYER, env, work / "trayer.log"):
+
+            async def tray_up() -> bool:
+                return bool(await xdotool(env, "search", "--name", "^panel$"))
+
+            await poll(tray_up, "trayer's panel")
+            yield env
+    finally:
+        xvfb.terminate()
+        await asyncio.wait_for(xvfb.wait(), 30)

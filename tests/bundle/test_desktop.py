@@ -18,17 +18,9 @@ from pathlib import Path
 from PyInstaller.archive.readers import CArchiveReader
 
 from broker.server import BrokerServer
-from tests.bundle.conftest import Bundle
+from tests.bundle.conftest import Bundle, desktop
 from tests.conftest import CONNECTOR_TOKEN, MakeBroker
-from tests.connector_app.qt.test_desktop import (
-    desktop_scenario,
-    display_ready,
-    poll,
-    process,
-    require_tools,
-    start_display,
-    xdotool,
-)
+from tests.connector_app.qt.test_desktop import desktop_scenario, process
 from tests.stub_llm import StubLLM
 
 ROOT = Path(__file__).parents[2]
@@ -95,43 +87,27 @@ async def run_app(
 async def test_the_bundled_tray_app_shows_its_icon_serves_and_lacks_nothing_the_source_uses(
     bundle: Bundle, tmp_path: Path, stub: StubLLM, make_broker: MakeBroker
 ) -> None:
-    require_tools()
     broker = await make_broker()
-    xvfb, display = await start_display(tmp_path)
     common = {
-        "DISPLAY": display,
-        "QT_QPA_PLATFORM": "xcb",
         "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
         "REMOTELLM_CONNECTOR_BROKER_URL": f"ws://127.0.0.1:{broker.port}/relay",
         "REMOTELLM_CONNECTOR_BROKER_TOKEN": CONNECTOR_TOKEN,
         "REMOTELLM_CONNECTOR_LLM_URL": stub.url,
         "REMOTELLM_CONNECTOR_NAME": "bundle-desktop",
     }
-    source_home, bundle_home = tmp_path / "source", tmp_path / "bundle"
-    source_env = {**bundle.env(source_home, **common), "PATH": "/usr/bin:/bin"}
-    bundle_env = bundle.env(bundle_home, **common)
     modules = tmp_path / "modules.txt"
-    trayer = ["trayer", "--edge", "top", "--align", "right", "--widthtype", "request",
-              "--height", "32", "--SetDockType", "true"]  # fmt: skip
-    try:
-        await poll(lambda: display_ready(source_env), f"the X server on {display}")
-        async with process(trayer, source_env, tmp_path / "trayer.log"):
-
-            async def tray_up() -> bool:
-                return bool(await xdotool(source_env, "search", "--name", "^panel$"))
-
-            await poll(tray_up, "trayer's panel")
-            source_argv = [sys.executable, str(PROBE), str(modules), "--log-format", "json"]
-            source_maps = await run_app(
-                source_argv, source_env, source_env, tmp_path / "source.log", broker
-            )
-            bundle_argv = [str(bundle.exe), "--log-format", "json"]
-            bundle_maps = await run_app(
-                bundle_argv, bundle_env, source_env, tmp_path / "bundle.log", broker
-            )
-    finally:
-        xvfb.terminate()
-        await xvfb.wait()
+    async with desktop(tmp_path) as screen:
+        source_env = {**bundle.env(tmp_path / "source", **common), **screen}
+        source_argv = [sys.executable, str(PROBE), str(modules), "--log-format", "json"]
+        source_maps = await run_app(
+            source_argv, source_env, screen, tmp_path / "source.log", broker
+        )
+        bundle_env = bundle.env(tmp_path / "bundle", **common, **screen)
+        bundle_env["PATH"] = bundle.env(tmp_path / "bundle")["PATH"]  # no Python, no tools
+        bundle_argv = [str(bundle.exe), "--log-format", "json"]
+        bundle_maps = await run_app(
+            bundle_argv, bundle_env, screen, tmp_path / "bundle.log", broker
+        )
 
     imported = set(modules.read_text().split())
     assert "PySide6.QtWidgets" in imported and "keyring.backends.fail" in imported

@@ -17,8 +17,8 @@ from broker.server import BrokerServer
 from tests.bundle.conftest import Bundle
 from tests.conftest import CONNECTOR_TOKEN, USER_KEY, MakeBroker, logged_events, wait_models
 from tests.connector_app.qt.test_desktop import poll, process, read
-from tests.tlsca import write_private_ca
 from tests.stub_llm import CHAT_BODY, SSE_DONE, StubLLM, sse_event
+from tests.tlsca import write_private_ca
 
 CHAT = {"model": "stub-model", "messages": [{"role": "user", "content": "Hi"}]}
 AUTH = {"Authorization": f"Bearer {USER_KEY}"}

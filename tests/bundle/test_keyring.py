@@ -1,0 +1,67 @@
+"""The bundle finds the Secret Service: it stores the connector token in a real GNOME Keyring
+and its tray app reads it back from there to connect.
+
+keyring discovers its backends through entry points, which a frozen app loses unless the
+build keeps the metadata; without them the bundle would fall back to "no keyring".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+from tests.bundle.conftest import Bundle, desktop
+from tests.conftest import CONNECTOR_TOKEN, MakeBroker, wait_models
+from tests.connector_app.qt.test_desktop import process
+from tests.secretservice import SecretService
+from tests.stub_llm import StubLLM
+
+
+async def run(bundle: Bundle, env: dict[str, str], *args: str, stdin: bytes = b"") -> str:
+    proc = await asyncio.create_subprocess_exec(
+        str(bundle.exe),
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(stdin), 60)
+    assert proc.returncode == 0, out.decode()
+    return out.decode()
+
+
+async def test_the_bundle_stores_the_token_in_gnome_keyring_and_its_tray_app_reads_it_back(
+    bundle: Bundle,
+    tmp_path: Path,
+    stub: StubLLM,
+    make_broker: MakeBroker,
+    secret_service: SecretService,
+) -> None:
+    env = {**bundle.env(tmp_path), **secret_service.env}
+    said = await run(
+        bundle, env, "secrets", "set", "broker-token", stdin=f"{CONNECTOR_TOKEN}\n".encode()
+    )
+    assert CONNECTOR_TOKEN not in said
+    assert secret_service.lookup("broker_token") == CONNECTOR_TOKEN
+    status = await run(bundle, env, "secrets", "status")
+    assert "keyring: SecretService Keyring" in status
+    assert "broker-token: stored" in status and CONNECTOR_TOKEN not in status
+
+    broker = await make_broker()
+    async with desktop(tmp_path) as screen:
+        app_env = {
+            **env,
+            "DISPLAY": screen["DISPLAY"],
+            "QT_QPA_PLATFORM": "xcb",
+            # No token here: only the keyring has it.
+            "REMOTELLM_CONNECTOR_BROKER_URL": f"ws://127.0.0.1:{broker.port}/relay",
+            "REMOTELLM_CONNECTOR_LLM_URL": stub.url,
+        }
+        log = tmp_path / "app.log"
+        async with process([str(bundle.exe), "--log-format", "json"], app_env, log) as app:
+            await wait_models(broker, {"stub-model"}, timeout=30)
+            app.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(app.wait(), 30) == 0
+        assert CONNECTOR_TOKEN not in log.read_text()
