@@ -30,6 +30,7 @@ from broker.server import BrokerServer
 from tests.bundle.conftest import desktop
 from tests.conftest import CONNECTOR_TOKEN, USER_KEY, broker_settings
 from tests.connector_app.qt.test_desktop import process
+from tests.secretservice import running_secret_service
 from tests.stub_llm import StubLLM
 
 ROOT = Path(__file__).parents[1]
@@ -91,11 +92,14 @@ async def launches(folder: Path, runs: int, work: Path) -> dict[str, dict[str, f
     await stub.start()
     broker = BrokerServer(broker_settings())
     await broker.start()
+    keyring = running_secret_service(work / "keyring")
+    service = keyring.__enter__()
+    # As on a desktop: the token comes from the Secret Service (GNOME Keyring).
+    service.store("broker_token", CONNECTOR_TOKEN)
     base = {
         "LANG": "C.UTF-8",
-        "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
+        "DBUS_SESSION_BUS_ADDRESS": service.address,
         "REMOTELLM_CONNECTOR_BROKER_URL": f"ws://127.0.0.1:{broker.port}/relay",
-        "REMOTELLM_CONNECTOR_BROKER_TOKEN": CONNECTOR_TOKEN,
         "REMOTELLM_CONNECTOR_LLM_URL": stub.url,
     }
     variants = {
@@ -117,6 +121,7 @@ async def launches(folder: Path, runs: int, work: Path) -> dict[str, dict[str, f
                     log = home / "app.log"
                     samples[name].append(await one_launch(argv, env, broker, log))
     finally:
+        keyring.__exit__(None, None, None)
         await broker.stop()
         await stub.stop()
     return {

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,8 +66,26 @@ class Bundle:
         }
 
 
+FIGURES = pytest.StashKey[dict[str, str]]()
+
+
+def figures(config: pytest.Config) -> dict[str, str]:
+    """The bundle's size and start-up figures, printed at the end of the run (never asserted:
+    the budgets are measured by `python -m bench.bundle`)."""
+    return config.stash.setdefault(FIGURES, {})
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if found := config.stash.get(FIGURES, None):
+        terminalreporter.section("connector bundle")
+        for name, value in found.items():
+            terminalreporter.write_line(f"{name}: {value}")
+
+
 @pytest.fixture(scope="session")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bundle]:
+def bundle(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[Bundle]:
     """Build the bundle with the documented command, then unpack the archive it made."""
     work = tmp_path_factory.mktemp("bundle-build")
     started = time.monotonic()
@@ -84,6 +103,14 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bundle]:
     with tarfile.open(archive) as tar:
         tar.extractall(unpacked, filter="tar")
     (folder,) = unpacked.iterdir()
+    size = sum(p.lstat().st_size for p in folder.rglob("*") if not p.is_dir() or p.is_symlink())
+    figures(pytestconfig).update(
+        {
+            "build": f"{seconds:.0f} s",
+            "unpacked": f"{size / 1e6:.1f} MB (budget 100 MB)",
+            "archive": f"{archive.stat().st_size / 1e6:.1f} MB (budget 45 MB)",
+        }
+    )
     yield Bundle(archive, folder, seconds, done.stdout)
 
 

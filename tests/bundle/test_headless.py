@@ -107,3 +107,25 @@ async def test_a_private_ca_is_trusted_through_ca_file_or_the_system_store(
 
 async def _logged(log: Path, text: str) -> bool:
     return text in read(log)
+
+
+async def test_autostart_from_the_bundle_starts_the_bundle_itself(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    env = bundle.env(tmp_path)
+
+    async def autostart(*args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            str(bundle.exe), "autostart", *args, env=env, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0
+        return out.decode()
+
+    assert "enabled" in await autostart("enable")
+    entry = tmp_path / ".config" / "autostart" / "remotellm-connector.desktop"
+    exec_lines = [line for line in entry.read_text().splitlines() if line.startswith("Exec=")]
+    assert exec_lines == [f"Exec={bundle.exe}"]
+    assert "launch at login enabled" in await autostart("status")
+    await autostart("disable")
+    assert not entry.exists()

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from pathlib import Path
 
-from tests.bundle.conftest import Bundle, desktop
+import pytest
+
+from tests.bundle.conftest import Bundle, desktop, figures
 from tests.conftest import CONNECTOR_TOKEN, MakeBroker, wait_models
 from tests.connector_app.qt.test_desktop import process
 from tests.secretservice import SecretService
@@ -38,6 +41,7 @@ async def test_the_bundle_stores_the_token_in_gnome_keyring_and_its_tray_app_rea
     stub: StubLLM,
     make_broker: MakeBroker,
     secret_service: SecretService,
+    pytestconfig: pytest.Config,
 ) -> None:
     env = {**bundle.env(tmp_path), **secret_service.env}
     said = await run(
@@ -60,8 +64,21 @@ async def test_the_bundle_stores_the_token_in_gnome_keyring_and_its_tray_app_rea
             "REMOTELLM_CONNECTOR_LLM_URL": stub.url,
         }
         log = tmp_path / "app.log"
+        started = time.monotonic()
         async with process([str(bundle.exe), "--log-format", "json"], app_env, log) as app:
             await wait_models(broker, {"stub-model"}, timeout=30)
+            serving = time.monotonic() - started
+            rss = next(
+                int(line.split()[1]) / 1024
+                for line in Path(f"/proc/{app.pid}/status").read_text().splitlines()  # noqa: ASYNC240
+                if line.startswith("VmRSS:")
+            )
+            figures(pytestconfig).update(
+                {
+                    "tray app, launch to serving": f"{serving:.2f} s (budget 1.5 s)",
+                    "tray app, resident memory": f"{rss:.0f} MB (budget 100 MB)",
+                }
+            )
             app.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(app.wait(), 30) == 0
         assert CONNECTOR_TOKEN not in log.read_text()

@@ -343,7 +343,7 @@ def test_sign_script_signs_inside_out_with_the_hardened_runtime() -> None:
         assert step in script
 
 
-INSTALL_GUIDE = ROOT / "docs" / "install-macos.md"
+INSTALL_GUIDE = ROOT / "docs" / "install.md"
 
 
 def test_the_install_guide_names_the_paths_the_app_uses(settings: dict[str, Any]) -> None:
