@@ -3,9 +3,10 @@
 Builds the bundle with packaging/build_bundle.py (or takes an unpacked one with `--folder`)
 and reports its size unpacked and as `.tar.gz`. Then it starts the tray app N times from
 the bundle and N times from this checkout (the installed app), taking turns, on Xvfb with
-trayer as the tray, against a broker and a stub LLM in this process, and reports per
-variant the median time from launch until the broker lists the app's models (serving),
-and the resident memory once it has served one request.
+trayer as the tray (tests/bundle's harness), its token in a GNOME Keyring on a private bus,
+against a broker and a stub LLM in this process. Per variant it reports the median time
+from launch until the broker lists the app's models (serving), and the resident memory
+once it has served one request.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ async def launches(folder: Path, runs: int, work: Path) -> dict[str, dict[str, f
     await stub.start()
     broker = BrokerServer(broker_settings())
     await broker.start()
-    keyring = running_secret_service(work / "keyring")
-    service = keyring.__enter__()
+    stack = contextlib.ExitStack()
+    service = stack.enter_context(running_secret_service(work / "keyring"))
     # As on a desktop: the token comes from the Secret Service (GNOME Keyring).
     service.store("broker_token", CONNECTOR_TOKEN)
     base = {
@@ -121,7 +122,7 @@ async def launches(folder: Path, runs: int, work: Path) -> dict[str, dict[str, f
                     log = home / "app.log"
                     samples[name].append(await one_launch(argv, env, broker, log))
     finally:
-        keyring.__exit__(None, None, None)
+        stack.close()
         await broker.stop()
         await stub.stop()
     return {
