@@ -12,8 +12,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from broker.server import BrokerServer
 from connector_app.core.status import LinkState
-from tests.conftest import MakeBroker, MakeConnector, wait_models
+from tests.conftest import MakeBroker, MakeConnector, RunningConnector, wait_models
 from tests.e2e.test_relay import AUTH, CHAT
 from tests.stub_llm import StubLLM
 from tests.tlsca import use_system_store, write_private_ca
@@ -39,6 +40,26 @@ async def test_tls_end_to_end_with_a_private_ca(
     assert broker.express is not None and broker.express.served == 1  # TLS takes it too
 
 
+async def through_the_system_store(
+    tmp_path: Path,
+    stub: StubLLM,
+    make_broker: MakeBroker,
+    make_connector: MakeConnector,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    trusted: bool,
+) -> tuple[BrokerServer, RunningConnector]:
+    """A broker with a private CA's certificate, and a connector without `ca_file` whose
+    system store holds that CA (`trusted`) or only the distribution's CAs."""
+    ca_file, chain = write_private_ca(tmp_path)
+    use_system_store(monkeypatch, ca_file if trusted else None)
+    broker = await make_broker(tls_cert=chain, tls_key=chain)
+    url = f"wss://127.0.0.1:{broker.port}/relay"
+    connector = await make_connector(broker, stub.url, broker_url=url)
+    assert connector.connector.settings.ca_file is None
+    return broker, connector
+
+
 async def test_a_connector_trusts_a_ca_in_the_system_store(
     tmp_path: Path,
     stub: StubLLM,
@@ -46,12 +67,9 @@ async def test_a_connector_trusts_a_ca_in_the_system_store(
     make_connector: MakeConnector,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    ca_file, chain = write_private_ca(tmp_path)
-    use_system_store(monkeypatch, ca_file)
-    broker = await make_broker(tls_cert=chain, tls_key=chain)
-    url = f"wss://127.0.0.1:{broker.port}/relay"
-    connector = await make_connector(broker, stub.url, broker_url=url)
-    assert connector.connector.settings.ca_file is None
+    broker, connector = await through_the_system_store(
+        tmp_path, stub, make_broker, make_connector, monkeypatch, trusted=True
+    )
     await wait_models(broker, {"stub-model"})
     await connector.wait_state(LinkState.CONNECTED)
 
@@ -63,11 +81,9 @@ async def test_connector_refuses_an_untrusted_certificate_and_says_why(
     make_connector: MakeConnector,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    _, chain = write_private_ca(tmp_path)
-    use_system_store(monkeypatch, None)
-    broker = await make_broker(tls_cert=chain, tls_key=chain)
-    url = f"wss://127.0.0.1:{broker.port}/relay"
-    connector = await make_connector(broker, stub.url, broker_url=url)
+    broker, connector = await through_the_system_store(
+        tmp_path, stub, make_broker, make_connector, monkeypatch, trusted=False
+    )
     await connector.wait_state(LinkState.RECONNECTING)
     error = connector.connector.status.last_error or ""
     assert "the broker's certificate is not trusted" in error
