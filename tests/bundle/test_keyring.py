@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from connector_app.core.secrets import NO_KEYRING_HELP
 from tests.bundle.conftest import Bundle, desktop, figures
 from tests.conftest import CONNECTOR_TOKEN, MakeBroker, wait_models
 from tests.connector_app.qt.test_desktop import process
@@ -21,7 +22,9 @@ from tests.secretservice import SecretService
 from tests.stub_llm import StubLLM
 
 
-async def run(bundle: Bundle, env: dict[str, str], *args: str, stdin: bytes = b"") -> str:
+async def run(
+    bundle: Bundle, env: dict[str, str], *args: str, stdin: bytes = b"", status: int = 0
+) -> str:
     proc = await asyncio.create_subprocess_exec(
         str(bundle.exe),
         *args,
@@ -31,8 +34,21 @@ async def run(bundle: Bundle, env: dict[str, str], *args: str, stdin: bytes = b"
         stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(proc.communicate(stdin), 60)
-    assert proc.returncode == 0, out.decode()
+    assert proc.returncode == status, out.decode()
     return out.decode()
+
+
+async def test_without_any_keyring_the_bundle_says_so_in_the_plain_message(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    # No D-Bus session (a server, a bare container): keyring finds no backend that works,
+    # and the plain-text file backend the bundle also carries is never picked on its own.
+    said = await run(bundle, bundle.env(tmp_path), "secrets", "status", status=1)
+    assert NO_KEYRING_HELP in said
+    said = await run(bundle, bundle.env(tmp_path), "secrets", "set", "broker-token",
+                     stdin=b"some-token\n", status=1)  # fmt: skip
+    assert NO_KEYRING_HELP in said and "some-token" not in said
+    assert not list(tmp_path.rglob("*keyring*"))  # noqa: ASYNC240 (a few files, in a test)
 
 
 async def test_the_bundle_stores_the_token_in_gnome_keyring_and_its_tray_app_reads_it_back(
