@@ -19,7 +19,6 @@ import runpy
 import signal
 import statistics
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -28,38 +27,16 @@ from typing import Any
 import aiohttp
 
 from broker.server import BrokerServer
-from tests.bundle.conftest import desktop
-from tests.conftest import CONNECTOR_TOKEN, USER_KEY, broker_settings
+from tests.bundle.conftest import build_and_unpack, desktop, rss_mb
+from tests.conftest import CONNECTOR_TOKEN, broker_settings
 from tests.connector_app.qt.test_desktop import process
+from tests.e2e.test_relay import AUTH, CHAT
 from tests.secretservice import running_secret_service
 from tests.stub_llm import StubLLM
 
 ROOT = Path(__file__).parents[1]
 BUILD = ROOT / "packaging" / "build_bundle.py"
 BUDGETS = {"unpacked_mb": 100, "archive_mb": 45, "serving_s": 1.5, "rss_mb": 100}
-CHAT = {"model": "stub-model", "messages": [{"role": "user", "content": "Hi"}]}
-
-
-def build(into: Path) -> tuple[Path, Path]:
-    """(unpacked folder, archive): the documented build, then the archive unpacked."""
-    import subprocess
-
-    dist = into / "dist"
-    subprocess.run(
-        [sys.executable, str(BUILD), "--dist", str(dist), "--work", str(into / "work")], check=True
-    )
-    (archive,) = dist.glob("remotellm-connector-*.tar.gz")
-    with tarfile.open(archive) as tar:
-        tar.extractall(into / "unpacked", filter="tar")
-    (folder,) = (into / "unpacked").iterdir()
-    return folder, archive
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 async def one_launch(
@@ -73,10 +50,9 @@ async def one_launch(
                 raise RuntimeError(f"the app exited; see {log}")
             await asyncio.sleep(0.005)
         serving = time.perf_counter() - started
-        headers = {"Authorization": f"Bearer {USER_KEY}"}
         async with (
             aiohttp.ClientSession() as session,
-            session.post(f"{broker.base_url}/v1/chat/completions", json=CHAT, headers=headers) as r,
+            session.post(f"{broker.base_url}/v1/chat/completions", json=CHAT, headers=AUTH) as r,
         ):
             assert r.status == 200, await r.text()
             await r.read()
@@ -88,18 +64,15 @@ async def one_launch(
     return serving, memory
 
 
-async def launches(folder: Path, runs: int, work: Path) -> dict[str, dict[str, float]]:
+async def launches(
+    folder: Path, runs: int, work: Path, keyring: bool
+) -> dict[str, dict[str, float]]:
     stub = StubLLM()
     await stub.start()
     broker = BrokerServer(broker_settings())
     await broker.start()
-    stack = contextlib.ExitStack()
-    service = stack.enter_context(running_secret_service(work / "keyring"))
-    # As on a desktop: the token comes from the Secret Service (GNOME Keyring).
-    service.store("broker_token", CONNECTOR_TOKEN)
     base = {
         "LANG": "C.UTF-8",
-        "DBUS_SESSION_BUS_ADDRESS": service.address,
         "REMOTELLM_CONNECTOR_BROKER_URL": f"ws://127.0.0.1:{broker.port}/relay",
         "REMOTELLM_CONNECTOR_LLM_URL": stub.url,
     }
@@ -109,20 +82,27 @@ async def launches(folder: Path, runs: int, work: Path) -> dict[str, dict[str, f
     }
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     try:
-        async with desktop(work) as screen:
-            for i in range(runs):
-                for name, argv in variants.items():
-                    home = work / f"{name}-{i}"
-                    (home / "run").mkdir(parents=True, mode=0o700)
-                    env = {**base, **screen, "HOME": str(home), "TMPDIR": str(home),
-                           "XDG_CONFIG_HOME": str(home / "config"),
-                           "XDG_RUNTIME_DIR": str(home / "run")}  # fmt: skip
-                    if name == "installed":
-                        env["PYTHONPATH"] = str(ROOT)
-                    log = home / "app.log"
-                    samples[name].append(await one_launch(argv, env, broker, log))
+        with contextlib.ExitStack() as stack:
+            if keyring:  # as on a desktop: the token comes from GNOME Keyring
+                service = stack.enter_context(running_secret_service(work / "keyring"))
+                service.store("broker_token", CONNECTOR_TOKEN)
+                base["DBUS_SESSION_BUS_ADDRESS"] = service.address
+            else:
+                base["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
+                base["REMOTELLM_CONNECTOR_BROKER_TOKEN"] = CONNECTOR_TOKEN
+            async with desktop(work) as screen:
+                for i in range(runs):
+                    for name, argv in variants.items():
+                        home = work / f"{name}-{i}"
+                        (home / "run").mkdir(parents=True, mode=0o700)
+                        env = {**base, **screen, "HOME": str(home), "TMPDIR": str(home),
+                               "XDG_CONFIG_HOME": str(home / "config"),
+                               "XDG_RUNTIME_DIR": str(home / "run")}  # fmt: skip
+                        if name == "installed":
+                            env["PYTHONPATH"] = str(ROOT)
+                        log = home / "app.log"
+                        samples[name].append(await one_launch(argv, env, broker, log))
     finally:
-        stack.close()
         await broker.stop()
         await stub.stop()
     return {
@@ -140,6 +120,11 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, help="an unpacked bundle (default: build one)")
     parser.add_argument("--runs", type=int, default=5, help="launches per variant (5)")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    parser.add_argument(
+        "--no-keyring",
+        action="store_true",
+        help="no keyring backend: the token from the environment (default: GNOME Keyring)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-bundle-") as tmp:
         work = Path(tmp)
@@ -147,13 +132,16 @@ def main() -> None:
         if args.folder:
             folder = args.folder
         else:
-            started = time.perf_counter()
-            folder, archive = build(work)
-            result["build_s"] = round(time.perf_counter() - started, 1)
-            result["archive_mb"] = round(archive.stat().st_size / 1e6, 1)
+            (work / "unpacked").mkdir()
+            built = build_and_unpack(work, work / "unpacked")
+            folder = built.folder
+            result["build_s"] = round(built.build_seconds, 1)
+            result["archive_mb"] = round(built.archive.stat().st_size / 1e6, 1)
         tree_size = runpy.run_path(str(BUILD))["tree_size"]
         result["unpacked_mb"] = round(tree_size(folder) / 1e6, 1)
-        result["launches"] = asyncio.run(launches(folder, args.runs, work))
+        result["launches"] = asyncio.run(
+            launches(folder, args.runs, work, keyring=not args.no_keyring)
+        )
     print(json.dumps(result, indent=2))
     print(report(result))
     if args.out:

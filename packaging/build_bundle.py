@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from collections.abc import Iterator
 from importlib.metadata import distribution, packages_distributions, version
 from pathlib import Path
@@ -46,20 +47,64 @@ def tree_size(path: Path) -> int:
     return sum(p.lstat().st_size for p in path.rglob("*") if not p.is_dir() or p.is_symlink())
 
 
-def bundled_distributions(folder: Path) -> list[str]:
-    """The installed distributions whose modules the one-folder build holds, sorted by name."""
+def bundled_modules(folder: Path) -> set[str]:
+    """Every module a one-folder build can import: the executable's archive, the base library,
+    the extension modules beside it, and the interpreter's built-in modules."""
     from PyInstaller.archive.readers import CArchiveReader
 
     exe = CArchiveReader(str(folder / NAME))
-    modules = set(exe.open_embedded_archive("PYZ.pyz").toc)
+    names = set(exe.toc) | set(exe.open_embedded_archive("PYZ.pyz").toc)
     internal = folder / "_internal"
-    modules |= {p.name.split(".", 1)[0] for p in internal.iterdir()}
+    with zipfile.ZipFile(internal / "base_library.zip") as base:
+        for name in base.namelist():
+            names.add(name.removesuffix(".pyc").removesuffix("/__init__").replace("/", "."))
+    dynload = f"python{sys.version_info[0]}.{sys.version_info[1]}/lib-dynload/"
+    for ext in internal.rglob("*.so"):
+        rel = ext.relative_to(internal).as_posix().removeprefix(dynload)
+        names.add(rel.split(".", 1)[0].replace("/", "."))
+    return names | set(sys.builtin_module_names)
+
+
+def bundled_distributions(folder: Path) -> list[str]:
+    """The installed distributions whose modules the one-folder build holds, sorted by name."""
     owners = packages_distributions()
-    found = {dist for top in {m.split(".", 1)[0] for m in modules} for dist in owners.get(top, [])}
-    return sorted(found, key=str.lower)
+    tops = {m.split(".", 1)[0] for m in bundled_modules(folder)}
+    return sorted({dist for top in tops for dist in owners.get(top, [])}, key=str.lower)
 
 
-def third_party_licences(distributions: list[str]) -> str:
+def system_libraries(folder: Path) -> list[str]:
+    """The shared libraries the build took from the build machine's system (beside Python's
+    own and the wheels', which keep their folders or licences of their own)."""
+    internal = folder / "_internal"
+    return sorted(
+        p.name
+        for p in internal.glob("lib*.so*")
+        if not p.is_symlink() and not p.name.startswith("libpython")
+    )
+
+
+def system_licences(libraries: list[str]) -> list[str]:
+    """Per Debian package that provided some of `libraries`, its copyright file; a library no
+    package owns (or a build machine without dpkg) is listed as such."""
+    owners: dict[str, list[str]] = {}
+    for name in libraries:
+        found = subprocess.run(
+            ["dpkg", "-S", f"*/{name}"], capture_output=True, text=True, check=False
+        ) if shutil.which("dpkg") else None  # fmt: skip
+        package = found.stdout.split(":", 1)[0] if found and found.returncode == 0 else ""
+        owners.setdefault(package, []).append(name)
+    parts = []
+    for package, names in sorted(owners.items()):
+        copyright_file = Path("/usr/share/doc", package, "copyright")
+        if package and copyright_file.is_file():
+            text = copyright_file.read_text(errors="replace")
+            parts.append(f"{', '.join(names)} (Debian package {package}):\n\n{text}")
+        else:
+            parts.append(f"{', '.join(names)}: from the build machine; no licence file found")
+    return parts
+
+
+def third_party_licences(distributions: list[str], libraries: list[str] = ()) -> str:
     """Every bundled distribution's licence: its licence files, else its metadata's words."""
     parts = [
         "Licences of the software in this bundle.\n\n"
@@ -88,6 +133,7 @@ def third_party_licences(distributions: list[str]) -> str:
                 "replaced by compatible builds. Source: the Qt Project (qt.io)."
             )
         parts.append("\n\n".join([header.strip(" :"), *texts]))
+    parts.extend(system_licences(list(libraries)))
     return ("\n\n" + "=" * 78 + "\n\n").join(parts) + "\n"
 
 
@@ -121,7 +167,9 @@ def linux_archive(folder: Path, dist: Path, ver: str) -> Path:
         "install.sh": (LINUX / "install.sh").read_bytes(),
         "INSTALL.txt": (LINUX / "INSTALL.txt").read_bytes(),
         "LICENSE": (ROOT / "LICENSE").read_bytes(),
-        "THIRD-PARTY-LICENSES.txt": third_party_licences(bundled_distributions(folder)).encode(),
+        "THIRD-PARTY-LICENSES.txt": third_party_licences(
+            bundled_distributions(folder), system_libraries(folder)
+        ).encode(),
     }
     staging = dist / top
     if staging.exists():
@@ -144,9 +192,19 @@ def _normalised(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 def macos_archive(app: Path, dist: Path, ver: str) -> Path:
-    """The .zip of the .app, made with `ditto` to keep its symbolic links and signatures."""
+    """The .zip: a folder with the .app and the licences, copied and zipped with `ditto` to
+    keep the app's symbolic links and signatures."""
     target = dist / archive_name(ver)
-    subprocess.run(["ditto", "-c", "-k", "--keepParent", str(app), str(target)], check=True)
+    staging = dist / target.name.removesuffix(".zip")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    subprocess.run(["ditto", str(app), str(staging / app.name)], check=True)
+    (staging / "LICENSE").write_bytes((ROOT / "LICENSE").read_bytes())
+    licences = third_party_licences(bundled_distributions(dist / NAME))
+    (staging / "THIRD-PARTY-LICENSES.txt").write_text(licences)
+    subprocess.run(["ditto", "-c", "-k", "--keepParent", str(staging), str(target)], check=True)
+    shutil.rmtree(staging)
     return target
 
 

@@ -55,11 +55,16 @@ def describe_failure(exc: BaseException) -> str:
     return f"the connector failed on its side of the link ({type(exc).__name__}: {exc})"
 
 
-def untrusted_certificate(exc: ssl.SSLCertVerificationError) -> str:
-    """Why the broker's certificate was refused, and what to do about it."""
+def verify_reason(exc: ssl.SSLCertVerificationError) -> str:
+    """Why a certificate was refused, in the verifier's words."""
     # OpenSSL and truststore's macOS and Windows verifiers all set verify_message; an
     # error raised elsewhere may not have it.
-    why = getattr(exc, "verify_message", None) or str(exc)
+    return getattr(exc, "verify_message", None) or str(exc)
+
+
+def untrusted_certificate(exc: ssl.SSLCertVerificationError) -> str:
+    """Why the broker's certificate was refused, and what to do about it."""
+    why = verify_reason(exc)
     return (
         f"the broker's certificate is not trusted ({why}); if a private CA issued it, add that "
         "CA to the system's trust store or point --ca-file (ca_file in connector.yaml) at it"

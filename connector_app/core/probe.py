@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 
 from connector_app.core.discovery import discover_models
-from connector_app.core.failures import untrusted_certificate
+from connector_app.core.failures import untrusted_certificate, verify_reason
 from connector_app.core.llm import LocalLLM
 from connector_app.core.proxy import ProxyError
 from connector_app.core.settings import normalise_broker_url, normalise_llm_url
@@ -39,7 +39,7 @@ def _local_failure(url: str, exc: BaseException) -> str:
             return f"The local LLM server at {url} refused the API key (HTTP {exc.status})."
         return f"The local LLM server at {url} answered HTTP {exc.status} to the model list."
     if isinstance(exc, ssl.SSLCertVerificationError):  # before OSError, which it is too
-        why = getattr(exc, "verify_message", None) or str(exc)
+        why = verify_reason(exc)
         return (
             f"The local LLM server at {url} has a certificate this machine does not trust "
             f"({why}); add the CA that issued it to the system's trust store."

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sign RemoteLLM.app for distribution (Developer ID, hardened runtime), have Apple notarize
 # it, staple the ticket and zip the result. Runs on a Mac with Xcode's command line tools;
-# see docs/install-macos.md. Usage problems exit with 2, failed steps with 1.
+# see docs/install.md. Usage problems exit with 2, failed steps with 1.
 set -euo pipefail
 
 PROG=$(basename "$0")

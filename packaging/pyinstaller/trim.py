@@ -54,6 +54,8 @@ EXCLUDED_MODULES: tuple[str, ...] = (
     "pkg_resources",
     "greenlet",
     "tkinter",
+    # The interactive prompt's line editing (GNU readline, GPL): nothing in the app asks for it.
+    "readline",
     "sqlalchemy",
     "IPython",
 )

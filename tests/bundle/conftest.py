@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import runpy
 import subprocess
 import sys
 import tarfile
@@ -33,8 +34,14 @@ from tests.connector_app.qt.test_desktop import (
 ROOT = Path(__file__).parents[2]
 BUILD = ROOT / "packaging" / "build_bundle.py"
 
-# Building takes a minute or two on the 2-core machine; the first test to ask pays for it.
-pytestmark = pytest.mark.timeout(900)
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The first bundle test pays for the build (about 30 s, more on a loaded machine), which
+    the default 120 s timeout would count against it."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.timeout(900))
 
 
 @dataclass(frozen=True)
@@ -82,12 +89,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             terminalreporter.write_line(f"{name}: {value}")
 
 
-@pytest.fixture(scope="session")
-def bundle(
-    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
-) -> Iterator[Bundle]:
-    """Build the bundle with the documented command, then unpack the archive it made."""
-    work = tmp_path_factory.mktemp("bundle-build")
+def build_and_unpack(work: Path, unpacked: Path) -> Bundle:
+    """Build the bundle in `work` with the documented command, then unpack its archive into
+    `unpacked` (what a user downloads and unpacks)."""
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, str(BUILD), "--dist", str(work / "dist"), "--work", str(work / "work")],
@@ -99,19 +103,29 @@ def bundle(
     seconds = time.monotonic() - started
     assert done.returncode == 0, done.stdout + done.stderr
     (archive,) = (work / "dist").glob("remotellm-connector-*-linux-*.tar.gz")
-    unpacked = tmp_path_factory.mktemp("bundle-unpacked")
     with tarfile.open(archive) as tar:
         tar.extractall(unpacked, filter="tar")
     (folder,) = unpacked.iterdir()
-    size = sum(p.lstat().st_size for p in folder.rglob("*") if not p.is_dir() or p.is_symlink())
+    return Bundle(archive, folder, seconds, done.stdout)
+
+
+@pytest.fixture(scope="session")
+def bundle(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[Bundle]:
+    """The bundle, built once per run and unpacked from its archive."""
+    built = build_and_unpack(
+        tmp_path_factory.mktemp("bundle-build"), tmp_path_factory.mktemp("bundle-unpacked")
+    )
+    size = runpy.run_path(str(BUILD))["tree_size"](built.folder)
     figures(pytestconfig).update(
         {
-            "build": f"{seconds:.0f} s",
+            "build": f"{built.build_seconds:.0f} s",
             "unpacked": f"{size / 1e6:.1f} MB (budget 100 MB)",
-            "archive": f"{archive.stat().st_size / 1e6:.1f} MB (budget 45 MB)",
+            "archive": f"{built.archive.stat().st_size / 1e6:.1f} MB (budget 45 MB)",
         }
     )
-    yield Bundle(archive, folder, seconds, done.stdout)
+    yield built
 
 
 TRAYER = ["trayer", "--edge", "top", "--align", "right", "--widthtype", "request",
@@ -137,3 +151,17 @@ async def desktop(work: Path) -> AsyncIterator[dict[str, str]]:
     finally:
         xvfb.terminate()
         await asyncio.wait_for(xvfb.wait(), 30)
+
+
+def rss_mb(pid: int) -> float:
+    """A running process's resident memory, in MB (MiB, as the kernel counts)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def mapped_files(pid: int) -> set[str]:
+    """The files a running process has mapped: its libraries and extension modules."""
+    lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {parts[5] for parts in (line.split(None, 5) for line in lines) if len(parts) == 6}

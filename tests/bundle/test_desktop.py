@@ -11,14 +11,11 @@ import asyncio
 import contextlib
 import runpy
 import sys
-import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from PyInstaller.archive.readers import CArchiveReader
-
 from broker.server import BrokerServer
-from tests.bundle.conftest import Bundle, desktop
+from tests.bundle.conftest import Bundle, desktop, mapped_files
 from tests.conftest import CONNECTOR_TOKEN, MakeBroker
 from tests.connector_app.qt.test_desktop import desktop_scenario, process
 from tests.stub_llm import StubLLM
@@ -26,22 +23,7 @@ from tests.stub_llm import StubLLM
 ROOT = Path(__file__).parents[2]
 PROBE = Path(__file__).with_name("modules_probe.py")
 TRIM = ROOT / "packaging" / "pyinstaller" / "trim.py"
-
-
-def bundled_modules(bundle: Bundle) -> set[str]:
-    """Every module the frozen app can import: its archive, base library, extensions, builtins."""
-    archive = CArchiveReader(str(bundle.exe))
-    names = set(archive.toc)
-    names |= set(archive.open_embedded_archive("PYZ.pyz").toc)
-    internal = bundle.folder / "_internal"
-    with zipfile.ZipFile(internal / "base_library.zip") as base:
-        for name in base.namelist():
-            module = name.removesuffix(".pyc").removesuffix("/__init__")
-            names.add(module.replace("/", "."))
-    for ext in internal.rglob("*.so"):
-        rel = ext.relative_to(internal).as_posix().removeprefix("python3.11/lib-dynload/")
-        names.add(rel.split(".", 1)[0].replace("/", "."))
-    return names | set(sys.builtin_module_names)
+BUILD = ROOT / "packaging" / "build_bundle.py"
 
 
 @contextlib.asynccontextmanager
@@ -50,13 +32,11 @@ async def watched_maps(pid: int) -> AsyncIterator[set[str]]:
     seen: set[str] = set()
 
     async def sample() -> None:
-        maps = Path(f"/proc/{pid}/maps")
         while True:
             try:
-                lines = maps.read_text().splitlines()  # noqa: ASYNC240 (procfs: never blocks)
+                seen.update(mapped_files(pid))
             except (FileNotFoundError, ProcessLookupError):
                 return
-            seen.update(p[5] for p in (line.split(None, 5) for line in lines) if len(p) == 6)
             await asyncio.sleep(0.1)
 
     task = asyncio.create_task(sample())
@@ -115,7 +95,8 @@ async def test_the_bundled_tray_app_shows_its_icon_serves_and_lacks_nothing_the_
     # bundled app just went through the whole scenario without them.
     excluded = tuple(runpy.run_path(str(TRIM))["EXCLUDED_MODULES"])
     wanted = {m for m in imported if m.split(".")[0] not in excluded}
-    assert not wanted - bundled_modules(bundle)
+    bundled = runpy.run_path(str(BUILD))["bundled_modules"](bundle.folder)
+    assert not wanted - bundled
     import PySide6
 
     source_qt = pyside_files(source_maps, Path(PySide6.__file__).parent)

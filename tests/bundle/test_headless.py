@@ -14,29 +14,21 @@ import aiohttp
 import pytest
 
 from broker.server import BrokerServer
-from tests.bundle.conftest import Bundle
-from tests.conftest import CONNECTOR_TOKEN, USER_KEY, MakeBroker, logged_events, wait_models
+from tests.bundle.conftest import Bundle, mapped_files
+from tests.conftest import CONNECTOR_TOKEN, MakeBroker, logged_events, wait_models
 from tests.connector_app.qt.test_desktop import poll, process, read
+from tests.e2e.test_relay import AUTH, CHAT
 from tests.stub_llm import CHAT_BODY, SSE_DONE, StubLLM, sse_event
-from tests.tlsca import write_private_ca
-
-CHAT = {"model": "stub-model", "messages": [{"role": "user", "content": "Hi"}]}
-AUTH = {"Authorization": f"Bearer {USER_KEY}"}
+from tests.tlsca import system_store_env, write_private_ca
 
 
 async def test_version_runs_without_python_on_path(bundle: Bundle, tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         str(bundle.exe), "--version", env=bundle.env(tmp_path), stdout=asyncio.subprocess.PIPE
     )
-    out, _ = await proc.communicate()
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0
     assert out.decode().strip() == f"remotellm-connector {version('remotellm')}"
-
-
-def mapped_files(pid: int) -> set[str]:
-    """The files a running process has mapped: its libraries and extension modules."""
-    lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
-    return {line.split(None, 5)[5] for line in lines if len(line.split(None, 5)) == 6}
 
 
 @contextlib.asynccontextmanager
@@ -94,19 +86,25 @@ async def test_a_private_ca_is_trusted_through_ca_file_or_the_system_store(
     broker: BrokerServer = await make_broker(tls_cert=chain, tls_key=chain)
     url = f"wss://127.0.0.1:{broker.port}/relay"
     flags = ["--ca-file", str(ca_file)] if trust == "ca-file" else []
-    env = {"SSL_CERT_FILE": str(ca_file)} if trust == "SSL_CERT_FILE" else {}
+    env = system_store_env(ca_file if trust == "SSL_CERT_FILE" else None, {})
     async with headless(bundle, tmp_path, url, stub, *flags, **env) as (_, log):
         if trust == "nothing":
             await poll(
-                lambda: _logged(log, "certificate"), "the connector to report the certificate"
+                lambda: _logged(log, "certificate is not trusted"),
+                "the connector to report the untrusted certificate",
             )
-            assert not broker.hub.models()
+            await poll(lambda: _logged_twice(log, "certificate is not trusted"), "a second try")
+            assert not broker.hub.models() and not broker.hub.links
         else:
             await wait_models(broker, {"stub-model"}, timeout=30)
 
 
 async def _logged(log: Path, text: str) -> bool:
     return text in read(log)
+
+
+async def _logged_twice(log: Path, text: str) -> bool:
+    return read(log).count(text) >= 2
 
 
 async def test_autostart_from_the_bundle_starts_the_bundle_itself(
@@ -118,7 +116,7 @@ async def test_autostart_from_the_bundle_starts_the_bundle_itself(
         proc = await asyncio.create_subprocess_exec(
             str(bundle.exe), "autostart", *args, env=env, stdout=asyncio.subprocess.PIPE
         )
-        out, _ = await proc.communicate()
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0
         return out.decode()
 
