@@ -7,6 +7,7 @@ in it (on Linux, the bundle `SSL_CERT_FILE` names), and refuses it otherwise.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -40,50 +41,44 @@ async def test_tls_end_to_end_with_a_private_ca(
     assert broker.express is not None and broker.express.served == 1  # TLS takes it too
 
 
-async def through_the_system_store(
+SystemStoreLink = Callable[[bool], Awaitable[tuple[BrokerServer, RunningConnector]]]
+
+
+@pytest.fixture
+def through_the_system_store(
     tmp_path: Path,
     stub: StubLLM,
     make_broker: MakeBroker,
     make_connector: MakeConnector,
     monkeypatch: pytest.MonkeyPatch,
-    *,
-    trusted: bool,
-) -> tuple[BrokerServer, RunningConnector]:
-    """A broker with a private CA's certificate, and a connector without `ca_file` whose
-    system store holds that CA (`trusted`) or only the distribution's CAs."""
-    ca_file, chain = write_private_ca(tmp_path)
-    use_system_store(monkeypatch, ca_file if trusted else None)
-    broker = await make_broker(tls_cert=chain, tls_key=chain)
-    url = f"wss://127.0.0.1:{broker.port}/relay"
-    connector = await make_connector(broker, stub.url, broker_url=url)
-    assert connector.connector.settings.ca_file is None
-    return broker, connector
+) -> SystemStoreLink:
+    """Makes a broker with a private CA's certificate, and a connector without `ca_file` whose
+    system store holds that CA (trusted) or only the distribution's CAs."""
+
+    async def make(trusted: bool) -> tuple[BrokerServer, RunningConnector]:
+        ca_file, chain = write_private_ca(tmp_path)
+        use_system_store(monkeypatch, ca_file if trusted else None)
+        broker = await make_broker(tls_cert=chain, tls_key=chain)
+        url = f"wss://127.0.0.1:{broker.port}/relay"
+        connector = await make_connector(broker, stub.url, broker_url=url)
+        assert connector.connector.settings.ca_file is None
+        return broker, connector
+
+    return make
 
 
 async def test_a_connector_trusts_a_ca_in_the_system_store(
-    tmp_path: Path,
-    stub: StubLLM,
-    make_broker: MakeBroker,
-    make_connector: MakeConnector,
-    monkeypatch: pytest.MonkeyPatch,
+    through_the_system_store: SystemStoreLink,
 ) -> None:
-    broker, connector = await through_the_system_store(
-        tmp_path, stub, make_broker, make_connector, monkeypatch, trusted=True
-    )
+    broker, connector = await through_the_system_store(True)
     await wait_models(broker, {"stub-model"})
     await connector.wait_state(LinkState.CONNECTED)
 
 
 async def test_connector_refuses_an_untrusted_certificate_and_says_why(
-    tmp_path: Path,
-    stub: StubLLM,
-    make_broker: MakeBroker,
-    make_connector: MakeConnector,
-    monkeypatch: pytest.MonkeyPatch,
+    through_the_system_store: SystemStoreLink,
 ) -> None:
-    broker, connector = await through_the_system_store(
-        tmp_path, stub, make_broker, make_connector, monkeypatch, trusted=False
-    )
+    broker, connector = await through_the_system_store(False)
     await connector.wait_state(LinkState.RECONNECTING)
     error = connector.connector.status.last_error or ""
     assert "the broker's certificate is not trusted" in error
