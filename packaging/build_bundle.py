@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib.metadata import distribution, packages_distributions, version
 from pathlib import Path
 
@@ -104,8 +104,9 @@ def system_licences(libraries: list[str]) -> list[str]:
     return parts
 
 
-def third_party_licences(distributions: list[str], libraries: list[str] = ()) -> str:
-    """Every bundled distribution's licence: its licence files, else its metadata's words."""
+def third_party_licences(distributions: list[str], libraries: Sequence[str] = ()) -> str:
+    """Python's licence, every bundled distribution's (its licence files, else its metadata's
+    words) and the system libraries' (`system_licences`)."""
     parts = [
         "Licences of the software in this bundle.\n\n"
         f"Python {platform.python_version()}:\n\n"
