@@ -26,6 +26,7 @@ from broker.api.endpoints import (
     proxy_endpoint,
 )
 from broker.api.health import add_health_routes
+from broker.api.pairing import setup_pairing
 from broker.api.responses import error_response
 from broker.edge.aiohttpcall import REQUEST_IDS
 from broker.lifecycle import Lifecycle
@@ -214,6 +215,7 @@ def create_app(settings: BrokerSettings) -> web.Application:
     app.router.add_get("/relay", relay_later)
     add_health_routes(app)
     app.router.add_get("/metrics", metrics_endpoint)
+    setup_pairing(app)
     setup_portal(app, settings)
     setup_cors(app, settings.cors_origin)
     return app

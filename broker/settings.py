@@ -133,6 +133,11 @@ class BrokerSettings(BaseSettings):
         default_factory=list,
         description="Only members of these GitLab groups may sign in (repeatable; empty: anyone).",
     )
+    pairing: Literal["users", "admins", "off"] = Field(
+        "users",
+        description="Who may pair a connector by signing in: users (whoever may sign in to the"
+        " portal), admins, or off.",
+    )
     session_secret: SecretStr | None = Field(
         None, description="Key for the portal's session cookies (default: generated in --data-dir)."
     )

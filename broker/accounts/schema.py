@@ -62,6 +62,23 @@ connector_tokens = sa.Table(
     sa.Column("revoked", sa.Float, nullable=True),
 )
 
+pairings = sa.Table(
+    "pairings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("device_hash", sa.String(64), unique=True, nullable=False),
+    sa.Column("code_hash", sa.String(64), nullable=False, index=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("ip", sa.String(64), nullable=False),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("expires", sa.Float, nullable=False, index=True),
+    sa.Column("interval", sa.Integer, nullable=False),
+    sa.Column("last_poll", sa.Float, nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=True),
+    sa.Column("token_id", sa.Integer, sa.ForeignKey("connector_tokens.id"), nullable=True),
+)
+
 usage = sa.Table(
     "usage",
     metadata,

@@ -4,7 +4,8 @@ SQLAlchemy 2 Core on an async engine. The default is an SQLite file in the data
 directory (aiosqlite); any other SQLAlchemy async URL (`postgresql+asyncpg://…`)
 uses the same schema (`broker.accounts.schema`) and the same queries. `Store.open` creates
 and migrates the schema on start. Queries hand out the plain values of
-`broker.accounts.records`; the usage table's queries are `Store.usage` (`broker.accounts.usage`).
+`broker.accounts.records`; the usage table's queries are `Store.usage` (`broker.accounts.usage`),
+the pairings table's `Store.pairings` (`broker.accounts.pairings`).
 Times are UNIX seconds (floats).
 """
 
@@ -23,6 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from broker.accounts import keyformat
+from broker.accounts.pairings import PairingBook
 from broker.accounts.records import (
     ApiKey,
     ConnectorToken,
@@ -70,6 +72,7 @@ class Store:
     def __init__(self, engine: AsyncEngine, scratch: Path | None = None) -> None:
         self.engine = engine
         self.usage = UsageBook(engine)
+        self.pairings = PairingBook(engine)
         self._scratch = scratch
 
     @classmethod

@@ -52,7 +52,12 @@ async def login(request: web.Request) -> web.Response:
         )
     auth = request.app[GITLAB].authorize(public_url(request) + "/auth/callback")
     session = await session_of(request)
-    session["oauth"] = {"state": auth.state, "verifier": auth.verifier, "at": time.time()}
+    session["oauth"] = {
+        "state": auth.state,
+        "verifier": auth.verifier,
+        "at": time.time(),
+        "next": back_to(request.query.get("next", "")),
+    }
     raise web.HTTPFound(auth.url)
 
 
@@ -67,7 +72,15 @@ async def callback(request: web.Request) -> web.Response:
     found = await _gitlab_user(request, verifier)
     if isinstance(found, web.Response):
         return found
-    return await _start_session(request, found)
+    return await _start_session(request, found, back_to(str(pending.get("next", ""))))
+
+
+def back_to(path: str) -> str:
+    """Where to land after signing in: the pairing page when it sent the browser here (only
+    that local page, so a link cannot send a fresh session elsewhere), else the portal."""
+    if path == "/pair" or path.startswith("/pair?"):
+        return path
+    return "/portal"
 
 
 def _verifier(request: web.Request, pending: Any) -> str | web.Response:
@@ -138,7 +151,9 @@ async def _gitlab_user(request: web.Request, verifier: str) -> GitLabUser | web.
         )
 
 
-async def _start_session(request: web.Request, found: GitLabUser) -> web.Response:
+async def _start_session(
+    request: web.Request, found: GitLabUser, landing_page: str = "/portal"
+) -> web.Response:
     """Sign the GitLab user in: a fresh session, and a first key if they have none that works."""
     store = request.app[SERVICES].store
     user, new = await store.sign_in(found.id, found.username, found.name)
@@ -151,7 +166,7 @@ async def _start_session(request: web.Request, found: GitLabUser) -> web.Respons
     if new or not any(k.usable(time.time()) for k in await store.keys(user.id)):
         raw, _ = await store.create_key(user.id, "default")
         fresh["reveal"] = request.app[REVEALS].put(user.id, raw)
-    raise web.HTTPFound("/portal")
+    raise web.HTTPFound(landing_page)
 
 
 async def logout(request: web.Request) -> web.Response:

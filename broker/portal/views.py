@@ -38,6 +38,7 @@ from broker.portal.pages import (
     signed_in,
     when,
 )
+from broker.portal.pairing import PAIR_PATHS, add_pairing_routes
 from broker.portal.reveals import REVEALS, Reveals
 from broker.portal.signin import callback, landing, login, logout
 from broker.relay.link import ConnectorLink
@@ -80,7 +81,8 @@ def setup_portal(app: web.Application, settings: BrokerSettings) -> None:
     @web.middleware
     async def portal_sessions(request: web.Request, handler: Handler) -> web.StreamResponse:
         # The API never touches sessions: only the portal's pages pay for them.
-        if request.path != "/" and not request.path.startswith(PORTAL_PATHS):
+        portal = request.path in ("/", *PAIR_PATHS) or request.path.startswith(PORTAL_PATHS)
+        if not portal:
             return await handler(request)
         response = await sessions(request, handler)
         if not request.path.startswith("/static/"):
@@ -119,6 +121,7 @@ def _add_routes(add: web.UrlDispatcher) -> None:
     add.add_get("/admin", admin_page)
     add.add_post("/admin/users/{user_id:\\d+}/{action:block|unblock}", admin_user)
     add.add_get("/static/{name}", static)
+    add_pairing_routes(add)
 
 
 async def static(request: web.Request) -> web.Response:
