@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="RemoteLLM connector: share a local LLM server through a broker.",
         epilog=f"other commands: `{PROG} autostart --help` (launch at login), `{PROG} secrets "
-        f"--help` (the token and LLM key in the OS keyring), `{PROG} demo --help` (the connector "
+        f"--help` (the token and LLM key in the OS keyring), `{PROG} pair --help` (pair with a "
+        f"broker by signing in), `{PROG} demo --help` (the connector "
         "that `remotellm-broker demo` starts)",
     )
     add = parser.add_argument
@@ -133,6 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from connector_app import secretscli
 
         return secretscli.main(PROG, argv[1:])
+    if argv[:1] == ["pair"]:
+        from connector_app import paircli
+
+        return paircli.main(PROG, argv[1:])
     if argv[:1] == ["demo"]:
         return demo.main(PROG, argv[1:])
     args = build_parser().parse_args(argv)
