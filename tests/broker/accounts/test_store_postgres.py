@@ -24,6 +24,7 @@ from broker.accounts.ledger import UsageLedger
 from broker.accounts.records import StoreError, UsageRow
 from broker.accounts.store import Store
 from tests.broker.accounts.test_ledger import BAD_ROWS
+from tests.broker.accounts.test_pairings import exercise_pairings
 from tests.broker.accounts.test_store import full_rows, row
 
 
@@ -203,3 +204,7 @@ async def test_the_ledger_sets_aside_only_rows_postgres_refuses_for_their_values
             await conn.exec_driver_sql("DROP FUNCTION deny()")
     await ledger.close()
     assert sorted(r.request_id for r in await store.usage.rows()) == [f"req_{i}" for i in range(6)]
+
+
+async def test_pairings_on_postgres(store: Store) -> None:
+    await exercise_pairings(store)
