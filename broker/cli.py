@@ -60,6 +60,12 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         help="only members of this GitLab group may sign in (repeatable)",
     )
+    add(
+        "--pairing",
+        choices=["users", "admins", "off"],
+        help="who may approve a connector's pairing by signing in (default users: whoever may "
+        "sign in to the portal)",
+    )
     add("--session-secret", help="key for portal session cookies (default: kept in --data-dir)")
     add("--key-rpm", type=int, help="requests per minute per API key (default 0: unlimited)")
     add("--key-concurrency", type=int, help="concurrent requests per API key (0: unlimited)")

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import io
 import re
+import socket
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from pydantic import SecretStr
 from broker.api.pairing import PAIRING
 from connector_app.core.pairing import PairingFailed, Sleep, broker_base
 from connector_app.core.secrets import MemoryStore
-from connector_app.paircli import ENV_NAME, pair
+from connector_app.paircli import ENV_NAME, main, pair
 from tests.broker.portal.test_portal import Portal, browser, csrf_of, make_portal
 from tests.conftest import MakeBroker, MakeConnector, wait_models
 from tests.fake_gitlab import FakeGitLab
@@ -126,3 +127,16 @@ def test_broker_urls_as_people_type_them() -> None:
     assert broker_base("http://127.0.0.1:8080/") == "http://127.0.0.1:8080"
     with pytest.raises(ValueError):
         broker_base("ftp://x")
+
+
+def test_an_unreachable_broker_exits_1_in_words(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]  # bound, never listening: connections are refused
+        code = main(
+            "remotellm-connector",
+            ["--broker-url", f"http://127.0.0.1:{port}"],
+            secrets=MemoryStore(),
+        )
+    assert code == 1
+    assert "cannot reach the broker" in capsys.readouterr().err
