@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import os
 import re
+import signal
 import socket
 import stat
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,6 +27,8 @@ from tests.broker.portal.test_portal import Portal, browser, csrf_of, make_porta
 from tests.conftest import MakeBroker, MakeConnector, wait_models
 from tests.fake_gitlab import FakeGitLab
 from tests.stub_llm import StubLLM
+
+NO_KEYRING = "keyring.backends.fail.Keyring"
 
 
 @pytest.fixture
@@ -140,3 +145,33 @@ def test_an_unreachable_broker_exits_1_in_words(capsys: pytest.CaptureFixture[st
         )
     assert code == 1
     assert "cannot reach the broker" in capsys.readouterr().err
+
+
+async def test_ctrl_c_cancels_cleanly_and_stores_nothing(portal: Portal, tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "PYTHON_KEYRING_BACKEND": NO_KEYRING}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "connector_app.cli",
+        "pair",
+        "--broker-url",
+        portal.url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert child.stdout is not None
+        async with asyncio.timeout(30):
+            line = await child.stdout.readline()
+        assert line.startswith(b"Open " + portal.url.encode() + b"/pair?code=")
+        child.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            _, err = await child.communicate()
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    assert child.returncode == 130
+    assert b"cancelled; nothing was stored" in err and b"Traceback" not in err
+    assert not (tmp_path / "remotellm").exists()  # no connector.yaml nor connector.env
