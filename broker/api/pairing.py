@@ -154,7 +154,8 @@ async def start_endpoint(request: web.Request) -> web.Response:
             "verification_uri_complete": f"{page}?code={user}",
             "interval": pairing.interval,
             "expires_in": round(pairing.expires - pairing.created),
-        }
+        },
+        headers={"Cache-Control": "no-store"},
     )
 
 

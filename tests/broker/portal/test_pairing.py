@@ -214,3 +214,15 @@ async def test_a_taken_name_gets_a_number(portal: Portal, clock: Clock) -> None:
         await decide(session, portal, page, body["user_code"], "approve")
     status, answer = await poll(portal, body["device_code"])
     assert (status, answer["name"]) == (200, "gpu-box-2")
+
+
+@pytest.mark.parametrize("body", [{}, {"name": ""}, {"name": "a\nb"}, {"name": "x" * 65}])
+async def test_a_connector_name_must_be_clean(
+    portal: Portal, clock: Clock, body: dict[str, str]
+) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(portal.url + "/pair/start", json=body) as response,
+    ):
+        assert response.status == 400
+        assert (await response.json())["error"]["param"] == "name"
