@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--llm-url", help="local LLM server base URL (default http://127.0.0.1:11434)")
     add("--llm-api-key", help="API key of the local LLM server, if it wants one")
     add("--model", action="append", help="serve this model (repeatable; default: discover)")
+    add(
+        "--block-user",
+        "--blocked-users",
+        dest="blocked_users",
+        action="append",
+        help="refuse this user id's requests (repeatable)",
+    )
     add("--max-concurrency", type=int, help="requests served at once (default 4)")
     add("--name", help="name shown to the broker operator (default: host name)")
     add(

@@ -103,6 +103,11 @@ class RequestHead:
     path: str
     headers: Headers
     request_id: str
+    user_id: str = ""
+    """Who sent the request, as the broker knows them ("" when it did not say: an older
+    broker); never the key. Connectors may refuse users by it."""
+    user_name: str = ""
+    """That user's display name, for the connector's owner to read."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,16 +152,19 @@ def encode(frame: Frame) -> bytes:
             # Tuples encode as JSON arrays, so the header pairs go in as they are.
             payload = _json({"status": status, "headers": headers})
             return _pack(FrameType.RESPONSE_HEAD, stream_id, payload)
-        case RequestHead(stream_id, method, path, headers, request_id):
-            payload = _json(
-                {
-                    "method": method,
-                    "path": path,
-                    "headers": headers,
-                    "request_id": request_id,
-                }
-            )
-            return _pack(FrameType.REQUEST_HEAD, stream_id, payload)
+        case RequestHead(stream_id, method, path, headers, request_id, user_id, user_name):
+            head: dict[str, object] = {
+                "method": method,
+                "path": path,
+                "headers": headers,
+                "request_id": request_id,
+            }
+            # Optional keys (no version bump): written only when the broker knows the user.
+            if user_id:
+                head["user_id"] = user_id
+            if user_name:
+                head["user_name"] = user_name
+            return _pack(FrameType.REQUEST_HEAD, stream_id, _json(head))
         case Error(stream_id, code, message):
             return _pack(FrameType.ERROR, stream_id, _json({"code": code, "message": message}))
         case Hello(version, name, models, max_concurrency):
@@ -252,6 +255,13 @@ def _get(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ProtocolError(f"field {key!r} is missing or has the wrong type")
     return value
+
+
+def _optional_str(obj: Mapping[str, Any], key: str) -> str:
+    """A key newer peers add and older ones leave out: "" when absent, else a string."""
+    if key not in obj:
+        return ""
+    return _get(obj, key, str)  # type: ignore[no-any-return]
 
 
 def _str_list(obj: Mapping[str, Any], key: str) -> tuple[str, ...]:
@@ -357,6 +367,8 @@ def _json_frame(ftype: FrameType, stream_id: int, obj: Mapping[str, Any]) -> Fra
                 _get(obj, "path", str),
                 _headers(obj),
                 _get(obj, "request_id", str),
+                _optional_str(obj, "user_id"),
+                _optional_str(obj, "user_name"),
             )
         case FrameType.RESPONSE_HEAD:
             status = _get(obj, "status", int)

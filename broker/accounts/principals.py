@@ -36,6 +36,20 @@ class Principal:
     key_id: int | None = None  # None for keys given in the settings
     user_id: int | None = None
     username: str | None = None
+    display_name: str | None = None
+
+    @property
+    def relayed(self) -> tuple[str, str]:
+        """Who the connector is told sent a request: a user id and a display name (never the
+        key). A key from the settings has no user: its id is the fixed `configured`."""
+        name = self.display_name or self.username or ""
+        if self.user_id is None:
+            return CONFIGURED_USER, name
+        return str(self.user_id), name
+
+
+CONFIGURED_USER = "configured"
+"""The user id a connector is told for requests made with a key from the broker's settings."""
 
 
 @dataclass(frozen=True)
@@ -138,4 +152,5 @@ class Accounts:
             key_id=key.id,
             user_id=user.id,
             username=user.username,
+            display_name=user.name or None,
         )

@@ -199,6 +199,10 @@ class Hub:
 
     # -- routing ----------------------------------------------------------------
 
+    def serves(self, model: str, *, exclude: Collection[Link] = ()) -> bool:
+        """Whether a link besides `exclude` serves `model` and takes new requests now."""
+        return bool(self._serving(model, exclude))
+
     def _serving(self, model: str, exclude: Collection[Link] = ()) -> list[Link]:
         """Links serving `model` that take new requests, minus `exclude`."""
         return [

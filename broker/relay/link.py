@@ -203,9 +203,10 @@ class ConnectorLink:
 
     # -- used by API handlers -----------------------------------------------------
 
-    def open(self, call: Call, body: bytes) -> Exchange:
+    def open(self, call: Call, body: bytes, user: tuple[str, str] = ("", "")) -> Exchange:
         """Start a stream carrying one request (`call`'s head, its headers as they are passed
-        on, and `body`); the reply arrives on the Exchange.
+        on, `body`, and the `user` id and display name it comes from); the reply arrives on
+        the Exchange.
 
         Raises LinkLost when the link has closed, and Unsendable (with nothing left behind)
         when the request cannot be encoded.
@@ -219,7 +220,7 @@ class ConnectorLink:
         self._streams[stream_id] = exchange
         try:
             self._outbox.put(
-                p.RequestHead(stream_id, call.method, call.target, headers, request_id)
+                p.RequestHead(stream_id, call.method, call.target, headers, request_id, *user)
             )
             for frame in p.split_body(stream_id, body, response=False):
                 self._outbox.put(frame)

@@ -75,7 +75,7 @@ def start(services: Services, call: ExpressCall, owner: Owner) -> CallbackTrip |
     ticket, link = admitted
     exchange = None
     try:
-        exchange = link.open(call, ticket.body)
+        exchange = link.open(call, ticket.body, ticket.principal.relayed)
     except (Unsendable, LinkLost):
         pass  # nothing is counted yet: the usual way meets the same refusal and answers it
     finally:

@@ -13,8 +13,10 @@ Its rules, written here once:
   in place of any of them. A second head, a body or an end before the head, is the
   connector's protocol error (502 `connector_protocol_error`).
 - A retry on another connector is allowed only while nothing has reached the client:
-  the connector refused the stream (`over_capacity`) or its link was lost, before the
-  head. Any other error before the head is the client's error response.
+  the connector refused the stream (`over_capacity`), refused its user (`user_blocked`:
+  its owner blocked them) or its link was lost, before the head. Any other error before
+  the head is the client's error response. When no connector is left to try after a
+  block, the client hears the block (403 `user_blocked`), not that none is available.
 - A failure before the head is a complete error response in the endpoint's dialect
   (`broker.api.errors`). After it, it is an error event written into the stream (SSE
   or NDJSON, after the last complete event: `broker.stream.eventframer`), and where the
@@ -37,6 +39,9 @@ from broker.stream.tally import TokenTally
 from shared import protocol as p
 
 BUG: Final = "The broker failed to handle this request; its operator can find why in its log."
+
+USER_BLOCKED: Final = "user_blocked"
+"""A connector's refusal of the request's user (its owner blocked them)."""
 
 STREAMING_TYPES: Final = ("text/event-stream", "application/x-ndjson")
 
@@ -106,7 +111,8 @@ class Retry:
     """Send the request to another connector: `why` this one did not answer."""
 
     why: str
-    """`refused` (at capacity or stopping) or `lost` (its link went away)."""
+    """`refused` (at capacity or stopping), `blocked` (its owner blocked the user) or `lost`
+    (its link went away)."""
 
 
 Action = bytes | Start | Finish | Failure | Retry
@@ -135,6 +141,7 @@ class StreamMachine:
     """One request's stream from admission to its outcome."""
 
     __slots__ = (
+        "_blocked",
         "_content_type",
         "_ending",
         "_framer",
@@ -176,6 +183,8 @@ class StreamMachine:
         self._content_type = ""
         self._framer = EventFramer("")
         self._tally: TokenTally | None = None
+        self._blocked: str | None = None
+        """The message of a connector that refused the request's user, once one has."""
 
     # -- routing ------------------------------------------------------------------------
 
@@ -188,7 +197,10 @@ class StreamMachine:
 
     def no_connector(self, reason: str, model: str) -> Failure:
         """No connector took the stream: `unknown` (nobody serves the model), `busy` (every
-        one is at capacity) or `offline` (none is connected now)."""
+        one is at capacity) or `offline` (none is connected now). After a connector refused
+        the user, that refusal is the answer."""
+        if self._blocked is not None:
+            return self._fail(403, USER_BLOCKED, self._blocked)
         if reason == "unknown":
             message = (
                 f"The model '{model}' is not served here. GET /v1/models lists the models"
@@ -243,8 +255,12 @@ class StreamMachine:
             return self._fail(502, "connector_disconnected", event.message)
         assert isinstance(event, p.Error)
         self.connector_done = True
-        if event.code == "over_capacity" and state == WAITING:
-            return Retry("refused")
+        if state == WAITING:
+            if event.code == "over_capacity":
+                return Retry("refused")
+            if event.code == USER_BLOCKED:
+                self._blocked = event.message
+                return Retry("blocked")
         return self._fail(502, event.code, event.message)
 
     def _head(self, status: int, headers: p.Headers) -> Start:

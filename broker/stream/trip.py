@@ -123,10 +123,13 @@ class Trip:
                 return
             books.retrying(self.call, retry, link.name)
             tried.append(link)
+            if retry.why == "blocked" and not hub.serves(model, exclude=tried):
+                # Waiting would not help: no connector left may take this user.
+                return await self._fail(self.machine.no_connector("blocked", model))
 
     async def _exchange(self, link: ConnectorLink) -> Retry | None:
         try:
-            exchange = link.open(self.call, self.ticket.body)
+            exchange = link.open(self.call, self.ticket.body, self.ticket.principal.relayed)
         except Unsendable as unsendable:
             log.warning("cannot relay the request", error=str(unsendable), **self.call.ids)
             await self._fail(self.machine.unsendable())

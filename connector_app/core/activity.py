@@ -43,6 +43,10 @@ class RequestStarted:
     path: str
     at: float
     """Wall-clock time (seconds since the epoch)."""
+    user_id: str = ""
+    """Who sent it, as the broker names them ("" when the broker did not say)."""
+    user_name: str = ""
+    """Their display name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,8 @@ class RequestFinished:
     prompt_tokens: int | None
     completion_tokens: int | None
     at: float
+    user_id: str = ""
+    user_name: str = ""
 
 
 RequestEvent = RequestStarted | RequestFinished

@@ -76,6 +76,21 @@ class RelayClient:
     def models(self) -> tuple[str, ...]:
         return self._board.status.models
 
+    @property
+    def paused(self) -> bool:
+        return self._streams.paused
+
+    def set_paused(self, paused: bool) -> None:
+        """Pause sharing (new requests are refused as over capacity, so the broker routes
+        them elsewhere; running ones finish) or resume it."""
+        if paused != self._streams.paused:
+            log.info("sharing paused" if paused else "sharing resumed")
+        self._streams.paused = paused
+
+    def set_blocked(self, users: frozenset[str]) -> None:
+        """The user ids whose new requests are refused (`user_blocked`), from now on."""
+        self._streams.blocked = users
+
     def set_models(self, models: tuple[str, ...]) -> None:
         """Change the served models; a connected broker is told at once."""
         if models == self.models:

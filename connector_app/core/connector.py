@@ -66,6 +66,7 @@ class Connector:
             ssl_context=_trust(settings),
             events=self.events,
         )
+        self.client.set_blocked(frozenset(settings.blocked_users))
         self._discovery_ok: bool | None = None
         self._skipped: set[str] = set()
         """Models left out for their names: each is logged the first time it is seen."""

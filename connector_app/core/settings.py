@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
@@ -21,6 +21,17 @@ from shared.settings import LogLevel, split_list
 from shared.text import MAX_NAME_LENGTH, is_clean
 
 StrList = Annotated[list[str], NoDecode, BeforeValidator(split_list)]
+
+
+def _user_ids(value: Any) -> Any:
+    """A list of user ids: a YAML file may write a numeric id as a number."""
+    value = split_list(value)
+    if isinstance(value, list):
+        return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+    return value
+
+
+UserIds = Annotated[list[str], NoDecode, BeforeValidator(_user_ids)]
 
 
 def is_loopback(host: str) -> bool:
@@ -87,6 +98,11 @@ class ConnectorSettings(BaseSettings):
     )
     shutdown_grace: float = Field(
         30.0, ge=0, description="Seconds in-flight requests get to finish on shutdown."
+    )
+    blocked_users: UserIds = Field(
+        default_factory=list,
+        description="User ids (as the broker names them) whose requests this connector "
+        "refuses (repeatable; the broker tries another connector).",
     )
     log_level: LogLevel = Field("info", description="Log level.")
     log_format: Literal["json", "console"] = Field("json", description="Log line format.")

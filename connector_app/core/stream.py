@@ -68,7 +68,10 @@ class Stream:
             self.events = events
             head = self.rules.head
             self.model = model_of(self.rules.body)
-            events.publish(RequestStarted(head.request_id, self.model, head.path, time.time()))
+            started = RequestStarted(
+                head.request_id, self.model, head.path, time.time(), head.user_id, head.user_name
+            )
+            events.publish(started)
             self.usage = UsageProbe()
 
     def finished(self) -> None:
@@ -102,5 +105,7 @@ class Stream:
                 prompt,
                 completion,
                 time.time(),
+                head.user_id,
+                head.user_name,
             )
             events.publish(finished)

@@ -9,8 +9,10 @@ broker hears about a stream is here, once:
 
 - a request is received whole (head, body within `MAX_REQUEST_BODY`, end) before it is
   served; a frame out of that order is the broker's `ProtocolError`;
-- at its end it is refused `over_capacity` while the connector drains or is at its
-  concurrency limit, else `forbidden` outside the model endpoints, else served;
+- at its end it is refused `user_blocked` when its user (the head's `user_id`) is one
+  the owner blocked, else `over_capacity` while the connector drains, is paused or is at
+  its concurrency limit, else `forbidden` outside the model endpoints, else served (the
+  first two let the broker try another connector);
 - the answer goes back as one `ResponseHead` (without hop-by-hop headers), body frames
   within the stream's credit (bytes beyond it are `held` until window updates cover them),
   and one `End` or `Error`; nothing follows a cancel;
@@ -26,6 +28,7 @@ is the driver's bug: `StreamStateError`.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Final
 
 from connector_app.core.http1 import HTTPError
@@ -53,6 +56,9 @@ HOP_BY_HOP: Final = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
 )
 """Headers of the local hop that are not relayed (the broker frames the client's answer)."""
+
+USER_BLOCKED_MESSAGE: Final = "The owner of this connector does not serve you."
+"""What a blocked user is told (through the broker: 403 `user_blocked`)."""
 
 _NO_FRAMES: Final[tuple[p.ResponseBody, ...]] = ()
 
@@ -129,18 +135,36 @@ class StreamMachine:
             raise p.ProtocolError(f"request body on stream {self.stream_id} is too large")
         self.body += data
 
-    def request_end(self, busy: int, limit: int, draining: bool) -> p.Error | None:
+    def request_end(
+        self,
+        busy: int,
+        limit: int,
+        draining: bool,
+        blocked: Collection[str] = (),
+        paused: bool = False,
+    ) -> p.Error | None:
         """The request is whole: None to serve it, else the refusal to send.
 
-        `busy` streams are being served and `limit` may be; a stream over capacity is
-        not `admitted` (neither counted nor reported), one outside the model endpoints is.
+        `busy` streams are being served and `limit` may be; `blocked` holds the user ids
+        the owner refuses; `paused`: the owner stopped sharing for now. A stream refused
+        for its user or over capacity is not `admitted` (neither counted nor reported:
+        the broker may take it elsewhere), one outside the model endpoints is.
         """
         if self.phase != RECEIVING:
             raise p.ProtocolError(f"end of stream {self.stream_id} that is not open")
         sid = self.stream_id
-        if draining or busy >= limit:
+        if self.head.user_id and self.head.user_id in blocked:
             self._end(REFUSED)
-            reason = "shutting down" if draining else "at its concurrency limit"
+            return p.Error(sid, "user_blocked", USER_BLOCKED_MESSAGE)
+        if draining or paused or busy >= limit:
+            self._end(REFUSED)
+            reason = (
+                "shutting down"
+                if draining
+                else "paused by its owner"
+                if paused
+                else "at its concurrency limit"
+            )
             return p.Error(sid, "over_capacity", f"The connector is {reason}.")
         self.admitted = True
         head = self.head

@@ -66,6 +66,11 @@ class Streams:
         """The window each new stream starts with (the broker's welcome says)."""
         self.draining = False
         """Set when the connector stops: new requests are refused as over capacity."""
+        self.paused = False
+        """Set while the owner paused sharing: new requests are refused as over capacity
+        (the broker takes them elsewhere); running ones finish."""
+        self.blocked: frozenset[str] = frozenset()
+        """User ids the owner refuses (`blocked_users`): their requests get `user_blocked`."""
 
     def __len__(self) -> int:
         return len(self._table)
@@ -120,7 +125,9 @@ class Streams:
     def _start(self, stream: Stream) -> None:
         """The request is whole: refuse it, or serve it (from callbacks when it can)."""
         rules = stream.rules
-        refusal = rules.request_end(self._running, self._max_concurrency, self.draining)
+        refusal = rules.request_end(
+            self._running, self._max_concurrency, self.draining, self.blocked, self.paused
+        )
         if rules.admitted:
             self._running += 1
             self._board.update(in_flight=self._running)
@@ -131,7 +138,9 @@ class Streams:
             return
         self._send(refusal)
         if not rules.admitted:
-            self.forget(stream)  # over capacity: neither served nor reported
+            if refusal.code == "user_blocked":
+                log.info("refused a blocked user", user_id=rules.head.user_id)
+            self.forget(stream)  # over capacity or blocked: neither served nor reported
             return
         log.warning("refused a request", reason=refusal.message, path=rules.head.path)
         self._end(stream)

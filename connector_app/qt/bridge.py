@@ -37,6 +37,10 @@ class Bridge(QObject):
     """A LinkEvent: connected, dropped, reconnecting in N s, models changed."""
     problem_changed = Signal(str)
     """Why the connector cannot serve ('' when nothing is wrong)."""
+    paused_changed = Signal(bool)
+    """Sharing was paused (True) or resumed."""
+    blocked_changed = Signal()
+    """The blocked users changed."""
 
     def __init__(
         self,
@@ -64,6 +68,8 @@ class Bridge(QObject):
         # still draining does not bring serving back afterwards.
         self._wanted = False
         self._closed = False
+        self.paused = False
+        """The owner paused sharing (for this session): no new request is served."""
         # File and keyring writes run in a thread, one at a time and in order.
         self._saving = asyncio.Lock()
 
@@ -146,6 +152,7 @@ class Bridge(QObject):
             self._set_problem(f"the connector cannot start: {type(exc).__name__}: {exc}")
             return False
         self._set_problem(None)
+        connector.client.set_paused(self.paused)
         self.connector = connector
         self._task = asyncio.ensure_future(self._run(connector))
         self.serving_changed.emit(True)
@@ -191,6 +198,31 @@ class Bridge(QObject):
         if self._wanted and not self._closed:
             self.start()
 
+    def set_paused(self, paused: bool) -> None:
+        """Pause sharing (new requests go to other connectors; running ones finish) or resume."""
+        if paused == self.paused:
+            return
+        self.paused = paused
+        if self.connector is not None:
+            self.connector.client.set_paused(paused)
+        self.paused_changed.emit(paused)
+
+    @property
+    def blocked_users(self) -> frozenset[str]:
+        """The user ids this connector refuses (the profile's `blocked_users`)."""
+        return frozenset(str(u) for u in self.profile.values.get("blocked_users") or ())
+
+    def set_user_blocked(self, user_id: str, blocked: bool) -> None:
+        """Refuse (or serve again) one user's new requests at once; saved in connector.yaml."""
+        users = set(self.blocked_users)
+        (users.add if blocked else users.discard)(user_id)
+        self.profile.values["blocked_users"] = sorted(users)
+        if self.connector is not None:
+            self.connector.client.set_blocked(frozenset(users))
+        log.info("user blocked" if blocked else "user unblocked", user_id=user_id)
+        self.blocked_changed.emit()
+        self.spawn(self._remember(self.profile))
+
     def set_model_enabled(self, model: str, enabled: bool) -> None:
         """Serve or stop serving one discovered model; remembered in connector.yaml."""
         disabled = set(self.profile.prefs.disabled_models)
@@ -198,9 +230,9 @@ class Bridge(QObject):
         self.profile.prefs.disabled_models = sorted(disabled)
         if self.connector is not None:
             self.connector.set_excluded(frozenset(disabled))
-        self.spawn(self._remember_models(self.profile))
+        self.spawn(self._remember(self.profile))
 
-    async def _remember_models(self, profile: Profile) -> None:
+    async def _remember(self, profile: Profile) -> None:
         try:
             await self._save(profile, with_secrets=False)
         except OSError as exc:  # the switch still applies for this session
@@ -227,6 +259,7 @@ class Bridge(QObject):
                 self.spawn(self.restart())  # the drain can take a while; Save need not wait
             elif self.connector is not None:
                 self.connector.set_excluded(frozenset(profile.prefs.disabled_models))
+                self.connector.client.set_blocked(self.blocked_users)
         elif self.problem:
             self._set_problem(None)
         return warning
@@ -237,4 +270,6 @@ class Bridge(QObject):
             before, after = self.store.settings(old), self.store.settings(new)
         except ConfigError:
             return True
-        return before.model_dump() != after.model_dump()
+        # The blocked users apply in place: changing them needs no new link.
+        in_place = {"blocked_users"}
+        return before.model_dump(exclude=in_place) != after.model_dump(exclude=in_place)

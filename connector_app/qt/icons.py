@@ -18,6 +18,8 @@ class TrayState(Enum):
     CONNECTED = "connected"
     RECONNECTING = "reconnecting"
     ERROR = "error"
+    PAUSED = "paused"
+    """Connected, but the owner paused sharing: running requests finish, no new ones."""
 
 
 def assets_dir() -> Path:
@@ -29,12 +31,17 @@ def assets_dir() -> Path:
     raise FileNotFoundError("the tray icons (assets/tray-*.svg) are missing from this install")
 
 
-def tray_state(serving: bool, status: Status, problem: str | None = None) -> TrayState:
-    """Map the core's status to one of the five tray states."""
+def tray_state(
+    serving: bool, status: Status, problem: str | None = None, paused: bool = False
+) -> TrayState:
+    """Map the core's status to one of the six tray states (paused shows while connected:
+    a link problem matters more)."""
     if not serving:
         return TrayState.ERROR if problem else TrayState.STOPPED
     if status.fatal:
         return TrayState.ERROR
+    if paused and status.state is LinkState.CONNECTED:
+        return TrayState.PAUSED
     return {
         LinkState.CONNECTED: TrayState.CONNECTED,
         LinkState.RECONNECTING: TrayState.RECONNECTING,
@@ -62,6 +69,9 @@ def status_line(state: TrayState, status: Status, problem: str | None = None) ->
     if state is TrayState.CONNECTED:
         busy = f", {status.in_flight} in flight" if status.in_flight else ""
         return f"Connected, serving {len(status.models)} model(s){busy}"
+    if state is TrayState.PAUSED:
+        busy = f"; {status.in_flight} still finishing" if status.in_flight else ""
+        return f"Sharing paused: no new requests{busy}"
     if state is TrayState.RECONNECTING:
         retry = f" in {status.retry_in:g} s" if status.retry_in is not None else ""
         return f"Reconnecting{retry}: {status.last_error or 'link lost'}"

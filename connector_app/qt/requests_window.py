@@ -39,8 +39,11 @@ from connector_app.core.activity import (
 )
 from connector_app.qt.bridge import Bridge
 
-COLUMNS: Final = ("Time", "Request ID", "Model", "Status", "Duration", "Tokens")
+COLUMNS: Final = ("Time", "Request ID", "User", "Model", "Status", "Duration", "Tokens")
 ID_COLUMN: Final = 1
+USER_ID_ROLE: Final = Qt.ItemDataRole.UserRole
+"""The role under which every cell of a row holds its user id (the blocking menu reads it)."""
+USER_NAME_ROLE: Final = Qt.ItemDataRole.UserRole + 1
 
 AnyIndex = QModelIndex | QPersistentModelIndex
 
@@ -58,6 +61,22 @@ def tokens_text(event: RequestFinished) -> str:
 def duration_text(seconds: float) -> str:
     ms = seconds * 1000
     return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
+
+
+def user_text(event: RequestStarted | RequestFinished) -> str:
+    """The user's display name, else their id; empty when the broker did not say."""
+    return event.user_name or event.user_id
+
+
+def user_data(event: RequestStarted | RequestFinished, role: int) -> Any:
+    """The user cell's hover text (the id) and the id for the menu."""
+    if role == Qt.ItemDataRole.ToolTipRole:
+        return f"user id {event.user_id}" if event.user_id else None
+    if role == USER_ID_ROLE:
+        return event.user_id
+    if role == USER_NAME_ROLE:
+        return user_text(event)
+    return None
 
 
 def status_text(event: RequestFinished) -> str:
@@ -88,12 +107,15 @@ class RequestsModel(QAbstractTableModel):
         return None
 
     def data(self, index: AnyIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if role != Qt.ItemDataRole.DisplayRole or not index.isValid():
+        if not index.isValid():
             return None
         event = self.rows[index.row()]
+        if role != Qt.ItemDataRole.DisplayRole:
+            return user_data(event, role)
         return (
             clock_time(event.at),
             event.request_id,
+            user_text(event),
             event.model,
             status_text(event),
             duration_text(event.duration),
@@ -113,7 +135,7 @@ class RequestsModel(QAbstractTableModel):
 class InFlightModel(QAbstractTableModel):
     """Requests being served right now, oldest first, with their age."""
 
-    HEADERS: Final = ("Request ID", "Model", "Age")
+    HEADERS: Final = ("Request ID", "User", "Model", "Age")
 
     def __init__(self, clock: Callable[[], float], parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -134,18 +156,20 @@ class InFlightModel(QAbstractTableModel):
         return None
 
     def data(self, index: AnyIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if role != Qt.ItemDataRole.DisplayRole or not index.isValid():
+        if not index.isValid():
             return None
         event = self.rows[index.row()]
+        if role != Qt.ItemDataRole.DisplayRole:
+            return user_data(event, role)
         age = f"{max(0.0, self.clock() - event.at):.0f} s"
-        return (event.request_id, event.model, age)[index.column()]
+        return (event.request_id, user_text(event), event.model, age)[index.column()]
 
     def set_rows(self, rows: list[RequestStarted]) -> None:
         if rows == self.rows:
             # Only the ages moved on.
             if rows:
                 last = self.index(len(rows) - 1, len(self.HEADERS) - 1)
-                self.dataChanged.emit(self.index(0, 2), last)
+                self.dataChanged.emit(self.index(0, len(self.HEADERS) - 1), last)
             return
         self.beginResetModel()
         self.rows = rows
@@ -207,6 +231,7 @@ class RequestsWindow(QWidget):
         copy.setShortcut(QKeySequence.StandardKey.Copy)
         copy.triggered.connect(self.copy_request_id)
         self.table.addAction(copy)
+        self.block_recent = self._block_action(self.table)
 
     def _build_in_flight(self) -> None:
         """The table of requests being served right now."""
@@ -218,6 +243,43 @@ class RequestsWindow(QWidget):
         flight_header = self.in_flight.horizontalHeader()
         flight_header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         flight_header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.in_flight.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.in_flight.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.in_flight.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
+        self.block_in_flight = self._block_action(self.in_flight)
+
+    def _block_action(self, table: QTableView) -> QAction:
+        """A right-click entry that blocks (or unblocks) the selected row's user; its text
+        names them, and it is off for a row without one."""
+        action = QAction("Block this user on this connector", table)
+        action.setEnabled(False)
+        action.triggered.connect(lambda: self.toggle_block(table))
+        table.addAction(action)
+
+        def name_it() -> None:
+            user = self.selected_user(table)
+            action.setEnabled(user is not None)
+            if user is not None:
+                verb = "Unblock" if user[0] in self.bridge.blocked_users else "Block"
+                action.setText(f"{verb} {user[1]} on this connector")
+
+        table.selectionModel().selectionChanged.connect(name_it)
+        self.bridge.blocked_changed.connect(name_it)
+        return action
+
+    def selected_user(self, table: QTableView) -> tuple[str, str] | None:
+        """The (id, shown name) of the selected row's user; None without one."""
+        rows = table.selectionModel().selectedRows()
+        if not rows:
+            return None
+        user_id = str(rows[0].data(USER_ID_ROLE) or "")
+        return (user_id, str(rows[0].data(USER_NAME_ROLE))) if user_id else None
+
+    def toggle_block(self, table: QTableView) -> None:
+        """Block the selected row's user on this connector, or unblock a blocked one."""
+        user = self.selected_user(table)
+        if user is not None:
+            self.bridge.set_user_blocked(user[0], user[0] not in self.bridge.blocked_users)
 
     def _lay_out(self) -> None:
         """Recent requests, requests in flight and connection events, one above the other."""

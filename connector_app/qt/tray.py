@@ -67,6 +67,7 @@ class TrayApp(QObject):
         bridge.status_changed.connect(self.on_status)
         bridge.serving_changed.connect(lambda _serving: self.refresh())
         bridge.problem_changed.connect(lambda _problem: self.refresh())
+        bridge.paused_changed.connect(lambda _paused: self.refresh())
         self._sync_login()
         self.refresh()
 
@@ -77,6 +78,7 @@ class TrayApp(QObject):
         self.status_action.setEnabled(False)
         self.start_action = self.menu.addAction("Start serving", self.start)
         self.stop_action = self.menu.addAction("Stop serving", self.stop)
+        self.pause_action = self.menu.addAction("Pause sharing", self.toggle_pause)
         self.menu.addSeparator()
         self.models_header = self.menu.addAction("Models")
         self.models_header.setEnabled(False)
@@ -167,7 +169,7 @@ class TrayApp(QObject):
         """Bring icon, tooltip, menu and window in line with the bridge."""
         bridge = self.bridge
         status = bridge.status
-        self.state = tray_state(bridge.serving, status, bridge.problem)
+        self.state = tray_state(bridge.serving, status, bridge.problem, bridge.paused)
         icon: QIcon = icon_for(self.state)
         line = status_line(self.state, status, bridge.problem)
         tip = tooltip(self.state, status, bridge.broker_url)
@@ -181,6 +183,8 @@ class TrayApp(QObject):
         self.status_action.setText(line)
         self.start_action.setVisible(not bridge.serving)
         self.stop_action.setVisible(bridge.serving)
+        self.pause_action.setVisible(bridge.serving)
+        self.pause_action.setText("Resume sharing" if bridge.paused else "Pause sharing")
         self._sync_models(status)
         if self.window is not None:
             self.window.set_status(line)
@@ -226,6 +230,10 @@ class TrayApp(QObject):
 
     def stop(self) -> None:
         self.bridge.spawn(self.bridge.stop())
+
+    def toggle_pause(self) -> None:
+        """Pause sharing (new requests go elsewhere, running ones finish) or resume it."""
+        self.bridge.set_paused(not self.bridge.paused)
 
     def show_requests(self) -> RequestsWindow:
         if self.requests_window is None:

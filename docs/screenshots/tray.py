@@ -87,12 +87,17 @@ def inner() -> int:
         bridge = Bridge(store, profile)
         tray = TrayApp(bridge, Autostart(home, command=["remotellm-connector"]))
         tray.launch()
-        await until(lambda: set(broker.relay.hub.models()) == {"llama3.1:8b", "qwen2.5-coder:14b"})
-        headers = {"Authorization": f"Bearer {USER_KEY}"}
+        await until(lambda: set(broker.hub.models()) == {"llama3.1:8b", "qwen2.5-coder:14b"})
+        # Two users of the broker's store, so the Requests window's User column has names.
+        keys = [USER_KEY]
+        for username, name in (("ada", "Ada Lovelace"), ("grace", "Grace Hopper")):
+            user = await broker.services.store.create_user(username, name)
+            keys.append((await broker.services.store.create_key(user.id, "laptop"))[0])
         async with aiohttp.ClientSession() as session:
             for i, model in enumerate(["llama3.1:8b", "qwen2.5-coder:14b", "llama3.1:8b"] * 3):
                 body = {"model": model, "messages": [{"role": "user", "content": "Hi"}]}
-                hdrs = {**headers, "X-Request-ID": f"req-demo-{i:02d}"}
+                key = keys[i % len(keys)]
+                hdrs = {"Authorization": f"Bearer {key}", "X-Request-ID": f"req-demo-{i:02d}"}
                 url = f"{broker.base_url}/v1/chat/completions"
                 async with session.post(url, json=body, headers=hdrs) as resp:
                     await resp.read()
@@ -101,7 +106,7 @@ def inner() -> int:
                 "stream": True,
                 "x_stub": {"mode": "events", "events": 2, "gated": True},
             }
-            hdrs = {**headers, "X-Request-ID": "req-streaming-now"}
+            hdrs = {"Authorization": f"Bearer {keys[1]}", "X-Request-ID": "req-streaming-now"}
             busy = asyncio.ensure_future(
                 session.post(f"{broker.base_url}/v1/chat/completions", json=gated, headers=hdrs)
             )

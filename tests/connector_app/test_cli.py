@@ -149,3 +149,25 @@ def test_the_tray_app_without_a_display_says_so_and_exits_2(tmp_path: Path) -> N
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "no display" in lines[0] and "--headless" in lines[0]
+
+
+def test_block_user_is_repeatable_and_the_variable_comma_separated(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from connector_app.cli import build_parser
+    from connector_app.core.settings import ConnectorSettings
+    from shared.settings import load
+
+    base = ["--broker-url", "ws://127.0.0.1:1", "--broker-token", "t"]
+    args = build_parser().parse_args([*base, "--block-user", "42", "--block-user", "configured"])
+    assert args.blocked_users == ["42", "configured"]
+    cli = {k: v for k, v in vars(args).items() if k in ConnectorSettings.model_fields}
+    assert load(ConnectorSettings, cli, None).blocked_users == ["42", "configured"]
+    monkeypatch.setenv("REMOTELLM_CONNECTOR_BLOCKED_USERS", "7,8")
+    args = build_parser().parse_args(base)
+    cli = {k: v for k, v in vars(args).items() if k in ConnectorSettings.model_fields}
+    assert load(ConnectorSettings, cli, None).blocked_users == ["7", "8"]
+    config = tmp_path / "connector.yaml"
+    config.write_text("blocked_users: [9, '10']\n")
+    monkeypatch.delenv("REMOTELLM_CONNECTOR_BLOCKED_USERS")
+    assert load(ConnectorSettings, cli, config).blocked_users == ["9", "10"]

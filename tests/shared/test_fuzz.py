@@ -76,7 +76,7 @@ FRAMES = st.one_of(
     st.builds(p.Welcome, _INT, st.integers(p.MAX_BODY_CHUNK, 2**63 - 1)),
     st.builds(p.ModelsUpdate, _MODELS),
     st.builds(p.GoAway, _TEXT, st.floats(0.0, p.MAX_RECONNECT_AFTER)),
-    st.builds(p.RequestHead, _STREAM, _TEXT, _TEXT, _HEADERS, _TEXT),
+    st.builds(p.RequestHead, _STREAM, _TEXT, _TEXT, _HEADERS, _TEXT, _TEXT, _TEXT),
     st.builds(p.RequestBody, _STREAM, _BODY),
     st.builds(p.ResponseHead, _STREAM, st.integers(200, 599), _HEADERS),
     st.builds(p.ResponseBody, _STREAM, _BODY),

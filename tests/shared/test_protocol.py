@@ -147,6 +147,8 @@ ROUND_TRIP: list[Frame] = [
         (("authorization", "Bearer x"), ("x-dup", "1"), ("x-dup", "2"), ("x-empty", "")),
         "0123456789abcdef",
     ),
+    RequestHead(3, "POST", "/v1/embeddings", (), "r", "42", "Ada Lovelace ☃"),
+    RequestHead(4, "POST", "/v1/embeddings", (), "r", "configured"),
     RequestBody(1, b""),
     RequestBody(1, bytes(range(256))),
     RequestBody(1, b"\xaa" * MAX_BODY_CHUNK),

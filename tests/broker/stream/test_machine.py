@@ -177,6 +177,22 @@ def test_a_refusal_or_a_lost_link_before_the_head_is_a_retry_on_another_connecto
     assert stream.connector == "c3"
 
 
+def test_a_blocked_user_is_tried_elsewhere_and_told_the_block_when_none_is_left() -> None:
+    stream = machine()
+    message = "The owner of this connector does not serve you."
+    assert stream.feed(p.Error(1, "user_blocked", message)) == Retry("blocked")
+    stream.routed("c2")
+    assert stream.feed(p.Error(1, "over_capacity", "busy")) == Retry("refused")
+    failure = stream.no_connector("busy", "llama")
+    assert failure.status == 403 and failure.reply is not None
+    assert json.loads(failure.reply[1])["error"] == {
+        "message": message,
+        "type": "permission_error",
+        "param": None,
+        "code": "user_blocked",
+    }
+
+
 def test_no_retry_once_the_head_went_out() -> None:
     stream = machine(path="/api/chat")
     stream.feed(head(NDJSON))
@@ -360,6 +376,7 @@ EVENTS = st.sampled_from(
         body(b"half"),
         p.End(1),
         p.Error(1, "over_capacity", "busy"),
+        p.Error(1, "user_blocked", "blocked"),
         p.Error(1, "llm_error", "boom"),
         LinkLost("c1"),
     ]

@@ -432,3 +432,26 @@ def test_a_request_frame_for_a_stream_not_open_is_a_protocol_error(
 @pytest.mark.parametrize("frame", [p.Cancel(3), p.WindowUpdate(3, 10)])
 def test_a_cancel_or_window_update_may_cross_the_end_of_a_stream(frame: p.Frame) -> None:
     assert on_closed_stream(frame) is None  # type: ignore[func-returns-value]
+
+
+def test_a_blocked_user_is_refused_before_the_llm_and_not_admitted() -> None:
+    head = p.RequestHead(SID, "POST", "/v1/chat/completions", (), "r7", "42", "Ada")
+    m = machine(head=head)
+    refusal = m.request_end(0, 4, False, blocked=frozenset({"42"}))
+    assert refusal == p.Error(
+        SID, "user_blocked", "The owner of this connector does not serve you."
+    )
+    assert (m.phase, m.outcome, m.admitted) == (OVER, REFUSED, False)
+
+
+def test_another_user_and_a_head_without_a_user_are_served_despite_blocks() -> None:
+    other = p.RequestHead(SID, "POST", "/v1/chat/completions", (), "r7", "43", "Bob")
+    assert machine(head=other).request_end(0, 4, False, blocked=frozenset({"42"})) is None
+    assert machine().request_end(0, 4, False, blocked=frozenset({"", "42"})) is None
+
+
+def test_a_paused_connector_refuses_new_requests_as_over_capacity() -> None:
+    m = machine()
+    refusal = m.request_end(0, 4, False, paused=True)
+    assert refusal == p.Error(SID, "over_capacity", "The connector is paused by its owner.")
+    assert not m.admitted

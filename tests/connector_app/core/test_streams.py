@@ -114,6 +114,22 @@ async def test_a_draining_table_refuses_new_requests_as_over_capacity() -> None:
     assert len(streams) == 0 and streams.idle.is_set()
 
 
+async def test_a_blocked_user_is_refused_at_once_and_a_paused_table_refuses_everyone() -> None:
+    sent: list[p.Frame] = []
+    llm = FailingLLM(RuntimeError("must not be called"))
+    streams = table(llm, sent)
+    streams.blocked = frozenset({"42"})
+    streams.on_frame(p.RequestHead(1, "POST", "/v1/chat/completions", (), "r1", "42", "Ada"))
+    streams.on_frame(p.End(1))
+    streams.paused = True
+    streams.on_frame(p.RequestHead(2, "POST", "/v1/chat/completions", (), "r2", "43", "Bob"))
+    streams.on_frame(p.End(2))
+    assert llm.calls == 0
+    codes = [(type(f), f.stream_id, getattr(f, "code", None)) for f in sent]
+    assert codes == [(p.Error, 1, "user_blocked"), (p.Error, 2, "over_capacity")]
+    assert len(streams) == 0 and streams.idle.is_set()
+
+
 # -- requests served from the LLM socket's callbacks (a kept-alive connection is free) ------
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]

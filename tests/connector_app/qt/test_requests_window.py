@@ -8,6 +8,7 @@ import sys
 import aiohttp
 from PySide6.QtCore import QItemSelectionModel, Qt
 from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QTableView
 from pytestqt.qtbot import QtBot
 
 from connector_app.core.activity import Activity, RequestEvent, RequestFinished, RequestStarted
@@ -65,8 +66,8 @@ def test_in_flight_requests_show_model_and_age(qtbot: QtBot, store: ProfileStore
     window.bridge.events.publish(RequestStarted("req-busy", "qwen", "/v1/chat/completions", 88.0))
     assert window.in_flight_label.text() == "In flight now: 1"
     model = window.in_flight_model
-    row = [model.index(0, c).data() for c in range(3)]
-    assert row == ["req-busy", "qwen", "12 s"]
+    row = [model.index(0, c).data() for c in range(4)]
+    assert row == ["req-busy", "", "qwen", "12 s"]  # an older broker names no user
     window.bridge.events.publish(finished(0))
     window.bridge.events.publish(
         RequestFinished("req-busy", "qwen", "/v1/x", None, "failed", 1.0, None, None, 0.0)
@@ -74,6 +75,50 @@ def test_in_flight_requests_show_model_and_age(qtbot: QtBot, store: ProfileStore
     assert window.in_flight_model.rowCount() == 0
     assert cell(window, 0, "Status") == "failed"
     assert cell(window, 0, "Tokens") == ""
+
+
+def select_first(table: QTableView) -> None:
+    table.selectionModel().select(
+        table.model().index(0, 0),
+        QItemSelectionModel.SelectionFlag.ClearAndSelect | QItemSelectionModel.SelectionFlag.Rows,
+    )
+
+
+def test_the_user_is_shown_and_blocked_from_a_right_click_on_either_table(
+    qtbot: QtBot, store: ProfileStore, qloop: QLoop
+) -> None:
+    async def scenario() -> None:
+        window = window_for(qtbot, store)
+        bridge = window.bridge
+        bridge.events.publish(
+            RequestStarted("req-now", "qwen", "/v1/chat/completions", 90.0, "42", "Ada")
+        )
+        flight = window.in_flight_model
+        assert flight.index(0, 1).data() == "Ada"
+        assert flight.index(0, 1).data(Qt.ItemDataRole.ToolTipRole) == "user id 42"
+        assert not window.block_in_flight.isEnabled()  # nothing selected yet
+        select_first(window.in_flight)
+        assert window.block_in_flight.text() == "Block Ada on this connector"
+        assert window.block_in_flight in window.in_flight.actions()  # the right-click menu
+        window.block_in_flight.trigger()
+        assert bridge.blocked_users == {"42"}
+        await until(lambda: not bridge._background)
+        assert "42" in store.path.read_text()  # kept in connector.yaml
+        assert store.load().values["blocked_users"] == ["42"]
+
+        bridge.events.publish(
+            RequestFinished("req-now", "qwen", "/v1/x", 200, "ok", 1.0, 1, 2, 0.0, "42", "Ada")
+        )
+        assert cell(window, 0, "User") == "Ada"
+        select_first(window.table)
+        assert window.block_recent.text() == "Unblock Ada on this connector"
+        window.block_recent.trigger()
+        assert bridge.blocked_users == frozenset()
+        assert window.block_recent.text() == "Block Ada on this connector"
+        await until(lambda: not bridge._background)
+        assert "blocked_users" not in store.load().values
+
+    qloop.run(scenario())
 
 
 def test_filter_and_copy_request_id(qtbot: QtBot, store: ProfileStore) -> None:

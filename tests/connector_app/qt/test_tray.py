@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -53,10 +54,22 @@ def autostart(home: Path, runner: Recorder | None = None) -> Autostart:
         (True, Status(state=LinkState.RECONNECTING, fatal=True), None, TrayState.ERROR),
     ],
 )
-def test_state_maps_to_one_of_five_tray_states(
+def test_state_maps_to_one_of_the_tray_states(
     serving: bool, status: Status, problem: str | None, expected: TrayState
 ) -> None:
     assert tray_state(serving, status, problem) is expected
+
+
+def test_paused_shows_while_connected_and_a_link_problem_shows_over_it() -> None:
+    connected = Status(state=LinkState.CONNECTED, in_flight=1)
+    assert tray_state(True, connected, None, paused=True) is TrayState.PAUSED
+    assert (
+        status_line(TrayState.PAUSED, connected)
+        == "Sharing paused: no new requests; 1 still finishing"
+    )
+    reconnecting = Status(state=LinkState.RECONNECTING)
+    assert tray_state(True, reconnecting, None, paused=True) is TrayState.RECONNECTING
+    assert tray_state(False, Status(), None, paused=True) is TrayState.STOPPED
 
 
 @pytest.mark.parametrize("state", list(TrayState))
@@ -272,6 +285,53 @@ def test_quit_drains_an_in_flight_request_before_disconnecting(
             assert streamed.endswith(b"data: [DONE]\n\n")  # the whole stream, not a cut one
             await until(lambda: tray.finished.is_set())
             assert not bridge.serving
+
+    qloop.run(scenario())
+
+
+def test_pause_sharing_finishes_the_running_request_and_takes_no_new_one(
+    qloop: QLoop, store: ProfileStore, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with live_services() as (stub, broker):
+            bridge = make_bridge(store, complete_profile(broker.port, stub.url))
+            tray = TrayApp(bridge, autostart(tmp_path), tray_available=lambda: True)
+            tray.launch()
+            await until(lambda: tray.state is TrayState.CONNECTED)
+            gated = {
+                "model": "stub-model",
+                "stream": True,
+                "x_stub": {"mode": "events", "events": 3, "gated": True},
+            }
+
+            async def request(body: dict[str, Any]) -> tuple[int, bytes]:
+                headers = {"Authorization": f"Bearer {USER_KEY}"}
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.post(
+                        f"{broker.base_url}/v1/chat/completions", json=body, headers=headers
+                    ) as resp,
+                ):
+                    return resp.status, await resp.read()
+
+            client = asyncio.ensure_future(request(gated))
+            await until(lambda: stub.written == [0])
+            assert tray.pause_action.isVisible() and tray.pause_action.text() == "Pause sharing"
+            tray.pause_action.trigger()
+            assert tray.state is TrayState.PAUSED
+            assert tray.pause_action.text() == "Resume sharing"
+            assert tray.status_action.text() == "Sharing paused: no new requests; 1 still finishing"
+            status, _ = await request({"model": "stub-model"})  # no other connector: 503
+            assert status == 503 and len(stub.seen) == 1
+            stub.gate(0).set()
+            stub.gate(1).set()
+            status, streamed = await client
+            assert status == 200 and streamed.endswith(b"data: [DONE]\n\n")
+            tray.pause_action.trigger()
+            assert tray.state is TrayState.CONNECTED
+            status, _ = await request({"model": "stub-model"})
+            assert status == 200
+            await bridge.shutdown()
 
     qloop.run(scenario())
 
