@@ -74,7 +74,7 @@ class Hub:
         order: Policy = "fair",
     ) -> None:
         self._load: dict[Link, int] = {}
-        self._held: dict[Link, Counter[Hashable]] = {}
+        self._held: dict[Link, dict[Hashable, int]] = {}
         """Each link's slots in use, by user (for `max_user_share`)."""
         self._announced: dict[Link, frozenset[str]] = {}
         """What each registered link served when the hub last looked (its models may change)."""
@@ -103,7 +103,7 @@ class Hub:
 
     def register(self, link: Link) -> None:
         self._load[link] = 0
-        self._held[link] = Counter()
+        self._held[link] = {}
         self.models_changed(link)
 
     def unregister(self, link: Link) -> None:
@@ -317,7 +317,8 @@ class Hub:
 
     def _take(self, link: Link, user: Hashable) -> None:
         self._load[link] += 1
-        self._held[link][user] += 1
+        held = self._held[link]
+        held[user] = held.get(user, 0) + 1  # not Counter's +=: its __missing__ is Python code
 
     def _dispatch(self) -> None:
         """Hand free slots to waiters, in the queue's order.
@@ -355,14 +356,17 @@ class Hub:
 
     def _at_share(self, link: Link, user: Hashable) -> bool:
         """Whether `user` holds its whole share of `link`'s slots already."""
-        return self._held[link][user] >= self._max_user_share * link.max_concurrency
+        return self._held[link].get(user, 0) >= self._max_user_share * link.max_concurrency
 
     def release(self, link: Link, user: Hashable = None) -> None:
         """Give back a slot `user` held on `link`; the next waiter in turn may get it."""
         if link in self._load:
             self._load[link] -= 1
             held = self._held[link]
-            held[user] -= 1
-            if held[user] <= 0:
-                del held[user]
-            self._dispatch()
+            count = held.get(user, 0) - 1
+            if count > 0:
+                held[user] = count
+            else:
+                held.pop(user, None)
+            if self._queue:
+                self._dispatch()
