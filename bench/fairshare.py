@@ -87,9 +87,7 @@ async def main_async(args: argparse.Namespace) -> None:
         f"{args.slots} slots, {args.service_ms} ms per request; A: {args.flood} at once,"
         f" B: {args.steady}, one every {args.every_ms} ms; median of {args.rounds} rounds\n"
     )
-    print(
-        "| order | A wait p50 (ms) | A wait max (ms) | B wait p50 (ms) | B wait max (ms) | req/s |"
-    )
+    print("| order | A wait p50 (ms) | A max (ms) | B wait p50 (ms) | B max (ms) | req/s |")
     print("| --- | --- | --- | --- | --- | --- |")
     rates: dict[Policy, float] = {}
     b_p50: dict[Policy, float] = {}
