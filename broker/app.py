@@ -180,7 +180,7 @@ async def drain(app: web.Application) -> None:
 def build_services(settings: BrokerSettings) -> Services:
     """Every dependency of a broker with these settings; the store's parts open at start-up."""
     metrics = Metrics()
-    hub = Hub(on_forget=metrics.forget)
+    hub = Hub(on_forget=metrics.forget, max_user_share=settings.max_user_share)
     connector_tokens = Credentials(secret_values(settings.connector_token))
 
     def store() -> Store:

@@ -42,6 +42,11 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     add("--request-timeout", type=float, help="seconds per request end to end (default 600)")
     add("--connector-wait", type=float, help="seconds to hold a request for a connector (5)")
     add("--queue-timeout", type=float, help="seconds to wait for a busy connector (30)")
+    add(
+        "--max-user-share",
+        type=float,
+        help="share (0-1] of one connector's slots a user may hold while others wait (1: no cap)",
+    )
     add("--head-timeout", type=float, help="seconds to send a whole request head (30)")
     add("--body-timeout", type=float, help="seconds a request body may pause (30)")
     add("--idle-timeout", type=float, help="seconds a kept-alive connection may idle (30)")

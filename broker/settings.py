@@ -80,6 +80,13 @@ class BrokerSettings(BaseSettings):
         ge=0,
         description="Seconds to wait for a free slot when every connector of a model is busy.",
     )
+    max_user_share: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Share of one connector's slots a user may hold while others wait for it"
+        " (0 to 1; 1: no cap).",
+    )
     head_timeout: float = Field(
         30.0,
         gt=0,

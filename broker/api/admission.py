@@ -29,7 +29,7 @@ from broker.services import Services
 from broker.stream.books import MAX_LOGGED_MODEL, close_books
 from broker.stream.call import Call
 from broker.stream.machine import StreamMachine
-from broker.stream.ticket import Ticket
+from broker.stream.ticket import Ticket, user_of
 from broker.stream.trip import Trip
 from shared import jsoncodec
 from shared.text import MAX_NAME_LENGTH, is_clean
@@ -92,13 +92,14 @@ def admit_now(services: Services, call: Call, body: bytes) -> tuple[Ticket, Conn
     if model is None or not permitted(principal, model):
         return None
     hub = services.hub
-    link = hub.acquire_now(model)
+    user = user_of(principal)
+    link = hub.acquire_now(model, user)
     if link is None:
         return None
     assert isinstance(link, ConnectorLink)
     lease = services.limiter.admit_now(principal) if not link.gone else None
     if not isinstance(lease, Lease):
-        hub.release(link)
+        hub.release(link, user)
         return None
     return Ticket(principal, body, model, lease), link
 

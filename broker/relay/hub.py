@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Collection, Hashable
+from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
+
+from broker.relay.fairqueue import FairQueue, Policy
 
 
 class Link(Protocol):
@@ -32,9 +35,13 @@ class Link(Protocol):
 
 @dataclass(eq=False)
 class _Waiter:
-    """A request waiting for a slot, in arrival order."""
+    """A request waiting for a slot: the hub hands it one (`link`) and sets `ready`."""
 
+    user: Hashable
+    model: str
     exclude: frozenset[Link]
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    link: Link | None = None
 
 
 class NoConnector(Exception):
@@ -63,8 +70,12 @@ class Hub:
         forget_after: float = FORGET_AFTER,
         remember_at_most: int = REMEMBER_AT_MOST,
         on_forget: Callable[[str], None] | None = None,
+        max_user_share: float = 1.0,
+        order: Policy = "fair",
     ) -> None:
         self._load: dict[Link, int] = {}
+        self._held: dict[Link, dict[Hashable, int]] = {}
+        """Each link's slots in use, by user (for `max_user_share`)."""
         self._announced: dict[Link, frozenset[str]] = {}
         """What each registered link served when the hub last looked (its models may change)."""
         self._served: dict[str, int] = {}
@@ -80,7 +91,11 @@ class Hub:
         self._changed = asyncio.Event()
         self._clock = clock
         self._turn = itertools.count()
-        self._waiting: dict[str, list[_Waiter]] = {}
+        self._queue: FairQueue[_Waiter] = FairQueue(order)
+        """Every request waiting for a slot, whatever its model."""
+        self._waiting: Counter[str] = Counter()
+        """How many requests wait for each model."""
+        self._max_user_share = max_user_share
         self._sleepers = 0
         """Coroutines waiting on `_changed`: with none, a change needs no new Event."""
 
@@ -88,17 +103,27 @@ class Hub:
 
     def register(self, link: Link) -> None:
         self._load[link] = 0
+        self._held[link] = {}
         self.models_changed(link)
 
     def unregister(self, link: Link) -> None:
         if self._load.pop(link, None) is not None:
+            del self._held[link]
             self._announce(link, frozenset())
-        self._notify()
+        self._changed_for_waiters()
 
     def models_changed(self, link: Link) -> None:
         """`link.models` may have changed: serve what it announces now."""
         if link in self._load:
             self._announce(link, link.models)
+        self._changed_for_waiters()
+
+    def _changed_for_waiters(self) -> None:
+        """The links changed: hand out what is free, and let every waiter look again (its
+        model may now be offline, or unknown)."""
+        self._dispatch()
+        for waiter in self._queue:
+            waiter.ready.set()
         self._notify()
 
     def _announce(self, link: Link, models: frozenset[str]) -> None:
@@ -228,71 +253,124 @@ class Hub:
         self,
         model: str,
         *,
+        user: Hashable = None,
         exclude: Collection[Link] = (),
         wait_offline: float,
         wait_busy: float,
     ) -> Link:
-        """Reserve a slot on the least-loaded connector serving `model`.
+        """Reserve a slot on the least-loaded connector serving `model`, for `user`.
 
         Waits up to `wait_offline` seconds while no connector serves the model
         (one may be reconnecting) and up to `wait_busy` while all that serve it
-        are at capacity. A model no connected connector has ever served fails at
+        are at capacity; waiting requests are served round robin by user
+        (`broker.relay.fairqueue`). A model no connected connector has ever served fails at
         once with reason "unknown" while others are online.
         """
         if not exclude:
-            chosen = self.acquire_now(model)
+            chosen = self.acquire_now(model, user)
             if chosen is not None:
                 return chosen
         loop = asyncio.get_running_loop()
         start = loop.time()
-        me = _Waiter(frozenset(exclude))
-        line = self._waiting.setdefault(model, [])
-        line.append(me)
+        me = _Waiter(user, model, frozenset(exclude))
+        self._queue.enqueue(user, me)
+        self._waiting[model] += 1
         try:
-            while True:
+            self._dispatch()
+            while me.link is None:
                 candidates = self._serving(model, me.exclude)
-                chosen = self._pick(candidates)
-                if chosen is not None and not self._owed_to_earlier(line, me, chosen):
-                    self._load[chosen] += 1
-                    return chosen
                 if not candidates and self._load and not self.knows(model):
                     raise NoConnector("unknown", model)
                 limit = wait_busy if candidates else wait_offline
                 remaining = start + limit - loop.time()
                 if remaining <= 0:
                     raise NoConnector("busy" if candidates else "offline", model)
-                changed = self._changed
+                me.ready.clear()
                 try:
                     async with asyncio.timeout(remaining):
-                        await self._sleep(changed)
+                        await me.ready.wait()
                 except TimeoutError:
                     pass
+            return me.link
+        except BaseException:
+            if me.link is not None:  # handed a slot as it gave up: the next waiter gets it
+                self.release(me.link, user)
+            raise
         finally:
-            line.remove(me)
-            if not line:
+            self._queue.remove(me)
+            self._waiting[model] -= 1
+            if not self._waiting[model]:
                 del self._waiting[model]
-            self._notify()
 
-    def acquire_now(self, model: str) -> Link | None:
-        """`acquire` when it need not wait: a free slot when nobody is queued for the model."""
+    def queued(self, model: str | None = None) -> int:
+        """How many requests wait for a slot (for `model`, or for any)."""
+        return len(self._queue) if model is None else self._waiting[model]
+
+    def acquire_now(self, model: str, user: Hashable = None) -> Link | None:
+        """`acquire` when it need not wait: a free slot when nobody is queued for the model.
+
+        With nobody waiting, a user's share of a connector is not capped (an idle slot serves
+        whoever asks).
+        """
         if model in self._waiting:
             return None  # others wait for this model: their turn first
         chosen = self._pick(self._serving(model))
         if chosen is not None:
-            self._load[chosen] += 1
+            self._take(chosen, user)
         return chosen
 
-    @staticmethod
-    def _owed_to_earlier(line: list[_Waiter], me: _Waiter, link: Link) -> bool:
-        """First come, first served: an older waiter that could use `link` goes first."""
-        for waiter in line:
-            if waiter is me:
-                return False
-            if link not in waiter.exclude:
+    def _take(self, link: Link, user: Hashable) -> None:
+        self._load[link] += 1
+        held = self._held[link]
+        held[user] = held.get(user, 0) + 1  # not Counter's +=: its __missing__ is Python code
+
+    def _dispatch(self) -> None:
+        """Hand free slots to waiters, in the queue's order.
+
+        A user who holds `max_user_share` of a connector's slots is passed over for it while
+        someone else waiting can use the slot; when nobody else can, the user takes it, so a
+        slot never stays idle while a request that could use it waits.
+        """
+        while self._queue:
+            free = [link for link in self._load if self._load[link] < link.max_concurrency]
+            if not free:
+                return
+            if not self._hand_out(free, capped=True) and not self._hand_out(free, capped=False):
+                return
+
+    def _hand_out(self, free: list[Link], *, capped: bool) -> bool:
+        """Give one of the `free` links to the first waiter in turn that may use one."""
+        for waiter in self._queue:
+            usable = [
+                link
+                for link in free
+                if waiter.model in link.models
+                and not link.draining
+                and link not in waiter.exclude
+                and not (capped and self._at_share(link, waiter.user))
+            ]
+            chosen = self._pick(usable)
+            if chosen is not None:
+                self._queue.take(waiter)
+                self._take(chosen, waiter.user)
+                waiter.link = chosen
+                waiter.ready.set()
                 return True
         return False
 
-    def release(self, link: Link) -> None:
+    def _at_share(self, link: Link, user: Hashable) -> bool:
+        """Whether `user` holds its whole share of `link`'s slots already."""
+        return self._held[link].get(user, 0) >= self._max_user_share * link.max_concurrency
+
+    def release(self, link: Link, user: Hashable = None) -> None:
+        """Give back a slot `user` held on `link`; the next waiter in turn may get it."""
         if link in self._load:
             self._load[link] -= 1
-        self._notify()
+            held = self._held[link]
+            count = held.get(user, 0) - 1
+            if count > 0:
+                held[user] = count
+            else:
+                held.pop(user, None)
+            if self._queue:
+                self._dispatch()

@@ -81,7 +81,7 @@ def start(services: Services, call: ExpressCall, owner: Owner) -> CallbackTrip |
     finally:
         if exchange is None:  # refused, or a bug (which the lane answers): nothing is held
             ticket.lease.release()
-            services.hub.release(link)
+            services.hub.release(link, ticket.user)
     if exchange is None:
         return None
     return CallbackTrip(services, call, owner, ticket, link, exchange)
@@ -278,7 +278,7 @@ class CallbackTrip:
         self.timer.cancel()
         self.exchange.close(cancel=not self.machine.connector_done)
         self.exchange.sink = None  # no cycle left for the collector: the trip goes by refcount
-        self.services.hub.release(self.link)
+        self.services.hub.release(self.link, self.ticket.user)
 
     def _retry(self, retry: Retry) -> None:
         """Refused or lost before the head: on to another connector, from a task."""

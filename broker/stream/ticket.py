@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from broker.accounts.limits import Lease
@@ -17,3 +18,17 @@ class Ticket:
     model: str
     lease: Lease
     """The key's slot, given back (with the tokens to charge) when the request is counted."""
+
+    @property
+    def user(self) -> Hashable:
+        """Who the request is for, as the hub shares busy connectors (`user_of`)."""
+        return user_of(self.principal)
+
+
+def user_of(principal: Principal) -> Hashable:
+    """Whose turn a request takes when connectors are busy: its key's owner, else the key.
+
+    Two keys of one person share one turn, so a second key does not buy a second place.
+    """
+    # A user id is an int and a key's bucket a str: the two never compare equal.
+    return principal.user_id if principal.user_id is not None else principal.bucket

@@ -103,10 +103,12 @@ class Trip:
     async def _attempts(self, tried: list[Link]) -> None:
         """A connector for the model, then the exchange; again on another one for a retry."""
         hub, settings, model = self.hub, self.settings, self.ticket.model
+        user = self.ticket.user
         while True:
             try:
                 link = await hub.acquire(
                     model,
+                    user=user,
                     exclude=tried,
                     wait_offline=settings.connector_wait,
                     wait_busy=settings.queue_timeout,
@@ -118,7 +120,7 @@ class Trip:
                 self.machine.routed(link.name)
                 retry = await self._exchange(link)
             finally:
-                hub.release(link)
+                hub.release(link, user)
             if retry is None:
                 return
             books.retrying(self.call, retry, link.name)

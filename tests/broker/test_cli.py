@@ -27,6 +27,8 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
         (["--port", "99999"], "port"),
         (["serve", "--max-body-size", "10"], "max_body_size"),
         (["--request-timeout", "0"], "request_timeout"),
+        (["--max-user-share", "1.5"], "max_user_share"),
+        (["--max-user-share", "0"], "max_user_share"),
         (["--port", "eighty"], "invalid int value"),
         (["--log-format", "xml"], "invalid choice"),
         (["--config", "/nonexistent/broker.yaml"], "does not exist"),

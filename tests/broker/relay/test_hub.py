@@ -569,3 +569,145 @@ def test_a_forgotten_model_is_told_to_whoever_keeps_something_for_it() -> None:
     clock.now += 10
     assert not hub.knows("old")
     assert forgotten == ["old"]
+
+
+# ---------------------------------------------------------------------------
+# In turn by user
+
+
+async def queue_up(hub: Hub, user: str, count: int) -> list[asyncio.Task[Link]]:
+    """`count` requests of `user` waiting, in that order."""
+    tasks = []
+    for _ in range(count):
+        tasks.append(
+            asyncio.create_task(hub.acquire("m", user=user, wait_offline=60, wait_busy=60))
+        )
+        await settle()
+    return tasks
+
+
+async def serve_one_by_one(
+    hub: Hub, only: Link, waiting: dict[str, list[asyncio.Task[Link]]]
+) -> str:
+    """Free `only`'s slot until nobody waits: who got it each time, by user."""
+    order = []
+    while hub.queued():
+        hub.release(only, "holder" if not order else order[-1])
+        await settle()
+        done = [user for user, tasks in waiting.items() for t in tasks if t.done()]
+        for user, tasks in waiting.items():
+            waiting[user] = [t for t in tasks if not t.done()]
+        assert len(done) == 1
+        order.append(done[0])
+    return "".join(order)
+
+
+async def test_a_flood_does_not_starve_a_user_who_asks_later() -> None:
+    hub = Hub()
+    only = link("a", "m")
+    hub.register(only)
+    await acquire_for(hub, "holder")
+    flood = await queue_up(hub, "A", 8)
+    late = await queue_up(hub, "B", 2)
+    order = await serve_one_by_one(hub, only, {"A": flood, "B": late})
+    assert order == "ABABAAAAAA"
+
+
+async def test_fifo_order_is_kept_for_the_benchmark() -> None:
+    hub = Hub(order="fifo")
+    only = link("a", "m")
+    hub.register(only)
+    await acquire_for(hub, "holder")
+    flood = await queue_up(hub, "A", 3)
+    late = await queue_up(hub, "B", 1)
+    assert await serve_one_by_one(hub, only, {"A": flood, "B": late}) == "AAAB"
+
+
+async def test_a_waiter_that_gives_up_leaves_the_line_and_blocks_nobody() -> None:
+    hub = Hub()
+    only = link("a", "m")
+    hub.register(only)
+    await acquire_for(hub, "holder")
+    first, hung_up = await queue_up(hub, "A", 2)
+    timed_out = asyncio.create_task(hub.acquire("m", user="C", wait_offline=0, wait_busy=0.01))
+    (late,) = await queue_up(hub, "B", 1)
+    hung_up.cancel()
+    with pytest.raises(NoConnector):
+        await timed_out
+    await settle()
+    assert hub.queued("m") == 2
+    assert await serve_one_by_one(hub, only, {"A": [first], "B": [late]}) == "AB"
+    assert hub.queued() == 0
+
+
+async def test_a_slot_handed_to_a_waiter_as_it_is_cancelled_goes_to_the_next() -> None:
+    hub = Hub()
+    only = link("a", "m")
+    hub.register(only)
+    await acquire_for(hub, "holder")
+    (first,) = await queue_up(hub, "A", 1)
+    (second,) = await queue_up(hub, "B", 1)
+    hub.release(only, "holder")  # hands the slot to A's waiter, which has not run yet
+    first.cancel()
+    await settle()
+    assert first.cancelled()
+    assert second.done() and second.result() is only
+    assert hub.load(only) == 1
+
+
+# ---------------------------------------------------------------------------
+# A user's share of one connector
+
+
+async def acquire_for(hub: Hub, user: str) -> Link:
+    async with asyncio.timeout(GUARD):
+        return await hub.acquire("m", user=user, wait_offline=0, wait_busy=0)
+
+
+async def test_a_user_at_its_share_waits_while_another_can_use_the_slot() -> None:
+    hub = Hub(max_user_share=0.5)
+    wide = link("a", "m", cap=4)
+    hub.register(wide)
+    for _ in range(4):
+        await acquire_for(hub, "A")  # nobody waits: an idle slot serves whoever asks
+    flood = await queue_up(hub, "A", 2)
+    late = await queue_up(hub, "B", 3)
+    for _ in range(2):
+        hub.release(wide, "A")
+        await settle()
+    # A still holds 2 of 4 (its share) when the slots free: B gets both, out of A's turn.
+    assert sum(t.done() for t in late) == 2 and not any(t.done() for t in flood)
+    hub.release(wide, "A")
+    await settle()
+    # A holds 1 of 4, under its share: the rotation's order again (A was at the head).
+    assert flood[0].done() and not late[2].done()
+
+
+async def test_a_user_at_its_share_takes_a_slot_nobody_else_can_use() -> None:
+    hub = Hub(max_user_share=0.5)
+    wide = link("a", "m", cap=2)
+    hub.register(wide)
+    await acquire_for(hub, "A")
+    await acquire_for(hub, "B")
+    (more,) = await queue_up(hub, "A", 1)
+    hub.release(wide, "B")
+    assert await asyncio.wait_for(more, GUARD) is wide  # work-conserving: no slot left idle
+    assert hub.load(wide) == 2
+
+
+async def test_a_user_at_its_share_of_one_connector_is_served_by_another() -> None:
+    hub = Hub(max_user_share=0.5)
+    busy, other = link("busy", "m", cap=2), link("other", "m", cap=2)
+    hub.register(busy)
+    hub.register(other)
+    assert await acquire_for(hub, "A") is busy
+    for _ in range(3):
+        await acquire_for(hub, "X")
+    assert hub.load(busy) == 2 and hub.load(other) == 2
+    (mine,) = await queue_up(hub, "A", 1)
+    (theirs,) = await queue_up(hub, "B", 1)
+    hub.release(busy, "X")  # A's turn, but A holds half of busy already: B takes it
+    await settle()
+    assert theirs.done() and theirs.result() is busy and not mine.done()
+    hub.release(other, "X")
+    assert await asyncio.wait_for(mine, GUARD) is other
