@@ -84,6 +84,8 @@ class UsageRow:
     completion_tokens: int | None = None
     ttfb_ms: float | None = None
     cancelled: bool = False
+    connector_id: int | None = None
+    """The connector token that served it (None: a token from the settings, or no connector)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,23 @@ class UsageTotal:
     completion_tokens: int
     errors: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Served:
+    """What one connector served one user (or the configured keys, `user_id` None)."""
+
+    connector_id: int
+    user_id: int | None
+    username: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    errors: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
 def user_from_row(row: Any) -> User:

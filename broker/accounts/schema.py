@@ -1,14 +1,15 @@
 """The broker's database schema, written once for every backend (SQLAlchemy Core).
 
-`Store.open` creates it and migrates it; `SCHEMA_VERSION` is kept in the `meta`
-table. Times are UNIX seconds (floats).
+`Store.open` creates it and migrates it (`broker.accounts.migration`); `SCHEMA_VERSION` is
+kept in the `meta` table. Times are UNIX seconds (floats).
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the first release. 2: `usage.connector_id`, the connector token that served a request."""
 
 metadata = sa.MetaData()
 
@@ -89,6 +90,9 @@ usage = sa.Table(
     sa.Column("key_id", sa.Integer, nullable=True, index=True),
     sa.Column("model", sa.String(255), nullable=True),
     sa.Column("connector", sa.String(255), nullable=True),
+    # The connector token that served the request (schema 2); None for a connector whose
+    # token is in the settings, for rows of schema 1 and requests no connector took.
+    sa.Column("connector_id", sa.Integer, nullable=True, index=True),
     sa.Column("endpoint", sa.String(64), nullable=False),
     sa.Column("status", sa.Integer, nullable=False),
     sa.Column("prompt_tokens", sa.Integer, nullable=True),

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from broker.accounts import keyformat
+from broker.accounts.migration import migrate
 from broker.accounts.pairings import PairingBook
 from broker.accounts.records import (
     ApiKey,
@@ -36,8 +38,10 @@ from broker.accounts.records import (
     token_from_row,
     user_from_row,
 )
-from broker.accounts.schema import SCHEMA_VERSION, api_keys, connector_tokens, meta, metadata, users
+from broker.accounts.schema import SCHEMA_VERSION, api_keys, connector_tokens, meta, users
 from broker.accounts.usage import UsageBook
+
+log = structlog.get_logger("remotellm.broker.store")
 
 MAX_NAME = 255
 
@@ -118,16 +122,9 @@ class Store:
 
     async def _migrate(self) -> None:
         async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-            version = await conn.scalar(sa.select(meta.c.value).where(meta.c.name == "schema"))
-            if version is None:
-                await conn.execute(meta.insert().values(name="schema", value=str(SCHEMA_VERSION)))
-            elif int(version) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"the store's schema is version {version}, newer than this broker's"
-                    f" ({SCHEMA_VERSION}); upgrade the broker"
-                )
-            # Later schema versions add their steps here, each guarded by `version`.
+            before = await migrate(conn)
+        if 0 < before < SCHEMA_VERSION:
+            log.info("store schema upgraded", schema_from=before, schema_to=SCHEMA_VERSION)
 
     # --- users ---------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.accounts.records import GroupBy, UsageRow, UsageTotal
+from broker.accounts.records import GroupBy, Served, UsageRow, UsageTotal
 from broker.accounts.schema import api_keys, usage, users
 
 USAGE_SLICE = 100
@@ -172,6 +172,44 @@ class UsageBook:
             rows = (await conn.execute(query)).all()
         return [
             (_day(r.day), str(r.model), int(r.requests), int(r.prompt), int(r.completion))
+            for r in rows
+        ]
+
+    async def served(self, connector_ids: Iterable[int], since: float) -> list[Served]:
+        """Requests and tokens each of these connector tokens served since `since`, per user
+        (most requests first)."""
+        wanted = list(connector_ids)
+        if not wanted:
+            return []
+        username = sa.func.coalesce(users.c.username, "(configured key)")
+        requests = sa.func.count()
+        query = (
+            sa.select(
+                usage.c.connector_id,
+                usage.c.user_id,
+                username.label("username"),
+                requests.label("requests"),
+                sa.func.coalesce(sa.func.sum(usage.c.prompt_tokens), 0).label("prompt"),
+                sa.func.coalesce(sa.func.sum(usage.c.completion_tokens), 0).label("completion"),
+                sa.func.sum(sa.case((usage.c.status >= 400, 1), else_=0)).label("errors"),
+            )
+            .select_from(usage.outerjoin(users, users.c.id == usage.c.user_id))
+            .where(usage.c.connector_id.in_(wanted), usage.c.time >= since)
+            .group_by(usage.c.connector_id, usage.c.user_id, username)
+            .order_by(usage.c.connector_id, requests.desc(), username)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            Served(
+                connector_id=int(r.connector_id),
+                user_id=r.user_id,
+                username=str(r.username),
+                requests=int(r.requests),
+                prompt_tokens=int(r.prompt),
+                completion_tokens=int(r.completion),
+                errors=int(r.errors or 0),
+            )
             for r in rows
         ]
 

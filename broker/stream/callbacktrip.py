@@ -119,7 +119,7 @@ class CallbackTrip:
         self.link = link
         self.services = services
         self.machine = StreamMachine(call.method, call.path, call.request_id, time.perf_counter())
-        self.machine.routed(link.name)
+        self.machine.routed(link.name, link.token_id)
         self.undelivered = 0
         """Body bytes written while the client was not reading: credit owed to the connector."""
         self.over = False

@@ -150,6 +150,7 @@ class StreamMachine:
         "_tally",
         "connector",
         "connector_done",
+        "connector_id",
         "failed",
         "method",
         "path",
@@ -171,6 +172,8 @@ class StreamMachine:
         """The status the client gets (or got), 0 until known."""
         self.connector = ""
         """The connector the stream was last sent to."""
+        self.connector_id: int | None = None
+        """Its connector token in the store (None for a token from the settings)."""
         self.connector_done = False
         """The connector ended its side (an end or an error): it needs no cancel."""
         self.failed = False
@@ -188,11 +191,13 @@ class StreamMachine:
 
     # -- routing ------------------------------------------------------------------------
 
-    def routed(self, connector: str) -> None:
-        """The stream goes to `connector` (a first time, or again after a `Retry`)."""
+    def routed(self, connector: str, connector_id: int | None = None) -> None:
+        """The stream goes to `connector`, whose token in the store is `connector_id` (a first
+        time, or again after a `Retry`)."""
         if self.state != WAITING:
             raise MachineError("a stream is routed only before its response head")
         self.connector = connector
+        self.connector_id = connector_id
         self.connector_done = False
 
     def no_connector(self, reason: str, model: str) -> Failure:

@@ -117,7 +117,7 @@ class Trip:
                 return await self._fail(self.machine.no_connector(exc.reason, model))
             assert isinstance(link, ConnectorLink)
             try:
-                self.machine.routed(link.name)
+                self.machine.routed(link.name, link.token_id)
                 retry = await self._exchange(link)
             finally:
                 hub.release(link, user)

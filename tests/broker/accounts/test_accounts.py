@@ -218,6 +218,13 @@ async def test_connector_tokens_from_the_store(
     await wait_models(broker, {"stub-model"})
     (seen,) = await broker.services.store.connector_tokens()
     assert seen.last_seen is not None
+    key = await store_key(broker)
+    async with aiohttp.ClientSession() as http:
+        assert (await chat(http, broker, key))[0] == 200
+    (row,) = await rows_after_flush(broker)
+    assert (row.connector, row.connector_id) == ("test-connector", seen.id)
+    (served,) = await broker.services.store.usage.served([seen.id], row.time - 1)
+    assert (served.username, served.requests, served.tokens) == ("kim", 1, 7)
     await connector.stop()
     await broker.services.store.revoke_connector_token("gpu-box")
     refused = await make_connector(broker, stub.url, broker_token=raw)

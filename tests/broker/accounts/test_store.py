@@ -415,6 +415,7 @@ def full_rows(user_id: int, key_id: int) -> list[UsageRow]:
             completion_tokens=2000 + i,
             ttfb_ms=3.25 + i,
             cancelled=i % 2 == 1,
+            connector_id=4000 + i,
         )
         for i in range(3)
     ] + [row(9, endpoint="/api/chat", model=None, cancelled=True)]

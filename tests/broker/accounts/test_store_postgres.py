@@ -24,6 +24,7 @@ from broker.accounts.ledger import UsageLedger
 from broker.accounts.records import StoreError, UsageRow
 from broker.accounts.store import Store
 from tests.broker.accounts.test_ledger import BAD_ROWS
+from tests.broker.accounts.test_migration import upgrade_keeps_every_row
 from tests.broker.accounts.test_pairings import exercise_pairings
 from tests.broker.accounts.test_store import full_rows, row
 
@@ -208,3 +209,7 @@ async def test_the_ledger_sets_aside_only_rows_postgres_refuses_for_their_values
 
 async def test_pairings_on_postgres(store: Store) -> None:
     await exercise_pairings(store)
+
+
+async def test_a_schema_1_store_is_upgraded_on_postgres(postgres: str) -> None:
+    await upgrade_keeps_every_row(postgres)
