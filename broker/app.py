@@ -125,8 +125,7 @@ async def _watch_revoked_connectors(services: Services, every: float = REVOCATIO
             continue
         for link in links:
             if link.token_id not in live:
-                log.warning("connector token revoked; disconnecting", connector=link.name)
-                await link.go_away("connector token revoked", 30.0)
+                link.shut_out("connector token revoked")
 
 
 async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:

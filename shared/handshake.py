@@ -24,6 +24,10 @@ MAX_MODELS: Final = 1000
 Every name a connector announces is kept by the broker, listed by `/v1/models` and may
 become a metric label: without a bound, one connector could grow state every user shares."""
 
+TOKEN_REVOKED: Final = "connector_token_revoked"
+"""The error code of the broker's 401 to a connector whose token was revoked (an unknown token
+gets `invalid_connector_token`): no later dial can succeed, so the connector stops dialing."""
+
 FROM_CONNECTOR: Final = (
     p.ModelsUpdate,
     p.GoAway,

@@ -322,16 +322,33 @@ class Store:
             ).one()
         return raw, token_from_row(row)
 
-    async def connector_tokens(self) -> list[ConnectorToken]:
+    async def connector_tokens(self, owner_id: int | None = None) -> list[ConnectorToken]:
+        """Every connector token, or only those `owner_id` owns (revoked ones too)."""
+        query = sa.select(connector_tokens).order_by(connector_tokens.c.id)
+        if owner_id is not None:
+            query = query.where(connector_tokens.c.owner_id == owner_id)
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(sa.select(connector_tokens).order_by("id"))).all()
+            rows = (await conn.execute(query)).all()
         return [token_from_row(r) for r in rows]
 
-    async def revoke_connector_token(self, ident: str) -> bool:
-        """Revoke the live token with this name (or id); False if none matched."""
-        match = connector_tokens.c.name == ident
-        if ident.isdigit():
-            match = sa.or_(match, connector_tokens.c.id == int(ident))
+    async def connector_token(self, token_id: int) -> ConnectorToken | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(connector_tokens).where(connector_tokens.c.id == token_id)
+                )
+            ).first()
+        return token_from_row(row) if row is not None else None
+
+    async def revoke_connector_token(self, ident: str | int) -> bool:
+        """Revoke the live token with this name or id (an int: only that id); False if none
+        matched."""
+        if isinstance(ident, int):
+            match = connector_tokens.c.id == ident
+        else:
+            match = connector_tokens.c.name == ident
+            if ident.isdigit():
+                match = sa.or_(match, connector_tokens.c.id == int(ident))
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 connector_tokens.update()
@@ -340,17 +357,15 @@ class Store:
             )
         return bool(result.rowcount)
 
-    async def connector_for(self, fingerprint: str) -> ConnectorToken | None:
-        """The live (not revoked) connector token with this fingerprint."""
+    async def connector_for(
+        self, fingerprint: str, *, revoked: bool = False
+    ) -> ConnectorToken | None:
+        """The live connector token with this fingerprint (also a revoked one if `revoked`)."""
+        query = sa.select(connector_tokens).where(connector_tokens.c.hash == fingerprint)
+        if not revoked:
+            query = query.where(connector_tokens.c.revoked.is_(None))
         async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(connector_tokens).where(
-                        connector_tokens.c.hash == fingerprint,
-                        connector_tokens.c.revoked.is_(None),
-                    )
-                )
-            ).first()
+            row = (await conn.execute(query)).first()
         return token_from_row(row) if row is not None else None
 
     async def live_connector_ids(self, ids: Iterable[int]) -> set[int]:

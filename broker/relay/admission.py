@@ -30,12 +30,16 @@ from broker.relay.socket import RelaySocket
 from shared import protocol as p
 from shared import upgrade
 from shared import websocket as ws
-from shared.handshake import HANDSHAKE_TIMEOUT, Refused, accept_hello
+from shared.handshake import HANDSHAKE_TIMEOUT, TOKEN_REVOKED, Refused, accept_hello
 
 log = structlog.get_logger("remotellm.broker.relay")
 
 LOGGED_MODELS = 50
 """Models named in a connector's "connected" line; up to MAX_MODELS would make it huge."""
+REVOKED_MESSAGE = (
+    "This connector's token was revoked by its owner or the broker's admin; pair the connector"
+    " again to serve through this broker."
+)
 
 
 class Relay:
@@ -139,8 +143,10 @@ class Relay:
             return _Admitted(None)
         if not keyformat.well_formed(presented, keyformat.CONNECTOR_TOKEN_PREFIX):
             return None
-        found = await self._store().connector_for(keyformat.fingerprint(presented))
-        return _Admitted(found.id) if found is not None else None
+        found = await self._store().connector_for(keyformat.fingerprint(presented), revoked=True)
+        if found is None:
+            return None
+        return _Admitted(found.id, revoked=found.revoked is not None)
 
     def close_opening(self) -> None:
         """Drop every connection still in its handshake, and any that comes later."""
@@ -185,6 +191,10 @@ class _Opening:
         if token is None:
             message = "The connector token is missing or invalid."
             socket.refuse(error_bytes(401, "invalid_connector_token", message), "refused")
+            return
+        if token.revoked:
+            # Said apart from an unknown token: the connector stops dialing for good.
+            socket.refuse(error_bytes(401, TOKEN_REVOKED, REVOKED_MESSAGE), "token revoked")
             return
         self._token_id = token.id
         self._timer.cancel()
@@ -239,3 +249,4 @@ class _Opening:
 @dataclass(frozen=True)
 class _Admitted:
     id: int | None  # None: a token from the settings, not the store
+    revoked: bool = False

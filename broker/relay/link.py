@@ -367,6 +367,20 @@ class ConnectorLink:
             log.warning("connector did not take the going-away; dropping it", connector=self.name)
             self.abort()
 
+    def shut_out(self, reason: str) -> None:
+        """Close the link now with 1008 (policy violation) and `reason`, for a connector that may
+        serve no more (its token was revoked): out of routing at once, its open streams fail as
+        on a lost link (to be retried elsewhere), and the connector logs `reason`. A dial with
+        the same token is then refused as revoked, and the connector stops dialing.
+        """
+        if self._closed:
+            return
+        self._sent_away = reason
+        self.lost()
+        self._relay.detach(self)
+        log.warning("connector shut out", connector=self.name, reason=reason)
+        self._socket.close(p.CLOSE_POLICY_VIOLATION, p.close_reason(reason), reason)
+
     def abort(self) -> None:
         """Drop the connection at once, without a closing handshake."""
         self.lost()

@@ -17,7 +17,7 @@ import structlog
 
 from connector_app.core.activity import RequestEvents
 from connector_app.core.backoff import Backoff
-from connector_app.core.failures import describe_failure, is_fatal
+from connector_app.core.failures import describe_failure, is_fatal, is_revoked
 from connector_app.core.llm import LocalLLM
 from connector_app.core.status import LinkState, StatusBoard
 from connector_app.core.streams import Streams
@@ -101,7 +101,8 @@ class RelayClient:
             self._send(p.ModelsUpdate(models))
 
     async def run(self) -> None:
-        """Connect, serve, reconnect with backoff; returns after `stop()`."""
+        """Connect, serve, reconnect with backoff; returns after `stop()`, or when the broker
+        refuses the token as revoked (the status then stays DISCONNECTED, fatal, with why)."""
         loop = asyncio.get_running_loop()
         first = True
         while not self._stopping.is_set():
@@ -111,18 +112,26 @@ class RelayClient:
             first = False
             started = loop.time()
             error: str | None = None
-            fatal = False
+            fatal = revoked = False
             try:
                 await self._connection()
             except Exception as exc:
                 error = describe_failure(exc)
                 fatal = is_fatal(exc)
+                revoked = is_revoked(exc)
             except BaseException:  # cancelled
                 await self._streams.abort()
                 raise
             await self._streams.abort()
             if self._stopping.is_set():
                 break
+            if revoked:
+                # No dial with this token can succeed: stop, and say so until a person acts.
+                self._board.update(
+                    state=LinkState.DISCONNECTED, last_error=error, fatal=True, retry_in=None
+                )
+                log.error("relay link refused for good; not dialing again", error=error)
+                return
             if loop.time() - started >= STABLE_AFTER:
                 self._backoff.reset()
             if self._goaway_after is not None:

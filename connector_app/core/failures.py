@@ -8,7 +8,7 @@ import ssl
 from connector_app.core.proxy import ProxyError
 from connector_app.core.wire import LinkClosed
 from shared import protocol as p
-from shared.handshake import Refused
+from shared.handshake import TOKEN_REVOKED, Refused
 from shared.upgrade import HandshakeError
 from shared.websocket import WebSocketError
 
@@ -20,6 +20,11 @@ def describe_failure(exc: BaseException) -> str:
     """One line saying why the link failed, with what to do where we can tell."""
     if isinstance(exc, HandshakeError):
         status = exc.status
+        if is_revoked(exc):
+            return (
+                "the broker revoked this connector's token; pair it again (Settings, Connect to"
+                " a broker…, or remotellm-connector pair)"
+            )
         if status == 401:
             return "the broker rejected the connector token (HTTP 401); check the token"
         if status is not None and status != 101:
@@ -81,6 +86,27 @@ def is_fatal(exc: BaseException) -> bool:
     if isinstance(exc, ProxyError):
         return exc.fatal
     return isinstance(exc, ssl.SSLError)
+
+
+def is_revoked(exc: BaseException) -> bool:
+    """True when the broker refused the token as revoked: no dial with it can succeed again,
+    so the connector stops dialing rather than asking every 30 s for ever."""
+    return (
+        isinstance(exc, HandshakeError)
+        and exc.status == 401
+        and _broker_code(exc.body) == TOKEN_REVOKED
+    )
+
+
+def _broker_code(body: bytes) -> str:
+    """The `code` of the broker's JSON error body, or ""."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return ""
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else ""
 
 
 def _broker_message(body: bytes) -> str:

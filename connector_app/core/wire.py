@@ -36,7 +36,7 @@ CLOSE_TIMEOUT: Final = 2.0
 MAX_REFUSAL_BODY: Final = 8 * 1024
 """Largest body of a refused upgrade that is read for its message."""
 REFUSAL_BODY_WAIT: Final = 2.0
-_CONTENT_LENGTH: Final = re.compile(rb"(?im)^content-length:[ \t]*(\d+)[ \t]*$")
+_CONTENT_LENGTH: Final = re.compile(rb"(?im)^content-length:[ \t]*(\d+)[ \t]*\r?$")
 """Seconds to wait for the broker's answer to our close frame."""
 
 _HEAD, _OPEN, _CLOSING, _CLOSED = range(4)

@@ -169,7 +169,10 @@ class Bridge(QObject):
             if self.connector is connector:
                 self.connector = None
                 self._task = None  # `serving` is False from here on, inside this very task
-            self._on_status(Status(available=connector.status.available))
+            ended = connector.status
+            if ended.fatal and ended.last_error:  # the broker refused it for good (revoked)
+                self._set_problem(ended.last_error)
+            self._on_status(Status(available=ended.available))
             self.serving_changed.emit(False)
 
     async def stop(self, grace: float | None = None) -> None:

@@ -228,10 +228,15 @@ async def test_connector_tokens_from_the_store(
     await connector.stop()
     await broker.services.store.revoke_connector_token("gpu-box")
     refused = await make_connector(broker, stub.url, broker_token=raw)
-    await refused.wait_state(LinkState.RECONNECTING)
-    error = refused.connector.status.last_error or ""
-    assert "401" in error or "token" in error, error
+    # Told the token is revoked, the connector stops dialing, and says why.
+    await asyncio.wait_for(refused.task, 10)
+    status = refused.connector.status
+    assert status.state is LinkState.DISCONNECTED and status.fatal
+    assert "revoked" in (status.last_error or ""), status.last_error
     assert broker.hub.links == []
+    unknown = await make_connector(broker, stub.url, broker_token="rlc-" + "x" * 38)
+    await unknown.wait_state(LinkState.RECONNECTING)  # an unknown token may be fixed: retried
+    assert "401" in (unknown.connector.status.last_error or "")
 
 
 async def test_a_clean_shutdown_writes_every_usage_row(
@@ -253,9 +258,11 @@ async def test_a_clean_shutdown_writes_every_usage_row(
         await store.close()
 
 
-async def test_a_connected_connector_is_sent_away_when_its_token_is_revoked(
+async def test_a_connected_connector_is_shut_out_when_its_token_is_revoked(
     stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector
 ) -> None:
+    """Revoked by the admin CLI (another process): the watcher closes the link with 1008, the
+    connector's next dial is refused as revoked, and it stops dialing."""
     broker = await make_broker(connector_token=[])
     raw, _ = await broker.services.store.create_connector_token("gpu-box")
     connector = await make_connector(broker, stub.url, broker_token=raw)
@@ -264,7 +271,10 @@ async def test_a_connected_connector_is_sent_away_when_its_token_is_revoked(
     try:
         assert await broker.services.store.revoke_connector_token("gpu-box")
         await wait_models(broker, set())
-        await connector.wait_state(LinkState.RECONNECTING)
+        await asyncio.wait_for(connector.task, 10)
+        status = connector.connector.status
+        assert status.state is LinkState.DISCONNECTED and status.fatal
+        assert "revoked" in (status.last_error or "")
         assert broker.hub.links == []
     finally:
         watcher.cancel()
