@@ -133,13 +133,15 @@ async def _connectors(store: Store, args: argparse.Namespace, out: TextIO) -> No
             out.write(raw + "\n")
         case "list":
             tokens = await store.connector_tokens()
+            names = {u.id: u.username for u in await store.list_users()}
             _table(
                 out,
-                ["ID", "NAME", "PREFIX", "CREATED", "LAST SEEN", "STATE"],
+                ["ID", "NAME", "OWNER", "PREFIX", "CREATED", "LAST SEEN", "STATE"],
                 [
                     (
                         t.id,
                         t.name,
+                        names.get(t.owner_id, "-") if t.owner_id is not None else "-",
                         t.prefix + "…",
                         _when(t.created),
                         _when(t.last_seen),

@@ -25,6 +25,7 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
 from broker.accounts.records import User
+from broker.portal.connectors import CONNECTOR_PATHS, add_connector_routes
 from broker.portal.cookies import SESSION_COOKIE, SESSION_MAX_AGE, session_key
 from broker.portal.gitlab import GitLab
 from broker.portal.pages import (
@@ -81,7 +82,9 @@ def setup_portal(app: web.Application, settings: BrokerSettings) -> None:
     @web.middleware
     async def portal_sessions(request: web.Request, handler: Handler) -> web.StreamResponse:
         # The API never touches sessions: only the portal's pages pay for them.
-        portal = request.path in ("/", *PAIR_PATHS) or request.path.startswith(PORTAL_PATHS)
+        portal = request.path in ("/", *PAIR_PATHS) or request.path.startswith(
+            (*PORTAL_PATHS, *CONNECTOR_PATHS)
+        )
         if not portal:
             return await handler(request)
         response = await sessions(request, handler)
@@ -122,6 +125,7 @@ def _add_routes(add: web.UrlDispatcher) -> None:
     add.add_post("/admin/users/{user_id:\\d+}/{action:block|unblock}", admin_user)
     add.add_get("/static/{name}", static)
     add_pairing_routes(add)
+    add_connector_routes(add)
 
 
 async def static(request: web.Request) -> web.Response:
@@ -281,6 +285,7 @@ async def admin_page(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     store, hub = services.store, services.hub
     tokens = {t.id: t for t in await store.connector_tokens()}
+    users = await store.list_users()
     online = []
     for link in hub.links:
         assert isinstance(link, ConnectorLink)
@@ -301,9 +306,10 @@ async def admin_page(request: web.Request) -> web.Response:
         "admin.html",
         session=session,
         user=user,
-        users=await store.list_users(),
+        users=users,
         online=online,
         tokens=list(tokens.values()),
+        owners={u.id: u.username for u in users},
         by_user=await store.usage.totals("user", since),
         by_model=await store.usage.totals("model", since),
         days=USAGE_DAYS,

@@ -92,6 +92,12 @@ async def test_admin_commands_against_a_running_broker(
         assert code == 0 and "erin" in out and "cli" in out and key not in out
         code, out, _ = await admin(data, "connectors", "list")
         assert "gpu-box" in out and token not in out
+        code, _, _ = await admin(data, "connectors", "create", "erins-box", "--owner", "erin")
+        code, out, _ = await admin(data, "connectors", "list")
+        header, *rows = out.splitlines()
+        assert "OWNER" in header.split()
+        owners = {row.split()[1]: row.split()[2] for row in rows}
+        assert owners == {"gpu-box": "-", "erins-box": "erin"}
 
         code, _, _ = await admin_process(data, "users", "block", "erin")
         assert code == 0
