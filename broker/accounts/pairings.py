@@ -93,17 +93,19 @@ class PairingBook:
                 answer = "expired_token"  # another poll took it first
         return answer, pairing
 
-    async def decide(self, pairing_id: int, user_id: int, approve: bool, now: float) -> bool:
-        """Approve or deny a pending, unexpired pairing; False when it can no longer be decided."""
+    async def decide(self, pairing: Pairing, user_id: int, approve: bool, now: float) -> bool:
+        """Approve or deny `pairing`, as the consent page read it; False when it can no longer
+        be decided (expired, or decided since it was read).
+
+        The update is conditional on the state that was read: of two approvals of one code
+        (two tabs, two people), the one whose update comes second changes no row and loses.
+        """
+        if why_undecidable(pairing, now) is not None:
+            return False
         async with self.engine.begin() as conn:
-            row = (
-                await conn.execute(sa.select(pairings).where(pairings.c.id == pairing_id))
-            ).first()
-            if row is None or why_undecidable(pairing_from_row(row), now) is not None:
-                return False
             result = await conn.execute(
                 pairings.update()
-                .where(pairings.c.id == pairing_id, pairings.c.state == "pending")
+                .where(pairings.c.id == pairing.id, pairings.c.state == pairing.state)
                 .values(state="approved" if approve else "denied", user_id=user_id)
             )
         return bool(result.rowcount)

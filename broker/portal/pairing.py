@@ -134,7 +134,7 @@ async def decide(request: web.Request) -> web.Response:
         return found
     approve = form.get("decision") == "approve"
     store = request.app[SERVICES].store
-    if not await store.pairings.decide(found.id, user.id, approve, request.app[PAIRING].now()):
+    if not await store.pairings.decide(found, user.id, approve, request.app[PAIRING].now()):
         return error_page(
             request,
             410,

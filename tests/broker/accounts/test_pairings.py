@@ -3,7 +3,6 @@ checks on PostgreSQL)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -28,7 +27,7 @@ async def answer(store: Store, device: str, now: float) -> str | None:
 
 
 async def exercise_pairings(store: Store) -> None:
-    """A pairing's whole life, and two polls at once taking one approval."""
+    """A pairing's whole life, and of two approvals of one code only the first counting."""
     book = store.pairings
     user = await store.create_user("owner")
     started = await book.start(code_hash("dev"), code_hash("BCDF2345"), "gpu", "10.0.0.7", T0)
@@ -39,12 +38,22 @@ async def exercise_pairings(store: Store) -> None:
     assert await answer(store, "dev", T0 + 5) == "authorization_pending"
     assert await answer(store, "dev", T0 + 6) == "slow_down"
     assert await book.poll(code_hash("nope"), T0 + 20) is None
-    assert await book.decide(started.id, user.id, True, T0 + 20)
-    assert not await book.decide(started.id, user.id, False, T0 + 21)  # decided once
-    answers = await asyncio.gather(*(book.poll(code_hash("dev"), T0 + 40) for _ in range(4)))
-    assert sorted(a[0] for a in answers if a is not None).count("approved") == 1
+    # Two consent pages read the pending pairing; both approve. The second update is stale:
+    # only the state guard (the row is no longer `pending`) makes it change nothing.
+    read_by_one = await book.by_user_code(code_hash("BCDF2345"))
+    read_by_other = await book.by_user_code(code_hash("BCDF2345"))
+    assert read_by_one is not None and read_by_other is not None
+    assert read_by_other.state == "pending"
+    other = await store.create_user("other")
+    assert await book.decide(read_by_one, user.id, True, T0 + 20)
+    assert not await book.decide(read_by_other, other.id, True, T0 + 21)
+    assert not await book.decide(read_by_other, other.id, False, T0 + 21)
+    approved = await book.by_user_code(code_hash("BCDF2345"))
+    assert approved is not None and (approved.state, approved.user_id) == ("approved", user.id)
+    assert await answer(store, "dev", T0 + 40) == "approved"
+    assert await answer(store, "dev", T0 + 50) == "expired_token"  # collected once
     late = await book.start(code_hash("dev2"), code_hash("BCDF2346"), "gpu", "10.0.0.7", T0)
-    assert not await book.decide(late.id, user.id, True, T0 + 900)  # expired
+    assert not await book.decide(late, user.id, True, T0 + 900)  # expired
     # A day after expiry, a new start forgets the old rows.
     await book.start(code_hash("dev3"), code_hash("BCDF2347"), "x", "10.0.0.8", T0 + 90_000)
     assert await book.by_user_code(code_hash("BCDF2345")) is None
