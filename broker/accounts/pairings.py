@@ -56,6 +56,16 @@ class PairingBook:
             row = (await conn.execute(sa.select(pairings).where(pairings.c.id == key[0]))).one()
         return pairing_from_row(row)
 
+    async def pending(self, now: float) -> int:
+        """How many pairings wait for a person's decision now (pending, not expired)."""
+        async with self.engine.connect() as conn:
+            count = await conn.scalar(
+                sa.select(sa.func.count())
+                .select_from(pairings)
+                .where(pairings.c.state == "pending", pairings.c.expires > now)
+            )
+        return int(count or 0)
+
     async def by_user_code(self, code_hash: str) -> Pairing | None:
         """The newest pairing with this user code, in whatever state."""
         query = (

@@ -1,4 +1,5 @@
-"""A sliding-window count of attempts per client IP address, in the broker's memory.
+"""A sliding-window count of attempts per key (a client's network, a user), in the broker's
+memory.
 
 For the pairing endpoints (`broker.api.pairing`), where each attempt is cheap to make and
 a flood of them would be guessing codes or filling the store. Not shared between broker
@@ -7,6 +8,7 @@ processes: each counts what it sees.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import deque
 from collections.abc import Callable
@@ -15,8 +17,26 @@ MAX_ADDRESSES = 10_000
 """Addresses remembered at once; past this the quietest are forgotten (memory stays bounded)."""
 
 
+def network_of(address: str) -> str:
+    """The key an address counts under: an IPv4 address itself, an IPv6 address's /64.
+
+    One IPv6 host usually holds a whole /64 (SLAAC, privacy addresses), so counting single
+    IPv6 addresses would let it start as many pairings as it has addresses.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # "unknown", or a socket path
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class IpWindow:
-    """At most `limit` attempts per address within any `window` seconds."""
+    """At most `limit` attempts per key (an address, a network, a user) within any `window`
+    seconds."""
 
     def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
         self.limit = limit

@@ -21,7 +21,7 @@ from broker.accounts.pairing import Pairing, PollAnswer, next_interval
 from broker.accounts.pairingcode import code_hash, new_device_code, new_user_code
 from broker.accounts.records import ConnectorToken
 from broker.accounts.store import Store
-from broker.api.iplimit import IpWindow
+from broker.api.iplimit import IpWindow, network_of
 from broker.api.responses import error_response
 from broker.services import SERVICES
 from shared.text import is_clean
@@ -29,9 +29,14 @@ from shared.text import is_clean
 log = structlog.get_logger("remotellm.broker.pairing")
 
 STARTS_PER_WINDOW: Final = 10
+"""Pairings one client network (an IPv4 address, an IPv6 /64) may start within RATE_WINDOW."""
 CODE_ENTRIES_PER_WINDOW: Final = 30
+"""Codes one signed-in user may try within RATE_WINDOW: each consent page opened with a code
+and each decision posted counts one (a pairing takes two)."""
 RATE_WINDOW: Final = 900.0
-"""Per client IP address: pairings started, and codes typed or opened, within 15 minutes."""
+MAX_PENDING: Final = 1000
+"""Pairings waiting for a person at once, on the whole broker; past it, starts get 503."""
+PENDING_RETRY: Final = 60
 MAX_CONNECTOR_NAME: Final = 64
 
 _DESCRIPTIONS: Final[dict[str, str]] = {
@@ -51,6 +56,8 @@ class PairingDesk:
         self.clock = clock
         self.starts = IpWindow(STARTS_PER_WINDOW, RATE_WINDOW, self.now)
         self.code_entries = IpWindow(CODE_ENTRIES_PER_WINDOW, RATE_WINDOW, self.now)
+        """Keyed by user (`code_entry_key`): behind a proxy, every address is the proxy's."""
+        self.max_pending = MAX_PENDING
 
     def now(self) -> float:
         return self.clock()
@@ -79,7 +86,14 @@ def relay_url(request: web.Request) -> str:
 
 
 def client_ip(request: web.Request) -> str:
+    """The address the request came from: a reverse proxy's own when there is one (the broker
+    reads no X-Forwarded-For)."""
     return request.remote or "unknown"
+
+
+def code_entry_key(user_id: int) -> str:
+    """What the code-entry limit counts under: the signed-in user, not the address."""
+    return f"user:{user_id}"
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -117,7 +131,7 @@ async def start_endpoint(request: web.Request) -> web.Response:
     if refused is not None:
         return refused
     desk = request.app[PAIRING]
-    wait = desk.starts.attempt(client_ip(request))
+    wait = desk.starts.attempt(network_of(client_ip(request)))
     if wait is not None:
         return error_response(
             request,
@@ -125,6 +139,16 @@ async def start_endpoint(request: web.Request) -> web.Response:
             "rate_limited",
             f"Too many pairings started from this address; try again in {wait} seconds.",
             retry_after=wait,
+        )
+    store = request.app[SERVICES].store
+    if await store.pairings.pending(desk.now()) >= desk.max_pending:
+        log.warning("too many pairings waiting; refusing new ones", limit=desk.max_pending)
+        return error_response(
+            request,
+            503,
+            "pairing_busy",
+            "Too many pairings are waiting for approval on this broker; try again in a minute.",
+            retry_after=PENDING_RETRY,
         )
     name = (await _json_body(request)).get("name")
     if not isinstance(name, str) or not name.strip() or not is_clean(name, MAX_CONNECTOR_NAME):
@@ -137,7 +161,7 @@ async def start_endpoint(request: web.Request) -> web.Response:
             param="name",
         )
     device, user = new_device_code(), new_user_code()
-    pairing = await request.app[SERVICES].store.pairings.start(
+    pairing = await store.pairings.start(
         code_hash(device),
         code_hash(user.replace("-", "")),
         name.strip(),

@@ -3,8 +3,9 @@
 `GET /pair` (optionally `?code=XXXX-XXXX`, as the connector's link carries it) needs a signed-in
 user; a browser that is not is sent through GitLab sign-in and back here. The consent page names
 the connector, the address it asked from and when; its Approve and Deny buttons post, with the
-session's CSRF token, to `/pair/decide`. Who may approve is `--pairing`. Every code typed or
-opened counts against the client address's limit (`broker.api.pairing`).
+session's CSRF token, to `/pair/decide`. Who may approve is `--pairing`. Every consent page
+opened with a code and every decision posted counts against the signed-in user's limit
+(`broker.api.pairing.CODE_ENTRIES_PER_WINDOW`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from aiohttp import web
 from broker.accounts.pairing import Pairing, why_undecidable
 from broker.accounts.pairingcode import code_hash, normalise_user_code, shown_user_code
 from broker.accounts.records import User
-from broker.api.pairing import PAIRING, client_ip
+from broker.api.pairing import PAIRING, code_entry_key
 from broker.portal.pages import error_page, form_of, render, session_of, signed_in, when
 from broker.services import SERVICES
 
@@ -51,15 +52,15 @@ def _may_pair(request: web.Request, user: User) -> web.Response | None:
     return None
 
 
-async def _find(request: web.Request, typed: str) -> Pairing | web.Response:
+async def _find(request: web.Request, user: User, typed: str) -> Pairing | web.Response:
     """The pending pairing behind a typed code, or the page that says why there is none."""
-    wait = request.app[PAIRING].code_entries.attempt(client_ip(request))
+    wait = request.app[PAIRING].code_entries.attempt(code_entry_key(user.id))
     if wait is not None:
         page = error_page(
             request,
             429,
             "Too many codes",
-            f"Too many codes were entered from this address; try again in {wait} seconds.",
+            f"You entered too many codes; try again in {wait} seconds.",
         )
         page.headers["Retry-After"] = str(wait)
         return page
@@ -105,7 +106,7 @@ async def pair_page(request: web.Request) -> web.Response:
     typed = request.query.get("code", "")
     if not typed:
         return render(request, "pair.html", session=session, user=user, pairing=None)
-    found = await _find(request, typed)
+    found = await _find(request, user, typed)
     if isinstance(found, web.Response):
         return found
     return render(
@@ -129,7 +130,7 @@ async def decide(request: web.Request) -> web.Response:
     if refused is not None:
         return refused
     form = await request.post()
-    found = await _find(request, str(form.get("code") or ""))
+    found = await _find(request, user, str(form.get("code") or ""))
     if isinstance(found, web.Response):
         return found
     approve = form.get("decision") == "approve"

@@ -14,7 +14,7 @@ from broker.accounts.pairingcode import USER_CODE_ALPHABET
 from broker.api.pairing import PAIRING, STARTS_PER_WINDOW
 from tests.broker.portal.test_portal import Portal, browser, csrf_of, make_portal
 from tests.conftest import MakeBroker
-from tests.fake_gitlab import FakeGitLab
+from tests.fake_gitlab import FakeGitLab, FakeUser
 
 TOKEN = re.compile(r"^rlc-[0-9A-Za-z]{38}$")
 
@@ -178,12 +178,51 @@ async def test_starting_is_rate_limited_per_address(portal: Portal, clock: Clock
     await start(portal)
 
 
-async def test_code_entry_is_rate_limited_per_address(portal: Portal, clock: Clock) -> None:
+async def test_code_entry_is_rate_limited_per_signed_in_user(
+    portal: Portal, clock: Clock, gitlab: FakeGitLab
+) -> None:
+    """Each consent page opened with a code and each decision posted counts one, for the
+    signed-in user: behind a proxy every person has the proxy's address, and another user
+    there is not locked out."""
     async with browser() as session:
-        statuses = [
-            (await consent(session, portal.url + "/pair?code=BCDF-2345"))[0] for _ in range(31)
+        _, page = await consent(session, portal.url + "/pair")
+        opened = [
+            (await consent(session, portal.url + "/pair?code=BCDF-2345"))[0] for _ in range(20)
         ]
-    assert statuses[:30] == [404] * 30 and statuses[30] == 429
+        posted = [
+            (await decide(session, portal, page, "BCDF-2345", "approve"))[0] for _ in range(10)
+        ]
+        assert opened == [404] * 20 and posted == [404] * 10
+        status, limited = await consent(session, portal.url + "/pair?code=BCDF-2345")
+        assert status == 429 and "too many codes" in limited
+        assert (await decide(session, portal, page, "BCDF-2345", "approve"))[0] == 429
+    gitlab.current = FakeUser(99, "bob", "Bob")
+    async with browser() as other:  # same address, another user
+        assert (await consent(other, portal.url + "/pair?code=BCDF-2345"))[0] == 404
+    clock.now += 901
+    async with browser() as session:
+        gitlab.current = FakeUser(4242, "alice", "Alice Example")
+        assert (await consent(session, portal.url + "/pair?code=BCDF-2345"))[0] == 404
+
+
+async def test_pending_pairings_are_capped_broker_wide(portal: Portal, clock: Clock) -> None:
+    portal.broker.app[PAIRING].max_pending = 2
+    first = await start(portal)
+    await start(portal)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(portal.url + "/pair/start", json={"name": "x"}) as response,
+    ):
+        assert response.status == 503
+        assert int(response.headers["Retry-After"]) > 0
+        assert (await response.json())["error"]["code"] == "pairing_busy"
+    async with browser() as session:  # one is decided: room for another
+        _, page = await consent(session, first["verification_uri_complete"])
+        assert (await decide(session, portal, page, first["user_code"], "deny"))[0] == 200
+    await start(portal)
+    clock.now += 901  # and expired ones do not count
+    await start(portal)
+    await start(portal)
 
 
 async def test_admins_only_and_off(make_broker: MakeBroker, gitlab: FakeGitLab) -> None:
