@@ -2,7 +2,8 @@
 
 Starts a broker with a fake GitLab, a stub LLM and a connector on loopback (the tests'
 own helpers), seeds a few days of usage, and saves each page at desktop and phone width
-as `docs/screenshots/portal-<page>-<width>.png`, using Debian's chromium. It also says
+as `docs/screenshots/portal-<page>-<width>.png` (and `my-connectors-<width>.png`), using
+Debian's chromium. It also says
 when a page scrolls sideways on either width, which a page should never do.
 """
 
@@ -22,6 +23,7 @@ from playwright.async_api import Browser, Page, async_playwright  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
 from broker.accounts.records import UsageRow  # noqa: E402
+from broker.accounts.schema import connector_tokens  # noqa: E402
 from broker.accounts.store import Store  # noqa: E402
 from broker.server import BrokerServer  # noqa: E402
 from connector_app.core.backoff import Backoff  # noqa: E402
@@ -37,7 +39,7 @@ WIDTHS = {"desktop": (1200, 800), "phone": (390, 844)}
 DAY = 86400.0
 
 
-async def seed(store: Store, connector: str) -> None:
+async def seed(store: Store, connector: str, connector_id: int | None = None) -> None:
     """Some keys and a few days of requests for alice, and a colleague who used it too."""
     alice = await store.find_user("alice")
     default = (await store.keys(alice.id))[0]
@@ -69,6 +71,7 @@ async def seed(store: Store, connector: str) -> None:
                     key_id=key_id,
                     model=model,
                     connector=connector,
+                    connector_id=connector_id,
                     prompt_tokens=prompt,
                     completion_tokens=completion,
                 )
@@ -76,11 +79,46 @@ async def seed(store: Store, connector: str) -> None:
     await store.usage.add(rows)
 
 
-async def shoot(page: Page, name: str) -> None:
+async def own_connectors(store: Store) -> int:
+    """alice owns gpu-box (online) and studio-mac (offline since yesterday, a little usage);
+    returns gpu-box's token id."""
+    alice = await store.find_user("alice")
+    (gpu,) = await store.connector_tokens()
+    async with store.engine.begin() as conn:  # as if alice had paired it
+        await conn.execute(
+            connector_tokens.update()
+            .where(connector_tokens.c.id == gpu.id)
+            .values(owner_id=alice.id)
+        )
+    _, mac = await store.create_connector_token("studio-mac", alice.id)
+    yesterday = time.time() - DAY
+    await store.connector_seen(mac.id, yesterday)
+    await store.usage.add(
+        [
+            UsageRow(
+                time=yesterday - i * 300,
+                request_id=f"req_mac_{i}",
+                endpoint="/v1/chat/completions",
+                status=200,
+                duration_ms=2400.0,
+                user_id=alice.id,
+                model="mistral-small:24b",
+                connector="studio-mac",
+                connector_id=mac.id,
+                prompt_tokens=900,
+                completion_tokens=600,
+            )
+            for i in range(4)
+        ]
+    )
+    return gpu.id
+
+
+async def shoot(page: Page, name: str, prefix: str = "portal-") -> None:
     """Save the page as it is now at each width; say if it scrolls sideways at one."""
     for width_name, (width, height) in WIDTHS.items():
         await page.set_viewport_size({"width": width, "height": height})
-        out = HERE / f"portal-{name}-{width_name}.png"
+        out = HERE / f"{prefix}{name}-{width_name}.png"
         await page.screenshot(path=str(out), full_page=True)
         sideways = await page.evaluate(
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"
@@ -96,11 +134,13 @@ async def screenshots(browser: Browser, base: str, store: Store, gitlab: FakeGit
     await page.get_by_role("link", name="Sign in with GitLab").click()
     await page.wait_for_url(base + "/portal")
     await shoot(page, "first-sign-in")  # the key is shown once: both widths from one load
-    await seed(store, "gpu-box")
+    await seed(store, "gpu-box", await own_connectors(store))
     await page.goto(base + "/portal/keys")
     await shoot(page, "keys")
     await page.goto(base + "/portal/usage")
     await shoot(page, "usage")
+    await page.goto(base + "/connectors")
+    await shoot(page, "my-connectors", prefix="")
     await store.set_role((await store.find_user("alice")).id, "admin")
     await page.goto(base + "/admin")
     await shoot(page, "admin")
