@@ -151,6 +151,33 @@ def test_a_rejected_token_shows_the_error_state(
     qloop.run(scenario())
 
 
+def test_a_revoked_token_stops_serving_and_shows_why(
+    qloop: QLoop, store: ProfileStore, tmp_path: Path
+) -> None:
+    """Revoked while connected (as My connectors does it): the link is shut out, the next dial
+    is refused as revoked, and the app stops serving with the reason in its menu."""
+
+    async def scenario() -> None:
+        async with live_services() as (stub, broker):
+            raw, token = await broker.services.store.create_connector_token("qt")
+            profile = complete_profile(broker.port, stub.url)
+            profile.secrets["broker_token"] = raw
+            bridge = make_bridge(store, profile)
+            tray = TrayApp(bridge, autostart(tmp_path), tray_available=lambda: True)
+            tray.launch()
+            await until(lambda: tray.state is TrayState.CONNECTED)
+            assert await broker.services.store.revoke_connector_token(token.id)
+            for link in list(broker.services.relay.links):
+                link.shut_out("connector token revoked by alice")
+            await until(lambda: not bridge.serving)
+            assert tray.state is TrayState.ERROR
+            assert "revoked this connector's token" in tray.status_action.text()
+            assert tray.start_action.isVisible()
+            await tray.shutdown()
+
+    qloop.run(scenario())
+
+
 def test_incomplete_settings_open_the_settings_dialog(
     qtbot: QtBot, store: ProfileStore, tmp_path: Path
 ) -> None:
