@@ -128,6 +128,7 @@ async def connectors_page(request: web.Request) -> web.Response:
     if isinstance(signed, web.Response):
         return signed
     session, user = signed
+    revoked = session.pop("revoked_connector", None)
     tokens = await request.app[SERVICES].store.connector_tokens(owner_id=user.id)
     views = await _views(request, [t for t in tokens if t.revoked is None])
     return render(
@@ -136,6 +137,7 @@ async def connectors_page(request: web.Request) -> web.Response:
         session=session,
         user=user,
         connectors=views,
+        revoked=revoked if isinstance(revoked, str) else None,
         days=USAGE_DAYS,
         pairing=request.app[SERVICES].settings.pairing,
     )
@@ -185,13 +187,14 @@ async def revoke(request: web.Request) -> web.Response:
     signed = await form_of(request)
     if isinstance(signed, web.Response):
         return signed
-    _, user = signed
+    session, user = signed
     token = await _token_of(request, user)
     if isinstance(token, web.Response):
         return token
     services = request.app[SERVICES]
     if await services.store.revoke_connector_token(token.id):
         log.info("connector token revoked", by=user.username, connector=token.name, record=token.id)
+        session["revoked_connector"] = token.name
     for link in list(services.relay.links):
         if link.token_id == token.id:
             link.shut_out(f"connector token revoked by {user.username}")

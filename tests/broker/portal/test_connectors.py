@@ -136,7 +136,9 @@ async def test_revoking_asks_first_then_shuts_the_connector_out_for_good(shared:
             assert forged.status == 403
         async with session.post(url, data={"csrf": csrf_of(confirm)}) as response:
             assert response.status == 200 and response.url.path == "/connectors"
-            assert "gpu-box" not in await response.text()
+            after = await response.text()
+            assert "gpu-box was revoked and disconnected" in after
+            assert 'href="/connectors/' not in after  # no longer listed
         # Gone from routing at once, not after the next revocation sweep.
         assert portal.broker.hub.links == []
         assert (await page(session, f"{portal.url}/connectors/{shared.token_id}"))[0] == 200
