@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Final
 
+import structlog
 from PySide6.QtCore import Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QFont, QGuiApplication
 from PySide6.QtWidgets import (
@@ -41,6 +42,8 @@ from connector_app.core.pairing import (
 )
 from connector_app.core.trust import client_context
 from connector_app.qt.bridge import Bridge
+
+log = structlog.get_logger("remotellm.tray")
 
 ERROR_STYLE: Final = "color: #b91c1c;"
 
@@ -103,6 +106,10 @@ class PairDialog(QDialog):
         self.ticker.timeout.connect(self.tick)
         layout = QVBoxLayout(self)
         layout.addWidget(self.pages)
+        # Return in the URL field connects. Set once the button is in this dialog: set
+        # earlier, QDialog never learns of it and Return would press Close instead.
+        self.connect_button.setDefault(True)
+        self.url.setFocus()  # the one thing to type
 
     # -- pages -------------------------------------------------------------------------
 
@@ -126,7 +133,6 @@ class PairDialog(QDialog):
         form.addRow("", self.url_error)
         form.addRow("Connector name", self.name)
         self.connect_button = QPushButton("&Connect")
-        self.connect_button.setDefault(True)
         self.connect_button.clicked.connect(self.begin)
         close = QPushButton("Close")
         close.clicked.connect(self.reject)
@@ -202,6 +208,7 @@ class PairDialog(QDialog):
             self.pages.setCurrentIndex(0)
             return None
         self.url_error.hide()
+        log.info("pairing", broker=base)
         self.started = None
         self.heading.setText(f"Asking {base} for a code…")
         self.code.setText("")
@@ -227,6 +234,7 @@ class PairDialog(QDialog):
                 clock=self.clock,
             )
         except PairingFailed as exc:
+            log.info("pairing failed", reason=exc.reason)
             self.finish(failure_text(exc.reason, str(exc), base), failed=True)
             return
         except (OSError, ValueError) as exc:
@@ -234,6 +242,7 @@ class PairDialog(QDialog):
             return
         finally:
             self.ticker.stop()
+        log.info("paired", connector=paired.name, broker_url=paired.relay_url)
         warning = await self.store(paired)
         text = f'Connected to {base} as "{paired.name}"; the token is in the keyring.'
         if warning:
@@ -273,7 +282,7 @@ class PairDialog(QDialog):
         self.open_button.setEnabled(True)
         self.tick()
         self.ticker.start()
-        self.open_browser()
+        log.info("pairing code shown", opened=self.open_browser())
 
     def tick(self) -> None:
         left = max(0, round(self.expires - self.clock()))

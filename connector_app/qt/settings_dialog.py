@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+import structlog
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -34,6 +35,8 @@ from connector_app.core.profile import ENV_PREFIX, Profile, TrayPrefs
 from connector_app.core.settings import is_loopback, normalise_broker_url, normalise_llm_url
 from connector_app.qt.bridge import Bridge
 from connector_app.qt.pair_dialog import PairDialog
+
+log = structlog.get_logger("remotellm.tray")
 
 ERROR_STYLE: Final = "color: #b91c1c;"
 FIELDS: Final = ("broker_url", "broker_token", "llm_url", "llm_api_key", "max_concurrency")
@@ -218,6 +221,7 @@ class SettingsDialog(QDialog):
         if self.pair_dialog is None:
             self.pair_dialog = PairDialog(self.bridge, self)
             self.pair_dialog.paired.connect(self._on_paired)
+        log.info("pairing dialog opened")
         self.pair_dialog.show()
         self.pair_dialog.raise_()
         return self.pair_dialog

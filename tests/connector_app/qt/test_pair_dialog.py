@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from PySide6.QtCore import QObject, QUrl, Slot
+from PySide6.QtCore import QObject, Qt, QUrl, Slot
 from PySide6.QtGui import QDesktopServices, QGuiApplication
 from pytestqt.qtbot import QtBot
 
@@ -113,6 +113,7 @@ def dialog_for(qtbot: QtBot, store: ProfileStore, services: Services) -> PairDia
     dialog = PairDialog(bridge, sleep=clock.sleep, clock=clock)
     qtbot.addWidget(dialog)
     dialog.url.setText(services.broker.base_url)
+    dialog.show()
     return dialog
 
 
@@ -128,14 +129,14 @@ async def shown_code(dialog: PairDialog, handler: Browser, count: int = 1) -> st
     return link
 
 
-async def decide(services: Services, link: str, decision: str) -> None:
+async def decide(broker_url: str, link: str, decision: str) -> None:
     """Sign in through fake GitLab at the link and press Approve or Deny."""
     async with browser() as session:
         async with session.get(link) as response:
             page = await response.text()
         code = link.rsplit("=", 1)[1]
         form = {"csrf": csrf_of(page), "code": code, "decision": decision}
-        async with session.post(services.broker.base_url + "/pair/decide", data=form) as answer:
+        async with session.post(broker_url + "/pair/decide", data=form) as answer:
             assert answer.status == 200
 
 
@@ -146,12 +147,12 @@ def test_approving_in_the_browser_stores_the_token_and_links_to_the_broker(
         async with pairing_broker() as services:
             dialog = dialog_for(qtbot, store, services)
             assert dialog.name.text() == "studio"
-            dialog.connect_button.click()
+            qtbot.keyClick(dialog.url, Qt.Key.Key_Return)  # Return in the URL field connects
             link = await shown_code(dialog, stand_in_browser)
             assert dialog.countdown.text().endswith("expires in 15:00.")
             dialog.copy_button.click()
             assert QGuiApplication.clipboard().text() == link
-            await decide(services, link, "approve")
+            await decide(services.broker.base_url, link, "approve")
             await until(lambda: dialog.pages.currentIndex() == OUTCOME)
             assert dialog.outcome.text().startswith("Connected to")
             assert dialog.retry_button.isHidden()
@@ -175,7 +176,9 @@ def test_a_denied_pairing_says_so_stores_nothing_and_offers_to_try_again(
         async with pairing_broker() as services:
             dialog = dialog_for(qtbot, store, services)
             dialog.connect_button.click()
-            await decide(services, await shown_code(dialog, stand_in_browser), "deny")
+            await decide(
+                services.broker.base_url, await shown_code(dialog, stand_in_browser), "deny"
+            )
             await until(lambda: dialog.pages.currentIndex() == OUTCOME)
             assert dialog.outcome.text() == (
                 "The pairing was denied in the browser, so nothing was stored."
@@ -307,7 +310,9 @@ def test_settings_opens_the_pairing_and_takes_its_result(
             dialog.sleep, dialog.clock = services.clock.sleep, services.clock
             dialog.url.setText(services.broker.base_url)
             dialog.connect_button.click()
-            await decide(services, await shown_code(dialog, stand_in_browser), "approve")
+            await decide(
+                services.broker.base_url, await shown_code(dialog, stand_in_browser), "approve"
+            )
             await until(lambda: settings.broker_token.text().startswith("rlc-"))
             assert settings.broker_url.text().endswith("/relay")
             assert settings.validate()  # Save would keep what the pairing stored
