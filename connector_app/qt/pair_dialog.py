@@ -17,7 +17,7 @@ from typing import Final
 
 import structlog
 from PySide6.QtCore import Qt, QTimer, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QFont, QGuiApplication
+from PySide6.QtGui import QDesktopServices, QFont, QFontMetrics, QGuiApplication
 from PySide6.QtWidgets import (
     QDialog,
     QFormLayout,
@@ -98,6 +98,7 @@ class PairDialog(QDialog):
         self.started: Started | None = None
         self.expires = 0.0
         self.pages = QStackedWidget()
+        self.pages.currentChanged.connect(self._fit)
         self.pages.addWidget(self._form_page())
         self.pages.addWidget(self._waiting_page())
         self.pages.addWidget(self._outcome_page())
@@ -155,6 +156,7 @@ class PairDialog(QDialog):
         font.setPointSize(30)
         font.setBold(True)
         self.code.setFont(font)
+        self.code.setMinimumHeight(QFontMetrics(font).height() + 16)
         self.hint = QLabel()
         self.hint.setWordWrap(True)
         self.busy = QProgressBar()
@@ -280,6 +282,7 @@ class PairDialog(QDialog):
         )
         self.copy_button.setEnabled(True)
         self.open_button.setEnabled(True)
+        self._fit()
         self.tick()
         self.ticker.start()
         log.info("pairing code shown", opened=self.open_browser())
@@ -315,6 +318,15 @@ class PairDialog(QDialog):
         self.outcome.setStyleSheet(ERROR_STYLE if failed else "")
         self.retry_button.setVisible(failed)
         self.pages.setCurrentIndex(2)
+        self._fit()
+
+    def _fit(self, *_: object) -> None:
+        """Size the window to the page shown (a stack sizes itself for its largest page,
+        and wrapped labels need their height asked for their width)."""
+        page = self.pages.currentWidget()
+        page.adjustSize()
+        self.pages.setMinimumHeight(page.sizeHint().height())
+        self.adjustSize()
 
     def reject(self) -> None:
         """Closing (Esc, the window's X) cancels a pairing in progress."""

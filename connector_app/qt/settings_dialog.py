@@ -138,7 +138,10 @@ class SettingsDialog(QDialog):
         self.pair_button.setToolTip("Pair by signing in on the broker: no token to paste.")
         self.pair_button.clicked.connect(self.show_pairing)
         self.pair_dialog: PairDialog | None = None
-        form.addRow("", self.pair_button)
+        pair_row = QHBoxLayout()
+        pair_row.addWidget(self.pair_button)
+        pair_row.addWidget(QLabel("or enter the broker URL and a token below"), 1)
+        form.addRow("", pair_row)
         for name, label, widget in (
             ("broker_url", "Broker URL", self.broker_url),
             ("broker_token", "Connector token", self.broker_token),
