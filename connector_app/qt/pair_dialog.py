@@ -324,6 +324,8 @@ class PairDialog(QDialog):
         """Size the window to the page shown (a stack sizes itself for its largest page,
         and wrapped labels need their height asked for their width)."""
         page = self.pages.currentWidget()
+        if page is None:
+            return
         page.adjustSize()
         self.pages.setMinimumHeight(page.sizeHint().height())
         self.adjustSize()
