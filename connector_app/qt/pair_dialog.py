@@ -40,6 +40,7 @@ from connector_app.core.pairing import (
     broker_base,
     pair_connector,
 )
+from connector_app.core.profile import ENV_PREFIX
 from connector_app.core.trust import client_context
 from connector_app.qt.bridge import Bridge
 
@@ -218,6 +219,7 @@ class PairDialog(QDialog):
         self.countdown.setText("")
         self.copy_button.setText("Copy &link")
         self.copy_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
         self.open_button.setEnabled(False)
         self.pages.setCurrentIndex(1)
         self.task = self.bridge.spawn(self.run(base, self.name.text().strip() or "connector"))
@@ -245,10 +247,18 @@ class PairDialog(QDialog):
         finally:
             self.ticker.stop()
         log.info("paired", connector=paired.name, broker_url=paired.relay_url)
+        self.cancel_button.setEnabled(False)  # storing: a half-cancelled save helps nobody
         warning = await self.store(paired)
         text = f'Connected to {base} as "{paired.name}"; the token is in the keyring.'
         if warning:
             text = f'Connected to {base} as "{paired.name}", but {warning}'
+        overridden = sorted(
+            ENV_PREFIX + name.upper()
+            for name in self.bridge.store.overridden() & {"broker_url", "broker_token", "name"}
+        )
+        if overridden:
+            verb, them = ("wins", "it") if len(overridden) == 1 else ("win", "them")
+            text += f" {' and '.join(overridden)} in the environment still {verb}: unset {them}."
         self.finish(text, failed=False)
         self.paired.emit(paired)
 

@@ -296,8 +296,14 @@ def test_a_broker_that_does_not_pair_by_sign_in_says_so(
 
 
 def test_settings_opens_the_pairing_and_takes_its_result(
-    qtbot: QtBot, qloop: QLoop, store: ProfileStore, stand_in_browser: Browser
+    qtbot: QtBot,
+    qloop: QLoop,
+    store: ProfileStore,
+    stand_in_browser: Browser,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("REMOTELLM_CONNECTOR_NAME", "from-the-environment")
+
     async def scenario() -> None:
         async with pairing_broker() as services:
             bridge = make_bridge(store, Profile({"llm_url": services.stub.url}))
@@ -316,6 +322,9 @@ def test_settings_opens_the_pairing_and_takes_its_result(
             await until(lambda: settings.broker_token.text().startswith("rlc-"))
             assert settings.broker_url.text().endswith("/relay")
             assert settings.validate()  # Save would keep what the pairing stored
+            assert dialog.outcome.text().endswith(
+                "REMOTELLM_CONNECTOR_NAME in the environment still wins: unset it."
+            )
             await bridge.shutdown(1.0)
 
     qloop.run(scenario())
