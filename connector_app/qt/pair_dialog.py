@@ -184,12 +184,14 @@ class PairDialog(QDialog):
         self.outcome.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.retry_button = QPushButton("&Try again")
         self.retry_button.clicked.connect(self.begin)
+        self.back_button = QPushButton("Change the &address")
+        self.back_button.clicked.connect(lambda: self.pages.setCurrentIndex(0))
         self.done_button = QPushButton("Close")
         self.done_button.clicked.connect(self.accept)
         column = QVBoxLayout(page)
         column.addWidget(self.outcome)
         column.addStretch(1)
-        column.addLayout(_row(self.retry_button, self.done_button))
+        column.addLayout(_row(self.back_button, self.retry_button, self.done_button))
         return page
 
     # -- the flow ----------------------------------------------------------------------
@@ -327,6 +329,7 @@ class PairDialog(QDialog):
         self.outcome.setText(text)
         self.outcome.setStyleSheet(ERROR_STYLE if failed else "")
         self.retry_button.setVisible(failed)
+        self.back_button.setVisible(failed)
         self.pages.setCurrentIndex(2)
         self._fit()
 

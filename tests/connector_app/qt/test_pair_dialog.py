@@ -276,6 +276,9 @@ def test_an_unreachable_broker_and_a_server_that_is_no_broker_are_told_apart(
         finally:
             await stub.stop()
         assert "did not answer as a RemoteLLM broker" in dialog.outcome.text()
+        dialog.back_button.click()  # back to the address, to fix it
+        assert dialog.pages.currentIndex() == FORM
+        assert dialog.url.text() == stub.url
 
     qloop.run(scenario())
 
