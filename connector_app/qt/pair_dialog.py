@@ -254,14 +254,7 @@ class PairDialog(QDialog):
         text = f'Connected to {base} as "{paired.name}"; the token is in the keyring.'
         if warning:
             text = f'Connected to {base} as "{paired.name}", but {warning}'
-        overridden = sorted(
-            ENV_PREFIX + name.upper()
-            for name in self.bridge.store.overridden() & {"broker_url", "broker_token", "name"}
-        )
-        if overridden:
-            verb, them = ("wins", "it") if len(overridden) == 1 else ("win", "them")
-            text += f" {' and '.join(overridden)} in the environment still {verb}: unset {them}."
-        self.finish(text, failed=False)
+        self.finish(text + self._env_note(), failed=False)
         self.paired.emit(paired)
 
     async def store(self, paired: Paired) -> str | None:
@@ -272,13 +265,29 @@ class PairDialog(QDialog):
         profile.secrets["broker_token"] = paired.token
         try:
             warning = await self.bridge.apply(profile)
-        except OSError as exc:
-            return f"{self.bridge.store.path} could not be saved ({exc.strerror or exc})."
+        except OSError as exc:  # the profile still applies for this session
+            warning = None
+            problem = f"{self.bridge.store.path} could not be saved ({exc.strerror or exc})"
+        else:
+            problem = None
         if not self.bridge.serving:
             self.bridge.start()
+        if problem:
+            return problem + ", so the pairing lasts for this session only."
         if warning:
             return "the keyring refused the token, so it is kept for this session only. " + warning
         return None
+
+    def _env_note(self) -> str:
+        """Which of the settings just stored an environment variable still overrides."""
+        overridden = sorted(
+            ENV_PREFIX + name.upper()
+            for name in self.bridge.store.overridden() & {"broker_url", "broker_token", "name"}
+        )
+        if not overridden:
+            return ""
+        verb, them = ("wins", "it") if len(overridden) == 1 else ("win", "them")
+        return f" {' and '.join(overridden)} in the environment still {verb}: unset {them}."
 
     def show_code(self, started: Started) -> None:
         """The broker gave a code: show it, open the browser, start the countdown."""
