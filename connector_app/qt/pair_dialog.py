@@ -263,13 +263,12 @@ class PairDialog(QDialog):
         profile = self.bridge.profile.copy()
         profile.values.update(broker_url=paired.relay_url, name=paired.name)
         profile.secrets["broker_token"] = paired.token
+        warning: str | None = None
+        problem: str | None = None
         try:
             warning = await self.bridge.apply(profile)
         except OSError as exc:  # the profile still applies for this session
-            warning = None
             problem = f"{self.bridge.store.path} could not be saved ({exc.strerror or exc})"
-        else:
-            problem = None
         if not self.bridge.serving:
             self.bridge.start()
         if problem:
