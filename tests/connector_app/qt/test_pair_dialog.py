@@ -13,10 +13,12 @@ import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from keyring.backends import fail
 from PySide6.QtCore import QObject, Qt, QUrl, Slot
 from PySide6.QtGui import QDesktopServices, QGuiApplication
 from pytestqt.qtbot import QtBot
@@ -24,6 +26,7 @@ from pytestqt.qtbot import QtBot
 from broker.api.pairing import PAIRING
 from broker.server import BrokerServer
 from connector_app.core.profile import Profile, ProfileStore
+from connector_app.core.secrets import KeyringStore
 from connector_app.qt.pair_dialog import PairDialog
 from connector_app.qt.settings_dialog import SettingsDialog
 from tests.broker.portal.test_portal import browser, csrf_of
@@ -329,5 +332,29 @@ def test_settings_opens_the_pairing_and_takes_its_result(
                 "REMOTELLM_CONNECTOR_NAME in the environment still wins: unset it."
             )
             await bridge.shutdown(1.0)
+
+    qloop.run(scenario())
+
+
+def test_without_a_keyring_the_pairing_lasts_for_the_session_and_says_so(
+    qtbot: QtBot, qloop: QLoop, tmp_path: Path, stand_in_browser: Browser
+) -> None:
+    store = ProfileStore(tmp_path / "connector.yaml", KeyringStore(fail.Keyring()))
+
+    async def scenario() -> None:
+        async with pairing_broker() as services:
+            dialog = dialog_for(qtbot, store, services)
+            dialog.begin()
+            await decide(
+                services.broker.base_url, await shown_code(dialog, stand_in_browser), "approve"
+            )
+            await until(lambda: dialog.pages.currentIndex() == OUTCOME)
+            assert "the keyring refused the token, so it is kept for this session only" in (
+                dialog.outcome.text()
+            )
+            # Linked all the same, with the token held in memory.
+            await until(lambda: bool(services.broker.hub.models()))
+            assert "rlc-" not in store.path.read_text()
+            await dialog.bridge.shutdown(1.0)
 
     qloop.run(scenario())
