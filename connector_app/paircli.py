@@ -16,14 +16,13 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Final, TextIO
 
-import aiohttp
-
-from connector_app.core.pairing import Paired, PairingClient, PairingFailed, Sleep
-from connector_app.core.profile import ProfileStore, default_config_path
+from connector_app.core.pairing import Paired, PairingFailed, Sleep, Started, pair_connector
+from connector_app.core.profile import Profile, ProfileStore, default_config_path
 from connector_app.core.secrets import KeyringStore, KeyringUnavailable, SecretStore
 from connector_app.core.trust import client_context
+from shared.settings import ConfigError
 
 ENV_NAME = "connector.env"
 TOKEN_VAR = "REMOTELLM_CONNECTOR_BROKER_TOKEN"
@@ -46,12 +45,29 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--config", type=Path, help=f"connector.yaml to update (default {default_config_path()})"
     )
     parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plain http:// to a broker that is not on this machine (the token then "
+        "crosses the network unencrypted)",
+    )
+    parser.add_argument(
         "--to-file",
         action="store_true",
         help=f"write the token to {ENV_NAME} (mode 0600) beside connector.yaml instead of the "
         "keyring: for the headless service",
     )
     return parser
+
+
+SHELL_ESCAPED: Final = '\\"$`'
+"""Escaped with a backslash inside double quotes: the same four for a POSIX shell and for
+systemd's EnvironmentFile (its SHELL_NEED_ESCAPE), so both read the exact value back."""
+
+
+def env_line(name: str, value: str) -> str:
+    """`NAME="value"`, as a shell's `. file` and systemd's EnvironmentFile both read it."""
+    quoted = "".join("\\" + c if c in SHELL_ESCAPED else c for c in value)
+    return f'{name}="{quoted}"'
 
 
 def write_env_file(path: Path, paired: Paired) -> None:
@@ -68,47 +84,73 @@ def write_env_file(path: Path, paired: Paired) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
-        out.write("\n".join([*kept, *(f"{k}={v}" for k, v in wanted.items())]) + "\n")
+        out.write("\n".join([*kept, *(env_line(k, v) for k, v in wanted.items())]) + "\n")
     os.replace(temp, path)
 
 
+def keyring_profile(
+    config: Path, secrets: SecretStore | None, to_file: bool
+) -> tuple[ProfileStore, Profile] | None:
+    """The profile to update when the token goes to the keyring; None when it goes to the
+    env file. Raises ConfigError for a connector.yaml that cannot be read, before any write."""
+    if to_file or secrets is None:
+        return None
+    store = ProfileStore(config, secrets)
+    profile = store.load()
+    return None if profile.secrets_error else (store, profile)
+
+
 def save(paired: Paired, config: Path, secrets: SecretStore | None, to_file: bool) -> str:
-    """Keep the pairing's token and relay URL; says where, in words."""
-    if not to_file and secrets is not None:
+    """Keep the pairing's token and relay URL; says where, in words.
+
+    connector.yaml is read (ConfigError) and written before the keyring, and put back if
+    the keyring then refuses the token, so a failure leaves no half-done pairing behind.
+    """
+    target = keyring_profile(config, secrets, to_file)
+    if target is not None and secrets is not None:
+        store, profile = target
+        before = config.read_bytes() if config.is_file() else None
+        profile.values.update(broker_url=paired.relay_url, name=paired.name)
+        store.save(profile, with_secrets=False)
         try:
             secrets.set("broker_token", paired.token)
         except KeyringUnavailable:
-            pass
+            if before is None:
+                config.unlink(missing_ok=True)
+            else:
+                config.write_bytes(before)
         else:
-            store = ProfileStore(config, secrets)
-            profile = store.load()
-            profile.values.update(broker_url=paired.relay_url, name=paired.name)
-            store.save(profile, with_secrets=False)
             return f"the token is in the OS keyring; the broker URL is in {config}"
     env = config.with_name(ENV_NAME)
     write_env_file(env, paired)
     return f"the token and broker URL are in {env} (readable only by you)"
 
 
+def instructions(started: Started, name: str) -> str:
+    """What the person is asked to do, printed before waiting."""
+    minutes = started.expires_in // 60
+    return (
+        f"Open {started.verification_uri_complete}\n"
+        f"or go to {started.verification_uri} and type the code {started.user_code}\n"
+        f'Sign in and approve the connector "{name}" (the code works for {minutes} '
+        "minutes). Waiting... (Ctrl-C cancels)"
+    )
+
+
 async def pair(
     args: argparse.Namespace, out: TextIO, secrets: SecretStore | None, sleep: Sleep
 ) -> int:
     """Run one pairing; the exit code."""
-    tls = client_context(args.ca_file)
-    async with aiohttp.ClientSession() as session:
-        client = PairingClient(session, args.broker_url, tls)
-        started = await client.start(args.name)
-        minutes = started.expires_in // 60
-        print(
-            f"Open {started.verification_uri_complete}\n"
-            f"or go to {started.verification_uri} and type the code {started.user_code}\n"
-            f'Sign in and approve the connector "{args.name}" (the code works for {minutes} '
-            "minutes). Waiting... (Ctrl-C cancels)",
-            file=out,
-            flush=True,
-        )
-        paired = await client.wait_for_token(started, sleep)
     config = args.config or default_config_path()
+    keyring_profile(config, secrets, args.to_file)  # a broken connector.yaml fails first
+    paired = await pair_connector(
+        args.broker_url,
+        args.name,
+        tls=client_context(args.ca_file),
+        on_started=lambda started: print(instructions(started, args.name), file=out, flush=True),
+        insecure=args.insecure,
+        sleep=sleep,
+    )
     where = save(paired, config, secrets, args.to_file)
     print(f'Paired as "{paired.name}"; {where}.', file=out)
     return 0
@@ -130,8 +172,14 @@ def main(
     except PairingFailed as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
+    except ConfigError as exc:
+        print(
+            f"{prog}: cannot update the configuration: {exc}; nothing was stored", file=sys.stderr
+        )
+        return 1
     except (OSError, ValueError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        hint = " (or pass --insecure if you really mean it)" if "http://" in str(exc) else ""
+        print(f"{prog}: error: {exc}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: cancelled; nothing was stored", file=sys.stderr)

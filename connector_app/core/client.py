@@ -81,11 +81,19 @@ class RelayClient:
         return self._streams.paused
 
     def set_paused(self, paused: bool) -> None:
-        """Pause sharing (new requests are refused as over capacity, so the broker routes
-        them elsewhere; running ones finish) or resume it."""
-        if paused != self._streams.paused:
-            log.info("sharing paused" if paused else "sharing resumed")
+        """Pause sharing or resume it. Paused, the connector announces no models, so the
+        broker routes new requests elsewhere (or answers as for any model nobody serves);
+        running ones finish. A request already on its way is refused as over capacity."""
+        if paused == self._streams.paused:
+            return
+        log.info("sharing paused" if paused else "sharing resumed")
         self._streams.paused = paused
+        if self._wire is not None:
+            self._send(p.ModelsUpdate(self._announced()))
+
+    def _announced(self) -> tuple[str, ...]:
+        """The models the broker is told about: none while paused."""
+        return () if self._streams.paused else self.models
 
     def set_blocked(self, users: frozenset[str]) -> None:
         """The user ids whose new requests are refused (`user_blocked`), from now on."""
@@ -97,7 +105,7 @@ class RelayClient:
             return
         log.info("models changed", models=list(models))
         self._board.update(models=models)
-        if self._wire is not None:
+        if self._wire is not None and not self._streams.paused:
             self._send(p.ModelsUpdate(models))
 
     async def run(self) -> None:
@@ -185,7 +193,9 @@ class RelayClient:
             outbox=outbox,
         )
         try:
-            hello = p.Hello(p.PROTOCOL_VERSION, self._name, self.models, self._max_concurrency)
+            hello = p.Hello(
+                p.PROTOCOL_VERSION, self._name, self._announced(), self._max_concurrency
+            )
             wire.send(p.encode(hello))
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                 reply = await wire.recv()
@@ -199,9 +209,9 @@ class RelayClient:
             self._board.update(
                 state=LinkState.CONNECTED, last_error=None, fatal=False, retry_in=None
             )
-            if self.models != hello.models:
-                # The models changed while the handshake was in flight.
-                self._send(p.ModelsUpdate(self.models))
+            if self._announced() != hello.models:
+                # The models changed, or sharing was paused, while the handshake was in flight.
+                self._send(p.ModelsUpdate(self._announced()))
             log.info("connected to broker", url=self._url, models=list(self.models))
             if self._stopping.is_set() or self._streams.draining:
                 await wire.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Coroutine
 from typing import Any
 
@@ -17,12 +18,14 @@ from PySide6.QtCore import QObject, Signal
 from connector_app.core.activity import Activity, RequestEvent, RequestEvents
 from connector_app.core.backoff import Backoff
 from connector_app.core.connector import Connector
-from connector_app.core.profile import Profile, ProfileStore
+from connector_app.core.profile import ENV_PREFIX, Profile, ProfileStore
 from connector_app.core.secrets import KeyringUnavailable
 from connector_app.core.status import Status, StatusBoard
-from shared.settings import ConfigError
+from shared.settings import ConfigError, split_list
 
 log = structlog.get_logger("remotellm.tray")
+
+BLOCKED_ENV = ENV_PREFIX + "BLOCKED_USERS"
 
 
 class Bridge(QObject):
@@ -153,6 +156,7 @@ class Bridge(QObject):
             return False
         self._set_problem(None)
         connector.client.set_paused(self.paused)
+        connector.client.set_blocked(self.blocked_users)
         self.connector = connector
         self._task = asyncio.ensure_future(self._run(connector))
         self.serving_changed.emit(True)
@@ -212,16 +216,26 @@ class Bridge(QObject):
 
     @property
     def blocked_users(self) -> frozenset[str]:
-        """The user ids this connector refuses (the profile's `blocked_users`)."""
+        """The user ids this connector refuses: the profile's `blocked_users` and those
+        REMOTELLM_CONNECTOR_BLOCKED_USERS names (the environment adds, it does not replace)."""
+        return self._saved_blocked() | self.env_blocked()
+
+    def _saved_blocked(self) -> frozenset[str]:
         return frozenset(str(u) for u in self.profile.values.get("blocked_users") or ())
 
+    @staticmethod
+    def env_blocked() -> frozenset[str]:
+        """The user ids REMOTELLM_CONNECTOR_BLOCKED_USERS blocks (comma-separated)."""
+        return frozenset(split_list(os.environ.get(BLOCKED_ENV, "")))
+
     def set_user_blocked(self, user_id: str, blocked: bool) -> None:
-        """Refuse (or serve again) one user's new requests at once; saved in connector.yaml."""
-        users = set(self.blocked_users)
+        """Refuse (or serve again) one user's new requests at once; saved in connector.yaml.
+        A user the environment blocks stays blocked."""
+        users = set(self._saved_blocked())
         (users.add if blocked else users.discard)(user_id)
         self.profile.values["blocked_users"] = sorted(users)
         if self.connector is not None:
-            self.connector.client.set_blocked(frozenset(users))
+            self.connector.client.set_blocked(self.blocked_users)
         log.info("user blocked" if blocked else "user unblocked", user_id=user_id)
         self.blocked_changed.emit()
         self.spawn(self._remember(self.profile))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+import structlog
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -28,10 +29,14 @@ from PySide6.QtWidgets import (
 )
 
 from connector_app.core.discovery import KNOWN_SERVERS, detect_local_server
+from connector_app.core.pairing import Paired
 from connector_app.core.probe import Check, check_broker, check_local
 from connector_app.core.profile import ENV_PREFIX, Profile, TrayPrefs
 from connector_app.core.settings import is_loopback, normalise_broker_url, normalise_llm_url
 from connector_app.qt.bridge import Bridge
+from connector_app.qt.pair_dialog import PairDialog
+
+log = structlog.get_logger("remotellm.tray")
 
 ERROR_STYLE: Final = "color: #b91c1c;"
 FIELDS: Final = ("broker_url", "broker_token", "llm_url", "llm_api_key", "max_concurrency")
@@ -129,6 +134,14 @@ class SettingsDialog(QDialog):
         """The fields in a form, each with its error label."""
         self.errors: dict[str, QLabel] = {}
         form = QFormLayout()
+        self.pair_button = QPushButton("Connect to a &broker…")
+        self.pair_button.setToolTip("Pair by signing in on the broker: no token to paste.")
+        self.pair_button.clicked.connect(self.show_pairing)
+        self.pair_dialog: PairDialog | None = None
+        pair_row = QHBoxLayout()
+        pair_row.addWidget(self.pair_button)
+        pair_row.addWidget(QLabel("or enter the broker URL and a token below"), 1)
+        form.addRow("", pair_row)
         for name, label, widget in (
             ("broker_url", "Broker URL", self.broker_url),
             ("broker_token", "Connector token", self.broker_token),
@@ -203,6 +216,23 @@ class SettingsDialog(QDialog):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    # -- pairing ---------------------------------------------------------------
+
+    def show_pairing(self) -> PairDialog:
+        """Open "Connect to a broker…"; a pairing fills in the broker URL and token here."""
+        if self.pair_dialog is None:
+            self.pair_dialog = PairDialog(self.bridge, self)
+            self.pair_dialog.paired.connect(self._on_paired)
+        log.info("pairing dialog opened")
+        self.pair_dialog.show()
+        self.pair_dialog.raise_()
+        return self.pair_dialog
+
+    def _on_paired(self, paired: Paired) -> None:
+        # Already saved by the pairing; shown here so that Save keeps them.
+        self.broker_url.setText(paired.relay_url)
+        self.broker_token.setText(paired.token)
 
     # -- models ----------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """Take the tray app's screenshots under Xvfb: `uv run python docs/screenshots/tray.py`.
 
 It starts its own Xvfb, runs a stub LLM, a broker and the tray app's core in-process on
-loopback, sends a few requests, and saves the tray menu, the settings dialog and the
-requests window as PNGs next to this file. Needs Xvfb (see .ci/run).
+loopback, sends a few requests, and saves the tray menu, the settings dialog, the requests
+window and the "Connect to a broker…" dialog (showing its code; the broker signs in through
+the tests' fake GitLab) as PNGs next to this file. Needs Xvfb (see .ci/run).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def inner() -> int:
 
     import aiohttp
     import qasync
-    from PySide6.QtCore import QPoint
+    from PySide6.QtCore import QObject, QPoint, QUrl, Slot
+    from PySide6.QtGui import QDesktopServices
     from PySide6.QtWidgets import QApplication
 
     sys.path.insert(0, str(ROOT))
@@ -59,7 +61,15 @@ def inner() -> int:
     from connector_app.qt.bridge import Bridge
     from connector_app.qt.tray import TrayApp
     from tests.conftest import CONNECTOR_TOKEN, USER_KEY, broker_settings
+    from tests.fake_gitlab import CLIENT_ID, CLIENT_SECRET, FakeGitLab
     from tests.stub_llm import StubLLM
+
+    class NoBrowser(QObject):
+        """Takes the links the pairing dialog opens, so no browser starts."""
+
+        @Slot(QUrl)
+        def open(self, url: QUrl) -> None:
+            pass
 
     app = QApplication(sys.argv[:1])
     app.setQuitOnLastWindowClosed(False)
@@ -76,7 +86,15 @@ def inner() -> int:
     async def shoot() -> None:
         stub = StubLLM(models=["llama3.1:8b", "qwen2.5-coder:14b", "mistral-nemo"])
         await stub.start()
-        broker = BrokerServer(broker_settings())
+        gitlab = FakeGitLab()
+        await gitlab.start()
+        broker = BrokerServer(
+            broker_settings(
+                gitlab_url=gitlab.url,
+                gitlab_client_id=CLIENT_ID,
+                gitlab_client_secret=CLIENT_SECRET,
+            )
+        )
         await broker.start()
         store = ProfileStore(home / "connector.yaml", MemoryStore())
         profile = Profile(
@@ -127,6 +145,19 @@ def inner() -> int:
             await dialog.test_connection()
             await asyncio.sleep(0.3)
             dialog.grab().save(str(HERE / "settings.png"))
+
+            no_browser = NoBrowser()
+            QDesktopServices.setUrlHandler("http", no_browser, "open")
+            pairing = dialog.show_pairing()
+            pairing.url.setText(broker.base_url)
+            pairing.name.setText("studio-gpu")
+            pairing.begin()
+            await until(lambda: pairing.code.text())
+            await asyncio.sleep(0.3)
+            pairing.grab().save(str(HERE / "pair-dialog.png"))
+            pairing.cancel()
+            pairing.close()
+            QDesktopServices.unsetUrlHandler("http")
             dialog.close()
 
             stub.gate(0).set()
@@ -135,11 +166,12 @@ def inner() -> int:
             response.release()
         await tray.shutdown(grace=5)
         await broker.stop()
+        await gitlab.stop()
         await stub.stop()
 
     with loop:
         loop.run_until_complete(shoot())
-    for name in ("tray-menu.png", "requests.png", "settings.png"):
+    for name in ("tray-menu.png", "requests.png", "settings.png", "pair-dialog.png"):
         print(HERE / name)
     return 0
 

@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import stat
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -79,6 +80,7 @@ def arguments(portal: Portal, tmp_path: Path, to_file: bool = False) -> argparse
         ca_file=None,
         config=tmp_path / "connector.yaml",
         to_file=to_file,
+        insecure=False,
     )
 
 
@@ -110,9 +112,20 @@ async def test_pair_to_file_writes_an_env_file_only_the_user_reads(
     assert await command == 0
     env = tmp_path / ENV_NAME
     assert stat.S_IMODE(env.stat().st_mode) == 0o600
-    lines = dict(line.split("=", 1) for line in env.read_text().splitlines())
-    assert lines["REMOTELLM_CONNECTOR_BROKER_TOKEN"].startswith("rlc-")
-    assert lines["REMOTELLM_CONNECTOR_BROKER_URL"].endswith("/relay")
+    values = sourced(env)
+    assert values["REMOTELLM_CONNECTOR_BROKER_TOKEN"].startswith("rlc-")
+    assert values["REMOTELLM_CONNECTOR_BROKER_URL"].endswith("/relay")
+    assert values["REMOTELLM_CONNECTOR_NAME"] == "gpu-box"
+
+
+def sourced(env: Path) -> dict[str, str]:
+    """The REMOTELLM_ variables a POSIX shell sees after `. env` (as a wrapper script would)."""
+    script = 'set -a; . "$1"; env -0'
+    shown = subprocess.run(
+        ["sh", "-c", script, "sh", str(env)], capture_output=True, check=True, env={}
+    ).stdout.decode()
+    pairs = (item.partition("=") for item in shown.split("\0") if item)
+    return {k: v for k, _, v in pairs if k.startswith("REMOTELLM_")}
 
 
 async def test_a_denied_pairing_fails_in_words_and_stores_nothing(

@@ -107,7 +107,8 @@ async def test_pause_lets_the_running_stream_finish_and_takes_no_new_request(
             await asyncio.sleep(0.01)
 
     running.connector.client.set_paused(True)
-    status, answer = await chat(broker, key)  # no other connector: the broker gives up
+    await wait_models(broker, set())  # the paused connector announces no models
+    status, answer = await chat(broker, key)  # no other connector: the broker's usual 503
     assert status == 503
     assert isinstance(answer, dict) and answer["error"]["code"] == "no_connector_available"
     for i in range(2):
@@ -117,5 +118,41 @@ async def test_pause_lets_the_running_stream_finish_and_takes_no_new_request(
     assert len(stub.seen) == 1
 
     running.connector.client.set_paused(False)
+    await wait_models(broker, {"stub-model"})  # announced again on resume
     status, _ = await chat(broker, key)
     assert status == 200
+
+
+async def test_a_paused_connector_is_not_offered_requests_another_one_serves_them(
+    stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector
+) -> None:
+    other = StubLLM()
+    await other.start()
+    try:
+        broker = await make_broker()
+        _, key = await user_key(broker, "dave")
+        paused = await make_connector(broker, stub.url, name="paused")
+        await make_connector(broker, other.url, name="serving")
+        async with asyncio.timeout(10):
+            while sorted(link.name for link in broker.hub.links if link.models) != [
+                "paused",
+                "serving",
+            ]:
+                await asyncio.sleep(0.01)
+        paused.connector.client.set_paused(True)
+        async with asyncio.timeout(10):
+            while any(link.models for link in broker.hub.links if link.name == "paused"):
+                await asyncio.sleep(0.01)
+        # Idle, the paused connector would be the least loaded pick as often as not; it is
+        # never offered a request, so none is refused or retried.
+        for _ in range(4):
+            status, _ = await chat(broker, key)
+            assert status == 200
+        assert stub.seen == [] and len(other.seen) == 4
+        assert paused.connector.client.models == ("stub-model",)  # still known locally
+        paused.connector.client.set_paused(False)
+        async with asyncio.timeout(10):
+            while not any(link.models for link in broker.hub.links if link.name == "paused"):
+                await asyncio.sleep(0.01)
+    finally:
+        await other.stop()
