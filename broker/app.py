@@ -110,7 +110,8 @@ REVOCATION_CHECK = 5.0
 
 
 async def _watch_revoked_connectors(services: Services, every: float = REVOCATION_CHECK) -> None:
-    """Send away connectors whose token was revoked (by the admin CLI, say) while connected."""
+    """Send away connectors whose token was revoked (by the admin CLI, say) while connected,
+    and apply the access rules as the store has them now."""
     while True:
         await asyncio.sleep(every)
         links = [link for link in services.relay.links if link.token_id is not None]
@@ -127,6 +128,11 @@ async def _watch_revoked_connectors(services: Services, every: float = REVOCATIO
             if link.token_id not in live:
                 log.warning("connector token revoked; disconnecting", connector=link.name)
                 await link.go_away("connector token revoked", 30.0)
+        try:
+            # Rules changed by the admin CLI or another broker, and groups read at sign-in.
+            await services.relay.refresh_gates()
+        except Exception as exc:
+            log.error("cannot read the connectors' access rules", error=str(exc))
 
 
 async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -141,7 +141,7 @@ async def static(request: web.Request) -> web.Response:
 
 
 def _models_for(request: web.Request, user: User) -> list[str]:
-    models = sorted(request.app[SERVICES].hub.models())
+    models = sorted(request.app[SERVICES].hub.models_for(user.id))
     if user.models is not None:
         models = [m for m in models if m in user.models]
     return models

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from broker.relay.gates import Gate
 from broker.relay.hub import FORGET_AFTER, Hub, Link, NoConnector
 
 # Hang guard for awaits that must finish promptly; never a timing assertion.
@@ -22,6 +23,7 @@ class FakeLink:
     models: frozenset[str] = field(default_factory=frozenset)
     max_concurrency: int = 1
     draining: bool = False
+    gate: Gate | None = None
 
 
 def link(name: str, *models: str, cap: int = 1) -> FakeLink:
