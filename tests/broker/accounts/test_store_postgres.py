@@ -23,6 +23,7 @@ from broker.accounts import keyformat
 from broker.accounts.ledger import UsageLedger
 from broker.accounts.records import StoreError, UsageRow
 from broker.accounts.store import Store
+from tests.broker.accounts.test_accessbook import exercise_access
 from tests.broker.accounts.test_ledger import BAD_ROWS
 from tests.broker.accounts.test_pairings import exercise_pairings
 from tests.broker.accounts.test_store import full_rows, row
@@ -103,7 +104,14 @@ async def store(postgres: str) -> AsyncIterator[Store]:
     store = await Store.open(postgres)
     yield store
     async with store.engine.begin() as conn:
-        for table in ("usage", "api_keys", "connector_tokens", "users"):
+        for table in (
+            "usage",
+            "connector_access",
+            "user_groups",
+            "api_keys",
+            "connector_tokens",
+            "users",
+        ):
             await conn.exec_driver_sql(f"DELETE FROM {table}")
     await store.close()
 
@@ -208,3 +216,7 @@ async def test_the_ledger_sets_aside_only_rows_postgres_refuses_for_their_values
 
 async def test_pairings_on_postgres(store: Store) -> None:
     await exercise_pairings(store)
+
+
+async def test_access_on_postgres(store: Store) -> None:
+    await exercise_access(store)
