@@ -61,7 +61,7 @@ async def test_a_running_broker_applies_a_rule_the_command_set(
     data = tmp_path / "data"
     broker = await make_broker(data_dir=data, database_url=None, connector_token=[])
     await admin(data, "users", "create", "olga")
-    code, out, _ = await admin(data, "connectors", "create", "gpu", "--owner", "olga")
+    _, out, _ = await admin(data, "connectors", "create", "gpu", "--owner", "olga")
     (token,) = re.findall(r"rlc-[0-9A-Za-z]{38}", out)
     await make_connector(broker, stub.url, broker_token=token)
     await wait_models(broker, {"stub-model"})
