@@ -25,6 +25,7 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
 from broker.accounts.records import User
+from broker.portal.access import add_access_routes
 from broker.portal.cookies import SESSION_COOKIE, SESSION_MAX_AGE, session_key
 from broker.portal.gitlab import GitLab
 from broker.portal.pages import (
@@ -47,7 +48,7 @@ from broker.settings import BrokerSettings
 
 log = structlog.get_logger("remotellm.broker.portal")
 
-PORTAL_PATHS = ("/login", "/logout", "/auth/", "/portal", "/admin", "/static/")
+PORTAL_PATHS = ("/login", "/logout", "/auth/", "/portal", "/admin", "/static/", "/connectors")
 MAX_KEYS = 10  # live keys a user may make in the portal (limits are counted per key)
 USAGE_DAYS = 30
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
@@ -103,6 +104,7 @@ def setup_portal(app: web.Application, settings: BrokerSettings) -> None:
             settings.gitlab_client_id,
             settings.gitlab_client_secret.get_secret_value(),
             list(settings.gitlab_allowed_group),
+            read_groups=settings.gitlab_read_groups,
         )
     _add_routes(app.router)
 
@@ -122,6 +124,7 @@ def _add_routes(add: web.UrlDispatcher) -> None:
     add.add_post("/admin/users/{user_id:\\d+}/{action:block|unblock}", admin_user)
     add.add_get("/static/{name}", static)
     add_pairing_routes(add)
+    add_access_routes(add)
 
 
 async def static(request: web.Request) -> web.Response:
