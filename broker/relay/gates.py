@@ -9,8 +9,9 @@ seconds, so changes made in another process count), and the connector's own bloc
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from broker.accounts.access import EVERYONE, AccessRule, group_matches
 from broker.accounts.principals import CONFIGURED_USER
@@ -42,6 +43,45 @@ class Gate:
         if type(user) is not int:
             return not self.configured and self.admitted is None
         return user in self.blocked
+
+
+Refusal = Literal["refused", "blocked"]
+"""Why no connector serving a model admits a user: its owner's rule, or its own block list."""
+
+
+class Gated(Protocol):
+    """A connector as the gates see it: what it serves, and who it admits."""
+
+    @property
+    def models(self) -> frozenset[str]: ...
+
+    @property
+    def gate(self) -> Gate | None: ...
+
+
+def reachable(links: Iterable[Gated], user: Hashable) -> set[str] | None:
+    """The models the connectors admitting `user` serve; None when every connector admits
+    everyone (then all of them: nothing to work out)."""
+    links = list(links)
+    if all(link.gate is None for link in links):
+        return None
+    found: set[str] = set()
+    for link in links:
+        gate = link.gate
+        if gate is None or gate.admits(user):
+            found |= link.models
+    return found
+
+
+def refusal(gates: Sequence[Gate | None], user: Hashable) -> Refusal | None:
+    """Why the connectors with these `gates` (those serving a model) do not admit `user`:
+    `blocked` when one of them blocks the user itself, else `refused` (their owners' rules);
+    None when one admits them, or there are none."""
+    if not gates or any(gate is None or gate.admits(user) for gate in gates):
+        return None
+    if any(gate is not None and gate.blocks(user) for gate in gates):
+        return "blocked"
+    return "refused"
 
 
 def gate_for(admitted: frozenset[int] | None, blocked: Iterable[str]) -> Gate | None:

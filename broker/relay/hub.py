@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
 from broker.relay.fairqueue import FairQueue, Policy
-from broker.relay.gates import Gate
+from broker.relay.gates import Gate, Refusal, reachable, refusal
 
 
 class Link(Protocol):
@@ -183,27 +183,16 @@ class Hub:
 
     def models_for(self, user: Hashable) -> dict[str, float]:
         """`models()` that some connector admitting `user` serves."""
-        links = self._load
-        if all(link.gate is None for link in links):
+        found = reachable(self._load, user)
+        if found is None:
             return self.models()
-        reachable: set[str] = set()
-        for link in links:
-            gate = link.gate
-            if gate is None or gate.admits(user):
-                reachable |= link.models
         first_seen = self._first_seen
-        return {m: first_seen[m] for m in sorted(reachable) if m in self._served}
+        return {m: first_seen[m] for m in sorted(found) if m in self._served}
 
-    def refusal(self, model: str, user: Hashable) -> Literal["refused", "blocked"] | None:
-        """Why `model`, served now, is served only by connectors that do not admit `user`:
-        `blocked` when one of them blocks the user itself, else `refused` (their owners'
-        rules); None when one admits them, or none serves it."""
-        gates = [link.gate for link in self._load if model in link.models]
-        if not gates or any(gate is None or gate.admits(user) for gate in gates):
-            return None
-        if any(gate is not None and gate.blocks(user) for gate in gates):
-            return "blocked"
-        return "refused"
+    def refusal(self, model: str, user: Hashable) -> Refusal | None:
+        """Why `model`, served now, is served only by connectors that do not admit `user`
+        (`broker.relay.gates.refusal`); None when one admits them, or none serves it."""
+        return refusal([link.gate for link in self._load if model in link.models], user)
 
     def served_count(self) -> int:
         """How many distinct models are served right now (kept, not counted, per call)."""
