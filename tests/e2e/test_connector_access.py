@@ -346,3 +346,22 @@ async def test_after_a_block_a_busy_connector_that_admits_the_user_is_the_usual_
         bobs.cancel()
         with pytest.raises(asyncio.CancelledError):
             await bobs
+
+
+async def test_a_broker_names_the_blocked_feature_and_bounds_the_frame(
+    make_broker: MakeBroker,
+) -> None:
+    broker = await make_broker()
+    async with connect(
+        f"ws://127.0.0.1:{broker.port}/relay",
+        additional_headers={"Authorization": f"Bearer {CONNECTOR_TOKEN}"},
+        close_timeout=1,
+    ) as ws:
+        await ws.send(p.encode(p.Hello(p.PROTOCOL_VERSION, "raw", ("m",), 1)))
+        (welcome,) = p.decode(await ws.recv())  # type: ignore[arg-type]
+        assert isinstance(welcome, p.Welcome) and p.FEATURE_BLOCKED in welcome.features
+        await ws.send(p.encode(p.Blocked(tuple(str(i) for i in range(10_001)))))
+        async with asyncio.timeout(GUARD):
+            await ws.wait_closed()
+        assert ws.close_code == p.CLOSE_POLICY_VIOLATION
+        assert "blocks 10001 users" in (ws.close_reason or "")
