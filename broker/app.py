@@ -192,7 +192,14 @@ def build_services(settings: BrokerSettings) -> Services:
     def store() -> Store:
         return services.store  # opened at start-up, long after the relay is made
 
-    relay = Relay(hub, metrics, connector_tokens, store, settings.heartbeat)
+    relay = Relay(
+        hub,
+        metrics,
+        connector_tokens,
+        store,
+        settings.heartbeat,
+        read_groups=settings.portal and settings.gitlab_read_groups,
+    )
     services = Services(
         settings=settings,
         metrics=metrics,

@@ -47,6 +47,7 @@ class Relay:
 
     __slots__ = (
         "_opening",
+        "_read_groups",
         "_store",
         "_tasks",
         "heartbeat",
@@ -64,6 +65,8 @@ class Relay:
         tokens: Credentials,
         store: Callable[[], Store],
         heartbeat: float,
+        *,
+        read_groups: bool = False,
     ) -> None:
         self.hub = hub
         self.metrics = metrics
@@ -72,6 +75,9 @@ class Relay:
         self._store = store
         """The broker's store, which opens at start-up: asked for when a token needs it."""
         self.heartbeat = heartbeat
+        self._read_groups = read_groups
+        """Users' GitLab groups are read at sign-in: without it, group rules admit the owner only
+        (memberships recorded before are not used)."""
         self.links: set[ConnectorLink] = set()
         """The connectors attached now."""
         self._opening: set[_Opening] = set()
@@ -138,7 +144,9 @@ class Relay:
     async def refresh_gates(self) -> None:
         """Read the owners' rules of the connected connectors again, and route by them."""
         links = {link: link.token_id for link in self.links if link.token_id is not None}
-        found = await gates.admitted(self._store(), {t for t in links.values() if t is not None})
+        found = await gates.admitted(
+            self._store(), {t for t in links.values() if t is not None}, groups=self._read_groups
+        )
         for link, token_id in links.items():
             if token_id in found and link.admit(found[token_id]):
                 self.hub.models_changed(link)
@@ -155,7 +163,7 @@ class Relay:
         found = await store.connector_for(keyformat.fingerprint(presented))
         if found is None:
             return None
-        rule = await gates.admitted(store, [found.id])
+        rule = await gates.admitted(store, [found.id], groups=self._read_groups)
         return _Admitted(found.id, rule[found.id])
 
     def close_opening(self) -> None:

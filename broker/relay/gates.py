@@ -113,15 +113,18 @@ def admitted_ids(
     return frozenset(owner)
 
 
-async def admitted(store: Store, token_ids: Iterable[int]) -> dict[int, frozenset[int] | None]:
-    """The user ids each of these connector tokens' rules admits (None: everyone)."""
+async def admitted(
+    store: Store, token_ids: Iterable[int], *, groups: bool = True
+) -> dict[int, frozenset[int] | None]:
+    """The user ids each of these connector tokens' rules admits (None: everyone); without
+    `groups` (the broker does not read GitLab groups), a group rule admits the owner only."""
     wanted = set(token_ids)
     if not wanted:
         return {}
     rules = await store.access.rules(wanted)
     owners = await store.connector_owners(rules) if rules else {}
     memberships: dict[int, tuple[str, ...]] = {}
-    if any(rule.mode == "groups" for rule in rules.values()):
+    if groups and any(rule.mode == "groups" for rule in rules.values()):
         memberships = await store.access.memberships()
     return {
         token_id: admitted_ids(rules.get(token_id, EVERYONE), owners.get(token_id), memberships)

@@ -31,6 +31,7 @@ from tests.conftest import (
     wait_models,
 )
 from tests.e2e.test_owner_controls import chat, user_key
+from tests.fake_gitlab import CLIENT_ID, CLIENT_SECRET
 from tests.stub_llm import StubLLM
 
 # Long enough that a request that waited for it would hit the tests' guard first: a refusal
@@ -138,10 +139,18 @@ async def test_listed_users_are_served_and_others_are_not(
     assert len(stub.seen) == 1
 
 
+READS_GROUPS = {
+    "gitlab_client_id": CLIENT_ID,
+    "gitlab_client_secret": CLIENT_SECRET,
+    "gitlab_read_groups": True,
+}
+"""A broker that reads users' GitLab groups at sign-in (the groups here are put in its store)."""
+
+
 async def test_group_members_are_served_subgroups_included_and_others_are_not(
     stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector
 ) -> None:
-    broker = await make_broker(connector_wait=LONG_WAIT)
+    broker = await make_broker(connector_wait=LONG_WAIT, **READS_GROUPS)
     store = store_of(broker)
     olga, _ = await user_key(broker, "olga")
     bob, bob_key = await user_key(broker, "bob")
@@ -162,6 +171,21 @@ async def test_group_members_are_served_subgroups_included_and_others_are_not(
     status, _ = await guarded_chat(broker, carol_key)
     assert status == 200
     assert len(stub.seen) == 2
+
+
+async def test_without_reading_groups_a_group_rule_admits_the_owner_only(
+    stub: StubLLM, make_broker: MakeBroker, make_connector: MakeConnector
+) -> None:
+    broker = await make_broker(connector_wait=LONG_WAIT)  # no --gitlab-read-groups
+    olga, olga_key = await user_key(broker, "olga")
+    bob, bob_key = await user_key(broker, "bob")
+    await store_of(broker).access.set_groups(int(bob), ["org"])  # recorded once, not now
+    rule = AccessRule("groups", groups=("org",))
+    await owned_connector(broker, make_connector, stub.url, olga, rule)
+    status, answer = await guarded_chat(broker, bob_key)
+    assert (status, code(answer)) == (403, "model_not_allowed")
+    status, _ = await guarded_chat(broker, olga_key)
+    assert status == 200
 
 
 async def test_a_refused_user_is_served_by_a_connector_that_admits_them(
