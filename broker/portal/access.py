@@ -73,11 +73,19 @@ async def access_page(request: web.Request) -> web.Response:
 
 
 async def _context(request: web.Request, token: ConnectorToken) -> dict[str, Any]:
-    store = request.app[SERVICES].store
+    services = request.app[SERVICES]
+    store = services.store
     owner = await store.user(token.owner_id) if token.owner_id is not None else None
+    links = [link for link in services.relay.links if link.token_id == token.id]
+    blocked: list[str] = []
+    for user_id in sorted({u for link in links for u in link.blocked_users}):
+        found = await store.user(int(user_id)) if user_id.isdigit() else None
+        blocked.append(found.username if found is not None else user_id)
     return {
         "connector": token,
         "owner": owner,
+        "online": bool(links),
+        "blocked": blocked,
         "reads_groups": _reads_groups(request),
         "modes": MODES,
     }

@@ -198,6 +198,11 @@ class ConnectorLink:
         self.gate: Gate | None = gate_for(None, self._blocked)
         """Who the hub may send here (None: everyone)."""
 
+    @property
+    def blocked_users(self) -> tuple[str, ...]:
+        """The user ids the connector said it refuses (its hello, then BLOCKED frames)."""
+        return self._blocked
+
     def admit(self, admitted: frozenset[int] | None) -> bool:
         """Apply the user ids the owner's rule admits; True when the gate changed."""
         self._admitted = admitted

@@ -201,3 +201,27 @@ async def test_with_groups_read_the_page_says_so(
         status, html = await page(alice, portal, token)
         assert status == 200 and "Groups are read when a person signs in." in html
         assert "does not read GitLab groups" not in html
+
+
+async def test_the_page_shows_whom_the_connected_connector_blocks_itself(
+    portal: Portal, stub: StubLLM, make_connector: MakeConnector
+) -> None:
+    store = portal.broker.services.store
+    async with browser() as alice:
+        await sign_in(alice, portal)
+        owner = await store.find_user("alice")
+        bob = await store.create_user("bob")
+        raw, token = await store.create_connector_token("gpu", owner.id)
+        status, html = await page(alice, portal, token)
+        assert status == 200 and "not connected now" in html and "itself blocks" not in html
+        await make_connector(
+            portal.broker,
+            stub.url,
+            broker_token=SecretStr(raw),
+            name="gpu",
+            blocked_users=[str(bob.id), "configured"],
+        )
+        await wait_models(portal.broker, {"stub-model"})
+        status, html = await page(alice, portal, token)
+        assert "online now" in html
+        assert "the connector itself blocks: bob, configured" in html
