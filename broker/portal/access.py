@@ -79,7 +79,8 @@ async def _context(request: web.Request, token: ConnectorToken) -> dict[str, Any
     links = [link for link in services.relay.links if link.token_id == token.id]
     blocked: list[str] = []
     for user_id in sorted({u for link in links for u in link.blocked_users}):
-        found = await store.user(int(user_id)) if user_id.isdigit() else None
+        numeric = user_id.isascii() and user_id.isdigit()
+        found = await store.user(int(user_id)) if numeric else None
         blocked.append(found.username if found is not None else user_id)
     return {
         "connector": token,

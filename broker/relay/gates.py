@@ -87,7 +87,7 @@ def refusal(gates: Sequence[Gate | None], user: Hashable) -> Refusal | None:
 def gate_for(admitted: frozenset[int] | None, blocked: Iterable[str]) -> Gate | None:
     """The gate of a connector admitting `admitted` (None: everyone) minus the user ids it
     blocks itself (as it names them: numeric ids, or `configured`); None when it admits all."""
-    ids = frozenset(int(user) for user in blocked if user.isdigit())
+    ids = frozenset(int(user) for user in blocked if user.isascii() and user.isdigit())
     configured = admitted is None and CONFIGURED_USER not in blocked
     if admitted is None and not ids and configured:
         return None

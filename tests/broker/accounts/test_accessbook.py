@@ -109,5 +109,7 @@ def test_a_gate_puts_the_rule_and_the_connectors_block_list_together() -> None:
     assert owner_only is not None
     assert owner_only.admits(1) and not owner_only.admits(2) and not owner_only.admits("cfg:x")
     assert not owner_only.blocks(2)
+    # Ids that are not plain ASCII digits name nobody (and break nothing).
+    assert gate_for(None, ("²", "٣", "x")) is None
     both = gate_for(frozenset({1, 2}), ("2",))
     assert both is not None and both.admits(1) and not both.admits(2)
