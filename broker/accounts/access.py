@@ -19,6 +19,9 @@ MODES: Final[tuple[Mode, ...]] = get_args(Mode)
 MAX_MEMBERS: Final = 200
 """Most groups or users one rule may list."""
 
+MAX_GROUP_PATH: Final = 255
+"""Longest group path a rule keeps (as GitLab's own limit on a full path)."""
+
 
 class AccessError(ValueError):
     """A rule that cannot be kept as asked (an unknown mode, an empty list)."""
@@ -43,6 +46,8 @@ class AccessRule:
             raise AccessError("a users rule needs at least one user")
         if len(self.groups) > MAX_MEMBERS or len(self.users) > MAX_MEMBERS:
             raise AccessError(f"a rule lists at most {MAX_MEMBERS} groups or users")
+        if any(len(group) > MAX_GROUP_PATH for group in self.groups):
+            raise AccessError(f"a group path is at most {MAX_GROUP_PATH} characters")
 
     def admits(self, user_id: int | None, owner_id: int | None, groups: Collection[str]) -> bool:
         """Whether the user `user_id` (None: a key from the settings), member of `groups`,

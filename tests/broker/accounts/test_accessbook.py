@@ -66,6 +66,10 @@ def test_a_rule_is_checked_when_made() -> None:
         AccessRule("groups")
     with pytest.raises(AccessError, match="at least one user"):
         AccessRule("users")
+    with pytest.raises(AccessError, match="at most 255 characters"):
+        AccessRule("groups", groups=("g" * 256,))
+    with pytest.raises(AccessError, match="at most 200"):
+        AccessRule("users", users=tuple(range(201)))
     with pytest.raises(AccessError, match="unknown access mode"):
         AccessRule("friends")  # type: ignore[arg-type]
 
