@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from broker.relay.fairqueue import Policy
+from broker.relay.gates import Gate
 from broker.relay.hub import Hub
 
 MODEL = "bench-model"
@@ -37,6 +38,7 @@ class _Connector:
     name: str = "bench-connector"
     models: frozenset[str] = frozenset({MODEL})
     draining: bool = False
+    gate: Gate | None = None
 
 
 @dataclass

@@ -110,7 +110,8 @@ REVOCATION_CHECK = 5.0
 
 
 async def _watch_revoked_connectors(services: Services, every: float = REVOCATION_CHECK) -> None:
-    """Send away connectors whose token was revoked (by the admin CLI, say) while connected."""
+    """Send away connectors whose token was revoked (by the admin CLI, say) while connected,
+    and apply the access rules as the store has them now."""
     while True:
         await asyncio.sleep(every)
         links = [link for link in services.relay.links if link.token_id is not None]
@@ -126,6 +127,11 @@ async def _watch_revoked_connectors(services: Services, every: float = REVOCATIO
         for link in links:
             if link.token_id not in live:
                 link.shut_out("connector token revoked")
+        try:
+            # Rules changed by the admin CLI or another broker, and groups read at sign-in.
+            await services.relay.refresh_gates()
+        except Exception as exc:
+            log.error("cannot read the connectors' access rules", error=str(exc))
 
 
 async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -185,7 +191,14 @@ def build_services(settings: BrokerSettings) -> Services:
     def store() -> Store:
         return services.store  # opened at start-up, long after the relay is made
 
-    relay = Relay(hub, metrics, connector_tokens, store, settings.heartbeat)
+    relay = Relay(
+        hub,
+        metrics,
+        connector_tokens,
+        store,
+        settings.heartbeat,
+        read_groups=settings.portal and settings.gitlab_read_groups,
+    )
     services = Services(
         settings=settings,
         metrics=metrics,

@@ -66,6 +66,13 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
         help="only members of this GitLab group may sign in (repeatable)",
     )
     add(
+        "--gitlab-read-groups",
+        action="store_true",
+        default=None,
+        help="read each user's GitLab groups at sign-in (asks for read_api), so owners can "
+        "share connectors with groups",
+    )
+    add(
         "--pairing",
         choices=["users", "admins", "off"],
         help="who may approve a connector's pairing by signing in (default users: whoever may "

@@ -140,6 +140,11 @@ class BrokerSettings(BaseSettings):
         default_factory=list,
         description="Only members of these GitLab groups may sign in (repeatable; empty: anyone).",
     )
+    gitlab_read_groups: bool = Field(
+        False,
+        description="Read each user's GitLab groups at sign-in (asks for read_api), so"
+        " connectors can be shared with groups.",
+    )
     pairing: Literal["users", "admins", "off"] = Field(
         "users",
         description="Who may pair a connector by signing in: users (whoever may sign in to the"

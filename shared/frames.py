@@ -44,6 +44,7 @@ class FrameType(IntEnum):
     WELCOME = 0x02
     MODELS = 0x03
     GOAWAY = 0x04
+    BLOCKED = 0x05
     REQUEST_HEAD = 0x10
     REQUEST_BODY = 0x11
     RESPONSE_HEAD = 0x20
@@ -69,6 +70,13 @@ class Hello:
     name: str
     models: tuple[str, ...]
     max_concurrency: int
+    blocked_users: tuple[str, ...] = ()
+    """The user ids the connector refuses (its owner's block list), so the broker sends it
+    none of their requests. Optional: an older connector leaves it out."""
+
+
+FEATURE_BLOCKED: Final = "blocked"
+"""A broker's feature: it takes BLOCKED frames."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +85,17 @@ class Welcome:
 
     version: int
     window: int
+    features: tuple[str, ...] = ()
+    """What the broker takes beyond version 1's frames (`FEATURE_BLOCKED`). Optional: an older
+    broker leaves it out, and a connector then sends it none of those frames."""
+
+
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    """Connector -> broker: the full, new list of user ids it refuses (sent only to a broker
+    whose welcome named `FEATURE_BLOCKED`)."""
+
+    users: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +183,7 @@ Frame = (
     Hello
     | Welcome
     | ModelsUpdate
+    | Blocked
     | GoAway
     | RequestHead
     | RequestBody

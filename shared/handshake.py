@@ -27,9 +27,12 @@ become a metric label: without a bound, one connector could grow state every use
 TOKEN_REVOKED: Final = "connector_token_revoked"
 """The error code of the broker's 401 to a connector whose token was revoked (an unknown token
 gets `invalid_connector_token`): no later dial can succeed, so the connector stops dialing."""
+MAX_BLOCKED: Final = 10_000
+"""Most user ids one connector may name as blocked, in its hello or a BLOCKED frame."""
 
 FROM_CONNECTOR: Final = (
     p.ModelsUpdate,
+    p.Blocked,
     p.GoAway,
     p.ResponseHead,
     p.ResponseBody,
@@ -79,7 +82,24 @@ def accept_hello(message: str | bytes) -> p.Hello:
             "set another name",
         )
     check_models(hello.models)
+    check_blocked(hello.blocked_users)
     return hello
+
+
+def check_blocked(users: tuple[str, ...]) -> None:
+    """Refuse a block list over the bounds: more than MAX_BLOCKED ids, or an id too long."""
+    if len(users) > MAX_BLOCKED:
+        raise Refused(
+            p.CLOSE_POLICY_VIOLATION,
+            f"the connector blocks {len(users)} users, over the broker's limit of {MAX_BLOCKED}",
+        )
+    for user in users:
+        if len(user) > MAX_NAME_LENGTH:
+            raise Refused(
+                p.CLOSE_POLICY_VIOLATION,
+                f"a blocked user id is {len(user)} characters long; "
+                f"a broker takes at most {MAX_NAME_LENGTH}",
+            )
 
 
 def check_models(models: tuple[str, ...]) -> None:

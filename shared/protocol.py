@@ -30,12 +30,14 @@ from shared.frames import (
     CLOSE_PROTOCOL_ERROR,
     CLOSE_UNSUPPORTED_VERSION,
     DEFAULT_WINDOW,
+    FEATURE_BLOCKED,
     HEADER,
     MAX_BODY_CHUNK,
     MAX_CONTROL_PAYLOAD,
     MAX_RECONNECT_AFTER,
     MAX_REQUEST_BODY,
     PROTOCOL_VERSION,
+    Blocked,
     Cancel,
     End,
     Error,
@@ -61,12 +63,14 @@ __all__ = [
     "CLOSE_PROTOCOL_ERROR",
     "CLOSE_UNSUPPORTED_VERSION",
     "DEFAULT_WINDOW",
+    "FEATURE_BLOCKED",
     "HEADER",
     "MAX_BODY_CHUNK",
     "MAX_CONTROL_PAYLOAD",
     "MAX_RECONNECT_AFTER",
     "MAX_REQUEST_BODY",
     "PROTOCOL_VERSION",
+    "Blocked",
     "Cancel",
     "End",
     "Error",
@@ -167,20 +171,25 @@ def encode(frame: Frame) -> bytes:
             return _pack(FrameType.REQUEST_HEAD, stream_id, _json(head))
         case Error(stream_id, code, message):
             return _pack(FrameType.ERROR, stream_id, _json({"code": code, "message": message}))
-        case Hello(version, name, models, max_concurrency):
-            payload = _json(
-                {
-                    "version": version,
-                    "name": name,
-                    "models": list(models),
-                    "max_concurrency": max_concurrency,
-                }
-            )
-            return _pack(FrameType.HELLO, 0, payload)
-        case Welcome(version, window):
-            return _pack(FrameType.WELCOME, 0, _json({"version": version, "window": window}))
+        case Hello(version, name, models, max_concurrency, blocked_users):
+            hello: dict[str, object] = {
+                "version": version,
+                "name": name,
+                "models": list(models),
+                "max_concurrency": max_concurrency,
+            }
+            if blocked_users:  # optional (no version bump): written only when there are some
+                hello["blocked_users"] = list(blocked_users)
+            return _pack(FrameType.HELLO, 0, _json(hello))
+        case Welcome(version, window, features):
+            welcome: dict[str, object] = {"version": version, "window": window}
+            if features:
+                welcome["features"] = list(features)
+            return _pack(FrameType.WELCOME, 0, _json(welcome))
         case ModelsUpdate(models):
             return _pack(FrameType.MODELS, 0, _json({"models": list(models)}))
+        case Blocked(users):
+            return _pack(FrameType.BLOCKED, 0, _json({"users": list(users)}))
         case GoAway(reason, reconnect_after):
             # The one float of the protocol: the standard library refuses NaN, orjson would not.
             payload = _json_slow({"reason": reason, "reconnect_after": reconnect_after})
@@ -264,7 +273,9 @@ def _optional_str(obj: Mapping[str, Any], key: str) -> str:
     return _get(obj, key, str)  # type: ignore[no-any-return]
 
 
-def _str_list(obj: Mapping[str, Any], key: str) -> tuple[str, ...]:
+def _str_list(obj: Mapping[str, Any], key: str, *, optional: bool = False) -> tuple[str, ...]:
+    if optional and key not in obj:
+        return ()
     items = _get(obj, key, list)
     if not all(isinstance(i, str) for i in items):
         raise ProtocolError(f"field {key!r} must be a list of strings")
@@ -293,7 +304,7 @@ def _headers(obj: Mapping[str, Any]) -> Headers:
 
 _FRAME_TYPES: Final = {int(t): t for t in FrameType}
 _CONNECTION_LEVEL: Final = frozenset(
-    {FrameType.HELLO, FrameType.WELCOME, FrameType.MODELS, FrameType.GOAWAY}
+    {FrameType.HELLO, FrameType.WELCOME, FrameType.MODELS, FrameType.GOAWAY, FrameType.BLOCKED}
 )
 
 
@@ -348,14 +359,19 @@ def _json_frame(ftype: FrameType, stream_id: int, obj: Mapping[str, Any]) -> Fra
                 _get(obj, "name", str),
                 _str_list(obj, "models"),
                 concurrency,
+                _str_list(obj, "blocked_users", optional=True),
             )
         case FrameType.WELCOME:
             window = _get(obj, "window", int)
             if window < MAX_BODY_CHUNK:
                 raise ProtocolError(f"window must be at least {MAX_BODY_CHUNK}")
-            return Welcome(_get(obj, "version", int), window)
+            return Welcome(
+                _get(obj, "version", int), window, _str_list(obj, "features", optional=True)
+            )
         case FrameType.MODELS:
             return ModelsUpdate(_str_list(obj, "models"))
+        case FrameType.BLOCKED:
+            return Blocked(_str_list(obj, "users"))
         case FrameType.GOAWAY:
             # Clamped before float(): an integer of hundreds of digits has no float.
             after = min(max(_get(obj, "reconnect_after", (int, float)), 0.0), MAX_RECONNECT_AFTER)

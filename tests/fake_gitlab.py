@@ -44,6 +44,7 @@ class FakeGitLab:
         self.app.router.add_post("/oauth/token", self.token)
         self.app.router.add_get("/api/v4/user", self.user)
         self.app.router.add_get("/api/v4/groups/{group}/members/all/{user_id}", self.member)
+        self.app.router.add_get("/api/v4/groups", self.member_of)
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -112,6 +113,18 @@ class FakeGitLab:
         if user is None:
             return web.json_response({"message": "401 Unauthorized"}, status=401)
         return web.json_response({"id": user.id, "username": user.username, "name": user.name})
+
+    async def member_of(self, request: web.Request) -> web.Response:
+        """GET /api/v4/groups: the user's groups (one page of `per_page`), with full paths."""
+        user = self._bearer(request)
+        if user is None:
+            return web.json_response({"message": "401 Unauthorized"}, status=401)
+        per_page = int(request.query.get("per_page", "20"))
+        page = int(request.query.get("page", "1"))
+        groups = sorted(user.groups)[(page - 1) * per_page : page * per_page]
+        return web.json_response(
+            [{"id": i, "full_path": g, "name": g.rsplit("/", 1)[-1]} for i, g in enumerate(groups)]
+        )
 
     async def member(self, request: web.Request) -> web.Response:
         user = self._bearer(request)

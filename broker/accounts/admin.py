@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from broker.accounts.accessadmin import access_command, add_access_parser
 from broker.accounts.records import GroupBy, StoreError, User
 from broker.accounts.store import Store, database_url
 from broker.settings import BrokerSettings
@@ -154,6 +155,8 @@ async def _connectors(store: Store, args: argparse.Namespace, out: TextIO) -> No
             if not await store.revoke_connector_token(args.name):
                 raise AdminError(f"no live connector token named '{args.name}'")
             out.write(f"revoked connector token '{args.name}'\n")
+        case "access":
+            await access_command(store, args, out)
         case _:
             raise AdminError(f"unknown command connectors {args.action}")
 
@@ -324,3 +327,4 @@ def _add_connectors(commands: Any, store_options: Any) -> None:
     revoke_token = connector_actions.add_parser("revoke", help="revoke a connector token")
     revoke_token.add_argument("name", help="the connector's name (or token id)")
     store_options(revoke_token)
+    add_access_parser(connector_actions, store_options)

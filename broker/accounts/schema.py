@@ -80,6 +80,24 @@ pairings = sa.Table(
     sa.Column("token_id", sa.Integer, sa.ForeignKey("connector_tokens.id"), nullable=True),
 )
 
+connector_access = sa.Table(
+    "connector_access",
+    metadata,
+    sa.Column("token_id", sa.Integer, sa.ForeignKey("connector_tokens.id"), primary_key=True),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("members", sa.Text, nullable=False),
+    sa.Column("changed", sa.Float, nullable=False),
+)
+"""Who each connector admits (`broker.accounts.access`); no row: everyone."""
+
+user_groups = sa.Table(
+    "user_groups",
+    metadata,
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("group_path", sa.String(255), primary_key=True),
+)
+"""The GitLab groups each user was a member of at their last sign-in."""
+
 usage = sa.Table(
     "usage",
     metadata,

@@ -5,7 +5,8 @@ directory (aiosqlite); any other SQLAlchemy async URL (`postgresql+asyncpg://…
 uses the same schema (`broker.accounts.schema`) and the same queries. `Store.open` creates
 and migrates the schema on start. Queries hand out the plain values of
 `broker.accounts.records`; the usage table's queries are `Store.usage` (`broker.accounts.usage`),
-the pairings table's `Store.pairings` (`broker.accounts.pairings`).
+the pairings table's `Store.pairings` (`broker.accounts.pairings`), the access tables'
+`Store.access` (`broker.accounts.accessbook`).
 Times are UNIX seconds (floats).
 """
 
@@ -25,6 +26,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from broker.accounts import keyformat
+from broker.accounts.accessbook import AccessBook
 from broker.accounts.migration import migrate
 from broker.accounts.pairings import PairingBook
 from broker.accounts.records import (
@@ -77,6 +79,7 @@ class Store:
         self.engine = engine
         self.usage = UsageBook(engine)
         self.pairings = PairingBook(engine)
+        self.access = AccessBook(engine)
         self._scratch = scratch
 
     @classmethod
@@ -380,6 +383,19 @@ class Store:
                 )
             )
             return {int(r.id) for r in rows}
+
+    async def connector_owners(self, ids: Iterable[int]) -> dict[int, int | None]:
+        """The owner (a user id, or None) of each of these connector tokens."""
+        wanted = list(ids)
+        if not wanted:
+            return {}
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(connector_tokens.c.id, connector_tokens.c.owner_id).where(
+                    connector_tokens.c.id.in_(wanted)
+                )
+            )
+            return {int(r.id): r.owner_id for r in rows}
 
     async def connector_seen(self, token_id: int, when: float) -> None:
         async with self.engine.begin() as conn:

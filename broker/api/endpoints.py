@@ -22,6 +22,7 @@ from broker.api.responses import error_response
 from broker.edge.aiohttpcall import AiohttpCall
 from broker.services import SERVICES, Services
 from broker.stream.books import MAX_LOGGED_MODEL
+from broker.stream.ticket import user_of
 from shared.endpoints import is_relayable
 from shared.text import shown
 
@@ -36,7 +37,9 @@ async def _authenticate(request: web.Request, services: Services) -> Principal |
     return found
 
 
-def _visible(principal: Principal, models: dict[str, float]) -> dict[str, float]:
+def _visible(principal: Principal, services: Services) -> dict[str, float]:
+    """The models served now that the key may use, through connectors that admit its user."""
+    models = services.hub.models_for(user_of(principal))
     allowed = principal.limits.models
     if allowed is None:
         return models
@@ -60,7 +63,7 @@ async def models_endpoint(request: web.Request) -> web.Response:
         return principal
     data = [
         _model_object(model, first_seen)
-        for model, first_seen in _visible(principal, services.hub.models()).items()
+        for model, first_seen in _visible(principal, services).items()
     ]
     return web.json_response({"object": "list", "data": data})
 
@@ -72,9 +75,8 @@ async def model_endpoint(request: web.Request) -> web.Response:
     if isinstance(principal, web.Response):
         return principal
     model = request.match_info["model"]
-    allowed = principal.limits.models
-    first_seen = services.hub.first_seen(model)
-    if first_seen is None or (allowed is not None and model not in allowed):
+    first_seen = _visible(principal, services).get(model)
+    if first_seen is None:
         message = (
             f"The model '{model[:MAX_LOGGED_MODEL]}' is not served here right now."
             " GET /v1/models lists the models available now."
@@ -103,7 +105,7 @@ async def ollama_tags_endpoint(request: web.Request) -> web.Response:
             "digest": "",
             "details": {},
         }
-        for model, first_seen in _visible(principal, services.hub.models()).items()
+        for model, first_seen in _visible(principal, services).items()
     ]
     return web.json_response({"models": models})
 

@@ -38,6 +38,12 @@ class GitLabUser:
     id: int
     username: str
     name: str
+    groups: tuple[str, ...] | None = None
+    """The full paths of the groups they are a member of; None when not read."""
+
+
+MAX_GROUP_PAGES = 10
+"""Pages of 100 groups read at sign-in at most (a thousand groups)."""
 
 
 class GitLab:
@@ -48,14 +54,18 @@ class GitLab:
         client_secret: str,
         groups: list[str],
         transport: httpx2.AsyncBaseTransport | None = None,
+        *,
+        read_groups: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.client_id = client_id
         self._client_secret = client_secret
         self.groups = groups
+        self.read_groups = read_groups
+        """Read the user's groups at sign-in (for connectors shared with groups)."""
         self._transport = transport
         # Group membership is read through the API, which needs read_api.
-        self.scope = "read_user read_api" if groups else "read_user"
+        self.scope = "read_user read_api" if groups or read_groups else "read_user"
 
     def _client(self, redirect_uri: str, token: dict[str, Any] | None = None) -> AsyncOAuth2Client:
         return AsyncOAuth2Client(
@@ -103,7 +113,26 @@ class GitLab:
                 raise GitLabError("GitLab's user answer has no id or username") from None
             if self.groups and not await self._member(client, user):
                 raise NotInGroup(user)
+            if self.read_groups:
+                user = GitLabUser(user.id, user.username, user.name, await self._groups(client))
             return user
+
+    async def _groups(self, client: AsyncOAuth2Client) -> tuple[str, ...]:
+        """The full paths of the groups the signed-in user is a member of (GitLab lists a
+        subgroup of a group they belong to as well)."""
+        paths: list[str] = []
+        for page in range(1, MAX_GROUP_PAGES + 1):
+            found = await self._get(
+                client, f"/api/v4/groups?min_access_level=10&per_page=100&page={page}"
+            )
+            if not isinstance(found, list):
+                raise GitLabError("GitLab's group list is not a list")
+            paths += [
+                str(g["full_path"]) for g in found if isinstance(g, dict) and g.get("full_path")
+            ]
+            if len(found) < 100:
+                break
+        return tuple(paths)
 
     async def _member(self, client: AsyncOAuth2Client, user: GitLabUser) -> bool:
         for group in self.groups:

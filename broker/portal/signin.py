@@ -158,6 +158,8 @@ async def _start_session(
     store = request.app[SERVICES].store
     user, new = await store.sign_in(found.id, found.username, found.name)
     log.info("signed in", username=user.username, new_user=new)
+    if found.groups is not None:
+        await _record_groups(request, user.id, found.groups)
     if user.blocked:
         return render(request, "blocked.html", status=403, user=None)
     fresh = await new_session(request)  # a new session on sign-in: no fixation
@@ -167,6 +169,19 @@ async def _start_session(
         raw, _ = await store.create_key(user.id, "default")
         fresh["reveal"] = request.app[REVEALS].put(user.id, raw)
     raise web.HTTPFound(landing_page)
+
+
+async def _record_groups(request: web.Request, user_id: int, groups: tuple[str, ...]) -> None:
+    """Keep the user's GitLab groups, and route by them from now on (connectors shared with
+    groups); the sign-in goes on if the connectors' rules cannot be read again now."""
+    services = request.app[SERVICES]
+    if set(await services.store.access.groups(user_id)) == set(groups):
+        return
+    await services.store.access.set_groups(user_id, groups)
+    try:
+        await services.relay.refresh_gates()
+    except Exception as exc:  # the broker's own check reads them again within seconds
+        log.error("cannot read the connectors' access rules", error=str(exc))
 
 
 async def logout(request: web.Request) -> web.Response:

@@ -25,6 +25,7 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
 from broker.accounts.records import User
+from broker.portal.access import add_access_routes
 from broker.portal.connectors import CONNECTOR_PATHS, add_connector_routes
 from broker.portal.cookies import SESSION_COOKIE, SESSION_MAX_AGE, session_key
 from broker.portal.gitlab import GitLab
@@ -106,6 +107,7 @@ def setup_portal(app: web.Application, settings: BrokerSettings) -> None:
             settings.gitlab_client_id,
             settings.gitlab_client_secret.get_secret_value(),
             list(settings.gitlab_allowed_group),
+            read_groups=settings.gitlab_read_groups,
         )
     _add_routes(app.router)
 
@@ -126,6 +128,7 @@ def _add_routes(add: web.UrlDispatcher) -> None:
     add.add_get("/static/{name}", static)
     add_pairing_routes(add)
     add_connector_routes(add)
+    add_access_routes(add)
 
 
 async def static(request: web.Request) -> web.Response:
@@ -145,7 +148,7 @@ async def static(request: web.Request) -> web.Response:
 
 
 def _models_for(request: web.Request, user: User) -> list[str]:
-    models = sorted(request.app[SERVICES].hub.models())
+    models = sorted(request.app[SERVICES].hub.models_for(user.id))
     if user.models is not None:
         models = [m for m in models if m in user.models]
     return models

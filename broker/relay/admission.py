@@ -24,6 +24,7 @@ from broker.accounts.store import Store
 from broker.api.errors import error_bytes
 from broker.edge import handover
 from broker.metrics import Metrics
+from broker.relay import gates
 from broker.relay.hub import Hub
 from broker.relay.link import ConnectorLink
 from broker.relay.socket import RelaySocket
@@ -33,6 +34,9 @@ from shared import websocket as ws
 from shared.handshake import HANDSHAKE_TIMEOUT, TOKEN_REVOKED, Refused, accept_hello
 
 log = structlog.get_logger("remotellm.broker.relay")
+
+WELCOME_FEATURES = (p.FEATURE_BLOCKED,)
+"""What the broker's welcome says it takes beyond version 1's frames."""
 
 LOGGED_MODELS = 50
 """Models named in a connector's "connected" line; up to MAX_MODELS would make it huge."""
@@ -47,6 +51,7 @@ class Relay:
 
     __slots__ = (
         "_opening",
+        "_read_groups",
         "_store",
         "_tasks",
         "heartbeat",
@@ -64,6 +69,8 @@ class Relay:
         tokens: Credentials,
         store: Callable[[], Store],
         heartbeat: float,
+        *,
+        read_groups: bool = False,
     ) -> None:
         self.hub = hub
         self.metrics = metrics
@@ -72,6 +79,9 @@ class Relay:
         self._store = store
         """The broker's store, which opens at start-up: asked for when a token needs it."""
         self.heartbeat = heartbeat
+        self._read_groups = read_groups
+        """Users' GitLab groups are read at sign-in: without it, group rules admit the owner only
+        (memberships recorded before are not used)."""
         self.links: set[ConnectorLink] = set()
         """The connectors attached now."""
         self._opening: set[_Opening] = set()
@@ -135,6 +145,16 @@ class Relay:
         except Exception as exc:  # the store may be busy or down; the link must not care
             log.warning("cannot note the connector's last-seen time", error=str(exc))
 
+    async def refresh_gates(self) -> None:
+        """Read the owners' rules of the connected connectors again, and route by them."""
+        links = {link: link.token_id for link in self.links if link.token_id is not None}
+        found = await gates.admitted(
+            self._store(), {t for t in links.values() if t is not None}, groups=self._read_groups
+        )
+        for link, token_id in links.items():
+            if token_id in found and link.admit(found[token_id]):
+                self.hub.models_changed(link)
+
     async def connector_token(self, presented: str | None) -> _Admitted | None:
         """The connector token `presented`, when it admits a connector; None when it does not."""
         if not presented:
@@ -143,10 +163,14 @@ class Relay:
             return _Admitted(None)
         if not keyformat.well_formed(presented, keyformat.CONNECTOR_TOKEN_PREFIX):
             return None
-        found = await self._store().connector_for(keyformat.fingerprint(presented), revoked=True)
+        store = self._store()
+        found = await store.connector_for(keyformat.fingerprint(presented), revoked=True)
         if found is None:
             return None
-        return _Admitted(found.id, revoked=found.revoked is not None)
+        if found.revoked is not None:
+            return _Admitted(found.id, None, revoked=True)
+        rule = await gates.admitted(store, [found.id], groups=self._read_groups)
+        return _Admitted(found.id, rule[found.id])
 
     def close_opening(self) -> None:
         """Drop every connection still in its handshake, and any that comes later."""
@@ -163,13 +187,14 @@ class Relay:
 class _Opening:
     """A relay connection from its upgrade request to the connector's hello."""
 
-    __slots__ = ("_admitting", "_relay", "_timer", "_token_id", "socket")
+    __slots__ = ("_admitted", "_admitting", "_relay", "_timer", "_token_id", "socket")
 
     socket: RelaySocket
 
     def __init__(self, relay: Relay) -> None:
         self._relay = relay
         self._token_id: int | None = None
+        self._admitted: frozenset[int] | None = None
         self._admitting: asyncio.Task[None] | None = None
         # The head, the token check and the hello each get HANDSHAKE_TIMEOUT.
         loop = asyncio.get_running_loop()
@@ -197,6 +222,7 @@ class _Opening:
             socket.refuse(error_bytes(401, TOKEN_REVOKED, REVOKED_MESSAGE), "token revoked")
             return
         self._token_id = token.id
+        self._admitted = token.admitted
         self._timer.cancel()
         self._timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self._expired)
         socket.accept()
@@ -219,8 +245,9 @@ class _Opening:
         relay, socket = self._relay, self.socket
         self._done()
         link = ConnectorLink(relay, socket, hello, p.DEFAULT_WINDOW, self._token_id)
+        link.admit(self._admitted)  # before the hub knows it: no request slips past its rule
         socket.handler = link
-        socket.send(p.encode(p.Welcome(p.PROTOCOL_VERSION, link.window)))
+        socket.send(p.encode(p.Welcome(p.PROTOCOL_VERSION, link.window, WELCOME_FEATURES)))
         relay.attach(link)
         if link.token_id is not None:
             relay.spawn(relay.seen(link.token_id))
@@ -249,4 +276,6 @@ class _Opening:
 @dataclass(frozen=True)
 class _Admitted:
     id: int | None  # None: a token from the settings, not the store
+    admitted: frozenset[int] | None = None
+    """The user ids its owner's rule admits (None: everyone)."""
     revoked: bool = False

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
 from broker.relay.fairqueue import FairQueue, Policy
+from broker.relay.gates import Gate, Refusal, reachable, refusal
 
 
 class Link(Protocol):
@@ -32,6 +33,10 @@ class Link(Protocol):
     @property
     def draining(self) -> bool: ...
 
+    @property
+    def gate(self) -> Gate | None:
+        """Who may be sent here (`broker.relay.gates`); None: everyone."""
+
 
 @dataclass(eq=False)
 class _Waiter:
@@ -45,9 +50,12 @@ class _Waiter:
 
 
 class NoConnector(Exception):
-    """No connector could take the request in time."""
+    """No connector could take the request in time, or none that serves it admits its user
+    (`refused` by their owners' rules, `blocked` by a connector's own block list)."""
 
-    def __init__(self, reason: Literal["unknown", "offline", "busy"], model: str) -> None:
+    def __init__(
+        self, reason: Literal["unknown", "offline", "busy", "refused", "blocked"], model: str
+    ) -> None:
         super().__init__(f"{reason}: {model}")
         self.reason = reason
         self.model = model
@@ -173,6 +181,19 @@ class Hub:
         first_seen = self._first_seen
         return {m: first_seen[m] for m in sorted(self._served)}
 
+    def models_for(self, user: Hashable) -> dict[str, float]:
+        """`models()` that some connector admitting `user` serves."""
+        found = reachable(self._load, user)
+        if found is None:
+            return self.models()
+        first_seen = self._first_seen
+        return {m: first_seen[m] for m in sorted(found) if m in self._served}
+
+    def refusal(self, model: str, user: Hashable) -> Refusal | None:
+        """Why `model`, served now, is served only by connectors that do not admit `user`
+        (`broker.relay.gates.refusal`); None when one admits them, or none serves it."""
+        return refusal([link.gate for link in self._load if model in link.models], user)
+
     def served_count(self) -> int:
         """How many distinct models are served right now (kept, not counted, per call)."""
         return len(self._served)
@@ -224,16 +245,22 @@ class Hub:
 
     # -- routing ----------------------------------------------------------------
 
-    def serves(self, model: str, *, exclude: Collection[Link] = ()) -> bool:
-        """Whether a link besides `exclude` serves `model` and takes new requests now."""
-        return bool(self._serving(model, exclude))
+    def serves(self, model: str, *, exclude: Collection[Link] = (), user: Hashable = None) -> bool:
+        """Whether a link besides `exclude` that admits `user` serves `model` and takes new
+        requests now."""
+        return bool(self._serving(model, exclude, user))
 
-    def _serving(self, model: str, exclude: Collection[Link] = ()) -> list[Link]:
-        """Links serving `model` that take new requests, minus `exclude`."""
+    def _serving(
+        self, model: str, exclude: Collection[Link] = (), user: Hashable = None
+    ) -> list[Link]:
+        """Links serving `model` that take new requests and admit `user`, minus `exclude`."""
         return [
             link
             for link in self._load
-            if model in link.models and not link.draining and link not in exclude
+            if model in link.models
+            and not link.draining
+            and link not in exclude
+            and (link.gate is None or link.gate.admits(user))
         ]
 
     def _pick(self, candidates: list[Link]) -> Link | None:
@@ -264,12 +291,16 @@ class Hub:
         (one may be reconnecting) and up to `wait_busy` while all that serve it
         are at capacity; waiting requests are served round robin by user
         (`broker.relay.fairqueue`). A model no connected connector has ever served fails at
-        once with reason "unknown" while others are online.
+        once with reason "unknown" while others are online; one served only by connectors
+        that do not admit `user` fails at once with reason "refused".
         """
         if not exclude:
             chosen = self.acquire_now(model, user)
             if chosen is not None:
                 return chosen
+        refusal = self.refusal(model, user)
+        if refusal is not None:
+            raise NoConnector(refusal, model)
         loop = asyncio.get_running_loop()
         start = loop.time()
         me = _Waiter(user, model, frozenset(exclude))
@@ -278,9 +309,12 @@ class Hub:
         try:
             self._dispatch()
             while me.link is None:
-                candidates = self._serving(model, me.exclude)
+                candidates = self._serving(model, me.exclude, user)
                 if not candidates and self._load and not self.knows(model):
                     raise NoConnector("unknown", model)
+                refusal = None if candidates else self.refusal(model, user)
+                if refusal is not None:
+                    raise NoConnector(refusal, model)
                 limit = wait_busy if candidates else wait_offline
                 remaining = start + limit - loop.time()
                 if remaining <= 0:
@@ -314,7 +348,7 @@ class Hub:
         """
         if model in self._waiting:
             return None  # others wait for this model: their turn first
-        chosen = self._pick(self._serving(model))
+        chosen = self._pick(self._serving(model, (), user))
         if chosen is not None:
             self._take(chosen, user)
         return chosen
@@ -347,6 +381,7 @@ class Hub:
                 if waiter.model in link.models
                 and not link.draining
                 and link not in waiter.exclude
+                and (link.gate is None or link.gate.admits(waiter.user))
                 and not (capped and self._at_share(link, waiter.user))
             ]
             chosen = self._pick(usable)

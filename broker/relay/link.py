@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from broker.relay.gates import Gate, gate_for
 from broker.relay.socket import RelaySocket
 from broker.stream.headers import request_headers
 from broker.stream.machine import LinkLost, StreamEvent
 from shared import protocol as p
 from shared import websocket as ws
 from shared.flow import ReceiveCredit
-from shared.handshake import Refused, check_models, check_sender, servable
+from shared.handshake import Refused, check_blocked, check_models, check_sender, servable
 from shared.outbox import Outbox
 from shared.text import shown
 
@@ -152,6 +153,8 @@ class ConnectorLink:
     """One connected connector, as the hub and the API handlers see it."""
 
     __slots__ = (
+        "_admitted",
+        "_blocked",
         "_closed",
         "_ids",
         "_left_out",
@@ -161,6 +164,7 @@ class ConnectorLink:
         "_socket",
         "_streams",
         "draining",
+        "gate",
         "max_concurrency",
         "models",
         "name",
@@ -187,6 +191,29 @@ class ConnectorLink:
         self._ids = itertools.count(1)
         self._closed = False
         self._sent_away: str | None = None
+        self._admitted: frozenset[int] | None = None
+        """The user ids its owner's rule admits (None: everyone), from `broker.relay.gates`."""
+        self._blocked = hello.blocked_users
+        """The user ids the connector refuses itself."""
+        self.gate: Gate | None = gate_for(None, self._blocked)
+        """Who the hub may send here (None: everyone)."""
+
+    @property
+    def blocked_users(self) -> tuple[str, ...]:
+        """The user ids the connector said it refuses (its hello, then BLOCKED frames)."""
+        return self._blocked
+
+    def admit(self, admitted: frozenset[int] | None) -> bool:
+        """Apply the user ids the owner's rule admits; True when the gate changed."""
+        self._admitted = admitted
+        return self._regate()
+
+    def _regate(self) -> bool:
+        gate = gate_for(self._admitted, self._blocked)
+        if gate == self.gate:
+            return False
+        self.gate = gate
+        return True
 
     def __repr__(self) -> str:
         return f"<ConnectorLink {self.name!r} models={sorted(self.models)}>"
@@ -314,6 +341,10 @@ class ConnectorLink:
                 check_models(models)
                 self.models = self._servable(models)
                 changed = True
+            case p.Blocked(users):
+                check_blocked(users)
+                self._blocked = users
+                changed = self._regate() or changed
             case p.GoAway(reason):
                 log.info("connector going away", connector=self.name, reason=reason)
                 self.draining = True

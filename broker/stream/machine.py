@@ -15,8 +15,11 @@ Its rules, written here once:
 - A retry on another connector is allowed only while nothing has reached the client:
   the connector refused the stream (`over_capacity`), refused its user (`user_blocked`:
   its owner blocked them) or its link was lost, before the head. Any other error before
-  the head is the client's error response. When no connector is left to try after a
-  block, the client hears the block (403 `user_blocked`), not that none is available.
+  the head is the client's error response. When no connector that admits the user
+  is left to serve the model after a block, the client hears the block (403
+  `user_blocked`) at once; while one is (merely busy or reconnecting), the usual wait and
+  503 apply. A model served only by connectors whose owners do not admit the user is 403
+  `model_not_allowed`.
 - A failure before the head is a complete error response in the endpoint's dialect
   (`broker.api.errors`). After it, it is an error event written into the stream (SSE
   or NDJSON, after the last complete event: `broker.stream.eventframer`), and where the
@@ -42,6 +45,13 @@ BUG: Final = "The broker failed to handle this request; its operator can find wh
 
 USER_BLOCKED: Final = "user_blocked"
 """A connector's refusal of the request's user (its owner blocked them)."""
+
+MODEL_NOT_ALLOWED: Final = "model_not_allowed"
+"""The model is served only by connectors whose owners do not share them with the user."""
+
+BLOCKED_MESSAGE: Final = "The owner of this connector does not serve you."
+"""What a user a connector blocks is told when the broker knew it before asking (the
+connector's own words for it)."""
 
 STREAMING_TYPES: Final = ("text/event-stream", "application/x-ndjson")
 
@@ -200,12 +210,25 @@ class StreamMachine:
         self.connector_id = connector_id
         self.connector_done = False
 
+    @property
+    def blocked(self) -> bool:
+        """A connector refused the request's user (`user_blocked`)."""
+        return self._blocked is not None
+
     def no_connector(self, reason: str, model: str) -> Failure:
         """No connector took the stream: `unknown` (nobody serves the model), `busy` (every
-        one is at capacity) or `offline` (none is connected now). After a connector refused
-        the user, that refusal is the answer."""
-        if self._blocked is not None:
-            return self._fail(403, USER_BLOCKED, self._blocked)
+        one is at capacity), `offline` (none is connected now), `refused` (the connectors
+        serving it do not admit the user: their owners' rules) or `blocked` (a connector
+        serving it blocks the user itself, and none that admits them is left: the block is
+        the answer, in the connector's words when it sent them)."""
+        if reason == "blocked":
+            return self._fail(403, USER_BLOCKED, self._blocked or BLOCKED_MESSAGE)
+        if reason == "refused":
+            message = (
+                f"The connectors serving '{model}' are not shared with you."
+                " GET /v1/models lists the models you can use."
+            )
+            return self._fail(403, MODEL_NOT_ALLOWED, message)
         if reason == "unknown":
             message = (
                 f"The model '{model}' is not served here. GET /v1/models lists the models"

@@ -105,6 +105,10 @@ class Trip:
         hub, settings, model = self.hub, self.settings, self.ticket.model
         user = self.ticket.user
         while True:
+            if self.machine.blocked and not hub.serves(model, exclude=tried, user=user):
+                # A connector refused the user and none left that admits them serves the
+                # model: waiting would not help (the express lane's retry comes here too).
+                return await self._fail(self.machine.no_connector("blocked", model))
             try:
                 link = await hub.acquire(
                     model,
@@ -125,9 +129,6 @@ class Trip:
                 return
             books.retrying(self.call, retry, link.name)
             tried.append(link)
-            if retry.why == "blocked" and not hub.serves(model, exclude=tried):
-                # Waiting would not help: no connector left may take this user.
-                return await self._fail(self.machine.no_connector("blocked", model))
 
     async def _exchange(self, link: ConnectorLink) -> Retry | None:
         try:

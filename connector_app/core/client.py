@@ -69,6 +69,8 @@ class RelayClient:
             discard=lambda stream_id: self._outbox.discard(stream_id),
         )
         self._goaway_after: float | None = None
+        self._features: tuple[str, ...] = ()
+        """What the connected broker's welcome said it takes beyond version 1's frames."""
 
     # -- public ---------------------------------------------------------------
 
@@ -96,8 +98,13 @@ class RelayClient:
         return () if self._streams.paused else self.models
 
     def set_blocked(self, users: frozenset[str]) -> None:
-        """The user ids whose new requests are refused (`user_blocked`), from now on."""
+        """The user ids whose new requests are refused (`user_blocked`), from now on; a
+        connected broker that takes BLOCKED frames is told, and routes around them."""
+        if users == self._streams.blocked:
+            return
         self._streams.blocked = users
+        if self._wire is not None and p.FEATURE_BLOCKED in self._features:
+            self._send(p.Blocked(tuple(sorted(users))))
 
     def set_models(self, models: tuple[str, ...]) -> None:
         """Change the served models; a connected broker is told at once."""
@@ -193,17 +200,24 @@ class RelayClient:
             outbox=outbox,
         )
         try:
+            blocked = self._streams.blocked
             hello = p.Hello(
-                p.PROTOCOL_VERSION, self._name, self._announced(), self._max_concurrency
+                p.PROTOCOL_VERSION,
+                self._name,
+                self._announced(),
+                self._max_concurrency,
+                tuple(sorted(blocked)),
             )
             wire.send(p.encode(hello))
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                 reply = await wire.recv()
             try:
-                self._streams.window = accept_welcome(reply).window
+                welcome = accept_welcome(reply)
             except Refused as refusal:
                 await wire.close(refusal.code, refusal.reason)
                 raise
+            self._streams.window = welcome.window
+            self._features = welcome.features
             self._outbox = outbox
             self._wire = wire
             self._board.update(
@@ -212,6 +226,8 @@ class RelayClient:
             if self._announced() != hello.models:
                 # The models changed, or sharing was paused, while the handshake was in flight.
                 self._send(p.ModelsUpdate(self._announced()))
+            if self._streams.blocked != blocked and p.FEATURE_BLOCKED in self._features:
+                self._send(p.Blocked(tuple(sorted(self._streams.blocked))))
             log.info("connected to broker", url=self._url, models=list(self.models))
             if self._stopping.is_set() or self._streams.draining:
                 await wire.close()

@@ -22,6 +22,7 @@ sys.path.insert(
 from playwright.async_api import Browser, Page, async_playwright  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
+from broker.accounts.access import AccessRule  # noqa: E402
 from broker.accounts.records import UsageRow  # noqa: E402
 from broker.accounts.schema import connector_tokens  # noqa: E402
 from broker.accounts.store import Store  # noqa: E402
@@ -127,6 +128,18 @@ async def shoot(page: Page, name: str, prefix: str = "portal-") -> None:
         print(f"{out.relative_to(HERE.parents[1])}{note}")
 
 
+async def shoot_access(page: Page, base: str, store: Store) -> None:
+    """The owner's "Who may use" page of a connector of alice's, shared with two groups."""
+    alice = await store.find_user("alice")
+    _, token = await store.create_connector_token("studio-gpu", alice.id)
+    await store.access.set_rule(token.id, AccessRule("groups", groups=("team", "lab/vision")))
+    await page.set_viewport_size({"width": 1000, "height": 700})
+    await page.goto(f"{base}/connectors/{token.id}/access")
+    out = HERE / "connector-access.png"
+    await page.screenshot(path=str(out), full_page=True)
+    print(out.relative_to(HERE.parents[1]))
+
+
 async def screenshots(browser: Browser, base: str, store: Store, gitlab: FakeGitLab) -> None:
     page = await browser.new_page()
     await page.goto(base + "/")
@@ -144,6 +157,7 @@ async def screenshots(browser: Browser, base: str, store: Store, gitlab: FakeGit
     await store.set_role((await store.find_user("alice")).id, "admin")
     await page.goto(base + "/admin")
     await shoot(page, "admin")
+    await shoot_access(page, base, store)
     await page.close()
     gitlab.current = FakeUser(7, "mallory", "Mallory", {"contractors"})
     stranger = await browser.new_page()
@@ -169,7 +183,11 @@ async def main() -> int:
     task: asyncio.Task[None] | None = None
     try:
         portal = await make_portal(
-            make_broker, gitlab, user_api_key=[], gitlab_allowed_group=["team"]
+            make_broker,
+            gitlab,
+            user_api_key=[],
+            gitlab_allowed_group=["team"],
+            gitlab_read_groups=True,
         )
         store = portal.broker.services.store
         raw, _ = await store.create_connector_token("gpu-box")

@@ -7,7 +7,15 @@ import json
 import pytest
 
 from shared import protocol as p
-from shared.handshake import MAX_MODELS, Refused, accept_hello, check_models, servable
+from shared.handshake import (
+    MAX_BLOCKED,
+    MAX_MODELS,
+    Refused,
+    accept_hello,
+    check_blocked,
+    check_models,
+    servable,
+)
 from shared.text import MAX_NAME_LENGTH
 
 
@@ -54,3 +62,17 @@ def test_names_that_are_not_clean_text_are_left_out() -> None:
     kept, left_out = servable(("good", lone_surrogate, "a\x00", "good"))
     assert kept == ("good", "good")
     assert left_out == (lone_surrogate, "a\x00")
+
+
+def test_a_hello_blocking_too_many_or_too_long_ids_is_refused() -> None:
+    ok = p.Hello(p.PROTOCOL_VERSION, "c", (), 4, tuple(str(i) for i in range(MAX_BLOCKED)))
+    assert len(accept_hello(p.encode(ok)).blocked_users) == MAX_BLOCKED
+    for blocked, says in [
+        (tuple(str(i) for i in range(MAX_BLOCKED + 1)), f"blocks {MAX_BLOCKED + 1} users"),
+        (("x" * (MAX_NAME_LENGTH + 1),), "a blocked user id is"),
+    ]:
+        with pytest.raises(Refused) as caught:
+            accept_hello(p.encode(p.Hello(p.PROTOCOL_VERSION, "c", (), 4, blocked)))
+        assert caught.value.code == p.CLOSE_POLICY_VIOLATION and says in caught.value.reason
+        with pytest.raises(Refused):
+            check_blocked(blocked)  # the same bound on a BLOCKED frame

@@ -10,6 +10,7 @@ import pytest
 from shared.protocol import (
     MAX_BODY_CHUNK,
     MAX_CONTROL_PAYLOAD,
+    Blocked,
     Cancel,
     End,
     Error,
@@ -50,6 +51,25 @@ EXACT: list[tuple[Frame, bytes]] = [
     (
         Welcome(1, 1048576),
         b'\x02\x00\x00\x00\x00\x00\x00\x00\x1e{"version":1,"window":1048576}',
+    ),
+    (
+        # The optional keys: written only when there is something in them.
+        Hello(1, "box", ("a",), 4, ("42", "configured")),
+        b"\x01\x00\x00\x00\x00\x00\x00\x00\x61"
+        b'{"version":1,"name":"box","models":["a"],"max_concurrency":4,'
+        b'"blocked_users":["42","configured"]}',
+    ),
+    (
+        Welcome(1, 262144, ("blocked",)),
+        b'\x02\x00\x00\x00\x00\x00\x00\x00\x34{"version":1,"window":262144,"features":["blocked"]}',
+    ),
+    (
+        Blocked(("7", "42")),
+        b'\x05\x00\x00\x00\x00\x00\x00\x00\x14{"users":["7","42"]}',
+    ),
+    (
+        Blocked(()),
+        b'\x05\x00\x00\x00\x00\x00\x00\x00\x0c{"users":[]}',
     ),
     (
         # Non-ASCII names travel as raw UTF-8, and the length counts bytes, not characters.
@@ -137,6 +157,9 @@ ROUND_TRIP: list[Frame] = [
     Welcome(7, 16 * 1024 * 1024),
     ModelsUpdate(()),
     ModelsUpdate(("a", "b", "c")),
+    Hello(1, "n", (), 1, ("1", "2")),
+    Welcome(1, MAX_BODY_CHUNK, ("blocked", "later")),
+    Blocked(("configured",)),
     GoAway("", 0.0),
     GoAway("maintenance", 12.25),
     RequestHead(1, "GET", "/v1/models", (), ""),
@@ -279,7 +302,22 @@ MALFORMED: list[tuple[str, bytes, str]] = [
         "END frame needs a stream id",
     ),
     ("unknown type 0x00", raw(0x00, 1, b""), "unknown frame type 0x00"),
-    ("unknown type 0x05", raw(0x05, 0, b"{}"), "unknown frame type 0x05"),
+    ("unknown type 0x06", raw(0x06, 0, b"{}"), "unknown frame type 0x06"),
+    ("blocked on a stream", raw(0x05, 1, b'{"users":[]}'), "BLOCKED frame must use stream 0"),
+    ("blocked without users", raw(0x05, 0, b"{}"), "field 'users' is missing"),
+    ("blocked with a number", raw(0x05, 0, b'{"users":[42]}'), "'users' must be a list of str"),
+    (
+        "hello blocking a number",
+        raw(
+            0x01, 0, b'{"version":1,"name":"n","models":[],"max_concurrency":1,"blocked_users":[7]}'
+        ),
+        "'blocked_users' must be a list of strings",
+    ),
+    (
+        "welcome with features not a list",
+        raw(0x02, 0, b'{"version":1,"window":65536,"features":"blocked"}'),
+        "field 'features' is missing or has the wrong type",
+    ),
     ("unknown type 0x34", raw(0x34, 1, b""), "unknown frame type 0x34"),
     ("unknown type 0xff", raw(0xFF, 1, b""), "unknown frame type 0xff"),
     ("hello on a stream", raw(0x01, 1, _HELLO), "HELLO frame must use stream 0"),

@@ -24,6 +24,7 @@ from broker.accounts import keyformat, schema
 from broker.accounts.ledger import UsageLedger
 from broker.accounts.records import StoreError, UsageRow
 from broker.accounts.store import Store
+from tests.broker.accounts.test_accessbook import exercise_access
 from tests.broker.accounts.test_ledger import BAD_ROWS
 from tests.broker.accounts.test_migration import upgrade_keeps_every_row
 from tests.broker.accounts.test_pairings import exercise_pairings
@@ -105,7 +106,14 @@ async def store(postgres: str) -> AsyncIterator[Store]:
     store = await Store.open(postgres)
     yield store
     async with store.engine.begin() as conn:
-        for table in ("usage", "api_keys", "connector_tokens", "users"):
+        for table in (
+            "usage",
+            "connector_access",
+            "user_groups",
+            "api_keys",
+            "connector_tokens",
+            "users",
+        ):
             await conn.exec_driver_sql(f"DELETE FROM {table}")
     await store.close()
 
@@ -210,6 +218,10 @@ async def test_the_ledger_sets_aside_only_rows_postgres_refuses_for_their_values
 
 async def test_pairings_on_postgres(store: Store) -> None:
     await exercise_pairings(store)
+
+
+async def test_access_on_postgres(store: Store) -> None:
+    await exercise_access(store)
 
 
 async def test_a_schema_1_store_is_upgraded_on_postgres(postgres: str) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from broker.relay.gates import Gate, gate_for
 from broker.relay.hub import FORGET_AFTER, Hub, Link, NoConnector
 
 # Hang guard for awaits that must finish promptly; never a timing assertion.
@@ -22,6 +23,7 @@ class FakeLink:
     models: frozenset[str] = field(default_factory=frozenset)
     max_concurrency: int = 1
     draining: bool = False
+    gate: Gate | None = None
 
 
 def link(name: str, *models: str, cap: int = 1) -> FakeLink:
@@ -711,3 +713,78 @@ async def test_a_user_at_its_share_of_one_connector_is_served_by_another() -> No
     assert theirs.done() and theirs.result() is busy and not mine.done()
     hub.release(other, "X")
     assert await asyncio.wait_for(mine, GUARD) is other
+
+
+# ---------------------------------------------------------------------------
+# Who a connector admits (its gate)
+
+
+def gated(name: str, *models: str, admitted: set[int], cap: int = 1) -> FakeLink:
+    made = link(name, *models, cap=cap)
+    made.gate = gate_for(frozenset(admitted), ())
+    return made
+
+
+async def test_a_connector_that_does_not_admit_the_user_is_never_chosen() -> None:
+    hub = Hub()
+    mine, open_ = gated("mine", "m", admitted={1}, cap=4), link("open", "m", cap=4)
+    hub.register(mine)
+    hub.register(open_)
+    for _ in range(3):
+        assert hub.acquire_now("m", 2) is open_
+    assert hub.acquire_now("m", 1) is mine  # the emptier one, and it admits user 1
+    assert hub.serves("m", user=2) and not hub.serves("m", exclude=(open_,), user=2)
+
+
+async def test_a_model_only_refusing_connectors_serve_is_refused_at_once() -> None:
+    hub = Hub()
+    hub.register(gated("mine", "m", "n", admitted={1}))
+    hub.register(link("other", "n"))
+    with pytest.raises(NoConnector) as caught:
+        async with asyncio.timeout(GUARD):
+            await hub.acquire("m", user=2, wait_offline=FOREVER, wait_busy=FOREVER)
+    assert caught.value.reason == "refused"
+    assert hub.refusal("m", 2) == "refused" and hub.refusal("m", 1) is None
+    assert hub.refusal("n", 2) is None and hub.refusal("gone", 2) is None
+    assert list(hub.models_for(2)) == ["n"] and list(hub.models_for(1)) == ["m", "n"]
+    assert list(hub.models_for("cfg:key")) == ["n"]
+
+
+async def test_a_connectors_own_block_is_told_apart_from_its_owners_rule() -> None:
+    hub = Hub()
+    blocking = link("blocking", "m")
+    blocking.gate = gate_for(None, ("2",))
+    hub.register(blocking)
+    assert hub.refusal("m", 2) == "blocked" and hub.refusal("m", 3) is None
+
+
+async def test_a_waiter_is_handed_only_a_slot_of_a_connector_that_admits_it() -> None:
+    hub = Hub()
+    mine = gated("mine", "m", admitted={1})
+    hub.register(mine)
+    hub.register(open_ := link("open", "m"))
+    held = [hub.acquire_now("m", 1), hub.acquire_now("m", 1)]
+    assert set(held) == {mine, open_}
+    waiting = asyncio.create_task(hub.acquire("m", user=2, wait_offline=FOREVER, wait_busy=FOREVER))
+    await settle()
+    hub.release(mine, 1)  # a slot user 2 may not take: it keeps waiting
+    await settle()
+    assert not waiting.done() and hub.load(mine) == 0
+    hub.release(open_, 1)
+    async with asyncio.timeout(GUARD):
+        assert await waiting is open_
+
+
+async def test_a_gate_that_changes_wakes_the_waiters_to_look_again() -> None:
+    hub = Hub()
+    mine = link("mine", "m")
+    hub.register(mine)
+    assert hub.acquire_now("m", 1) is mine
+    waiting = asyncio.create_task(hub.acquire("m", user=2, wait_offline=FOREVER, wait_busy=FOREVER))
+    await settle()
+    mine.gate = gate_for(frozenset({1}), ())  # the owner shares it with nobody else now
+    hub.models_changed(mine)
+    with pytest.raises(NoConnector) as caught:
+        async with asyncio.timeout(GUARD):
+            await waiting
+    assert caught.value.reason == "refused"

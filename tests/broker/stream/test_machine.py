@@ -183,7 +183,8 @@ def test_a_blocked_user_is_tried_elsewhere_and_told_the_block_when_none_is_left(
     assert stream.feed(p.Error(1, "user_blocked", message)) == Retry("blocked")
     stream.routed("c2")
     assert stream.feed(p.Error(1, "over_capacity", "busy")) == Retry("refused")
-    failure = stream.no_connector("busy", "llama")
+    assert stream.blocked
+    failure = stream.no_connector("blocked", "llama")
     assert failure.status == 403 and failure.reply is not None
     assert json.loads(failure.reply[1])["error"] == {
         "message": message,
@@ -191,6 +192,24 @@ def test_a_blocked_user_is_tried_elsewhere_and_told_the_block_when_none_is_left(
         "param": None,
         "code": "user_blocked",
     }
+
+
+@pytest.mark.parametrize(("reason", "status"), [("busy", 503), ("offline", 503)])
+def test_after_a_block_a_connector_merely_busy_or_offline_is_the_usual_503(
+    reason: str, status: int
+) -> None:
+    stream = machine()
+    assert stream.feed(p.Error(1, "user_blocked", "no")) == Retry("blocked")
+    failure = stream.no_connector(reason, "llama")
+    assert (failure.status, failure.code) == (status, "no_connector_available")
+
+
+def test_a_model_only_refusing_connectors_serve_is_model_not_allowed() -> None:
+    stream = machine(path="/api/chat")
+    failure = stream.no_connector("refused", "llama")
+    assert failure.status == 403 and failure.reply is not None
+    error = json.loads(failure.reply[1])
+    assert error["error"].startswith("The connectors serving 'llama' are not shared with you.")
 
 
 def test_no_retry_once_the_head_went_out() -> None:

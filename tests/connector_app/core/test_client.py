@@ -158,3 +158,36 @@ async def test_a_refused_token_is_retried_at_the_slow_ceiling(llm: LocalLLM) -> 
     finally:
         await refusing.stop()
     assert seen == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+async def next_frames(server: WsServer) -> list[p.Frame]:
+    message = await server.next_event(ws.Message)
+    assert isinstance(message, ws.Message)
+    return p.decode(message.data)
+
+
+@pytest.mark.parametrize("features", [(), (p.FEATURE_BLOCKED,)])
+async def test_the_blocked_users_go_in_the_hello_and_to_a_broker_that_takes_them(
+    server: WsServer, llm: LocalLLM, features: tuple[str, ...]
+) -> None:
+    board = StatusBoard()
+    client, task = await run_client(server.url, board, llm)
+    client.set_blocked(frozenset({"42", "7"}))
+    try:
+        hello = await server.next_event()
+        assert isinstance(hello, ws.Message)
+        (frame,) = p.decode(hello.data)
+        assert isinstance(frame, p.Hello) and frame.blocked_users == ("42", "7")
+        welcome = p.Welcome(p.PROTOCOL_VERSION, p.DEFAULT_WINDOW, features)
+        server.send(ws.OP_BINARY, p.encode(welcome))
+        await until(board, LinkState.CONNECTED)
+        client.set_blocked(frozenset({"7"}))
+        client.set_models(("later",))  # a frame that always goes: it shows what came before
+        frames = await next_frames(server)
+        if features:
+            assert frames == [p.Blocked(("7",)), p.ModelsUpdate(("later",))]
+        else:  # an older broker would take BLOCKED for a protocol error: none is sent
+            assert frames == [p.ModelsUpdate(("later",))]
+    finally:
+        await client.stop(0)
+        await asyncio.wait_for(task, 10)
