@@ -21,6 +21,7 @@ import structlog
 from aiohttp import web
 from aiohttp_session import Session
 
+from broker.accounts.access import EVERYONE, AccessRule
 from broker.accounts.records import ConnectorToken, Served, User
 from broker.portal.pages import error_page, form_of, render, signed_in, when
 from broker.relay.link import ConnectorLink
@@ -48,6 +49,17 @@ class ConnectorView:
     links: list[ConnectorLink]
     in_flight: int = 0
     served: list[Served] = field(default_factory=list)
+    rule: AccessRule = EVERYONE
+
+    @property
+    def who(self) -> str:
+        """Whom the owner's rule admits, in a few words."""
+        if self.rule.mode == "groups":
+            return "Groups: " + ", ".join(self.rule.groups)
+        if self.rule.mode == "users":
+            count = len(self.rule.users)
+            return f"You and {count} user" + ("" if count == 1 else "s")
+        return "Only you" if self.rule.mode == "owner" else "Everyone signed in"
 
     @property
     def online(self) -> bool:
@@ -83,6 +95,7 @@ async def _views(request: web.Request, tokens: list[ConnectorToken]) -> list[Con
     since = time.time() - USAGE_DAYS * 86400
     for row in await services.store.usage.served([t.id for t in tokens], since):
         served[row.connector_id].append(row)
+    rules = await services.store.access.rules([t.id for t in tokens])
     views = []
     for token in tokens:
         links = by_token.get(token.id, [])
@@ -92,6 +105,7 @@ async def _views(request: web.Request, tokens: list[ConnectorToken]) -> list[Con
                 links,
                 in_flight=sum(hub.load(link) for link in links),
                 served=served.get(token.id, []),
+                rule=rules.get(token.id, EVERYONE),
             )
         )
     return views

@@ -61,6 +61,7 @@ async def test_the_owner_sees_and_changes_the_rule(portal: Portal) -> None:
         assert status == 200
         assert 'value="everyone" checked' in html and "gpu" in html
         assert "does not read GitLab groups" in html  # no --gitlab-read-groups here
+        assert f'href="/connectors/{token.id}">Back to gpu' in html
         csrf = csrf_of(html)
         status, html = await post(alice, portal, token, csrf=csrf, mode="owner")
         assert status == 200 and "Saved." in html and 'value="owner" checked' in html

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
+from broker.accounts.access import AccessRule
 from broker.accounts.records import User
 from connector_app.core.status import LinkState
 from tests.broker.portal.test_portal import Portal, browser, csrf_of, make_portal, sign_in
@@ -85,7 +86,7 @@ async def test_the_owner_sees_each_connector_and_whom_it_served(shared: Shared) 
         status, listing = await page(session, portal.url + "/connectors")
         assert status == 200
         assert "gpu-box" in listing and "stub-model" in listing and "online" in listing
-        assert f'href="/connectors/{shared.token_id}/access"' in listing  # who may use it
+        assert f'href="/connectors/{shared.token_id}/access">Everyone signed in<' in listing
         assert f'href="/connectors/{shared.token_id}/revoke"' in listing
         # 3 requests of 3 + 4 tokens each, bob's 2 first.
         assert ">3<" in listing and ">21<" in listing
@@ -99,6 +100,15 @@ async def test_the_owner_sees_each_connector_and_whom_it_served(shared: Shared) 
         await sign_in(session, portal)
         _, listing = await page(session, portal.url + "/connectors")
         assert "offline" in listing and "UTC" in listing  # last seen, to the minute
+    store = portal.broker.services.store
+    await store.access.set_rule(shared.token_id, AccessRule("owner"))
+    async with browser() as session:
+        await sign_in(session, portal)
+        _, listing = await page(session, portal.url + "/connectors")
+        assert f'href="/connectors/{shared.token_id}/access">Only you<' in listing
+        await store.access.set_rule(shared.token_id, AccessRule("groups", groups=("ml/gpu",)))
+        _, listing = await page(session, portal.url + "/connectors")
+        assert ">Groups: ml/gpu<" in listing
 
 
 async def test_nobody_else_sees_or_revokes_a_connector(shared: Shared, gitlab: FakeGitLab) -> None:
