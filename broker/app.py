@@ -100,6 +100,23 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     return response
 
 
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Cluster mode: open the Redis client's pool (it connects on its first command)."""
+    services = app[SERVICES]
+    url = services.settings.redis_url
+    if url is None:
+        yield
+        return
+    from broker.cluster.redisclient import open_redis
+
+    redis = open_redis(url.get_secret_value())
+    services.opened_redis(redis)
+    try:
+        yield
+    finally:
+        await redis.aclose()
+
+
 async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     # Any connector still attached at cleanup is told to come back later, not dropped.
@@ -215,6 +232,7 @@ def create_app(settings: BrokerSettings) -> web.Application:
     """Build a broker application from its settings. Nothing runs until it is started."""
     app = web.Application(middlewares=[correlate], client_max_size=settings.max_body_size)
     app[SERVICES] = build_services(settings)
+    app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_accounts_ctx)
     app.cleanup_ctx.append(_connectors_ctx)
     for path in MODEL_ENDPOINTS:

@@ -79,6 +79,9 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
         "sign in to the portal)",
     )
     add("--session-secret", help="key for portal session cookies (default: kept in --data-dir)")
+    add("--redis-url", help="Redis URL: cluster mode, state shared with other brokers")
+    add("--cluster-secret", help="secret the cluster's brokers share (32+ characters)")
+    add("--internal-url", help="base URL other brokers reach this one on (default HOST:PORT)")
     add("--key-rpm", type=int, help="requests per minute per API key (default 0: unlimited)")
     add("--key-concurrency", type=int, help="concurrent requests per API key (0: unlimited)")
     add("--key-daily-tokens", type=int, help="tokens per API key per UTC day (0: unlimited)")

@@ -12,6 +12,8 @@ not this object, so they never import it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from broker.accounts.credentials import Credentials
@@ -25,6 +27,9 @@ from broker.metrics import Metrics
 from broker.relay.admission import Relay
 from broker.relay.hub import Hub
 from broker.settings import BrokerSettings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 
 class NotStarted(RuntimeError):
@@ -42,6 +47,7 @@ class Services:
         "_accounts",
         "_ledger",
         "_limiter",
+        "_redis",
         "_store",
         "_store_probe",
         "connector_tokens",
@@ -80,6 +86,7 @@ class Services:
         self._limiter: Limiter | None = None
         self._ledger: UsageLedger | None = None
         self._store_probe: StoreProbe | None = None
+        self._redis: Redis | None = None
 
     def opened(
         self,
@@ -95,6 +102,18 @@ class Services:
         self._limiter = limiter
         self._ledger = ledger
         self._store_probe = store_probe
+
+    def opened_redis(self, redis: Redis) -> None:
+        """Set the cluster's Redis client (cluster mode only, at start-up)."""
+        self._redis = redis
+
+    @property
+    def redis(self) -> Redis:
+        """The cluster's Redis client; only in cluster mode (`--redis-url`), once started."""
+        redis = self._redis
+        if redis is None:
+            raise _not_started("Redis client (cluster mode only)")
+        return redis
 
     @property
     def started(self) -> bool:

@@ -153,6 +153,21 @@ class BrokerSettings(BaseSettings):
     session_secret: SecretStr | None = Field(
         None, description="Key for the portal's session cookies (default: generated in --data-dir)."
     )
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Redis URL (redis://, rediss:// or unix://); turns on cluster mode, in which"
+        " several brokers share connectors, limits and portal state.",
+    )
+    cluster_secret: SecretStr | None = Field(
+        None,
+        description="Secret the brokers of one cluster share to authenticate requests they"
+        " forward to each other (at least 32 characters; required with --redis-url).",
+    )
+    internal_url: str | None = Field(
+        None,
+        description="Base URL the other brokers of the cluster reach this one on (default"
+        " http(s)://HOST:PORT of the listening address).",
+    )
     key_rpm: int = Field(0, ge=0, description="Requests per minute per API key (0: unlimited).")
     key_concurrency: int = Field(
         0, ge=0, description="Concurrent requests per API key (0: unlimited)."
@@ -181,6 +196,33 @@ class BrokerSettings(BaseSettings):
         if bool(self.gitlab_client_id) != bool(self.gitlab_client_secret):
             raise ValueError("gitlab_client_id and gitlab_client_secret must be given together")
         return self
+
+    @model_validator(mode="after")
+    def _cluster(self) -> BrokerSettings:
+        if self.redis_url is None:
+            if self.cluster_secret is not None or self.internal_url is not None:
+                raise ValueError("cluster_secret and internal_url need redis_url (cluster mode)")
+            return self
+        scheme = urlsplit(self.redis_url.get_secret_value()).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        if self.cluster_secret is None or len(self.cluster_secret.get_secret_value()) < 32:
+            raise ValueError(
+                "cluster mode needs cluster_secret: at least 32 characters every broker of the"
+                " cluster shares (for example the output of `openssl rand -hex 32`)"
+            )
+        if self.internal_url is not None:
+            parts = urlsplit(self.internal_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
+                raise ValueError(
+                    "internal_url must be a base URL such as http://10.0.0.5:8443, without a path"
+                )
+        return self
+
+    @property
+    def cluster(self) -> bool:
+        """True in cluster mode (a Redis URL is set)."""
+        return self.redis_url is not None
 
     @property
     def portal(self) -> bool:

@@ -21,12 +21,36 @@ from connector_app.core.backoff import Backoff
 from connector_app.core.connector import Connector
 from connector_app.core.settings import ConnectorSettings
 from connector_app.core.status import LinkState
+from tests.redisserver import RedisServer
 from tests.secretservice import SecretService, running_secret_service
 from tests.stub_llm import StubLLM
 
 USER_KEY = "sk-test-user-key-0123456789"
 CONNECTOR_TOKEN = "test-connector-token-abcdef"
 MEMORY_STORE = "sqlite+aiosqlite:///:memory:"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One throwaway Redis for the test run, started when a test first asks for it."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The test run's Redis, running and empty at the start of each test that asks."""
+    import redis as redis_py
+
+    if not redis_server.running:  # a test before may have stopped it
+        redis_server.start()
+    with redis_py.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    yield redis_server.url
 
 
 @pytest.fixture(autouse=True)
