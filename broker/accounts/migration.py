@@ -18,6 +18,8 @@ from broker.accounts.schema import SCHEMA_VERSION, meta, metadata, usage
 
 Step = Callable[[sa.Connection], None]
 
+MIGRATION_LOCK = 0x52_4C_4C_4D  # "RLLM": the advisory lock id brokers take while migrating
+
 
 def _add_column(conn: sa.Connection, table: sa.Table, column: sa.Column[object]) -> None:
     """Add `column` (nullable, no default) to an existing table, with its index, if missing."""
@@ -49,10 +51,14 @@ async def migrate(conn: AsyncConnection) -> int:
     Runs in the caller's transaction, which it opens at the database on SQLite: Python's
     sqlite3 begins one only before a data change, so each DDL statement would otherwise be
     committed on its own and a failed step leave the schema half upgraded. IMMEDIATE takes
-    the write lock first: two brokers starting on one file do not both upgrade it.
+    the write lock first: two brokers starting on one file do not both upgrade it. On
+    PostgreSQL a transaction-scoped advisory lock does the same for brokers of one cluster
+    starting together, which would otherwise both create or alter the same tables.
     """
     if conn.dialect.name == "sqlite":
         await conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif conn.dialect.name == "postgresql":
+        await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK)))
     await conn.run_sync(metadata.create_all)
     found = await conn.scalar(sa.select(meta.c.value).where(meta.c.name == "schema"))
     if found is None:

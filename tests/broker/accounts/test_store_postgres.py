@@ -232,3 +232,22 @@ async def test_a_schema_1_store_is_upgraded_on_postgres(postgres: str) -> None:
         async with engine.begin() as conn:
             await conn.run_sync(schema.metadata.drop_all)
         await engine.dispose()
+
+
+async def test_brokers_starting_together_on_a_new_database_all_open_it(postgres: str) -> None:
+    """A cluster's brokers start at once: without the migration lock, two of them create the
+    same tables or insert the same schema row, and one fails to start."""
+    engine = create_async_engine(postgres)
+    async with engine.begin() as conn:
+        await conn.run_sync(schema.metadata.drop_all)
+    await engine.dispose()
+    try:
+        stores = await asyncio.gather(*(Store.open(postgres) for _ in range(4)))
+        for store in stores:
+            await store.ping()
+            await store.close()
+    finally:
+        engine = create_async_engine(postgres)
+        async with engine.begin() as conn:
+            await conn.run_sync(schema.metadata.drop_all)
+        await engine.dispose()
