@@ -52,6 +52,7 @@ class Relay:
     __slots__ = (
         "_opening",
         "_read_groups",
+        "_refreshing",
         "_store",
         "_tasks",
         "heartbeat",
@@ -86,6 +87,7 @@ class Relay:
         """The connectors attached now."""
         self._opening: set[_Opening] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._refreshing = asyncio.Lock()
         self.stopping = False
         """The broker is stopping: new relay connections are dropped, not admitted."""
 
@@ -126,6 +128,10 @@ class Relay:
         self.links.add(link)
         self.hub.register(link)
         self.metrics.connectors.set(len(self.hub.links))
+        if link.token_id is not None:
+            # Its rule was read at the token check, up to a handshake ago: read it again, so
+            # a change saved meanwhile applies now, not at the next periodic refresh.
+            self.spawn(self._refresh_after_attach())
 
     def detach(self, link: ConnectorLink) -> None:
         self.hub.unregister(link)
@@ -145,15 +151,27 @@ class Relay:
         except Exception as exc:  # the store may be busy or down; the link must not care
             log.warning("cannot note the connector's last-seen time", error=str(exc))
 
+    async def _refresh_after_attach(self) -> None:
+        try:
+            await self.refresh_gates()
+        except Exception as exc:  # the periodic refresh tries again
+            log.warning("cannot read the connectors' access rules", error=str(exc))
+
     async def refresh_gates(self) -> None:
-        """Read the owners' rules of the connected connectors again, and route by them."""
-        links = {link: link.token_id for link in self.links if link.token_id is not None}
-        found = await gates.admitted(
-            self._store(), {t for t in links.values() if t is not None}, groups=self._read_groups
-        )
-        for link, token_id in links.items():
-            if token_id in found and link.admit(found[token_id]):
-                self.hub.models_changed(link)
+        """Read the owners' rules of the connected connectors again, and route by them.
+
+        One refresh at a time: the one started last reads last and so applies last, and an
+        older read (the periodic one) cannot undo a rule the portal has just saved."""
+        async with self._refreshing:
+            links = {link: link.token_id for link in self.links if link.token_id is not None}
+            found = await gates.admitted(
+                self._store(),
+                {t for t in links.values() if t is not None},
+                groups=self._read_groups,
+            )
+            for link, token_id in links.items():
+                if token_id in found and link.admit(found[token_id]):
+                    self.hub.models_changed(link)
 
     async def connector_token(self, presented: str | None) -> _Admitted | None:
         """The connector token `presented`, when it admits a connector; None when it does not."""

@@ -226,3 +226,45 @@ async def test_the_page_shows_whom_the_connected_connector_blocks_itself(
         status, html = await page(alice, portal, token)
         assert "online now" in html
         assert "the connector itself blocks: bob, configured" in html
+
+
+async def test_a_rule_saved_on_the_page_routes_the_next_request(
+    make_broker: MakeBroker,
+    gitlab: FakeGitLab,
+    stub: StubLLM,
+    make_connector: MakeConnector,
+) -> None:
+    """The page promises the new rule from the next request: no periodic refresh between."""
+    portal = await make_portal(make_broker, gitlab, user_api_key=[])
+    store = portal.broker.services.store
+    gitlab.current = ALICE
+    async with browser() as alice:
+        assert (await sign_in(alice, portal))[0] == 200
+        owner = await store.find_user("alice")
+        raw, token = await store.create_connector_token("gpu", owner.id)
+        await make_connector(portal.broker, stub.url, broker_token=SecretStr(raw), name="gpu")
+        await wait_models(portal.broker, {"stub-model"})
+        bob = await store.create_user("bob")
+        bob_key, _ = await store.create_key(bob.id, "test")
+
+        async def bob_asks() -> int:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{portal.url}/v1/chat/completions",
+                    json={"model": "stub-model", "messages": []},
+                    headers={"Authorization": f"Bearer {bob_key}"},
+                ) as response,
+            ):
+                await response.read()
+                return response.status
+
+        assert await bob_asks() == 200
+        _, html = await page(alice, portal, token)
+        status, _ = await post(alice, portal, token, csrf=csrf_of(html), mode="owner")
+        assert status == 200
+        assert await bob_asks() == 403
+        _, html = await page(alice, portal, token)
+        await post(alice, portal, token, csrf=csrf_of(html), mode="users", users="bob")
+        assert await bob_asks() == 200
+    assert len(stub.seen) == 2
