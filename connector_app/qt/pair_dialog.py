@@ -96,6 +96,7 @@ class PairDialog(QDialog):
         self.bridge = bridge
         self.sleep, self.clock = sleep, clock
         self.task: asyncio.Task[None] | None = None
+        self.saving = False
         self.started: Started | None = None
         self.expires = 0.0
         self.pages = QStackedWidget()
@@ -250,7 +251,11 @@ class PairDialog(QDialog):
             self.ticker.stop()
         log.info("paired", connector=paired.name, broker_url=paired.relay_url)
         self.cancel_button.setEnabled(False)  # storing: a half-cancelled save helps nobody
-        warning = await self.store(paired)
+        self.saving = True  # closing the window now lets the save and the new link finish
+        try:
+            warning = await self.store(paired)
+        finally:
+            self.saving = False
         text = f'Connected to {base} as "{paired.name}"; the token is in the keyring.'
         if warning:
             text = f'Connected to {base} as "{paired.name}", but {warning}'
@@ -269,8 +274,12 @@ class PairDialog(QDialog):
             warning = await self.bridge.apply(profile)
         except OSError as exc:  # the profile still applies for this session
             problem = f"{self.bridge.store.path} could not be saved ({exc.strerror or exc})"
-        if not self.bridge.serving:
-            self.bridge.start()
+        if not self.bridge.serving and not self.bridge.start():
+            return (
+                "it is not serving yet: "
+                + (self.bridge.problem or "the settings are incomplete")
+                + ". Complete them in Settings."
+            )
         if problem:
             return problem + ", so the pairing lasts for this session only."
         if warning:
@@ -327,7 +336,9 @@ class PairDialog(QDialog):
             self.copy_button.setText("Link copied")
 
     def cancel(self) -> None:
-        """Stop polling at once and go back to the URL."""
+        """Stop polling at once and go back to the URL (not while the token is being saved)."""
+        if self.saving:
+            return
         if self.task is not None:
             self.task.cancel()
         self.ticker.stop()

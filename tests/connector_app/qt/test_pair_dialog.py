@@ -235,6 +235,61 @@ def test_cancel_stops_polling_at_once(
     qloop.run(scenario())
 
 
+def test_closing_the_window_while_the_token_is_saved_lets_the_save_and_link_finish(
+    qtbot: QtBot, qloop: QLoop, store: ProfileStore, stand_in_browser: Browser
+) -> None:
+    async def scenario() -> None:
+        async with pairing_broker() as services:
+            dialog = dialog_for(qtbot, store, services)
+            bridge = dialog.bridge
+            release = asyncio.Event()
+            original = bridge.apply
+
+            async def slow_apply(profile: Profile) -> str | None:
+                await release.wait()
+                return await original(profile)
+
+            bridge.apply = slow_apply  # type: ignore[method-assign]
+            paired: list[object] = []
+            dialog.paired.connect(paired.append)
+            dialog.begin()
+            link = await shown_code(dialog, stand_in_browser)
+            await decide(services.broker.base_url, link, "approve")
+            await until(lambda: dialog.saving)
+            dialog.reject()  # Esc or the window's X, mid-save
+            release.set()
+            await until(lambda: bool(paired))
+            assert store.secrets.get("broker_token") is not None
+            await until(lambda: bool(services.broker.hub.models()))
+            await bridge.shutdown(1.0)
+
+    qloop.run(scenario())
+
+
+def test_a_pairing_whose_settings_cannot_serve_yet_says_what_is_missing(
+    qtbot: QtBot, qloop: QLoop, store: ProfileStore, stand_in_browser: Browser
+) -> None:
+    async def scenario() -> None:
+        async with pairing_broker() as services:
+            # A local LLM URL that is no URL: the settings cannot make a connector.
+            bridge = make_bridge(store, Profile({"name": "studio", "llm_url": "not a url"}))
+            dialog = PairDialog(bridge, sleep=services.clock.sleep, clock=services.clock)
+            qtbot.addWidget(dialog)
+            dialog.url.setText(services.broker.base_url)
+            dialog.show()
+            dialog.begin()
+            link = await shown_code(dialog, stand_in_browser)
+            await decide(services.broker.base_url, link, "approve")
+            await until(lambda: dialog.pages.currentIndex() == OUTCOME)
+            assert "not serving yet" in dialog.outcome.text()
+            assert "Settings" in dialog.outcome.text()
+            assert store.secrets.get("broker_token") is not None
+            assert not bridge.serving
+            await bridge.shutdown(1.0)
+
+    qloop.run(scenario())
+
+
 @pytest.mark.parametrize(
     ("url", "says"),
     [
