@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.accounts.access import EVERYONE, AccessRule
+from broker.accounts.access import EVERYONE, MAX_GROUP_PATH, AccessRule
 from broker.accounts.schema import connector_access, user_groups
 
 
@@ -68,7 +68,8 @@ class AccessBook:
 
     async def set_groups(self, user_id: int, groups: Iterable[str]) -> None:
         """Replace the groups recorded for a user (at sign-in)."""
-        paths = sorted({g[:255] for g in groups})
+        # A longer path is dropped, not cut: a cut one could be another group's name.
+        paths = sorted({g for g in groups if len(g) <= MAX_GROUP_PATH})
         async with self.engine.begin() as conn:
             await conn.execute(user_groups.delete().where(user_groups.c.user_id == user_id))
             if paths:

@@ -300,6 +300,10 @@ class Store:
         self, name: str, owner_id: int | None = None
     ) -> tuple[str, ConnectorToken]:
         _name(name, "connector name")
+        if name.strip().isdigit():
+            raise StoreError(
+                "a connector name cannot be only digits: admin commands take those for ids"
+            )
         raw = keyformat.generate(keyformat.CONNECTOR_TOKEN_PREFIX)
         async with self.engine.begin() as conn:
             taken = await conn.scalar(

@@ -151,13 +151,18 @@ async def start_endpoint(request: web.Request) -> web.Response:
             retry_after=PENDING_RETRY,
         )
     name = (await _json_body(request)).get("name")
-    if not isinstance(name, str) or not name.strip() or not is_clean(name, MAX_CONNECTOR_NAME):
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or not is_clean(name, MAX_CONNECTOR_NAME)
+        or name.strip().isdigit()
+    ):
         return error_response(
             request,
             400,
             "invalid_name",
             f'Send JSON {{"name": ...}}: the connector\'s name, 1 to {MAX_CONNECTOR_NAME}'
-            " printable characters.",
+            " printable characters, not only digits (admin commands take those for ids).",
             param="name",
         )
     device, user = new_device_code(), new_user_code()

@@ -28,6 +28,8 @@ import aiohttp
 from connector_app.core.settings import is_loopback
 
 SLOW_DOWN_STEP: Final = 5
+MAX_INTERVAL: Final = 60.0
+"""The longest interval between polls a broker's `slow_down` can ask for."""
 TIMEOUT: Final = aiohttp.ClientTimeout(total=30)
 RETRY_CAP: Final = 60.0
 """Longest wait between polls while the broker is unreachable or answers 5xx/429."""
@@ -114,6 +116,17 @@ def _refusal(status: int, body: Any) -> str:
     return f"the broker answered {status}"
 
 
+def _slower(asked: object, interval: float) -> float:
+    """The interval after a `slow_down`: the broker's, if it names a sane one, else 5 s more."""
+    try:
+        value = float(asked)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = 0.0
+    if not interval < value <= MAX_INTERVAL:
+        value = interval + SLOW_DOWN_STEP
+    return min(value, MAX_INTERVAL)
+
+
 class PairingClient:
     """One broker's pairing endpoints over an aiohttp session the caller owns."""
 
@@ -195,7 +208,7 @@ class PairingClient:
                 return Paired(str(body["connector_token"]), relay, str(body["name"]))
             error = body.get("error") if isinstance(body, dict) else None
             if error == "slow_down":
-                interval = float(body.get("interval") or interval + SLOW_DOWN_STEP)
+                interval = _slower(body.get("interval"), interval)
             if error in ("authorization_pending", "slow_down"):
                 delay = interval
             elif status in (0, 429) or status >= 500:

@@ -21,6 +21,7 @@ from connector_app.core.pairing import (
     PairingFailed,
     Sleep,
     Started,
+    _slower,
     broker_base,
     checked_relay_url,
     pair_connector,
@@ -283,3 +284,21 @@ def test_env_lines_are_double_quoted_as_systemd_reads_them() -> None:
     # systemd's EnvironmentFile unescapes exactly \\ \" \$ \` inside double quotes.
     assert env_line("A", ODD) == 'A="it\'s \\"a\\" \\$HOME \\`x\\` \\\\ # end"'
     assert re.fullmatch(r'B="[^"]*"', env_line("B", "rlc-x"))
+
+
+@pytest.mark.parametrize(
+    ("asked", "now", "then"),
+    [
+        (10, 5.0, 10.0),  # the broker's own, when sane
+        ("12", 5.0, 12.0),
+        (None, 5.0, 10.0),  # none named: 5 s more, as RFC 8628 says
+        ("soon", 5.0, 10.0),  # not a number: the same, not a crash
+        (3, 5.0, 10.0),  # faster is no slowing down
+        (10_000, 5.0, 10.0),  # absurd
+        (None, 58.0, 60.0),  # never beyond the cap
+    ],
+)
+def test_a_slow_down_interval_from_the_broker_is_checked(
+    asked: object, now: float, then: float
+) -> None:
+    assert _slower(asked, now) == then

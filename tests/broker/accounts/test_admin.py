@@ -158,5 +158,7 @@ async def test_admin_errors_are_clear_and_change_nothing(tmp_path: Path) -> None
     assert out.count("fay") == 1 and "-3" not in out
     code, _, err = await admin(data, "connectors", "create", "x" * 300)
     assert code == 1 and "1 to 255 characters" in err
+    code, _, err = await admin(data, "connectors", "create", "7")
+    assert code == 1 and "only digits" in err
     code, _, err = await admin(data, "users", "frobnicate")
     assert code == 2 and "invalid choice" in err

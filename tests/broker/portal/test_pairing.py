@@ -255,7 +255,9 @@ async def test_a_taken_name_gets_a_number(portal: Portal, clock: Clock) -> None:
     assert (status, answer["name"]) == (200, "gpu-box-2")
 
 
-@pytest.mark.parametrize("body", [{}, {"name": ""}, {"name": "a\nb"}, {"name": "x" * 65}])
+@pytest.mark.parametrize(
+    "body", [{}, {"name": ""}, {"name": "a\nb"}, {"name": "x" * 65}, {"name": " 42 "}]
+)
 async def test_a_connector_name_must_be_clean(
     portal: Portal, clock: Clock, body: dict[str, str]
 ) -> None:
