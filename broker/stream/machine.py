@@ -17,7 +17,7 @@ Its rules, written here once:
   its owner blocked them) or its link was lost, before the head. Any other error before
   the head is the client's error response. When no connector that admits the user
   is left to serve the model after a block, the client hears the block (403
-  `user_blocked`) at once; while one is (merely busy or reconnecting), the usual wait and
+  `user_blocked`) at once; while one is connected but merely busy, the usual wait and
   503 apply. A model served only by connectors whose owners do not admit the user is 403
   `model_not_allowed`.
 - A failure before the head is a complete error response in the endpoint's dialect
