@@ -158,30 +158,21 @@ async def connectors_page(request: web.Request) -> web.Response:
 
 
 async def connector_page(request: web.Request) -> web.Response:
-    owned = await _owned(request)
-    if isinstance(owned, web.Response):
-        return owned
-    session, user, token = owned
-    (view,) = await _views(request, [token])
-    return render(
-        request,
-        "connector.html",
-        session=session,
-        user=user,
-        c=view,
-        days=USAGE_DAYS,
-        fmt=when,
-        confirm=False,
-    )
+    """One connector in detail."""
+    return await _detail(request, confirm=False)
 
 
 async def confirm_revoke(request: web.Request) -> web.Response:
     """The confirm step: what revoking does, and the button that does it."""
+    return await _detail(request, confirm=True)
+
+
+async def _detail(request: web.Request, *, confirm: bool) -> web.Response:
     owned = await _owned(request)
     if isinstance(owned, web.Response):
         return owned
     session, user, token = owned
-    if token.revoked is not None:
+    if confirm and token.revoked is not None:
         raise web.HTTPFound(f"/connectors/{token.id}")
     (view,) = await _views(request, [token])
     return render(
@@ -192,7 +183,7 @@ async def confirm_revoke(request: web.Request) -> web.Response:
         c=view,
         days=USAGE_DAYS,
         fmt=when,
-        confirm=True,
+        confirm=confirm,
     )
 
 
