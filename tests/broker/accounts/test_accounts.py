@@ -216,6 +216,7 @@ async def test_connector_tokens_from_the_store(
     raw, _ = await broker.services.store.create_connector_token("gpu-box")
     connector = await make_connector(broker, stub.url, broker_token=raw)
     await wait_models(broker, {"stub-model"})
+    await broker.services.relay.settle()  # the last-seen time is written in the background
     (seen,) = await broker.services.store.connector_tokens()
     assert seen.last_seen is not None
     key = await store_key(broker)
