@@ -100,6 +100,10 @@ def _store_options(parser: argparse.ArgumentParser) -> None:
 def _admin_store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML file with settings")
     _store_options(parser)
+    parser.add_argument(
+        "--redis-url", help="the cluster's Redis: tell its brokers of the change at once"
+    )
+    parser.add_argument("--cluster-secret", help="the cluster's secret (with --redis-url)")
 
 
 def build_parser() -> argparse.ArgumentParser:

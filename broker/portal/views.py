@@ -24,6 +24,7 @@ from aiohttp_session import Session, session_middleware
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
+from broker.accounts.change import KeyRevoked, UserChanged
 from broker.accounts.records import User
 from broker.portal.access import add_access_routes
 from broker.portal.connectors import CONNECTOR_PATHS, add_connector_routes
@@ -262,7 +263,7 @@ async def revoke_key(request: web.Request) -> web.Response:
         return error_page(
             request, 404, "No such key", "This key does not exist or is already revoked."
         )
-    services.accounts.forget()
+    await services.changes.made(KeyRevoked(key_id))
     log.info("key revoked", username=user.username, record=key_id)
     raise web.HTTPFound("/portal/keys")
 
@@ -334,6 +335,6 @@ async def admin_user(request: web.Request) -> web.Response:
     if await store.user(user_id) is None:
         return error_page(request, 404, "No such user", "This user does not exist.")
     await store.set_status(user_id, "blocked" if action == "block" else "active")
-    services.accounts.forget()
+    await services.changes.made(UserChanged(user_id))
     log.info(f"user {action}ed", by=admin.username, user_id=user_id)
     raise web.HTTPFound("/admin")
