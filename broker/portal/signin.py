@@ -168,7 +168,7 @@ async def _start_session(
     fresh["csrf"] = secrets.token_urlsafe(32)
     if new or not any(k.usable(time.time()) for k in await store.keys(user.id)):
         raw, _ = await store.create_key(user.id, "default")
-        fresh["reveal"] = request.app[REVEALS].put(user.id, raw)
+        fresh["reveal"] = await request.app[REVEALS].keep(user.id, raw)
     raise web.HTTPFound(landing_page)
 
 
