@@ -1,0 +1,129 @@
+"""The portal on any broker of a cluster: a browser's requests land on whichever broker the
+load balancer picks (here: each request sent to a broker of the test's choosing)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+
+from broker.cluster.reveals import PREFIX
+from broker.portal.reveals import REVEALS
+from broker.server import BrokerServer
+from tests.conftest import MakeBroker
+from tests.fake_gitlab import CLIENT_ID, CLIENT_SECRET, FakeGitLab
+
+SECRET = "p" * 32
+PUBLIC = "http://portal.example"
+"""The address users see (the load balancer's): GitLab sends the browser back there."""
+KEY_PATTERN = re.compile(r"sk-[0-9A-Za-z]{38}")
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+@pytest.fixture
+async def gitlab() -> AsyncIterator[FakeGitLab]:
+    fake = FakeGitLab()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+async def portals(
+    make_broker: MakeBroker, gitlab: FakeGitLab, redis_url: str, tmp_path: Path
+) -> list[BrokerServer]:
+    return [
+        await make_broker(
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'cluster.db'}",
+            redis_url=SecretStr(redis_url),
+            cluster_secret=SecretStr(SECRET),
+            session_secret=None,  # shared through the cluster secret,
+            data_dir=tmp_path / f"broker-{n}",  # not through a shared data directory
+            public_url=PUBLIC,
+            gitlab_url=gitlab.url,
+            gitlab_client_id=CLIENT_ID,
+            gitlab_client_secret=CLIENT_SECRET,
+            user_api_key=[],
+        )
+        for n in range(3)
+    ]
+
+
+def browser() -> aiohttp.ClientSession:
+    # Every broker is 127.0.0.1 (ports do not separate cookies): one browser, one cookie.
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+def on(broker: BrokerServer, url: str) -> str:
+    """`url` (on the public address) sent to `broker` instead, as a load balancer would."""
+    parts = urlsplit(url)
+    return broker.base_url + parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+async def page(session: aiohttp.ClientSession, broker: BrokerServer, path: str) -> str:
+    async with session.get(broker.base_url + path, allow_redirects=False) as response:
+        assert response.status == 200, f"{path} on port {broker.port}: {response.status}"
+        return await response.text()
+
+
+async def test_sign_in_and_a_new_key_work_across_brokers(
+    make_broker: MakeBroker, gitlab: FakeGitLab, redis_url: str, tmp_path: Path
+) -> None:
+    a, b, c = await portals(make_broker, gitlab, redis_url, tmp_path)
+    async with browser() as session:
+        # Sign-in starts on A, GitLab sends the browser back to the public address: B answers.
+        async with session.get(a.base_url + "/login", allow_redirects=False) as start:
+            authorize = start.headers["Location"]
+        async with session.get(authorize, allow_redirects=False) as granted:
+            back = granted.headers["Location"]
+        assert back.startswith(PUBLIC + "/auth/callback?")
+        async with session.get(on(b, back), allow_redirects=False) as done:
+            assert done.status == 302 and done.headers["Location"] == "/portal"
+        # The first key, made on B, shown on C, once.
+        first = KEY_PATTERN.findall(await page(session, c, "/portal"))
+        assert len(set(first)) == 1
+        assert not KEY_PATTERN.search(await page(session, a, "/portal"))
+        # A key made on A is shown on B; a copy of the cookie from before cannot show it on C.
+        keys = await page(session, a, "/portal/keys")
+        csrf = CSRF.search(keys)
+        assert csrf
+        async with session.post(
+            a.base_url + "/portal/keys",
+            data={"name": "second", "csrf": csrf.group(1)},
+            allow_redirects=False,
+        ) as made:
+            assert made.status == 302
+        copied = {cookie.key: cookie.value for cookie in session.cookie_jar}
+        waiting = [key async for key in a.services.redis.scan_iter(match=PREFIX + "*")]
+        assert len(waiting) == 1
+        shown = KEY_PATTERN.findall(await page(session, b, "/portal/keys"))
+        assert len(set(shown)) == 1 and shown[0] not in first
+        # Kept in Redis only sealed, and gone once shown.
+        assert [key async for key in a.services.redis.scan_iter(match=PREFIX + "*")] == []
+        # Signed in on every broker.
+        for broker in (a, b, c):
+            assert "second" in await page(session, broker, "/portal/keys")
+    async with aiohttp.ClientSession(cookies=copied) as replay:
+        again = await page(replay, c, "/portal/keys")
+        assert "second" in again  # the copied session works ...
+        assert not KEY_PATTERN.search(again)  # ... but the key was shown once, on B
+
+
+async def test_a_waiting_key_is_sealed_in_redis(
+    make_broker: MakeBroker, gitlab: FakeGitLab, redis_url: str, tmp_path: Path
+) -> None:
+    a, _, _ = await portals(make_broker, gitlab, redis_url, tmp_path)
+    reveals = a.services.redis
+    waiting = a.app[REVEALS]
+    nonce = await waiting.keep(7, "sk-" + "x" * 38)
+    (name,) = [key async for key in reveals.scan_iter(match=PREFIX + "*")]
+    assert name == (PREFIX + nonce).encode()
+    sealed = await reveals.get(name)
+    assert sealed is not None and b"sk-" not in sealed
+    assert 0 < await reveals.ttl(name) <= 300
+    assert await waiting.claim(nonce, 8) is None  # not someone else's (and now gone)
+    assert await waiting.claim(nonce, 7) is None
