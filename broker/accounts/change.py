@@ -56,11 +56,20 @@ class Publisher(Protocol):
 
     async def publish(self, change: Change) -> None: ...
 
+    @property
+    def hearing(self) -> bool | None:
+        """Whether changes made elsewhere reach this broker now (None: there is no elsewhere)."""
+        ...
+
 
 class _NoPublisher:
     """A single broker: there is nobody else to tell."""
 
     async def publish(self, change: Change) -> None:
+        return None
+
+    @property
+    def hearing(self) -> bool | None:
         return None
 
 

@@ -94,6 +94,10 @@ class Events:
         """Times everything was read again after the channel was lost (for tests, logs)."""
         self._reconnected = False
 
+    @property
+    def hearing(self) -> bool | None:
+        return self.listening
+
     # -- publishing -------------------------------------------------------------------------
 
     async def publish(self, change: Change) -> None:

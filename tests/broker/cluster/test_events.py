@@ -90,11 +90,22 @@ async def status(broker: BrokerServer, key: str, model: str = "stub-model") -> i
 
 async def admin(redis_url: str, tmp_path: Path, *argv: str) -> str:
     """An admin command as `remotellm-broker` runs it, told of the cluster's Redis."""
+    out, err = await admin_says(redis_url, tmp_path, *argv)
+    assert err == ""  # the cluster was told
+    return out
+
+
+async def admin_says(redis_url: str, tmp_path: Path, *argv: str) -> tuple[str, str]:
     cluster = ["--redis-url", redis_url, "--cluster-secret", SECRET]
     args = build_parser().parse_args([*argv, "--database-url", store_url(tmp_path), *cluster])
     out, err = io.StringIO(), io.StringIO()
     assert await run_admin(args, _settings_from(args), out, err) == 0, err.getvalue()
-    return out.getvalue()
+    return out.getvalue(), err.getvalue()
+
+
+async def readyz(broker: BrokerServer) -> tuple[int, dict[str, str]]:
+    async with aiohttp.ClientSession() as http, http.get(broker.base_url + "/readyz") as response:
+        return response.status, await response.json()
 
 
 async def refused_everywhere(brokers: list[BrokerServer], key: str, code: int) -> None:
@@ -215,7 +226,9 @@ async def test_a_broker_that_lost_redis_reads_everything_again(
 ) -> None:
     a, b, _ = await make_cluster(make_broker, redis_url, tmp_path, monkeypatch)
     _, key_id, raw = await a_user_with_a_key(a)
-    assert await status(b, raw) == 503  # cached on B for an hour
+    _, _, dave = await a_user_with_a_key(a, "dave")
+    assert await status(b, raw) == 503 and await status(b, dave) == 503  # cached for an hour
+    assert await readyz(b) == (200, {"status": "ready", "changes": "live"})
     redis_server.stop()
     try:
 
@@ -223,6 +236,10 @@ async def test_a_broker_that_lost_redis_reads_everything_again(
             return not events_of(b).listening
 
         await eventually(deaf, "B notices Redis is gone")
+        assert await readyz(b) == (200, {"status": "ready", "changes": "polling"})
+        # An admin command still makes its change, and says when the brokers apply it.
+        out, err = await admin_says(redis_server.url, tmp_path, "users", "block", "dave")
+        assert out.startswith("blocked dave") and "within 5 seconds" in err
         # Revoked while nobody can hear of it (publishing fails, and says so in the log).
         await a.services.store.revoke_key(key_id)
         await a.services.changes.made(KeyRevoked(key_id))
@@ -231,7 +248,9 @@ async def test_a_broker_that_lost_redis_reads_everything_again(
     finally:
         redis_server.start()
     await listening(b)
+    assert await readyz(b) == (200, {"status": "ready", "changes": "live"})
     await refused_everywhere([b], raw, 401)  # B read everything again on reconnecting
+    await refused_everywhere([b], dave, 403)
     assert events_of(b).resyncs >= 1
     # And hears of changes again.
     _, other_id, other = await a_user_with_a_key(a, "carol")
