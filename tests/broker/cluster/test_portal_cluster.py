@@ -12,11 +12,13 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
+from broker.api.pairing import STARTS_PER_WINDOW
 from broker.cluster.reveals import PREFIX
 from broker.portal.reveals import REVEALS
 from broker.server import BrokerServer
 from tests.conftest import MakeBroker
 from tests.fake_gitlab import CLIENT_ID, CLIENT_SECRET, FakeGitLab
+from tests.redisserver import RedisServer
 
 SECRET = "p" * 32
 PUBLIC = "http://portal.example"
@@ -127,3 +129,39 @@ async def test_a_waiting_key_is_sealed_in_redis(
     assert 0 < await reveals.ttl(name) <= 300
     assert await waiting.claim(nonce, 8) is None  # not someone else's (and now gone)
     assert await waiting.claim(nonce, 7) is None
+
+
+async def start_pairing(broker: BrokerServer) -> aiohttp.ClientResponse:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(broker.base_url + "/pair/start", json={"name": "box"}) as response,
+    ):
+        await response.read()
+        return response
+
+
+async def test_pairing_starts_are_counted_for_the_whole_cluster(
+    make_broker: MakeBroker, gitlab: FakeGitLab, redis_url: str, tmp_path: Path
+) -> None:
+    brokers = await portals(make_broker, gitlab, redis_url, tmp_path)
+    started = [await start_pairing(brokers[n % 3]) for n in range(STARTS_PER_WINDOW)]
+    assert [response.status for response in started] == [200] * STARTS_PER_WINDOW
+    for broker in brokers:  # the address used its starts, whichever broker it reached
+        refused = await start_pairing(broker)
+        assert refused.status == 429 and 0 < int(refused.headers["Retry-After"]) <= 900
+
+
+async def test_pairing_counts_on_each_broker_while_redis_is_away(
+    make_broker: MakeBroker,
+    gitlab: FakeGitLab,
+    redis_server: RedisServer,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    a, _, _ = await portals(make_broker, gitlab, redis_url, tmp_path)
+    redis_server.stop()
+    try:
+        started = [(await start_pairing(a)).status for _ in range(STARTS_PER_WINDOW + 1)]
+    finally:
+        redis_server.start()
+    assert started == [200] * STARTS_PER_WINDOW + [429]
