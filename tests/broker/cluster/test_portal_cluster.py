@@ -16,9 +16,18 @@ from broker.api.pairing import STARTS_PER_WINDOW
 from broker.cluster.reveals import PREFIX
 from broker.portal.reveals import REVEALS
 from broker.server import BrokerServer
-from tests.conftest import MakeBroker
+from tests.broker.cluster.test_events import (
+    LONG,
+    a_user_with_a_key,
+    eventually,
+    listening,
+    refused_everywhere,
+    status,
+)
+from tests.conftest import MakeBroker, MakeConnector, wait_models
 from tests.fake_gitlab import CLIENT_ID, CLIENT_SECRET, FakeGitLab
 from tests.redisserver import RedisServer
+from tests.stub_llm import StubLLM
 
 SECRET = "p" * 32
 PUBLIC = "http://portal.example"
@@ -55,6 +64,24 @@ async def portals(
     ]
 
 
+async def sign_in(session: aiohttp.ClientSession, start: BrokerServer, back: BrokerServer) -> None:
+    """Sign in with GitLab: started on `start`, GitLab's redirect answered by `back`."""
+    async with session.get(start.base_url + "/login", allow_redirects=False) as response:
+        authorize = response.headers["Location"]
+    async with session.get(authorize, allow_redirects=False) as granted:
+        callback = granted.headers["Location"]
+    assert callback.startswith(PUBLIC + "/auth/callback?")
+    async with session.get(on(back, callback), allow_redirects=False) as done:
+        assert done.status == 302 and done.headers["Location"] == "/portal"
+
+
+async def post(session: aiohttp.ClientSession, broker: BrokerServer, path: str, csrf: str) -> None:
+    async with session.post(
+        broker.base_url + path, data={"csrf": csrf}, allow_redirects=False
+    ) as response:
+        assert response.status == 302, f"{path}: {response.status} {await response.text()}"
+
+
 def browser() -> aiohttp.ClientSession:
     # Every broker is 127.0.0.1 (ports do not separate cookies): one browser, one cookie.
     return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
@@ -78,13 +105,7 @@ async def test_sign_in_and_a_new_key_work_across_brokers(
     a, b, c = await portals(make_broker, gitlab, redis_url, tmp_path)
     async with browser() as session:
         # Sign-in starts on A, GitLab sends the browser back to the public address: B answers.
-        async with session.get(a.base_url + "/login", allow_redirects=False) as start:
-            authorize = start.headers["Location"]
-        async with session.get(authorize, allow_redirects=False) as granted:
-            back = granted.headers["Location"]
-        assert back.startswith(PUBLIC + "/auth/callback?")
-        async with session.get(on(b, back), allow_redirects=False) as done:
-            assert done.status == 302 and done.headers["Location"] == "/portal"
+        await sign_in(session, a, b)
         # The first key, made on B, shown on C, once.
         first = KEY_PATTERN.findall(await page(session, c, "/portal"))
         assert len(set(first)) == 1
@@ -165,3 +186,47 @@ async def test_pairing_counts_on_each_broker_while_redis_is_away(
     finally:
         redis_server.start()
     assert started == [200] * STARTS_PER_WINDOW + [429]
+
+
+async def test_the_portal_and_admin_pages_of_one_broker_change_every_broker(
+    stub: StubLLM,
+    make_broker: MakeBroker,
+    make_connector: MakeConnector,
+    gitlab: FakeGitLab,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("broker.app.REVOCATION_CHECK", LONG)
+    a, b, c = await portals(make_broker, gitlab, redis_url, tmp_path)
+    for broker in (a, b, c):
+        broker.services.accounts.ttl = LONG
+        await listening(broker)
+    store = a.services.store
+    async with browser() as session:
+        await sign_in(session, a, a)
+        (first,) = set(KEY_PATTERN.findall(await page(session, a, "/portal")))
+        alice = await store.find_user("alice")
+        await store.set_role(alice.id, "admin")
+        _, _, bob_key = await a_user_with_a_key(a, "bob")
+        bob = await store.find_user("bob")
+        raw, token = await store.create_connector_token("alice-box", alice.id)
+        await make_connector(c, stub.url, broker_token=SecretStr(raw))
+        await wait_models(c, {"stub-model"})
+        # Both keys known, and cached for an hour, on B (no connector there: 503) and C.
+        for broker, served in ((b, 503), (c, 200)):
+            assert await status(broker, first) == served
+            assert await status(broker, bob_key) == served
+        csrf = CSRF.search(await page(session, a, "/portal/keys"))
+        assert csrf
+        (key,) = await store.keys(alice.id)
+        await post(session, a, f"/portal/keys/{key.id}/revoke", csrf.group(1))
+        await refused_everywhere([b, c], first, 401)
+        await post(session, a, f"/admin/users/{bob.id}/block", csrf.group(1))
+        await refused_everywhere([b, c], bob_key, 403)
+        await post(session, a, f"/connectors/{token.id}/revoke", csrf.group(1))
+
+        async def shut_out() -> bool:
+            return not c.services.relay.links
+
+        await eventually(shut_out, "the connector on C is shut out")
