@@ -127,11 +127,12 @@ REVOCATION_CHECK = 5.0
 """Seconds between checks of the connected connectors' tokens and access rules."""
 
 
-async def _watch_revoked_connectors(services: Services) -> None:
+async def _watch_revoked_connectors(services: Services, every: float | None = None) -> None:
     """Send away connectors whose token was revoked (by the admin CLI, say) while connected,
-    and apply the access rules as the store has them now."""
+    and apply the access rules as the store has them now (every `REVOCATION_CHECK` s, read
+    at each turn)."""
     while True:
-        await asyncio.sleep(REVOCATION_CHECK)
+        await asyncio.sleep(REVOCATION_CHECK if every is None else every)
         await services.changes.check_connectors()
 
 
