@@ -6,8 +6,8 @@ connected connectors). A `Change` names what changed (ids only, never a key or a
 and `Changes.made` applies it to this broker at once, then hands it to the `Publisher`:
 nobody in a single broker (`NO_PUBLISHER`), every other broker of a cluster through Redis
 (`broker.cluster.events`), where each one applies it the same way. `resync` reads
-everything again, for when changes may have been missed (a Redis outage), and is what the
-broker's own periodic check does (`broker.app`).
+everything again, for when changes may have been missed (a Redis outage); `check_connectors`,
+its part about connectors, is also what the broker runs every few seconds (`broker.app`).
 """
 
 from __future__ import annotations

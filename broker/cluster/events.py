@@ -178,7 +178,12 @@ class Events:
                 continue
             if sender == self.sender:
                 continue  # applied when it was made
-            await self._changes.apply(change)
+            try:
+                await self._changes.apply(change)
+            except Exception as exc:  # the periodic checks apply it later
+                log.error(
+                    "cannot apply another broker's change", change=str(change), error=str(exc)
+                )
 
     async def _resync(self) -> None:
         self.resyncs += 1
