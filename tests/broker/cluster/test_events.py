@@ -272,3 +272,22 @@ async def test_a_broker_ignores_what_is_not_a_change(
     await a.services.store.revoke_key(key_id)
     await a.services.changes.made(KeyRevoked(key_id))
     await refused_everywhere([b], raw, 401)  # still listening after the noise
+
+
+async def test_a_broker_whose_subscription_was_cut_reads_everything_again(
+    make_broker: MakeBroker, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis closes the subscribers' connections (a failover, a proxy's idle timeout): redis-py
+    may reconnect by itself, and whatever was published meanwhile is lost either way."""
+    a, b, _ = await make_cluster(make_broker, redis_url, tmp_path, monkeypatch)
+    _, key_id, raw = await a_user_with_a_key(a)
+    assert await status(b, raw) == 503
+    before = events_of(b).resyncs
+    await a.services.store.revoke_key(key_id)  # and nobody told
+    assert await a.services.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 3
+
+    async def resynced() -> bool:
+        return events_of(b).resyncs > before
+
+    await eventually(resynced, "B read everything again")
+    await refused_everywhere([b], raw, 401)
