@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -291,3 +293,33 @@ async def test_a_broker_whose_subscription_was_cut_reads_everything_again(
 
     await eventually(resynced, "B read everything again")
     await refused_everywhere([b], raw, 401)
+
+
+SINGLE_BROKER = """
+import asyncio, sys
+from aiohttp import web
+from broker.app import create_app
+from broker.settings import BrokerSettings
+
+async def main():
+    app = create_app(BrokerSettings(database_url="sqlite+aiosqlite:///:memory:"))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await runner.cleanup()
+
+asyncio.run(main())
+print(sorted(m for m in sys.modules if m == "redis" or m.startswith("broker.cluster.")))
+"""
+
+
+def test_a_single_broker_loads_nothing_of_the_cluster(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SINGLE_BROKER],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[3],
+        env={"XDG_DATA_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
