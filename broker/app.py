@@ -124,31 +124,33 @@ async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 REVOCATION_CHECK = 5.0
+"""Seconds between checks of the connected connectors' tokens and access rules."""
 
 
-async def _watch_revoked_connectors(services: Services, every: float = REVOCATION_CHECK) -> None:
+async def _watch_revoked_connectors(services: Services, every: float | None = None) -> None:
     """Send away connectors whose token was revoked (by the admin CLI, say) while connected,
-    and apply the access rules as the store has them now."""
+    and apply the access rules as the store has them now (every `REVOCATION_CHECK` s, read
+    at each turn)."""
     while True:
-        await asyncio.sleep(every)
-        links = [link for link in services.relay.links if link.token_id is not None]
-        if not links:
-            continue
-        try:
-            live = await services.store.live_connector_ids(
-                {link.token_id for link in links if link.token_id}
-            )
-        except Exception as exc:
-            log.error("cannot check connector tokens", error=str(exc))
-            continue
-        for link in links:
-            if link.token_id not in live:
-                link.shut_out("connector token revoked")
-        try:
-            # Rules changed by the admin CLI or another broker, and groups read at sign-in.
-            await services.relay.refresh_gates()
-        except Exception as exc:
-            log.error("cannot read the connectors' access rules", error=str(exc))
+        await asyncio.sleep(REVOCATION_CHECK if every is None else every)
+        await services.changes.check_connectors()
+
+
+async def _events_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Cluster mode: tell the other brokers of changes made here, and follow theirs."""
+    services = app[SERVICES]
+    if services.settings.redis_url is None:
+        yield
+        return
+    from broker.cluster.events import Events
+
+    events = Events(services.redis, services.changes)
+    services.changes.publisher = events
+    events.start()
+    try:
+        yield
+    finally:
+        await events.close()
 
 
 async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -234,6 +236,7 @@ def create_app(settings: BrokerSettings) -> web.Application:
     app[SERVICES] = build_services(settings)
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_accounts_ctx)
+    app.cleanup_ctx.append(_events_ctx)
     app.cleanup_ctx.append(_connectors_ctx)
     for path in MODEL_ENDPOINTS:
         app.router.add_post(path, proxy_endpoint)

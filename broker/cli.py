@@ -78,7 +78,11 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
         help="who may approve a connector's pairing by signing in (default users: whoever may "
         "sign in to the portal)",
     )
-    add("--session-secret", help="key for portal session cookies (default: kept in --data-dir)")
+    add(
+        "--session-secret",
+        help="key for portal session cookies (default: kept in --data-dir; cluster mode: "
+        "derived from --cluster-secret)",
+    )
     add("--redis-url", help="Redis URL: cluster mode, state shared with other brokers")
     add("--cluster-secret", help="secret the cluster's brokers share (32+ characters)")
     add("--internal-url", help="base URL other brokers reach this one on (default HOST:PORT)")
@@ -100,6 +104,10 @@ def _store_options(parser: argparse.ArgumentParser) -> None:
 def _admin_store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML file with settings")
     _store_options(parser)
+    parser.add_argument(
+        "--redis-url", help="the cluster's Redis: tell its brokers of the change at once"
+    )
+    parser.add_argument("--cluster-secret", help="the cluster's secret (with --redis-url)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,6 +22,7 @@ from broker.accounts.limits import Limiter
 from broker.accounts.principals import Accounts
 from broker.accounts.store import Store
 from broker.accounts.storeprobe import StoreProbe
+from broker.changes import Changes
 from broker.lifecycle import Lifecycle
 from broker.metrics import Metrics
 from broker.relay.admission import Relay
@@ -50,6 +51,7 @@ class Services:
         "_redis",
         "_store",
         "_store_probe",
+        "changes",
         "connector_tokens",
         "hub",
         "lifecycle",
@@ -81,6 +83,9 @@ class Services:
         """The API keys given in the settings (they work without the store)."""
         self.connector_tokens = connector_tokens
         """The connector tokens given in the settings."""
+        self.changes = Changes(relay, lambda: self.accounts)
+        """Applies changes to accounts and connectors here, and tells the cluster's other
+        brokers (cluster mode)."""
         self._store: Store | None = None
         self._accounts: Accounts | None = None
         self._limiter: Limiter | None = None

@@ -23,6 +23,8 @@ The rules:
   itself (its event-loop runner and signal handling do).
 - The stream machine is sans-I/O besides: no asyncio, sockets, ssl, selectors or clock
   (`time`) at all; its caller passes time in.
+- `broker.cluster` (cluster mode's shared state) never imports the portal, nor the app, server
+  or CLI that wire it in (it may import the relay, and what the relay imports).
 - No cycles among the modules of shared, broker and connector_app.
 Each failure names the import chain that breaks the rule, as `a:3 -> b:9 (in a function) -> c`:
 module a imports b at its line 3, and b imports c at its line 9, inside a function.
@@ -88,6 +90,12 @@ CONTRACTS = [
         SERVERS,
         "shared holds the wire protocol, which serves nothing",
         id="shared-without-servers",
+    ),
+    pytest.param(
+        "broker.cluster",
+        ("broker.portal", "broker.app", "broker.server", "broker.cli"),
+        "cluster mode shares state below the portal and the app, which call it through seams",
+        id="cluster-below-handlers",
     ),
     pytest.param(
         STREAM_MACHINE,

@@ -1,7 +1,8 @@
 """The admin command `connectors access NAME [--everyone | --groups G1,G2 | --users U1,U2 |
 --owner-only]`: shows, or sets, who may use a connector (`broker.accounts.access`).
 
-A running broker applies a rule set here within its five-second check of the connectors.
+A running broker applies a rule set here within its five-second check of the connectors, or at
+once in cluster mode when the command is given the cluster's Redis (`broker.accounts.admin`).
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ async def rule_from(store: Store, args: argparse.Namespace) -> AccessRule | None
     return None
 
 
-async def access_command(store: Store, args: argparse.Namespace, out: TextIO) -> None:
-    """Print the connector's rule, after setting the one asked for (if any)."""
+async def access_command(store: Store, args: argparse.Namespace, out: TextIO) -> int | None:
+    """Print the connector's rule, after setting the one asked for (if any); the connector
+    token's id when its rule changed."""
     token = await live_token(store, args.name)
     try:
         wanted = await rule_from(store, args)
@@ -68,6 +70,7 @@ async def access_command(store: Store, args: argparse.Namespace, out: TextIO) ->
     owned = f"owner {owner.username}" if owner is not None else "no owner"
     verb = "now admits" if wanted is not None else "admits"
     out.write(f"connector '{token.name}' ({owned}) {verb} {await describe(store, rule)}\n")
+    return token.id if wanted is not None else None
 
 
 def add_access_parser(actions: Any, store_options: Any) -> None:

@@ -2,7 +2,9 @@
 
 They open the same store as the server (safe while it runs: SQLite in WAL mode, short
 transactions) and print plain text tables. Changes reach a running broker within
-its key cache's second.
+its key cache's second (connector tokens and access rules within its 5 s check); given the
+cluster's Redis (`--redis-url`, in cluster mode), a command that changes something also
+tells every broker of the cluster, which apply it at once (`broker.cluster.events`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,13 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from broker.accounts.accessadmin import access_command, add_access_parser
+from broker.accounts.change import (
+    AccessChanged,
+    Change,
+    ConnectorRevoked,
+    KeyRevoked,
+    UserChanged,
+)
 from broker.accounts.records import GroupBy, StoreError, User
 from broker.accounts.store import Store, database_url
 from broker.settings import BrokerSettings
@@ -64,24 +73,48 @@ async def run(
 ) -> int:
     store = await Store.open(database_url(settings.data_dir, settings.database_url))
     try:
-        await _dispatch(store, args, out)
+        changes = await _dispatch(store, args, out)
     except (StoreError, AdminError) as exc:
         print(f"remotellm-broker: error: {exc}", file=err)
         return 1
     finally:
         await store.close()
+    if changes and settings.redis_url is not None:
+        await _tell_cluster(settings.redis_url.get_secret_value(), changes, err)
     return 0
 
 
-async def _dispatch(store: Store, args: argparse.Namespace, out: TextIO) -> None:
-    commands = {"users": _users, "keys": _keys, "connectors": _connectors, "usage": _usage}
-    command = commands.get(args.command)
-    if command is None:
-        raise AdminError(f"unknown command {args.command} {args.action}")
-    await command(store, args, out)
+async def _tell_cluster(url: str, changes: list[Change], err: TextIO) -> None:
+    """Tell the cluster's brokers of the change; when Redis does not answer, say when they
+    apply it anyway (the change is made either way)."""
+    from broker.cluster.events import publish_once
+
+    try:
+        await publish_once(url, changes)
+    except Exception as exc:
+        print(
+            f"remotellm-broker: warning: cannot reach Redis to tell the brokers now"
+            f" ({type(exc).__name__}); they apply the change within 5 seconds",
+            file=err,
+        )
 
 
-async def _users(store: Store, args: argparse.Namespace, out: TextIO) -> None:
+async def _dispatch(store: Store, args: argparse.Namespace, out: TextIO) -> list[Change]:
+    """Run the command; the changes it made to what brokers hold in memory."""
+    match args.command:
+        case "users":
+            return await _users(store, args, out)
+        case "keys":
+            return await _keys(store, args, out)
+        case "connectors":
+            return await _connectors(store, args, out)
+        case "usage":
+            await _usage(store, args, out)
+            return []
+    raise AdminError(f"unknown command {args.command} {args.action}")
+
+
+async def _users(store: Store, args: argparse.Namespace, out: TextIO) -> list[Change]:
     match args.action:
         case "list":
             await _users_list(store, out)
@@ -95,17 +128,20 @@ async def _users(store: Store, args: argparse.Namespace, out: TextIO) -> None:
             await store.set_status(user.id, "blocked" if action == "block" else "active")
             effect = "stop working" if action == "block" else "work again"
             out.write(f"{action}ed {user.username}: their keys {effect} within a second\n")
+            return [UserChanged(user.id)]
         case ("promote" | "demote") as action:
             user = await store.find_user(args.user)
             await store.set_role(user.id, "admin" if action == "promote" else "user")
             out.write(f"{user.username} is now {'an admin' if action == 'promote' else 'a user'}\n")
+            return [UserChanged(user.id)]
         case "set-limits":
-            await _set_limits(store, args, out)
+            return [UserChanged(await _set_limits(store, args, out))]
         case _:
             raise AdminError(f"unknown command users {args.action}")
+    return []
 
 
-async def _keys(store: Store, args: argparse.Namespace, out: TextIO) -> None:
+async def _keys(store: Store, args: argparse.Namespace, out: TextIO) -> list[Change]:
     match args.action:
         case "create":
             user = await store.find_user(args.user)
@@ -120,11 +156,13 @@ async def _keys(store: Store, args: argparse.Namespace, out: TextIO) -> None:
             if not await store.revoke_key(args.key_id):
                 raise AdminError(f"no live key with id {args.key_id}")
             out.write(f"revoked key {args.key_id}\n")
+            return [KeyRevoked(args.key_id)]
         case _:
             raise AdminError(f"unknown command keys {args.action}")
+    return []
 
 
-async def _connectors(store: Store, args: argparse.Namespace, out: TextIO) -> None:
+async def _connectors(store: Store, args: argparse.Namespace, out: TextIO) -> list[Change]:
     match args.action:
         case "create":
             owner = (await store.find_user(args.owner)).id if args.owner else None
@@ -152,13 +190,22 @@ async def _connectors(store: Store, args: argparse.Namespace, out: TextIO) -> No
                 ],
             )
         case "revoke":
+            ident = str(args.name)
+            matching = [
+                t.id
+                for t in await store.connector_tokens()
+                if t.revoked is None and (t.name == ident or str(t.id) == ident)
+            ]
             if not await store.revoke_connector_token(args.name):
                 raise AdminError(f"no live connector token named '{args.name}'")
             out.write(f"revoked connector token '{args.name}'\n")
+            return [ConnectorRevoked(token_id) for token_id in matching]
         case "access":
-            await access_command(store, args, out)
+            token_id = await access_command(store, args, out)
+            return [AccessChanged(token_id)] if token_id is not None else []
         case _:
             raise AdminError(f"unknown command connectors {args.action}")
+    return []
 
 
 async def _usage(store: Store, args: argparse.Namespace, out: TextIO) -> None:
@@ -229,7 +276,7 @@ async def _keys_list(store: Store, ident: str | None, out: TextIO) -> None:
     )
 
 
-async def _set_limits(store: Store, args: argparse.Namespace, out: TextIO) -> None:
+async def _set_limits(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     user = await store.find_user(args.user)
     if args.reset:
         rpm = concurrency = daily = None
@@ -253,6 +300,7 @@ async def _set_limits(store: Store, args: argparse.Namespace, out: TextIO) -> No
         f"limits of {user.username}: rpm {_limit(rpm)}, concurrency {_limit(concurrency)},"
         f" tokens/day {_limit(daily)}, models {','.join(models) if models is not None else 'all'}\n"
     )
+    return user.id
 
 
 def add_commands(commands: Any, store_options: Any) -> None:

@@ -2,8 +2,9 @@
 
 A key's owner and state are cached for `ttl` seconds (1 s by default) so a request
 costs no database round trip; the portal and admin pages clear the cache when they
-revoke or block, and changes made by the admin CLI in another process take effect
-within `ttl`.
+revoke or block (`broker.changes`, on every broker of a cluster), and changes made by
+the admin CLI in another process take effect within `ttl` (at once in a cluster, when
+the command is given its Redis).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.services import SERVICES
+from broker.services import SERVICES, Services
 
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -22,15 +22,25 @@ async def livez_endpoint(request: web.Request) -> web.Response:
 
 async def readyz_endpoint(request: web.Request) -> web.Response:
     """GET /readyz: 200 when the broker takes traffic; 503 while draining or while the
-    store does not answer, so a load balancer sends requests elsewhere."""
+    store does not answer, so a load balancer sends requests elsewhere. In cluster mode,
+    `changes` says whether other brokers' changes reach this one now (`live`) or only by
+    its periodic checks (`polling`, Redis unreachable): still ready either way."""
     services = request.app[SERVICES]
     if services.lifecycle.draining:
         status = "draining"
     elif not await services.store_probe.answers():
         status = "store_unavailable"
     else:
-        return web.json_response({"status": "ready"}, headers=NO_STORE)
+        return web.json_response({"status": "ready", **_cluster(services)}, headers=NO_STORE)
     return web.json_response({"status": status}, status=503, headers=NO_STORE)
+
+
+def _cluster(services: Services) -> dict[str, str]:
+    """The cluster's fields of /readyz (none for a single broker)."""
+    hearing = services.changes.publisher.hearing
+    if hearing is None:
+        return {}
+    return {"changes": "live" if hearing else "polling"}
 
 
 async def health_endpoint(request: web.Request) -> web.Response:

@@ -3,7 +3,8 @@ memory.
 
 For the pairing endpoints (`broker.api.pairing`), where each attempt is cheap to make and
 a flood of them would be guessing codes or filling the store. Not shared between broker
-processes: each counts what it sees.
+processes, except in cluster mode, where `count` asks the cluster's Redis (`shared`,
+`broker.cluster.windows`) and falls back to this broker's own count while Redis is away.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ import ipaddress
 import math
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
+
+import structlog
+
+log = structlog.get_logger("remotellm.broker")
 
 MAX_ADDRESSES = 10_000
 """Addresses remembered at once; past this the quietest are forgotten (memory stays bounded)."""
@@ -34,15 +40,47 @@ def network_of(address: str) -> str:
     return str(ip)
 
 
+class SharedWindows(Protocol):
+    """Counts kept for every broker of a cluster (`broker.cluster.windows`)."""
+
+    async def attempt(
+        self, name: str, key: str, limit: int, window: float, now: float
+    ) -> int | None: ...
+
+
 class IpWindow:
     """At most `limit` attempts per key (an address, a network, a user) within any `window`
     seconds."""
 
-    def __init__(self, limit: int, window: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, limit: int, window: float, clock: Callable[[], float], name: str = "attempts"
+    ) -> None:
         self.limit = limit
         self.window = window
+        self.name = name
         self._clock = clock
         self._seen: dict[str, deque[float]] = {}
+        self.shared: SharedWindows | None = None
+        self._shared_failed = False
+
+    async def count(self, key: str) -> int | None:
+        """`attempt`, counted for the whole cluster when there is one."""
+        if self.shared is not None:
+            try:
+                wait = await self.shared.attempt(
+                    self.name, key, self.limit, self.window, self._clock()
+                )
+            except Exception as exc:
+                if not self._shared_failed:
+                    log.error(
+                        "cannot count pairing attempts in Redis; counting on this broker",
+                        error=str(exc) or type(exc).__name__,
+                    )
+                self._shared_failed = True
+            else:
+                self._shared_failed = False
+                return wait
+        return self.attempt(key)
 
     def attempt(self, address: str) -> int | None:
         """Count an attempt from this address: None when allowed, else the seconds to wait."""

@@ -11,7 +11,7 @@ own (pairing off, rate limits) use the broker's error shape.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 import structlog
@@ -54,8 +54,8 @@ class PairingDesk:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self.starts = IpWindow(STARTS_PER_WINDOW, RATE_WINDOW, self.now)
-        self.code_entries = IpWindow(CODE_ENTRIES_PER_WINDOW, RATE_WINDOW, self.now)
+        self.starts = IpWindow(STARTS_PER_WINDOW, RATE_WINDOW, self.now, "start")
+        self.code_entries = IpWindow(CODE_ENTRIES_PER_WINDOW, RATE_WINDOW, self.now, "code")
         """Keyed by user (`code_entry_key`): behind a proxy, every address is the proxy's."""
         self.max_pending = MAX_PENDING
 
@@ -69,6 +69,8 @@ PAIRING = web.AppKey("pairing", PairingDesk)
 def setup_pairing(app: web.Application) -> None:
     """Route the pairing endpoints and give the app its `PairingDesk`."""
     app[PAIRING] = PairingDesk()
+    if app[SERVICES].settings.cluster:
+        app.cleanup_ctx.append(_shared_limits)
     app.router.add_post("/pair/start", start_endpoint)
     app.router.add_post("/pair/poll", poll_endpoint)
 
@@ -125,13 +127,23 @@ def _refusal(request: web.Request) -> web.Response | None:
     return None
 
 
+async def _shared_limits(app: web.Application) -> AsyncIterator[None]:
+    """Cluster mode: pairing's rate limits count for every broker of the cluster together."""
+    from broker.cluster.windows import RedisWindows
+
+    shared = RedisWindows(app[SERVICES].redis)
+    desk = app[PAIRING]
+    desk.starts.shared = desk.code_entries.shared = shared
+    yield
+
+
 async def start_endpoint(request: web.Request) -> web.Response:
     """`POST /pair/start` with `{"name": ...}`: a new pairing's codes, RFC 8628 section 3.2."""
     refused = _refusal(request)
     if refused is not None:
         return refused
     desk = request.app[PAIRING]
-    wait = desk.starts.attempt(network_of(client_ip(request)))
+    wait = await desk.starts.count(network_of(client_ip(request)))
     if wait is not None:
         return error_response(
             request,

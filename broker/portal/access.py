@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from broker.accounts.access import MODES, AccessError, AccessRule, clean_groups
+from broker.accounts.change import AccessChanged
 from broker.accounts.records import ConnectorToken, StoreError, User
 from broker.portal.pages import GITLAB, error_page, form_of, render, signed_in
 from broker.services import SERVICES
@@ -108,10 +109,7 @@ async def change_access(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     await services.store.access.set_rule(token.id, rule)
     log.info("connector access changed", connector=token.name, by=user.username, mode=rule.mode)
-    try:
-        await services.relay.refresh_gates()
-    except Exception as exc:  # the broker's own check applies it within seconds
-        log.error("cannot read the connectors' access rules", error=str(exc))
+    await services.changes.made(AccessChanged(token.id))
     raise web.HTTPFound(f"/connectors/{token.id}/access?saved=1")
 
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp_session import Session
 
 from broker.accounts.access import EVERYONE, AccessRule
+from broker.accounts.change import ConnectorRevoked
 from broker.accounts.records import ConnectorToken, Served, User
 from broker.portal.pages import error_page, form_of, render, signed_in, when
 from broker.relay.link import ConnectorLink
@@ -200,7 +201,8 @@ async def revoke(request: web.Request) -> web.Response:
     if await services.store.revoke_connector_token(token.id):
         log.info("connector token revoked", by=user.username, connector=token.name, record=token.id)
         session["revoked_connector"] = token.name
-    for link in list(services.relay.links):
-        if link.token_id == token.id:
-            link.shut_out(f"connector token revoked by {user.username}")
+    revoked = ConnectorRevoked(token.id)
+    # Here with who revoked it (the connector logs the reason); other brokers say only that.
+    await services.changes.apply(revoked, reason=f"connector token revoked by {user.username}")
+    await services.changes.publisher.publish(revoked)
     raise web.HTTPFound("/connectors")

@@ -16,7 +16,12 @@ MIN_SECRET = 16
 
 
 def session_key(settings: BrokerSettings) -> bytes:
-    """The Fernet key of session cookies: from --session-secret, else kept in the data dir."""
+    """The Fernet key of session cookies: from --session-secret; in cluster mode, else derived
+    from the cluster secret (the same on every broker); else kept in the data dir."""
+    if settings.session_secret is None and settings.cluster_secret is not None:
+        from broker.cluster.derivedkey import derived_key
+
+        return derived_key(settings.cluster_secret.get_secret_value(), "portal sessions")
     if settings.session_secret is not None:
         secret = settings.session_secret.get_secret_value().encode()
         where = "--session-secret"

@@ -54,7 +54,7 @@ def _may_pair(request: web.Request, user: User) -> web.Response | None:
 
 async def _find(request: web.Request, user: User, typed: str) -> Pairing | web.Response:
     """The pending pairing behind a typed code, or the page that says why there is none."""
-    wait = request.app[PAIRING].code_entries.attempt(code_entry_key(user.id))
+    wait = await request.app[PAIRING].code_entries.count(code_entry_key(user.id))
     if wait is not None:
         page = error_page(
             request,

@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 from aiohttp_session import new_session
 
+from broker.accounts.change import AccessChanged
 from broker.portal.gitlab import GitLabError, GitLabUser, NotInGroup, SignInRefused
 from broker.portal.pages import (
     GITLAB,
@@ -167,7 +168,7 @@ async def _start_session(
     fresh["csrf"] = secrets.token_urlsafe(32)
     if new or not any(k.usable(time.time()) for k in await store.keys(user.id)):
         raw, _ = await store.create_key(user.id, "default")
-        fresh["reveal"] = request.app[REVEALS].put(user.id, raw)
+        fresh["reveal"] = await request.app[REVEALS].keep(user.id, raw)
     raise web.HTTPFound(landing_page)
 
 
@@ -178,10 +179,7 @@ async def _record_groups(request: web.Request, user_id: int, groups: tuple[str, 
     if set(await services.store.access.groups(user_id)) == set(groups):
         return
     await services.store.access.set_groups(user_id, groups)
-    try:
-        await services.relay.refresh_gates()
-    except Exception as exc:  # the broker's own check reads them again within seconds
-        log.error("cannot read the connectors' access rules", error=str(exc))
+    await services.changes.made(AccessChanged(None))
 
 
 async def logout(request: web.Request) -> web.Response:

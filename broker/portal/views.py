@@ -12,6 +12,7 @@ import json
 import shlex
 import time
 import warnings
+from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from aiohttp_session import Session, session_middleware
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 
+from broker.accounts.change import KeyRevoked, UserChanged
 from broker.accounts.records import User
 from broker.portal.access import add_access_routes
 from broker.portal.connectors import CONNECTOR_PATHS, add_connector_routes
@@ -95,6 +97,8 @@ def setup_portal(app: web.Application, settings: BrokerSettings) -> None:
 
     app.middlewares.append(portal_sessions)
     app[REVEALS] = Reveals()
+    if settings.cluster:
+        app.cleanup_ctx.append(_shared_reveals)
     app[TEMPLATES] = jinja2.Environment(
         loader=jinja2.PackageLoader("broker.portal", "templates"),
         autoescape=True,
@@ -110,6 +114,18 @@ def setup_portal(app: web.Application, settings: BrokerSettings) -> None:
             read_groups=settings.gitlab_read_groups,
         )
     _add_routes(app.router)
+
+
+async def _shared_reveals(app: web.Application) -> AsyncIterator[None]:
+    """Cluster mode: new keys wait in Redis, so whichever broker the browser comes back to
+    shows them (once)."""
+    from broker.cluster.reveals import RedisReveals
+
+    services = app[SERVICES]
+    secret = services.settings.cluster_secret
+    assert secret is not None  # required in cluster mode
+    app[REVEALS].shared = RedisReveals(services.redis, secret.get_secret_value())
+    yield
 
 
 def _add_routes(add: web.UrlDispatcher) -> None:
@@ -159,7 +175,7 @@ async def home(request: web.Request) -> web.Response:
     if isinstance(signed, web.Response):
         return signed
     session, user = signed
-    new_key = _revealed(request, session, user)
+    new_key = await _revealed(request, session, user)
     models = _models_for(request, user)
     return render(
         request,
@@ -172,9 +188,9 @@ async def home(request: web.Request) -> web.Response:
     )
 
 
-def _revealed(request: web.Request, session: Session, user: User) -> str | None:
+async def _revealed(request: web.Request, session: Session, user: User) -> str | None:
     nonce = session.pop("reveal", None)
-    return request.app[REVEALS].take(nonce, user.id) if isinstance(nonce, str) else None
+    return await request.app[REVEALS].claim(nonce, user.id) if isinstance(nonce, str) else None
 
 
 def _reveal(request: web.Request, user: User, new_key: str | None) -> dict[str, Any]:
@@ -214,7 +230,7 @@ async def keys_page(request: web.Request) -> web.Response:
     if isinstance(signed, web.Response):
         return signed
     session, user = signed
-    new_key = _revealed(request, session, user)
+    new_key = await _revealed(request, session, user)
     return render(
         request,
         "keys.html",
@@ -247,7 +263,7 @@ async def create_key(request: web.Request) -> web.Response:
         )
     raw, key = await store.create_key(user.id, name)
     log.info("key created", username=user.username, record=key.id)
-    session["reveal"] = request.app[REVEALS].put(user.id, raw)
+    session["reveal"] = await request.app[REVEALS].keep(user.id, raw)
     raise web.HTTPFound("/portal/keys")
 
 
@@ -262,7 +278,7 @@ async def revoke_key(request: web.Request) -> web.Response:
         return error_page(
             request, 404, "No such key", "This key does not exist or is already revoked."
         )
-    services.accounts.forget()
+    await services.changes.made(KeyRevoked(key_id))
     log.info("key revoked", username=user.username, record=key_id)
     raise web.HTTPFound("/portal/keys")
 
@@ -334,6 +350,6 @@ async def admin_user(request: web.Request) -> web.Response:
     if await store.user(user_id) is None:
         return error_page(request, 404, "No such user", "This user does not exist.")
     await store.set_status(user_id, "blocked" if action == "block" else "active")
-    services.accounts.forget()
+    await services.changes.made(UserChanged(user_id))
     log.info(f"user {action}ed", by=admin.username, user_id=user_id)
     raise web.HTTPFound("/admin")
