@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.services import SERVICES
+from broker.services import SERVICES, Services
 
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -22,15 +22,24 @@ async def livez_endpoint(request: web.Request) -> web.Response:
 
 async def readyz_endpoint(request: web.Request) -> web.Response:
     """GET /readyz: 200 when the broker takes traffic; 503 while draining or while the
-    store does not answer, so a load balancer sends requests elsewhere."""
+    store does not answer, so a load balancer sends requests elsewhere. In cluster mode it
+    also says where the limits are counted; Redis unreachable leaves it 200."""
     services = request.app[SERVICES]
     if services.lifecycle.draining:
         status = "draining"
     elif not await services.store_probe.answers():
         status = "store_unavailable"
     else:
-        return web.json_response({"status": "ready"}, headers=NO_STORE)
-    return web.json_response({"status": status}, status=503, headers=NO_STORE)
+        return web.json_response({"status": "ready", **_cluster(services)}, headers=NO_STORE)
+    return web.json_response({"status": status, **_cluster(services)}, status=503, headers=NO_STORE)
+
+
+def _cluster(services: Services) -> dict[str, str]:
+    """Cluster mode's fields: where the limits are counted now (`shared` in Redis, or
+    `local` to this instance while Redis does not answer; docs/cluster.md)."""
+    if not services.settings.cluster or not services.started:
+        return {}
+    return {"limits": "shared" if services.limiter.shared else "local"}
 
 
 async def health_endpoint(request: web.Request) -> web.Response:

@@ -1,0 +1,297 @@
+"""Per-key limits counted in Redis, so they hold exactly across every instance of a cluster.
+
+`SharedLimiter` has the interface of the single-process `broker.accounts.limits.Limiter`
+(`KeyLimiter`): admission is one EVALSHA of `broker.cluster.limitscript.ADMIT`, which checks
+the key's requests per minute (an exact sliding 60 s window), its concurrency (leases in
+flight) and its tokens today (UTC) and records the start and the lease, atomically, on
+Redis's clock. A key without limits costs no Redis call at all. Releasing a lease never
+waits: it is queued, and sent by a background task at once (or carried by this instance's
+next admission of the same key, whichever goes first).
+
+Leases expire `LEASE_TTL` seconds after their last refresh; this instance refreshes the ones
+it holds every `REFRESH_EVERY` seconds, so the slots of an instance that died (kill -9) free
+themselves within `LEASE_TTL`, however long its requests would have run.
+
+When Redis does not answer, every limit falls back to this instance's own `Limiter` (a fresh
+one each time, so today's tokens are read again from the shared store): service goes on,
+each limit at worst `limit x instances`. The change is logged once each way, shown in
+/readyz (`"limits": "local"`), and Redis is tried again every `PROBE_EVERY` seconds until it
+answers; then counting is shared and exact again. See docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from broker.accounts.limits import (
+    Lease,
+    Limiter,
+    Rejection,
+    TokensSince,
+    concurrency_refusal,
+    daily_refusal,
+    rate_refusal,
+    unlimited,
+)
+from broker.accounts.principals import Principal
+from broker.cluster.limitscript import ADMIT, REFRESH, RELEASE
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = structlog.get_logger("remotellm.broker.cluster")
+
+LEASE_TTL: Final = 15.0
+"""Seconds a lease lives after its last refresh: how long a dead instance's slots stay taken."""
+REFRESH_EVERY: Final = 5.0
+PROBE_EVERY: Final = 1.0
+"""Seconds between tries of an unreachable Redis."""
+MAX_PENDING: Final = 100_000
+"""Releases kept while Redis is unreachable; beyond, the oldest are dropped (their leases
+expire by themselves; their tokens are in the store's usage rows)."""
+
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def redis_keys(bucket: str) -> list[str]:
+    """A key's starts, leases and token counter: one hash slot (the `{bucket}` tag)."""
+    base = f"remotellm:lim:{{{bucket}}}"
+    return [f"{base}:starts", f"{base}:leases", f"{base}:tokens"]
+
+
+@dataclass
+class _Returns:
+    """Releases of one key not yet sent to Redis."""
+
+    ids: list[str] = field(default_factory=list)
+    tokens: int = 0
+
+
+class SharedLease(Lease):
+    """A lease counted in Redis: `release` queues its return (it never waits)."""
+
+    def __init__(self, limiter: SharedLimiter, bucket: str, lease_id: str, held: bool) -> None:
+        super().__init__(None)
+        self._limiter = limiter
+        self._key = bucket
+        self._id = lease_id
+        self._held = held
+        self._done = False
+
+    def release(self, tokens: int = 0) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._limiter.give_back(self._key, self._id if self._held else None, tokens)
+
+
+class SharedLimiter:
+    """Every key's limits, counted in Redis across the cluster (see the module's docstring)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        tokens_since: TokensSince | None = None,
+        *,
+        lease_ttl: float = LEASE_TTL,
+        refresh_every: float = REFRESH_EVERY,
+        probe_every: float = PROBE_EVERY,
+        local: Callable[[], Limiter] | None = None,
+    ) -> None:
+        self._redis = redis
+        self._tokens_since = tokens_since
+        self._ttl_ms = int(lease_ttl * 1000)
+        self._refresh_every = refresh_every
+        self._probe_every = probe_every
+        self._new_local = local or (lambda: Limiter(tokens_since))
+        self._local = self._new_local()
+        self._admit = redis.register_script(ADMIT)
+        self._release = redis.register_script(RELEASE)
+        self._refresh = redis.register_script(REFRESH)
+        self._prefix = secrets.token_hex(6)
+        self._ids = itertools.count()
+        self._held: dict[str, set[str]] = {}
+        """Lease ids this instance holds, by key: refreshed until released."""
+        self._pending: dict[str, _Returns] = {}
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.shared = True
+
+    # The request path.
+
+    def admit_now(self, who: Principal) -> Lease | Rejection | None:
+        """A key without limits is admitted here; any other needs Redis: None."""
+        return Lease(None) if unlimited(who) else None
+
+    async def admit(self, who: Principal) -> Lease | Rejection:
+        if unlimited(who):
+            return Lease(None)
+        if self.shared:
+            try:
+                return await self._admit_shared(who)
+            except UNREACHABLE as exc:
+                self._lost(exc)
+        return await self._local.admit(who)
+
+    async def _admit_shared(self, who: Principal) -> Lease | Rejection:
+        limits, bucket = who.limits, who.bucket
+        lease_id = f"{self._prefix}:{next(self._ids)}"
+        seed_day, seed = "", 0
+        while True:
+            returns = self._pending.pop(who.bucket, None) or _Returns()
+            args: list[Any] = [
+                limits.rpm,
+                limits.concurrency,
+                limits.daily_tokens,
+                lease_id,
+                self._ttl_ms,
+                seed_day,
+                seed,
+                returns.tokens,
+                *returns.ids,
+            ]
+            try:
+                reply = await self._admit(keys=redis_keys(bucket), args=args)
+            except BaseException:
+                self._requeue(bucket, returns)  # not applied (or unknown): send them later
+                raise
+            self._queued -= len(returns.ids)
+            verdict, value = reply[0].decode(), int(reply[1])
+            if verdict != "seed":
+                break
+            # Today's counter is absent: read the day's usage from the store (which may
+            # raise, as with the local limiter) and ask again with it.
+            seed_day, seed = str(value // 86400), await self._used_since(who, value)
+        if verdict == "ok":
+            held = bool(limits.concurrency)
+            if held:
+                self._held.setdefault(bucket, set()).add(lease_id)
+            return SharedLease(self, bucket, lease_id, held)
+        wait = max(1, value)
+        if verdict == "rpm":
+            return rate_refusal(limits.rpm, wait)
+        if verdict == "concurrency":
+            return concurrency_refusal(limits.concurrency)
+        return daily_refusal(limits.daily_tokens, wait)
+
+    async def _used_since(self, who: Principal, since: float) -> int:
+        if who.key_id is None or self._tokens_since is None:
+            return 0
+        return await self._tokens_since(who.key_id, since)
+
+    def give_back(self, bucket: str, lease_id: str | None, tokens: int) -> None:
+        """Queue a lease's return (and its tokens) for the background sender."""
+        if lease_id is not None:
+            held = self._held.get(bucket)
+            if held is not None:
+                held.discard(lease_id)
+                if not held:
+                    del self._held[bucket]
+        if lease_id is None and tokens <= 0:
+            return
+        self._requeue(bucket, _Returns([lease_id] if lease_id else [], max(0, tokens)))
+        self._wake.set()
+
+    def _requeue(self, bucket: str, returns: _Returns) -> None:
+        if not returns.ids and not returns.tokens:
+            return
+        if self._queued >= MAX_PENDING:
+            return  # Redis long gone: the lease expires by itself
+        pending = self._pending.setdefault(bucket, _Returns())
+        pending.ids.extend(returns.ids)
+        pending.tokens += returns.tokens
+        self._queued += len(returns.ids)
+
+    # Reachability.
+
+    def _lost(self, exc: BaseException) -> None:
+        if not self.shared:
+            return
+        self.shared = False
+        self._local = self._new_local()  # today's tokens read again from the store
+        log.warning(
+            "Redis unreachable: limits are counted by this instance alone until it answers",
+            error=type(exc).__name__,
+        )
+        self._wake.set()
+
+    def _back(self) -> None:
+        if self.shared:
+            return
+        self.shared = True
+        log.info("Redis answers again: limits are counted across the cluster")
+        self._wake.set()
+
+    # Background work, started and stopped by the app's cleanup context.
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._send_returns(), name="limits-returns"),
+            asyncio.create_task(self._keep(), name="limits-keeper"),
+        ]
+
+    async def close(self) -> None:
+        """Stop the background work, sending the releases still queued (bounded by the
+        client's timeouts) so none is lost on a normal shutdown."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self.shared:
+            with contextlib.suppress(*UNREACHABLE):
+                await self._flush()
+
+    async def _send_returns(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self.shared:
+                continue  # the keeper wakes us when Redis is back
+            try:
+                await self._flush()
+            except UNREACHABLE as exc:
+                self._lost(exc)
+
+    async def _flush(self) -> None:
+        while self._pending:
+            bucket = next(iter(self._pending))
+            returns = self._pending.pop(bucket)
+            try:
+                await self._release(keys=redis_keys(bucket), args=[returns.tokens, *returns.ids])
+            except BaseException:
+                self._requeue(bucket, returns)
+                raise
+            self._queued -= len(returns.ids)
+
+    async def _keep(self) -> None:
+        """Probe Redis while it is unreachable; refresh the leases held while it answers."""
+        since_refresh = 0.0
+        while True:
+            await asyncio.sleep(self._probe_every)
+            since_refresh += self._probe_every
+            try:
+                if not self.shared:
+                    await self._redis.ping()
+                    self._back()
+                elif since_refresh >= self._refresh_every:
+                    since_refresh = 0.0
+                    for bucket, held in list(self._held.items()):
+                        if held:
+                            await self._refresh(
+                                keys=redis_keys(bucket)[1:2], args=[self._ttl_ms, *held]
+                            )
+            except UNREACHABLE as exc:
+                self._lost(exc)
