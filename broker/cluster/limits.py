@@ -6,7 +6,8 @@ the key's requests per minute (an exact sliding 60 s window), its concurrency (l
 flight) and its tokens today (UTC) and records the start and the lease, atomically, on
 Redis's clock. A key without limits costs no Redis call at all. Releasing a lease never
 waits: it is queued, and sent by a background task at once (or carried by this instance's
-next admission of the same key, whichever goes first).
+next admission of the same key, whichever goes first); a key with only a requests-per-minute
+limit has nothing to release.
 
 Leases expire `LEASE_TTL` seconds after their last refresh; this instance refreshes the ones
 it holds every `REFRESH_EVERY` seconds, so the slots of an instance that died (kill -9) free
@@ -80,19 +81,22 @@ class _Returns:
 class SharedLease(Lease):
     """A lease counted in Redis: `release` queues its return (it never waits)."""
 
-    def __init__(self, limiter: SharedLimiter, bucket: str, lease_id: str, held: bool) -> None:
+    def __init__(
+        self, limiter: SharedLimiter, bucket: str, lease_id: str | None, counts_tokens: bool
+    ) -> None:
         super().__init__(None)
         self._limiter = limiter
         self._key = bucket
         self._id = lease_id
-        self._held = held
+        self._counts_tokens = counts_tokens
         self._done = False
 
     def release(self, tokens: int = 0) -> None:
         if self._done:
             return
         self._done = True
-        self._limiter.give_back(self._key, self._id if self._held else None, tokens)
+        # Nothing to send for a key with neither a concurrency nor a daily token limit.
+        self._limiter.give_back(self._key, self._id, tokens if self._counts_tokens else 0)
 
 
 class SharedLimiter:
@@ -174,10 +178,10 @@ class SharedLimiter:
             # raise, as with the local limiter) and ask again with it.
             seed_day, seed = str(value // 86400), await self._used_since(who, value)
         if verdict == "ok":
-            held = bool(limits.concurrency)
-            if held:
-                self._held.setdefault(bucket, set()).add(lease_id)
-            return SharedLease(self, bucket, lease_id, held)
+            held = lease_id if limits.concurrency else None
+            if held is not None:
+                self._held.setdefault(bucket, set()).add(held)
+            return SharedLease(self, bucket, held, bool(limits.daily_tokens))
         wait = max(1, value)
         if verdict == "rpm":
             return rate_refusal(limits.rpm, wait)
