@@ -40,6 +40,7 @@ from pydantic import SecretStr
 
 from broker.accounts.store import database_url
 from broker.cluster import limitscript
+from broker.cluster.limits import redis_keys
 from broker.server import BrokerServer
 from connector_app.core.backoff import Backoff
 from connector_app.core.connector import Connector
@@ -71,6 +72,10 @@ class Phase:
     commands: dict[str, int]
     """Redis commands the phase cost, by name (INFO's own calls left out)."""
     p50_ms: float
+    memory: int = 0
+    """Bytes the key's limit state holds in Redis after the phase (`MEMORY USAGE`)."""
+    starts: int = 0
+    """Starts the key's sliding minute holds after the phase."""
 
     @property
     def sent(self) -> dict[str, int]:
@@ -147,8 +152,20 @@ async def phase(broker: BrokerServer, name: str, limits: dict[str, int], count: 
         await asyncio.sleep(0.05)  # the last release sent (in the background)
         after = await command_counts(broker.services.redis) if cluster else {}
     commands = {n: after[n] - before.get(n, 0) for n in after if after[n] != before.get(n, 0)}
-    kind = "cluster" if cluster else "single"
-    return Phase(kind, name, count, commands, statistics.median(latencies) * 1000)
+    result = Phase(
+        "cluster" if cluster else "single",
+        name,
+        count,
+        commands,
+        statistics.median(latencies) * 1000,
+    )
+    if cluster:
+        (record,) = await store.keys(user.id)
+        redis = broker.services.redis
+        for held in redis_keys(f"key:{record.id}"):
+            result.memory += await redis.memory_usage(held) or 0
+        result.starts = await redis.zcard(redis_keys(f"key:{record.id}")[0])
+    return result
 
 
 async def main_async(args: argparse.Namespace) -> list[Phase]:
@@ -174,16 +191,17 @@ async def main_async(args: argparse.Namespace) -> list[Phase]:
 def report(phases: list[Phase]) -> str:
     lines = [
         "| broker | key's limits | requests | commands sent | run inside scripts"
-        " | round trips per request | p50 (ms) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        " | round trips per request | p50 (ms) | key's state in Redis |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for p in phases:
         sent = ", ".join(f"{n} {c}" for n, c in sorted(p.sent.items())) or "none"
         inside = sum(c for n, c in p.commands.items() if n in IN_SCRIPTS)
         trips = f"{p.per_request:.2f}" if p.broker == "cluster" else "-"
+        state = f"{p.memory} B, {p.starts} starts in the minute" if p.memory else "-"
         lines.append(
             f"| {p.broker} | {p.key} | {p.requests} | {sent} | {inside} | {trips}"
-            f" | {p.p50_ms:.2f} |"
+            f" | {p.p50_ms:.2f} | {state} |"
         )
     return "\n".join(lines)
 
