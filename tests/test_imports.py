@@ -23,6 +23,9 @@ The rules:
   itself (its event-loop runner and signal handling do).
 - The stream machine is sans-I/O besides: no asyncio, sockets, ssl, selectors or clock
   (`time`) at all; its caller passes time in.
+- `broker.cluster` (cluster mode's parts: Redis, the shared limits) imports none of the
+  broker's servers or pages (`broker.api`, `broker.portal`, `broker.edge`, `broker.app`,
+  `broker.server`): they use it, not the other way round.
 - No cycles among the modules of shared, broker and connector_app.
 Each failure names the import chain that breaks the rule, as `a:3 -> b:9 (in a function) -> c`:
 module a imports b at its line 3, and b imports c at its line 9, inside a function.
@@ -88,6 +91,12 @@ CONTRACTS = [
         SERVERS,
         "shared holds the wire protocol, which serves nothing",
         id="shared-without-servers",
+    ),
+    pytest.param(
+        "broker.cluster",
+        ("broker.api", "broker.portal", "broker.edge", "broker.app", "broker.server"),
+        "cluster mode's parts sit below the servers and pages that use them",
+        id="cluster-below-the-edge",
     ),
     pytest.param(
         STREAM_MACHINE,
