@@ -55,6 +55,8 @@ log = structlog.get_logger("remotellm.broker.cluster")
 LEASE_TTL: Final = 15.0
 """Seconds a lease lives after its last refresh: how long a dead instance's slots stay taken."""
 REFRESH_EVERY: Final = 5.0
+RECHECK: Final = 0.05
+"""Seconds before a key found at its concurrency limit is looked at once more."""
 PROBE_EVERY: Final = 1.0
 """Seconds between tries of an unreachable Redis."""
 MAX_PENDING: Final = 100_000
@@ -110,6 +112,7 @@ class SharedLimiter:
         lease_ttl: float = LEASE_TTL,
         refresh_every: float = REFRESH_EVERY,
         probe_every: float = PROBE_EVERY,
+        recheck: float = RECHECK,
         local: Callable[[], Limiter] | None = None,
     ) -> None:
         self._redis = redis
@@ -117,6 +120,7 @@ class SharedLimiter:
         self._ttl_ms = int(lease_ttl * 1000)
         self._refresh_every = refresh_every
         self._probe_every = probe_every
+        self._recheck = recheck
         self._new_local = local or (lambda: Limiter(tokens_since))
         self._local = self._new_local()
         self._admit = redis.register_script(ADMIT)
@@ -149,8 +153,35 @@ class SharedLimiter:
         return await self._local.admit(who)
 
     async def _admit_shared(self, who: Principal) -> Lease | Rejection:
+        verdict, value = await self._ask(who)
+        if verdict == "concurrency":
+            # The lease of a request that just ended on another instance may be a moment
+            # from Redis (released after its answer): look once more before refusing.
+            await asyncio.sleep(self._recheck)
+            verdict, value = await self._ask(who)
+        limits = who.limits
+        if verdict == "ok":
+            return self._granted(who, value)
+        wait = max(1, value)
+        if verdict == "rpm":
+            return rate_refusal(limits.rpm, wait)
+        if verdict == "concurrency":
+            return concurrency_refusal(limits.concurrency)
+        return daily_refusal(limits.daily_tokens, wait)
+
+    def _granted(self, who: Principal, lease_number: int) -> SharedLease:
+        lease_id = f"{self._prefix}:{lease_number}"
+        held = lease_id if who.limits.concurrency else None
+        if held is not None:
+            self._held.setdefault(who.bucket, set()).add(held)
+        return SharedLease(self, who.bucket, held, bool(who.limits.daily_tokens))
+
+    async def _ask(self, who: Principal) -> tuple[str, int]:
+        """Run the admission script: its verdict, and the seconds to wait (or, admitted,
+        the number of the lease it recorded)."""
         limits, bucket = who.limits, who.bucket
-        lease_id = f"{self._prefix}:{next(self._ids)}"
+        number = next(self._ids)
+        lease_id = f"{self._prefix}:{number}"
         seed_day, seed = "", 0
         while True:
             returns = self._pending.pop(who.bucket, None) or _Returns()
@@ -172,22 +203,13 @@ class SharedLimiter:
                 raise
             self._queued -= len(returns.ids)
             verdict, value = reply[0].decode(), int(reply[1])
+            if verdict == "ok":
+                return verdict, number
             if verdict != "seed":
-                break
+                return verdict, value
             # Today's counter is absent: read the day's usage from the store (which may
             # raise, as with the local limiter) and ask again with it.
             seed_day, seed = str(value // 86400), await self._used_since(who, value)
-        if verdict == "ok":
-            held = lease_id if limits.concurrency else None
-            if held is not None:
-                self._held.setdefault(bucket, set()).add(held)
-            return SharedLease(self, bucket, held, bool(limits.daily_tokens))
-        wait = max(1, value)
-        if verdict == "rpm":
-            return rate_refusal(limits.rpm, wait)
-        if verdict == "concurrency":
-            return concurrency_refusal(limits.concurrency)
-        return daily_refusal(limits.daily_tokens, wait)
 
     async def _used_since(self, who: Principal, since: float) -> int:
         if who.key_id is None or self._tokens_since is None:

@@ -236,3 +236,26 @@ async def test_redis_stopped_and_started_mid_traffic(
     assert len(lost) == 3 and len(back) == 3  # once per instance and transition
     assert {e["log_level"] for e in lost} == {"warning"}
     assert {e["log_level"] for e in back} == {"info"}
+
+
+async def test_a_redis_that_stops_answering_holds_no_request_up(
+    brokers: list[BrokerServer], redis_server: RedisServer
+) -> None:
+    """A frozen Redis (connections open, no answer): the requests asking it when it froze
+    wait out the client's timeout, then each instance counts alone; resumed, shared again."""
+    key = await store_key(brokers[0], rpm=4)
+    redis_server.pause()
+    try:
+        async with asyncio.timeout(20):  # each command gives up after 1 s
+            answers = await spread(brokers, key, 6)
+        assert Counter(s for s, _, _ in answers) == {200: 6}  # 2 each, under 4 each
+        for broker in brokers:
+            assert await readyz(broker) == (200, {"status": "ready", "limits": "local"})
+    finally:
+        redis_server.resume()
+    for broker in brokers:
+        async with asyncio.timeout(10):
+            while (await readyz(broker))[1].get("limits") != "shared":
+                await asyncio.sleep(0.05)
+    other = await store_key(brokers[0], username="lee", rpm=3)
+    assert Counter(s for s, _, _ in await spread(brokers, other, 9)) == {200: 3, 429: 6}
