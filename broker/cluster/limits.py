@@ -10,8 +10,8 @@ next admission of the same key, whichever goes first); a key with only a request
 limit has nothing to release.
 
 Leases expire `LEASE_TTL` seconds after their last refresh; this instance refreshes the ones
-it holds every `REFRESH_EVERY` seconds, so the slots of an instance that died (kill -9) free
-themselves within `LEASE_TTL`, however long its requests would have run.
+it holds every `REFRESH_EVERY` seconds (pipelined), so the slots of an instance that died
+(kill -9) free themselves within `LEASE_TTL`, however long its requests would have run.
 
 When Redis does not answer, every limit falls back to this instance's own `Limiter` (a fresh
 one each time, so today's tokens are read again from the shared store): service goes on,
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.accounts.limits import (
@@ -57,8 +58,12 @@ LEASE_TTL: Final = 15.0
 REFRESH_EVERY: Final = 5.0
 RECHECK: Final = 0.05
 """Seconds before a key found at its concurrency limit is looked at once more."""
+REFRESH_CHUNK: Final = 500
+"""Keys whose leases one pipeline refreshes."""
 PROBE_EVERY: Final = 1.0
 """Seconds between tries of an unreachable Redis."""
+CLOSE_WITHIN: Final = 2.0
+"""Seconds the releases still queued at shutdown get to reach Redis."""
 MAX_PENDING: Final = 100_000
 """Releases kept while Redis is unreachable; beyond, the oldest are dropped (their leases
 expire by themselves; their tokens are in the store's usage rows)."""
@@ -184,7 +189,7 @@ class SharedLimiter:
         lease_id = f"{self._prefix}:{number}"
         seed_day, seed = "", 0
         while True:
-            returns = self._pending.pop(who.bucket, None) or _Returns()
+            returns = self._take(bucket)
             args: list[Any] = [
                 limits.rpm,
                 limits.concurrency,
@@ -201,7 +206,6 @@ class SharedLimiter:
             except BaseException:
                 self._requeue(bucket, returns)  # not applied (or unknown): send them later
                 raise
-            self._queued -= len(returns.ids)
             verdict, value = reply[0].decode(), int(reply[1])
             if verdict == "ok":
                 return verdict, number
@@ -228,6 +232,12 @@ class SharedLimiter:
             return
         self._requeue(bucket, _Returns([lease_id] if lease_id else [], max(0, tokens)))
         self._wake.set()
+
+    def _take(self, bucket: str) -> _Returns:
+        """The key's releases not yet sent, no longer queued."""
+        returns = self._pending.pop(bucket, None) or _Returns()
+        self._queued -= len(returns.ids)
+        return returns
 
     def _requeue(self, bucket: str, returns: _Returns) -> None:
         if not returns.ids and not returns.tokens:
@@ -277,8 +287,9 @@ class SharedLimiter:
                 await task
         self._tasks = []
         if self.shared:
-            with contextlib.suppress(*UNREACHABLE):
-                await self._flush()
+            with contextlib.suppress(*UNREACHABLE, RedisError):
+                async with asyncio.timeout(CLOSE_WITHIN):
+                    await self._flush()
 
     async def _send_returns(self) -> None:
         while True:
@@ -294,13 +305,16 @@ class SharedLimiter:
     async def _flush(self) -> None:
         while self._pending:
             bucket = next(iter(self._pending))
-            returns = self._pending.pop(bucket)
+            returns = self._take(bucket)
             try:
                 await self._release(keys=redis_keys(bucket), args=[returns.tokens, *returns.ids])
-            except BaseException:
+            except UNREACHABLE:
                 self._requeue(bucket, returns)
                 raise
-            self._queued -= len(returns.ids)
+            except RedisError as exc:
+                # Redis answered with an error (out of memory, say): not sent again, or it
+                # would be sent for ever; the leases expire by themselves.
+                log.error("cannot give leases back to Redis", error=str(exc))
 
     async def _keep(self) -> None:
         """Probe Redis while it is unreachable; refresh the leases held while it answers."""
@@ -314,10 +328,20 @@ class SharedLimiter:
                     self._back()
                 elif since_refresh >= self._refresh_every:
                     since_refresh = 0.0
-                    for bucket, held in list(self._held.items()):
-                        if held:
-                            await self._refresh(
-                                keys=redis_keys(bucket)[1:2], args=[self._ttl_ms, *held]
-                            )
+                    await self._refresh_held()
             except UNREACHABLE as exc:
                 self._lost(exc)
+            except RedisError as exc:
+                log.error("cannot refresh leases in Redis", error=str(exc))
+
+    async def _refresh_held(self) -> None:
+        """Push back the expiry of every lease held here: one pipeline (a SCRIPT EXISTS,
+        then one EVALSHA per key holding leases) per `REFRESH_CHUNK` keys."""
+        held = [(bucket, list(ids)) for bucket, ids in self._held.items() if ids]
+        for start in range(0, len(held), REFRESH_CHUNK):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for bucket, ids in held[start : start + REFRESH_CHUNK]:
+                    await self._refresh(
+                        keys=redis_keys(bucket)[1:2], args=[self._ttl_ms, *ids], client=pipe
+                    )
+                await pipe.execute()
