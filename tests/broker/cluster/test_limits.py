@@ -113,6 +113,19 @@ async def test_concurrency_counts_requests_in_flight_on_every_instance(
             assert (await chat(http, broker, key))[0] == 200
 
 
+async def test_one_request_at_a_time_is_never_refused_for_concurrency(
+    brokers: list[BrokerServer],
+) -> None:
+    """A client that sends each request when the last one ended, through any instance, as
+    behind a load balancer: its slot is always free again (released after the answer, on
+    whichever instance served it)."""
+    key = await store_key(brokers[0], concurrency=1)
+    async with aiohttp.ClientSession() as http:
+        for n in range(30):
+            status, _, body = await chat(http, brokers[n % 3], key)
+            assert status == 200, body
+
+
 async def redis_tokens(broker: BrokerServer, bucket: str) -> int | None:
     used = await broker.services.redis.hget(redis_keys(bucket)[2], "used")
     return None if used is None else int(used)
