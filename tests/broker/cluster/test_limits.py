@@ -30,6 +30,27 @@ from tests.stub_llm import StubLLM
 SECRET = "c" * 32
 
 
+async def three_brokers(
+    stub: StubLLM,
+    make_broker: MakeBroker,
+    make_connector: MakeConnector,
+    redis_url: str,
+    store_url: str,
+) -> list[BrokerServer]:
+    """Three cluster members on one Redis and one store, each with a connector."""
+    servers = []
+    for _ in range(3):
+        broker = await make_broker(
+            database_url=store_url,
+            redis_url=SecretStr(redis_url),
+            cluster_secret=SecretStr(SECRET),
+        )
+        await make_connector(broker, stub.url)
+        await wait_models(broker, {"stub-model"})
+        servers.append(broker)
+    return servers
+
+
 @pytest.fixture
 async def brokers(
     stub: StubLLM,
@@ -38,18 +59,9 @@ async def brokers(
     redis_url: str,
     tmp_path: Path,
 ) -> list[BrokerServer]:
-    """Three cluster members on one Redis and one store, each with a connector."""
-    servers = []
-    for _ in range(3):
-        broker = await make_broker(
-            database_url=database_url(tmp_path, None),
-            redis_url=SecretStr(redis_url),
-            cluster_secret=SecretStr(SECRET),
-        )
-        await make_connector(broker, stub.url)
-        await wait_models(broker, {"stub-model"})
-        servers.append(broker)
-    return servers
+    """Three cluster members sharing a SQLite file."""
+    store_url = database_url(tmp_path, None)
+    return await three_brokers(stub, make_broker, make_connector, redis_url, store_url)
 
 
 async def spread(
@@ -131,10 +143,27 @@ async def redis_tokens(broker: BrokerServer, bucket: str) -> int | None:
     return None if used is None else int(used)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def brokers_on_either_store(
+    request: pytest.FixtureRequest,
+    stub: StubLLM,
+    make_broker: MakeBroker,
+    make_connector: MakeConnector,
+    redis_url: str,
+    tmp_path: Path,
+) -> list[BrokerServer]:
+    """Three cluster members on a SQLite file, or on PostgreSQL as a cluster is deployed."""
+    if request.param == "sqlite":
+        store_url = database_url(tmp_path, None)
+    else:
+        store_url = request.getfixturevalue("postgres")
+    return await three_brokers(stub, make_broker, make_connector, redis_url, store_url)
+
+
 async def test_daily_tokens_are_counted_once_across_instances_and_agree_with_the_store(
-    brokers: list[BrokerServer],
+    brokers_on_either_store: list[BrokerServer],
 ) -> None:
-    a, b, c = brokers
+    a, b, c = brokers_on_either_store
     key = await store_key(a, daily_tokens=10)
     store = a.services.store
     (record,) = await store.keys((await store.find_user("kim")).id)
@@ -153,7 +182,7 @@ async def test_daily_tokens_are_counted_once_across_instances_and_agree_with_the
             assert status == 429 and body["error"]["code"] == "daily_token_limit_exceeded"
             assert 1 <= int(headers["Retry-After"]) <= 86400
             assert headers["x-should-retry"] == "false"
-    for broker in brokers:
+    for broker in brokers_on_either_store:
         await broker.services.ledger.flush()
     assert await store.usage.tokens_since(record.id, day_start(time.time())) == 14
 
