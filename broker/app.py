@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from broker.accounts.credentials import Credentials
 from broker.accounts.ledger import UsageLedger
-from broker.accounts.limits import Limiter
+from broker.accounts.limits import KeyLimiter, Limiter
 from broker.accounts.principals import Accounts, Limits
 from broker.accounts.store import Store, database_url
 from broker.accounts.storeprobe import StoreProbe
@@ -164,10 +164,19 @@ async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
         daily_tokens=settings.key_daily_tokens,
     )
     ledger = UsageLedger(store)
+    limiter: KeyLimiter
+    if settings.cluster:
+        from broker.cluster.limits import SharedLimiter
+
+        shared = SharedLimiter(services.redis, store.usage.tokens_since)
+        shared.start()
+        limiter = shared
+    else:
+        limiter = Limiter(store.usage.tokens_since)
     services.opened(
         store=store,
         accounts=Accounts(store, services.user_keys, defaults),
-        limiter=Limiter(store.usage.tokens_since),
+        limiter=limiter,
         ledger=ledger,
         # Looked up on each probe, not bound now: a test may stand in for the store's ping.
         store_probe=StoreProbe(lambda: store.ping()),
@@ -182,6 +191,8 @@ async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
             await watcher
         # After the drain: every finished request's row is written before the store closes.
         try:
+            if settings.cluster:
+                await shared.close()  # its releases sent while Redis is still open
             await ledger.close()
         finally:
             await store.close()

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from broker.accounts.credentials import Credentials
 from broker.accounts.ledger import UsageLedger
-from broker.accounts.limits import Limiter
+from broker.accounts.limits import KeyLimiter
 from broker.accounts.principals import Accounts
 from broker.accounts.store import Store
 from broker.accounts.storeprobe import StoreProbe
@@ -88,7 +88,7 @@ class Services:
         brokers (cluster mode)."""
         self._store: Store | None = None
         self._accounts: Accounts | None = None
-        self._limiter: Limiter | None = None
+        self._limiter: KeyLimiter | None = None
         self._ledger: UsageLedger | None = None
         self._store_probe: StoreProbe | None = None
         self._redis: Redis | None = None
@@ -97,7 +97,7 @@ class Services:
         self,
         store: Store,
         accounts: Accounts,
-        limiter: Limiter,
+        limiter: KeyLimiter,
         ledger: UsageLedger,
         store_probe: StoreProbe,
     ) -> None:
@@ -141,7 +141,7 @@ class Services:
         return accounts
 
     @property
-    def limiter(self) -> Limiter:
+    def limiter(self) -> KeyLimiter:
         limiter = self._limiter
         if limiter is None:
             raise _not_started("limiter")

@@ -24,7 +24,8 @@ async def readyz_endpoint(request: web.Request) -> web.Response:
     """GET /readyz: 200 when the broker takes traffic; 503 while draining or while the
     store does not answer, so a load balancer sends requests elsewhere. In cluster mode,
     `changes` says whether other brokers' changes reach this one now (`live`) or only by
-    its periodic checks (`polling`, Redis unreachable): still ready either way."""
+    its periodic checks (`polling`, Redis unreachable), and `limits` where the limits are
+    counted (`shared` in Redis, or `local` to this instance): still ready either way."""
     services = request.app[SERVICES]
     if services.lifecycle.draining:
         status = "draining"
@@ -32,15 +33,18 @@ async def readyz_endpoint(request: web.Request) -> web.Response:
         status = "store_unavailable"
     else:
         return web.json_response({"status": "ready", **_cluster(services)}, headers=NO_STORE)
-    return web.json_response({"status": status}, status=503, headers=NO_STORE)
+    return web.json_response({"status": status, **_cluster(services)}, status=503, headers=NO_STORE)
 
 
 def _cluster(services: Services) -> dict[str, str]:
     """The cluster's fields of /readyz (none for a single broker)."""
-    hearing = services.changes.publisher.hearing
-    if hearing is None:
+    if not services.settings.cluster or not services.started:
         return {}
-    return {"changes": "live" if hearing else "polling"}
+    fields = {"limits": "shared" if services.limiter.shared else "local"}
+    hearing = services.changes.publisher.hearing
+    if hearing is not None:
+        fields["changes"] = "live" if hearing else "polling"
+    return fields
 
 
 async def health_endpoint(request: web.Request) -> web.Response:
