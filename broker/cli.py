@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import os
 import ssl
 import sys
 from collections.abc import Sequence
@@ -171,14 +173,23 @@ async def serve(settings: BrokerSettings, worker: int | None = None) -> int:
     else:
         log.info("using store", path=str(settings.data_dir / "remotellm.db"))
     log.info("broker listening", host=settings.host, port=server.port)
+    watcher = _watch_supervisor() if worker is not None else None
     with shutdown_signals() as stop:
         try:
             await stop.wait()
             log.info("shutting down")
         finally:
             await server.stop()
+            if watcher is not None:
+                watcher.cancel()
     log.info("stopped")
     return 0
+
+
+def _watch_supervisor() -> asyncio.Task[None]:
+    from broker.cluster.workers import leave_with_parent
+
+    return asyncio.create_task(leave_with_parent(os.getppid()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -184,6 +185,17 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
+
+
+async def leave_with_parent(parent: int, every: float = 1.0) -> None:
+    """In a worker: SIGTERM to itself (a graceful drain) once its supervisor is gone, so a
+    supervisor killed outright (kill -9) leaves no worker behind."""
+    while True:  # no event tells a process its parent died: ask now and then
+        if os.getppid() != parent:
+            break
+        await asyncio.sleep(every)
+    log.warning("supervisor gone: stopping this worker")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def supervise(settings: BrokerSettings, argv: Sequence[str], count: int) -> int:
