@@ -48,7 +48,7 @@ defaults
     timeout http-request 30s
     # A connection refused by a dead broker is retried on another one.
     retries 2
-    option redispatch
+    option redispatch 1
 
 frontend api
     bind 127.0.0.1:{port}
