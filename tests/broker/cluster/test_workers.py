@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -48,11 +49,12 @@ async def answering_pids(url: str, wanted: set[int]) -> set[int]:
 
 
 def alive(pid: int) -> bool:
+    """Running (an exited orphan nobody has reaped yet, a zombie, counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    return True
+    return "\nState:\tZ" not in status
 
 
 async def test_two_workers_share_one_port_restart_when_killed_and_stop_on_sigterm(
@@ -93,6 +95,20 @@ async def test_two_workers_share_one_port_restart_when_killed_and_stop_on_sigter
         assert len(events(proc, "stopped")) == 2
     finally:
         await proc.kill()
+
+
+async def test_workers_leave_when_their_supervisor_is_killed(redis_url: str) -> None:
+    proc = await Proc.start("broker.cli", *serve_args(redis_url, "--port=0", "--workers=2"))
+    try:
+        async with asyncio.timeout(60):
+            while len(events(proc, "broker listening")) < 2:
+                await asyncio.sleep(0.05)
+        pids = {int(str(line["pid"])) for line in events(proc, "worker started")}
+    finally:
+        await proc.kill()  # kill -9: the supervisor cannot pass anything on
+    async with asyncio.timeout(30):
+        while any(alive(pid) for pid in pids):
+            await asyncio.sleep(0.1)
 
 
 async def test_a_worker_that_keeps_dying_stops_the_supervisor(redis_url: str) -> None:
