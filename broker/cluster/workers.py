@@ -146,6 +146,9 @@ class Supervisor:
                 *self.command(index), stdin=asyncio.subprocess.DEVNULL
             )
             self._procs[index] = proc
+            if self._stop.is_set():  # stopping began while it was being started
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
             log.info("worker started", worker=index, pid=proc.pid, internal_url=self.urls[index])
             code = await proc.wait()
             if self._stop.is_set():
