@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import os
 import ssl
 import sys
 from collections.abc import Sequence
@@ -86,6 +88,13 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
     add("--redis-url", help="Redis URL: cluster mode, state shared with other brokers")
     add("--cluster-secret", help="secret the cluster's brokers share (32+ characters)")
     add("--internal-url", help="base URL other brokers reach this one on (default HOST:PORT)")
+    add(
+        "--workers",
+        type=int,
+        help="run N broker processes on one port (SO_REUSEPORT; needs --redis-url)",
+    )
+    # Given by the supervisor of --workers to each worker (broker.cluster.workers.WORKER_FLAG).
+    add("--worker-index", type=int, help=argparse.SUPPRESS)
     add("--key-rpm", type=int, help="requests per minute per API key (default 0: unlimited)")
     add("--key-concurrency", type=int, help="concurrent requests per API key (0: unlimited)")
     add("--key-daily-tokens", type=int, help="tokens per API key per UTC day (0: unlimited)")
@@ -140,8 +149,10 @@ def _settings_from(args: argparse.Namespace) -> BrokerSettings:
     return load(BrokerSettings, cli, args.config)
 
 
-async def serve(settings: BrokerSettings) -> int:
-    server = BrokerServer(settings)
+async def serve(settings: BrokerSettings, worker: int | None = None) -> int:
+    if worker is not None:
+        structlog.contextvars.bind_contextvars(worker=worker)
+    server = BrokerServer(settings, reuse_port=worker is not None)
     try:
         await server.start()
     except ssl.SSLError as exc:
@@ -170,14 +181,23 @@ async def serve(settings: BrokerSettings) -> int:
     else:
         log.info("using store", path=str(settings.data_dir / "remotellm.db"))
     log.info("broker listening", host=settings.host, port=server.port)
+    watcher = _watch_supervisor() if worker is not None else None
     with shutdown_signals() as stop:
         try:
             await stop.wait()
             log.info("shutting down")
         finally:
             await server.stop()
+            if watcher is not None:
+                watcher.cancel()
     log.info("stopped")
     return 0
+
+
+def _watch_supervisor() -> asyncio.Task[None]:
+    from broker.cluster.workers import leave_with_parent
+
+    return asyncio.create_task(leave_with_parent(os.getppid()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -207,7 +227,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         except StoreError as exc:  # the store could not be opened
             return _fail(str(exc))
     configure_logging(settings.log_level, settings.log_format)
-    return eventloop.run(serve(settings))
+    if args.workers is not None and args.worker_index is None:
+        return _supervise(settings, args_list[1:], args.workers)
+    return eventloop.run(serve(settings, args.worker_index))
+
+
+def _supervise(settings: BrokerSettings, argv: list[str], count: int) -> int:
+    from broker.cluster.workers import WorkersError, supervise
+
+    try:
+        return eventloop.run(supervise(settings, argv, count))
+    except WorkersError as exc:
+        return _fail(str(exc))
 
 
 if __name__ == "__main__":

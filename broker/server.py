@@ -26,8 +26,9 @@ retransmit."""
 class BrokerServer:
     """One running broker. Used by the CLI, the demo and the tests."""
 
-    def __init__(self, settings: BrokerSettings) -> None:
+    def __init__(self, settings: BrokerSettings, *, reuse_port: bool = False) -> None:
         self.settings = settings
+        self._reuse_port = reuse_port  # a worker of `serve --workers N` shares its port
         self.app = create_app(settings)
         self.services: Services = self.app[SERVICES]
         self._runner = web.AppRunner(
@@ -68,7 +69,12 @@ class BrokerServer:
         )
         loop = asyncio.get_running_loop()
         self._listener = await loop.create_server(
-            self._front, self.settings.host, self.settings.port, ssl=context, backlog=LISTEN_BACKLOG
+            self._front,
+            self.settings.host,
+            self.settings.port,
+            ssl=context,
+            backlog=LISTEN_BACKLOG,
+            reuse_port=self._reuse_port or None,
         )
         sockets = self._listener.sockets
         self.port = int(sockets[0].getsockname()[1]) if sockets else self.settings.port

@@ -8,6 +8,8 @@ whatever the number of models; only `/readyz` touches the store, at most once a 
 
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
 
 from broker.services import SERVICES, Services
@@ -48,7 +50,8 @@ def _cluster(services: Services) -> dict[str, str]:
 
 
 async def health_endpoint(request: web.Request) -> web.Response:
-    """GET /health: counts only, for anyone; the model list is at /v1/models, behind a key."""
+    """GET /health: counts and the process id, for anyone; the model list is at /v1/models,
+    behind a key."""
     services = request.app[SERVICES]
     hub, lifecycle = services.hub, services.lifecycle
     return web.json_response(
@@ -57,6 +60,8 @@ async def health_endpoint(request: web.Request) -> web.Response:
             "connectors": len(hub.links),
             "models": hub.served_count(),
             "in_flight": lifecycle.active,
+            # Tells apart the processes behind one address (`serve --workers N`, a cluster).
+            "pid": os.getpid(),
         },
         headers=NO_STORE,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import aiohttp
 
 from tests.conftest import USER_KEY, Relay
@@ -19,7 +21,13 @@ async def test_health_counts_connectors_and_models(relay: Relay) -> None:
         session.get(f"{relay.broker.base_url}/health") as resp,
     ):
         health = await resp.json()
-    assert health == {"status": "ok", "connectors": 1, "models": 1, "in_flight": 0}
+    assert health == {
+        "status": "ok",
+        "connectors": 1,
+        "models": 1,
+        "in_flight": 0,
+        "pid": os.getpid(),
+    }
 
 
 async def test_metrics_count_requests_by_model_and_status(relay: Relay) -> None:

@@ -1,21 +1,14 @@
 """The same store code on PostgreSQL (asyncpg): the schema is written once, for every database.
 
-A throwaway cluster is made in a temporary directory with Debian's PostgreSQL (`.ci/run`
-installs it), listens on 127.0.0.1 only, and is stopped after the tests.
+A throwaway cluster from tests/pgserver.py (Debian's PostgreSQL, on 127.0.0.1 only),
+stopped after the tests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import glob
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -29,76 +22,13 @@ from tests.broker.accounts.test_ledger import BAD_ROWS
 from tests.broker.accounts.test_migration import upgrade_keeps_every_row
 from tests.broker.accounts.test_pairings import exercise_pairings
 from tests.broker.accounts.test_store import full_rows, row
-
-
-def _bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    assert found, f"needs Debian's PostgreSQL server ({name}); .ci/run installs it"
-    return found[-1]
-
-
-def _as_postgres(args: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root: CI (root) runs it as the package's `postgres` user.
-    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.pgserver import running_postgres
 
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
-    # Not under pytest's tmp dir: that one is private to this user, and the server runs as
-    # `postgres` when the tests run as root.
-    base = Path(tempfile.mkdtemp(prefix="remotellm-pg-"))
-    data = base / "data"
-    data.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(base, "postgres")
-        shutil.chown(data, "postgres")
-    subprocess.run(
-        _as_postgres(
-            [_bin("initdb"), "-D", str(data), "-U", "remotellm", "--auth=trust", "-E", "UTF8"]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    port = _free_port()
-    options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={base}"
-    subprocess.run(
-        _as_postgres(
-            [_bin("pg_ctl"), "-D", str(data), "-o", options, "-w", "-l", str(base / "log"), "start"]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    try:
-        subprocess.run(
-            _as_postgres(
-                [
-                    _bin("createdb"),
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "-U",
-                    "remotellm",
-                    "remotellm",
-                ]
-            ),
-            check=True,
-            capture_output=True,
-        )
-        yield f"postgresql+asyncpg://remotellm@127.0.0.1:{port}/remotellm"
-    finally:
-        subprocess.run(
-            _as_postgres([_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-            check=False,
-            capture_output=True,
-        )
-        shutil.rmtree(base, ignore_errors=True)
+    with running_postgres() as url:
+        yield url
 
 
 @pytest.fixture

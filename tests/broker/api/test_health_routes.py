@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
 
 import aiohttp
@@ -42,7 +43,13 @@ async def test_health_holds_counts_and_names_no_model(
     ):
         text = await resp.text()
     assert resp.status == 200
-    assert json.loads(text) == {"status": "ok", "connectors": 2, "models": 2, "in_flight": 0}
+    assert json.loads(text) == {
+        "status": "ok",
+        "connectors": 2,
+        "models": 2,
+        "in_flight": 0,
+        "pid": os.getpid(),
+    }
     assert "stub-model" not in text and "secret-model" not in text
 
 
