@@ -87,6 +87,7 @@ class Events:
         self._changes = changes
         self.sender = sender or secrets.token_hex(8)
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self._publishing_failed = False
         self.listening = False
         """Subscribed now: changes made elsewhere reach this broker within moments."""
@@ -124,14 +125,19 @@ class Events:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
+        self._closing = True
+        while task is not None and not task.done():
+            # Cancelled again until it ends: on Python 3.11 a cancel that lands as redis-py's
+            # read timeout expires can come out as that TimeoutError, and the loop goes on.
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait([task], timeout=0.5)
+        if task is not None and not task.cancelled():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                task.result()
 
     async def _listen(self) -> None:
         lost = False
-        while True:
+        while not self._closing:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(CHANNEL)
@@ -164,7 +170,7 @@ class Events:
         self._reconnected = True
 
     async def _receive(self, pubsub: PubSub) -> None:
-        while True:
+        while not self._closing:
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if self._reconnected:  # redis-py reconnected by itself: some may have been missed
                 self._reconnected = False
