@@ -31,6 +31,8 @@ from broker.settings import BrokerSettings
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from broker.cluster.member import Member
+
 
 class NotStarted(RuntimeError):
     """A part the broker opens at start-up was asked for before the app started."""
@@ -50,6 +52,7 @@ class Services:
         "_redis",
         "_store",
         "_store_probe",
+        "cluster",
         "connector_tokens",
         "hub",
         "lifecycle",
@@ -87,6 +90,9 @@ class Services:
         self._ledger: UsageLedger | None = None
         self._store_probe: StoreProbe | None = None
         self._redis: Redis | None = None
+        self.cluster: Member | None = None
+        """This broker as a cluster member (cluster mode only): its id, internal URL, registry
+        and the internal hop's client."""
 
     def opened(
         self,

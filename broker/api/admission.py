@@ -96,7 +96,9 @@ def admit_now(services: Services, call: Call, body: bytes) -> tuple[Ticket, Conn
     link = hub.acquire_now(model, user)
     if link is None:
         return None
-    assert isinstance(link, ConnectorLink)
+    if not isinstance(link, ConnectorLink):
+        hub.release(link, user)  # a connector attached to another broker: `serve` forwards
+        return None
     lease = services.limiter.admit_now(principal) if not link.gone else None
     if not isinstance(lease, Lease):
         hub.release(link, user)

@@ -125,12 +125,12 @@ class Relay:
     def attach(self, link: ConnectorLink) -> None:
         self.links.add(link)
         self.hub.register(link)
-        self.metrics.connectors.set(len(self.hub.links))
+        self.metrics.connectors.set(len(self.links))
 
     def detach(self, link: ConnectorLink) -> None:
         self.hub.unregister(link)
         self.links.discard(link)
-        self.metrics.connectors.set(len(self.hub.links))
+        self.metrics.connectors.set(len(self.links))
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a short background step, held until it ends (and awaited by settle())."""

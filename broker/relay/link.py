@@ -110,6 +110,34 @@ class Sink(Protocol):
         """The relay message that carried the last events is done: write what they gave."""
 
 
+class Opened(Protocol):
+    """One stream as the task driver reads it (`Exchange`, or a forwarded request's:
+    `broker.cluster.forwarding`)."""
+
+    @property
+    def events(self) -> Inbox: ...
+
+    def delivered(self, n: int) -> None:
+        """`n` body bytes reached the client: the sender may send more."""
+
+    def close(self, *, cancel: bool) -> None:
+        """The stream is over for the broker (`cancel`: the far side must stop it)."""
+
+
+class Route(Protocol):
+    """Where the hub may send a request: a connector attached here (`ConnectorLink`) or one
+    attached to another broker of the cluster (`broker.cluster.forwarding.PeerLink`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def token_id(self) -> int | None: ...
+
+    def open(self, call: Call, body: bytes, user: tuple[str, str] = ("", "")) -> Opened:
+        """Send the request (raises `Unsendable`, or `LinkLost` when the link just went)."""
+
+
 @dataclass(eq=False)
 class Exchange:
     """The broker's end of one stream: events from the connector, in order."""
@@ -172,6 +200,9 @@ class ConnectorLink:
         "token_id",
         "window",
     )
+
+    elsewhere = 0
+    """Slots used on it that this broker's hub did not hand out: none (`broker.relay.hub.Link`)."""
 
     def __init__(
         self, relay: Keeper, socket: RelaySocket, hello: p.Hello, window: int, token_id: int | None

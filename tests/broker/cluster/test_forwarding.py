@@ -1,0 +1,195 @@
+"""Routing across instances: two brokers on one Redis, the connector attached to the second.
+
+A request to A for a model only B's connector serves goes A -> B (the internal hop) ->
+connector -> stub LLM, streamed back event by event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from pydantic import SecretStr
+
+from broker.cluster import hopauth
+from broker.cluster.forwarding import HOP_PATH, PeerLink
+from broker.cluster.registry import EXPIRE
+from broker.server import BrokerServer
+from tests.conftest import USER_KEY, MakeBroker, MakeConnector, RunningConnector, wait_models
+from tests.stub_llm import StubLLM, sse_event
+
+SECRET = "c" * 40
+AUTH = {"Authorization": f"Bearer {USER_KEY}"}
+CHAT = {"model": "stub-model", "messages": [{"role": "user", "content": "Hi"}]}
+
+
+@dataclass
+class Pair:
+    a: BrokerServer
+    b: BrokerServer
+    connector: RunningConnector
+    stub: StubLLM
+
+
+async def cluster_broker(
+    make_broker: MakeBroker, redis_url: str, store: str, **extra: Any
+) -> BrokerServer:
+    return await make_broker(
+        database_url=store,
+        redis_url=SecretStr(redis_url),
+        cluster_secret=SecretStr(SECRET),
+        connector_wait=3.0,
+        **extra,
+    )
+
+
+@pytest.fixture
+async def pair(
+    make_broker: MakeBroker,
+    make_connector: MakeConnector,
+    stub: StubLLM,
+    redis_url: str,
+    tmp_path: Path,
+) -> AsyncIterator[Pair]:
+    store = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    a = await cluster_broker(make_broker, redis_url, store)
+    b = await cluster_broker(make_broker, redis_url, store)
+    connector = await make_connector(b, stub.url)
+    await wait_models(b, {"stub-model"})
+    await wait_models(a, {"stub-model"})  # through the registry
+    yield Pair(a, b, connector, stub)
+
+
+def peers(broker: BrokerServer) -> list[PeerLink]:
+    return [link for link in broker.hub.links if isinstance(link, PeerLink)]
+
+
+async def test_a_request_to_a_is_forwarded_to_b_and_streamed_event_by_event(pair: Pair) -> None:
+    assert len(peers(pair.a)) == 1 and not peers(pair.b)
+    body = {**CHAT, "stream": True, "x_stub": {"mode": "events", "events": 6, "gated": True}}
+    received: list[bytes] = []
+    headers = {**AUTH, "X-Request-ID": "req-forwarded-1"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{pair.a.base_url}/v1/chat/completions", json=body, headers=headers) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.headers["X-Request-ID"] == "req-forwarded-1"
+        assert resp.headers.getall("Cache-Control") == ["no-cache"]
+        buffer = b""
+        async for chunk in resp.content.iter_any():
+            buffer += chunk
+            while b"\n\n" in buffer:
+                event, buffer = buffer.split(b"\n\n", 1)
+                received.append(event + b"\n\n")
+                index = len(received) - 1
+                if index < 6:
+                    # The stub writes the next event only once the client holds this one.
+                    assert pair.stub.written == list(range(index + 1))
+                    pair.stub.gate(index).set()
+    assert received[:6] == [sse_event(i) for i in range(6)]
+    # The connector was told the request id, and the user, never the key.
+    seen = pair.stub.seen[-1].headers
+    assert seen["X-Request-ID"] == "req-forwarded-1"
+    assert not any(name.lower().startswith("x-remotellm-hop") for name in seen)
+    # One usage row, written by the broker that admitted the request.
+    await pair.a.services.ledger.flush()
+    await pair.b.services.ledger.flush()
+    rows = [
+        r for r in await pair.a.services.store.usage.rows() if r.request_id == "req-forwarded-1"
+    ]
+    assert len(rows) == 1
+    assert rows[0].status == 200 and rows[0].connector == "test-connector"
+
+
+async def test_a_client_hang_up_on_a_cancels_the_generation_behind_b(pair: Pair) -> None:
+    body = {**CHAT, "stream": True, "x_stub": {"mode": "events", "events": 2, "hang_at_end": True}}
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(f"{pair.a.base_url}/v1/chat/completions", json=body, headers=AUTH)
+        await resp.content.readuntil(b"\n\n")
+        resp.close()  # the user goes away mid-stream
+    await asyncio.wait_for(pair.stub.disconnected.wait(), 10)
+    async with asyncio.timeout(10):
+        while pair.a.hub.in_flight() or pair.b.hub.in_flight():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_forged_internal_request_is_refused_and_reaches_no_connector(pair: Pair) -> None:
+    url = f"{pair.b.base_url}{HOP_PATH}"
+    principal = hopauth.encode_user(("1", "mallory"))
+    forged = {
+        hopauth.TARGET: "/v1/chat/completions",
+        hopauth.PRINCIPAL: principal,
+        "X-Request-ID": "req-forged",
+    }
+    wrong = hopauth.sign(b"w" * 40, "/v1/chat/completions", "req-forged", principal, time.time())
+    stale = hopauth.sign(
+        SECRET.encode(), "/v1/chat/completions", "req-forged", principal, time.time() - 3600
+    )
+    async with aiohttp.ClientSession() as session:
+        for extra, status in (({}, 401), ({hopauth.HOP: wrong}, 403), ({hopauth.HOP: stale}, 403)):
+            async with session.post(url, json=CHAT, headers={**forged, **extra}) as resp:
+                assert resp.status == status
+                assert "cluster" in (await resp.json())["error"]["message"]
+    assert pair.stub.seen == []
+
+
+async def test_a_stopped_broker_leaves_the_registry_and_a_answers_503(
+    pair: Pair, make_broker: MakeBroker
+) -> None:
+    await pair.connector.stop(grace=1.0)
+    await pair.b.stop()
+    async with asyncio.timeout(EXPIRE + 5):
+        while peers(pair.a):
+            await asyncio.sleep(0.05)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{pair.a.base_url}/v1/chat/completions", json=CHAT, headers=AUTH) as resp,
+    ):
+        # Held for --connector-wait (the model is known: it may come back), then 503.
+        assert resp.status == 503
+        assert (await resp.json())["error"]["code"] == "no_connector_available"
+
+
+async def test_least_loaded_picks_the_idle_side(
+    make_broker: MakeBroker,
+    make_connector: MakeConnector,
+    stub: StubLLM,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    store = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    a = await cluster_broker(make_broker, redis_url, store)
+    b = await cluster_broker(make_broker, redis_url, store)
+    await make_connector(a, stub.url, name="on-a", max_concurrency=2)
+    await make_connector(b, stub.url, name="on-b", max_concurrency=2)
+    async with asyncio.timeout(10):
+        while len(a.hub.links) < 2 or len(b.hub.links) < 2:
+            await asyncio.sleep(0.02)
+    body = {**CHAT, "x_stub": {"mode": "hang"}}
+    async with aiohttp.ClientSession() as session:
+        # One request held on A's own connector: A's next request goes to B's idle one.
+        first = asyncio.create_task(
+            session.post(f"{a.base_url}/v1/chat/completions", json=body, headers=AUTH)
+        )
+        await asyncio.wait_for(stub.started.wait(), 10)
+        local = [link for link in a.hub.links if not isinstance(link, PeerLink)]
+        assert [a.hub.load(link) for link in local] == [1]
+        stub.started.clear()
+        second = asyncio.create_task(
+            session.post(f"{a.base_url}/v1/chat/completions", json=body, headers=AUTH)
+        )
+        await asyncio.wait_for(stub.started.wait(), 10)
+        [peer] = peers(a)
+        assert a.hub.load(peer) == 1
+        local_b = [link for link in b.hub.links if not isinstance(link, PeerLink)]
+        assert [b.hub.load(link) for link in local_b] == [1]
+        for task in (first, second):
+            task.cancel()
+        await asyncio.gather(first, second, return_exceptions=True)
