@@ -40,6 +40,7 @@ class _Connector:
     draining: bool = False
     gate: Gate | None = None
     elsewhere: int = 0
+    remote: bool = False
 
 
 @dataclass

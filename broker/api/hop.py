@@ -103,14 +103,15 @@ async def hop_endpoint(request: web.Request) -> web.StreamResponse:
     principal = _principal(found)
     ticket = Ticket(principal, body, model, Lease(None), forwarded=True)
     peers = member.peers
-    if not services.hub.serves(model, exclude=peers, user=ticket.user):
-        # No connector here takes it now (it left, or the registry was behind): the other
-        # broker tries another one, or holds the request as it would for its own.
+    lifecycle = services.lifecycle
+    if lifecycle.draining or not services.hub.serves(model, exclude=peers, user=ticket.user):
+        # No connector here takes it now (it left, this broker stops, or the registry was
+        # behind): the other broker tries another one, or holds it as it would its own.
         failure = machine.no_connector("offline", model)
         assert failure.reply is not None
         await call.reply(failure.status, *failure.reply)
         return call.response or web.Response(status=499)
-    with services.lifecycle.request():
+    with lifecycle.request():
         trip = Trip(services, call, ticket, machine)
         services.metrics.in_flight.inc()
         await trip.resume(list(peers))

@@ -122,6 +122,9 @@ class PeerLink:
         self.elsewhere = 0
         """Slots in use on it besides the ones this broker's hub handed out."""
 
+    remote = True
+    """Reached over the internal hop (`broker.relay.hub.Link.remote`)."""
+
     def __repr__(self) -> str:
         return f"<PeerLink {self.name!r} on {self.node}>"
 

@@ -42,6 +42,11 @@ class Link(Protocol):
         """Slots in use that this hub did not hand out (another broker's, on a connector of
         the cluster attached elsewhere: `broker.cluster.registry`); 0 for a local link."""
 
+    @property
+    def remote(self) -> bool:
+        """Attached to another broker of the cluster: reached over the internal hop, so a
+        local link as little loaded is preferred to it."""
+
 
 @dataclass(eq=False)
 class _Waiter:
@@ -282,11 +287,11 @@ class Hub:
         if len(free) < 2:
             return free[0] if free else None
 
-        # Least loaded relative to capacity (counting the slots other brokers of a cluster use);
-        # ties rotate so equal connectors share work.
-        def key(link: Link) -> tuple[float, int]:
+        # Least loaded relative to capacity (counting the slots other brokers of a cluster use),
+        # a local link before a remote one as loaded; ties rotate so equal connectors share work.
+        def key(link: Link) -> tuple[float, int, bool]:
             used = load[link] + link.elsewhere
-            return (used / link.max_concurrency, used)
+            return (used / link.max_concurrency, used, link.remote)
 
         lowest = min(key(link) for link in free)
         best = [link for link in free if key(link) == lowest]

@@ -203,6 +203,8 @@ class ConnectorLink:
 
     elsewhere = 0
     """Slots used on it that this broker's hub did not hand out: none (`broker.relay.hub.Link`)."""
+    remote = False
+    """Attached here, not to another broker of the cluster."""
 
     def __init__(
         self, relay: Keeper, socket: RelaySocket, hello: p.Hello, window: int, token_id: int | None

@@ -25,6 +25,7 @@ class FakeLink:
     draining: bool = False
     gate: Gate | None = None
     elsewhere: int = 0
+    remote: bool = False
 
 
 def link(name: str, *models: str, cap: int = 1) -> FakeLink:
@@ -804,3 +805,12 @@ async def test_least_loaded_counts_the_slots_other_brokers_use() -> None:
     assert {await acquire(hub), await acquire(hub)} == {here, there}  # 2 and 2: rotate
     there.elsewhere = 4
     assert hub.acquire_now("m") is here
+
+
+async def test_a_local_link_is_preferred_to_a_remote_one_as_loaded() -> None:
+    hub = Hub()
+    there, here = link("there", "m", cap=2), link("here", "m", cap=2)
+    there.remote = True
+    hub.register(there)
+    hub.register(here)
+    assert [await acquire(hub) for _ in range(4)] == [here, there, here, there]
