@@ -7,6 +7,8 @@ connector -> stub LLM, streamed back event by event.
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,10 +18,11 @@ from typing import Any
 import aiohttp
 import pytest
 from pydantic import SecretStr
+from redis import asyncio as aioredis
 
 from broker.cluster import hopauth
 from broker.cluster.forwarding import HOP_PATH, PeerLink
-from broker.cluster.registry import EXPIRE
+from broker.cluster.registry import CHANGED, EXPIRE, NODES, node_key
 from broker.server import BrokerServer
 from tests.conftest import USER_KEY, MakeBroker, MakeConnector, RunningConnector, wait_models
 from tests.stub_llm import StubLLM, sse_event
@@ -40,12 +43,12 @@ class Pair:
 async def cluster_broker(
     make_broker: MakeBroker, redis_url: str, store: str, **extra: Any
 ) -> BrokerServer:
+    settings: dict[str, Any] = {"connector_wait": 3.0, **extra}
     return await make_broker(
         database_url=store,
         redis_url=SecretStr(redis_url),
         cluster_secret=SecretStr(SECRET),
-        connector_wait=3.0,
-        **extra,
+        **settings,
     )
 
 
@@ -193,3 +196,78 @@ async def test_least_loaded_picks_the_idle_side(
         for task in (first, second):
             task.cancel()
         await asyncio.gather(first, second, return_exceptions=True)
+
+
+async def test_a_request_is_held_while_the_connector_comes_back_to_b(
+    pair: Pair, make_connector: MakeConnector
+) -> None:
+    await pair.connector.stop(grace=1.0)
+    async with asyncio.timeout(10):
+        while peers(pair.a):
+            await asyncio.sleep(0.02)
+    async with aiohttp.ClientSession() as session:
+        held = asyncio.create_task(
+            session.post(f"{pair.a.base_url}/v1/chat/completions", json=CHAT, headers=AUTH)
+        )
+        await asyncio.sleep(0.2)
+        assert not held.done()  # held for --connector-wait: the model was served recently
+        await make_connector(pair.b, pair.stub.url)
+        resp = await asyncio.wait_for(held, 10)
+        async with resp:
+            assert resp.status == 200
+            assert (await resp.json())["object"] == "chat.completion"
+
+
+async def test_a_crashed_broker_s_connectors_expire_and_its_requests_get_503(
+    make_broker: MakeBroker, redis_url: str, tmp_path: Path
+) -> None:
+    """A broker that stops writing its record (killed) leaves the others' routing within the
+    expiry; meanwhile a request routed to it finds it unreachable, and is held then refused."""
+    store = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    a = await cluster_broker(make_broker, redis_url, store, connector_wait=0.5)
+    with socket.socket() as probe:  # a port nobody listens on: the dead broker's
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    record = {
+        "url": f"http://127.0.0.1:{dead_port}",
+        "links": [
+            {
+                "k": "1",
+                "name": "on-the-dead-broker",
+                "models": ["stub-model"],
+                "cap": 4,
+                "load": 0,
+                "token": None,
+                "draining": False,
+                "gate": None,
+            }
+        ],
+    }
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.set(node_key("dead"), json.dumps(record), px=int(EXPIRE * 1000))
+        await client.zadd(NODES, {"dead": time.time() + EXPIRE})
+        await client.publish(CHANGED, "dead")
+    finally:
+        await client.aclose()
+    await wait_models(a, {"stub-model"})
+    seen = time.monotonic()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{a.base_url}/v1/chat/completions", json=CHAT, headers=AUTH) as resp,
+    ):
+        assert resp.status == 503
+        assert (await resp.json())["error"]["code"] == "no_connector_available"
+    async with asyncio.timeout(EXPIRE + 5):
+        while peers(a):
+            await asyncio.sleep(0.05)
+    assert time.monotonic() - seen < EXPIRE + 5
+
+
+async def test_without_cluster_mode_there_is_no_internal_route(make_broker: MakeBroker) -> None:
+    broker = await make_broker()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{broker.base_url}{HOP_PATH}", json=CHAT) as resp,
+    ):
+        assert resp.status == 404
