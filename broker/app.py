@@ -243,7 +243,9 @@ def build_services(settings: BrokerSettings) -> Services:
         from broker.cluster.member import Member
 
         assert settings.cluster_secret is not None  # the settings require it with redis_url
-        services.cluster = Member(settings.cluster_secret.get_secret_value(), settings.internal_url)
+        services.cluster = Member(
+            settings.cluster_secret.get_secret_value(), settings.internal_url, settings.idle_timeout
+        )
     return services
 
 

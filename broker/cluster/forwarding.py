@@ -48,8 +48,11 @@ error each stands for in the stream machine."""
 class Forwarder:
     """The HTTP client of the internal hop: one pool of keep-alive connections per broker."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, idle_timeout: float = 30.0) -> None:
         self._secret = secret.encode()
+        self._keepalive = idle_timeout / 2
+        """Seconds an idle pooled connection is kept: well under the other brokers' own
+        --idle-timeout (the same setting), so a request rarely meets one they just closed."""
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -59,7 +62,9 @@ class Forwarder:
             # An https internal URL is verified against the system's CAs (SSL_CERT_FILE and
             # SSL_CERT_DIR add a private one, as OpenSSL reads them).
             context = ssl.create_default_context()
-            connector = aiohttp.TCPConnector(limit=0, ssl=context, keepalive_timeout=60)
+            connector = aiohttp.TCPConnector(
+                limit=0, ssl=context, keepalive_timeout=self._keepalive
+            )
             session = self._session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=False,  # bytes pass as the connector sent them
@@ -156,8 +161,14 @@ class PeerExchange:
     async def _run(self, link: PeerLink, headers: CIMultiDict[str], body: bytes) -> None:
         events = self.events
         session = link.forwarder.session
+        url = link.url + HOP_PATH
         try:
-            response = await session.post(link.url + HOP_PATH, data=body, headers=headers)
+            try:
+                response = await session.post(url, data=body, headers=headers)
+            except aiohttp.ServerDisconnectedError:
+                # A pooled connection the other broker closed while it was idle, as the request
+                # left (its --idle-timeout is shorter than ours): once more, on a new one.
+                response = await session.post(url, data=body, headers=headers)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.warning(
                 "cannot reach the broker holding a connector", node=link.node, error=str(exc)

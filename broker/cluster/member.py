@@ -16,9 +16,9 @@ if TYPE_CHECKING:
 class Member:
     """What cluster mode adds to one broker (`Services.cluster`)."""
 
-    def __init__(self, secret: str, internal_url: str | None) -> None:
+    def __init__(self, secret: str, internal_url: str | None, idle_timeout: float) -> None:
         self.node = Node(internal_url)
-        self.forwarder = Forwarder(secret)
+        self.forwarder = Forwarder(secret, idle_timeout)
         self.registry: Registry | None = None
 
     def start(self, redis: Redis, hub: Hub) -> None:

@@ -271,3 +271,24 @@ async def test_without_cluster_mode_there_is_no_internal_route(make_broker: Make
         session.post(f"{broker.base_url}{HOP_PATH}", json=CHAT) as resp,
     ):
         assert resp.status == 404
+
+
+async def test_a_hop_connection_the_other_broker_closed_while_idle_is_replaced(
+    make_broker: MakeBroker,
+    make_connector: MakeConnector,
+    stub: StubLLM,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    store = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    a = await cluster_broker(make_broker, redis_url, store, idle_timeout=60.0)
+    b = await cluster_broker(make_broker, redis_url, store, idle_timeout=0.2)
+    await make_connector(b, stub.url)
+    await wait_models(a, {"stub-model"})
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.post(
+                f"{a.base_url}/v1/chat/completions", json=CHAT, headers=AUTH
+            ) as resp:
+                assert resp.status == 200
+            await asyncio.sleep(0.5)  # B closes the hop's idle connection meanwhile
