@@ -180,6 +180,8 @@ class Registry:
                 fresh = peer is None
                 if peer is None:
                     peer = self._peers[key] = PeerLink(forwarder, node_id, url, entry["k"])
+                before = (peer.models, peer.max_concurrency, peer.draining, peer.gate)
+                was_busy = peer.elsewhere
                 peer.url = url
                 peer.name = entry["name"]
                 peer.token_id = entry["token"]
@@ -191,7 +193,11 @@ class Registry:
                 peer.elsewhere = max(0, int(entry["load"]) - hub.load(peer))
                 if fresh:
                     hub.register(peer)
-                else:
+                elif (
+                    before != (peer.models, peer.max_concurrency, peer.draining, peer.gate)
+                    or peer.elsewhere < was_busy
+                ):
+                    # Only then: waiters look again (a slot may be free), the hub re-counts.
                     hub.models_changed(peer)
         for node_id, seen in list(self._seen.items()):
             if node_id not in records and now - seen >= self._expire:
