@@ -102,7 +102,7 @@ async def hop_endpoint(request: web.Request) -> web.StreamResponse:
         return error_response(request, 400, "invalid_request", message)
     principal = _principal(found)
     ticket = Ticket(principal, body, model, Lease(None), forwarded=True)
-    peers = member.peers
+    peers = frozenset(member.peers)
     lifecycle = services.lifecycle
     if lifecycle.draining or not services.hub.serves(model, exclude=peers, user=ticket.user):
         # No connector here takes it now (it left, this broker stops, or the registry was

@@ -161,12 +161,21 @@ class Registry:
         for node_id, raw in zip(ids, records, strict=True):
             if raw is not None:
                 found[node_id] = json.loads(raw)
-        self._seen = dict.fromkeys(found, now)
         self.apply(found, now)
 
-    def apply(self, records: dict[str, dict[str, Any]], now: float) -> None:
-        """Make the hub's peer links what `records` say; a broker not in them leaves unless
-        the last read found it less than `expire` seconds ago (Redis did not answer since)."""
+    def apply(
+        self, records: dict[str, dict[str, Any]], now: float, *, complete: bool = True
+    ) -> None:
+        """Make the hub's peer links what `records` (read at `now`, monotonic) say.
+
+        `complete`: they are every live broker's, so a broker not in them has left. Else
+        (Redis did not answer) a broker not in them leaves only once `expire` seconds have
+        passed since a read last found it.
+        """
+        if complete:
+            self._seen = dict.fromkeys(records, now)
+        else:
+            self._seen = {n: t for n, t in self._seen.items() if now - t < self._expire}
         hub, forwarder = self._hub, self._forwarder
         kept: set[tuple[str, str]] = set()
         for node_id, record in records.items():
@@ -199,13 +208,15 @@ class Registry:
                 ):
                     # Only then: waiters look again (a slot may be free), the hub re-counts.
                     hub.models_changed(peer)
-        for node_id, seen in list(self._seen.items()):
-            if node_id not in records and now - seen >= self._expire:
-                del self._seen[node_id]
         for key, peer in list(self._peers.items()):
             if key not in kept and (key[0] in records or key[0] not in self._seen):
                 del self._peers[key]
                 hub.unregister(peer)
+
+    @property
+    def reachable(self) -> bool | None:
+        """Whether the last write and read of the records worked (None before the first)."""
+        return self._reachable
 
     @property
     def peers(self) -> list[PeerLink]:
@@ -257,7 +268,7 @@ class Registry:
             except Exception as exc:  # Redis down or slow: bounded by the client's timeouts
                 self._dirty = self._dirty or announce
                 self._reached(False, str(exc))
-                self.apply({}, time.monotonic())
+                self.apply({}, time.monotonic(), complete=False)
             else:
                 self._reached(True)
             with contextlib.suppress(TimeoutError):
