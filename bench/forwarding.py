@@ -2,8 +2,10 @@
 
 Real processes on loopback: a Redis, two brokers in cluster mode (A and B), one connector
 attached to B and the bench stub behind it. Non-streamed requests, one at a time, alternate
-between the direct path (client -> B -> connector -> stub) and the forwarded one (client ->
-A -> B -> connector -> stub) in one run, so both see the same machine; the forwarded path's
+between the direct path (client -> B -> connector -> stub), B's internal route called by the
+client itself with a signature (B's share of the hop: client -> B's /internal/hop ->
+connector), and the forwarded one (client -> A -> B -> connector -> stub) in one run, so all
+see the same machine; the forwarded path's
 added latency is its p50 (p99) minus the direct path's. The issue's goal is at most 0.3 ms
 added at p50; the command prints the verdict and exits 0 whatever it says.
 
@@ -34,6 +36,8 @@ from bench.procs import (
     start_stub,
 )
 from bench.stats import summary_ms
+from broker.cluster import hopauth
+from broker.cluster.forwarding import HOP_PATH
 
 GOAL_MS = 0.3
 SECRET = "bench-cluster-secret-0123456789abcdef"
@@ -75,6 +79,19 @@ async def _wait_model(session: aiohttp.ClientSession, port: int) -> None:
     raise SystemExit(f"the broker on port {port} never listed {MODEL}")
 
 
+def _signed(request_id: str) -> dict[str, str]:
+    """The headers broker A would add: B's internal route alone, with A's part left out."""
+    user = hopauth.encode_user(("configured", ""))
+    target = "/v1/chat/completions"
+    return {
+        hopauth.HOP: hopauth.sign(SECRET.encode(), target, request_id, user, time.time()),
+        hopauth.PRINCIPAL: user,
+        hopauth.TARGET: target,
+        "X-Request-ID": request_id,
+        "Authorization": "",
+    }
+
+
 async def measure(requests: int, warmup: int, log_dir: Path) -> dict[str, Any]:
     """Run both paths in turns; the summaries (ms) per path and the added latency."""
     from tests.redisserver import free_port
@@ -88,18 +105,20 @@ async def measure(requests: int, warmup: int, log_dir: Path) -> dict[str, Any]:
         start_connector(children, port_b, stub_port)
         headers = {"Authorization": f"Bearer {USER_KEY}", "Content-Type": "application/json"}
         body = chat_body(SPEC, stream=False)
-        samples: dict[str, list[int]] = {"direct": [], "forwarded": []}
+        samples: dict[str, list[int]] = {"direct": [], "internal": [], "forwarded": []}
         async with aiohttp.ClientSession(headers=headers) as session:
             await _wait_model(session, port_b)
             await _wait_model(session, port_a)
             urls = {
                 "direct": f"http://127.0.0.1:{port_b}/v1/chat/completions",
+                "internal": f"http://127.0.0.1:{port_b}{HOP_PATH}",
                 "forwarded": f"http://127.0.0.1:{port_a}/v1/chat/completions",
             }
             for i in range(warmup + requests):
                 for path, url in urls.items():
+                    extra = _signed(f"bench-{i}") if path == "internal" else {}
                     start = time.perf_counter_ns()
-                    async with session.post(url, data=body) as resp:
+                    async with session.post(url, data=body, headers=extra) as resp:
                         await resp.read()
                         ok = resp.status == 200
                     took = time.perf_counter_ns() - start
@@ -112,6 +131,7 @@ async def measure(requests: int, warmup: int, log_dir: Path) -> dict[str, Any]:
     direct, forwarded = summary_ms(samples["direct"]), summary_ms(samples["forwarded"])
     return {
         "direct": direct,
+        "internal": summary_ms(samples["internal"]),
         "forwarded": forwarded,
         "added_p50_ms": forwarded["p50"] - direct["p50"],
         "added_p99_ms": forwarded["p99"] - direct["p99"],
@@ -119,7 +139,7 @@ async def measure(requests: int, warmup: int, log_dir: Path) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    direct, forwarded = result["direct"], result["forwarded"]
+    direct, internal, forwarded = result["direct"], result["internal"], result["forwarded"]
     added = result["added_p50_ms"]
     verdict = "pass" if added <= GOAL_MS else "fail"
     return "\n".join(
@@ -128,6 +148,8 @@ def table(result: dict[str, Any]) -> str:
             "| --- | --- | --- | --- | --- |",
             f"| direct (client → B → connector) | {direct['n']} | {direct['p50']:.3f}"
             f" | {direct['p90']:.3f} | {direct['p99']:.3f} |",
+            f"| B's internal route alone (client → B's hop route → connector) | {internal['n']}"
+            f" | {internal['p50']:.3f} | {internal['p90']:.3f} | {internal['p99']:.3f} |",
             f"| forwarded (client → A → B → connector) | {forwarded['n']}"
             f" | {forwarded['p50']:.3f} | {forwarded['p90']:.3f} | {forwarded['p99']:.3f} |",
             f"| added by the hop | | {added:.3f} | | {result['added_p99_ms']:.3f} |",
