@@ -4,7 +4,8 @@ A `PeerLink` stands for one connector another broker holds (from that broker's r
 the registry, `broker.cluster.registry`): the hub routes to it exactly as to a local link
 (least loaded, the holds, the gates), and the task driver (`broker.stream.trip`) opens a
 stream on it as on any link. Its stream, a `PeerExchange`, is one HTTP/1.1 request to the
-other broker's internal URL (`POST /internal/hop`, pooled keep-alive connections), signed
+other broker's internal URL (`POST /internal/hop`, pooled keep-alive connections of
+`broker.cluster.hopclient`), signed
 with the cluster secret (`broker.cluster.hopauth`); the other broker serves it from its own
 connectors only (`broker.api.hop`) and streams the answer back, which becomes the same
 events a connector's stream gives: a head, body bytes, the end, an error, or the link lost.
@@ -18,17 +19,18 @@ import asyncio
 import ssl
 import time
 from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
 
-import aiohttp
 import structlog
-from multidict import CIMultiDict
 
 from broker.cluster import hopauth
+from broker.cluster.hopclient import HopConnection, HopPool
 from broker.relay.gates import Gate
 from broker.relay.link import Inbox
 from broker.stream.headers import request_headers
 from broker.stream.machine import HOP_ERROR, USER_BLOCKED, LinkLost
 from shared import protocol as p
+from shared.http1 import Headers, request_bytes
 
 if TYPE_CHECKING:
     from broker.stream.call import Call
@@ -39,58 +41,40 @@ HOP_PATH: Final = "/internal/hop"
 WINDOW: Final = 256 * 1024
 """Body bytes a hop reads ahead of what reached the client before it stops reading (then
 TCP's own flow control holds the other broker, and so its connector)."""
-CONNECT_TIMEOUT: Final = 5.0
+_HOP_ERROR: Final = HOP_ERROR.lower()
 RETRYABLE: Final = {"no_connector_available": "over_capacity", USER_BLOCKED: USER_BLOCKED}
 """Error codes of the other broker that mean "try another connector", and the connector
 error each stands for in the stream machine."""
 
 
 class Forwarder:
-    """The HTTP client of the internal hop: one pool of keep-alive connections per broker."""
+    """The internal hop's client side: its signature, and its pool of keep-alive connections."""
 
     def __init__(self, secret: str, idle_timeout: float = 30.0) -> None:
         self._secret = secret.encode()
-        self._keepalive = idle_timeout / 2
-        """Seconds an idle pooled connection is kept: well under the other brokers' own
-        --idle-timeout (the same setting), so a request rarely meets one they just closed."""
-        self._session: aiohttp.ClientSession | None = None
+        # Idle connections are kept well under the other brokers' own --idle-timeout (the same
+        # setting), so a request rarely meets one they just closed.
+        self.pool = HopPool(keepalive=idle_timeout / 2)
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        session = self._session
-        if session is None:
-            # An https internal URL is verified against the system's CAs (SSL_CERT_FILE and
-            # SSL_CERT_DIR add a private one, as OpenSSL reads them).
-            context = ssl.create_default_context()
-            connector = aiohttp.TCPConnector(
-                limit=0, ssl=context, keepalive_timeout=self._keepalive
-            )
-            session = self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,  # bytes pass as the connector sent them
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT),
-            )
-        return session
-
-    def signed(self, call: Call, user: tuple[str, str]) -> dict[str, str]:
+    def signed(self, call: Call, user: tuple[str, str]) -> list[tuple[str, str]]:
         """The hop's own headers for `call`, made for `user` (id and display name)."""
         encoded = hopauth.encode_user(user)
         target = call.target
-        return {
-            hopauth.HOP: hopauth.sign(self._secret, target, call.request_id, encoded, time.time()),
-            hopauth.PRINCIPAL: encoded,
-            hopauth.TARGET: target,
-        }
+        return [
+            (
+                hopauth.HOP,
+                hopauth.sign(self._secret, target, call.request_id, encoded, time.time()),
+            ),
+            (hopauth.PRINCIPAL, encoded),
+            (hopauth.TARGET, target),
+        ]
 
     @property
     def secret(self) -> bytes:
         return self._secret
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self.pool.close()
 
 
 class PeerLink:
@@ -135,83 +119,124 @@ class PeerLink:
 
     def open(self, call: Call, body: bytes, user: tuple[str, str] = ("", "")) -> PeerExchange:
         """Forward the request to the broker holding the connector; its answer comes as events."""
-        headers = CIMultiDict(request_headers(call.headers, call.request_id))
-        headers.update(self.forwarder.signed(call, user))
-        exchange = PeerExchange()
-        exchange.start(self, headers, body)
+        headers = (
+            *request_headers(call.headers, call.request_id),
+            *self.forwarder.signed(call, user),
+        )
+        payload = request_bytes("POST", HOP_PATH, urlsplit(self.url).netloc, headers, body)
+        exchange = PeerExchange(self, payload)
+        exchange.start()
         return exchange
 
 
 class PeerExchange:
-    """One forwarded request: its answer as stream events, read by a task."""
+    """One forwarded request: its answer as stream events, from the connection's callbacks."""
 
-    __slots__ = ("_credit", "_pending", "_task", "events")
+    __slots__ = (
+        "_connection",
+        "_done",
+        "_link",
+        "_paused",
+        "_payload",
+        "_pending",
+        "_retried",
+        "_skip",
+        "_task",
+        "events",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, link: PeerLink, payload: bytes) -> None:
         self.events = Inbox()
-        self._pending = 0
-        """Body bytes read from the hop that have not reached the client yet."""
-        self._credit = asyncio.Event()
-        self._credit.set()
+        self._link = link
+        self._payload = payload
+        self._connection: HopConnection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._pending = 0
+        """Body bytes handed on that have not reached the client yet."""
+        self._paused = False
+        self._done = False
+        self._retried = False
+        self._skip = False
+        """The other broker answered a retryable error: its body is not the client's."""
 
-    def start(self, link: PeerLink, headers: CIMultiDict[str], body: bytes) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(link, headers, body))
+    def start(self) -> None:
+        connection = self._link.forwarder.pool.idle(self._link.url)
+        if connection is not None:
+            self._send(connection)
+        else:
+            self._task = asyncio.get_running_loop().create_task(self._connect())
 
-    async def _run(self, link: PeerLink, headers: CIMultiDict[str], body: bytes) -> None:
-        events = self.events
-        session = link.forwarder.session
-        url = link.url + HOP_PATH
+    async def _connect(self) -> None:
+        link = self._link
         try:
-            try:
-                response = await session.post(url, data=body, headers=headers)
-            except aiohttp.ServerDisconnectedError:
-                # A pooled connection the other broker closed while it was idle, as the request
-                # left (its --idle-timeout is shorter than ours): once more, on a new one.
-                response = await session.post(url, data=body, headers=headers)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            connection = await link.forwarder.pool.connect(link.url)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
             log.warning(
                 "cannot reach the broker holding a connector", node=link.node, error=str(exc)
             )
-            events.put_nowait(LinkLost(link.name))
+            self._lost()
             return
-        try:
-            code = response.headers.get(HOP_ERROR)
-            if code in RETRYABLE:
-                events.put_nowait(p.Error(0, RETRYABLE[code], ""))
-                return
-            head = tuple(
-                (name.decode("latin-1"), value.decode("latin-1"))
-                for name, value in response.raw_headers
-                if name.lower() != b"x-remotellm-hop-error"
-            )
-            events.put_nowait(p.ResponseHead(0, response.status, head))
-            content = response.content
-            while True:
-                chunk = await content.readany()
-                if not chunk:
-                    break
-                events.put_nowait(p.ResponseBody(0, chunk))
-                self._pending += len(chunk)
-                if self._pending > WINDOW:
-                    self._credit.clear()
-                    await self._credit.wait()
-            events.put_nowait(p.End(0))
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            events.put_nowait(LinkLost(link.name))
-            response.close()
-        except BaseException:
-            response.close()  # cancelled: the far broker sees its client leave
-            raise
-        else:
-            response.release()
+        self._send(connection)
+
+    def _send(self, connection: HopConnection) -> None:
+        self._connection = connection
+        connection.send(self, self._payload)
+
+    # -- the connection's callbacks -------------------------------------------------------
+
+    def on_head(self, status: int, headers: Headers) -> None:
+        code = next((v for k, v in headers if k.lower() == _HOP_ERROR), None)
+        if code in RETRYABLE:
+            self._skip = True
+            self.events.put_nowait(p.Error(0, RETRYABLE[code], ""))
+            return
+        if code is not None:
+            headers = tuple((k, v) for k, v in headers if k.lower() != _HOP_ERROR)
+        self.events.put_nowait(p.ResponseHead(0, status, headers))
+
+    def on_body(self, data: bytes) -> None:
+        if self._skip:
+            return
+        self.events.put_nowait(p.ResponseBody(0, data))
+        self._pending += len(data)
+        if self._pending > WINDOW and not self._paused and self._connection is not None:
+            self._paused = True
+            self._connection.pause()
+
+    def on_end(self) -> None:
+        self._done = True
+        self._connection = None
+        if not self._skip:
+            self.events.put_nowait(p.End(0))
+
+    def on_lost(self, answered: bool) -> None:
+        self._connection = None
+        if not answered and not self._retried:
+            # A kept-alive connection the other broker closed as the request left (idle past
+            # its --idle-timeout): once more, on a new one.
+            self._retried = True
+            self._task = asyncio.get_running_loop().create_task(self._connect())
+            return
+        self._lost()
+
+    def _lost(self) -> None:
+        self._done = True
+        self.events.put_nowait(LinkLost(self._link.name))
+
+    # -- the task driver's side -------------------------------------------------------------
 
     def delivered(self, n: int) -> None:
         self._pending -= n
-        if self._pending <= WINDOW:
-            self._credit.set()
+        if self._paused and self._pending <= WINDOW and self._connection is not None:
+            self._paused = False
+            self._connection.resume()
 
     def close(self, *, cancel: bool) -> None:
+        """The stream is over for this broker: a hop still open is closed, which the other
+        broker takes as its client leaving (it cancels the generation)."""
         task = self._task
         if task is not None and not task.done():
             task.cancel()
+        connection, self._connection = self._connection, None
+        if connection is not None and not self._done:
+            connection.release()
