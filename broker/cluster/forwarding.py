@@ -26,9 +26,9 @@ import structlog
 from broker.cluster import hopauth
 from broker.cluster.hopclient import HopConnection, HopPool
 from broker.relay.gates import Gate
-from broker.relay.link import Inbox
+from broker.relay.link import Inbox, Sink
 from broker.stream.headers import request_headers
-from broker.stream.machine import HOP_ERROR, USER_BLOCKED, LinkLost
+from broker.stream.machine import HOP_ERROR, USER_BLOCKED, LinkLost, StreamEvent
 from shared import protocol as p
 from shared.http1 import Headers, request_bytes
 
@@ -117,6 +117,11 @@ class PeerLink:
     def __repr__(self) -> str:
         return f"<PeerLink {self.name!r} on {self.node}>"
 
+    @property
+    def gone(self) -> bool:
+        """Never known closed here: a broker that went away fails the hop (a lost link)."""
+        return False
+
     def open(self, call: Call, body: bytes, user: tuple[str, str] = ("", "")) -> PeerExchange:
         """Forward the request to the broker holding the connector; its answer comes as events."""
         headers = (
@@ -136,6 +141,7 @@ class PeerExchange:
         "_connection",
         "_done",
         "_link",
+        "_owed",
         "_paused",
         "_payload",
         "_pending",
@@ -143,10 +149,15 @@ class PeerExchange:
         "_skip",
         "_task",
         "events",
+        "sink",
     )
 
     def __init__(self, link: PeerLink, payload: bytes) -> None:
         self.events = Inbox()
+        self.sink: Sink | None = None
+        """Takes the events as they come (`broker.stream.callbacktrip`); else they wait in
+        `events` for a task (`broker.stream.trip`)."""
+        self._owed = False
         self._link = link
         self._payload = payload
         self._connection: HopConnection | None = None
@@ -188,16 +199,16 @@ class PeerExchange:
         code = next((v for k, v in headers if k.lower() == _HOP_ERROR), None)
         if code in RETRYABLE:
             self._skip = True
-            self.events.put_nowait(p.Error(0, RETRYABLE[code], ""))
+            self._put(p.Error(0, RETRYABLE[code], ""))
             return
         if code is not None:
             headers = tuple((k, v) for k, v in headers if k.lower() != _HOP_ERROR)
-        self.events.put_nowait(p.ResponseHead(0, status, headers))
+        self._put(p.ResponseHead(0, status, headers))
 
     def on_body(self, data: bytes) -> None:
         if self._skip:
             return
-        self.events.put_nowait(p.ResponseBody(0, data))
+        self._put(p.ResponseBody(0, data))
         self._pending += len(data)
         if self._pending > WINDOW and not self._paused and self._connection is not None:
             self._paused = True
@@ -207,7 +218,7 @@ class PeerExchange:
         self._done = True
         self._connection = None
         if not self._skip:
-            self.events.put_nowait(p.End(0))
+            self._put(p.End(0))
 
     def on_lost(self, answered: bool) -> None:
         self._connection = None
@@ -221,7 +232,22 @@ class PeerExchange:
 
     def _lost(self) -> None:
         self._done = True
-        self.events.put_nowait(LinkLost(self._link.name))
+        self._put(LinkLost(self._link.name))
+        self.on_flush()
+
+    def _put(self, event: StreamEvent) -> None:
+        sink = self.sink
+        if sink is None:
+            self.events.put_nowait(event)
+        else:
+            sink.event(event)
+            self._owed = True
+
+    def on_flush(self) -> None:
+        sink = self.sink
+        if self._owed and sink is not None:
+            self._owed = False
+            sink.flush()
 
     # -- the task driver's side -------------------------------------------------------------
 

@@ -33,6 +33,9 @@ class Receiver(Protocol):
     def on_lost(self, answered: bool) -> None:
         """The connection ended before the answer did (`answered`: some of it came)."""
 
+    def on_flush(self) -> None:
+        """The bytes one read brought are handed on: write what they gave."""
+
 
 class HopConnection(asyncio.Protocol):
     """One connection to another broker, carrying one exchange at a time."""
@@ -86,6 +89,7 @@ class HopConnection(asyncio.Protocol):
                 self._pool.put(self)
             else:
                 self.abort()
+        receiver.on_flush()
 
     def eof_received(self) -> bool | None:
         return None
@@ -100,8 +104,9 @@ class HopConnection(asyncio.Protocol):
             self.parser.eof()
         except HTTPError:
             receiver.on_lost(self.answered)
-            return
-        receiver.on_end()  # a body read until the close
+        else:
+            receiver.on_end()  # a body read until the close
+        receiver.on_flush()
 
     def send(self, receiver: Receiver, payload: bytes) -> None:
         self.parser = ResponseParser()

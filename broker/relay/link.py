@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from broker.relay.gates import Gate, gate_for
+from broker.relay.hub import Link
 from broker.relay.socket import RelaySocket
 from broker.stream.headers import request_headers
 from broker.stream.machine import LinkLost, StreamEvent
@@ -111,8 +112,10 @@ class Sink(Protocol):
 
 
 class Opened(Protocol):
-    """One stream as the task driver reads it (`Exchange`, or a forwarded request's:
-    `broker.cluster.forwarding`)."""
+    """One stream as its drivers read it (`Exchange`, or a forwarded request's:
+    `broker.cluster.forwarding`): from `events` (a task), or through `sink` (callbacks)."""
+
+    sink: Sink | None
 
     @property
     def events(self) -> Inbox: ...
@@ -124,15 +127,16 @@ class Opened(Protocol):
         """The stream is over for the broker (`cancel`: the far side must stop it)."""
 
 
-class Route(Protocol):
+class Route(Link, Protocol):
     """Where the hub may send a request: a connector attached here (`ConnectorLink`) or one
     attached to another broker of the cluster (`broker.cluster.forwarding.PeerLink`)."""
 
     @property
-    def name(self) -> str: ...
+    def token_id(self) -> int | None: ...
 
     @property
-    def token_id(self) -> int | None: ...
+    def gone(self) -> bool:
+        """Closed already (the hub may still list it for a moment)."""
 
     def open(self, call: Call, body: bytes, user: tuple[str, str] = ("", "")) -> Opened:
         """Send the request (raises `Unsendable`, or `LinkLost` when the link just went)."""
