@@ -292,3 +292,44 @@ async def test_a_hop_connection_the_other_broker_closed_while_idle_is_replaced(
             ) as resp:
                 assert resp.status == 200
             await asyncio.sleep(0.5)  # B closes the hop's idle connection meanwhile
+
+
+async def test_a_broker_without_the_connector_any_more_sends_the_request_back_to_be_routed(
+    make_broker: MakeBroker, redis_url: str, tmp_path: Path
+) -> None:
+    """A's view is behind: B no longer holds the connector A forwards to. B answers with its
+    error code in the hop's header; A treats it as a busy connector (another one, or the hold),
+    and its client gets A's own 503, never B's header."""
+    store = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    a = await cluster_broker(make_broker, redis_url, store, connector_wait=0.5)
+    b = await cluster_broker(make_broker, redis_url, store)
+    stale = {
+        "url": b.base_url,
+        "links": [
+            {
+                "k": "gone",
+                "name": "left-b-a-moment-ago",
+                "models": ["stub-model"],
+                "cap": 4,
+                "load": 0,
+                "token": None,
+                "draining": False,
+                "gate": None,
+            }
+        ],
+    }
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.set(node_key("stale"), json.dumps(stale), px=int(EXPIRE * 1000))
+        await client.zadd(NODES, {"stale": time.time() + EXPIRE})
+        await client.publish(CHANGED, "stale")
+    finally:
+        await client.aclose()
+    await wait_models(a, {"stub-model"})
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{a.base_url}/v1/chat/completions", json=CHAT, headers=AUTH) as resp,
+    ):
+        assert resp.status == 503
+        assert "X-RemoteLLM-Hop-Error" not in resp.headers
+        assert (await resp.json())["error"]["code"] == "no_connector_available"
