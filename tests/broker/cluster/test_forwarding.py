@@ -333,3 +333,20 @@ async def test_a_broker_without_the_connector_any_more_sends_the_request_back_to
         assert resp.status == 503
         assert "X-RemoteLLM-Hop-Error" not in resp.headers
         assert (await resp.json())["error"]["code"] == "no_connector_available"
+
+
+async def test_a_large_answer_crosses_the_hop_whole_to_a_client_that_reads_late(
+    pair: Pair,
+) -> None:
+    """Past its read-ahead the hop stops reading until the client takes its part, then goes on:
+    every byte arrives, in order."""
+    size = 8 * 1024 * 1024
+    body = {**CHAT, "x_stub": {"mode": "big", "size": size}}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{pair.a.base_url}/v1/chat/completions", json=body, headers=AUTH) as resp,
+    ):
+        assert resp.status == 200
+        await asyncio.sleep(0.5)  # the client reads nothing yet
+        data = await resp.read()
+    assert data == b"x" * size
