@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from broker.cluster.registry import CHANGED, EXPIRE, NODES, node_key
 from broker.server import BrokerServer
 from tests.conftest import USER_KEY, MakeBroker, MakeConnector, RunningConnector, wait_models
 from tests.stub_llm import StubLLM, sse_event
+from tests.tlsca import use_system_store, write_private_ca
 
 SECRET = "c" * 40
 AUTH = {"Authorization": f"Bearer {USER_KEY}"}
@@ -350,3 +352,36 @@ async def test_a_large_answer_crosses_the_hop_whole_to_a_client_that_reads_late(
         await asyncio.sleep(0.5)  # the client reads nothing yet
         data = await resp.read()
     assert data == b"x" * size
+
+
+async def test_the_hop_uses_tls_when_the_brokers_do(
+    make_broker: MakeBroker,
+    make_connector: MakeConnector,
+    stub: StubLLM,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With TLS the internal URL is https://, and the hop verifies the other broker's
+    certificate against the system's trust store (a private CA through SSL_CERT_FILE)."""
+    ca_file, chain = write_private_ca(tmp_path)
+    use_system_store(monkeypatch, ca_file)
+    store = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    tls = {"tls_cert": chain, "tls_key": chain}
+    a = await cluster_broker(make_broker, redis_url, store, **tls)
+    b = await cluster_broker(make_broker, redis_url, store, **tls)
+    assert b.services.cluster is not None and b.services.cluster.node.url == b.base_url
+    assert b.base_url.startswith("https://")
+    await make_connector(
+        b.port, stub.url, broker_url=f"wss://127.0.0.1:{b.port}/relay", ca_file=str(ca_file)
+    )
+    await wait_models(a, {"stub-model"})
+    [peer] = peers(a)
+    assert peer.url.startswith("https://")
+    connector = aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=str(ca_file)))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(f"{a.base_url}/v1/chat/completions", json=CHAT, headers=AUTH) as resp,
+    ):
+        assert resp.status == 200
+        assert (await resp.json())["object"] == "chat.completion"
