@@ -385,3 +385,36 @@ async def test_the_hop_uses_tls_when_the_brokers_do(
     ):
         assert resp.status == 200
         assert (await resp.json())["object"] == "chat.completion"
+
+
+async def test_an_internal_url_on_its_own_port_is_listened_on_and_used(
+    make_broker: MakeBroker,
+    make_connector: MakeConnector,
+    stub: StubLLM,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """Each worker of `serve --workers N` shares the public port and has its own internal one."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        internal_port = probe.getsockname()[1]
+    internal = f"http://127.0.0.1:{internal_port}"
+    store = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    a = await cluster_broker(make_broker, redis_url, store)
+    b = await cluster_broker(make_broker, redis_url, store, internal_url=internal)
+    assert b.port != internal_port
+    await make_connector(b, stub.url)
+    await wait_models(a, {"stub-model"})
+    [peer] = peers(a)
+    assert peer.url == internal
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{a.base_url}/v1/chat/completions", json=CHAT, headers=AUTH) as resp,
+    ):
+        assert resp.status == 200
+    await b.stop()
+    with socket.socket() as probe:  # the internal port is let go with the broker
+        # (connections it closed may linger in TIME_WAIT; a listener would still refuse this)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", internal_port))
+        probe.listen()
