@@ -18,7 +18,7 @@ design cannot skip, done with the project's own code for it:
   decode their frames and write the HTTP response (chunked when it has no length, one
   write per read of the relay socket) with `X-Request-ID`. A client that hangs up sends a cancel.
 - bare connector: the mirror image, with the connector's own HTTP/1.1 client pieces
-  (`connector_app.core.http1.request_bytes` and `ResponseParser`) on keep-alive
+  (`shared.http1.request_bytes` and `ResponseParser`) on keep-alive
   connections to the stub, what arrives sent on at once, and masked frames as RFC 6455
   requires of a client.
 

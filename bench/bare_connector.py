@@ -16,11 +16,11 @@ import sys
 from collections import deque
 from typing import cast
 
-from connector_app.core.http1 import ResponseParser, request_bytes
 from shared import protocol as p
 from shared import upgrade
 from shared import websocket as ws
 from shared.eventloop import run
+from shared.http1 import ResponseParser, request_bytes
 from shared.signals import shutdown_signals
 
 

@@ -39,6 +39,8 @@ class _Connector:
     models: frozenset[str] = frozenset({MODEL})
     draining: bool = False
     gate: Gate | None = None
+    elsewhere: int = 0
+    remote: bool = False
 
 
 @dataclass

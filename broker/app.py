@@ -117,6 +117,20 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         await redis.aclose()
 
 
+async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Cluster mode: announce this broker's connectors and follow the other brokers'."""
+    services = app[SERVICES]
+    member = services.cluster
+    if member is None:
+        yield
+        return
+    member.start(services.redis, services.hub)
+    try:
+        yield
+    finally:
+        await member.stop()
+
+
 async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     # Any connector still attached at cleanup is told to come back later, not dropped.
@@ -238,6 +252,13 @@ def build_services(settings: BrokerSettings) -> Services:
         user_keys=Credentials(secret_values(settings.user_api_key)),
         connector_tokens=connector_tokens,
     )
+    if settings.cluster:
+        from broker.cluster.member import Member
+
+        assert settings.cluster_secret is not None  # the settings require it with redis_url
+        services.cluster = Member(
+            settings.cluster_secret.get_secret_value(), settings.internal_url, settings.idle_timeout
+        )
     return services
 
 
@@ -248,6 +269,7 @@ def create_app(settings: BrokerSettings) -> web.Application:
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_accounts_ctx)
     app.cleanup_ctx.append(_events_ctx)
+    app.cleanup_ctx.append(_cluster_ctx)
     app.cleanup_ctx.append(_connectors_ctx)
     for path in MODEL_ENDPOINTS:
         app.router.add_post(path, proxy_endpoint)
@@ -257,6 +279,11 @@ def create_app(settings: BrokerSettings) -> web.Application:
     app.router.add_get("/api/tags", ollama_tags_endpoint)
     app.router.add_get("/api/version", ollama_version_endpoint)
     app.router.add_get("/relay", relay_later)
+    if settings.cluster:
+        from broker.api.hop import hop_endpoint
+        from broker.cluster.forwarding import HOP_PATH
+
+        app.router.add_post(HOP_PATH, hop_endpoint)
     add_health_routes(app)
     app.router.add_get("/metrics", metrics_endpoint)
     setup_pairing(app)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -44,6 +45,8 @@ class BrokerServer:
             keepalive_timeout=settings.idle_timeout,
         )
         self._listener: asyncio.Server | None = None
+        self._internal: asyncio.Server | None = None
+        """Cluster mode, when --internal-url names another port: the internal hop's listener."""
         self._front: Front | None = None
         self._relay: Relay | None = None
         self.express: Express | None = None
@@ -78,6 +81,29 @@ class BrokerServer:
         )
         sockets = self._listener.sockets
         self.port = int(sockets[0].getsockname()[1]) if sockets else self.settings.port
+        member = self.services.cluster
+        if member is not None:
+            await self._listen_internal(http, context)
+            member.listening(self.settings.host, self.port, tls=context is not None)
+
+    async def _listen_internal(
+        self, http: Callable[[], asyncio.Protocol], context: ssl.SSLContext | None
+    ) -> None:
+        """Listen on --internal-url's port too when it is not the public one (each worker of
+        `serve --workers N` shares the public port and has its own internal one)."""
+        internal = self.settings.internal_url
+        if internal is None:
+            return
+        from broker.cluster.node import url_port  # cluster mode only
+
+        port = url_port(internal)
+        if port == self.port:
+            return
+        tls = context if internal.startswith("https:") else None
+        loop = asyncio.get_running_loop()
+        self._internal = await loop.create_server(
+            http, self.settings.host, port, ssl=tls, backlog=LISTEN_BACKLOG
+        )
 
     @property
     def hub(self) -> Hub:
@@ -96,6 +122,9 @@ class BrokerServer:
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
+        internal, self._internal = self._internal, None
+        if internal is not None:
+            internal.close()
         if self._front is not None:
             self._front.close_waiting()
         if self._relay is not None:
@@ -109,3 +138,5 @@ class BrokerServer:
         await self._runner.cleanup()
         if listener is not None:
             await listener.wait_closed()
+        if internal is not None:
+            await internal.wait_closed()

@@ -32,6 +32,8 @@ from broker.settings import BrokerSettings
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from broker.cluster.member import Member
+
 
 class NotStarted(RuntimeError):
     """A part the broker opens at start-up was asked for before the app started."""
@@ -52,6 +54,7 @@ class Services:
         "_store",
         "_store_probe",
         "changes",
+        "cluster",
         "connector_tokens",
         "hub",
         "lifecycle",
@@ -92,6 +95,9 @@ class Services:
         self._ledger: UsageLedger | None = None
         self._store_probe: StoreProbe | None = None
         self._redis: Redis | None = None
+        self.cluster: Member | None = None
+        """This broker as a cluster member (cluster mode only): its id, internal URL, registry
+        and the internal hop's client."""
 
     def opened(
         self,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -24,7 +24,7 @@ from broker.accounts.credentials import presented_key
 from broker.accounts.limits import Lease, Rejection
 from broker.accounts.principals import Denied, Principal
 from broker.api.errors import error_parts
-from broker.relay.link import ConnectorLink
+from broker.relay.link import Route
 from broker.services import Services
 from broker.stream.books import MAX_LOGGED_MODEL, close_books
 from broker.stream.call import Call
@@ -80,7 +80,7 @@ def permitted(principal: Principal, model: str) -> bool:
     return allowed is None or model in allowed
 
 
-def admit_now(services: Services, call: Call, body: bytes) -> tuple[Ticket, ConnectorLink] | None:
+def admit_now(services: Services, call: Call, body: bytes) -> tuple[Ticket, Route] | None:
     """Admit `call`, whose whole `body` is here, and pick its connector without waiting; or
     None with nothing changed (then `serve` takes it, and says why it is refused if it is)."""
     if services.lifecycle.draining:
@@ -96,12 +96,12 @@ def admit_now(services: Services, call: Call, body: bytes) -> tuple[Ticket, Conn
     link = hub.acquire_now(model, user)
     if link is None:
         return None
-    assert isinstance(link, ConnectorLink)
-    lease = services.limiter.admit_now(principal) if not link.gone else None
+    route = cast(Route, link)  # every link the hub holds is one
+    lease = services.limiter.admit_now(principal) if not route.gone else None
     if not isinstance(lease, Lease):
         hub.release(link, user)
         return None
-    return Ticket(principal, body, model, lease), link
+    return Ticket(principal, body, model, lease), route
 
 
 async def serve(services: Services, call: Call) -> None:

@@ -57,7 +57,7 @@ async def health_endpoint(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "status": "draining" if lifecycle.draining else "ok",
-            "connectors": len(hub.links),
+            "connectors": len(services.relay.links),
             "models": hub.served_count(),
             "in_flight": lifecycle.active,
             # Tells apart the processes behind one address (`serve --workers N`, a cluster).

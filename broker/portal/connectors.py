@@ -89,7 +89,8 @@ async def _views(request: web.Request, tokens: list[ConnectorToken]) -> list[Con
     hub = services.hub
     by_token: dict[int, list[ConnectorLink]] = defaultdict(list)
     for link in hub.links:
-        assert isinstance(link, ConnectorLink)
+        if not isinstance(link, ConnectorLink):
+            continue  # attached to another broker of the cluster
         if link.token_id is not None and not link.gone:
             by_token[link.token_id].append(link)
     served: dict[int, list[Served]] = defaultdict(list)

@@ -307,7 +307,8 @@ async def admin_page(request: web.Request) -> web.Response:
     users = await store.list_users()
     online = []
     for link in hub.links:
-        assert isinstance(link, ConnectorLink)
+        if not isinstance(link, ConnectorLink):
+            continue  # attached to another broker of the cluster
         token = tokens.get(link.token_id) if link.token_id is not None else None
         online.append(
             {

@@ -127,7 +127,7 @@ class Relay:
     def attach(self, link: ConnectorLink) -> None:
         self.links.add(link)
         self.hub.register(link)
-        self.metrics.connectors.set(len(self.hub.links))
+        self.metrics.connectors.set(len(self.links))
         if link.token_id is not None:
             # Its rule was read at the token check, up to a handshake ago: read it again, so
             # a change saved meanwhile applies now, not at the next periodic refresh.
@@ -136,7 +136,7 @@ class Relay:
     def detach(self, link: ConnectorLink) -> None:
         self.hub.unregister(link)
         self.links.discard(link)
-        self.metrics.connectors.set(len(self.hub.links))
+        self.metrics.connectors.set(len(self.links))
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a short background step, held until it ends (and awaited by settle())."""

@@ -37,6 +37,16 @@ class Link(Protocol):
     def gate(self) -> Gate | None:
         """Who may be sent here (`broker.relay.gates`); None: everyone."""
 
+    @property
+    def elsewhere(self) -> int:
+        """Slots in use that this hub did not hand out (another broker's, on a connector of
+        the cluster attached elsewhere: `broker.cluster.registry`); 0 for a local link."""
+
+    @property
+    def remote(self) -> bool:
+        """Attached to another broker of the cluster: reached over the internal hop, so a
+        local link as little loaded is preferred to it."""
+
 
 @dataclass(eq=False)
 class _Waiter:
@@ -106,6 +116,9 @@ class Hub:
         self._max_user_share = max_user_share
         self._sleepers = 0
         """Coroutines waiting on `_changed`: with none, a change needs no new Event."""
+        self.on_change: Callable[[Link], None] | None = None
+        """Told each link registered, unregistered or whose models or gate changed (cluster
+        mode's registry announces this broker's connectors to the others)."""
 
     # -- registry -------------------------------------------------------------
 
@@ -119,12 +132,17 @@ class Hub:
             del self._held[link]
             self._announce(link, frozenset())
         self._changed_for_waiters()
+        if self.on_change is not None:
+            self.on_change(link)
 
     def models_changed(self, link: Link) -> None:
-        """`link.models` may have changed: serve what it announces now."""
+        """`link.models` (or its gate, its capacity) may have changed: serve what it announces
+        now."""
         if link in self._load:
             self._announce(link, link.models)
         self._changed_for_waiters()
+        if self.on_change is not None:
+            self.on_change(link)
 
     def _changed_for_waiters(self) -> None:
         """The links changed: hand out what is free, and let every waiter look again (its
@@ -264,13 +282,16 @@ class Hub:
         ]
 
     def _pick(self, candidates: list[Link]) -> Link | None:
-        free = [link for link in candidates if self._load[link] < link.max_concurrency]
+        load = self._load
+        free = [link for link in candidates if load[link] + link.elsewhere < link.max_concurrency]
         if len(free) < 2:
             return free[0] if free else None
 
-        # Least loaded relative to capacity; ties rotate so equal connectors share work.
-        def key(link: Link) -> tuple[float, int]:
-            return (self._load[link] / link.max_concurrency, self._load[link])
+        # Least loaded relative to capacity (counting the slots other brokers of a cluster use),
+        # a local link before a remote one as loaded; ties rotate so equal connectors share work.
+        def key(link: Link) -> tuple[float, int, bool]:
+            used = load[link] + link.elsewhere
+            return (used / link.max_concurrency, used, link.remote)
 
         lowest = min(key(link) for link in free)
         best = [link for link in free if key(link) == lowest]
@@ -366,7 +387,8 @@ class Hub:
         slot never stays idle while a request that could use it waits.
         """
         while self._queue:
-            free = [link for link in self._load if self._load[link] < link.max_concurrency]
+            load = self._load
+            free = [link for link in load if load[link] + link.elsewhere < link.max_concurrency]
             if not free:
                 return
             if not self._hand_out(free, capped=True) and not self._hand_out(free, capped=False):

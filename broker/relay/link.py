@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from broker.relay.gates import Gate, gate_for
+from broker.relay.hub import Link
 from broker.relay.socket import RelaySocket
 from broker.stream.headers import request_headers
 from broker.stream.machine import LinkLost, StreamEvent
@@ -110,6 +111,37 @@ class Sink(Protocol):
         """The relay message that carried the last events is done: write what they gave."""
 
 
+class Opened(Protocol):
+    """One stream as its drivers read it (`Exchange`, or a forwarded request's:
+    `broker.cluster.forwarding`): from `events` (a task), or through `sink` (callbacks)."""
+
+    sink: Sink | None
+
+    @property
+    def events(self) -> Inbox: ...
+
+    def delivered(self, n: int) -> None:
+        """`n` body bytes reached the client: the sender may send more."""
+
+    def close(self, *, cancel: bool) -> None:
+        """The stream is over for the broker (`cancel`: the far side must stop it)."""
+
+
+class Route(Link, Protocol):
+    """Where the hub may send a request: a connector attached here (`ConnectorLink`) or one
+    attached to another broker of the cluster (`broker.cluster.forwarding.PeerLink`)."""
+
+    @property
+    def token_id(self) -> int | None: ...
+
+    @property
+    def gone(self) -> bool:
+        """Closed already (the hub may still list it for a moment)."""
+
+    def open(self, call: Call, body: bytes, user: tuple[str, str] = ("", "")) -> Opened:
+        """Send the request (raises `Unsendable`, or `LinkLost` when the link just went)."""
+
+
 @dataclass(eq=False)
 class Exchange:
     """The broker's end of one stream: events from the connector, in order."""
@@ -172,6 +204,11 @@ class ConnectorLink:
         "token_id",
         "window",
     )
+
+    elsewhere = 0
+    """Slots used on it that this broker's hub did not hand out: none (`broker.relay.hub.Link`)."""
+    remote = False
+    """Attached here, not to another broker of the cluster."""
 
     def __init__(
         self, relay: Keeper, socket: RelaySocket, hello: p.Hello, window: int, token_id: int | None

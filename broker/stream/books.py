@@ -47,6 +47,7 @@ def close_books(
     prompt_tokens: int | None = None,
     completion_tokens: int | None = None,
     ttfb: float | None = None,
+    usage: bool = True,
 ) -> None:
     """Count a finished request: in the metrics (under `label`), the log and the ledger.
 
@@ -67,6 +68,8 @@ def close_books(
         user=principal.username if principal is not None else None,
         duration_ms=round(elapsed * 1000, 1),
     )
+    if not usage:
+        return  # the broker that forwarded it writes its row
     services.ledger.record(
         UsageRow(
             time=time.time(),
@@ -135,4 +138,5 @@ def settle(services: Services, call: Call, ticket: Ticket, machine: StreamMachin
         prompt_tokens=outcome.prompt_tokens,
         completion_tokens=outcome.completion_tokens,
         ttfb=outcome.ttfb,
+        usage=not ticket.forwarded,
     )

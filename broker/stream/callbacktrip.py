@@ -25,7 +25,8 @@ import structlog
 
 from broker.api.admission import admit_now
 from broker.edge.expresscall import ExpressCall
-from broker.relay.link import ConnectorLink, Exchange, Unsendable
+from broker.relay.hub import Link
+from broker.relay.link import Opened, Route, Unsendable
 from broker.stream import books
 from broker.stream.machine import (
     Action,
@@ -110,8 +111,8 @@ class CallbackTrip:
         call: ExpressCall,
         owner: Owner,
         ticket: Ticket,
-        link: ConnectorLink,
-        exchange: Exchange,
+        link: Route,
+        exchange: Opened,
     ) -> None:
         self.call = call
         self.owner = owner
@@ -289,7 +290,7 @@ class CallbackTrip:
         task = self.owner.go_async(self.call, self._resume([self.link]))
         task.add_done_callback(self._never_ran)
 
-    async def _resume(self, tried: list[ConnectorLink]) -> None:
+    async def _resume(self, tried: list[Link]) -> None:
         self.task_began = True
         try:
             await Trip(self.services, self.call, self.ticket, self.machine).resume([*tried])

@@ -53,6 +53,10 @@ BLOCKED_MESSAGE: Final = "The owner of this connector does not serve you."
 """What a user a connector blocks is told when the broker knew it before asking (the
 connector's own words for it)."""
 
+HOP_ERROR: Final = "X-RemoteLLM-Hop-Error"
+"""On an error response a broker made itself for a forwarded request: its code (the
+forwarding broker retries another connector for `no_connector_available` and `user_blocked`)."""
+
 STREAMING_TYPES: Final = ("text/event-stream", "application/x-ndjson")
 
 WAITING: Final = 0
@@ -162,6 +166,7 @@ class StreamMachine:
         "connector_done",
         "connector_id",
         "failed",
+        "hop",
         "method",
         "path",
         "request_id",
@@ -171,8 +176,14 @@ class StreamMachine:
         "ttfb",
     )
 
-    def __init__(self, method: str, path: str, request_id: str, started: float) -> None:
+    def __init__(
+        self, method: str, path: str, request_id: str, started: float, *, hop: bool = False
+    ) -> None:
         self.method = method
+        self.hop = hop
+        """The client is another broker of the cluster (`broker.cluster.forwarding`): it adds
+        the response headers of its own client itself, and reads a complete error response's
+        code from `HOP_ERROR`."""
         self.path = path
         self.request_id = request_id
         self.started = started
@@ -293,10 +304,11 @@ class StreamMachine:
 
     def _head(self, status: int, headers: p.Headers) -> Start:
         relayed, length, content_type = relayable(headers)
-        relayed.append(("X-Request-ID", self.request_id))
-        if content_type.startswith(STREAMING_TYPES):
-            relayed.append(("Cache-Control", "no-cache"))
-            relayed.append(("X-Accel-Buffering", "no"))
+        if not self.hop:
+            relayed.append(("X-Request-ID", self.request_id))
+            if content_type.startswith(STREAMING_TYPES):
+                relayed.append(("Cache-Control", "no-cache"))
+                relayed.append(("X-Accel-Buffering", "no"))
         # A bodiless status must not carry bytes onto the client's keep-alive connection.
         self._no_body = bodiless(self.method, status)
         self._sized = length is not None
@@ -370,6 +382,8 @@ class StreamMachine:
         if not started:
             self.status = status
             parts = error_parts(self.path, status, code, message, retry_after=retry_after)
+            if self.hop:
+                parts[0][HOP_ERROR] = code
             return Failure(status, code, message, reply=parts)
         self.failed = True
         if self._sized:

@@ -18,6 +18,9 @@ class Ticket:
     model: str
     lease: Lease
     """The key's slot, given back (with the tokens to charge) when the request is counted."""
+    forwarded: bool = False
+    """Another broker of the cluster admitted it and forwarded it here: that broker counts
+    it against the key and writes its usage row."""
 
     @property
     def user(self) -> Hashable:

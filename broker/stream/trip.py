@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import structlog
 
 from broker.relay.hub import Link, NoConnector
-from broker.relay.link import ConnectorLink, Exchange, Unsendable
+from broker.relay.link import Opened, Route, Unsendable
 from broker.stream import books
 from broker.stream.call import Call
 from broker.stream.deadline import within
@@ -119,10 +119,10 @@ class Trip:
                 )
             except NoConnector as exc:
                 return await self._fail(self.machine.no_connector(exc.reason, model))
-            assert isinstance(link, ConnectorLink)
             try:
-                self.machine.routed(link.name, link.token_id)
-                retry = await self._exchange(link)
+                route = cast(Route, link)  # every link the hub holds is one
+                self.machine.routed(route.name, route.token_id)
+                retry = await self._exchange(route)
             finally:
                 hub.release(link, user)
             if retry is None:
@@ -130,7 +130,7 @@ class Trip:
             books.retrying(self.call, retry, link.name)
             tried.append(link)
 
-    async def _exchange(self, link: ConnectorLink) -> Retry | None:
+    async def _exchange(self, link: Route) -> Retry | None:
         try:
             exchange = link.open(self.call, self.ticket.body, self.ticket.principal.relayed)
         except Unsendable as unsendable:
@@ -146,7 +146,7 @@ class Trip:
         finally:
             exchange.close(cancel=not self.machine.connector_done)
 
-    async def _pump(self, exchange: Exchange) -> Retry | None:
+    async def _pump(self, exchange: Opened) -> Retry | None:
         """Feed the machine the stream's events and perform what it asks, until it is done."""
         machine, events = self.machine, exchange.events
         while True:
@@ -173,7 +173,7 @@ class Trip:
             await self._fail(action)
             return None
 
-    async def _write(self, exchange: Exchange, data: bytes, received: int) -> Action | None:
+    async def _write(self, exchange: Opened, data: bytes, received: int) -> Action | None:
         """Write body bytes, with those of the bodies already waiting (in one write): the
         action of the first other event that was waiting, if one was."""
         events, machine = exchange.events, self.machine

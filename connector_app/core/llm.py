@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from connector_app.core.http1 import HTTPError
 from connector_app.core.pool import Connection, Listener, Pool, Response
+from shared.http1 import HTTPError
 from shared.protocol import Headers
 
 

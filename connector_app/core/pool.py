@@ -7,7 +7,7 @@ pool, bodies streamed as they arrive, and status, headers and body bytes passed 
 unchanged.
 
 `Connection` is the asyncio protocol that pumps a socket through the sans-I/O
-`ResponseParser` (`connector_app.core.http1`); `Pool` keeps connections.
+`ResponseParser` (`shared.http1`); `Pool` keeps connections.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from contextlib import asynccontextmanager
 from typing import Final, Protocol, cast
 from urllib.parse import urlsplit
 
-from connector_app.core.http1 import Headers, HTTPError, ResponseParser, request_bytes
 from connector_app.core.trust import client_context
 from connector_app.core.wakeup import Wakeup
+from shared.http1 import Headers, HTTPError, ResponseParser, request_bytes
 
 HIGH_WATER: Final = 256 * 1024
 """Body bytes buffered per connection before the socket stops being read."""

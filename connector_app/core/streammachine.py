@@ -31,10 +31,10 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Final
 
-from connector_app.core.http1 import HTTPError
 from shared import protocol as p
 from shared.endpoints import is_relayable
 from shared.flow import SendCredit
+from shared.http1 import HTTPError
 
 RECEIVING: Final = 0
 """The request's head came; its body and end may follow."""

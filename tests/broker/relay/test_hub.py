@@ -24,6 +24,8 @@ class FakeLink:
     max_concurrency: int = 1
     draining: bool = False
     gate: Gate | None = None
+    elsewhere: int = 0
+    remote: bool = False
 
 
 def link(name: str, *models: str, cap: int = 1) -> FakeLink:
@@ -788,3 +790,27 @@ async def test_a_gate_that_changes_wakes_the_waiters_to_look_again() -> None:
         async with asyncio.timeout(GUARD):
             await waiting
     assert caught.value.reason == "refused"
+
+
+async def test_least_loaded_counts_the_slots_other_brokers_use() -> None:
+    """A connector of the cluster busy with other brokers' requests (`elsewhere`) is as
+    loaded as one this hub filled itself; at capacity, it is not handed out."""
+    hub = Hub()
+    here, there = link("here", "m", cap=4), link("there", "m", cap=4)
+    hub.register(here)
+    hub.register(there)
+    there.elsewhere = 2
+    assert await acquire(hub) is here
+    assert await acquire(hub) is here  # 1 of 4 here against 2 of 4 there
+    assert {await acquire(hub), await acquire(hub)} == {here, there}  # 2 and 2: rotate
+    there.elsewhere = 4
+    assert hub.acquire_now("m") is here
+
+
+async def test_a_local_link_is_preferred_to_a_remote_one_as_loaded() -> None:
+    hub = Hub()
+    there, here = link("there", "m", cap=2), link("here", "m", cap=2)
+    there.remote = True
+    hub.register(there)
+    hub.register(here)
+    assert [await acquire(hub) for _ in range(4)] == [here, there, here, there]

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from connector_app.core.http1 import MAX_HEAD, HTTPError, ResponseParser, request_bytes
 from connector_app.core.pool import Pool
+from shared.http1 import MAX_HEAD, HTTPError, ResponseParser, request_bytes
 
 # ---------------------------------------------------------------------------
 # ResponseParser (no sockets)

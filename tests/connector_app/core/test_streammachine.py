@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from connector_app.core.http1 import HTTPError
 from connector_app.core.streammachine import (
     CALLING,
     CANCELLED,
@@ -29,6 +28,7 @@ from connector_app.core.streammachine import (
     on_closed_stream,
 )
 from shared import protocol as p
+from shared.http1 import HTTPError
 
 SID = 7
 HEAD = p.RequestHead(SID, "POST", "/v1/chat/completions", (("content-type", "json"),), "r7")

@@ -10,7 +10,6 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector_app.core.http1 import HTTPError
 from connector_app.core.streammachine import (
     CALLING,
     CANCELLED,
@@ -20,6 +19,7 @@ from connector_app.core.streammachine import (
     StreamStateError,
 )
 from shared import protocol as p
+from shared.http1 import HTTPError
 from tests.connector_app.core.test_streammachine import SID, machine, snapshot
 
 Event = tuple[str, int]

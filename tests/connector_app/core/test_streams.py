@@ -11,11 +11,11 @@ from typing import Any, cast
 import pytest
 
 from connector_app.core.activity import RequestEvents
-from connector_app.core.http1 import HTTPError
 from connector_app.core.llm import LocalLLM
 from connector_app.core.status import StatusBoard
 from connector_app.core.streams import Streams
 from shared import protocol as p
+from shared.http1 import HTTPError
 
 
 class FailingLLM:

@@ -1,8 +1,10 @@
-"""HTTP/1.1 for the hop from the connector to its local LLM server, sans I/O.
+"""HTTP/1.1 for a lean client, sans I/O: the connector's hop to its local LLM server, and a
+broker's internal hop to another broker of its cluster.
 
 `request_bytes` writes one request; `ResponseParser` turns the bytes that come back
 into the status, the headers and the body bytes (length-framed, chunked, or until
-close), passed on unchanged. `connector_app.core.pool` pumps sockets through them.
+close), passed on unchanged. `connector_app.core.pool` and `broker.cluster.hopclient` pump
+sockets through them.
 """
 
 from __future__ import annotations
