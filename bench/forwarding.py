@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import sys
 import tempfile
@@ -79,12 +80,33 @@ async def _wait_model(session: aiohttp.ClientSession, port: int) -> None:
     raise SystemExit(f"the broker on port {port} never listed {MODEL}")
 
 
-def _signed(request_id: str) -> dict[str, str]:
+async def _node_of(redis_url: str, port: int) -> str:
+    """The instance id of the broker listening on `port`, from its record in Redis."""
+    from redis.asyncio import Redis
+
+    from broker.cluster.registry import NODES, node_key
+
+    client = Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for raw in await client.zrange(NODES, 0, -1):
+                record = await client.get(node_key(raw.decode()))
+                if record and json.loads(record)["url"].endswith(f":{port}"):
+                    return str(raw.decode())
+            await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
+    raise SystemExit(f"no broker on port {port} announced itself in Redis")
+
+
+def _signed(request_id: str, node: str, body: bytes) -> dict[str, str]:
     """The headers broker A would add: B's internal route alone, with A's part left out."""
     user = hopauth.encode_user(("configured", ""))
     target = "/v1/chat/completions"
+    secret = SECRET.encode()
     return {
-        hopauth.HOP: hopauth.sign(SECRET.encode(), target, request_id, user, time.time()),
+        hopauth.HOP: hopauth.sign(secret, node, target, request_id, user, body, time.time()),
         hopauth.PRINCIPAL: user,
         hopauth.TARGET: target,
         "X-Request-ID": request_id,
@@ -109,6 +131,7 @@ async def measure(requests: int, warmup: int, log_dir: Path) -> dict[str, Any]:
         async with aiohttp.ClientSession(headers=headers) as session:
             await _wait_model(session, port_b)
             await _wait_model(session, port_a)
+            node_b = await _node_of(redis_url, port_b)
             urls = {
                 "direct": f"http://127.0.0.1:{port_b}/v1/chat/completions",
                 "internal": f"http://127.0.0.1:{port_b}{HOP_PATH}",
@@ -116,7 +139,7 @@ async def measure(requests: int, warmup: int, log_dir: Path) -> dict[str, Any]:
             }
             for i in range(warmup + requests):
                 for path, url in urls.items():
-                    extra = _signed(f"bench-{i}") if path == "internal" else {}
+                    extra = _signed(f"bench-{i}", node_b, body) if path == "internal" else {}
                     start = time.perf_counter_ns()
                     async with session.post(url, data=body, headers=extra) as resp:
                         await resp.read()

@@ -104,6 +104,9 @@ class BrokerServer:
         self._internal = await loop.create_server(
             http, self.settings.host, port, ssl=tls, backlog=LISTEN_BACKLOG
         )
+        member = self.services.cluster
+        if member is not None:
+            member.private_port = port  # the hop is answered there only, not on the public port
 
     @property
     def hub(self) -> Hub:

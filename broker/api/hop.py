@@ -26,7 +26,7 @@ from broker.api.responses import error_response
 from broker.cluster import hopauth
 from broker.edge.aiohttpcall import AiohttpCall
 from broker.services import SERVICES
-from broker.stream.machine import StreamMachine
+from broker.stream.machine import HOP_ERROR, StreamMachine
 from broker.stream.ticket import Ticket
 from broker.stream.trip import Trip
 
@@ -73,6 +73,27 @@ def _principal(user: tuple[str, str]) -> Principal:
     )
 
 
+def _local_port(request: web.Request) -> int | None:
+    transport = request.transport
+    name = transport.get_extra_info("sockname") if transport is not None else None
+    return int(name[1]) if isinstance(name, tuple) and len(name) >= 2 else None
+
+
+def _refused(request: web.Request, status: int) -> web.Response:
+    """A hop without a good signature: said in `HOP_ERROR` too, so a broker of the cluster
+    that sent it answers its client 502 (and logs why) instead of passing this on."""
+    message = (
+        "This is the cluster's internal route; it needs the cluster secret's signature."
+        if status == 401
+        else "The cluster signature is wrong, stale or already used; check that every broker"
+        " has the same cluster secret and a synchronised clock."
+    )
+    code = "missing_cluster_signature" if status == 401 else "invalid_cluster_signature"
+    response = error_response(request, status, code, message)
+    response.headers[HOP_ERROR] = code
+    return response
+
+
 async def hop_endpoint(request: web.Request) -> web.StreamResponse:
     """POST /internal/hop: serve a forwarded request from this broker's own connectors."""
     services = request.app[SERVICES]
@@ -80,22 +101,26 @@ async def hop_endpoint(request: web.Request) -> web.StreamResponse:
     call_id = request.headers.get("X-Request-ID", "")
     if member is None:  # pragma: no cover - the route exists in cluster mode only
         raise web.HTTPNotFound()
-    found = hopauth.verify(member.forwarder.secret, request.headers, call_id)
-    if isinstance(found, int):
-        message = (
-            "This is the cluster's internal route; it needs the cluster secret's signature."
-            if found == 401
-            else "The cluster signature is wrong or stale; check that every broker has the same"
-            " cluster secret and a synchronised clock."
-        )
-        code = "missing_cluster_signature" if found == 401 else "invalid_cluster_signature"
-        return error_response(request, found, code, message)
+    if member.private_port is not None and _local_port(request) != member.private_port:
+        raise web.HTTPNotFound()  # answered as for any unknown path (broker.app)
+    if not hopauth.signature_given(request.headers):
+        return _refused(request, 401)
     settings = services.settings
-    target = request.headers[hopauth.TARGET]
+    target = request.headers.get(hopauth.TARGET, "")
     call = HopCall(request, settings.body_timeout, settings.stall_timeout, target)
     started = time.perf_counter()
     machine = StreamMachine(call.method, call.path, call.request_id, started, hop=True)
     body = await call.read(settings.max_body_size)
+    found = hopauth.verify(
+        member.forwarder.secret,
+        member.node.id,
+        request.headers,
+        call_id,
+        body or b"",
+        member.replays,
+    )
+    if isinstance(found, int):
+        return _refused(request, found)
     model = model_of(body, call.path) if body is not None else None
     if body is None or model is None:
         message = "The forwarded request has no readable body or model."

@@ -42,6 +42,8 @@ WINDOW: Final = 256 * 1024
 """Body bytes a hop reads ahead of what reached the client before it stops reading (then
 TCP's own flow control holds the other broker, and so its connector)."""
 _HOP_ERROR: Final = HOP_ERROR.lower()
+REFUSED_SIGNATURE: Final = frozenset({"missing_cluster_signature", "invalid_cluster_signature"})
+"""The other broker's codes for a hop it does not trust."""
 RETRYABLE: Final = {"no_connector_available": "over_capacity", USER_BLOCKED: USER_BLOCKED}
 """Error codes of the other broker that mean "try another connector", and the connector
 error each stands for in the stream machine."""
@@ -56,14 +58,18 @@ class Forwarder:
         # setting), so a request rarely meets one they just closed.
         self.pool = HopPool(keepalive=idle_timeout / 2)
 
-    def signed(self, call: Call, user: tuple[str, str]) -> list[tuple[str, str]]:
-        """The hop's own headers for `call`, made for `user` (id and display name)."""
+    def signed(
+        self, call: Call, user: tuple[str, str], node: str, body: bytes
+    ) -> list[tuple[str, str]]:
+        """The hop's own headers for `call` with `body`, made for `user` (id and display
+        name), good only at the broker `node`."""
         encoded = hopauth.encode_user(user)
         target = call.target
+        secret, request_id = self._secret, call.request_id
         return [
             (
                 hopauth.HOP,
-                hopauth.sign(self._secret, target, call.request_id, encoded, time.time()),
+                hopauth.sign(secret, node, target, request_id, encoded, body, time.time()),
             ),
             (hopauth.PRINCIPAL, encoded),
             (hopauth.TARGET, target),
@@ -126,7 +132,7 @@ class PeerLink:
         """Forward the request to the broker holding the connector; its answer comes as events."""
         headers = (
             *request_headers(call.headers, call.request_id),
-            *self.forwarder.signed(call, user),
+            *self.forwarder.signed(call, user, self.node, body),
         )
         payload = request_bytes("POST", HOP_PATH, urlsplit(self.url).netloc, headers, body)
         exchange = PeerExchange(self, payload)
@@ -197,6 +203,18 @@ class PeerExchange:
 
     def on_head(self, status: int, headers: Headers) -> None:
         code = next((v for k, v in headers if k.lower() == _HOP_ERROR), None)
+        if code in REFUSED_SIGNATURE:
+            # Never the client's answer: the cluster is misconfigured (secrets or clocks
+            # differ). Said loudly, and the request is tried elsewhere as after a lost link.
+            log.error(
+                "a broker of the cluster refused this broker's signature; check that every"
+                " broker has the same --cluster-secret and a synchronised clock",
+                node=self._link.node,
+                code=code,
+            )
+            self._skip = True
+            self._lost()
+            return
         if code in RETRYABLE:
             self._skip = True
             self._put(p.Error(0, RETRYABLE[code], ""))

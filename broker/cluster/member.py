@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from broker.cluster.forwarding import Forwarder, PeerLink
+from broker.cluster.hopauth import Replays
 from broker.cluster.node import Node
 from broker.cluster.registry import Registry
 from broker.relay.hub import Hub
@@ -19,6 +20,11 @@ class Member:
     def __init__(self, secret: str, internal_url: str | None, idle_timeout: float) -> None:
         self.node = Node(internal_url)
         self.forwarder = Forwarder(secret, idle_timeout)
+        self.replays = Replays()
+        self.private_port: int | None = None
+        """The port of the internal listener, when it has one of its own: the internal hop is
+        answered there only, so the load balancer's public port never offers it."""
+        """The hop signatures this broker has accepted lately: each is served once."""
         self.registry: Registry | None = None
 
     def start(self, redis: Redis, hub: Hub) -> None:
