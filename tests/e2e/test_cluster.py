@@ -10,6 +10,7 @@ Every wait is bounded by `asyncio.timeout`; nothing asserts milliseconds.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -23,12 +24,14 @@ import pytest_asyncio
 from broker.accounts.store import Store
 from tests.clusterharness import CLUSTER_SECRET, KEY, Broker, Cluster, running_cluster
 from tests.e2e.test_processes import Proc
+from tests.fake_gitlab import CLIENT_ID, CLIENT_SECRET, FakeGitLab
 from tests.stub_llm import SSE_DONE, StubLLM, sse_event
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.asyncio(loop_scope="module")]
 
 HEADERS = {"Authorization": f"Bearer {KEY}"}
 CONNECTOR_WAIT = 10
+KEY_PATTERN = re.compile(r"sk-[0-9A-Za-z]{38}")
 
 
 @dataclass
@@ -42,8 +45,16 @@ async def served() -> AsyncIterator[Served]:
     """The module's cluster (three brokers, HAProxy) and one connector to one stub LLM."""
     stub = StubLLM()
     await stub.start()
+    gitlab = FakeGitLab()
+    await gitlab.start()
+    portal = [
+        "--public-url={lb_url}",
+        f"--gitlab-url={gitlab.url}",
+        f"--gitlab-client-id={CLIENT_ID}",
+        f"--gitlab-client-secret={CLIENT_SECRET}",
+    ]
     try:
-        async with running_cluster(3, f"--connector-wait={CONNECTOR_WAIT}") as cluster:
+        async with running_cluster(3, f"--connector-wait={CONNECTOR_WAIT}", *portal) as cluster:
             await cluster.start_connector(stub.url, "only")
             # Every broker serves the model once the holder's record has reached the others.
             async with asyncio.timeout(20), aiohttp.ClientSession() as session:
@@ -55,6 +66,7 @@ async def served() -> AsyncIterator[Served]:
         for gate in stub.gates.values():
             gate.set()
         await stub.stop()
+        await gitlab.stop()
 
 
 async def chat(
@@ -277,6 +289,43 @@ async def test_a_revoked_key_is_refused_by_every_broker_within_a_second(served: 
                         break
                     assert status == 200
                     await asyncio.sleep(0.05)
+
+
+async def page(session: aiohttp.ClientSession, url: str) -> str:
+    async with asyncio.timeout(10), session.get(url, allow_redirects=False) as response:
+        assert response.status == 200, f"{url}: {response.status}"
+        return await response.text()
+
+
+async def test_a_key_shown_once_on_one_broker_is_not_shown_again_on_another(
+    served: Served,
+) -> None:
+    cluster = served.cluster
+    a, b, c = cluster.brokers
+    # Every broker is 127.0.0.1 (ports do not separate cookies): one browser, one cookie.
+    async with (
+        asyncio.timeout(30),
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser,
+    ):
+        # Sign-in starts through HAProxy; GitLab sends the browser back to the public address
+        # (HAProxy's), answered here by B as HAProxy might.
+        async with browser.get(f"{cluster.url}/login", allow_redirects=False) as started:
+            authorize = started.headers["Location"]
+        async with browser.get(authorize, allow_redirects=False) as granted:
+            callback = granted.headers["Location"]
+        assert callback.startswith(f"{cluster.url}/auth/callback?")
+        back = b.url + callback.removeprefix(cluster.url)
+        async with browser.get(back, allow_redirects=False) as done:
+            assert (done.status, done.headers["Location"]) == (302, "/portal")
+        # The first key, made on B, is shown on C, once: not on A, nor through HAProxy.
+        shown = set(KEY_PATTERN.findall(await page(browser, f"{c.url}/portal")))
+        assert len(shown) == 1
+        assert not KEY_PATTERN.search(await page(browser, f"{a.url}/portal"))
+        assert not KEY_PATTERN.search(await page(browser, f"{cluster.url}/portal"))
+        # And it works, on every broker.
+        (key,) = shown
+        for broker in cluster.brokers:
+            assert (await chat(browser, broker.url, key))[0] == 200
 
 
 async def test_redis_stopped_and_restarted_mid_traffic(served: Served) -> None:
