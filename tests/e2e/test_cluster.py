@@ -22,7 +22,14 @@ import pytest
 import pytest_asyncio
 
 from broker.accounts.store import Store
-from tests.clusterharness import CLUSTER_SECRET, KEY, Broker, Cluster, running_cluster
+from tests.clusterharness import (
+    CLUSTER_SECRET,
+    KEY,
+    Broker,
+    Cluster,
+    json_events,
+    running_cluster,
+)
 from tests.e2e.test_processes import Proc
 from tests.fake_gitlab import CLIENT_ID, CLIENT_SECRET, FakeGitLab
 from tests.stub_llm import SSE_DONE, StubLLM, sse_event
@@ -70,11 +77,13 @@ async def served() -> AsyncIterator[Served]:
 
 
 async def chat(
-    session: aiohttp.ClientSession, url: str, key: str = KEY, **extra: Any
+    session: aiohttp.ClientSession, url: str, key: str = KEY, request_id: str = ""
 ) -> tuple[int, dict[str, str], Any]:
     """A chat request, bounded; its status, headers and JSON body (or text)."""
-    body = {"model": "stub-model", "messages": [{"role": "user", "content": "hi"}], **extra}
+    body = {"model": "stub-model", "messages": [{"role": "user", "content": "hi"}]}
     headers = {"Authorization": f"Bearer {key}"}
+    if request_id:
+        headers["X-Request-ID"] = request_id
     async with asyncio.timeout(30):
         async with session.post(f"{url}/v1/chat/completions", json=body, headers=headers) as resp:
             text = await resp.text()
@@ -127,15 +136,36 @@ def gated_stream(events: int) -> dict[str, Any]:
     return {"stream": True, "x_stub": {"mode": "events", "events": events, "gated": True}}
 
 
+def finished(broker: Broker, prefix: str) -> set[str]:
+    """The request ids starting with `prefix` that this broker logged as finished."""
+    assert broker.proc is not None
+    return {
+        str(line.get("request_id"))
+        for line in json_events(broker.proc, "request finished")
+        if str(line.get("request_id", "")).startswith(prefix)
+    }
+
+
 async def test_one_connector_serves_requests_landing_on_every_broker(served: Served) -> None:
     cluster = served.cluster
+    far = await holder(cluster)
     async with aiohttp.ClientSession() as session:
         # Directly to each broker: two of them forward to the one holding the connector.
         for broker in cluster.brokers:
             assert (await chat(session, broker.url))[0] == 200
         # Through HAProxy, at once, so `leastconn` spreads them over the three.
-        answers = await asyncio.gather(*(chat(session, cluster.url) for _ in range(9)))
+        answers = await asyncio.gather(
+            *(chat(session, cluster.url, request_id=f"via-lb-{n}") for n in range(9))
+        )
     assert [status for status, _, _ in answers] == [200] * 9
+    # Those that landed on a broker without the connector were forwarded: the holder
+    # logged all nine, each of the others its share.
+    async with asyncio.timeout(10):
+        while len(finished(far, "via-lb-")) < 9:
+            await asyncio.sleep(0.05)
+    for broker in cluster.brokers:
+        if broker is not far:
+            assert finished(broker, "via-lb-"), f"HAProxy sent b{broker.index} nothing"
 
 
 async def test_a_forwarded_stream_arrives_token_by_token_with_its_request_id(
@@ -354,6 +384,8 @@ async def test_redis_stopped_and_restarted_mid_traffic(served: Served) -> None:
                         {"status": "ready", "limits": "local", "changes": "polling"},
                     ):
                         await asyncio.sleep(0.1)
+            # HAProxy's health checks (/readyz) keep every broker in.
+            assert set(cluster.server_states().values()) == {"UP"}
             served_during = len(statuses)
             # A broker without the connector stops seeing it once its record would have
             # expired (3 s); a request there is then held and gets the documented 503.
@@ -377,6 +409,12 @@ async def test_redis_stopped_and_restarted_mid_traffic(served: Served) -> None:
         finally:
             stop.set()
             await task
+        # Counting is shared and exact again.
+        key, _ = await user_key(cluster.database_url, "after-redis-user", rpm=3)
+        answers = await asyncio.gather(
+            *(chat(session, cluster.brokers[n % 3].url, key) for n in range(9))
+        )
+        assert Counter(status for status, _, _ in answers) == {200: 3, 429: 6}
     assert statuses and set(statuses) == {200}
 
 
