@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,8 +21,11 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+from redis.asyncio import Redis
 
+from broker.accounts.limits import day_start
 from broker.accounts.store import Store
+from broker.cluster.limits import redis_keys
 from tests.clusterharness import (
     CLUSTER_SECRET,
     KEY,
@@ -276,19 +280,31 @@ async def test_the_request_crossing_the_daily_tokens_finishes_then_every_broker_
     served: Served,
 ) -> None:
     cluster = served.cluster
-    key, _ = await user_key(cluster.database_url, "token-user", daily_tokens=10)
-    first, *others = cluster.brokers
-    async with aiohttp.ClientSession() as session:
+    key, key_id = await user_key(cluster.database_url, "token-user", daily_tokens=10)
+    counter = redis_keys(f"key:{key_id}")[2]
+    async with aiohttp.ClientSession() as session, Redis.from_url(cluster.redis.url) as redis:
         # The stub's answer counts 7 tokens: the second request crosses 10 and still finishes.
-        for _ in range(2):
-            status, _, answer = await chat(session, first.url, key)
+        for n, broker in enumerate(cluster.brokers[:2]):
+            status, _, answer = await chat(session, broker.url, key)
             assert status == 200
             assert answer["usage"]["total_tokens"] == 7
-        for broker in [first, *others]:
+            # Counted when the answer ends, then sent to Redis in the background.
+            async with asyncio.timeout(10):
+                while await redis.hget(counter, "used") != str(7 * (n + 1)).encode():
+                    await asyncio.sleep(0.02)
+        for broker in cluster.brokers:
             status, headers, answer = await chat(session, broker.url, key)
             assert status == 429, answer
             assert answer["error"]["code"] == "daily_token_limit_exceeded"
-            assert "Retry-After" in headers
+            assert 1 <= int(headers["Retry-After"]) <= 86400
+    # The usage rows the brokers wrote to PostgreSQL agree (written within half a second).
+    store = await Store.open(cluster.database_url)
+    try:
+        async with asyncio.timeout(10):
+            while await store.usage.tokens_since(key_id, day_start(time.time())) != 14:
+                await asyncio.sleep(0.1)
+    finally:
+        await store.close()
 
 
 async def test_a_revoked_key_is_refused_by_every_broker_within_a_second(served: Served) -> None:
