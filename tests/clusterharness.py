@@ -172,7 +172,10 @@ async def _wait_ready(url: str, timeout: float = 60) -> None:
 
 @contextlib.asynccontextmanager
 async def running_cluster(count: int = 3, *extra: str) -> AsyncIterator[Cluster]:
-    """Redis, PostgreSQL, `count` brokers and HAProxy; all stopped when the block ends."""
+    """Redis, PostgreSQL, `count` brokers and HAProxy; all stopped when the block ends.
+
+    `{lb_url}` in an `extra` argument stands for the load balancer's URL (known before the
+    brokers start, for `--public-url`)."""
     binary = shutil.which("haproxy")
     assert binary, "needs Debian's haproxy; .ci/run installs it"
     base = Path(tempfile.mkdtemp(prefix="remotellm-cluster-"))
@@ -183,6 +186,8 @@ async def running_cluster(count: int = 3, *extra: str) -> AsyncIterator[Cluster]
     try:
         redis.start()
         with running_postgres() as database_url:
+            lb_port = free_port()
+            extra = tuple(arg.replace("{lb_url}", f"http://127.0.0.1:{lb_port}") for arg in extra)
             for i in range(count):
                 port = free_port()
                 args = [
@@ -204,7 +209,6 @@ async def running_cluster(count: int = 3, *extra: str) -> AsyncIterator[Cluster]
             # The first one writes the schema; the others find it there.
             await brokers[0].start()
             await asyncio.gather(*(broker.start() for broker in brokers[1:]))
-            lb_port = free_port()
             stats = base / "haproxy.sock"
             config = base / "haproxy.cfg"
             config.write_text(haproxy_config(lb_port, [b.port for b in brokers], stats))

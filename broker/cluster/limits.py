@@ -336,8 +336,13 @@ class SharedLimiter:
 
     async def _refresh_held(self) -> None:
         """Push back the expiry of every lease held here: one pipeline (a SCRIPT EXISTS,
-        then one EVALSHA per key holding leases) per `REFRESH_CHUNK` keys."""
+        then one EVALSHA per key holding leases) per `REFRESH_CHUNK` keys. Holding none, a
+        PING, so an instance no limited request reached still learns that Redis went away
+        (and says so in /readyz) instead of showing `shared` until its next request."""
         held = [(bucket, list(ids)) for bucket, ids in self._held.items() if ids]
+        if not held:
+            await self._redis.ping()
+            return
         for start in range(0, len(held), REFRESH_CHUNK):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for bucket, ids in held[start : start + REFRESH_CHUNK]:

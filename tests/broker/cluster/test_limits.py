@@ -303,3 +303,26 @@ async def test_a_redis_that_stops_answering_holds_no_request_up(
                 await asyncio.sleep(0.05)
     other = await store_key(brokers[0], username="lee", rpm=3)
     assert Counter(s for s, _, _ in await spread(brokers, other, 9)) == {200: 3, 429: 6}
+
+
+async def test_an_idle_instance_learns_that_redis_went_away_and_came_back(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    """No limited request reaches it, no lease to refresh: it still finds out (a PING at each
+    refresh), so its /readyz says `local` while Redis is away, not a stale `shared`."""
+    from redis.asyncio import Redis
+
+    async with Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1) as redis:
+        idle = SharedLimiter(redis, refresh_every=0.2, probe_every=0.1)  # type: ignore[arg-type]
+        idle.start()
+        try:
+            redis_server.stop()
+            async with asyncio.timeout(10):
+                while idle.shared:
+                    await asyncio.sleep(0.05)
+            redis_server.start()
+            async with asyncio.timeout(10):
+                while not idle.shared:
+                    await asyncio.sleep(0.05)
+        finally:
+            await idle.close()
