@@ -234,11 +234,12 @@ class SharedLimiter:
                 reply = await self._admit(keys=redis_keys(bucket), args=args)
             except BaseException:
                 # Not run, or run with its answer lost (timed out, cancelled): send the
-                # releases again (their tokens count once), and give back the lease it may
-                # have recorded, or its slot would stay taken until the lease expires.
+                # releases again (their tokens count once), and give back what it may have
+                # recorded, or the slot would stay taken until the lease expires. The lease id
+                # goes in as a release id too: should the admission reach Redis after the
+                # give-back, it finds the id there and records nothing.
                 self._requeue(bucket, returns)
-                if limits.concurrency:
-                    self._requeue(bucket, _Returns([lease_id]))
+                self._requeue(bucket, _Returns([lease_id], [(lease_id, 0)]))
                 self._wake.set()
                 raise
             verdict, value = reply[0].decode(), int(reply[1])

@@ -59,6 +59,10 @@ ADMIT: Final = (
 local rpm, concurrency, daily = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local lease, ttl = ARGV[4], tonumber(ARGV[5])
 release(8)
+-- An admission its instance gave up on (its answer lost) and gave back before it ran here.
+if redis.call('ZSCORE', KEYS[4], lease) then
+  return {'gone', 0}
+end
 if daily > 0 then
   if redis.call('HGET', KEYS[3], 'day') ~= tostring(day) then
     if ARGV[6] ~= tostring(day) then
@@ -99,7 +103,9 @@ return {'ok', 0}
 
 Replies `{'ok', 0}`, `{'rpm' | 'concurrency' | 'daily', seconds}`, or `{'seed', day start}`
 when today's token counter is absent and the caller must read the day's usage from the
-store and call again with it (the counter is set only if still absent).
+store and call again with it (the counter is set only if still absent). An admission whose
+lease id is among the releases counted (given back by its instance, which lost its answer,
+before Redis ran it) records nothing: `{'gone', 0}`, which nobody reads.
 """
 
 RELEASE: Final = (

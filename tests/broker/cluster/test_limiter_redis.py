@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from broker.accounts.limits import Lease, Rejection
 from broker.accounts.principals import Limits, Principal
 from broker.cluster.limits import SharedLimiter, redis_keys
+from broker.cluster.limitscript import ADMIT, RELEASE
 from broker.cluster.redisclient import MAX_CONNECTIONS, open_redis
 from tests.redisserver import RedisServer
 
@@ -65,6 +66,28 @@ async def test_an_admission_cancelled_while_redis_runs_it_frees_its_slot_and_cou
         third.release(2)
         assert isinstance(await limiter.admit(who(**limits)), Lease)
         assert await used(redis) == 7
+    finally:
+        await redis.aclose()
+
+
+async def test_a_lost_admissions_give_back_holds_even_when_redis_runs_it_first(
+    redis_url: str,
+) -> None:
+    """The give-back of an admission whose answer was lost may reach Redis before the
+    admission itself (another connection, a frozen Redis): the admission then records
+    nothing, so the slot is free once both ran, whatever their order."""
+    redis = open_redis(redis_url)
+    try:
+        keys = redis_keys("key:7")
+        lease = "abc:1"
+        give_back = redis.register_script(RELEASE)
+        await give_back(keys=keys, args=[1, lease, 0, lease])  # as the limiter queues it
+        admit = redis.register_script(ADMIT)
+        reply = await admit(keys=keys, args=[5, 1, 0, lease, 60_000, "", 0, 0])
+        assert reply[0] == b"gone"
+        assert await redis.zcard(keys[0]) == 0 and await redis.zcard(keys[1]) == 0
+        reply = await admit(keys=keys, args=[5, 1, 0, "abc:2", 60_000, "", 0, 0])
+        assert reply[0] == b"ok"
     finally:
         await redis.aclose()
 
