@@ -17,7 +17,8 @@ When Redis does not answer, every limit falls back to this instance's own `Limit
 one each time, so today's tokens are read again from the shared store): service goes on,
 each limit at worst `limit x instances`. The change is logged once each way, shown in
 /readyz (`"limits": "local"`), and Redis is tried again every `PROBE_EVERY` seconds until it
-answers; then counting is shared and exact again. See docs/cluster.md.
+answers; then counting is shared again. The tokens the fallback's leases used are queued
+and added to Redis's daily counter then. See docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -72,17 +73,42 @@ UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def redis_keys(bucket: str) -> list[str]:
-    """A key's starts, leases and token counter: one hash slot (the `{bucket}` tag)."""
+    """A key's starts, leases, token counter and releases counted: one hash slot (the
+    `{bucket}` tag)."""
     base = f"remotellm:lim:{{{bucket}}}"
-    return [f"{base}:starts", f"{base}:leases", f"{base}:tokens"]
+    return [f"{base}:starts", f"{base}:leases", f"{base}:tokens", f"{base}:applied"]
 
 
 @dataclass
 class _Returns:
-    """Releases of one key not yet sent to Redis."""
+    """Releases of one key not yet sent to Redis: lease ids, and tokens by release id (a
+    release sent twice, its first sending's outcome unknown, counts once)."""
 
     ids: list[str] = field(default_factory=list)
-    tokens: int = 0
+    tokens: list[tuple[str, int]] = field(default_factory=list)
+
+    def args(self) -> list[Any]:
+        pairs = [part for pair in self.tokens for part in pair]
+        return [len(self.tokens), *pairs, *self.ids]
+
+
+class _FallbackLease(Lease):
+    """A lease of the local fallback: its tokens are also queued for Redis's daily counter,
+    sent when Redis answers again."""
+
+    def __init__(self, lease: Lease, limiter: SharedLimiter, bucket: str) -> None:
+        super().__init__(None)
+        self._lease = lease
+        self._limiter = limiter
+        self._key = bucket
+        self._done = False
+
+    def release(self, tokens: int = 0) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._lease.release(tokens)
+        self._limiter.give_back(self._key, None, tokens)
 
 
 class SharedLease(Lease):
@@ -139,6 +165,7 @@ class SharedLimiter:
         self._queued = 0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         self.shared = True
 
     # The request path.
@@ -155,7 +182,10 @@ class SharedLimiter:
                 return await self._admit_shared(who)
             except UNREACHABLE as exc:
                 self._lost(exc)
-        return await self._local.admit(who)
+        answer = await self._local.admit(who)
+        if isinstance(answer, Lease) and who.limits.daily_tokens:
+            return _FallbackLease(answer, self, who.bucket)
+        return answer
 
     async def _admit_shared(self, who: Principal) -> Lease | Rejection:
         verdict, value = await self._ask(who)
@@ -198,13 +228,19 @@ class SharedLimiter:
                 self._ttl_ms,
                 seed_day,
                 seed,
-                returns.tokens,
-                *returns.ids,
+                *returns.args(),
             ]
             try:
                 reply = await self._admit(keys=redis_keys(bucket), args=args)
             except BaseException:
-                self._requeue(bucket, returns)  # not applied (or unknown): send them later
+                # Not run, or run with its answer lost (timed out, cancelled): send the
+                # releases again (their tokens count once), and give back what it may have
+                # recorded, or the slot would stay taken until the lease expires. The lease id
+                # goes in as a release id too: should the admission reach Redis after the
+                # give-back, it finds the id there and records nothing.
+                self._requeue(bucket, returns)
+                self._requeue(bucket, _Returns([lease_id], [(lease_id, 0)]))
+                self._wake.set()
                 raise
             verdict, value = reply[0].decode(), int(reply[1])
             if verdict == "ok":
@@ -230,13 +266,14 @@ class SharedLimiter:
                     del self._held[bucket]
         if lease_id is None and tokens <= 0:
             return
-        self._requeue(bucket, _Returns([lease_id] if lease_id else [], max(0, tokens)))
+        counted = [(f"{self._prefix}:r{next(self._ids)}", tokens)] if tokens > 0 else []
+        self._requeue(bucket, _Returns([lease_id] if lease_id else [], counted))
         self._wake.set()
 
     def _take(self, bucket: str) -> _Returns:
         """The key's releases not yet sent, no longer queued."""
         returns = self._pending.pop(bucket, None) or _Returns()
-        self._queued -= len(returns.ids)
+        self._queued -= len(returns.ids) + len(returns.tokens)
         return returns
 
     def _requeue(self, bucket: str, returns: _Returns) -> None:
@@ -246,8 +283,8 @@ class SharedLimiter:
             return  # Redis long gone: the lease expires by itself
         pending = self._pending.setdefault(bucket, _Returns())
         pending.ids.extend(returns.ids)
-        pending.tokens += returns.tokens
-        self._queued += len(returns.ids)
+        pending.tokens.extend(returns.tokens)
+        self._queued += len(returns.ids) + len(returns.tokens)
 
     # Reachability.
 
@@ -280,19 +317,26 @@ class SharedLimiter:
     async def close(self) -> None:
         """Stop the background work, sending the releases still queued (bounded by the
         client's timeouts) so none is lost on a normal shutdown."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        self._closing = True
+        self._wake.set()
+        for task in tasks:
+            while not task.done():
+                # Cancelled again until it ends: on Python 3.11 a cancel that lands as
+                # redis-py's read timeout expires can come out as that TimeoutError, which
+                # the loops take for an unreachable Redis and go on.
+                task.cancel()
+                await asyncio.wait([task], timeout=0.5)
+            if not task.cancelled():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    task.result()
         if self.shared:
             with contextlib.suppress(*UNREACHABLE, RedisError):
                 async with asyncio.timeout(CLOSE_WITHIN):
                     await self._flush()
 
     async def _send_returns(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             if not self.shared:
@@ -307,7 +351,7 @@ class SharedLimiter:
             bucket = next(iter(self._pending))
             returns = self._take(bucket)
             try:
-                await self._release(keys=redis_keys(bucket), args=[returns.tokens, *returns.ids])
+                await self._release(keys=redis_keys(bucket), args=returns.args())
             except UNREACHABLE:
                 self._requeue(bucket, returns)
                 raise
@@ -319,7 +363,7 @@ class SharedLimiter:
     async def _keep(self) -> None:
         """Probe Redis while it is unreachable; refresh the leases held while it answers."""
         since_refresh = 0.0
-        while True:
+        while not self._closing:
             await asyncio.sleep(self._probe_every)
             since_refresh += self._probe_every
             try:

@@ -2,13 +2,16 @@
 
 Each broker writes one record, `remotellm:node:<id>` (JSON: its internal URL and, per
 attached connector, its models, capacity, load, token id, gate and whether it drains) with an
-expiry of `EXPIRE` seconds, and lists its id in the sorted set `remotellm:nodes` (scored by
-when the record expires). It writes the record every `HEARTBEAT` seconds (the load changes)
-and at once when a connector attaches, leaves, or changes what it serves or admits, and
-publishes its id on `remotellm:node:changed` then, so the others read it at once instead of
-at their next beat. Each broker reads the others' records every beat (and on a publish) into
-its hub as `broker.cluster.forwarding.PeerLink`s: routing reads memory, never Redis. A broker
-that stops deletes its record; one that dies stops refreshing it, and its connectors leave the
+expiry of `EXPIRE` seconds (Redis's own, so no broker's clock decides who is alive), and
+lists its id in the set `remotellm:nodes` (a sorted set; its scores are only informative).
+A reader lists every id there and reads their records; an id whose record is gone (expired
+or deleted) is pruned from the set, by a script that checks the record is still absent.
+A broker writes its record every `HEARTBEAT` seconds (the load changes) and at once when a
+connector attaches, leaves, or changes what it serves or admits, and publishes its id on
+`remotellm:node:changed` then, so the others read it at once instead of at their next beat.
+Each broker reads the others' records every beat (and on a publish) into its hub as
+`broker.cluster.forwarding.PeerLink`s: routing reads memory, never Redis. A broker that
+stops deletes its record; one that dies stops refreshing it, and its connectors leave the
 others' hubs within `EXPIRE` seconds.
 
 Redis unreachable: the broker keeps the peers it knew until their records would have expired
@@ -22,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import structlog
@@ -43,6 +47,19 @@ EXPIRE: Final = 3.0
 """Seconds a record outlives its last write: a broker that died is gone after this."""
 NODES: Final = b"remotellm:nodes"
 CHANGED: Final = b"remotellm:node:changed"
+STOP_WAIT: Final = 0.5
+"""Seconds `stop` waits for a task after each cancel before cancelling it again."""
+
+PRUNE: Final = """
+-- KEYS: the set of ids, then the records of the ids in ARGV (same order)
+for i = 1, #ARGV do
+  if redis.call('EXISTS', KEYS[i + 1]) == 0 then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return 0
+"""
+"""Drop from the set the ids whose record is (still) gone: one written meanwhile stays."""
 
 
 def node_key(node_id: str) -> bytes:
@@ -79,6 +96,7 @@ class Registry:
         *,
         heartbeat: float = HEARTBEAT,
         expire: float = EXPIRE,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = redis
         self._hub = hub
@@ -86,6 +104,8 @@ class Registry:
         self._forwarder = forwarder
         self._heartbeat = heartbeat
         self._expire = expire
+        self._clock = clock
+        self._prune = redis.register_script(PRUNE)
         self._peers: dict[tuple[str, str], PeerLink] = {}
         self._seen: dict[str, float] = {}
         """Each other broker, with when a read last found its record (monotonic)."""
@@ -131,11 +151,10 @@ class Registry:
         node = self._node
         if node.url is None:
             return  # not listening yet: nobody could reach it
-        now = time.time()
         async with self._redis.pipeline(transaction=False) as pipe:
+            # The record first: an id in the set without its record is taken for gone.
             pipe.set(node_key(node.id), self.record(), px=int(self._expire * 1000))
-            pipe.zadd(NODES, {node.id: now + self._expire})
-            pipe.zremrangebyscore(NODES, "-inf", now - 60)
+            pipe.zadd(NODES, {node.id: self._clock() + self._expire})
             if announce:
                 pipe.publish(CHANGED, node.id)
             await pipe.execute()
@@ -153,14 +172,20 @@ class Registry:
 
     async def read(self) -> None:
         """Read the other brokers' records into the hub."""
-        listed = await self._redis.zrangebyscore(NODES, time.time(), "+inf")
+        # Every id listed: whether a broker is alive is its record's expiry, on Redis's clock.
+        listed = await self._redis.zrange(NODES, 0, -1)
         ids = [raw.decode() for raw in cast(list[bytes], listed) if raw.decode() != self._node.id]
         records = await self._redis.mget([node_key(i) for i in ids]) if ids else []
         now = time.monotonic()
         found: dict[str, dict[str, Any]] = {}
+        gone: list[str] = []
         for node_id, raw in zip(ids, records, strict=True):
-            if raw is not None:
+            if raw is None:
+                gone.append(node_id)
+            else:
                 found[node_id] = json.loads(raw)
+        if gone:
+            await self._prune(keys=[NODES, *(node_key(i) for i in gone)], args=gone)
         self.apply(found, now)
 
     def apply(
@@ -219,6 +244,11 @@ class Registry:
         return self._reachable
 
     @property
+    def nodes(self) -> set[str]:
+        """The other brokers this one knows to be up."""
+        return set(self._seen)
+
+    @property
     def peers(self) -> list[PeerLink]:
         """The connectors attached to the other brokers, as this one knows them now."""
         return list(self._peers.values())
@@ -238,11 +268,16 @@ class Registry:
         # Said besides the cancel: a cancel landing as `asyncio.timeout` expires is lost.
         self._stopping = True
         self._wake.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            while not task.done():
+                # Cancelled again until it ends: on Python 3.11 a cancel that lands as
+                # redis-py's read timeout expires can come out as that TimeoutError.
+                task.cancel()
+                await asyncio.wait([task], timeout=STOP_WAIT)
+            if not task.cancelled():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    task.result()
         with contextlib.suppress(Exception):
             await self.withdraw()
         for peer in self._peers.values():

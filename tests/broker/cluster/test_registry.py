@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from broker.cluster.forwarding import Forwarder, PeerLink
 from broker.cluster.node import Node, listening_url
 from broker.cluster.redisclient import open_redis
-from broker.cluster.registry import EXPIRE, Registry
+from broker.cluster.registry import EXPIRE, NODES, Registry
 from broker.relay.hub import Hub
 
 
@@ -77,3 +79,40 @@ def test_a_wildcard_host_becomes_an_address_others_reach() -> None:
     node = Node("https://10.0.0.5:9443/")
     node.listening("0.0.0.0", 8080, tls=False)
     assert node.url == "https://10.0.0.5:9443"
+
+
+async def test_brokers_whose_clocks_disagree_by_ten_seconds_still_see_each_other(
+    redis_url: str,
+) -> None:
+    """Whether a broker is up is its record's expiry on Redis's clock, not the brokers'."""
+    redis = open_redis(redis_url)
+    try:
+        a, b, c = (Node(f"http://10.0.0.{n}:8080") for n in (1, 2, 3))
+
+        def skewed(node: Node, skew: float) -> Registry:
+            def clock() -> float:
+                return time.time() + skew
+
+            return Registry(redis, Hub(), node, Forwarder("s" * 32), expire=1.0, clock=clock)
+
+        ahead, behind, third = skewed(a, 10.0), skewed(b, -10.0), skewed(c, 0.0)
+        for reg in (ahead, behind, third):
+            await reg.publish()
+        for reg in (ahead, behind, third):
+            await reg.read()
+        assert ahead.nodes == {b.id, c.id}
+        assert behind.nodes == {a.id, c.id}
+        # `third` stops writing (it died): it leaves when its record expires, and its id is
+        # pruned from the set, however far ahead the others' clocks are.
+        async with asyncio.timeout(10):
+            while c.id in ahead.nodes or c.id in behind.nodes:
+                await asyncio.sleep(0.1)
+                for reg in (ahead, behind):
+                    await reg.publish()
+                for reg in (ahead, behind):
+                    await reg.read()
+        assert ahead.nodes == {b.id} and behind.nodes == {a.id}
+        listed = {raw.decode() for raw in await redis.zrange(NODES, 0, -1)}
+        assert listed == {a.id, b.id}
+    finally:
+        await redis.aclose()
