@@ -128,11 +128,12 @@ class StubLLM:
         options = await self._record(request)
         mode = options.get("mode", "json")
         try:
+            extra = options.get("headers", {})  # more response headers, in these two modes
             if mode == "json":
-                return web.Response(body=CHAT_BODY, content_type="application/json")
+                return web.Response(body=CHAT_BODY, content_type="application/json", headers=extra)
             if mode == "status":
                 body = {"error": {"message": "stub says no", "type": "invalid_request_error"}}
-                return web.json_response(body, status=int(options["status"]))
+                return web.json_response(body, status=int(options["status"]), headers=extra)
             if mode == "partial":
                 response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
                 await response.prepare(request)

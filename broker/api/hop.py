@@ -5,9 +5,10 @@ limits and usage row are that broker's) for a model served by a connector attach
 Signed with the cluster secret (`broker.cluster.hopauth`): without a signature 401, with a
 wrong or stale one 403, and nothing reaches a connector. It is served from this broker's own
 connectors only (never forwarded again, so no loops), by the same task driver and stream
-machine as any request (`broker.stream.trip`), with the same holds, retries and errors; an
-error this broker makes itself carries its code in `HOP_ERROR`, so the forwarding broker can
-try another connector when this one has none free (`broker.cluster.forwarding`).
+machine as any request (`broker.stream.trip`), with the same retries and errors but no hold:
+when its connectors are busy or gone it answers at once, with the code in `HOP_ERROR`, and
+the forwarding broker tries another connector or holds the request itself
+(`broker.cluster.forwarding`).
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ class PeerExchange:
         "_paused",
         "_payload",
         "_pending",
-        "_retried",
+        "_reused",
         "_skip",
         "_task",
         "events",
@@ -172,13 +172,15 @@ class PeerExchange:
         """Body bytes handed on that have not reached the client yet."""
         self._paused = False
         self._done = False
-        self._retried = False
+        self._reused = False
+        """The connection was an idle one from the pool (`on_lost`)."""
         self._skip = False
         """The other broker answered a retryable error: its body is not the client's."""
 
     def start(self) -> None:
         connection = self._link.forwarder.pool.idle(self._link.url)
         if connection is not None:
+            self._reused = True
             self._send(connection)
         else:
             self._task = asyncio.get_running_loop().create_task(self._connect())
@@ -240,10 +242,12 @@ class PeerExchange:
 
     def on_lost(self, answered: bool) -> None:
         self._connection = None
-        if not answered and not self._retried:
+        if not answered and self._reused:
             # A kept-alive connection the other broker closed as the request left (idle past
-            # its --idle-timeout): once more, on a new one.
-            self._retried = True
+            # its --idle-timeout): once more, on a new one. Never after a new connection that
+            # closed: the other broker may have started the generation, so the request could
+            # run twice.
+            self._reused = False
             self._task = asyncio.get_running_loop().create_task(self._connect())
             return
         self._lost()

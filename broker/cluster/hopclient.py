@@ -63,6 +63,8 @@ class HopConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if self.closed:  # the pool closed while it connected
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         receiver = self.receiver
@@ -86,6 +88,9 @@ class HopConnection(asyncio.Protocol):
             reusable = parser.keep_alive and not self.closed
             receiver.on_end()
             if reusable:
+                # The read that ended the answer may have paused reading too (its bytes took the
+                # exchange past its read-ahead): an idle connection reads, to hear its close.
+                self.resume()
                 self._pool.put(self)
             else:
                 self.abort()
@@ -113,6 +118,7 @@ class HopConnection(asyncio.Protocol):
         self.receiver = receiver
         self.answered = False
         assert self.transport is not None
+        self.resume()  # never paused by an exchange before this one
         self.transport.write(payload)
 
     def release(self) -> None:
@@ -142,6 +148,7 @@ class HopPool:
         self._idle: dict[str, deque[HopConnection]] = {}
         self._context: ssl.SSLContext | None = None
         self._all: set[HopConnection] = set()
+        self._closed = False
 
     def idle(self, url: str) -> HopConnection | None:
         """The most recently used idle connection to `url`, if one is fresh enough."""
@@ -157,7 +164,8 @@ class HopPool:
         return None
 
     async def connect(self, url: str) -> HopConnection:
-        """A new connection to `url` (raises OSError, TimeoutError or ssl.SSLError)."""
+        """A new connection to `url` (raises OSError, TimeoutError or ssl.SSLError; and
+        ConnectionAbortedError when the pool closes meanwhile)."""
         parts = urlsplit(url)
         host = parts.hostname or "127.0.0.1"
         tls = parts.scheme == "https"
@@ -169,12 +177,30 @@ class HopPool:
                 self._context = ssl.create_default_context()
             context = self._context
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(CONNECT_TIMEOUT):
-            _, protocol = await loop.create_connection(
-                lambda: HopConnection(self, url), host, port, ssl=context
-            )
-        self._all.add(protocol)
-        return protocol
+        made: list[HopConnection] = []
+
+        def protocol() -> HopConnection:
+            # Known to `close` from the start: a cancel as the connection completes loses it.
+            connection = HopConnection(self, url)
+            made.append(connection)
+            if self._closed:
+                connection.closed = True  # aborted as soon as it is made
+            else:
+                self._all.add(connection)
+            return connection
+
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await loop.create_connection(protocol, host, port, ssl=context)
+        except BaseException:
+            for connection in made:
+                self._all.discard(connection)
+                connection.abort()
+            raise
+        connection = made[0]
+        if connection.closed:
+            raise ConnectionAbortedError("the hop's connections were closed")
+        return connection
 
     def put(self, connection: HopConnection) -> None:
         connection.idle_since = time.monotonic()
@@ -187,6 +213,7 @@ class HopPool:
             idle.remove(connection)
 
     def close(self) -> None:
+        self._closed = True
         for connection in list(self._all):
             connection.abort()
         self._all.clear()

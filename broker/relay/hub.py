@@ -55,6 +55,7 @@ class _Waiter:
     user: Hashable
     model: str
     exclude: frozenset[Link]
+    local_only: bool
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     link: Link | None = None
 
@@ -263,21 +264,34 @@ class Hub:
 
     # -- routing ----------------------------------------------------------------
 
-    def serves(self, model: str, *, exclude: Collection[Link] = (), user: Hashable = None) -> bool:
-        """Whether a link besides `exclude` that admits `user` serves `model` and takes new
-        requests now."""
-        return bool(self._serving(model, exclude, user))
+    def serves(
+        self,
+        model: str,
+        *,
+        exclude: Collection[Link] = (),
+        user: Hashable = None,
+        local_only: bool = False,
+    ) -> bool:
+        """Whether a link besides `exclude` (and, `local_only`, besides every remote one)
+        that admits `user` serves `model` and takes new requests now."""
+        return bool(self._serving(model, exclude, user, local_only))
 
     def _serving(
-        self, model: str, exclude: Collection[Link] = (), user: Hashable = None
+        self,
+        model: str,
+        exclude: Collection[Link] = (),
+        user: Hashable = None,
+        local_only: bool = False,
     ) -> list[Link]:
-        """Links serving `model` that take new requests and admit `user`, minus `exclude`."""
+        """Links serving `model` that take new requests and admit `user`, minus `exclude`
+        (and minus the remote ones, `local_only`)."""
         return [
             link
             for link in self._load
             if model in link.models
             and not link.draining
             and link not in exclude
+            and not (local_only and link.remote)
             and (link.gate is None or link.gate.admits(user))
         ]
 
@@ -303,6 +317,7 @@ class Hub:
         *,
         user: Hashable = None,
         exclude: Collection[Link] = (),
+        local_only: bool = False,
         wait_offline: float,
         wait_busy: float,
     ) -> Link:
@@ -313,10 +328,12 @@ class Hub:
         are at capacity; waiting requests are served round robin by user
         (`broker.relay.fairqueue`). A model no connected connector has ever served fails at
         once with reason "unknown" while others are online; one served only by connectors
-        that do not admit `user` fails at once with reason "refused".
+        that do not admit `user` fails at once with reason "refused". `local_only`: only this
+        broker's own connectors, never one attached to another broker of the cluster (whenever
+        it registered: a request forwarded here is never forwarded again).
         """
         if not exclude:
-            chosen = self.acquire_now(model, user)
+            chosen = self.acquire_now(model, user, local_only=local_only)
             if chosen is not None:
                 return chosen
         refusal = self.refusal(model, user)
@@ -324,13 +341,13 @@ class Hub:
             raise NoConnector(refusal, model)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        me = _Waiter(user, model, frozenset(exclude))
+        me = _Waiter(user, model, frozenset(exclude), local_only)
         self._queue.enqueue(user, me)
         self._waiting[model] += 1
         try:
             self._dispatch()
             while me.link is None:
-                candidates = self._serving(model, me.exclude, user)
+                candidates = self._serving(model, me.exclude, user, local_only)
                 if not candidates and self._load and not self.knows(model):
                     raise NoConnector("unknown", model)
                 refusal = None if candidates else self.refusal(model, user)
@@ -361,7 +378,9 @@ class Hub:
         """How many requests wait for a slot (for `model`, or for any)."""
         return len(self._queue) if model is None else self._waiting[model]
 
-    def acquire_now(self, model: str, user: Hashable = None) -> Link | None:
+    def acquire_now(
+        self, model: str, user: Hashable = None, *, local_only: bool = False
+    ) -> Link | None:
         """`acquire` when it need not wait: a free slot when nobody is queued for the model.
 
         With nobody waiting, a user's share of a connector is not capped (an idle slot serves
@@ -369,7 +388,7 @@ class Hub:
         """
         if model in self._waiting:
             return None  # others wait for this model: their turn first
-        chosen = self._pick(self._serving(model, (), user))
+        chosen = self._pick(self._serving(model, (), user, local_only))
         if chosen is not None:
             self._take(chosen, user)
         return chosen
@@ -403,6 +422,7 @@ class Hub:
                 if waiter.model in link.models
                 and not link.draining
                 and link not in waiter.exclude
+                and not (waiter.local_only and link.remote)
                 and (link.gate is None or link.gate.admits(waiter.user))
                 and not (capped and self._at_share(link, waiter.user))
             ]

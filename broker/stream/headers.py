@@ -1,7 +1,8 @@
 """Which headers cross the relay, in each direction.
 
 Only routing and auth headers change: the user's credentials, cookies and
-hop-by-hop headers stay at the broker; everything else passes unchanged.
+hop-by-hop headers stay at the broker, and headers named `X-RemoteLLM-*` (the brokers' own)
+cross in neither direction; everything else passes unchanged.
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ _RESPONSE_DROP = HOP_BY_HOP | {
 }
 
 
+OURS: Final = "x-remotellm-"
+"""The prefix of the brokers' own headers (the internal hop's: `broker.cluster.hopauth`,
+`broker.stream.machine.HOP_ERROR`): never taken from a client or a connector, so neither can
+pass for a broker of the cluster."""
+
+
 def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
     """Headers named in `Connection:` are hop-by-hop too (RFC 9110 7.6.1)."""
     tokens: set[str] = set()
@@ -63,11 +70,15 @@ def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
     return tokens
 
 
+def _ours(name: str) -> bool:
+    return name[:12].lower() == OURS
+
+
 def request_headers(incoming: Mapping[str, str], request_id: str) -> Headers:
     """Headers of a client request as forwarded to the connector."""
     items = list(incoming.items())
     drop = _REQUEST_DROP | _connection_tokens(items)
-    kept = [(k, v) for k, v in items if k.lower() not in drop]
+    kept = [(k, v) for k, v in items if k.lower() not in drop and not _ours(k)]
     kept.append(("X-Request-ID", request_id))
     return tuple(kept)
 
@@ -79,7 +90,7 @@ def response_headers(upstream: Headers) -> list[tuple[str, str]]:
     that is not UTF-8.
     """
     drop = _RESPONSE_DROP | _connection_tokens(upstream)
-    kept = [(k, v) for k, v in upstream if k.lower() not in drop]
+    kept = [(k, v) for k, v in upstream if k.lower() not in drop and not _ours(k)]
     for name, value in kept:
         if _FORBIDDEN.search(name) or _FORBIDDEN.search(value):
             raise ValueError(f"header {name[:40]!r} holds a control character or a non-UTF-8 byte")

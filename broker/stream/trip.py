@@ -104,8 +104,14 @@ class Trip:
         """A connector for the model, then the exchange; again on another one for a retry."""
         hub, settings, model = self.hub, self.settings, self.ticket.model
         user = self.ticket.user
+        # A request another broker forwarded here takes this broker's own connectors only, and
+        # never waits for one: that broker holds it, and may find another connector meanwhile.
+        local_only = self.ticket.forwarded
+        wait_offline = 0.0 if local_only else settings.connector_wait
+        wait_busy = 0.0 if local_only else settings.queue_timeout
         while True:
-            if self.machine.blocked and not hub.serves(model, exclude=tried, user=user):
+            blocked = self.machine.blocked
+            if blocked and not hub.serves(model, exclude=tried, user=user, local_only=local_only):
                 # A connector refused the user and none left that admits them serves the
                 # model: waiting would not help (the express lane's retry comes here too).
                 return await self._fail(self.machine.no_connector("blocked", model))
@@ -114,8 +120,9 @@ class Trip:
                     model,
                     user=user,
                     exclude=tried,
-                    wait_offline=settings.connector_wait,
-                    wait_busy=settings.queue_timeout,
+                    local_only=local_only,
+                    wait_offline=wait_offline,
+                    wait_busy=wait_busy,
                 )
             except NoConnector as exc:
                 return await self._fail(self.machine.no_connector(exc.reason, model))

@@ -113,6 +113,47 @@ async def test_a_request_to_a_is_forwarded_to_b_and_streamed_event_by_event(pair
     assert rows[0].status == 200 and rows[0].connector == "test-connector"
 
 
+async def test_no_header_of_the_brokers_own_crosses_from_a_connector(pair: Pair) -> None:
+    """A connector's `X-RemoteLLM-*` headers never reach the client, nor pass for B's hop
+    error (which would hold the request as if the connector were busy, then answer 503)."""
+    ours = {"X-RemoteLLM-Hop-Error": "no_connector_available", "X-RemoteLLM-Other": "1"}
+    body = {**CHAT, "x_stub": {"mode": "status", "status": 429, "headers": ours}}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{pair.a.base_url}/v1/chat/completions", json=body, headers=AUTH) as resp,
+    ):
+        assert resp.status == 429
+        assert (await resp.json())["error"]["message"] == "stub says no"
+        assert not [name for name in resp.headers if name.lower().startswith("x-remotellm-")]
+
+
+async def test_no_header_of_the_brokers_own_crosses_from_a_client_or_a_connector(
+    pair: Pair,
+) -> None:
+    """`X-RemoteLLM-*` headers are the brokers': a client's never reach the hop or the
+    connector, and a connector's never reach the client nor pass for B's hop error."""
+    ours = {
+        hopauth.TARGET: "/v1/embeddings",
+        hopauth.PRINCIPAL: hopauth.encode_user(("1", "mallory")),
+        "X-RemoteLLM-Hop-Error": "no_connector_available",
+        "X-RemoteLLM-Other": "1",
+    }
+    body = {**CHAT, "x_stub": {"mode": "status", "status": 429, "headers": ours}}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{pair.a.base_url}/v1/chat/completions", json=body, headers={**AUTH, **ours}
+        ) as resp,
+    ):
+        # The connector's own answer, not a busy connector's hold then A's 503.
+        assert resp.status == 429
+        assert (await resp.json())["error"]["message"] == "stub says no"
+        assert not [name for name in resp.headers if name.lower().startswith("x-remotellm-")]
+    [seen] = pair.stub.seen
+    assert seen.path == "/v1/chat/completions"
+    assert not [name for name in seen.headers if name.lower().startswith("x-remotellm-")]
+
+
 async def test_a_client_hang_up_on_a_cancels_the_generation_behind_b(pair: Pair) -> None:
     body = {**CHAT, "stream": True, "x_stub": {"mode": "events", "events": 2, "hang_at_end": True}}
     async with aiohttp.ClientSession() as session:
