@@ -37,10 +37,9 @@ class Link(Protocol):
     def gate(self) -> Gate | None:
         """Who may be sent here (`broker.relay.gates`); None: everyone."""
 
-    @property
-    def elsewhere(self) -> int:
-        """Slots in use that this hub did not hand out (another broker's, on a connector of
-        the cluster attached elsewhere: `broker.cluster.registry`); 0 for a local link."""
+    elsewhere: int
+    """Slots in use that this hub did not hand out (another broker's, on a connector of the
+    cluster attached elsewhere: `broker.cluster.registry`); 0 for a local link."""
 
     @property
     def remote(self) -> bool:
@@ -438,6 +437,16 @@ class Hub:
     def _at_share(self, link: Link, user: Hashable) -> bool:
         """Whether `user` holds its whole share of `link`'s slots already."""
         return self._held[link].get(user, 0) >= self._max_user_share * link.max_concurrency
+
+    def found_full(self, link: Link) -> bool:
+        """A connector of another broker turned out full (that broker answered busy before
+        its record said so): count it full until its next record says it freed a slot, which
+        wakes the waiters. True for such a link: the request waits for it, as for a local
+        connector at capacity, instead of giving it up."""
+        if not link.remote:
+            return False
+        link.elsewhere = max(link.elsewhere, link.max_concurrency - self._load.get(link, 0))
+        return True
 
     def release(self, link: Link, user: Hashable = None) -> None:
         """Give back a slot `user` held on `link`; the next waiter in turn may get it."""

@@ -286,8 +286,9 @@ class CallbackTrip:
         self.over = True  # the task's trip now owns the request
         self._let_go()
         books.retrying(self.call, retry, self.link.name)
+        full = retry.why == "refused" and self.services.hub.found_full(self.link)
         self.task_began = False
-        task = self.owner.go_async(self.call, self._resume([self.link]))
+        task = self.owner.go_async(self.call, self._resume([] if full else [self.link]))
         task.add_done_callback(self._never_ran)
 
     async def _resume(self, tried: list[Link]) -> None:

@@ -135,7 +135,8 @@ class Trip:
             if retry is None:
                 return
             books.retrying(self.call, retry, link.name)
-            tried.append(link)
+            if not (retry.why == "refused" and hub.found_full(link)):
+                tried.append(link)  # another broker's full connector is waited for instead
 
     async def _exchange(self, link: Route) -> Retry | None:
         try:

@@ -431,3 +431,34 @@ async def test_an_internal_url_on_its_own_port_is_listened_on_and_used(
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", internal_port))
         probe.listen()
+
+
+async def test_a_connector_found_full_on_another_broker_is_waited_for_not_given_up(
+    make_broker: MakeBroker,
+    make_connector: MakeConnector,
+    stub: StubLLM,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """B's own clients fill its one connector between two of its records: A, which still
+    counted a free slot, is told busy; it waits for the slot (as for a local connector at
+    capacity) instead of counting the connector out and answering 503."""
+    store = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    a = await cluster_broker(make_broker, redis_url, store, connector_wait=0.5, queue_timeout=30)
+    b = await cluster_broker(make_broker, redis_url, store)
+    await make_connector(b, stub.url, max_concurrency=1)
+    await wait_models(a, {"stub-model"})
+    paced = {**CHAT, "stream": True, "x_stub": {"mode": "events", "events": 4, "interval": 0.3}}
+    async with aiohttp.ClientSession() as session:
+
+        async def ask(url: str, body: dict[str, Any]) -> int:
+            async with session.post(f"{url}/v1/chat/completions", json=body, headers=AUTH) as r:
+                await r.read()
+                return r.status
+
+        on_b = asyncio.create_task(ask(b.base_url, paced))
+        await asyncio.wait_for(stub.started.wait(), 10)
+        statuses = await asyncio.gather(ask(a.base_url, CHAT), ask(a.base_url, CHAT))
+        assert await on_b == 200
+    assert statuses == [200, 200]
+    assert len(stub.seen) == 3
