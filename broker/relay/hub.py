@@ -12,10 +12,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Hashable
 from dataclasses import dataclass, field
-from typing import Final, Literal, Protocol
+from typing import Literal, Protocol
 
 from broker.relay.fairqueue import FairQueue, Policy
 from broker.relay.gates import Gate, Refusal, reachable, refusal
+from broker.relay.modelbook import FORGET_AFTER, REMEMBER_AT_MOST, ModelBook
 
 
 class Link(Protocol):
@@ -71,13 +72,6 @@ class NoConnector(Exception):
         self.model = model
 
 
-FORGET_AFTER: Final = 3600.0
-"""Seconds the hub remembers a model no connector serves any more (404 vs 503, see `knows`)."""
-
-REMEMBER_AT_MOST: Final = 10_000
-"""Models no connector serves that the hub remembers at most; the oldest are forgotten first."""
-
-
 class Hub:
     """The registry of connected connectors and their load."""
 
@@ -96,18 +90,9 @@ class Hub:
         """Each link's slots in use, by user (for `max_user_share`)."""
         self._announced: dict[Link, frozenset[str]] = {}
         """What each registered link served when the hub last looked (its models may change)."""
-        self._served: dict[str, int] = {}
-        """Each model served right now, with how many links serve it."""
-        self._first_seen: dict[str, float] = {}
-        """Every model remembered (served, or left less than `forget_after` ago): first seen."""
-        self._left: dict[str, float] = {}
-        """Models no link serves, with when the last one stopped: oldest first."""
-        self._forget_after = forget_after
-        self._remember_at_most = remember_at_most
-        self._on_forget = on_forget
-        """Told each model the hub forgets (the metrics free its label)."""
+        self._book = ModelBook(clock, forget_after, remember_at_most, on_forget)
+        """The models served now, and those served lately (404 against 503)."""
         self._changed = asyncio.Event()
-        self._clock = clock
         self._turn = itertools.count()
         self._queue: FairQueue[_Waiter] = FairQueue(order)
         """Every request waiting for a slot, whatever its model."""
@@ -154,38 +139,10 @@ class Hub:
 
     def _announce(self, link: Link, models: frozenset[str]) -> None:
         """Count `link` as serving `models` from now on, and nothing else."""
-        now = self._clock()
-        self._forget(now)  # a model back after the window is seen anew
         before = self._announced.pop(link, frozenset())
         if link in self._load:
             self._announced[link] = models
-        served, left = self._served, self._left
-        for model in models - before:
-            count = served.get(model, 0)
-            served[model] = count + 1
-            if not count:
-                left.pop(model, None)
-                self._first_seen.setdefault(model, now)
-        for model in before - models:
-            count = served[model] - 1
-            if count:
-                served[model] = count
-            else:
-                del served[model]
-                left[model] = now
-        self._forget(now)
-
-    def _forget(self, now: float) -> None:
-        """Forget models nobody served for `forget_after` s, and the oldest past the cap."""
-        left = self._left
-        while left:
-            model, since = next(iter(left.items()))
-            if now - since < self._forget_after and len(left) <= self._remember_at_most:
-                return
-            del left[model]
-            del self._first_seen[model]
-            if self._on_forget is not None:
-                self._on_forget(model)
+        self._book.change(models - before, before - models)
 
     @property
     def links(self) -> list[Link]:
@@ -196,16 +153,12 @@ class Hub:
 
     def models(self) -> dict[str, float]:
         """Models served right now, with the time each was first seen."""
-        first_seen = self._first_seen
-        return {m: first_seen[m] for m in sorted(self._served)}
+        return self._book.listed(self._book.served)
 
     def models_for(self, user: Hashable) -> dict[str, float]:
         """`models()` that some connector admitting `user` serves."""
         found = reachable(self._load, user)
-        if found is None:
-            return self.models()
-        first_seen = self._first_seen
-        return {m: first_seen[m] for m in sorted(found) if m in self._served}
+        return self.models() if found is None else self._book.listed(found)
 
     def refusal(self, model: str, user: Hashable) -> Refusal | None:
         """Why `model`, served now, is served only by connectors that do not admit `user`
@@ -214,26 +167,19 @@ class Hub:
 
     def served_count(self) -> int:
         """How many distinct models are served right now (kept, not counted, per call)."""
-        return len(self._served)
+        return len(self._book.served)
 
     def first_seen(self, model: str) -> float | None:
         """When `model`, served right now, was first seen; None when no connector serves it."""
-        return self._first_seen.get(model) if model in self._served else None
+        return self._book.first_seen(model)
 
     def knows(self, model: str) -> bool:
-        """Whether some connector serves `model`, or served it less than `forget_after` s ago.
-
-        A model the hub knows is worth waiting for (its connector may be reconnecting: 503
-        after the wait); one it does not know is answered 404 while other connectors are online.
-        """
-        if model in self._served:
-            return True
-        self._forget(self._clock())
-        return model in self._first_seen
+        """Whether some connector serves `model`, or served it lately (`ModelBook.knows`)."""
+        return self._book.knows(model)
 
     def remembered(self) -> int:
         """How many model names the hub holds: served ones and those it still remembers."""
-        return len(self._first_seen)
+        return self._book.remembered()
 
     def in_flight(self) -> int:
         return sum(self._load.values())

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.metrics import MAX_MODEL_LABELS
-from broker.relay.hub import REMEMBER_AT_MOST
+from broker.relay.modelbook import REMEMBER_AT_MOST
 from broker.server import BrokerServer
 from connector_app.core.status import LinkState
 from shared import protocol as p

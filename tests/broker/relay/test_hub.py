@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from broker.relay.gates import Gate, gate_for
-from broker.relay.hub import FORGET_AFTER, Hub, Link, NoConnector
+from broker.relay.hub import Hub, Link, NoConnector
+from broker.relay.modelbook import FORGET_AFTER
 
 # Hang guard for awaits that must finish promptly; never a timing assertion.
 GUARD = 10.0
